@@ -1,0 +1,369 @@
+//! Configuration: service namespace, TTL per event type, lease, failure mode.
+//!
+//! Built once through [`IdempotencyConfig::builder`], validated by
+//! [`ConfigBuilder::build`], immutable afterwards.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::key;
+
+/// The TTL of an event type without an entry of its own: 24 hours.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
+/// The default key prefix, the same as the Python "idempotency v2" decorator's.
+pub const DEFAULT_KEY_PREFIX: &str = "huleedu:idempotency:v2";
+/// The default claim lease: how long a claim lives without a heartbeat (5 minutes).
+pub const DEFAULT_PROCESSING_TTL: Duration = Duration::from_secs(300);
+/// The default time limit of one store operation.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// TTL tier for quick, high-volume events: 1 hour.
+pub const TTL_QUICK: Duration = Duration::from_secs(3_600);
+/// TTL tier for batch coordination events: 12 hours.
+pub const TTL_BATCH: Duration = Duration::from_secs(43_200);
+/// TTL tier for assessment and command events: 24 hours.
+pub const TTL_ASSESSMENT: Duration = Duration::from_secs(86_400);
+/// TTL tier for long-lived aggregation events: 72 hours.
+pub const TTL_AGGREGATION: Duration = Duration::from_secs(259_200);
+
+/// The pre-configured per-event-type TTLs a builder starts from (the tiers of the Python
+/// "idempotency v2" decorator).
+pub const DEFAULT_EVENT_TYPE_TTLS: &[(&str, Duration)] = &[
+    ("huleedu.essay.spellcheck.requested.v1", TTL_QUICK),
+    ("huleedu.essay.spellcheck.completed.v1", TTL_QUICK),
+    ("huleedu.file.essay.content.provisioned.v1", TTL_QUICK),
+    ("huleedu.file.essay.validation.failed.v1", TTL_QUICK),
+    ("huleedu.batch.essays.registered.v1", TTL_BATCH),
+    ("huleedu.els.batch.essays.ready.v1", TTL_BATCH),
+    ("huleedu.els.batch.phase.outcome.v1", TTL_BATCH),
+    ("huleedu.cj_assessment.completed.v1", TTL_ASSESSMENT),
+    ("huleedu.batch.cj_assessment.initiate.command.v1", TTL_ASSESSMENT),
+    ("huleedu.batch.spellcheck.initiate.command.v1", TTL_ASSESSMENT),
+    ("huleedu.result_aggregator.batch.completed.v1", TTL_AGGREGATION),
+    ("huleedu.result_aggregator.class.summary.updated.v1", TTL_AGGREGATION),
+];
+
+/// What the guard does when the store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailMode {
+    /// Run the handler without protection and report `Outcome::Unprotected` (the default):
+    /// availability first, a duplicate is possible during the outage.
+    #[default]
+    Open,
+    /// Refuse to run the handler and return `GuardError::Store`: the consumer retries later.
+    Closed,
+}
+
+/// A validated, immutable configuration. Cheap to clone (it holds an `Arc`).
+///
+/// ```
+/// use std::time::Duration;
+/// use eventonce_core::IdempotencyConfig;
+///
+/// let config = IdempotencyConfig::builder("essay-lifecycle-service")
+///     .event_type_ttl("huleedu.essay.spellcheck.requested.v1", Duration::from_secs(3600))
+///     .default_ttl(Duration::from_secs(43200))
+///     .build()?;
+/// assert_eq!(config.ttl_for_event_type("unknown.v1"), Duration::from_secs(43200));
+/// assert_eq!(
+///     config.generate_key("huleedu.essay.spellcheck.requested.v1", "abc123"),
+///     "huleedu:idempotency:v2:essay-lifecycle-service:huleedu_essay_spellcheck_requested_v1:abc123"
+/// );
+/// # Ok::<(), eventonce_core::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct IdempotencyConfig {
+    inner: Arc<ConfigInner>,
+}
+
+#[derive(Debug)]
+struct ConfigInner {
+    service_name: String,
+    event_type_ttls: HashMap<String, Duration>,
+    default_ttl: Duration,
+    key_prefix: String,
+    debug_logging: bool,
+    processing_ttl: Duration,
+    on_store_error: FailMode,
+    store_timeout: Duration,
+    in_progress_wait: Duration,
+}
+
+impl fmt::Debug for IdempotencyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl IdempotencyConfig {
+    /// Starts a configuration for `service_name`, with the defaults and the
+    /// [pre-configured TTL tiers](DEFAULT_EVENT_TYPE_TTLS).
+    pub fn builder(service_name: impl Into<String>) -> ConfigBuilder {
+        ConfigBuilder {
+            service_name: service_name.into(),
+            event_type_ttls: DEFAULT_EVENT_TYPE_TTLS
+                .iter()
+                .map(|(t, d)| ((*t).to_owned(), *d))
+                .collect(),
+            default_ttl: DEFAULT_TTL,
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            debug_logging: false,
+            processing_ttl: DEFAULT_PROCESSING_TTL,
+            on_store_error: FailMode::Open,
+            store_timeout: DEFAULT_STORE_TIMEOUT,
+            in_progress_wait: Duration::ZERO,
+        }
+    }
+
+    /// The service whose keys this configuration namespaces.
+    pub fn service_name(&self) -> &str {
+        &self.inner.service_name
+    }
+
+    /// The per-event-type TTLs.
+    pub fn event_type_ttls(&self) -> &HashMap<String, Duration> {
+        &self.inner.event_type_ttls
+    }
+
+    /// The TTL of event types without an entry of their own.
+    pub fn default_ttl(&self) -> Duration {
+        self.inner.default_ttl
+    }
+
+    /// The prefix every key starts with.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.key_prefix
+    }
+
+    /// Whether the guard logs its routine decisions at DEBUG.
+    pub fn debug_logging(&self) -> bool {
+        self.inner.debug_logging
+    }
+
+    /// The claim lease: a claim not renewed within it expires, so a crashed consumer's event
+    /// is processed again after at most this long.
+    pub fn processing_ttl(&self) -> Duration {
+        self.inner.processing_ttl
+    }
+
+    /// What the guard does when the store fails.
+    pub fn on_store_error(&self) -> FailMode {
+        self.inner.on_store_error
+    }
+
+    /// The time limit of one store operation.
+    pub fn store_timeout(&self) -> Duration {
+        self.inner.store_timeout
+    }
+
+    /// How long `Guard::run` waits for another consumer's claim to finish before it returns
+    /// `GuardError::InProgress` (zero: not at all).
+    pub fn in_progress_wait(&self) -> Duration {
+        self.inner.in_progress_wait
+    }
+
+    /// The TTL of a completed record of `event_type`: its own entry, or the default TTL.
+    pub fn ttl_for_event_type(&self, event_type: &str) -> Duration {
+        self.inner
+            .event_type_ttls
+            .get(event_type)
+            .copied()
+            .unwrap_or(self.inner.default_ttl)
+    }
+
+    /// The store key of an event: `{prefix}:{service}:{event type}:{hash}`, where the event
+    /// type has `.` replaced by `_` and every character that could leave the namespace
+    /// escaped (see [`escape_event_type`](crate::escape_event_type)).
+    pub fn generate_key(&self, event_type: &str, deterministic_hash: &str) -> String {
+        key::build_key(
+            &self.inner.key_prefix,
+            &self.inner.service_name,
+            event_type,
+            deterministic_hash,
+        )
+    }
+
+    /// The prefix shared by every key of this service: `{prefix}:{service}:`.
+    pub fn service_namespace(&self) -> String {
+        format!("{}:{}:", self.inner.key_prefix, self.inner.service_name)
+    }
+}
+
+/// Builds an [`IdempotencyConfig`]; see [`IdempotencyConfig::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ConfigBuilder {
+    service_name: String,
+    event_type_ttls: HashMap<String, Duration>,
+    default_ttl: Duration,
+    key_prefix: String,
+    debug_logging: bool,
+    processing_ttl: Duration,
+    on_store_error: FailMode,
+    store_timeout: Duration,
+    in_progress_wait: Duration,
+}
+
+impl ConfigBuilder {
+    /// Sets the TTL of one event type, on top of the others.
+    pub fn event_type_ttl(mut self, event_type: impl Into<String>, ttl: Duration) -> Self {
+        self.event_type_ttls.insert(event_type.into(), ttl);
+        self
+    }
+
+    /// Replaces the whole per-event-type map (the pre-configured tiers included); an empty
+    /// one leaves only the default TTL.
+    pub fn event_type_ttls<I, S>(mut self, ttls: I) -> Self
+    where
+        I: IntoIterator<Item = (S, Duration)>,
+        S: Into<String>,
+    {
+        self.event_type_ttls = ttls.into_iter().map(|(t, d)| (t.into(), d)).collect();
+        self
+    }
+
+    /// Sets the TTL of event types without an entry of their own (default 86,400 s).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// Sets the key prefix (default `huleedu:idempotency:v2`).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Logs every routine decision at DEBUG (default off).
+    pub fn debug_logging(mut self, enabled: bool) -> Self {
+        self.debug_logging = enabled;
+        self
+    }
+
+    /// Sets the claim lease (default 300 s). A live handler renews it every third of it.
+    pub fn processing_ttl(mut self, lease: Duration) -> Self {
+        self.processing_ttl = lease;
+        self
+    }
+
+    /// Sets what happens when the store fails (default [`FailMode::Open`]).
+    pub fn on_store_error(mut self, mode: FailMode) -> Self {
+        self.on_store_error = mode;
+        self
+    }
+
+    /// Sets the time limit of one store operation (default 500 ms): an outage costs at most
+    /// this per call.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// When another consumer holds the claim, wait up to `wait` for its outcome before
+    /// returning `GuardError::InProgress` (default zero: return at once).
+    pub fn in_progress_wait(mut self, wait: Duration) -> Self {
+        self.in_progress_wait = wait;
+        self
+    }
+
+    /// Validates and builds the configuration.
+    ///
+    /// Rejects an empty service name or one holding `:`, whitespace, a glob or hash-tag
+    /// character (`*?[]{}\`), a control or non-ASCII character; an empty key prefix or one
+    /// holding such characters (`:` is allowed there); any TTL, lease or timeout under one
+    /// millisecond; an empty event type.
+    ///
+    /// ```
+    /// use eventonce_core::{ConfigError, IdempotencyConfig};
+    /// let err = IdempotencyConfig::builder("billing:prod").build().unwrap_err();
+    /// assert!(matches!(err, ConfigError::InvalidServiceName { .. }));
+    /// ```
+    pub fn build(self) -> Result<IdempotencyConfig, ConfigError> {
+        validate_service_name(&self.service_name)?;
+        validate_prefix(&self.key_prefix)?;
+        check_duration("default_ttl", self.default_ttl)?;
+        check_duration("processing_ttl", self.processing_ttl)?;
+        check_duration("store_timeout", self.store_timeout)?;
+        for (event_type, ttl) in &self.event_type_ttls {
+            if event_type.is_empty() {
+                return Err(ConfigError::EmptyEventType);
+            }
+            check_duration(&format!("ttl of event type {event_type:?}"), *ttl)?;
+        }
+        Ok(IdempotencyConfig {
+            inner: Arc::new(ConfigInner {
+                service_name: self.service_name,
+                event_type_ttls: self.event_type_ttls,
+                default_ttl: self.default_ttl,
+                key_prefix: self.key_prefix,
+                debug_logging: self.debug_logging,
+                processing_ttl: self.processing_ttl,
+                on_store_error: self.on_store_error,
+                store_timeout: self.store_timeout,
+                in_progress_wait: self.in_progress_wait,
+            }),
+        })
+    }
+}
+
+fn check_duration(what: &str, value: Duration) -> Result<(), ConfigError> {
+    if value < Duration::from_millis(1) {
+        return Err(ConfigError::DurationTooShort {
+            what: what.to_owned(),
+            value,
+        });
+    }
+    Ok(())
+}
+
+/// Why a character may not appear in a service name or a prefix, if it may not.
+fn forbidden(c: char) -> Option<&'static str> {
+    if c.is_whitespace() {
+        Some("it contains whitespace")
+    } else if c.is_control() {
+        Some("it contains a control character")
+    } else if !c.is_ascii() {
+        Some("it contains a non-ASCII character")
+    } else if matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
+        Some("it contains a glob or hash-tag character (one of *?[]{}\\)")
+    } else {
+        None
+    }
+}
+
+fn validate_service_name(name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::EmptyServiceName);
+    }
+    let invalid = |reason| ConfigError::InvalidServiceName {
+        name: name.to_owned(),
+        reason,
+    };
+    if name.contains(':') {
+        return Err(invalid("it contains ':', the key separator"));
+    }
+    if let Some(reason) = name.chars().find_map(forbidden) {
+        return Err(invalid(reason));
+    }
+    Ok(())
+}
+
+fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.is_empty() {
+        return Err(ConfigError::EmptyKeyPrefix);
+    }
+    let invalid = |reason| ConfigError::InvalidKeyPrefix {
+        prefix: prefix.to_owned(),
+        reason,
+    };
+    if let Some(reason) = prefix.chars().find_map(forbidden) {
+        return Err(invalid(reason));
+    }
+    if prefix.starts_with(':') || prefix.ends_with(':') || prefix.contains("::") {
+        return Err(invalid("it has an empty ':'-separated segment"));
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Errors, one enum per layer: configuration, envelope parsing, identity, store and guard.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+/// A boxed error from a store's client library, kept as the `source` of a [`StoreError`].
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Why [`ConfigBuilder::build`](crate::ConfigBuilder::build) refused a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The service name is empty.
+    #[error("service name must not be empty")]
+    EmptyServiceName,
+    /// The service name holds a character that could move a key out of its namespace.
+    #[error("service name {name:?} is invalid: {reason}")]
+    InvalidServiceName {
+        /// The rejected name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The key prefix is empty.
+    #[error("key prefix must not be empty")]
+    EmptyKeyPrefix,
+    /// The key prefix holds a character that is not allowed in it.
+    #[error("key prefix {prefix:?} is invalid: {reason}")]
+    InvalidKeyPrefix {
+        /// The rejected prefix.
+        prefix: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A duration is zero or shorter than a millisecond (stores count in milliseconds).
+    #[error("{what} must be at least one millisecond, got {value:?}")]
+    DurationTooShort {
+        /// Which setting: `default_ttl`, `processing_ttl`, `store_timeout`, or
+        /// `ttl of event type "..."`.
+        what: String,
+        /// The rejected value.
+        value: Duration,
+    },
+    /// An event type given a TTL is empty.
+    #[error("an event type given a TTL must not be empty")]
+    EmptyEventType,
+}
+
+/// Why [`EventEnvelope::from_slice`](crate::EventEnvelope::from_slice) could not read a payload.
+///
+/// Each variant names the problem so that a consumer can log it and route the message to a
+/// dead-letter topic; nothing is skipped silently.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// The payload has no bytes at all (a Kafka tombstone carries no value, too).
+    #[error("event payload is empty")]
+    Empty,
+    /// The payload is not valid UTF-8.
+    #[error("event payload is not valid UTF-8 (invalid byte at offset {valid_up_to})")]
+    NotUtf8 {
+        /// Length of the valid prefix.
+        valid_up_to: usize,
+    },
+    /// The payload is not valid JSON.
+    #[error("event payload is not valid JSON: {message} at line {line}, column {column}")]
+    InvalidJson {
+        /// What the parser reported.
+        message: String,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+    },
+    /// The payload is JSON, but not an object.
+    #[error("event payload must be a JSON object, found {found}")]
+    NotAnObject {
+        /// The JSON kind found instead: `array`, `string`, `number`, `boolean` or `null`.
+        found: &'static str,
+    },
+    /// A required field is missing (or `null`).
+    #[error("event field `{field}` is missing")]
+    MissingField {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A field has the wrong JSON type.
+    #[error("event field `{field}` must be {expected}, found {found}")]
+    WrongType {
+        /// The field's name.
+        field: &'static str,
+        /// The JSON type the field must have.
+        expected: &'static str,
+        /// The JSON kind found instead.
+        found: &'static str,
+    },
+    /// A required string field is empty.
+    #[error("event field `{field}` must not be empty")]
+    EmptyField {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// The payload is structurally wrong in another way (a field given twice, ...).
+    #[error("event payload is malformed: {message}")]
+    Malformed {
+        /// What the parser reported.
+        message: String,
+    },
+}
+
+/// Why an event's identity (its deterministic hash and key) could not be computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// The event has no `event_id` and no `data`: nothing identifies it.
+    #[error("event of type {event_type:?} has neither an event_id nor data: it cannot be identified")]
+    Unidentifiable {
+        /// The event's type.
+        event_type: String,
+    },
+    /// The event's type is empty.
+    #[error("event type must not be empty")]
+    EmptyEventType,
+    /// The event's data is nested deeper than the canonical encoder accepts.
+    #[error("event data is nested deeper than {limit} levels")]
+    TooDeep {
+        /// The nesting limit.
+        limit: usize,
+    },
+}
+
+/// A store operation failed. The guard turns this into `Outcome::Unprotected` with
+/// `FailMode::Open` and into `GuardError::Store` with `FailMode::Closed`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be reached or answered with an error.
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        /// A description of the failure (never credentials).
+        message: String,
+        /// The client library's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The operation did not finish within the configured store timeout.
+    #[error("store operation `{operation}` timed out after {timeout:?}")]
+    Timeout {
+        /// The trait method that timed out.
+        operation: &'static str,
+        /// The timeout that elapsed.
+        timeout: Duration,
+    },
+    /// The store holds a value this library cannot read.
+    #[error("store holds an unreadable value at key {key:?}: {detail}")]
+    InvalidData {
+        /// The key.
+        key: String,
+        /// What is wrong with the value.
+        detail: String,
+    },
+    /// The caller passed an argument the store cannot accept (an empty key or owner, a zero
+    /// lease).
+    #[error("invalid store argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl StoreError {
+    /// Wraps a client error as [`StoreError::Unavailable`].
+    ///
+    /// ```
+    /// use eventonce_core::StoreError;
+    /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    /// let err = StoreError::unavailable(io);
+    /// assert!(err.to_string().contains("refused"));
+    /// ```
+    pub fn unavailable<E>(source: E) -> Self
+    where
+        E: StdError + Send + Sync + 'static,
+    {
+        StoreError::Unavailable {
+            message: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// Why [`Guard::run`](crate::Guard::run) did not return an outcome.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuardError<E> {
+    /// The handler returned an error. Its claim was released, so a redelivery runs it again;
+    /// the guard never runs it a second time by itself.
+    #[error("event handler failed: {0}")]
+    Handler(#[source] E),
+    /// Another consumer holds a live claim on this event: retry later (do not commit the
+    /// offset).
+    #[error("event is being processed by another consumer")]
+    InProgress,
+    /// The store failed and the configuration is `FailMode::Closed`: the handler did not run.
+    #[error("idempotency store failed: {0}")]
+    Store(#[source] StoreError),
+    /// The event cannot be identified, so it cannot be protected; the handler did not run.
+    #[error("event cannot be identified: {0}")]
+    InvalidEvent(#[source] IdentityError),
+}
+
+impl<E> GuardError<E> {
+    /// The handler's error, if this is [`GuardError::Handler`].
+    pub fn into_handler_error(self) -> Option<E> {
+        match self {
+            GuardError::Handler(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether redelivering the event later can succeed (the handler failed, another
+    /// consumer holds it, or the store failed); `false` for an event that cannot be identified.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, GuardError::InvalidEvent(_))
+    }
+}

@@ -1,0 +1,686 @@
+//! `Guard::run`: claim, run the handler once, complete or release, log the decision.
+
+use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use tracing::Level;
+
+use crate::config::{FailMode, IdempotencyConfig};
+use crate::envelope::EventEnvelope;
+use crate::error::{GuardError, IdentityError, StoreError};
+use crate::store::{Claim, IdempotencyStore};
+
+/// What happened to an event that [`Guard::run`] let through or skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Outcome<T> {
+    /// The event was new: the handler ran once and the event is recorded as completed.
+    Processed(T),
+    /// The event was completed before: the handler was never polled.
+    Duplicate,
+    /// The store failed and the configuration is `FailMode::Open`: the handler ran without
+    /// protection, so this may be a second run.
+    Unprotected(T),
+}
+
+impl<T> Outcome<T> {
+    /// The handler's value, if the handler ran.
+    pub fn into_value(self) -> Option<T> {
+        match self {
+            Outcome::Processed(v) | Outcome::Unprotected(v) => Some(v),
+            Outcome::Duplicate => None,
+        }
+    }
+
+    /// Whether the event was a duplicate.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Outcome::Duplicate)
+    }
+}
+
+/// Counters of a guard's decisions since it was created (shared by its clones).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuardStats {
+    /// Events processed and recorded as completed.
+    pub processed: u64,
+    /// Duplicates skipped.
+    pub duplicates: u64,
+    /// Runs refused because another owner held the claim.
+    pub in_progress: u64,
+    /// Handler failures (claim released).
+    pub handler_failures: u64,
+    /// Handler panics (claim released, panic resumed).
+    pub handler_panics: u64,
+    /// Handlers run without protection because the store failed (`FailMode::Open`).
+    pub unprotected: u64,
+    /// Runs refused because the store failed (`FailMode::Closed`).
+    pub store_refusals: u64,
+    /// Failed store operations of any kind.
+    pub store_errors: u64,
+    /// Claims found lost at completion or renewal (the lease had expired).
+    pub claims_lost: u64,
+    /// Events that could not be identified.
+    pub invalid_events: u64,
+    /// `run` futures dropped while their handler was running.
+    pub cancelled: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    processed: AtomicU64,
+    duplicates: AtomicU64,
+    in_progress: AtomicU64,
+    handler_failures: AtomicU64,
+    handler_panics: AtomicU64,
+    unprotected: AtomicU64,
+    store_refusals: AtomicU64,
+    store_errors: AtomicU64,
+    claims_lost: AtomicU64,
+    invalid_events: AtomicU64,
+    cancelled: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Runs event handlers at most once per event (per service, within the event type's TTL).
+///
+/// Cheap to clone (it holds `Arc`s); use one guard from many tasks at once.
+///
+/// ```
+/// use eventonce_core::{EventEnvelope, Guard, GuardError, IdempotencyConfig, IdempotencyStore, Outcome};
+///
+/// async fn consume(store: impl IdempotencyStore + 'static, payload: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+///     let config = IdempotencyConfig::builder("billing-service").build()?;
+///     let guard = Guard::new(store, config);
+///     let event = EventEnvelope::from_slice(payload)?;
+///     match guard.run(&event, async { Ok::<_, std::io::Error>("charged") }).await {
+///         Ok(Outcome::Processed(_) | Outcome::Unprotected(_) | Outcome::Duplicate) => {} // commit
+///         Err(GuardError::InProgress | GuardError::Handler(_)) => {} // redeliver later
+///         Err(other) => return Err(other.into()),
+///     }
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Guard {
+    inner: Arc<GuardInner>,
+}
+
+struct GuardInner {
+    store: Arc<dyn IdempotencyStore>,
+    config: IdempotencyConfig,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("store", &self.inner.store.backend_name())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+/// Everything a decision log line carries.
+struct Ctx<'a> {
+    config: &'a IdempotencyConfig,
+    envelope: &'a EventEnvelope,
+    hash: &'a str,
+    key: &'a str,
+    ttl: Duration,
+    started: Instant,
+    store_time: Duration,
+}
+
+impl Ctx<'_> {
+    fn total_ms(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1000.0
+    }
+    fn store_ms(&self) -> f64 {
+        self.store_time.as_secs_f64() * 1000.0
+    }
+}
+
+/// One structured event per decision, with every field of the design.
+macro_rules! decision {
+    ($level:expr, $ctx:expr, $action:expr, $($rest:tt)+) => {
+        tracing::event!(
+            $level,
+            service = $ctx.config.service_name(),
+            event_type = $ctx.envelope.event_type.as_str(),
+            event_id = $ctx.envelope.event_id.as_deref(),
+            correlation_id = $ctx.envelope.correlation_id.as_deref(),
+            source_service = $ctx.envelope.source_service.as_deref(),
+            deterministic_hash = $ctx.hash,
+            key = $ctx.key,
+            ttl_seconds = $ctx.ttl.as_secs(),
+            action = $action,
+            store_duration_ms = $ctx.store_ms(),
+            total_duration_ms = $ctx.total_ms(),
+            $($rest)+
+        )
+    };
+}
+
+/// A debug decision, logged only with `debug_logging`.
+macro_rules! debug_decision {
+    ($ctx:expr, $action:expr, $($rest:tt)+) => {
+        if $ctx.config.debug_logging() {
+            decision!(Level::DEBUG, $ctx, $action, $($rest)+);
+        }
+    };
+}
+
+impl Guard {
+    /// A guard over `store` with `config`.
+    pub fn new<S>(store: S, config: IdempotencyConfig) -> Self
+    where
+        S: IdempotencyStore + 'static,
+    {
+        Self::from_arc(Arc::new(store), config)
+    }
+
+    /// A guard over a store already shared behind an `Arc`.
+    pub fn from_arc(store: Arc<dyn IdempotencyStore>, config: IdempotencyConfig) -> Self {
+        Guard {
+            inner: Arc::new(GuardInner {
+                store,
+                config,
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IdempotencyConfig {
+        &self.inner.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn IdempotencyStore> {
+        &self.inner.store
+    }
+
+    /// The decision counters of this guard and its clones.
+    pub fn stats(&self) -> GuardStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        GuardStats {
+            processed: get(&c.processed),
+            duplicates: get(&c.duplicates),
+            in_progress: get(&c.in_progress),
+            handler_failures: get(&c.handler_failures),
+            handler_panics: get(&c.handler_panics),
+            unprotected: get(&c.unprotected),
+            store_refusals: get(&c.store_refusals),
+            store_errors: get(&c.store_errors),
+            claims_lost: get(&c.claims_lost),
+            invalid_events: get(&c.invalid_events),
+            cancelled: get(&c.cancelled),
+        }
+    }
+
+    /// The store key of an event under this guard's configuration.
+    pub fn key_for(&self, envelope: &EventEnvelope) -> Result<String, IdentityError> {
+        let hash = envelope.deterministic_hash()?;
+        Ok(self
+            .inner
+            .config
+            .generate_key(&envelope.event_type, &hash))
+    }
+
+    /// Runs `handler` for `envelope` unless the event was processed before.
+    ///
+    /// - New event: claims it with a lease of `processing_ttl`, polls `handler` to
+    ///   completion (renewing the lease every third of it), marks it completed for the event
+    ///   type's TTL and returns [`Outcome::Processed`].
+    /// - Completed before: returns [`Outcome::Duplicate`]; `handler` is never polled.
+    /// - Claimed by another live owner: [`GuardError::InProgress`] (after waiting up to
+    ///   `in_progress_wait` for it to finish, if configured).
+    /// - `handler` returns `Err`: releases the claim (owner-checked) and returns
+    ///   [`GuardError::Handler`]; a redelivery runs it again, the guard never does.
+    /// - `handler` panics: releases the claim, then resumes the panic.
+    /// - This future is dropped while the handler runs: the claim is released by a spawned
+    ///   task (or, without a runtime, expires after the lease).
+    /// - The store fails: [`Outcome::Unprotected`] with `FailMode::Open`,
+    ///   [`GuardError::Store`] with `FailMode::Closed`.
+    /// - The event has no identity: [`GuardError::InvalidEvent`].
+    ///
+    /// Must run inside a Tokio runtime with time enabled.
+    pub async fn run<F, T, E>(
+        &self,
+        envelope: &EventEnvelope,
+        handler: F,
+    ) -> Result<Outcome<T>, GuardError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let started = Instant::now();
+        let config = &self.inner.config;
+        let counters = &self.inner.counters;
+        let hash = match envelope.deterministic_hash() {
+            Ok(hash) => hash,
+            Err(err) => {
+                bump(&counters.invalid_events);
+                tracing::error!(
+                    service = config.service_name(),
+                    event_type = envelope.event_type.as_str(),
+                    event_id = envelope.event_id.as_deref(),
+                    correlation_id = envelope.correlation_id.as_deref(),
+                    source_service = envelope.source_service.as_deref(),
+                    action = "rejected",
+                    error = %err,
+                    "INVALID_EVENT: Event cannot be identified, not processing"
+                );
+                return Err(GuardError::InvalidEvent(err));
+            }
+        };
+        let key = config.generate_key(&envelope.event_type, &hash);
+        let mut ctx = Ctx {
+            config,
+            envelope,
+            hash: &hash,
+            key: &key,
+            ttl: config.ttl_for_event_type(&envelope.event_type),
+            started,
+            store_time: Duration::ZERO,
+        };
+        let owner = new_owner();
+
+        let claim = self.claim(&mut ctx, &owner).await;
+        match claim {
+            Ok(Claim::Acquired) => {
+                debug_decision!(ctx, "claimed", "CLAIM_ACQUIRED: Event claimed for processing");
+            }
+            Ok(Claim::Completed) => {
+                bump(&counters.duplicates);
+                decision!(
+                    Level::WARN,
+                    ctx,
+                    "skipped_duplicate",
+                    "DUPLICATE_EVENT_DETECTED: Event already processed, skipping"
+                );
+                return Ok(Outcome::Duplicate);
+            }
+            Ok(Claim::InProgress) => {
+                bump(&counters.in_progress);
+                decision!(
+                    Level::WARN,
+                    ctx,
+                    "in_progress",
+                    "EVENT_IN_PROGRESS: Event is being processed by another consumer, retry later"
+                );
+                return Err(GuardError::InProgress);
+            }
+            Err(err) => return self.store_failed(&ctx, err, handler).await,
+        }
+
+        // From here on the claim is ours: whatever happens, it is completed or released.
+        let mut pending = PendingClaim {
+            store: Arc::clone(&self.inner.store),
+            key: key.clone(),
+            owner,
+            ttl: ctx.ttl,
+            on_drop: OnDrop::Release,
+            guard: Arc::clone(&self.inner),
+        };
+        let result = self.drive(&ctx, &pending.owner, handler).await;
+        match result {
+            Ok(Ok(value)) => {
+                pending.on_drop = OnDrop::Complete;
+                let t = Instant::now();
+                let done = self
+                    .timed(
+                        "complete",
+                        self.inner.store.complete(&key, &pending.owner, ctx.ttl),
+                    )
+                    .await;
+                ctx.store_time += t.elapsed();
+                pending.on_drop = OnDrop::Nothing;
+                match done {
+                    Ok(true) => {
+                        bump(&counters.processed);
+                        debug_decision!(ctx, "completed", "EVENT_PROCESSED: Event processed and marked completed");
+                    }
+                    Ok(false) => {
+                        bump(&counters.processed);
+                        bump(&counters.claims_lost);
+                        decision!(
+                            Level::ERROR,
+                            ctx,
+                            "claim_lost",
+                            "CLAIM_LOST: Event processed, but its claim had expired and may have been taken over; raise processing_ttl"
+                        );
+                    }
+                    Err(err) => {
+                        bump(&counters.processed);
+                        bump(&counters.store_errors);
+                        decision!(
+                            Level::ERROR,
+                            ctx,
+                            "complete_failed",
+                            error = %err,
+                            "STORE_ERROR: Event processed, but marking it completed failed; a redelivery after the lease may process it again"
+                        );
+                    }
+                }
+                Ok(Outcome::Processed(value))
+            }
+            Ok(Err(err)) => {
+                bump(&counters.handler_failures);
+                let released = self.release(&mut ctx, &pending.owner).await;
+                pending.on_drop = OnDrop::Nothing;
+                decision!(
+                    Level::ERROR,
+                    ctx,
+                    "released",
+                    error = %err,
+                    released,
+                    "PROCESSING_FAILED: Handler failed, claim released so a redelivery can retry"
+                );
+                Err(GuardError::Handler(err))
+            }
+            Err(panic) => {
+                bump(&counters.handler_panics);
+                let released = self.release(&mut ctx, &pending.owner).await;
+                pending.on_drop = OnDrop::Nothing;
+                decision!(
+                    Level::ERROR,
+                    ctx,
+                    "released",
+                    released,
+                    "PROCESSING_FAILED: Handler panicked, claim released so a redelivery can retry"
+                );
+                resume_unwind(panic)
+            }
+        }
+    }
+
+    /// `try_claim`, waiting for another owner's claim up to `in_progress_wait`.
+    async fn claim(&self, ctx: &mut Ctx<'_>, owner: &str) -> Result<Claim, StoreError> {
+        let config = &self.inner.config;
+        let deadline = tokio::time::Instant::now() + config.in_progress_wait();
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let t = Instant::now();
+            let claim = self
+                .timed(
+                    "try_claim",
+                    self.inner
+                        .store
+                        .try_claim(ctx.key, owner, config.processing_ttl()),
+                )
+                .await;
+            ctx.store_time += t.elapsed();
+            let now = tokio::time::Instant::now();
+            if !matches!(claim, Ok(Claim::InProgress)) || now >= deadline {
+                return claim;
+            }
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    async fn release(&self, ctx: &mut Ctx<'_>, owner: &str) -> bool {
+        let t = Instant::now();
+        let released = self
+            .timed("release", self.inner.store.release(ctx.key, owner))
+            .await;
+        ctx.store_time += t.elapsed();
+        match released {
+            Ok(released) => released,
+            Err(err) => {
+                bump(&self.inner.counters.store_errors);
+                decision!(
+                    Level::ERROR,
+                    ctx,
+                    "release_failed",
+                    error = %err,
+                    "STORE_ERROR: Releasing the claim failed; it expires after the lease"
+                );
+                false
+            }
+        }
+    }
+
+    /// The store failed before the claim: apply the fail mode.
+    async fn store_failed<F, T, E>(
+        &self,
+        ctx: &Ctx<'_>,
+        err: StoreError,
+        handler: F,
+    ) -> Result<Outcome<T>, GuardError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let counters = &self.inner.counters;
+        bump(&counters.store_errors);
+        let backend = self.inner.store.backend_name();
+        match self.inner.config.on_store_error() {
+            FailMode::Closed => {
+                bump(&counters.store_refusals);
+                decision!(
+                    Level::ERROR,
+                    ctx,
+                    "fail_closed",
+                    store = backend,
+                    error = %err,
+                    "STORE_ERROR: Idempotency store unavailable, refusing to process (fail closed)"
+                );
+                Err(GuardError::Store(err))
+            }
+            FailMode::Open => {
+                bump(&counters.unprotected);
+                decision!(
+                    Level::ERROR,
+                    ctx,
+                    "fail_open",
+                    store = backend,
+                    error = %err,
+                    "STORE_ERROR: Idempotency store unavailable, processing without protection (fail open)"
+                );
+                match handler.await {
+                    Ok(value) => Ok(Outcome::Unprotected(value)),
+                    Err(err) => {
+                        bump(&counters.handler_failures);
+                        decision!(
+                            Level::ERROR,
+                            ctx,
+                            "failed_unprotected",
+                            error = %err,
+                            "PROCESSING_FAILED: Handler failed (unprotected run)"
+                        );
+                        Err(GuardError::Handler(err))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Polls the handler to completion, catching a panic, and renews the lease every third
+    /// of it while the handler runs.
+    async fn drive<F: Future>(
+        &self,
+        ctx: &Ctx<'_>,
+        owner: &str,
+        handler: F,
+    ) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
+        let config = &self.inner.config;
+        let lease = config.processing_ttl();
+        let period = (lease / 3).max(Duration::from_millis(1));
+        let mut handler = pin!(handler);
+        let mut tick = pin!(tokio::time::sleep(period));
+        let mut renewal: Option<Pin<Box<dyn Future<Output = Result<bool, StoreError>> + Send + '_>>> =
+            None;
+        let mut renewing = true;
+        poll_fn(|cx| {
+            match catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
+                Ok(Poll::Ready(out)) => return Poll::Ready(Ok(out)),
+                Err(panic) => return Poll::Ready(Err(panic)),
+                Ok(Poll::Pending) => {}
+            }
+            loop {
+                if let Some(r) = renewal.as_mut() {
+                    if let Poll::Ready(result) = r.as_mut().poll(cx) {
+                        renewal = None;
+                        match result {
+                            Ok(true) => {
+                                debug_decision!(ctx, "lease_renewed", "LEASE_RENEWED: Claim lease renewed");
+                            }
+                            Ok(false) => {
+                                renewing = false;
+                                bump(&self.inner.counters.claims_lost);
+                                decision!(
+                                    Level::ERROR,
+                                    ctx,
+                                    "lease_lost",
+                                    "LEASE_LOST: The claim expired while the handler ran; another consumer may process the event"
+                                );
+                            }
+                            Err(err) => {
+                                bump(&self.inner.counters.store_errors);
+                                decision!(
+                                    Level::WARN,
+                                    ctx,
+                                    "lease_renewal_failed",
+                                    error = %err,
+                                    "STORE_ERROR: Renewing the claim lease failed; will retry"
+                                );
+                            }
+                        }
+                    }
+                }
+                if !renewing || tick.as_mut().poll(cx).is_pending() {
+                    break;
+                }
+                tick.as_mut().reset(tokio::time::Instant::now() + period);
+                if renewal.is_none() {
+                    renewal = Some(Box::pin(self.timed(
+                        "extend",
+                        self.inner.store.extend(ctx.key, owner, lease),
+                    )));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// A store call bounded by the configured store timeout.
+    async fn timed<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let timeout = self.inner.config.store_timeout();
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout { operation, timeout }),
+        }
+    }
+}
+
+/// What to do with a claim if the `run` future is dropped before it finished with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnDrop {
+    /// The handler had not finished: release the claim.
+    Release,
+    /// The handler had succeeded: complete the claim.
+    Complete,
+    /// Already completed or released.
+    Nothing,
+}
+
+struct PendingClaim {
+    store: Arc<dyn IdempotencyStore>,
+    key: String,
+    owner: String,
+    ttl: Duration,
+    on_drop: OnDrop,
+    guard: Arc<GuardInner>,
+}
+
+impl Drop for PendingClaim {
+    fn drop(&mut self) {
+        if self.on_drop == OnDrop::Nothing {
+            return;
+        }
+        bump(&self.guard.counters.cancelled);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                key = self.key.as_str(),
+                "RUN_CANCELLED: Run dropped outside a runtime; the claim expires after the lease"
+            );
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        let key = std::mem::take(&mut self.key);
+        let owner = std::mem::take(&mut self.owner);
+        let (on_drop, ttl) = (self.on_drop, self.ttl);
+        let timeout = self.guard.config.store_timeout();
+        tracing::warn!(
+            key = key.as_str(),
+            action = if on_drop == OnDrop::Complete { "complete" } else { "release" },
+            "RUN_CANCELLED: Run dropped mid-flight; settling its claim in the background"
+        );
+        runtime.spawn(async move {
+            let settle = async {
+                match on_drop {
+                    OnDrop::Complete => store.complete(&key, &owner, ttl).await,
+                    _ => store.release(&key, &owner).await,
+                }
+            };
+            if let Ok(Err(err)) | Err(err) = tokio::time::timeout(timeout, settle)
+                .await
+                .map_err(|_| StoreError::Timeout {
+                    operation: "settle",
+                    timeout,
+                })
+            {
+                tracing::error!(
+                    key = key.as_str(),
+                    error = %err,
+                    "STORE_ERROR: Settling a cancelled run's claim failed; it expires after the lease"
+                );
+            }
+        });
+    }
+}
+
+/// A token unique to one claim: process id, a per-process random nonce, a counter.
+fn new_owner() -> String {
+    use std::hash::BuildHasher;
+    static NONCE: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nonce = *NONCE.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        std::collections::hash_map::RandomState::new().hash_one((std::process::id(), now))
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}-{nonce:016x}-{n:x}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_tokens_are_unique() {
+        let a = new_owner();
+        let b = new_owner();
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!("{:x}-", std::process::id())));
+    }
+}

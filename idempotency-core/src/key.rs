@@ -1,0 +1,203 @@
+//! Store keys: `{prefix}:{service}:{event type}:{hash}`, confined to their namespace.
+//!
+//! The event type is the only part of a key that comes from the event itself, so it is
+//! escaped: `.` becomes `_` (the key format of the Python "idempotency v2" decorator), and
+//! every byte that could move a key out of its namespace or make two event types share a
+//! key is written as `%XX`: `%`, `_`, `~`, `:`, the glob characters `*?[]\`, the
+//! Redis Cluster hash-tag braces `{}`, whitespace, control characters and every byte of a
+//! non-ASCII character. The mapping is injective, so [`unescape_event_type`] reverses it.
+//! A segment over [`MAX_EVENT_TYPE_SEGMENT`] bytes is cut and given a hash suffix
+//! (`~` + 32 hex digits of the whole type's xxh3-128), so distinct types keep distinct keys.
+
+use std::fmt::Write as _;
+
+/// The longest event-type segment a key holds, in bytes.
+pub const MAX_EVENT_TYPE_SEGMENT: usize = 200;
+
+const SUFFIX_LEN: usize = 1 + 32;
+
+fn needs_escape(b: u8) -> bool {
+    !b.is_ascii()
+        || b.is_ascii_control()
+        || b.is_ascii_whitespace()
+        || matches!(
+            b,
+            b'%' | b'_' | b'~' | b':' | b'*' | b'?' | b'[' | b']' | b'{' | b'}' | b'\\' | b' '
+        )
+}
+
+/// Escapes an event type for use as a key segment (see the [module](self) docs).
+///
+/// ```
+/// use eventonce_core::escape_event_type;
+/// assert_eq!(escape_event_type("huleedu.essay.spellcheck.requested.v1"),
+///            "huleedu_essay_spellcheck_requested_v1");
+/// assert_eq!(escape_event_type("orders.created:*"), "orders_created%3A%2A");
+/// assert_eq!(escape_event_type("cj_assessment.v1"), "cj%5Fassessment_v1");
+/// ```
+pub fn escape_event_type(event_type: &str) -> String {
+    let mut out = String::with_capacity(event_type.len() + 8);
+    let mut ends = Vec::new();
+    for &b in event_type.as_bytes() {
+        if b == b'.' {
+            out.push('_');
+        } else if needs_escape(b) {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        } else {
+            out.push(char::from(b));
+        }
+        ends.push(out.len());
+    }
+    if out.len() <= MAX_EVENT_TYPE_SEGMENT {
+        return out;
+    }
+    // Cut at the end of a whole escape, leaving room for the suffix.
+    let budget = MAX_EVENT_TYPE_SEGMENT - SUFFIX_LEN;
+    let cut = ends.iter().copied().take_while(|&e| e <= budget).last().unwrap_or(0);
+    out.truncate(cut);
+    let digest = xxhash_rust::xxh3::xxh3_128(event_type.as_bytes());
+    let _ = write!(out, "~{digest:032x}");
+    out
+}
+
+/// Reverses [`escape_event_type`]. Returns `None` for a segment that is not a valid
+/// escape or that was shortened (its tail is only a hash).
+///
+/// ```
+/// use eventonce_core::{escape_event_type, unescape_event_type};
+/// let t = "weird type: [ünïcode] {tag}.v1";
+/// assert_eq!(unescape_event_type(&escape_event_type(t)).as_deref(), Some(t));
+/// ```
+pub fn unescape_event_type(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'_' => out.push(b'.'),
+            b'%' => {
+                let hex = segment.get(i + 1..i + 3)?;
+                let b = u8::from_str_radix(hex, 16).ok()?;
+                if !needs_escape(b) {
+                    return None;
+                }
+                out.push(b);
+                i += 2;
+            }
+            b if needs_escape(b) || b == b'.' => return None,
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Escapes a hash segment. Hashes made by this crate are hex and pass unchanged; a
+/// caller-supplied one cannot leave the namespace either.
+fn escape_hash(hash: &str) -> std::borrow::Cow<'_, str> {
+    if hash.bytes().all(|b| !needs_escape(b) && b != b'.') && !hash.is_empty() {
+        return std::borrow::Cow::Borrowed(hash);
+    }
+    let mut out = String::with_capacity(hash.len() * 3 + 3);
+    if hash.is_empty() {
+        out.push_str("%00");
+    }
+    for b in hash.bytes() {
+        if needs_escape(b) || b == b'.' {
+            let _ = write!(out, "%{b:02X}");
+        } else {
+            out.push(char::from(b));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+pub(crate) fn build_key(prefix: &str, service: &str, event_type: &str, hash: &str) -> String {
+    let event_type = escape_event_type(event_type);
+    let hash = escape_hash(hash);
+    let mut key =
+        String::with_capacity(prefix.len() + service.len() + event_type.len() + hash.len() + 3);
+    key.push_str(prefix);
+    key.push(':');
+    key.push_str(service);
+    key.push(':');
+    key.push_str(&event_type);
+    key.push(':');
+    key.push_str(&hash);
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dots_become_underscores_like_the_python_decorator() {
+        assert_eq!(
+            escape_event_type("huleedu.els.batch.essays.ready.v1"),
+            "huleedu_els_batch_essays_ready_v1"
+        );
+    }
+
+    #[test]
+    fn dot_and_underscore_types_get_distinct_segments() {
+        assert_ne!(escape_event_type("a.b"), escape_event_type("a_b"));
+        assert_eq!(unescape_event_type(&escape_event_type("a_b")).as_deref(), Some("a_b"));
+    }
+
+    #[test]
+    fn every_dangerous_character_is_escaped() {
+        let escaped = escape_event_type("a:b*c?d[e]f{g}h\\i j\tk\nl\u{7f}m\u{e9}n%o~p");
+        for c in [':', '*', '?', '[', ']', '{', '}', '\\', ' ', '\t', '\n', '\u{7f}', '~'] {
+            assert!(!escaped.contains(c), "{c:?} survived in {escaped}");
+        }
+        assert!(escaped.is_ascii());
+        assert_eq!(
+            unescape_event_type(&escaped).as_deref(),
+            Some("a:b*c?d[e]f{g}h\\i j\tk\nl\u{7f}m\u{e9}n%o~p")
+        );
+    }
+
+    #[test]
+    fn long_types_are_shortened_with_a_hash_suffix_and_stay_distinct() {
+        let a = "x".repeat(300);
+        let b = format!("{}y", "x".repeat(299));
+        let (ea, eb) = (escape_event_type(&a), escape_event_type(&b));
+        assert!(ea.len() <= MAX_EVENT_TYPE_SEGMENT && eb.len() <= MAX_EVENT_TYPE_SEGMENT);
+        assert_ne!(ea, eb);
+        assert!(ea.contains('~'));
+        assert_eq!(unescape_event_type(&ea), None);
+    }
+
+    #[test]
+    fn a_type_of_exactly_the_limit_is_kept_whole() {
+        let t = "t".repeat(MAX_EVENT_TYPE_SEGMENT);
+        assert_eq!(escape_event_type(&t), t);
+        let longer = "t".repeat(MAX_EVENT_TYPE_SEGMENT + 1);
+        assert_ne!(escape_event_type(&longer), longer);
+    }
+
+    #[test]
+    fn shortening_never_cuts_inside_an_escape() {
+        let t = ":".repeat(100);
+        let e = escape_event_type(&t);
+        let body = e.split('~').next().unwrap_or_default();
+        assert_eq!(body.len() % 3, 0, "{body}");
+    }
+
+    #[test]
+    fn malformed_segments_do_not_unescape() {
+        for bad in ["%", "%4", "%ZZ", "a.b", "a:b", "%41", "a~b"] {
+            assert_eq!(unescape_event_type(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hostile_hashes_stay_in_their_segment() {
+        let key = build_key("p", "s", "t", "x:*{y}");
+        assert_eq!(key.matches(':').count(), 3);
+        assert!(!key.contains('*') && !key.contains('{'));
+        assert_eq!(build_key("p", "s", "t", ""), "p:s:t:%00");
+    }
+}

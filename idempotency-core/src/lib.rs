@@ -1,0 +1,32 @@
+//! The core of eventonce: configuration, event identity and keys, the
+//! [`IdempotencyStore`] trait and the [`Guard`] that makes a consumer process each event
+//! once.
+//!
+//! This crate knows nothing of Redis, moka or SQL: backends implement [`IdempotencyStore`]
+//! in their own crates, and the `eventonce` crate re-exports everything with the backend a
+//! feature picks. With the `conformance` feature, [`conformance`] holds the shared suite
+//! every backend runs against a real server.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod config;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod envelope;
+mod error;
+mod guard;
+mod identity;
+mod key;
+mod store;
+
+pub use config::{
+    ConfigBuilder, FailMode, IdempotencyConfig, DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX,
+    DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT, DEFAULT_TTL, TTL_AGGREGATION, TTL_ASSESSMENT,
+    TTL_BATCH, TTL_QUICK,
+};
+pub use envelope::EventEnvelope;
+pub use error::{BoxError, ConfigError, EnvelopeError, GuardError, IdentityError, StoreError};
+pub use guard::{Guard, GuardStats, Outcome};
+pub use identity::{canonical_json, deterministic_hash, MAX_DEPTH};
+pub use key::{escape_event_type, unescape_event_type, MAX_EVENT_TYPE_SEGMENT};
+pub use store::{check_arguments, Claim, IdempotencyStore, Record, RecordState};

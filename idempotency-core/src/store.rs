@@ -1,0 +1,140 @@
+//! The storage trait every backend implements: a few atomic, owner-checked operations.
+//!
+//! Policy (leases, heartbeats, fail modes, timeouts) lives in [`Guard`](crate::Guard); a
+//! store only moves one key through `absent → processing → completed` atomically.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+
+/// What [`IdempotencyStore::try_claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was absent (or its record had expired): the caller now holds the claim.
+    Acquired,
+    /// The event was completed before: a duplicate.
+    Completed,
+    /// Another owner holds a live claim.
+    InProgress,
+}
+
+/// The state of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordState {
+    /// Claimed by an owner whose lease has not expired.
+    Processing,
+    /// Processed; kept for the event type's TTL.
+    Completed,
+}
+
+impl RecordState {
+    /// `"processing"` or `"completed"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordState::Processing => "processing",
+            RecordState::Completed => "completed",
+        }
+    }
+}
+
+/// One record, as [`IdempotencyStore::get`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Processing or completed.
+    pub state: RecordState,
+    /// The owner token of the claim that wrote the record, when the store knows it (a
+    /// record written by an older writer has none).
+    pub owner: Option<String>,
+    /// Time left before the record expires, when it expires.
+    pub ttl_left: Option<Duration>,
+}
+
+/// A store of idempotency records.
+///
+/// Every method is atomic in its backend, and every transition is owner-checked: nothing
+/// deletes, extends or completes a claim that another owner holds. An expired record counts
+/// as absent.
+///
+/// The shared conformance suite (`conformance` feature) checks these rules against a real
+/// store.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Claims `key` for `owner` for `lease` if it is absent or expired; otherwise reports
+    /// whether it is completed or held by another owner.
+    async fn try_claim(&self, key: &str, owner: &str, lease: Duration)
+        -> Result<Claim, StoreError>;
+
+    /// Marks `key` completed for `ttl`, only if `owner` still holds its claim. Returns
+    /// `false` when it does not (the lease expired and the claim was lost).
+    async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Deletes the claim on `key`, only if `owner` holds it and it is still processing.
+    /// Returns whether it deleted it.
+    async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError>;
+
+    /// Renews `owner`'s claim on `key` for `lease` from now, only if `owner` holds it and it
+    /// is still processing. Returns whether it renewed it.
+    async fn extend(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, StoreError>;
+
+    /// Reads the record of `key`, if there is a live one.
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError>;
+
+    /// A short name of the backend for logs and errors: `"memory"`, `"redis"`, ...
+    fn backend_name(&self) -> &'static str {
+        "store"
+    }
+}
+
+#[async_trait]
+impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
+    async fn try_claim(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        (**self).try_claim(key, owner, lease).await
+    }
+
+    async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        (**self).complete(key, owner, ttl).await
+    }
+
+    async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
+        (**self).release(key, owner).await
+    }
+
+    async fn extend(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
+        (**self).extend(key, owner, lease).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        (**self).get(key).await
+    }
+
+    fn backend_name(&self) -> &'static str {
+        (**self).backend_name()
+    }
+}
+
+/// Checks the arguments every store receives; backends call it first so that they reject
+/// the same inputs the same way.
+pub fn check_arguments(key: &str, owner: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(StoreError::InvalidArgument("key must not be empty".into()));
+    }
+    if owner.is_empty() {
+        return Err(StoreError::InvalidArgument("owner must not be empty".into()));
+    }
+    if let Some(ttl) = ttl {
+        if ttl < Duration::from_millis(1) {
+            return Err(StoreError::InvalidArgument(format!(
+                "ttl must be at least one millisecond, got {ttl:?}"
+            )));
+        }
+    }
+    Ok(())
+}
