@@ -519,8 +519,7 @@ impl Guard {
         let period = (lease / 3).max(Duration::from_millis(1));
         let mut handler = pin!(handler);
         let mut tick = pin!(tokio::time::sleep(period));
-        let mut renewal: Option<Pin<Box<dyn Future<Output = Result<bool, StoreError>> + Send + '_>>> =
-            None;
+        let mut renewal: Option<StoreCall<'_, bool>> = None;
         let mut renewing = true;
         poll_fn(|cx| {
             match catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
@@ -588,6 +587,9 @@ impl Guard {
         }
     }
 }
+
+/// A boxed store call in flight.
+type StoreCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// What to do with a claim if the `run` future is dropped before it finished with it.
 #[derive(Clone, Copy, PartialEq, Eq)]
