@@ -1,1 +1,49 @@
-//! placeholder
+//! # eventonce
+//!
+//! Process each event once. Kafka, like every broker, delivers at least once: after a
+//! crash, a rebalance or a producer retry the same event arrives again. eventonce wraps
+//! the handler — `guard.run(&envelope, handler_future)` — and a store remembers which
+//! events were processed, per service, for a TTL chosen per event type.
+//!
+//! ```
+//! use std::time::Duration;
+//! use eventonce::{EventEnvelope, Guard, IdempotencyConfig, MemoryStore, Outcome};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = IdempotencyConfig::builder("essay-lifecycle-service")
+//!     .event_type_ttl("huleedu.essay.spellcheck.requested.v1", Duration::from_secs(3600))
+//!     .build()?;
+//! let guard = Guard::new(MemoryStore::new(), config);
+//!
+//! let payload = br#"{"event_id":"7d9c","event_type":"huleedu.essay.spellcheck.requested.v1",
+//!                    "data":{"essay_id":"e-1"}}"#;
+//! let envelope = EventEnvelope::from_slice(payload)?;
+//! let outcome = guard.run(&envelope, async { Ok::<_, std::io::Error>("spellchecked") }).await?;
+//! assert_eq!(outcome, Outcome::Processed("spellchecked"));
+//! let again = guard.run(&envelope, async { Ok::<_, std::io::Error>("twice?") }).await?;
+//! assert_eq!(again, Outcome::Duplicate);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Backends are picked with cargo features: `memory` (the default, [`MemoryStore`]),
+//! `redis` and `postgres` (in progress), `full` for all of them. The core types live in
+//! [`eventonce_core`] and are re-exported here.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub use eventonce_core::{
+    canonical_json, deterministic_hash, escape_event_type, unescape_event_type, BoxError, Claim,
+    ConfigBuilder, ConfigError, EnvelopeError, EventEnvelope, FailMode, Guard, GuardError,
+    GuardStats, IdempotencyConfig, IdempotencyStore, IdentityError, Outcome, Record, RecordState,
+    StoreError, DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL,
+    DEFAULT_STORE_TIMEOUT, DEFAULT_TTL,
+};
+#[cfg(feature = "memory")]
+pub use eventonce_memory::MemoryStore;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

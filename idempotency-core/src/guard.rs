@@ -141,11 +141,16 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn total_ms(&self) -> f64 {
-        self.started.elapsed().as_secs_f64() * 1000.0
+        millis(self.started.elapsed())
     }
     fn store_ms(&self) -> f64 {
-        self.store_time.as_secs_f64() * 1000.0
+        millis(self.store_time)
     }
+}
+
+/// Milliseconds, to the microsecond.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 /// One structured event per decision, with every field of the design.
