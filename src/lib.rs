@@ -34,10 +34,10 @@
 #![forbid(unsafe_code)]
 
 pub use eventonce_core::{
-    canonical_json, deterministic_hash, escape_event_type, unescape_event_type, BoxError, Claim,
-    ConfigBuilder, ConfigError, EnvelopeError, EventEnvelope, FailMode, Guard, GuardError,
-    GuardStats, IdempotencyConfig, IdempotencyStore, IdentityError, Outcome, Record, RecordState,
-    StoreError, DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL,
+    async_trait, canonical_json, deterministic_hash, escape_event_type, unescape_event_type,
+    BoxError, Claim, ConfigBuilder, ConfigError, EnvelopeError, EventEnvelope, FailMode, Guard,
+    GuardError, GuardStats, IdempotencyConfig, IdempotencyStore, IdentityError, Outcome, Record,
+    RecordState, StoreError, DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL,
     DEFAULT_STORE_TIMEOUT, DEFAULT_TTL,
 };
 #[cfg(feature = "memory")]

@@ -40,10 +40,22 @@ pub const DEFAULT_EVENT_TYPE_TTLS: &[(&str, Duration)] = &[
     ("huleedu.els.batch.essays.ready.v1", TTL_BATCH),
     ("huleedu.els.batch.phase.outcome.v1", TTL_BATCH),
     ("huleedu.cj_assessment.completed.v1", TTL_ASSESSMENT),
-    ("huleedu.batch.cj_assessment.initiate.command.v1", TTL_ASSESSMENT),
-    ("huleedu.batch.spellcheck.initiate.command.v1", TTL_ASSESSMENT),
-    ("huleedu.result_aggregator.batch.completed.v1", TTL_AGGREGATION),
-    ("huleedu.result_aggregator.class.summary.updated.v1", TTL_AGGREGATION),
+    (
+        "huleedu.batch.cj_assessment.initiate.command.v1",
+        TTL_ASSESSMENT,
+    ),
+    (
+        "huleedu.batch.spellcheck.initiate.command.v1",
+        TTL_ASSESSMENT,
+    ),
+    (
+        "huleedu.result_aggregator.batch.completed.v1",
+        TTL_AGGREGATION,
+    ),
+    (
+        "huleedu.result_aggregator.class.summary.updated.v1",
+        TTL_AGGREGATION,
+    ),
 ];
 
 /// What the guard does when the store fails.

@@ -119,23 +119,42 @@ pub async fn claim_on_absent_key_is_acquired(f: &impl StoreFactory) {
     let s = f.create().await;
     let key = unique_key("absent");
     assert_eq!(record(&s, &key).await, None);
-    assert_eq!(s.try_claim(&key, "a", LONG).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        s.try_claim(&key, "a", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
     let r = record(&s, &key).await.expect("record after claim");
     assert_eq!(r.state, RecordState::Processing);
     assert_eq!(r.owner.as_deref(), Some("a"));
     let left = r.ttl_left.expect("a claim has a lease");
-    assert!(left <= LONG && left > LONG - Duration::from_secs(10), "{left:?}");
+    assert!(
+        left <= LONG && left > LONG - Duration::from_secs(10),
+        "{left:?}"
+    );
 }
 
 /// A claim held by a live owner reports `InProgress` to everyone, its owner included.
 pub async fn claim_held_by_live_owner_is_in_progress(f: &impl StoreFactory) {
     let (s1, s2) = (f.create().await, f.create().await);
     let key = unique_key("held");
-    assert_eq!(s1.try_claim(&key, "a", LONG).await.expect("claim"), Claim::Acquired);
-    assert_eq!(s2.try_claim(&key, "b", LONG).await.expect("claim"), Claim::InProgress);
-    assert_eq!(s1.try_claim(&key, "a", LONG).await.expect("claim"), Claim::InProgress);
+    assert_eq!(
+        s1.try_claim(&key, "a", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        s2.try_claim(&key, "b", LONG).await.expect("claim"),
+        Claim::InProgress
+    );
+    assert_eq!(
+        s1.try_claim(&key, "a", LONG).await.expect("claim"),
+        Claim::InProgress
+    );
     let r = record(&s2, &key).await.expect("record");
-    assert_eq!(r.owner.as_deref(), Some("a"), "a failed claim must not overwrite the owner");
+    assert_eq!(
+        r.owner.as_deref(),
+        Some("a"),
+        "a failed claim must not overwrite the owner"
+    );
 }
 
 /// After `complete`, claims report `Completed` and the record keeps the given TTL.
@@ -143,13 +162,22 @@ pub async fn completed_key_reports_completed_with_its_ttl(f: &impl StoreFactory)
     let (s1, s2) = (f.create().await, f.create().await);
     let key = unique_key("completed");
     let ttl = Duration::from_secs(3600);
-    assert_eq!(s1.try_claim(&key, "a", LONG).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        s1.try_claim(&key, "a", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
     assert!(s1.complete(&key, "a", ttl).await.expect("complete"));
-    assert_eq!(s2.try_claim(&key, "b", LONG).await.expect("claim"), Claim::Completed);
+    assert_eq!(
+        s2.try_claim(&key, "b", LONG).await.expect("claim"),
+        Claim::Completed
+    );
     let r = record(&s2, &key).await.expect("record");
     assert_eq!(r.state, RecordState::Completed);
     let left = r.ttl_left.expect("a completed record has a TTL");
-    assert!(left <= ttl && left > ttl - Duration::from_secs(10), "{left:?}");
+    assert!(
+        left <= ttl && left > ttl - Duration::from_secs(10),
+        "{left:?}"
+    );
 }
 
 /// `complete` by anyone but the owner, or on an absent key, changes nothing.
@@ -157,12 +185,28 @@ pub async fn complete_is_owner_checked(f: &impl StoreFactory) {
     let s = f.create().await;
     let key = unique_key("complete-owner");
     assert!(!s.complete(&key, "a", LONG).await.expect("complete absent"));
-    assert_eq!(record(&s, &key).await, None, "complete must not create a record");
-    assert_eq!(s.try_claim(&key, "a", LONG).await.expect("claim"), Claim::Acquired);
-    assert!(!s.complete(&key, "b", LONG).await.expect("complete by other"));
+    assert_eq!(
+        record(&s, &key).await,
+        None,
+        "complete must not create a record"
+    );
+    assert_eq!(
+        s.try_claim(&key, "a", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert!(!s
+        .complete(&key, "b", LONG)
+        .await
+        .expect("complete by other"));
     let r = record(&s, &key).await.expect("record");
-    assert_eq!((r.state, r.owner.as_deref()), (RecordState::Processing, Some("a")));
-    assert!(s.complete(&key, "a", LONG).await.expect("complete by owner"));
+    assert_eq!(
+        (r.state, r.owner.as_deref()),
+        (RecordState::Processing, Some("a"))
+    );
+    assert!(s
+        .complete(&key, "a", LONG)
+        .await
+        .expect("complete by owner"));
     assert!(
         !s.complete(&key, "a", LONG).await.expect("second complete"),
         "a completed record is no longer a claim"
@@ -174,22 +218,37 @@ pub async fn release_is_owner_checked_and_frees_the_key(f: &impl StoreFactory) {
     let s = f.create().await;
     let key = unique_key("release");
     assert!(!s.release(&key, "a").await.expect("release absent"));
-    assert_eq!(s.try_claim(&key, "a", LONG).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        s.try_claim(&key, "a", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
     assert!(!s.release(&key, "b").await.expect("release by other"));
-    assert_eq!(s.try_claim(&key, "b", LONG).await.expect("claim"), Claim::InProgress);
+    assert_eq!(
+        s.try_claim(&key, "b", LONG).await.expect("claim"),
+        Claim::InProgress
+    );
     assert!(s.release(&key, "a").await.expect("release by owner"));
     assert_eq!(record(&s, &key).await, None);
-    assert_eq!(s.try_claim(&key, "b", LONG).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        s.try_claim(&key, "b", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
 }
 
 /// A completed record cannot be released, not even by the owner that completed it.
 pub async fn release_never_deletes_a_completed_record(f: &impl StoreFactory) {
     let s = f.create().await;
     let key = unique_key("release-completed");
-    assert_eq!(s.try_claim(&key, "a", LONG).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        s.try_claim(&key, "a", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
     assert!(s.complete(&key, "a", LONG).await.expect("complete"));
     assert!(!s.release(&key, "a").await.expect("release"));
-    assert_eq!(s.try_claim(&key, "b", LONG).await.expect("claim"), Claim::Completed);
+    assert_eq!(
+        s.try_claim(&key, "b", LONG).await.expect("claim"),
+        Claim::Completed
+    );
 }
 
 /// `extend` renews only the owner's processing claim.
@@ -197,15 +256,28 @@ pub async fn extend_is_owner_checked_and_renews_the_lease(f: &impl StoreFactory)
     let s = f.create().await;
     let key = unique_key("extend");
     assert!(!s.extend(&key, "a", LONG).await.expect("extend absent"));
-    assert_eq!(record(&s, &key).await, None, "extend must not create a record");
-    assert_eq!(s.try_claim(&key, "a", SHORT).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        record(&s, &key).await,
+        None,
+        "extend must not create a record"
+    );
+    assert_eq!(
+        s.try_claim(&key, "a", SHORT).await.expect("claim"),
+        Claim::Acquired
+    );
     assert!(!s.extend(&key, "b", LONG).await.expect("extend by other"));
     assert!(s.extend(&key, "a", LONG).await.expect("extend by owner"));
-    let left = record(&s, &key).await.and_then(|r| r.ttl_left).expect("lease");
+    let left = record(&s, &key)
+        .await
+        .and_then(|r| r.ttl_left)
+        .expect("lease");
     assert!(left > SHORT, "the lease was renewed to {left:?}");
     // The renewed claim outlives the original lease.
     tokio::time::sleep(PAST_SHORT).await;
-    assert_eq!(s.try_claim(&key, "b", LONG).await.expect("claim"), Claim::InProgress);
+    assert_eq!(
+        s.try_claim(&key, "b", LONG).await.expect("claim"),
+        Claim::InProgress
+    );
     assert!(s.complete(&key, "a", LONG).await.expect("complete"));
     assert!(!s.extend(&key, "a", LONG).await.expect("extend completed"));
 }
@@ -215,14 +287,30 @@ pub async fn extend_is_owner_checked_and_renews_the_lease(f: &impl StoreFactory)
 pub async fn expired_claim_counts_as_absent(f: &impl StoreFactory) {
     let (s1, s2) = (f.create().await, f.create().await);
     let key = unique_key("expired-claim");
-    assert_eq!(s1.try_claim(&key, "a", SHORT).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        s1.try_claim(&key, "a", SHORT).await.expect("claim"),
+        Claim::Acquired
+    );
     tokio::time::sleep(PAST_SHORT).await;
-    assert_eq!(record(&s2, &key).await, None, "an expired claim is not reported");
+    assert_eq!(
+        record(&s2, &key).await,
+        None,
+        "an expired claim is not reported"
+    );
     assert!(!s1.extend(&key, "a", LONG).await.expect("extend expired"));
-    assert!(!s1.complete(&key, "a", LONG).await.expect("complete expired"));
+    assert!(!s1
+        .complete(&key, "a", LONG)
+        .await
+        .expect("complete expired"));
     assert!(!s1.release(&key, "a").await.expect("release expired"));
-    assert_eq!(s2.try_claim(&key, "b", LONG).await.expect("claim"), Claim::Acquired);
-    assert!(!s1.complete(&key, "a", LONG).await.expect("old owner complete"));
+    assert_eq!(
+        s2.try_claim(&key, "b", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert!(!s1
+        .complete(&key, "a", LONG)
+        .await
+        .expect("old owner complete"));
     assert!(!s1.release(&key, "a").await.expect("old owner release"));
     let r = record(&s2, &key).await.expect("record");
     assert_eq!(r.owner.as_deref(), Some("b"));
@@ -232,20 +320,35 @@ pub async fn expired_claim_counts_as_absent(f: &impl StoreFactory) {
 pub async fn completed_record_expires_after_its_ttl(f: &impl StoreFactory) {
     let s = f.create().await;
     let key = unique_key("expired-completed");
-    assert_eq!(s.try_claim(&key, "a", LONG).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        s.try_claim(&key, "a", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
     assert!(s.complete(&key, "a", SHORT).await.expect("complete"));
-    assert_eq!(s.try_claim(&key, "b", LONG).await.expect("claim"), Claim::Completed);
+    assert_eq!(
+        s.try_claim(&key, "b", LONG).await.expect("claim"),
+        Claim::Completed
+    );
     tokio::time::sleep(PAST_SHORT).await;
     assert_eq!(record(&s, &key).await, None);
-    assert_eq!(s.try_claim(&key, "b", LONG).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        s.try_claim(&key, "b", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
 }
 
 /// Keys are independent of each other.
 pub async fn keys_are_independent(f: &impl StoreFactory) {
     let s = f.create().await;
     let (k1, k2) = (unique_key("indep"), unique_key("indep"));
-    assert_eq!(s.try_claim(&k1, "a", LONG).await.expect("claim"), Claim::Acquired);
-    assert_eq!(s.try_claim(&k2, "b", LONG).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        s.try_claim(&k1, "a", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        s.try_claim(&k2, "b", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
     assert!(s.complete(&k1, "a", LONG).await.expect("complete"));
     assert_eq!(
         record(&s, &k2).await.map(|r| r.state),
@@ -259,12 +362,21 @@ pub async fn unusual_keys_are_stored_exactly(f: &impl StoreFactory) {
     let base = unique_key("unusual");
     for suffix in ["%3A%2A%7B%7D", "ünïcödé", &"x".repeat(400), "with space"] {
         let key = format!("{base}:{suffix}");
-        assert_eq!(s.try_claim(&key, "a", LONG).await.expect("claim"), Claim::Acquired);
+        assert_eq!(
+            s.try_claim(&key, "a", LONG).await.expect("claim"),
+            Claim::Acquired
+        );
         assert!(s.complete(&key, "a", LONG).await.expect("complete"));
-        assert_eq!(s.try_claim(&key, "b", LONG).await.expect("claim"), Claim::Completed);
+        assert_eq!(
+            s.try_claim(&key, "b", LONG).await.expect("claim"),
+            Claim::Completed
+        );
     }
     // A key that is a prefix of another is a different key.
-    assert_eq!(s.try_claim(&base, "a", LONG).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        s.try_claim(&base, "a", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
 }
 
 /// Empty keys and owners and zero leases are refused with `InvalidArgument`.
@@ -274,9 +386,15 @@ pub async fn invalid_arguments_are_refused(f: &impl StoreFactory) {
     let invalid = |r: Result<_, StoreError>| matches!(r, Err(StoreError::InvalidArgument(_)));
     assert!(invalid(s.try_claim("", "a", LONG).await.map(|_| ())));
     assert!(invalid(s.try_claim(&key, "", LONG).await.map(|_| ())));
-    assert!(invalid(s.try_claim(&key, "a", Duration::ZERO).await.map(|_| ())));
-    assert!(invalid(s.complete(&key, "a", Duration::ZERO).await.map(|_| ())));
-    assert!(invalid(s.extend(&key, "a", Duration::ZERO).await.map(|_| ())));
+    assert!(invalid(
+        s.try_claim(&key, "a", Duration::ZERO).await.map(|_| ())
+    ));
+    assert!(invalid(
+        s.complete(&key, "a", Duration::ZERO).await.map(|_| ())
+    ));
+    assert!(invalid(
+        s.extend(&key, "a", Duration::ZERO).await.map(|_| ())
+    ));
     assert!(invalid(s.release(&key, "").await.map(|_| ())));
     assert_eq!(record(&s, &key).await, None);
 }
@@ -312,7 +430,10 @@ pub async fn concurrent_claims_have_exactly_one_winner(f: &impl StoreFactory) {
 pub async fn claims_racing_completion_never_acquire(f: &impl StoreFactory) {
     let key = Arc::new(unique_key("race-complete"));
     let owner = f.create().await;
-    assert_eq!(owner.try_claim(&key, "winner", LONG).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        owner.try_claim(&key, "winner", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
     let barrier = Arc::new(tokio::sync::Barrier::new(21));
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -322,13 +443,21 @@ pub async fn claims_racing_completion_never_acquire(f: &impl StoreFactory) {
             barrier.wait().await;
             let mut seen = Vec::new();
             for _ in 0..10 {
-                seen.push(store.try_claim(&key, &format!("o-{i}"), LONG).await.expect("claim"));
+                seen.push(
+                    store
+                        .try_claim(&key, &format!("o-{i}"), LONG)
+                        .await
+                        .expect("claim"),
+                );
             }
             seen
         }));
     }
     barrier.wait().await;
-    assert!(owner.complete(&key, "winner", LONG).await.expect("complete"));
+    assert!(owner
+        .complete(&key, "winner", LONG)
+        .await
+        .expect("complete"));
     for t in tasks {
         for claim in t.await.expect("task") {
             assert_ne!(claim, Claim::Acquired);
@@ -367,7 +496,10 @@ pub async fn guard_processes_new_event_once_and_skips_duplicates(f: &impl StoreF
     let r = record(g.store(), &key).await.expect("record");
     assert_eq!(r.state, RecordState::Completed);
     let left = r.ttl_left.expect("ttl");
-    assert!(left > Duration::from_secs(7100) && left <= Duration::from_secs(7200), "{left:?}");
+    assert!(
+        left > Duration::from_secs(7100) && left <= Duration::from_secs(7200),
+        "{left:?}"
+    );
     let polled = AtomicUsize::new(0);
     let dup = g
         .run(&e, async {
@@ -377,7 +509,11 @@ pub async fn guard_processes_new_event_once_and_skips_duplicates(f: &impl StoreF
         .await
         .expect("run");
     assert_eq!(dup, Outcome::Duplicate);
-    assert_eq!(polled.load(Ordering::SeqCst), 0, "a duplicate's future is never polled");
+    assert_eq!(
+        polled.load(Ordering::SeqCst),
+        0,
+        "a duplicate's future is never polled"
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     let stats = g.stats();
     assert_eq!((stats.processed, stats.duplicates), (1, 1));
@@ -388,12 +524,18 @@ pub async fn guard_uses_default_ttl_for_unlisted_types(f: &impl StoreFactory) {
     let service = unique_service("guard-default-ttl");
     let g = guard(f, config(&service).default_ttl(Duration::from_secs(500))).await;
     let e = EventEnvelope::new("conformance.unlisted.v1", json!({"a": 1}));
-    assert_eq!(g.run(&e, async { Ok::<_, Boom>(()) }).await.expect("run"), Outcome::Processed(()));
+    assert_eq!(
+        g.run(&e, async { Ok::<_, Boom>(()) }).await.expect("run"),
+        Outcome::Processed(())
+    );
     let left = record(g.store(), &g.key_for(&e).expect("key"))
         .await
         .and_then(|r| r.ttl_left)
         .expect("ttl");
-    assert!(left > Duration::from_secs(490) && left <= Duration::from_secs(500), "{left:?}");
+    assert!(
+        left > Duration::from_secs(490) && left <= Duration::from_secs(500),
+        "{left:?}"
+    );
 }
 
 /// An event claimed by a live owner gives `InProgress`; the handler is not polled.
@@ -403,7 +545,13 @@ pub async fn guard_reports_in_progress_for_a_live_claim(f: &impl StoreFactory) {
     let e = event(2);
     let key = g.key_for(&e).expect("key");
     let other = f.create().await;
-    assert_eq!(other.try_claim(&key, "other-consumer", LONG).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        other
+            .try_claim(&key, "other-consumer", LONG)
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
     let polled = AtomicUsize::new(0);
     let r = g
         .run(&e, async {
@@ -420,11 +568,18 @@ pub async fn guard_reports_in_progress_for_a_live_claim(f: &impl StoreFactory) {
 /// With `in_progress_wait`, a run waits for the other owner and reports its outcome.
 pub async fn guard_waits_for_a_live_claim_when_asked(f: &impl StoreFactory) {
     let service = unique_service("guard-wait");
-    let g = guard(f, config(&service).in_progress_wait(Duration::from_secs(10))).await;
+    let g = guard(
+        f,
+        config(&service).in_progress_wait(Duration::from_secs(10)),
+    )
+    .await;
     let e = event(3);
     let key = g.key_for(&e).expect("key");
     let other = f.create().await;
-    assert_eq!(other.try_claim(&key, "other", LONG).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        other.try_claim(&key, "other", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
     let finisher = tokio::spawn({
         let key = key.clone();
         async move {
@@ -451,8 +606,16 @@ pub async fn guard_releases_on_handler_error_and_redelivery_retries(f: &impl Sto
         })
         .await;
     assert!(matches!(r, Err(GuardError::Handler(Boom))), "{r:?}");
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "the guard never re-runs a failed handler");
-    assert_eq!(record(g.store(), &g.key_for(&e).expect("key")).await, None, "claim released");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the guard never re-runs a failed handler"
+    );
+    assert_eq!(
+        record(g.store(), &g.key_for(&e).expect("key")).await,
+        None,
+        "claim released"
+    );
     let again = g
         .run(&e, async {
             runs.fetch_add(1, Ordering::SeqCst);
@@ -514,11 +677,17 @@ pub async fn guard_releases_when_the_run_future_is_dropped(f: &impl StoreFactory
     // `run` is dropped here, mid-handler.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while record(g.store(), &key).await.is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "claim still held 5 s after the drop");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "claim still held 5 s after the drop"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(g.stats().cancelled, 1);
-    let again = g.run(&e, async { Ok::<_, Boom>(1) }).await.expect("redelivery");
+    let again = g
+        .run(&e, async { Ok::<_, Boom>(1) })
+        .await
+        .expect("redelivery");
     assert_eq!(again, Outcome::Processed(1));
 }
 
@@ -531,11 +700,19 @@ pub async fn guard_processes_redelivery_after_a_dead_consumers_lease(f: &impl St
     let key = g.key_for(&e).expect("key");
     // The dead consumer's claim: taken with a short lease, then never touched again.
     let dead = f.create().await;
-    assert_eq!(dead.try_claim(&key, "dead-consumer", SHORT).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        dead.try_claim(&key, "dead-consumer", SHORT)
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
     let r = g.run(&e, async { Ok::<_, Boom>(()) }).await;
     assert!(matches!(r, Err(GuardError::InProgress)), "{r:?}");
     tokio::time::sleep(PAST_SHORT).await;
-    let r = g.run(&e, async { Ok::<_, Boom>("recovered") }).await.expect("run");
+    let r = g
+        .run(&e, async { Ok::<_, Boom>("recovered") })
+        .await
+        .expect("run");
     assert_eq!(r, Outcome::Processed("recovered"));
 }
 
@@ -566,7 +743,10 @@ pub async fn guard_renews_the_lease_of_a_slow_handler(f: &impl StoreFactory) {
     let r = slow.await.expect("task").expect("run");
     assert_eq!(r, Outcome::Processed("slow"));
     assert_eq!(g.stats().claims_lost, 0);
-    let dup = other.run(&e, async { Ok::<_, Boom>("late") }).await.expect("run");
+    let dup = other
+        .run(&e, async { Ok::<_, Boom>("late") })
+        .await
+        .expect("run");
     assert_eq!(dup, Outcome::Duplicate);
 }
 
@@ -606,8 +786,14 @@ pub async fn guard_isolates_services(f: &impl StoreFactory) {
     let a = guard(f, config(&unique_service("svc-a"))).await;
     let b = guard(f, config(&unique_service("svc-b"))).await;
     let e = event(10);
-    assert_eq!(a.run(&e, async { Ok::<_, Boom>(1) }).await.expect("a"), Outcome::Processed(1));
-    assert_eq!(b.run(&e, async { Ok::<_, Boom>(2) }).await.expect("b"), Outcome::Processed(2));
+    assert_eq!(
+        a.run(&e, async { Ok::<_, Boom>(1) }).await.expect("a"),
+        Outcome::Processed(1)
+    );
+    assert_eq!(
+        b.run(&e, async { Ok::<_, Boom>(2) }).await.expect("b"),
+        Outcome::Processed(2)
+    );
 }
 
 /// An event that cannot be identified is an error, and its handler is not polled.
@@ -634,7 +820,10 @@ pub async fn guard_applies_the_fail_mode_when_the_store_fails(f: &impl StoreFact
     let timeout = Duration::from_millis(200);
     let open = Guard::new(
         faulty.clone(),
-        config(&service).store_timeout(timeout).build().expect("config"),
+        config(&service)
+            .store_timeout(timeout)
+            .build()
+            .expect("config"),
     );
     let closed = Guard::new(
         faulty,
@@ -647,7 +836,10 @@ pub async fn guard_applies_the_fail_mode_when_the_store_fails(f: &impl StoreFact
 
     control.set(Fault::Fail);
     let e = event(11);
-    let r = open.run(&e, async { Ok::<_, Boom>("ran") }).await.expect("open");
+    let r = open
+        .run(&e, async { Ok::<_, Boom>("ran") })
+        .await
+        .expect("open");
     assert_eq!(r, Outcome::Unprotected("ran"));
     assert_eq!(open.stats().unprotected, 1);
     let polled = AtomicUsize::new(0);
@@ -657,21 +849,40 @@ pub async fn guard_applies_the_fail_mode_when_the_store_fails(f: &impl StoreFact
             Ok::<_, Boom>("ran")
         })
         .await;
-    assert!(matches!(r, Err(GuardError::Store(StoreError::Unavailable { .. }))), "{r:?}");
+    assert!(
+        matches!(r, Err(GuardError::Store(StoreError::Unavailable { .. }))),
+        "{r:?}"
+    );
     assert_eq!(polled.load(Ordering::SeqCst), 0);
 
     control.set(Fault::Hang);
     let t = std::time::Instant::now();
     let r = closed.run(&e, async { Ok::<_, Boom>(()) }).await;
-    assert!(matches!(r, Err(GuardError::Store(StoreError::Timeout { .. }))), "{r:?}");
-    assert!(t.elapsed() < timeout * 10, "a hanging store cost {:?}", t.elapsed());
-    let r = open.run(&e, async { Ok::<_, Boom>("ran") }).await.expect("open");
+    assert!(
+        matches!(r, Err(GuardError::Store(StoreError::Timeout { .. }))),
+        "{r:?}"
+    );
+    assert!(
+        t.elapsed() < timeout * 10,
+        "a hanging store cost {:?}",
+        t.elapsed()
+    );
+    let r = open
+        .run(&e, async { Ok::<_, Boom>("ran") })
+        .await
+        .expect("open");
     assert_eq!(r, Outcome::Unprotected("ran"));
 
     control.set(Fault::None);
-    let r = closed.run(&e, async { Ok::<_, Boom>("protected") }).await.expect("closed");
+    let r = closed
+        .run(&e, async { Ok::<_, Boom>("protected") })
+        .await
+        .expect("closed");
     assert_eq!(r, Outcome::Processed("protected"));
-    let r = open.run(&e, async { Ok::<_, Boom>("again") }).await.expect("open");
+    let r = open
+        .run(&e, async { Ok::<_, Boom>("again") })
+        .await
+        .expect("open");
     assert_eq!(r, Outcome::Duplicate);
 }
 
@@ -754,7 +965,12 @@ impl<S> FaultyStore<S> {
 
 #[async_trait]
 impl<S: IdempotencyStore + 'static> IdempotencyStore for FaultyStore<S> {
-    async fn try_claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, StoreError> {
+    async fn try_claim(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
         self.gate().await?;
         self.inner.try_claim(key, owner, lease).await
     }

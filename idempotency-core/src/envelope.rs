@@ -136,7 +136,9 @@ impl EventEnvelope {
     pub fn from_value(value: Value) -> Result<Self, EnvelopeError> {
         match value {
             Value::Object(fields) => Self::from_map(fields),
-            other => Err(EnvelopeError::NotAnObject { found: kind(&other) }),
+            other => Err(EnvelopeError::NotAnObject {
+                found: kind(&other),
+            }),
         }
     }
 

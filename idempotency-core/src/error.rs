@@ -113,7 +113,9 @@ pub enum EnvelopeError {
 #[non_exhaustive]
 pub enum IdentityError {
     /// The event has no `event_id` and no `data`: nothing identifies it.
-    #[error("event of type {event_type:?} has neither an event_id nor data: it cannot be identified")]
+    #[error(
+        "event of type {event_type:?} has neither an event_id nor data: it cannot be identified"
+    )]
     Unidentifiable {
         /// The event's type.
         event_type: String,

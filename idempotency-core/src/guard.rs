@@ -235,10 +235,7 @@ impl Guard {
     /// The store key of an event under this guard's configuration.
     pub fn key_for(&self, envelope: &EventEnvelope) -> Result<String, IdentityError> {
         let hash = envelope.deterministic_hash()?;
-        Ok(self
-            .inner
-            .config
-            .generate_key(&envelope.event_type, &hash))
+        Ok(self.inner.config.generate_key(&envelope.event_type, &hash))
     }
 
     /// Runs `handler` for `envelope` unless the event was processed before.
@@ -303,7 +300,11 @@ impl Guard {
         let claim = self.claim(&mut ctx, &owner).await;
         match claim {
             Ok(Claim::Acquired) => {
-                debug_decision!(ctx, "claimed", "CLAIM_ACQUIRED: Event claimed for processing");
+                debug_decision!(
+                    ctx,
+                    "claimed",
+                    "CLAIM_ACQUIRED: Event claimed for processing"
+                );
             }
             Ok(Claim::Completed) => {
                 bump(&counters.duplicates);
@@ -353,7 +354,11 @@ impl Guard {
                 match done {
                     Ok(true) => {
                         bump(&counters.processed);
-                        debug_decision!(ctx, "completed", "EVENT_PROCESSED: Event processed and marked completed");
+                        debug_decision!(
+                            ctx,
+                            "completed",
+                            "EVENT_PROCESSED: Event processed and marked completed"
+                        );
                     }
                     Ok(false) => {
                         bump(&counters.processed);
@@ -636,7 +641,11 @@ impl Drop for PendingClaim {
         let timeout = self.guard.config.store_timeout();
         tracing::warn!(
             key = key.as_str(),
-            action = if on_drop == OnDrop::Complete { "complete" } else { "release" },
+            action = if on_drop == OnDrop::Complete {
+                "complete"
+            } else {
+                "release"
+            },
             "RUN_CANCELLED: Run dropped mid-flight; settling its claim in the background"
         );
         runtime.spawn(async move {

@@ -160,6 +160,8 @@ mod tests {
     fn hash_is_32_lowercase_hex_digits() {
         let h = deterministic_hash(None, &json!("x")).unwrap_or_default();
         assert_eq!(h.len(), 32);
-        assert!(h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(h
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
     }
 }

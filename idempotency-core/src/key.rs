@@ -26,7 +26,15 @@ fn needs_escape(b: u8) -> bool {
         )
 }
 
-/// Escapes an event type for use as a key segment (see the [module](self) docs).
+/// Escapes an event type for use as a key segment.
+///
+/// `.` becomes `_` (the key format of the Python "idempotency v2" decorator); every byte
+/// that could move a key out of its namespace or make two event types share a key is
+/// written as `%XX`: `%`, `_`, `~`, `:`, the glob characters `*?[]\`, the Redis Cluster
+/// hash-tag braces `{}`, whitespace, control characters and each byte of a non-ASCII
+/// character. The mapping is injective, so [`unescape_event_type`] reverses it. A segment
+/// over [`MAX_EVENT_TYPE_SEGMENT`] bytes is cut at an escape boundary and given the suffix
+/// `~` + the 32 hex digits of the whole type's xxh3-128, so distinct types stay distinct.
 ///
 /// ```
 /// use eventonce_core::escape_event_type;
@@ -54,7 +62,12 @@ pub fn escape_event_type(event_type: &str) -> String {
     }
     // Cut at the end of a whole escape, leaving room for the suffix.
     let budget = MAX_EVENT_TYPE_SEGMENT - SUFFIX_LEN;
-    let cut = ends.iter().copied().take_while(|&e| e <= budget).last().unwrap_or(0);
+    let cut = ends
+        .iter()
+        .copied()
+        .take_while(|&e| e <= budget)
+        .last()
+        .unwrap_or(0);
     out.truncate(cut);
     let digest = xxhash_rust::xxh3::xxh3_128(event_type.as_bytes());
     let _ = write!(out, "~{digest:032x}");
@@ -143,13 +156,18 @@ mod tests {
     #[test]
     fn dot_and_underscore_types_get_distinct_segments() {
         assert_ne!(escape_event_type("a.b"), escape_event_type("a_b"));
-        assert_eq!(unescape_event_type(&escape_event_type("a_b")).as_deref(), Some("a_b"));
+        assert_eq!(
+            unescape_event_type(&escape_event_type("a_b")).as_deref(),
+            Some("a_b")
+        );
     }
 
     #[test]
     fn every_dangerous_character_is_escaped() {
         let escaped = escape_event_type("a:b*c?d[e]f{g}h\\i j\tk\nl\u{7f}m\u{e9}n%o~p");
-        for c in [':', '*', '?', '[', ']', '{', '}', '\\', ' ', '\t', '\n', '\u{7f}', '~'] {
+        for c in [
+            ':', '*', '?', '[', ']', '{', '}', '\\', ' ', '\t', '\n', '\u{7f}', '~',
+        ] {
             assert!(!escaped.contains(c), "{c:?} survived in {escaped}");
         }
         assert!(escaped.is_ascii());

@@ -19,6 +19,8 @@ mod identity;
 mod key;
 mod store;
 
+/// Re-exported so that a store implementation needs no extra dependency.
+pub use async_trait::async_trait;
 pub use config::{
     ConfigBuilder, FailMode, IdempotencyConfig, DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX,
     DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT, DEFAULT_TTL, TTL_AGGREGATION, TTL_ASSESSMENT,

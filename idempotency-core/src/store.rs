@@ -127,7 +127,9 @@ pub fn check_arguments(key: &str, owner: &str, ttl: Option<Duration>) -> Result<
         return Err(StoreError::InvalidArgument("key must not be empty".into()));
     }
     if owner.is_empty() {
-        return Err(StoreError::InvalidArgument("owner must not be empty".into()));
+        return Err(StoreError::InvalidArgument(
+            "owner must not be empty".into(),
+        ));
     }
     if let Some(ttl) = ttl {
         if ttl < Duration::from_millis(1) {

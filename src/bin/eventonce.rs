@@ -52,7 +52,10 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the runtime: {err}");
@@ -130,11 +133,16 @@ async fn demo(args: DemoArgs) -> ExitCode {
     let mut stream: Vec<Delivery> = events
         .iter()
         .enumerate()
-        .map(|(index, e)| Delivery { index, envelope: e.clone() })
+        .map(|(index, e)| Delivery {
+            index,
+            envelope: e.clone(),
+        })
         .collect();
     let mut resent = 0;
     for (index, e) in events.iter().enumerate() {
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         if ((rng >> 33) as f64 / (1u64 << 31) as f64) < args.duplicate_rate {
             let pretty = serde_json::to_vec_pretty(e).unwrap_or_default();
             if let Ok(envelope) = EventEnvelope::from_slice(&pretty) {
@@ -185,8 +193,11 @@ async fn demo(args: DemoArgs) -> ExitCode {
                 Arc::clone(&effects),
                 Arc::clone(&failed_once),
             );
-            let (cursor, items, next) =
-                (Arc::clone(&cursor), Arc::clone(&round_items), Arc::clone(&next));
+            let (cursor, items, next) = (
+                Arc::clone(&cursor),
+                Arc::clone(&round_items),
+                Arc::clone(&next),
+            );
             let fail_every = args.fail_every;
             workers.spawn(async move {
                 loop {
@@ -242,7 +253,9 @@ async fn demo(args: DemoArgs) -> ExitCode {
     let crash_recovered_after = crashed_at.elapsed();
 
     let effects = lock(&effects);
-    let once = (0..args.events).filter(|i| effects.get(i) == Some(&1)).count();
+    let once = (0..args.events)
+        .filter(|i| effects.get(i) == Some(&1))
+        .count();
     let twice = effects.values().filter(|&&n| n > 1).count();
     let missing = args.events - effects.len();
     let crash_recovered = effects.get(&crash_index) == Some(&1);
@@ -253,20 +266,30 @@ async fn demo(args: DemoArgs) -> ExitCode {
     let t = |a: &AtomicUsize| a.load(Ordering::Relaxed);
     let stats = guard.stats();
 
-    println!("eventonce demo: store=memory service=demo-service workers={} lease={}ms", args.workers, lease.as_millis());
+    println!(
+        "eventonce demo: store=memory service=demo-service workers={} lease={}ms",
+        args.workers,
+        lease.as_millis()
+    );
     println!();
     println!("| {:<38} | {:>8} |", "what happened", "count");
     println!("|{:-<40}|{:->10}|", "", "");
     let rows: [(&str, usize); 11] = [
         ("distinct events", args.events),
-        ("deliveries (incl. duplicates, retries)", t(&tally.deliveries)),
+        (
+            "deliveries (incl. duplicates, retries)",
+            t(&tally.deliveries),
+        ),
         ("duplicates sent by the producer", resent),
         ("processed", t(&tally.processed)),
         ("duplicates skipped", t(&tally.duplicates)),
         ("failures released", t(&tally.failures)),
         ("  ... retried and processed", retried_ok),
         ("in progress elsewhere, redelivered", t(&tally.in_progress)),
-        ("crashed consumer's event recovered", usize::from(crash_recovered)),
+        (
+            "crashed consumer's event recovered",
+            usize::from(crash_recovered),
+        ),
         ("unprotected runs", t(&tally.unprotected)),
         ("handler runs", t(&tally.handler_runs)),
     ];

@@ -1,0 +1,198 @@
+//! A random sequence of operations on `MemoryStore` agrees with a simple model, under
+//! Tokio's paused clock (so leases and TTLs expire exactly when the model says).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use eventonce_core::{Claim, IdempotencyStore, RecordState};
+use eventonce_memory::MemoryStore;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Claim { key: u8, owner: u8, ms: u64 },
+    Complete { key: u8, owner: u8, ms: u64 },
+    Release { key: u8, owner: u8 },
+    Extend { key: u8, owner: u8, ms: u64 },
+    Get { key: u8 },
+    Advance { ms: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let key = 0u8..3;
+    let owner = 0u8..3;
+    // Durations of a second or more: the cache's own eviction runs on the real clock and
+    // must not act while the paused test clock stands still. Multiples of 500 ms make
+    // records expire exactly at the instant the model checks them.
+    let ms = (2u64..8).prop_map(|n| n * 500);
+    prop_oneof![
+        3 => (key.clone(), owner.clone(), ms.clone()).prop_map(|(key, owner, ms)| Op::Claim { key, owner, ms }),
+        2 => (key.clone(), owner.clone(), ms.clone()).prop_map(|(key, owner, ms)| Op::Complete { key, owner, ms }),
+        1 => (key.clone(), owner.clone()).prop_map(|(key, owner)| Op::Release { key, owner }),
+        1 => (key.clone(), owner.clone(), ms).prop_map(|(key, owner, ms)| Op::Extend { key, owner, ms }),
+        1 => key.prop_map(|key| Op::Get { key }),
+        2 => (0u64..10).prop_map(|n| Op::Advance { ms: n * 500 }),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ModelEntry {
+    completed: bool,
+    owner: u8,
+    expires_at: u64,
+}
+
+#[derive(Default)]
+struct Model {
+    now: u64,
+    entries: HashMap<u8, ModelEntry>,
+}
+
+impl Model {
+    fn live(&self, key: u8) -> Option<ModelEntry> {
+        self.entries
+            .get(&key)
+            .copied()
+            .filter(|e| e.expires_at > self.now)
+    }
+
+    fn held(&self, key: u8, owner: u8) -> bool {
+        self.live(key)
+            .is_some_and(|e| !e.completed && e.owner == owner)
+    }
+}
+
+fn key_name(k: u8) -> String {
+    format!("model:key:{k}")
+}
+
+fn owner_name(o: u8) -> String {
+    format!("owner-{o}")
+}
+
+async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let store = MemoryStore::new();
+    let mut model = Model::default();
+    for op in ops {
+        match op {
+            Op::Claim { key, owner, ms } => {
+                let got = store
+                    .try_claim(
+                        &key_name(key),
+                        &owner_name(owner),
+                        Duration::from_millis(ms),
+                    )
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let want = match model.live(key) {
+                    Some(e) if e.completed => Claim::Completed,
+                    Some(_) => Claim::InProgress,
+                    None => {
+                        let expires_at = model.now + ms;
+                        model.entries.insert(
+                            key,
+                            ModelEntry {
+                                completed: false,
+                                owner,
+                                expires_at,
+                            },
+                        );
+                        Claim::Acquired
+                    }
+                };
+                prop_assert_eq!(got, want, "{:?}", op);
+            }
+            Op::Complete { key, owner, ms } => {
+                let got = store
+                    .complete(
+                        &key_name(key),
+                        &owner_name(owner),
+                        Duration::from_millis(ms),
+                    )
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let want = model.held(key, owner);
+                if want {
+                    let expires_at = model.now + ms;
+                    model.entries.insert(
+                        key,
+                        ModelEntry {
+                            completed: true,
+                            owner,
+                            expires_at,
+                        },
+                    );
+                }
+                prop_assert_eq!(got, want, "{:?}", op);
+            }
+            Op::Release { key, owner } => {
+                let got = store
+                    .release(&key_name(key), &owner_name(owner))
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let want = model.held(key, owner);
+                if want {
+                    model.entries.remove(&key);
+                }
+                prop_assert_eq!(got, want, "{:?}", op);
+            }
+            Op::Extend { key, owner, ms } => {
+                let got = store
+                    .extend(
+                        &key_name(key),
+                        &owner_name(owner),
+                        Duration::from_millis(ms),
+                    )
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let want = model.held(key, owner);
+                if want {
+                    if let Some(e) = model.entries.get_mut(&key) {
+                        e.expires_at = model.now + ms;
+                    }
+                }
+                prop_assert_eq!(got, want, "{:?}", op);
+            }
+            Op::Get { key } => {
+                let got = store
+                    .get(&key_name(key))
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let want = model.live(key);
+                prop_assert_eq!(got.is_some(), want.is_some(), "{:?}", op);
+                if let (Some(r), Some(e)) = (got, want) {
+                    let state = if e.completed {
+                        RecordState::Completed
+                    } else {
+                        RecordState::Processing
+                    };
+                    prop_assert_eq!(r.state, state);
+                    prop_assert_eq!(r.owner, Some(owner_name(e.owner)));
+                    prop_assert_eq!(
+                        r.ttl_left,
+                        Some(Duration::from_millis(e.expires_at - model.now))
+                    );
+                }
+            }
+            Op::Advance { ms } => {
+                tokio::time::advance(Duration::from_millis(ms)).await;
+                model.now += ms;
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn memory_store_agrees_with_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        runtime.block_on(check(ops))?;
+    }
+}

@@ -1,0 +1,214 @@
+//! `IdempotencyConfig`: defaults, tiers, per-type TTLs, validation, keys.
+
+use std::time::Duration;
+
+use eventonce::{ConfigError, FailMode, IdempotencyConfig, DEFAULT_EVENT_TYPE_TTLS};
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+#[test]
+fn defaults_match_the_python_v2_decorator() {
+    let c = IdempotencyConfig::builder("svc").build().expect("valid");
+    assert_eq!(c.service_name(), "svc");
+    assert_eq!(c.default_ttl(), secs(86_400));
+    assert_eq!(c.key_prefix(), "huleedu:idempotency:v2");
+    assert!(!c.debug_logging());
+    assert_eq!(c.processing_ttl(), secs(300));
+    assert_eq!(c.on_store_error(), FailMode::Open);
+    assert_eq!(c.in_progress_wait(), Duration::ZERO);
+    assert!(c.store_timeout() < secs(1));
+}
+
+#[test]
+fn builder_starts_from_the_preconfigured_tiers() {
+    let c = IdempotencyConfig::builder("svc").build().expect("valid");
+    let expected = [
+        ("huleedu.essay.spellcheck.requested.v1", 3600),
+        ("huleedu.essay.spellcheck.completed.v1", 3600),
+        ("huleedu.file.essay.content.provisioned.v1", 3600),
+        ("huleedu.file.essay.validation.failed.v1", 3600),
+        ("huleedu.batch.essays.registered.v1", 43_200),
+        ("huleedu.els.batch.essays.ready.v1", 43_200),
+        ("huleedu.els.batch.phase.outcome.v1", 43_200),
+        ("huleedu.cj_assessment.completed.v1", 86_400),
+        ("huleedu.batch.cj_assessment.initiate.command.v1", 86_400),
+        ("huleedu.batch.spellcheck.initiate.command.v1", 86_400),
+        ("huleedu.result_aggregator.batch.completed.v1", 259_200),
+        (
+            "huleedu.result_aggregator.class.summary.updated.v1",
+            259_200,
+        ),
+    ];
+    assert_eq!(DEFAULT_EVENT_TYPE_TTLS.len(), expected.len());
+    for (t, s) in expected {
+        assert_eq!(c.ttl_for_event_type(t), secs(s), "{t}");
+    }
+    assert_eq!(c.event_type_ttls().len(), expected.len());
+}
+
+#[test]
+fn unknown_types_get_the_default_ttl() {
+    let c = IdempotencyConfig::builder("svc")
+        .default_ttl(secs(43_200))
+        .build()
+        .expect("valid");
+    assert_eq!(c.ttl_for_event_type("something.else.v1"), secs(43_200));
+}
+
+#[test]
+fn event_type_ttl_adds_on_top_of_the_tiers_and_overrides_one() {
+    let c = IdempotencyConfig::builder("svc")
+        .event_type_ttl("orders.created.v1", secs(60))
+        .event_type_ttl("huleedu.essay.spellcheck.requested.v1", secs(120))
+        .build()
+        .expect("valid");
+    assert_eq!(c.ttl_for_event_type("orders.created.v1"), secs(60));
+    assert_eq!(
+        c.ttl_for_event_type("huleedu.essay.spellcheck.requested.v1"),
+        secs(120)
+    );
+    assert_eq!(
+        c.ttl_for_event_type("huleedu.els.batch.essays.ready.v1"),
+        secs(43_200)
+    );
+}
+
+#[test]
+fn event_type_ttls_replaces_the_whole_map() {
+    let c = IdempotencyConfig::builder("svc")
+        .event_type_ttls([("only.v1", secs(5))])
+        .build()
+        .expect("valid");
+    assert_eq!(c.ttl_for_event_type("only.v1"), secs(5));
+    assert_eq!(
+        c.ttl_for_event_type("huleedu.essay.spellcheck.requested.v1"),
+        secs(86_400)
+    );
+    let empty = IdempotencyConfig::builder("svc")
+        .event_type_ttls(Vec::<(String, Duration)>::new())
+        .default_ttl(secs(9))
+        .build()
+        .expect("valid");
+    assert!(empty.event_type_ttls().is_empty());
+    assert_eq!(
+        empty.ttl_for_event_type("huleedu.essay.spellcheck.requested.v1"),
+        secs(9)
+    );
+}
+
+#[test]
+fn setters_are_reflected_by_getters() {
+    let c = IdempotencyConfig::builder("svc")
+        .key_prefix("acme:idem")
+        .debug_logging(true)
+        .processing_ttl(secs(30))
+        .on_store_error(FailMode::Closed)
+        .store_timeout(Duration::from_millis(50))
+        .in_progress_wait(secs(2))
+        .build()
+        .expect("valid");
+    assert_eq!(c.key_prefix(), "acme:idem");
+    assert!(c.debug_logging());
+    assert_eq!(c.processing_ttl(), secs(30));
+    assert_eq!(c.on_store_error(), FailMode::Closed);
+    assert_eq!(c.store_timeout(), Duration::from_millis(50));
+    assert_eq!(c.in_progress_wait(), secs(2));
+    assert_eq!(c.service_namespace(), "acme:idem:svc:");
+}
+
+#[test]
+fn build_rejects_bad_service_names() {
+    assert_eq!(
+        IdempotencyConfig::builder("").build().unwrap_err(),
+        ConfigError::EmptyServiceName
+    );
+    for bad in [
+        "a:b", "a b", "a\tb", "a\nb", "a*", "a?", "a[1]", "{a}", "sérvice", "a\u{0}b",
+    ] {
+        let err = IdempotencyConfig::builder(bad).build().unwrap_err();
+        assert!(
+            matches!(err, ConfigError::InvalidServiceName { .. }),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn build_rejects_bad_prefixes() {
+    let err = IdempotencyConfig::builder("svc")
+        .key_prefix("")
+        .build()
+        .unwrap_err();
+    assert_eq!(err, ConfigError::EmptyKeyPrefix);
+    for bad in ["a b", "a*", ":a", "a:", "a::b", "pré"] {
+        let err = IdempotencyConfig::builder("svc")
+            .key_prefix(bad)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::InvalidKeyPrefix { .. }),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn build_rejects_zero_durations() {
+    let zero = Duration::ZERO;
+    let tiny = Duration::from_micros(999);
+    let cases = [
+        IdempotencyConfig::builder("svc").default_ttl(zero).build(),
+        IdempotencyConfig::builder("svc")
+            .processing_ttl(zero)
+            .build(),
+        IdempotencyConfig::builder("svc")
+            .processing_ttl(tiny)
+            .build(),
+        IdempotencyConfig::builder("svc")
+            .store_timeout(zero)
+            .build(),
+        IdempotencyConfig::builder("svc")
+            .event_type_ttl("t.v1", zero)
+            .build(),
+    ];
+    for case in cases {
+        assert!(
+            matches!(case, Err(ConfigError::DurationTooShort { .. })),
+            "{case:?}"
+        );
+    }
+    let err = IdempotencyConfig::builder("svc")
+        .event_type_ttl("", secs(1))
+        .build()
+        .unwrap_err();
+    assert_eq!(err, ConfigError::EmptyEventType);
+}
+
+#[test]
+fn errors_read_well() {
+    let err = IdempotencyConfig::builder("a:b").build().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "service name \"a:b\" is invalid: it contains ':', the key separator"
+    );
+}
+
+#[test]
+fn generate_key_follows_the_v2_format() {
+    let c = IdempotencyConfig::builder("essay-lifecycle-service")
+        .build()
+        .expect("valid");
+    assert_eq!(
+        c.generate_key("huleedu.els.batch.essays.ready.v1", "0123abcd"),
+        "huleedu:idempotency:v2:essay-lifecycle-service:huleedu_els_batch_essays_ready_v1:0123abcd"
+    );
+}
+
+#[test]
+fn config_is_cheap_to_clone_and_shared() {
+    let c = IdempotencyConfig::builder("svc").build().expect("valid");
+    let d = c.clone();
+    assert_eq!(c.service_name().as_ptr(), d.service_name().as_ptr());
+}

@@ -1,0 +1,187 @@
+//! Properties of event identity and keys.
+
+use eventonce::{escape_event_type, unescape_event_type, EventEnvelope, IdempotencyConfig};
+use proptest::prelude::*;
+use serde_json::{Map, Value};
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        (-1.0e9f64..1.0e9).prop_map(Value::from),
+        "\\PC{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(5, 64, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map("\\PC{0,8}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+        ]
+    })
+}
+
+/// A tiny deterministic generator for shuffles and whitespace.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn ws(&mut self, out: &mut String) {
+        const WS: [&str; 5] = ["", " ", "\n", "\t", "  \r\n "];
+        out.push_str(WS[(self.next() % 5) as usize]);
+    }
+}
+
+/// Writes `v` as JSON with object keys in a shuffled order and random whitespace.
+fn render(v: &Value, rng: &mut Lcg, out: &mut String) {
+    rng.ws(out);
+    match v {
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                render(item, rng, out);
+            }
+            rng.ws(out);
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            for i in (1..entries.len()).rev() {
+                let j = (rng.next() % (i as u64 + 1)) as usize;
+                entries.swap(i, j);
+            }
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                rng.ws(out);
+                out.push_str(&Value::String(k.clone()).to_string());
+                rng.ws(out);
+                out.push(':');
+                render(v, rng, out);
+            }
+            rng.ws(out);
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+    rng.ws(out);
+}
+
+fn envelope_text(event_id: Option<&str>, data: &Value, seed: u64) -> String {
+    let mut rng = Lcg(seed);
+    let mut fields = vec![
+        ("\"event_type\"".to_owned(), "\"t.v1\"".to_owned()),
+        ("\"data\"".to_owned(), {
+            let mut s = String::new();
+            render(data, &mut rng, &mut s);
+            s
+        }),
+        ("\"source_service\"".to_owned(), format!("\"s{seed}\"")),
+    ];
+    if let Some(id) = event_id {
+        fields.push((
+            "\"event_id\"".to_owned(),
+            Value::String(id.to_owned()).to_string(),
+        ));
+    }
+    for i in (1..fields.len()).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        fields.swap(i, j);
+    }
+    let body: Vec<String> = fields
+        .into_iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+fn hash_of(text: &str) -> String {
+    EventEnvelope::from_slice(text.as_bytes())
+        .expect("valid envelope")
+        .deterministic_hash()
+        .expect("identifiable")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn hash_ignores_key_order_and_whitespace(
+        data in json_value(),
+        id in proptest::option::of("[a-z0-9-]{1,16}"),
+        s1 in any::<u64>(),
+        s2 in any::<u64>(),
+    ) {
+        prop_assume!(id.is_some() || !data.is_null());
+        let a = envelope_text(id.as_deref(), &data, s1);
+        let b = envelope_text(id.as_deref(), &data, s2);
+        prop_assert_eq!(hash_of(&a), hash_of(&b), "{} vs {}", a, b);
+    }
+
+    #[test]
+    fn different_data_gives_different_hashes(a in json_value(), b in json_value()) {
+        prop_assume!(a != b && !a.is_null() && !b.is_null());
+        let ha = EventEnvelope::new("t", a).deterministic_hash().expect("hash");
+        let hb = EventEnvelope::new("t", b).deterministic_hash().expect("hash");
+        prop_assert_ne!(ha, hb);
+    }
+
+    #[test]
+    fn the_event_id_is_part_of_the_identity(data in json_value(), a in "[a-z]{1,8}", b in "[a-z]{1,8}") {
+        prop_assume!(a != b);
+        let ha = EventEnvelope::new("t", data.clone()).with_event_id(a).deterministic_hash();
+        let hb = EventEnvelope::new("t", data).with_event_id(b).deterministic_hash();
+        prop_assert_ne!(ha.expect("hash"), hb.expect("hash"));
+    }
+
+    #[test]
+    fn no_event_type_can_leave_the_namespace(event_type in "\\PC{0,300}|.{0,300}", hash in ".{0,40}") {
+        let config = IdempotencyConfig::builder("svc").build().expect("valid");
+        let key = config.generate_key(&event_type, &hash);
+        let rest = key.strip_prefix("huleedu:idempotency:v2:svc:").expect("inside the namespace");
+        prop_assert_eq!(rest.matches(':').count(), 1, "{}", key);
+        prop_assert!(key.is_ascii());
+        for c in ['*', '?', '[', ']', '{', '}', '\\', ' '] {
+            prop_assert!(!key.contains(c), "{:?} in {}", c, key);
+        }
+        prop_assert!(!key.chars().any(|c| c.is_control() || c.is_whitespace()));
+        let segment = rest.split(':').next().unwrap_or_default();
+        prop_assert!(segment.len() <= 200);
+    }
+
+    #[test]
+    fn distinct_event_types_get_distinct_keys(a in "\\PC{0,260}", b in "\\PC{0,260}") {
+        prop_assume!(a != b);
+        let config = IdempotencyConfig::builder("svc").build().expect("valid");
+        prop_assert_ne!(config.generate_key(&a, "h"), config.generate_key(&b, "h"));
+    }
+
+    #[test]
+    fn dotted_and_underscored_twins_get_distinct_keys(parts in proptest::collection::vec("[a-z]{1,5}", 2..5)) {
+        let config = IdempotencyConfig::builder("svc").build().expect("valid");
+        prop_assert_ne!(
+            config.generate_key(&parts.join("."), "h"),
+            config.generate_key(&parts.join("_"), "h")
+        );
+    }
+
+    #[test]
+    fn escaping_is_reversible_unless_shortened(event_type in "\\PC{0,60}|.{0,60}") {
+        let escaped = escape_event_type(&event_type);
+        if escaped.contains('~') {
+            prop_assert_eq!(unescape_event_type(&escaped), None);
+        } else {
+            prop_assert_eq!(unescape_event_type(&escaped), Some(event_type));
+        }
+    }
+}
