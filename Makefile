@@ -25,4 +25,6 @@ doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --all-features --no-deps --quiet
 
 unit:
-	$(CARGO) test --workspace --all-features
+	@mkdir -p target
+	set -o pipefail; $(CARGO) test --workspace --all-features 2>&1 | tee target/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "\ntotal: %d passed, %d failed\n", p, f}' target/test.log
