@@ -91,7 +91,7 @@ pub struct IdempotencyConfig {
     inner: Arc<ConfigInner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ConfigInner {
     service_name: String,
     event_type_ttls: HashMap<String, Duration>,
@@ -114,7 +114,7 @@ impl IdempotencyConfig {
     /// Starts a configuration for `service_name`, with the defaults and the
     /// [pre-configured TTL tiers](DEFAULT_EVENT_TYPE_TTLS).
     pub fn builder(service_name: impl Into<String>) -> ConfigBuilder {
-        ConfigBuilder {
+        ConfigBuilder(ConfigInner {
             service_name: service_name.into(),
             event_type_ttls: DEFAULT_EVENT_TYPE_TTLS
                 .iter()
@@ -127,7 +127,7 @@ impl IdempotencyConfig {
             on_store_error: FailMode::Open,
             store_timeout: DEFAULT_STORE_TIMEOUT,
             in_progress_wait: Duration::ZERO,
-        }
+        })
     }
 
     /// The service whose keys this configuration namespaces.
@@ -207,22 +207,12 @@ impl IdempotencyConfig {
 /// Builds an [`IdempotencyConfig`]; see [`IdempotencyConfig::builder`].
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct ConfigBuilder {
-    service_name: String,
-    event_type_ttls: HashMap<String, Duration>,
-    default_ttl: Duration,
-    key_prefix: String,
-    debug_logging: bool,
-    processing_ttl: Duration,
-    on_store_error: FailMode,
-    store_timeout: Duration,
-    in_progress_wait: Duration,
-}
+pub struct ConfigBuilder(ConfigInner);
 
 impl ConfigBuilder {
     /// Sets the TTL of one event type, on top of the others.
     pub fn event_type_ttl(mut self, event_type: impl Into<String>, ttl: Duration) -> Self {
-        self.event_type_ttls.insert(event_type.into(), ttl);
+        self.0.event_type_ttls.insert(event_type.into(), ttl);
         self
     }
 
@@ -233,51 +223,51 @@ impl ConfigBuilder {
         I: IntoIterator<Item = (S, Duration)>,
         S: Into<String>,
     {
-        self.event_type_ttls = ttls.into_iter().map(|(t, d)| (t.into(), d)).collect();
+        self.0.event_type_ttls = ttls.into_iter().map(|(t, d)| (t.into(), d)).collect();
         self
     }
 
     /// Sets the TTL of event types without an entry of their own (default 86,400 s).
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
-        self.default_ttl = ttl;
+        self.0.default_ttl = ttl;
         self
     }
 
     /// Sets the key prefix (default `huleedu:idempotency:v2`).
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.key_prefix = prefix.into();
+        self.0.key_prefix = prefix.into();
         self
     }
 
     /// Logs every routine decision at DEBUG (default off).
     pub fn debug_logging(mut self, enabled: bool) -> Self {
-        self.debug_logging = enabled;
+        self.0.debug_logging = enabled;
         self
     }
 
     /// Sets the claim lease (default 300 s). A live handler renews it every third of it.
     pub fn processing_ttl(mut self, lease: Duration) -> Self {
-        self.processing_ttl = lease;
+        self.0.processing_ttl = lease;
         self
     }
 
     /// Sets what happens when the store fails (default [`FailMode::Open`]).
     pub fn on_store_error(mut self, mode: FailMode) -> Self {
-        self.on_store_error = mode;
+        self.0.on_store_error = mode;
         self
     }
 
     /// Sets the time limit of one store operation (default 500 ms): an outage costs at most
     /// this per call.
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
-        self.store_timeout = timeout;
+        self.0.store_timeout = timeout;
         self
     }
 
     /// When another consumer holds the claim, wait up to `wait` for its outcome before
     /// returning `GuardError::InProgress` (default zero: return at once).
     pub fn in_progress_wait(mut self, wait: Duration) -> Self {
-        self.in_progress_wait = wait;
+        self.0.in_progress_wait = wait;
         self
     }
 
@@ -294,30 +284,19 @@ impl ConfigBuilder {
     /// assert!(matches!(err, ConfigError::InvalidServiceName { .. }));
     /// ```
     pub fn build(self) -> Result<IdempotencyConfig, ConfigError> {
-        validate_service_name(&self.service_name)?;
-        validate_prefix(&self.key_prefix)?;
-        check_duration("default_ttl", self.default_ttl)?;
-        check_duration("processing_ttl", self.processing_ttl)?;
-        check_duration("store_timeout", self.store_timeout)?;
-        for (event_type, ttl) in &self.event_type_ttls {
+        let c = self.0;
+        validate_service_name(&c.service_name)?;
+        validate_prefix(&c.key_prefix)?;
+        check_duration("default_ttl", c.default_ttl)?;
+        check_duration("processing_ttl", c.processing_ttl)?;
+        check_duration("store_timeout", c.store_timeout)?;
+        for (event_type, ttl) in &c.event_type_ttls {
             if event_type.is_empty() {
                 return Err(ConfigError::EmptyEventType);
             }
             check_duration(&format!("ttl of event type {event_type:?}"), *ttl)?;
         }
-        Ok(IdempotencyConfig {
-            inner: Arc::new(ConfigInner {
-                service_name: self.service_name,
-                event_type_ttls: self.event_type_ttls,
-                default_ttl: self.default_ttl,
-                key_prefix: self.key_prefix,
-                debug_logging: self.debug_logging,
-                processing_ttl: self.processing_ttl,
-                on_store_error: self.on_store_error,
-                store_timeout: self.store_timeout,
-                in_progress_wait: self.in_progress_wait,
-            }),
-        })
+        Ok(IdempotencyConfig { inner: Arc::new(c) })
     }
 }
 
