@@ -12,7 +12,7 @@
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use eventonce_core::{check_arguments, Claim, IdempotencyStore, Record, RecordState, StoreError};
@@ -29,7 +29,7 @@ pub const DEFAULT_CAPACITY: u64 = 1_000_000;
 /// An in-memory idempotency store. Cheap to clone: clones share the records.
 ///
 /// ```
-/// use std::time::Duration;
+/// use std::time::{Duration, SystemTime};
 /// use eventonce_core::{Claim, IdempotencyStore};
 /// use eventonce_memory::MemoryStore;
 /// # #[tokio::main(flavor = "current_thread")]
@@ -63,6 +63,7 @@ struct Entry {
     state: RecordState,
     owner: Arc<str>,
     expires_at: Instant,
+    updated_at: SystemTime,
 }
 
 impl Entry {
@@ -190,6 +191,7 @@ impl IdempotencyStore for MemoryStore {
                         state: RecordState::Processing,
                         owner: Arc::from(owner),
                         expires_at: now + lease,
+                        updated_at: SystemTime::now(),
                     }),
                 };
                 std::future::ready(op)
@@ -206,6 +208,7 @@ impl IdempotencyStore for MemoryStore {
                     state: RecordState::Completed,
                     owner: entry.owner,
                     expires_at: now + ttl,
+                    updated_at: SystemTime::now(),
                 })
             })
             .await)
@@ -222,6 +225,7 @@ impl IdempotencyStore for MemoryStore {
             .transition(key, owner, |entry, now| {
                 Some(Entry {
                     expires_at: now + lease,
+                    updated_at: SystemTime::now(),
                     ..entry
                 })
             })
@@ -242,6 +246,7 @@ impl IdempotencyStore for MemoryStore {
                 state: e.state,
                 owner: Some(e.owner.to_string()),
                 ttl_left: Some(e.expires_at.saturating_duration_since(now)),
+                updated_at: Some(e.updated_at),
             }))
     }
 

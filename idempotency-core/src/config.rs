@@ -20,6 +20,11 @@ pub const DEFAULT_PROCESSING_TTL: Duration = Duration::from_secs(300);
 /// The default time limit of one store operation.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Consecutive store failures that open the circuit breaker (a timeout opens it at once).
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
+/// How long an open circuit breaker answers at once before it probes the store again.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+
 /// TTL tier for quick, high-volume events: 1 hour.
 pub const TTL_QUICK: Duration = Duration::from_secs(3_600);
 /// TTL tier for batch coordination events: 12 hours.
@@ -102,6 +107,8 @@ struct ConfigInner {
     on_store_error: FailMode,
     store_timeout: Duration,
     in_progress_wait: Duration,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
 }
 
 impl fmt::Debug for IdempotencyConfig {
@@ -127,6 +134,8 @@ impl IdempotencyConfig {
             on_store_error: FailMode::Open,
             store_timeout: DEFAULT_STORE_TIMEOUT,
             in_progress_wait: Duration::ZERO,
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
         })
     }
 
@@ -175,6 +184,12 @@ impl IdempotencyConfig {
     /// `GuardError::InProgress` (zero: not at all).
     pub fn in_progress_wait(&self) -> Duration {
         self.inner.in_progress_wait
+    }
+
+    /// The circuit breaker's settings: consecutive failures that open it (0: disabled) and
+    /// its cool-down.
+    pub fn circuit_breaker(&self) -> (u32, Duration) {
+        (self.inner.breaker_threshold, self.inner.breaker_cooldown)
     }
 
     /// The TTL of a completed record of `event_type`: its own entry, or the default TTL.
@@ -271,6 +286,16 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets the circuit breaker (default 3 failures, 1 s): after `failures` consecutive
+    /// store failures, or one timeout, the guard stops calling the store and treats every
+    /// call as failed at once for `cooldown`, then lets one probe through. `failures = 0`
+    /// disables it.
+    pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.0.breaker_threshold = failures;
+        self.0.breaker_cooldown = cooldown;
+        self
+    }
+
     /// Validates and builds the configuration.
     ///
     /// Rejects an empty service name or one holding `:`, whitespace, a glob or hash-tag
@@ -290,6 +315,9 @@ impl ConfigBuilder {
         check_duration("default_ttl", c.default_ttl)?;
         check_duration("processing_ttl", c.processing_ttl)?;
         check_duration("store_timeout", c.store_timeout)?;
+        if c.breaker_threshold > 0 {
+            check_duration("circuit breaker cooldown", c.breaker_cooldown)?;
+        }
         for (event_type, ttl) in &c.event_type_ttls {
             if event_type.is_empty() {
                 return Err(ConfigError::EmptyEventType);

@@ -812,27 +812,24 @@ pub async fn guard_rejects_unidentifiable_events(f: &impl StoreFactory) {
 }
 
 /// Store failures: `Open` runs the handler unprotected, `Closed` refuses; a hanging store
-/// costs one store timeout; protection resumes when the store is back.
+/// costs one store timeout, then the circuit breaker answers at once; protection resumes
+/// by itself when the store is back.
 pub async fn guard_applies_the_fail_mode_when_the_store_fails(f: &impl StoreFactory) {
     let faulty = FaultyStore::new(f.create().await);
     let control = faulty.control();
     let service = unique_service("guard-faults");
     let timeout = Duration::from_millis(200);
-    let open = Guard::new(
-        faulty.clone(),
+    let cooldown = Duration::from_millis(300);
+    let build = |mode| {
         config(&service)
             .store_timeout(timeout)
+            .circuit_breaker(3, cooldown)
+            .on_store_error(mode)
             .build()
-            .expect("config"),
-    );
-    let closed = Guard::new(
-        faulty,
-        config(&service)
-            .store_timeout(timeout)
-            .on_store_error(FailMode::Closed)
-            .build()
-            .expect("config"),
-    );
+            .expect("config")
+    };
+    let open = Guard::new(faulty.clone(), build(FailMode::Open));
+    let closed = Guard::new(faulty, build(FailMode::Closed));
 
     control.set(Fault::Fail);
     let e = event(11);
@@ -855,6 +852,7 @@ pub async fn guard_applies_the_fail_mode_when_the_store_fails(f: &impl StoreFact
     );
     assert_eq!(polled.load(Ordering::SeqCst), 0);
 
+    // A black hole: the first call pays one timeout, the next ones are answered at once.
     control.set(Fault::Hang);
     let t = std::time::Instant::now();
     let r = closed.run(&e, async { Ok::<_, Boom>(()) }).await;
@@ -863,22 +861,51 @@ pub async fn guard_applies_the_fail_mode_when_the_store_fails(f: &impl StoreFact
         "{r:?}"
     );
     assert!(
-        t.elapsed() < timeout * 10,
-        "a hanging store cost {:?}",
+        t.elapsed() >= timeout && t.elapsed() < timeout * 10,
+        "{:?}",
         t.elapsed()
     );
+    assert!(closed.circuit_open());
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let r = closed.run(&e, async { Ok::<_, Boom>(()) }).await;
+        assert!(
+            matches!(r, Err(GuardError::Store(StoreError::CircuitOpen { .. }))),
+            "{r:?}"
+        );
+        assert!(
+            t.elapsed() < timeout / 2,
+            "an open breaker answered in {:?}",
+            t.elapsed()
+        );
+    }
+    let t = std::time::Instant::now();
     let r = open
         .run(&e, async { Ok::<_, Boom>("ran") })
         .await
         .expect("open");
     assert_eq!(r, Outcome::Unprotected("ran"));
+    let r = open
+        .run(&e, async { Ok::<_, Boom>("ran") })
+        .await
+        .expect("open");
+    assert_eq!(r, Outcome::Unprotected("ran"));
+    assert!(
+        t.elapsed() < timeout * 2,
+        "two unprotected runs took {:?}",
+        t.elapsed()
+    );
 
+    // The store is back: after the cool-down the probe succeeds and protection resumes.
     control.set(Fault::None);
+    tokio::time::sleep(cooldown + Duration::from_millis(50)).await;
     let r = closed
         .run(&e, async { Ok::<_, Boom>("protected") })
         .await
         .expect("closed");
     assert_eq!(r, Outcome::Processed("protected"));
+    assert!(!closed.circuit_open());
+    tokio::time::sleep(cooldown + Duration::from_millis(50)).await;
     let r = open
         .run(&e, async { Ok::<_, Boom>("again") })
         .await

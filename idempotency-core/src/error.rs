@@ -153,6 +153,12 @@ pub enum StoreError {
         /// The timeout that elapsed.
         timeout: Duration,
     },
+    /// The circuit breaker is open after repeated failures: the call was not made.
+    #[error("store circuit breaker open after repeated failures; next probe in {retry_in:?}")]
+    CircuitOpen {
+        /// Time until the breaker lets a probe through.
+        retry_in: Duration,
+    },
     /// The store holds a value this library cannot read.
     #[error("store holds an unreadable value at key {key:?}: {detail}")]
     InvalidData {

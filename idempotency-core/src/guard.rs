@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Level;
 
+use crate::breaker::Breaker;
 use crate::config::{FailMode, IdempotencyConfig};
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, IdentityError, StoreError};
@@ -117,6 +118,7 @@ struct GuardInner {
     store: Arc<dyn IdempotencyStore>,
     config: IdempotencyConfig,
     counters: Counters,
+    breaker: Breaker,
 }
 
 impl std::fmt::Debug for Guard {
@@ -194,11 +196,13 @@ impl Guard {
 
     /// A guard over a store already shared behind an `Arc`.
     pub fn from_arc(store: Arc<dyn IdempotencyStore>, config: IdempotencyConfig) -> Self {
+        let (threshold, cooldown) = config.circuit_breaker();
         Guard {
             inner: Arc::new(GuardInner {
                 store,
                 config,
                 counters: Counters::default(),
+                breaker: Breaker::new(threshold, cooldown),
             }),
         }
     }
@@ -584,17 +588,27 @@ impl Guard {
         .await
     }
 
-    /// A store call bounded by the configured store timeout.
+    /// Whether the circuit breaker currently refuses store calls.
+    pub fn circuit_open(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    /// A store call bounded by the configured store timeout, behind the circuit breaker.
     async fn timed<T>(
         &self,
         operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let permit = self.inner.breaker.permit()?;
         let timeout = self.inner.config.store_timeout();
-        match tokio::time::timeout(timeout, call).await {
+        let result = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout { operation, timeout }),
-        }
+        };
+        self.inner
+            .breaker
+            .record(permit, result.as_ref().map(|_| ()));
+        result
     }
 }
 

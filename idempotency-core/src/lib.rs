@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod breaker;
 mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -22,9 +23,9 @@ mod store;
 /// Re-exported so that a store implementation needs no extra dependency.
 pub use async_trait::async_trait;
 pub use config::{
-    ConfigBuilder, FailMode, IdempotencyConfig, DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX,
-    DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT, DEFAULT_TTL, TTL_AGGREGATION, TTL_ASSESSMENT,
-    TTL_BATCH, TTL_QUICK,
+    ConfigBuilder, FailMode, IdempotencyConfig, DEFAULT_BREAKER_COOLDOWN,
+    DEFAULT_BREAKER_THRESHOLD, DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL,
+    DEFAULT_STORE_TIMEOUT, DEFAULT_TTL, TTL_AGGREGATION, TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
 };
 pub use envelope::EventEnvelope;
 pub use error::{BoxError, ConfigError, EnvelopeError, GuardError, IdentityError, StoreError};

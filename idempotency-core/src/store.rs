@@ -50,6 +50,9 @@ pub struct Record {
     pub owner: Option<String>,
     /// Time left before the record expires, when it expires.
     pub ttl_left: Option<Duration>,
+    /// When the record was last written (claimed, renewed or completed), by the store's
+    /// clock, when the store knows it.
+    pub updated_at: Option<std::time::SystemTime>,
 }
 
 /// A store of idempotency records.

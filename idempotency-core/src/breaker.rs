@@ -1,0 +1,239 @@
+//! A circuit breaker in front of the store, so that an outage costs at most one store
+//! timeout instead of one per message.
+//!
+//! Closed: calls pass; `failure_threshold` consecutive failures, or a single timeout (a
+//! timeout is the expensive failure), open it. Open: calls fail at once with
+//! `StoreError::CircuitOpen` until the cool-down has passed. Then one call is let through
+//! as a probe (half-open): its success closes the breaker, its failure opens it again.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::StoreError;
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// A probe is in flight since then; one lost (its call dropped) is replaced after a
+    /// cool-down.
+    HalfOpen {
+        since: Instant,
+    },
+}
+
+/// What the breaker says about a call about to be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Permit {
+    /// Make the call.
+    Call,
+    /// Make the call as the probe of a half-open breaker.
+    Probe,
+}
+
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    state: Mutex<State>,
+}
+
+impl Breaker {
+    /// A breaker opening after `threshold` consecutive failures (0 disables it).
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
+        Breaker {
+            threshold,
+            cooldown,
+            state: Mutex::new(State::Closed { failures: 0 }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks to make a call; `Err(StoreError::CircuitOpen)` while the breaker is open or
+    /// its probe is in flight.
+    pub(crate) fn permit(&self) -> Result<Permit, StoreError> {
+        if self.threshold == 0 {
+            return Ok(Permit::Call);
+        }
+        let mut state = self.lock();
+        match *state {
+            State::Closed { .. } => Ok(Permit::Call),
+            State::Open { until } => {
+                let now = Instant::now();
+                if now >= until {
+                    *state = State::HalfOpen { since: now };
+                    Ok(Permit::Probe)
+                } else {
+                    Err(StoreError::CircuitOpen {
+                        retry_in: until - now,
+                    })
+                }
+            }
+            State::HalfOpen { since } => {
+                let now = Instant::now();
+                if now >= since + self.cooldown {
+                    *state = State::HalfOpen { since: now };
+                    Ok(Permit::Probe)
+                } else {
+                    Err(StoreError::CircuitOpen {
+                        retry_in: since + self.cooldown - now,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Records the result of a permitted call.
+    pub(crate) fn record(&self, permit: Permit, result: Result<(), &StoreError>) {
+        if self.threshold == 0 {
+            return;
+        }
+        let mut state = self.lock();
+        let failed = match result {
+            Ok(()) => false,
+            Err(err) => counts_as_outage(err),
+        };
+        if !failed {
+            // A success closes the breaker; a refused argument says nothing about health.
+            if result.is_ok() || permit == Permit::Probe {
+                *state = State::Closed { failures: 0 };
+            }
+            return;
+        }
+        let timed_out = matches!(result, Err(StoreError::Timeout { .. }));
+        let open = State::Open {
+            until: Instant::now() + self.cooldown,
+        };
+        *state = match (*state, permit) {
+            (_, Permit::Probe) => open,
+            (State::Closed { failures }, Permit::Call) => {
+                let failures = failures.saturating_add(1);
+                if timed_out || failures >= self.threshold {
+                    open
+                } else {
+                    State::Closed { failures }
+                }
+            }
+            // Another call's failure while open or probing changes nothing.
+            (other, Permit::Call) => other,
+        };
+    }
+
+    /// Whether calls are currently refused.
+    pub(crate) fn is_open(&self) -> bool {
+        !matches!(*self.lock(), State::Closed { .. })
+    }
+}
+
+fn counts_as_outage(err: &StoreError) -> bool {
+    matches!(
+        err,
+        StoreError::Unavailable { .. } | StoreError::Timeout { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unavailable() -> StoreError {
+        StoreError::Unavailable {
+            message: "down".into(),
+            source: None,
+        }
+    }
+
+    fn timeout() -> StoreError {
+        StoreError::Timeout {
+            operation: "try_claim",
+            timeout: Duration::from_millis(100),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_the_threshold_of_consecutive_failures() {
+        let b = Breaker::new(3, Duration::from_secs(1));
+        for _ in 0..2 {
+            let p = b.permit().expect("closed");
+            b.record(p, Err(&unavailable()));
+        }
+        assert!(!b.is_open());
+        let p = b.permit().expect("closed");
+        b.record(p, Ok(()));
+        for _ in 0..2 {
+            let p = b.permit().expect("a success reset the count");
+            b.record(p, Err(&unavailable()));
+        }
+        let p = b.permit().expect("closed");
+        b.record(p, Err(&unavailable()));
+        assert!(matches!(b.permit(), Err(StoreError::CircuitOpen { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_timeout_opens_it_at_once() {
+        let b = Breaker::new(3, Duration::from_secs(1));
+        let p = b.permit().expect("closed");
+        b.record(p, Err(&timeout()));
+        assert!(b.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_after_the_cooldown_and_closes_on_success() {
+        let b = Breaker::new(1, Duration::from_secs(1));
+        let p = b.permit().expect("closed");
+        b.record(p, Err(&unavailable()));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(b.permit().is_err());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let probe = b.permit().expect("probe");
+        assert_eq!(probe, Permit::Probe);
+        assert!(b.permit().is_err(), "one probe at a time");
+        b.record(probe, Ok(()));
+        assert_eq!(b.permit().expect("closed"), Permit::Call);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_opens_it_for_another_cooldown() {
+        let b = Breaker::new(1, Duration::from_secs(1));
+        let p = b.permit().expect("closed");
+        b.record(p, Err(&unavailable()));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = b.permit().expect("probe");
+        b.record(probe, Err(&unavailable()));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(b.permit().is_err());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(b.permit().expect("probe"), Permit::Probe);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_probe_is_replaced_after_a_cooldown() {
+        let b = Breaker::new(1, Duration::from_secs(1));
+        let p = b.permit().expect("closed");
+        b.record(p, Err(&unavailable()));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let _lost = b.permit().expect("probe, never recorded");
+        assert!(b.permit().is_err());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(b.permit().expect("a new probe"), Permit::Probe);
+    }
+
+    #[test]
+    fn a_zero_threshold_disables_it() {
+        let b = Breaker::new(0, Duration::from_secs(1));
+        for _ in 0..10 {
+            let p = b.permit().expect("never opens");
+            b.record(p, Err(&timeout()));
+        }
+        assert!(!b.is_open());
+    }
+}
