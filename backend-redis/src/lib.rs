@@ -1,7 +1,411 @@
-//! The Redis store of eventonce. Not implemented yet: this crate is a placeholder so that
-//! the workspace and the facade's `redis` feature compile while the backend is built.
+//! A Redis [`IdempotencyStore`] for eventonce: the production store for consumers that
+//! share a topic.
+//!
+//! Every transition is one round trip: a Lua script, loaded once and run by `EVALSHA`
+//! (reloaded on `NOSCRIPT`), that checks the owner token and writes atomically. There is
+//! no unconditional `SET` or `DEL`. Expiry is judged by the Redis server's clock (`PX`
+//! TTLs). Keys written by an older writer (a bare `"1"`, `"completed"`, JSON metadata)
+//! count as completed, so a service can switch to eventonce on a live Redis without
+//! reprocessing.
+//!
+//! Works with a single Redis (`redis://`, `rediss://` with the `tls` feature, user and
+//! password in the URL) and with Redis Cluster ([`RedisStore::connect_cluster`]): each
+//! script touches one key, so it runs on the key's node.
+//!
+//! Failure handling is the guard's: every call is bounded by the store timeout, and a
+//! circuit breaker answers at once during an outage. The store itself never retries a
+//! command; its connection reconnects in the background.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-/// The name this backend will report in logs.
-pub const BACKEND_NAME: &str = "redis";
+mod scripts;
+
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use eventonce_core::{check_arguments, Claim, IdempotencyStore, Record, RecordState, StoreError};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::CLAIM));
+static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::COMPLETE));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::RELEASE));
+static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::EXTEND));
+static GET: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::GET));
+
+/// How long connecting and each command may take at most, by default. The guard's own
+/// store timeout (default 500 ms) usually answers first.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Connection settings of a [`RedisStore`].
+#[derive(Debug, Clone, Copy)]
+pub struct RedisOptions {
+    /// Time limit of opening a connection.
+    pub connection_timeout: Duration,
+    /// Time limit of one command's response.
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            connection_timeout: DEFAULT_TIMEOUT,
+            response_timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// A Redis or Redis Cluster idempotency store. Cheap to clone: clones share the
+/// connection, which multiplexes concurrent calls.
+///
+/// ```no_run
+/// use eventonce_core::{Guard, IdempotencyConfig};
+/// use eventonce_redis::RedisStore;
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::connect("redis://:secret@127.0.0.1:6379/0").await?;
+/// let guard = Guard::new(store, IdempotencyConfig::builder("billing").build()?);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    target: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+/// The connection kinds a store can run on.
+#[derive(Clone)]
+enum Conn {
+    Manager(ConnectionManager),
+    Multiplexed(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Manager(c) => c.req_packed_command(cmd),
+            Conn::Multiplexed(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Manager(c) => c.get_db(),
+            Conn::Multiplexed(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// An application's existing connection, for [`RedisStore::from_connection`].
+pub enum ExistingConnection {
+    /// A reconnecting connection manager.
+    Manager(ConnectionManager),
+    /// A multiplexed connection (it does not reconnect by itself).
+    Multiplexed(MultiplexedConnection),
+    /// A Redis Cluster connection.
+    Cluster(ClusterConnection),
+}
+
+impl From<ConnectionManager> for ExistingConnection {
+    fn from(c: ConnectionManager) -> Self {
+        ExistingConnection::Manager(c)
+    }
+}
+
+impl From<MultiplexedConnection> for ExistingConnection {
+    fn from(c: MultiplexedConnection) -> Self {
+        ExistingConnection::Multiplexed(c)
+    }
+}
+
+impl From<ClusterConnection> for ExistingConnection {
+    fn from(c: ClusterConnection) -> Self {
+        ExistingConnection::Cluster(c)
+    }
+}
+
+/// The URL with its password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparsable url>".to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => format!("{scheme}://{authority}{path}"),
+    }
+}
+
+/// A client error as a store error, without anything that could hold credentials.
+fn unavailable(context: &str, err: RedisError) -> StoreError {
+    StoreError::Unavailable {
+        message: format!("{context}: {}", err.kind_description()),
+        source: Some(Box::new(err)),
+    }
+}
+
+trait KindDescription {
+    fn kind_description(&self) -> String;
+}
+
+impl KindDescription for RedisError {
+    fn kind_description(&self) -> String {
+        let detail = self.detail().map(|d| format!(": {d}")).unwrap_or_default();
+        format!("{:?}{detail}", self.kind())
+    }
+}
+
+impl RedisStore {
+    /// Connects to one Redis server with the default timeouts. `url` is `redis://` or
+    /// `rediss://` (TLS, with the `tls` feature), with user and password if needed:
+    /// `redis://user:password@host:6379/0`. The connection reconnects in the background
+    /// after a failure.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, RedisOptions::default()).await
+    }
+
+    /// Connects to one Redis server with the given timeouts.
+    pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+        let target = redact_url(url);
+        let client = redis::Client::open(url)
+            .map_err(|e| unavailable(&format!("invalid redis url {target}"), e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connection_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| unavailable(&format!("cannot connect to {target}"), e))?;
+        Ok(RedisStore {
+            conn: Conn::Manager(manager),
+            target,
+        })
+    }
+
+    /// Uses a connection the application already has.
+    pub fn from_connection(conn: impl Into<ExistingConnection>) -> Self {
+        let (conn, target) = match conn.into() {
+            ExistingConnection::Manager(c) => (Conn::Manager(c), "connection manager"),
+            ExistingConnection::Multiplexed(c) => (Conn::Multiplexed(c), "multiplexed connection"),
+            ExistingConnection::Cluster(c) => (Conn::Cluster(c), "cluster connection"),
+        };
+        RedisStore {
+            conn,
+            target: target.to_owned(),
+        }
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes' URLs. MOVED and ASK
+    /// redirections are followed (at most twice per call); nothing else is retried.
+    pub async fn connect_cluster<I, S>(urls: I) -> Result<Self, StoreError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::connect_cluster_with(urls, RedisOptions::default()).await
+    }
+
+    /// Connects to a Redis Cluster with the given timeouts.
+    pub async fn connect_cluster_with<I, S>(urls: I, options: RedisOptions) -> Result<Self, StoreError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
+        let target = format!(
+            "cluster {}",
+            urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(",")
+        );
+        if urls.is_empty() {
+            return Err(StoreError::InvalidArgument("no cluster node url given".into()));
+        }
+        let client = ClusterClient::builder(urls.iter().map(String::as_str))
+            .connection_timeout(options.connection_timeout)
+            .response_timeout(options.response_timeout)
+            .retries(2)
+            .build()
+            .map_err(|e| unavailable(&format!("invalid cluster urls {target}"), e))?;
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| unavailable(&format!("cannot connect to {target}"), e))?;
+        Ok(RedisStore {
+            conn: Conn::Cluster(conn),
+            target,
+        })
+    }
+
+    /// Where this store points, with any password masked.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    async fn flag(&self, script: &Script, key: &str, owner: &str, ms: Option<u64>) -> Result<bool, StoreError> {
+        let mut invocation = script.key(key);
+        invocation.arg(owner);
+        if let Some(ms) = ms {
+            invocation.arg(ms);
+        }
+        let mut conn = self.conn.clone();
+        let result: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&format!("redis {}", self.target), e))?;
+        Ok(result == 1)
+    }
+}
+
+/// Milliseconds of a duration, at least 1 (`PX 0` is an error).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Reads a stored value: our `p|ms|owner` / `c|ms|owner`, or an older writer's value.
+pub(crate) fn decode(value: &[u8]) -> (RecordState, Option<String>, Option<SystemTime>) {
+    let text = String::from_utf8_lossy(value);
+    let mut parts = text.splitn(3, '|');
+    if let (Some(state @ ("p" | "c")), Some(ms), Some(owner)) = (parts.next(), parts.next(), parts.next()) {
+        if let Ok(ms) = ms.parse::<u64>() {
+            let state = if state == "p" { RecordState::Processing } else { RecordState::Completed };
+            let at = UNIX_EPOCH.checked_add(Duration::from_millis(ms));
+            return (state, Some(owner.to_owned()), at);
+        }
+    }
+    let legacy_processing = text.starts_with('{')
+        && (text.contains("\"status\": \"processing\"")
+            || text.contains("\"status\":\"processing\"")
+            || text.contains("\"state\": \"processing\"")
+            || text.contains("\"state\":\"processing\""));
+    let state = if legacy_processing { RecordState::Processing } else { RecordState::Completed };
+    (state, None, None)
+}
+
+#[async_trait]
+impl IdempotencyStore for RedisStore {
+    async fn try_claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, StoreError> {
+        check_arguments(key, owner, Some(lease))?;
+        let mut conn = self.conn.clone();
+        let code: i64 = CLAIM
+            .key(key)
+            .arg(owner)
+            .arg(millis(lease))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&format!("redis {}", self.target), e))?;
+        match code {
+            1 => Ok(Claim::Acquired),
+            2 => Ok(Claim::InProgress),
+            3 => Ok(Claim::Completed),
+            other => Err(StoreError::InvalidData {
+                key: key.to_owned(),
+                detail: format!("claim script answered {other}"),
+            }),
+        }
+    }
+
+    async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        check_arguments(key, owner, Some(ttl))?;
+        self.flag(&COMPLETE, key, owner, Some(millis(ttl))).await
+    }
+
+    async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
+        check_arguments(key, owner, None)?;
+        self.flag(&RELEASE, key, owner, None).await
+    }
+
+    async fn extend(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
+        check_arguments(key, owner, Some(lease))?;
+        self.flag(&EXTEND, key, owner, Some(millis(lease))).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        if key.is_empty() {
+            return Err(StoreError::InvalidArgument("key must not be empty".into()));
+        }
+        let mut conn = self.conn.clone();
+        let reply: Option<(Vec<u8>, i64)> = GET
+            .key(key)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable(&format!("redis {}", self.target), e))?;
+        Ok(reply.map(|(value, pttl)| {
+            let (state, owner, updated_at) = decode(&value);
+            Record {
+                state,
+                owner,
+                ttl_left: u64::try_from(pttl).ok().map(Duration::from_millis),
+                updated_at,
+            }
+        }))
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_appear_in_redacted_urls() {
+        assert_eq!(redact_url("redis://:s3cret@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact_url("rediss://user:s3cret@h:6380"), "rediss://user:***@h:6380");
+        assert_eq!(redact_url("redis://user@h"), "redis://***@h");
+        assert_eq!(redact_url("redis://h:1/2"), "redis://h:1/2");
+        assert_eq!(redact_url("nonsense"), "<unparsable url>");
+        assert!(!redact_url("redis://u:p@ss:w0rd@h").contains("w0rd"));
+    }
+
+    #[test]
+    fn values_decode_to_states() {
+        let (s, o, t) = decode(b"p|1732712345678|owner|with|bars");
+        assert_eq!((s, o.as_deref()), (RecordState::Processing, Some("owner|with|bars")));
+        assert!(t.is_some());
+        assert_eq!(decode(b"c|1|o").0, RecordState::Completed);
+        for legacy in [&b"1"[..], b"completed", b"{\"processed_at\": 1}", b"p|x|y"] {
+            assert_eq!(decode(legacy), (RecordState::Completed, None, None));
+        }
+        assert_eq!(decode(b"{\"status\": \"processing\"}").0, RecordState::Processing);
+    }
+}

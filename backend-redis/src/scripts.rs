@@ -1,0 +1,109 @@
+//! The Lua scripts of the Redis store: one atomic round trip per transition.
+//!
+//! Record values stay small: `p|<ms>|<owner>` while processing, `c|<ms>|<owner>` once
+//! completed, where `<ms>` is the Redis server's clock (`TIME`) in milliseconds when the
+//! record was written. The key's own TTL (`PX`) is the lease or the completed TTL, so
+//! expiry is judged by the Redis server's clock alone.
+//!
+//! A value in any other form was written by an older writer (the Python decorator's `"1"`
+//! or JSON metadata): it counts as completed, unless it is a JSON object whose `status` (or
+//! `state`) is `"processing"`, which counts as another owner's claim. Scripts never
+//! complete, extend or delete such a value.
+
+/// Lua helpers shared by every script.
+macro_rules! prelude {
+    () => {
+        r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+end
+-- 'p': a claim of ours; 'c': completed (ours or an older writer's); 'l': an older
+-- writer's claim.
+local function state_of(v)
+  if string.match(v, '^p|%d+|') then return 'p' end
+  if string.match(v, '^c|%d+|') then return 'c' end
+  if string.sub(v, 1, 1) == '{' then
+    local ok, t = pcall(cjson.decode, v)
+    if ok and type(t) == 'table' and (t['status'] == 'processing' or t['state'] == 'processing') then
+      return 'l'
+    end
+  end
+  return 'c'
+end
+-- Whether `v` is a processing claim held by `owner`.
+local function held_by(v, owner)
+  if not v then return false end
+  local head = string.match(v, '^p|%d+|')
+  return head ~= nil and string.sub(v, #head + 1) == owner
+end
+"#
+    };
+}
+
+/// `try_claim`. KEYS[1] = key; ARGV[1] = owner, ARGV[2] = lease in ms.
+/// Returns 1 (acquired), 2 (in progress) or 3 (completed).
+///
+/// Guarantee: atomically, if the key is absent (Redis drops expired keys on access) it is
+/// set to a processing claim of ARGV[1] with a TTL of the lease; otherwise it is left
+/// untouched and its state is reported in the same round trip.
+pub(crate) const CLAIM: &str = concat!(
+    prelude!(),
+    r#"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], 'p|' .. now_ms() .. '|' .. ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if state_of(v) == 'c' then return 3 end
+return 2
+"#
+);
+
+/// `complete`. KEYS[1] = key; ARGV[1] = owner, ARGV[2] = TTL in ms. Returns 1 or 0.
+///
+/// Guarantee: atomically, only if the key holds a processing claim of ARGV[1], it becomes
+/// a completed record with a TTL of ARGV[2]; anything else is left untouched.
+pub(crate) const COMPLETE: &str = concat!(
+    prelude!(),
+    r#"
+if not held_by(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], 'c|' .. now_ms() .. '|' .. ARGV[1], 'PX', ARGV[2])
+return 1
+"#
+);
+
+/// `release`. KEYS[1] = key; ARGV[1] = owner. Returns 1 or 0.
+///
+/// Guarantee: atomically, only if the key holds a processing claim of ARGV[1], it is
+/// deleted; a completed record or another owner's claim is never deleted.
+pub(crate) const RELEASE: &str = concat!(
+    prelude!(),
+    r#"
+if not held_by(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"#
+);
+
+/// `extend`. KEYS[1] = key; ARGV[1] = owner, ARGV[2] = lease in ms. Returns 1 or 0.
+///
+/// Guarantee: atomically, only if the key holds a processing claim of ARGV[1], its value
+/// is rewritten with the current time and its TTL set to ARGV[2].
+pub(crate) const EXTEND: &str = concat!(
+    prelude!(),
+    r#"
+if not held_by(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], 'p|' .. now_ms() .. '|' .. ARGV[1], 'PX', ARGV[2])
+return 1
+"#
+);
+
+/// `get`. KEYS[1] = key. Returns `{value, pttl}`, or nil when absent.
+///
+/// Guarantee: the value and its remaining TTL are read at the same instant.
+pub(crate) const GET: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return nil end
+return {v, redis.call('PTTL', KEYS[1])}
+"#;
