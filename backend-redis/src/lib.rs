@@ -25,7 +25,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use eventonce_core::{check_arguments, Claim, IdempotencyStore, Record, RecordState, StoreError};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
@@ -74,6 +76,7 @@ impl Default for RedisOptions {
 pub struct RedisStore {
     conn: Conn,
     target: String,
+    response_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -174,8 +177,15 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// A client error as a store error, without anything that could hold credentials.
-fn unavailable(context: &str, err: RedisError) -> StoreError {
+/// A client error as a store error, without anything that could hold credentials. A
+/// response timeout stays a timeout, so that the guard's circuit breaker opens at once.
+fn unavailable(context: &str, err: RedisError, timeout: Duration) -> StoreError {
+    if err.is_timeout() {
+        return StoreError::Timeout {
+            operation: "redis command",
+            timeout,
+        };
+    }
     StoreError::Unavailable {
         message: format!("{context}: {}", err.kind_description()),
         source: Some(Box::new(err)),
@@ -206,18 +216,26 @@ impl RedisStore {
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         let target = redact_url(url);
         let client = redis::Client::open(url)
-            .map_err(|e| unavailable(&format!("invalid redis url {target}"), e))?;
+            .map_err(|e| unavailable(&format!("invalid redis url {target}"), e, Duration::ZERO))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connection_timeout))
             .set_response_timeout(Some(options.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+            // One connection attempt per reconnect, no backoff loop: during an outage each
+            // call fails fast and the guard's circuit breaker takes over.
+            .set_number_of_retries(0);
         let manager = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(|e| unavailable(&format!("cannot connect to {target}"), e))?;
+            .map_err(|e| {
+                unavailable(
+                    &format!("cannot connect to {target}"),
+                    e,
+                    options.connection_timeout,
+                )
+            })?;
         Ok(RedisStore {
             conn: Conn::Manager(manager),
             target,
+            response_timeout: options.response_timeout,
         })
     }
 
@@ -231,6 +249,7 @@ impl RedisStore {
         RedisStore {
             conn,
             target: target.to_owned(),
+            response_timeout: Duration::ZERO,
         }
     }
 
@@ -245,7 +264,10 @@ impl RedisStore {
     }
 
     /// Connects to a Redis Cluster with the given timeouts.
-    pub async fn connect_cluster_with<I, S>(urls: I, options: RedisOptions) -> Result<Self, StoreError>
+    pub async fn connect_cluster_with<I, S>(
+        urls: I,
+        options: RedisOptions,
+    ) -> Result<Self, StoreError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -253,25 +275,44 @@ impl RedisStore {
         let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
         let target = format!(
             "cluster {}",
-            urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(",")
+            urls.iter()
+                .map(|u| redact_url(u))
+                .collect::<Vec<_>>()
+                .join(",")
         );
         if urls.is_empty() {
-            return Err(StoreError::InvalidArgument("no cluster node url given".into()));
+            return Err(StoreError::InvalidArgument(
+                "no cluster node url given".into(),
+            ));
         }
         let client = ClusterClient::builder(urls.iter().map(String::as_str))
             .connection_timeout(options.connection_timeout)
             .response_timeout(options.response_timeout)
             .retries(2)
             .build()
-            .map_err(|e| unavailable(&format!("invalid cluster urls {target}"), e))?;
-        let conn = client
-            .get_async_connection()
-            .await
-            .map_err(|e| unavailable(&format!("cannot connect to {target}"), e))?;
+            .map_err(|e| {
+                unavailable(&format!("invalid cluster urls {target}"), e, Duration::ZERO)
+            })?;
+        let conn = client.get_async_connection().await.map_err(|e| {
+            unavailable(
+                &format!("cannot connect to {target}"),
+                e,
+                options.connection_timeout,
+            )
+        })?;
         Ok(RedisStore {
             conn: Conn::Cluster(conn),
             target,
+            response_timeout: options.response_timeout,
         })
+    }
+
+    fn error(&self, err: RedisError) -> StoreError {
+        unavailable(
+            &format!("redis {}", self.target),
+            err,
+            self.response_timeout,
+        )
     }
 
     /// Where this store points, with any password masked.
@@ -279,7 +320,13 @@ impl RedisStore {
         &self.target
     }
 
-    async fn flag(&self, script: &Script, key: &str, owner: &str, ms: Option<u64>) -> Result<bool, StoreError> {
+    async fn flag(
+        &self,
+        script: &Script,
+        key: &str,
+        owner: &str,
+        ms: Option<u64>,
+    ) -> Result<bool, StoreError> {
         let mut invocation = script.key(key);
         invocation.arg(owner);
         if let Some(ms) = ms {
@@ -289,7 +336,7 @@ impl RedisStore {
         let result: i64 = invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| unavailable(&format!("redis {}", self.target), e))?;
+            .map_err(|e| self.error(e))?;
         Ok(result == 1)
     }
 }
@@ -303,9 +350,15 @@ fn millis(d: Duration) -> u64 {
 pub(crate) fn decode(value: &[u8]) -> (RecordState, Option<String>, Option<SystemTime>) {
     let text = String::from_utf8_lossy(value);
     let mut parts = text.splitn(3, '|');
-    if let (Some(state @ ("p" | "c")), Some(ms), Some(owner)) = (parts.next(), parts.next(), parts.next()) {
+    if let (Some(state @ ("p" | "c")), Some(ms), Some(owner)) =
+        (parts.next(), parts.next(), parts.next())
+    {
         if let Ok(ms) = ms.parse::<u64>() {
-            let state = if state == "p" { RecordState::Processing } else { RecordState::Completed };
+            let state = if state == "p" {
+                RecordState::Processing
+            } else {
+                RecordState::Completed
+            };
             let at = UNIX_EPOCH.checked_add(Duration::from_millis(ms));
             return (state, Some(owner.to_owned()), at);
         }
@@ -315,13 +368,22 @@ pub(crate) fn decode(value: &[u8]) -> (RecordState, Option<String>, Option<Syste
             || text.contains("\"status\":\"processing\"")
             || text.contains("\"state\": \"processing\"")
             || text.contains("\"state\":\"processing\""));
-    let state = if legacy_processing { RecordState::Processing } else { RecordState::Completed };
+    let state = if legacy_processing {
+        RecordState::Processing
+    } else {
+        RecordState::Completed
+    };
     (state, None, None)
 }
 
 #[async_trait]
 impl IdempotencyStore for RedisStore {
-    async fn try_claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, StoreError> {
+    async fn try_claim(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
         let mut conn = self.conn.clone();
         let code: i64 = CLAIM
@@ -330,7 +392,7 @@ impl IdempotencyStore for RedisStore {
             .arg(millis(lease))
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| unavailable(&format!("redis {}", self.target), e))?;
+            .map_err(|e| self.error(e))?;
         match code {
             1 => Ok(Claim::Acquired),
             2 => Ok(Claim::InProgress),
@@ -366,7 +428,7 @@ impl IdempotencyStore for RedisStore {
             .key(key)
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| unavailable(&format!("redis {}", self.target), e))?;
+            .map_err(|e| self.error(e))?;
         Ok(reply.map(|(value, pttl)| {
             let (state, owner, updated_at) = decode(&value);
             Record {
@@ -389,8 +451,14 @@ mod tests {
 
     #[test]
     fn passwords_never_appear_in_redacted_urls() {
-        assert_eq!(redact_url("redis://:s3cret@h:6379/0"), "redis://:***@h:6379/0");
-        assert_eq!(redact_url("rediss://user:s3cret@h:6380"), "rediss://user:***@h:6380");
+        assert_eq!(
+            redact_url("redis://:s3cret@h:6379/0"),
+            "redis://:***@h:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://user:s3cret@h:6380"),
+            "rediss://user:***@h:6380"
+        );
         assert_eq!(redact_url("redis://user@h"), "redis://***@h");
         assert_eq!(redact_url("redis://h:1/2"), "redis://h:1/2");
         assert_eq!(redact_url("nonsense"), "<unparsable url>");
@@ -400,12 +468,18 @@ mod tests {
     #[test]
     fn values_decode_to_states() {
         let (s, o, t) = decode(b"p|1732712345678|owner|with|bars");
-        assert_eq!((s, o.as_deref()), (RecordState::Processing, Some("owner|with|bars")));
+        assert_eq!(
+            (s, o.as_deref()),
+            (RecordState::Processing, Some("owner|with|bars"))
+        );
         assert!(t.is_some());
         assert_eq!(decode(b"c|1|o").0, RecordState::Completed);
         for legacy in [&b"1"[..], b"completed", b"{\"processed_at\": 1}", b"p|x|y"] {
             assert_eq!(decode(legacy), (RecordState::Completed, None, None));
         }
-        assert_eq!(decode(b"{\"status\": \"processing\"}").0, RecordState::Processing);
+        assert_eq!(
+            decode(b"{\"status\": \"processing\"}").0,
+            RecordState::Processing
+        );
     }
 }
