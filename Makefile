@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test demo services fmt lint doc unit
+.PHONY: test demo services fmt lint doc unit redis-cluster redis-cluster-stop
 
 ## The whole check: formatting, lints, docs, and every test of the workspace with all
 ## features against the real services (started here when missing).
@@ -25,6 +25,11 @@ doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --all-features --no-deps --quiet
 
 unit:
-	@mkdir -p target
-	set -o pipefail; $(CARGO) test --workspace --all-features 2>&1 | tee target/test.log
-	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "\ntotal: %d passed, %d failed\n", p, f}' target/test.log
+	CARGO=$(CARGO) bash scripts/unit-tests.sh
+
+## A real 3-master / 3-replica Redis Cluster on loopback (prints REDIS_CLUSTER_URL=...).
+redis-cluster:
+	@bash scripts/redis-cluster.sh start
+
+redis-cluster-stop:
+	@bash scripts/redis-cluster.sh stop

@@ -30,11 +30,14 @@ apt_install() {
 }
 
 ensure_redis() {
+  # The tests also start redis-server processes of their own (outages, the cluster).
+  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    apt_install redis-server redis-tools
+  fi
   if port_open "$REDIS_PORT"; then
     echo "services: redis on 127.0.0.1:$REDIS_PORT is up"
     return 0
   fi
-  command -v redis-server >/dev/null || apt_install redis-server
   mkdir -p /tmp/eventonce-redis
   redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" \
     --appendonly no --dir /tmp/eventonce-redis --logfile /tmp/eventonce-redis/redis.log

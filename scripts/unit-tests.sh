@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace with all features against the real services: Redis and
+# PostgreSQL on loopback (scripts/services.sh) and a Redis Cluster started here and
+# stopped afterwards. Prints a total line at the end.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+CARGO="${CARGO:-cargo}"
+
+cluster=$(bash scripts/redis-cluster.sh start) || { echo "$cluster"; exit 1; }
+echo "$cluster"
+export REDIS_CLUSTER_URL="${cluster#REDIS_CLUSTER_URL=}"
+trap 'bash scripts/redis-cluster.sh stop >/dev/null 2>&1' EXIT
+
+mkdir -p target
+"$CARGO" test --workspace --all-features 2>&1 | tee target/test.log
+status=${PIPESTATUS[0]}
+awk '/^test result:/ {p += $4; f += $6}
+     /^cross_process: [0-9]+ passed, [0-9]+ failed$/ {p += $2; f += $4}
+     END {printf "\ntotal: %d passed, %d failed\n", p, f}' target/test.log
+exit "$status"
