@@ -43,12 +43,29 @@ static GET: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::GET));
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Connection settings of a [`RedisStore`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
+#[non_exhaustive]
 pub struct RedisOptions {
     /// Time limit of opening a connection.
     pub connection_timeout: Duration,
     /// Time limit of one command's response.
     pub response_timeout: Duration,
+    /// For `rediss://`: a PEM certificate authority to trust instead of the system's roots
+    /// (the `tls` feature).
+    pub tls_root_cert: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("connection_timeout", &self.connection_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field(
+                "tls_root_cert",
+                &self.tls_root_cert.as_ref().map(|c| c.len()),
+            )
+            .finish()
+    }
 }
 
 impl Default for RedisOptions {
@@ -56,7 +73,23 @@ impl Default for RedisOptions {
         RedisOptions {
             connection_timeout: DEFAULT_TIMEOUT,
             response_timeout: DEFAULT_TIMEOUT,
+            tls_root_cert: None,
         }
+    }
+}
+
+impl RedisOptions {
+    /// Sets both the connection and the response timeout.
+    pub fn timeouts(mut self, connection: Duration, response: Duration) -> Self {
+        self.connection_timeout = connection;
+        self.response_timeout = response;
+        self
+    }
+
+    /// Trusts this PEM certificate authority for `rediss://` (the `tls` feature).
+    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_cert = Some(pem.into());
+        self
     }
 }
 
@@ -198,8 +231,39 @@ trait KindDescription {
 
 impl KindDescription for RedisError {
     fn kind_description(&self) -> String {
-        let detail = self.detail().map(|d| format!(": {d}")).unwrap_or_default();
-        format!("{:?}{detail}", self.kind())
+        self.to_string()
+    }
+}
+
+/// The password of a URL, if it has one.
+fn password_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    userinfo
+        .split_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty())
+}
+
+/// `err` with every occurrence of the URL's password masked.
+fn scrubbed(err: StoreError, url: &str) -> StoreError {
+    let Some(password) = password_of(url) else {
+        return err;
+    };
+    match err {
+        StoreError::Unavailable { message, source } => StoreError::Unavailable {
+            message: message.replace(password, "***"),
+            source: source.map(|s| -> eventonce_core::BoxError {
+                let text = s.to_string();
+                if text.contains(password) {
+                    text.replace(password, "***").into()
+                } else {
+                    s
+                }
+            }),
+        },
+        other => other,
     }
 }
 
@@ -215,8 +279,12 @@ impl RedisStore {
     /// Connects to one Redis server with the given timeouts.
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         let target = redact_url(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| unavailable(&format!("invalid redis url {target}"), e, Duration::ZERO))?;
+        let client = client(url, &options).map_err(|e| {
+            scrubbed(
+                unavailable(&format!("invalid redis url {target}"), e, Duration::ZERO),
+                url,
+            )
+        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connection_timeout))
             .set_response_timeout(Some(options.response_timeout))
@@ -226,11 +294,12 @@ impl RedisStore {
         let manager = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| {
-                unavailable(
+                let err = unavailable(
                     &format!("cannot connect to {target}"),
                     e,
                     options.connection_timeout,
-                )
+                );
+                scrubbed(err, url)
             })?;
         Ok(RedisStore {
             conn: Conn::Manager(manager),
@@ -291,14 +360,16 @@ impl RedisStore {
             .retries(2)
             .build()
             .map_err(|e| {
-                unavailable(&format!("invalid cluster urls {target}"), e, Duration::ZERO)
+                let err = unavailable(&format!("invalid cluster urls {target}"), e, Duration::ZERO);
+                urls.iter().fold(err, |err, url| scrubbed(err, url))
             })?;
         let conn = client.get_async_connection().await.map_err(|e| {
-            unavailable(
+            let err = unavailable(
                 &format!("cannot connect to {target}"),
                 e,
                 options.connection_timeout,
-            )
+            );
+            urls.iter().fold(err, |err, url| scrubbed(err, url))
         })?;
         Ok(RedisStore {
             conn: Conn::Cluster(conn),
@@ -330,7 +401,7 @@ impl RedisStore {
         let mut invocation = script.key(key);
         invocation.arg(owner);
         if let Some(ms) = ms {
-            invocation.arg(ms);
+            invocation.arg(ms).arg(now_ms());
         }
         let mut conn = self.conn.clone();
         let result: i64 = invocation
@@ -339,6 +410,39 @@ impl RedisStore {
             .map_err(|e| self.error(e))?;
         Ok(result == 1)
     }
+}
+
+/// The wall clock in milliseconds, for the informational timestamp of a record.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+#[cfg(feature = "tls")]
+fn client(url: &str, options: &RedisOptions) -> redis::RedisResult<redis::Client> {
+    match &options.tls_root_cert {
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        ),
+        None => redis::Client::open(url),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn client(url: &str, options: &RedisOptions) -> redis::RedisResult<redis::Client> {
+    if options.tls_root_cert.is_some() || url.starts_with("rediss://") {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "TLS (rediss://) needs the `tls` feature of eventonce-redis",
+        )));
+    }
+    redis::Client::open(url)
 }
 
 /// Milliseconds of a duration, at least 1 (`PX 0` is an error).
@@ -390,6 +494,7 @@ impl IdempotencyStore for RedisStore {
             .key(key)
             .arg(owner)
             .arg(millis(lease))
+            .arg(now_ms())
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -463,6 +568,19 @@ mod tests {
         assert_eq!(redact_url("redis://h:1/2"), "redis://h:1/2");
         assert_eq!(redact_url("nonsense"), "<unparsable url>");
         assert!(!redact_url("redis://u:p@ss:w0rd@h").contains("w0rd"));
+    }
+
+    #[test]
+    fn errors_are_scrubbed_of_the_password() {
+        assert_eq!(password_of("redis://u:pw@h:1/0"), Some("pw"));
+        assert_eq!(password_of("redis://u@h"), None);
+        assert_eq!(password_of("redis://h"), None);
+        let err = StoreError::Unavailable {
+            message: "auth failed for pw-123".into(),
+            source: Some("bad pw-123".into()),
+        };
+        let text = format!("{:?}", scrubbed(err, "redis://:pw-123@h"));
+        assert!(!text.contains("pw-123"), "{text}");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The Lua scripts of the Redis store: one atomic round trip per transition.
 //!
 //! Record values stay small: `p|<ms>|<owner>` while processing, `c|<ms>|<owner>` once
-//! completed, where `<ms>` is the Redis server's clock (`TIME`) in milliseconds when the
-//! record was written. The key's own TTL (`PX`) is the lease or the completed TTL, so
-//! expiry is judged by the Redis server's clock alone.
+//! completed, where `<ms>` is the writer's wall clock in milliseconds (informational: the
+//! age an operator sees). The key's own TTL (`PX`) is the lease or the completed TTL, so
+//! expiry is judged by the Redis server's clock alone. The scripts call only `GET`, `SET`,
+//! `DEL` and `PTTL`, so an ACL user limited to `+@read +@write +@scripting` runs them.
 //!
 //! A value in any other form was written by an older writer (the Python decorator's `"1"`
 //! or JSON metadata): it counts as completed, unless it is a JSON object whose `status` (or
@@ -14,10 +15,6 @@
 macro_rules! prelude {
     () => {
         r#"
-local function now_ms()
-  local t = redis.call('TIME')
-  return t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-end
 -- 'p': a claim of ours; 'c': completed (ours or an older writer's); 'l': an older
 -- writer's claim.
 local function state_of(v)
@@ -41,7 +38,8 @@ end
     };
 }
 
-/// `try_claim`. KEYS[1] = key; ARGV[1] = owner, ARGV[2] = lease in ms.
+/// `try_claim`. KEYS[1] = key; ARGV[1] = owner, ARGV[2] = lease in ms, ARGV[3] = now in
+/// ms.
 /// Returns 1 (acquired), 2 (in progress) or 3 (completed).
 ///
 /// Guarantee: atomically, if the key is absent (Redis drops expired keys on access) it is
@@ -52,7 +50,7 @@ pub(crate) const CLAIM: &str = concat!(
     r#"
 local v = redis.call('GET', KEYS[1])
 if not v then
-  redis.call('SET', KEYS[1], 'p|' .. now_ms() .. '|' .. ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[1], 'p|' .. ARGV[3] .. '|' .. ARGV[1], 'PX', ARGV[2])
   return 1
 end
 if state_of(v) == 'c' then return 3 end
@@ -60,7 +58,8 @@ return 2
 "#
 );
 
-/// `complete`. KEYS[1] = key; ARGV[1] = owner, ARGV[2] = TTL in ms. Returns 1 or 0.
+/// `complete`. KEYS[1] = key; ARGV[1] = owner, ARGV[2] = TTL in ms, ARGV[3] = now in ms.
+/// Returns 1 or 0.
 ///
 /// Guarantee: atomically, only if the key holds a processing claim of ARGV[1], it becomes
 /// a completed record with a TTL of ARGV[2]; anything else is left untouched.
@@ -68,7 +67,7 @@ pub(crate) const COMPLETE: &str = concat!(
     prelude!(),
     r#"
 if not held_by(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], 'c|' .. now_ms() .. '|' .. ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], 'c|' .. ARGV[3] .. '|' .. ARGV[1], 'PX', ARGV[2])
 return 1
 "#
 );
@@ -86,7 +85,8 @@ return 1
 "#
 );
 
-/// `extend`. KEYS[1] = key; ARGV[1] = owner, ARGV[2] = lease in ms. Returns 1 or 0.
+/// `extend`. KEYS[1] = key; ARGV[1] = owner, ARGV[2] = lease in ms, ARGV[3] = now in ms.
+/// Returns 1 or 0.
 ///
 /// Guarantee: atomically, only if the key holds a processing claim of ARGV[1], its value
 /// is rewritten with the current time and its TTL set to ARGV[2].
@@ -94,7 +94,7 @@ pub(crate) const EXTEND: &str = concat!(
     prelude!(),
     r#"
 if not held_by(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], 'p|' .. now_ms() .. '|' .. ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], 'p|' .. ARGV[3] .. '|' .. ARGV[1], 'PX', ARGV[2])
 return 1
 "#
 );

@@ -109,10 +109,7 @@ async fn until_protected(g: &Guard, first: u32, limit: Duration) -> (u32, Durati
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outages_cost_at_most_one_timeout_and_protection_resumes() {
     let mut server = RedisProcess::start();
-    let options = RedisOptions {
-        connection_timeout: TIMEOUT,
-        response_timeout: TIMEOUT,
-    };
+    let options = RedisOptions::default().timeouts(TIMEOUT, TIMEOUT);
     let store = RedisStore::connect_with(&server.url(), options)
         .await
         .expect("connect");

@@ -7,7 +7,7 @@
 //!
 //! A backend's test file runs the whole suite with one macro call:
 //!
-//! ```ignore
+//! ```text
 //! fn factory() -> impl eventonce_core::conformance::StoreFactory {
 //!     let store = MyStore::new();
 //!     move || { let s = store.clone(); async move { s } }

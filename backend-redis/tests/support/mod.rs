@@ -1,14 +1,17 @@
 //! A throwaway `redis-server` process on a free loopback port, which tests stop, pause
-//! and restart to inject real outages.
+//! and restart to inject real outages, or start locked down (password, ACL, TLS).
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct RedisProcess {
     pub port: u16,
-    dir: std::path::PathBuf,
+    pub dir: PathBuf,
+    extra: Vec<String>,
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -24,17 +27,34 @@ fn port_open(port: u16) -> bool {
 }
 
 impl RedisProcess {
-    /// Starts a server on a free port and waits until it accepts connections.
+    /// Starts a plain server on a free port and waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(&[], false)
+    }
+
+    /// A fresh working directory for a server (certificates may be written there first).
+    pub fn new_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "eventonce-redis-{}-{}",
             std::process::id(),
             free_port()
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    /// Starts a server with extra arguments; with `tls`, it listens with TLS only.
+    pub fn start_with(extra: &[&str], tls: bool) -> Self {
+        Self::start_in(Self::new_dir(), extra, tls)
+    }
+
+    /// Starts a server working in `dir`.
+    pub fn start_in(dir: PathBuf, extra: &[&str], tls: bool) -> Self {
         let mut p = RedisProcess {
             port: free_port(),
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
             child: None,
         };
         p.spawn();
@@ -42,17 +62,16 @@ impl RedisProcess {
     }
 
     fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let ports: Vec<&str> = if self.tls {
+            vec!["--port", "0", "--tls-port", &port]
+        } else {
+            vec!["--port", &port]
+        };
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&ports)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -72,7 +91,8 @@ impl RedisProcess {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn pid(&self) -> String {
