@@ -1,7 +1,538 @@
-//! The Postgres store of eventonce. Not implemented yet: this crate is a placeholder so that
-//! the workspace and the facade's `postgres` feature compile while the backend is built.
+//! A PostgreSQL [`IdempotencyStore`] for eventonce, on sqlx — and the one store that can
+//! commit the idempotency record in the same transaction as the handler's own writes
+//! ([`TransactionalStore`], used by `Guard::run_in_transaction`).
+//!
+//! Every trait method is one SQL statement. Expiry is judged by the database clock
+//! (`now()`), never the client's. Records live in one table (default
+//! `public.eventonce_records`; schema and table are configurable), created by the migration
+//! shipped with this crate ([`PostgresStore::migrate`], run by [`PostgresStore::connect`]).
+//! Expired records are ignored by every statement and removed by a bounded background
+//! reaper ([`PostgresStore::spawn_reaper`]) in small batches that skip locked rows, so it
+//! never blocks a claim.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-/// The name this backend will report in logs.
-pub const BACKEND_NAME: &str = "postgres";
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use eventonce_core::{
+    check_arguments, Claim, IdempotencyStore, Record, RecordState, StoreError, TransactionalStore,
+};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Postgres, Row, SqlSafeStr, Transaction};
+
+/// The migration that creates the records table, with `{schema}`, `{table}` and
+/// `{table_unquoted}` placeholders.
+const MIGRATION_0001: &str = include_str!("../migrations/0001_create_records.sql");
+
+/// Where the records live and how the pool is sized.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PostgresOptions {
+    /// The schema (created if missing). Default `public`.
+    pub schema: String,
+    /// The table. Default `eventonce_records`.
+    pub table: String,
+    /// Connections of the pool [`PostgresStore::connect_with`] opens. Default 10.
+    pub max_connections: u32,
+    /// How long waiting for a pooled connection may take. Default 5 s.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            schema: "public".into(),
+            table: "eventonce_records".into(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// Sets the schema.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Sets the table.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// Sets the pool size.
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n;
+        self
+    }
+}
+
+/// A PostgreSQL idempotency store. Cheap to clone: clones share the pool.
+///
+/// ```no_run
+/// use eventonce_core::{EventEnvelope, Guard, IdempotencyConfig};
+/// use eventonce_postgres::PostgresStore;
+/// # async fn run(envelope: EventEnvelope) -> Result<(), Box<dyn std::error::Error>> {
+/// let store = PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
+/// let guard = Guard::new(store.clone(), IdempotencyConfig::builder("billing").build()?);
+/// // Exactly once: the handler's insert and the completed record commit together.
+/// let outcome = guard
+///     .run_in_transaction(&store, &envelope, async |tx| {
+///         sqlx::query("INSERT INTO invoices (id) VALUES ($1)")
+///             .bind(envelope.event_id.clone())
+///             .execute(&mut **tx)
+///             .await
+///     })
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    sql: Arc<Statements>,
+    options: PostgresOptions,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.options.schema)
+            .field("table", &self.options.table)
+            .finish()
+    }
+}
+
+/// The statements, with the configured table name in them, built once.
+struct Statements {
+    claim: Arc<str>,
+    state: Arc<str>,
+    complete: Arc<str>,
+    release: Arc<str>,
+    extend: Arc<str>,
+    get: Arc<str>,
+    reap: Arc<str>,
+}
+
+impl Statements {
+    fn new(table: &str) -> Self {
+        let s = |text: String| -> Arc<str> { Arc::from(text) };
+        Statements {
+            // Guarantee: one atomic statement. Absent or expired → the caller's claim
+            // (RETURNING 1). A live record → untouched (the DO UPDATE's WHERE is false), and
+            // its state read by the same statement (2 processing, 3 completed). A record
+            // inserted by a transaction that committed after this statement's snapshot
+            // returns no row: the caller reports it in progress.
+            claim: s(format!(
+                "WITH claim AS (
+                   INSERT INTO {table} AS r (key, state, owner, updated_at, expires_at)
+                   VALUES ($1, 'processing', $2, now(), now() + make_interval(secs => $3::float8 / 1000))
+                   ON CONFLICT (key) DO UPDATE
+                     SET state = 'processing', owner = EXCLUDED.owner,
+                         updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at
+                     WHERE r.expires_at <= now()
+                   RETURNING 1 AS code
+                 )
+                 SELECT code FROM claim
+                 UNION ALL
+                 SELECT CASE WHEN state = 'completed' THEN 3 ELSE 2 END FROM {table}
+                  WHERE key = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM claim)"
+            )),
+            state: s(format!(
+                "SELECT CASE WHEN state = 'completed' THEN 3 ELSE 2 END AS code FROM {table}
+                  WHERE key = $1 AND expires_at > now()"
+            )),
+            // Guarantee: only the live processing claim of $2 becomes completed.
+            complete: s(format!(
+                "UPDATE {table} SET state = 'completed', updated_at = now(),
+                        expires_at = now() + make_interval(secs => $3::float8 / 1000)
+                  WHERE key = $1 AND owner = $2 AND state = 'processing' AND expires_at > now()"
+            )),
+            // Guarantee: only the live processing claim of $2 is deleted.
+            release: s(format!(
+                "DELETE FROM {table}
+                  WHERE key = $1 AND owner = $2 AND state = 'processing' AND expires_at > now()"
+            )),
+            // Guarantee: only the live processing claim of $2 is renewed.
+            extend: s(format!(
+                "UPDATE {table} SET updated_at = now(),
+                        expires_at = now() + make_interval(secs => $3::float8 / 1000)
+                  WHERE key = $1 AND owner = $2 AND state = 'processing' AND expires_at > now()"
+            )),
+            get: s(format!(
+                "SELECT state, owner,
+                        (EXTRACT(EPOCH FROM updated_at) * 1000)::int8 AS updated_ms,
+                        (EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::int8 AS left_ms
+                   FROM {table} WHERE key = $1 AND expires_at > now()"
+            )),
+            // Deletes one batch of expired records, skipping rows a claim holds.
+            reap: s(format!(
+                "DELETE FROM {table} WHERE key IN (
+                   SELECT key FROM {table} WHERE expires_at <= now()
+                    ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            )),
+        }
+    }
+}
+
+/// Checks a schema or table name: lowercase letters, digits and `_`, starting with a
+/// letter or `_`, at most 63 bytes. The names are also quoted in every statement.
+fn valid_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+fn db_error(context: &str, err: sqlx::Error) -> StoreError {
+    match err {
+        sqlx::Error::PoolTimedOut => StoreError::Timeout {
+            operation: "acquire a connection",
+            timeout: Duration::ZERO,
+        },
+        err => StoreError::Unavailable {
+            message: format!("{context}: {}", describe(&err)),
+            source: Some(Box::new(err)),
+        },
+    }
+}
+
+/// A description of a sqlx error that carries no connection string.
+fn describe(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => format!(
+            "database error {}: {}",
+            db.code().unwrap_or(Cow::Borrowed("?")),
+            db.message()
+        ),
+        sqlx::Error::Io(io) => format!("i/o error: {io}"),
+        sqlx::Error::Tls(_) => "TLS error".into(),
+        sqlx::Error::Protocol(p) => format!("protocol error: {p}"),
+        sqlx::Error::PoolTimedOut => "timed out waiting for a pooled connection".into(),
+        sqlx::Error::PoolClosed => "the pool is closed".into(),
+        sqlx::Error::Configuration(_) => "invalid connection settings".into(),
+        other => format!("{:?}", std::mem::discriminant(other)).replace("Discriminant", "sqlx error "),
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl PostgresStore {
+    /// Connects with the default options and runs the migration.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// Connects with `options` and runs the migration.
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect(url)
+            .await
+            .map_err(|e| db_error("cannot connect to PostgreSQL", e))?;
+        let store = Self::from_pool_with(pool, options)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Uses a pool the application already has, with the default table. Call
+    /// [`migrate`](Self::migrate) once to create the table.
+    pub fn from_pool(pool: PgPool) -> Self {
+        // The default names are valid.
+        Self::from_pool_unchecked(pool, PostgresOptions::default())
+    }
+
+    /// Uses a pool the application already has, with `options`' schema and table.
+    pub fn from_pool_with(pool: PgPool, options: PostgresOptions) -> Result<Self, StoreError> {
+        for (what, name) in [("schema", &options.schema), ("table", &options.table)] {
+            if !valid_identifier(name) {
+                return Err(StoreError::InvalidArgument(format!(
+                    "{what} name {name:?} must be lowercase letters, digits and '_' (at most 63)"
+                )));
+            }
+        }
+        Ok(Self::from_pool_unchecked(pool, options))
+    }
+
+    fn from_pool_unchecked(pool: PgPool, options: PostgresOptions) -> Self {
+        let table = format!("\"{}\".\"{}\"", options.schema, options.table);
+        PostgresStore {
+            pool,
+            sql: Arc::new(Statements::new(&table)),
+            options,
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The quoted, schema-qualified table name.
+    pub fn table(&self) -> String {
+        format!("\"{}\".\"{}\"", self.options.schema, self.options.table)
+    }
+
+    /// Creates the schema and the records table if they are missing (sqlx migrations,
+    /// tracked in `{schema}._eventonce_migrations`). Safe to run concurrently and again.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let schema = format!("\"{}\"", self.options.schema);
+        let sql = MIGRATION_0001
+            .replace("{schema}", &schema)
+            .replace("{table_unquoted}", &self.options.table)
+            .replace("{table}", &format!("\"{}\"", self.options.table));
+        let migration = Migration::new(
+            1,
+            Cow::Borrowed("create records table"),
+            MigrationType::Simple,
+            AssertSqlSafe(sql).into_sql_str(),
+            false,
+        );
+        let mut migrator = Migrator::with_migrations(vec![migration]);
+        migrator.create_schema(schema.clone());
+        migrator.dangerous_set_table_name(format!("{schema}._eventonce_migrations"));
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                message: format!("migration failed: {e}"),
+                source: Some(Box::new(e)),
+            })
+    }
+
+    /// Deletes up to `batch` expired records; returns how many it deleted.
+    pub async fn reap_expired(&self, batch: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.reap)))
+            .bind(batch)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("reaping expired records", e))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Starts the background reaper: every `every`, batches of `batch` expired records
+    /// are deleted until none is left. Stops when the returned handle is dropped.
+    pub fn spawn_reaper(&self, every: Duration, batch: i64) -> ReaperHandle {
+        let store = self.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                loop {
+                    match store.reap_expired(batch).await {
+                        Ok(n) if n as i64 >= batch => continue,
+                        Ok(_) => break,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "REAPER_FAILED: Deleting expired records failed; will retry");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        ReaperHandle(task)
+    }
+
+    async fn execute(&self, sql: &Arc<str>, key: &str, owner: &str, ms: Option<f64>) -> Result<bool, StoreError> {
+        let mut q = sqlx::query(AssertSqlSafe(Arc::clone(sql))).bind(key).bind(owner);
+        if let Some(ms) = ms {
+            q = q.bind(ms);
+        }
+        let done = q
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("PostgreSQL", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// Stops the reaper [`PostgresStore::spawn_reaper`] started when dropped.
+#[derive(Debug)]
+pub struct ReaperHandle(tokio::task::JoinHandle<()>);
+
+impl Drop for ReaperHandle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn claim_from_code(key: &str, code: Option<i32>) -> Result<Claim, StoreError> {
+    match code {
+        Some(1) => Ok(Claim::Acquired),
+        Some(3) => Ok(Claim::Completed),
+        // No row: a record committed after the statement's snapshot, a fresh claim.
+        Some(2) | None => Ok(Claim::InProgress),
+        Some(other) => Err(StoreError::InvalidData {
+            key: key.to_owned(),
+            detail: format!("claim statement answered {other}"),
+        }),
+    }
+}
+
+fn record_from_row(row: &PgRow) -> Result<Record, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    let owner: String = row.try_get("owner")?;
+    let updated_ms: i64 = row.try_get("updated_ms")?;
+    let left_ms: i64 = row.try_get("left_ms")?;
+    Ok(Record {
+        state: if state == "completed" {
+            RecordState::Completed
+        } else {
+            RecordState::Processing
+        },
+        owner: Some(owner),
+        ttl_left: Some(Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))),
+        updated_at: UNIX_EPOCH.checked_add(Duration::from_millis(u64::try_from(updated_ms).unwrap_or(0))),
+    })
+}
+
+#[async_trait]
+impl IdempotencyStore for PostgresStore {
+    async fn try_claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, StoreError> {
+        check_arguments(key, owner, Some(lease))?;
+        let code: Option<i32> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.claim)))
+            .bind(key)
+            .bind(owner)
+            .bind(millis(lease))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("PostgreSQL", e))?;
+        claim_from_code(key, code)
+    }
+
+    async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        check_arguments(key, owner, Some(ttl))?;
+        self.execute(&self.sql.complete, key, owner, Some(millis(ttl))).await
+    }
+
+    async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
+        check_arguments(key, owner, None)?;
+        self.execute(&self.sql.release, key, owner, None).await
+    }
+
+    async fn extend(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
+        check_arguments(key, owner, Some(lease))?;
+        self.execute(&self.sql.extend, key, owner, Some(millis(lease))).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        if key.is_empty() {
+            return Err(StoreError::InvalidArgument("key must not be empty".into()));
+        }
+        let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.get)))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("PostgreSQL", e))?;
+        row.map(|r| record_from_row(&r))
+            .transpose()
+            .map_err(|e| db_error("PostgreSQL", e))
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+#[async_trait]
+impl TransactionalStore for PostgresStore {
+    type Tx = Transaction<'static, Postgres>;
+
+    async fn begin(&self) -> Result<Self::Tx, StoreError> {
+        self.pool
+            .begin()
+            .await
+            .map_err(|e| db_error("PostgreSQL begin", e))
+    }
+
+    async fn claim_in(
+        &self,
+        tx: &mut Self::Tx,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        check_arguments(key, owner, Some(lease))?;
+        let code: Option<i32> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.claim)))
+            .bind(key)
+            .bind(owner)
+            .bind(millis(lease))
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(|e| db_error("PostgreSQL", e))?;
+        if code.is_some() {
+            return claim_from_code(key, code);
+        }
+        // The claim waited for another transaction holding the record; read what it left
+        // (a new statement sees what committed meanwhile).
+        let code: Option<i32> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.state)))
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(|e| db_error("PostgreSQL", e))?;
+        claim_from_code(key, code.or(Some(2)))
+    }
+
+    async fn complete_in(
+        &self,
+        tx: &mut Self::Tx,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        check_arguments(key, owner, Some(ttl))?;
+        let done = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete)))
+            .bind(key)
+            .bind(owner)
+            .bind(millis(ttl))
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| db_error("PostgreSQL", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn commit(&self, tx: Self::Tx) -> Result<(), StoreError> {
+        tx.commit().await.map_err(|e| db_error("PostgreSQL commit", e))
+    }
+
+    async fn rollback(&self, tx: Self::Tx) -> Result<(), StoreError> {
+        tx.rollback()
+            .await
+            .map_err(|e| db_error("PostgreSQL rollback", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_checked() {
+        for ok in ["public", "eventonce_records", "_x1"] {
+            assert!(valid_identifier(ok), "{ok}");
+        }
+        for bad in ["", "1abc", "Upper", "a-b", "a\"b", "a;drop", &"x".repeat(64)] {
+            assert!(!valid_identifier(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn missing_claim_rows_read_as_in_progress() {
+        assert_eq!(claim_from_code("k", None).ok(), Some(Claim::InProgress));
+        assert_eq!(claim_from_code("k", Some(1)).ok(), Some(Claim::Acquired));
+        assert_eq!(claim_from_code("k", Some(3)).ok(), Some(Claim::Completed));
+        assert!(claim_from_code("k", Some(9)).is_err());
+    }
+}

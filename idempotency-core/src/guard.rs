@@ -418,6 +418,165 @@ impl Guard {
         }
     }
 
+    /// Runs `handler` inside a transaction of `store`, and records the event as completed
+    /// in that same transaction: the handler's writes and the record commit together, or
+    /// neither does.
+    ///
+    /// - New event: claims it inside the transaction, runs `handler(&mut tx)`, marks it
+    ///   completed, commits, returns [`Outcome::Processed`].
+    /// - Completed before: rolls back, returns [`Outcome::Duplicate`]; `handler` is not
+    ///   called.
+    /// - Another transaction holds it: the claim waits for that transaction to end, then
+    ///   reports `Duplicate` (it committed) or claims it (it rolled back); a committed
+    ///   claim of the non-transactional mode gives [`GuardError::InProgress`].
+    /// - `handler` returns `Err`, panics, or this future is dropped: the transaction rolls
+    ///   back, taking the handler's writes and the claim with it.
+    /// - A consumer process that dies mid-handler: its connection closes, the database
+    ///   rolls the transaction back, the redelivery processes the event.
+    /// - The store fails, or the commit does: [`GuardError::Store`] whatever the fail mode
+    ///   (the handler's own writes go to the same database, so running it unprotected is
+    ///   not possible); nothing was committed.
+    ///
+    /// There is no heartbeat and no store timeout on the handler: the transaction's lock is
+    /// the claim for as long as it lives.
+    pub async fn run_in_transaction<S, H, T, E>(
+        &self,
+        store: &S,
+        envelope: &EventEnvelope,
+        handler: H,
+    ) -> Result<Outcome<T>, GuardError<E>>
+    where
+        S: crate::store::TransactionalStore,
+        H: AsyncFnOnce(&mut S::Tx) -> Result<T, E>,
+        E: std::fmt::Display,
+    {
+        let started = Instant::now();
+        let config = &self.inner.config;
+        let counters = &self.inner.counters;
+        let hash = match envelope.deterministic_hash() {
+            Ok(hash) => hash,
+            Err(err) => {
+                bump(&counters.invalid_events);
+                tracing::error!(
+                    service = config.service_name(),
+                    event_type = envelope.event_type.as_str(),
+                    event_id = envelope.event_id.as_deref(),
+                    action = "rejected",
+                    error = %err,
+                    "INVALID_EVENT: Event cannot be identified, not processing"
+                );
+                return Err(GuardError::InvalidEvent(err));
+            }
+        };
+        let key = config.generate_key(&envelope.event_type, &hash);
+        let mut ctx = Ctx {
+            config,
+            envelope,
+            hash: &hash,
+            key: &key,
+            ttl: config.ttl_for_event_type(&envelope.event_type),
+            started,
+            store_time: Duration::ZERO,
+        };
+        let owner = new_owner();
+        let refuse = |ctx: &Ctx<'_>, err: StoreError| {
+            bump(&counters.store_errors);
+            bump(&counters.store_refusals);
+            decision!(
+                Level::ERROR,
+                ctx,
+                "fail_closed",
+                store = store_name::<S>(),
+                error = %err,
+                "STORE_ERROR: Transactional store failed, nothing committed; retry later"
+            );
+            GuardError::Store(err)
+        };
+
+        let t = Instant::now();
+        let mut tx = match store.begin().await {
+            Ok(tx) => tx,
+            Err(err) => return Err(refuse(&ctx, err)),
+        };
+        let claim = store
+            .claim_in(&mut tx, &key, &owner, config.processing_ttl())
+            .await;
+        ctx.store_time += t.elapsed();
+        match claim {
+            Ok(Claim::Acquired) => {
+                debug_decision!(ctx, "claimed", "CLAIM_ACQUIRED: Event claimed inside the handler's transaction");
+            }
+            Ok(Claim::Completed) => {
+                let _ = store.rollback(tx).await;
+                bump(&counters.duplicates);
+                decision!(
+                    Level::WARN,
+                    ctx,
+                    "skipped_duplicate",
+                    "DUPLICATE_EVENT_DETECTED: Event already processed, skipping"
+                );
+                return Ok(Outcome::Duplicate);
+            }
+            Ok(Claim::InProgress) => {
+                let _ = store.rollback(tx).await;
+                bump(&counters.in_progress);
+                decision!(
+                    Level::WARN,
+                    ctx,
+                    "in_progress",
+                    "EVENT_IN_PROGRESS: Event is being processed by another consumer, retry later"
+                );
+                return Err(GuardError::InProgress);
+            }
+            Err(err) => {
+                let _ = store.rollback(tx).await;
+                return Err(refuse(&ctx, err));
+            }
+        }
+
+        match handler(&mut tx).await {
+            Ok(value) => {
+                let t = Instant::now();
+                let done = store.complete_in(&mut tx, &key, &owner, ctx.ttl).await;
+                let committed = match done {
+                    Ok(true) => store.commit(tx).await,
+                    Ok(false) => {
+                        let _ = store.rollback(tx).await;
+                        Err(StoreError::InvalidData {
+                            key: key.clone(),
+                            detail: "the claim vanished inside its own transaction".into(),
+                        })
+                    }
+                    Err(err) => {
+                        let _ = store.rollback(tx).await;
+                        Err(err)
+                    }
+                };
+                ctx.store_time += t.elapsed();
+                match committed {
+                    Ok(()) => {
+                        bump(&counters.processed);
+                        debug_decision!(ctx, "completed", "EVENT_PROCESSED: Event processed and committed with its record");
+                        Ok(Outcome::Processed(value))
+                    }
+                    Err(err) => Err(refuse(&ctx, err)),
+                }
+            }
+            Err(err) => {
+                let _ = store.rollback(tx).await;
+                bump(&counters.handler_failures);
+                decision!(
+                    Level::ERROR,
+                    ctx,
+                    "rolled_back",
+                    error = %err,
+                    "PROCESSING_FAILED: Handler failed, transaction rolled back so a redelivery can retry"
+                );
+                Err(GuardError::Handler(err))
+            }
+        }
+    }
+
     /// `try_claim`, waiting for another owner's claim up to `in_progress_wait`.
     async fn claim(&self, ctx: &mut Ctx<'_>, owner: &str) -> Result<Claim, StoreError> {
         let config = &self.inner.config;
@@ -684,6 +843,12 @@ impl Drop for PendingClaim {
             }
         });
     }
+}
+
+/// The short type name of a store, for logs.
+fn store_name<S>() -> &'static str {
+    let full = std::any::type_name::<S>();
+    full.rsplit("::").next().unwrap_or(full)
 }
 
 /// A token unique to one claim: process id, a per-process random nonce, a counter.

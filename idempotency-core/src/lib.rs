@@ -32,4 +32,6 @@ pub use error::{BoxError, ConfigError, EnvelopeError, GuardError, IdentityError,
 pub use guard::{Guard, GuardStats, Outcome};
 pub use identity::{canonical_json, deterministic_hash, MAX_DEPTH};
 pub use key::{escape_event_type, unescape_event_type, MAX_EVENT_TYPE_SEGMENT};
-pub use store::{check_arguments, Claim, IdempotencyStore, Record, RecordState};
+pub use store::{
+    check_arguments, Claim, IdempotencyStore, Record, RecordState, TransactionalStore,
+};

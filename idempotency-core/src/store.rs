@@ -143,3 +143,44 @@ pub fn check_arguments(key: &str, owner: &str, ttl: Option<Duration>) -> Result<
     }
     Ok(())
 }
+
+/// A store that can keep its record in the handler's own database transaction, so that
+/// the handler's writes and the completed record commit together or not at all (see
+/// [`Guard::run_in_transaction`](crate::Guard::run_in_transaction)).
+///
+/// Inside a transaction there is no lease to renew: the claim is the transaction's lock on
+/// the record, released when the transaction commits, rolls back or its connection dies.
+#[async_trait]
+pub trait TransactionalStore: Send + Sync {
+    /// The transaction handed to the handler.
+    type Tx: Send;
+
+    /// Opens a transaction.
+    async fn begin(&self) -> Result<Self::Tx, StoreError>;
+
+    /// Claims `key` inside `tx`. `Acquired` means `tx` holds the record until it ends;
+    /// a delivery racing it waits for that end and then sees the record completed (or
+    /// absent again, after a rollback).
+    async fn claim_in(
+        &self,
+        tx: &mut Self::Tx,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError>;
+
+    /// Marks `key` completed for `ttl` inside `tx`, only if `owner` holds the claim.
+    async fn complete_in(
+        &self,
+        tx: &mut Self::Tx,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Commits `tx`.
+    async fn commit(&self, tx: Self::Tx) -> Result<(), StoreError>;
+
+    /// Rolls `tx` back.
+    async fn rollback(&self, tx: Self::Tx) -> Result<(), StoreError>;
+}
