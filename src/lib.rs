@@ -28,8 +28,8 @@
 //! ```
 //!
 //! Backends are picked with cargo features: `memory` (the default, [`MemoryStore`]),
-//! `redis` (`RedisStore`: single server or Redis Cluster), `postgres` (in progress), `full`
-//! for all of them. The core types live in
+//! `redis` (`RedisStore`: single server or Redis Cluster), `postgres` (`PostgresStore`, with
+//! exactly-once effects through [`Guard::run_in_transaction`]), `full` for all of them. The core types live in
 //! [`eventonce_core`] and are re-exported here.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -43,6 +43,8 @@ pub use eventonce_core::{
 };
 #[cfg(feature = "memory")]
 pub use eventonce_memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use eventonce_postgres::{PgTx, PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
 pub use eventonce_redis::{RedisOptions, RedisStore};
 

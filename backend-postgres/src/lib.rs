@@ -24,6 +24,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, SqlSafeStr, Transaction};
 
+/// The transaction a handler gets (and hands back) in `Guard::run_in_transaction`.
+pub type PgTx = Transaction<'static, Postgres>;
+
 /// The migration that creates the records table, with `{schema}`, `{table}` and
 /// `{table_unquoted}` placeholders.
 const MIGRATION_0001: &str = include_str!("../migrations/0001_create_records.sql");
@@ -83,11 +86,12 @@ impl PostgresOptions {
 /// let guard = Guard::new(store.clone(), IdempotencyConfig::builder("billing").build()?);
 /// // Exactly once: the handler's insert and the completed record commit together.
 /// let outcome = guard
-///     .run_in_transaction(&store, &envelope, async |tx| {
-///         sqlx::query("INSERT INTO invoices (id) VALUES ($1)")
+///     .run_in_transaction(&store, &envelope, |mut tx| async {
+///         let inserted = sqlx::query("INSERT INTO invoices (id) VALUES ($1)")
 ///             .bind(envelope.event_id.clone())
-///             .execute(&mut **tx)
-///             .await
+///             .execute(&mut *tx)
+///             .await;
+///         (tx, inserted)
 ///     })
 ///     .await?;
 /// # Ok(())
@@ -182,10 +186,11 @@ impl Statements {
 }
 
 /// Checks a schema or table name: lowercase letters, digits and `_`, starting with a
-/// letter or `_`, at most 63 bytes. The names are also quoted in every statement.
+/// letter or `_`, at most 52 bytes (room for the `_migrations` suffix in PostgreSQL's 63).
+/// The names are also quoted in every statement.
 fn valid_identifier(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 63
+        && name.len() <= 52
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -219,7 +224,9 @@ fn describe(err: &sqlx::Error) -> String {
         sqlx::Error::PoolTimedOut => "timed out waiting for a pooled connection".into(),
         sqlx::Error::PoolClosed => "the pool is closed".into(),
         sqlx::Error::Configuration(_) => "invalid connection settings".into(),
-        other => format!("{:?}", std::mem::discriminant(other)).replace("Discriminant", "sqlx error "),
+        other => {
+            format!("{:?}", std::mem::discriminant(other)).replace("Discriminant", "sqlx error ")
+        }
     }
 }
 
@@ -258,7 +265,7 @@ impl PostgresStore {
         for (what, name) in [("schema", &options.schema), ("table", &options.table)] {
             if !valid_identifier(name) {
                 return Err(StoreError::InvalidArgument(format!(
-                    "{what} name {name:?} must be lowercase letters, digits and '_' (at most 63)"
+                    "{what} name {name:?} must be lowercase letters, digits and '_' (at most 52)"
                 )));
             }
         }
@@ -285,7 +292,7 @@ impl PostgresStore {
     }
 
     /// Creates the schema and the records table if they are missing (sqlx migrations,
-    /// tracked in `{schema}._eventonce_migrations`). Safe to run concurrently and again.
+    /// tracked in `{schema}.{table}_migrations`). Safe to run concurrently and again.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let schema = format!("\"{}\"", self.options.schema);
         let sql = MIGRATION_0001
@@ -301,7 +308,10 @@ impl PostgresStore {
         );
         let mut migrator = Migrator::with_migrations(vec![migration]);
         migrator.create_schema(schema.clone());
-        migrator.dangerous_set_table_name(format!("{schema}._eventonce_migrations"));
+        // One migrations table per records table: two record tables in one schema must not
+        // share their migration history.
+        migrator
+            .dangerous_set_table_name(format!("{schema}.\"{}_migrations\"", self.options.table));
         migrator
             .run(&self.pool)
             .await
@@ -345,8 +355,16 @@ impl PostgresStore {
         ReaperHandle(task)
     }
 
-    async fn execute(&self, sql: &Arc<str>, key: &str, owner: &str, ms: Option<f64>) -> Result<bool, StoreError> {
-        let mut q = sqlx::query(AssertSqlSafe(Arc::clone(sql))).bind(key).bind(owner);
+    async fn execute(
+        &self,
+        sql: &Arc<str>,
+        key: &str,
+        owner: &str,
+        ms: Option<f64>,
+    ) -> Result<bool, StoreError> {
+        let mut q = sqlx::query(AssertSqlSafe(Arc::clone(sql)))
+            .bind(key)
+            .bind(owner);
         if let Some(ms) = ms {
             q = q.bind(ms);
         }
@@ -394,13 +412,20 @@ fn record_from_row(row: &PgRow) -> Result<Record, sqlx::Error> {
         },
         owner: Some(owner),
         ttl_left: Some(Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))),
-        updated_at: UNIX_EPOCH.checked_add(Duration::from_millis(u64::try_from(updated_ms).unwrap_or(0))),
+        updated_at: UNIX_EPOCH.checked_add(Duration::from_millis(
+            u64::try_from(updated_ms).unwrap_or(0),
+        )),
     })
 }
 
 #[async_trait]
 impl IdempotencyStore for PostgresStore {
-    async fn try_claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, StoreError> {
+    async fn try_claim(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
         let code: Option<i32> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.claim)))
             .bind(key)
@@ -414,7 +439,8 @@ impl IdempotencyStore for PostgresStore {
 
     async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         check_arguments(key, owner, Some(ttl))?;
-        self.execute(&self.sql.complete, key, owner, Some(millis(ttl))).await
+        self.execute(&self.sql.complete, key, owner, Some(millis(ttl)))
+            .await
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
@@ -424,7 +450,8 @@ impl IdempotencyStore for PostgresStore {
 
     async fn extend(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        self.execute(&self.sql.extend, key, owner, Some(millis(lease))).await
+        self.execute(&self.sql.extend, key, owner, Some(millis(lease)))
+            .await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
@@ -448,7 +475,7 @@ impl IdempotencyStore for PostgresStore {
 
 #[async_trait]
 impl TransactionalStore for PostgresStore {
-    type Tx = Transaction<'static, Postgres>;
+    type Tx = PgTx;
 
     async fn begin(&self) -> Result<Self::Tx, StoreError> {
         self.pool
@@ -504,7 +531,9 @@ impl TransactionalStore for PostgresStore {
     }
 
     async fn commit(&self, tx: Self::Tx) -> Result<(), StoreError> {
-        tx.commit().await.map_err(|e| db_error("PostgreSQL commit", e))
+        tx.commit()
+            .await
+            .map_err(|e| db_error("PostgreSQL commit", e))
     }
 
     async fn rollback(&self, tx: Self::Tx) -> Result<(), StoreError> {
@@ -523,7 +552,15 @@ mod tests {
         for ok in ["public", "eventonce_records", "_x1"] {
             assert!(valid_identifier(ok), "{ok}");
         }
-        for bad in ["", "1abc", "Upper", "a-b", "a\"b", "a;drop", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "1abc",
+            "Upper",
+            "a-b",
+            "a\"b",
+            "a;drop",
+            &"x".repeat(53),
+        ] {
             assert!(!valid_identifier(bad), "{bad}");
         }
     }

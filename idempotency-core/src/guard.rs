@@ -422,6 +422,10 @@ impl Guard {
     /// in that same transaction: the handler's writes and the record commit together, or
     /// neither does.
     ///
+    /// The handler takes the transaction and hands it back with its result:
+    /// `|mut tx| async move { let r = write(&mut tx).await; (tx, r) }`. Owning it keeps the
+    /// handler free to borrow anything else, and the run spawnable.
+    ///
     /// - New event: claims it inside the transaction, runs `handler(&mut tx)`, marks it
     ///   completed, commits, returns [`Outcome::Processed`].
     /// - Completed before: rolls back, returns [`Outcome::Duplicate`]; `handler` is not
@@ -439,7 +443,7 @@ impl Guard {
     ///
     /// There is no heartbeat and no store timeout on the handler: the transaction's lock is
     /// the claim for as long as it lives.
-    pub async fn run_in_transaction<S, H, T, E>(
+    pub async fn run_in_transaction<S, H, F, T, E>(
         &self,
         store: &S,
         envelope: &EventEnvelope,
@@ -447,7 +451,8 @@ impl Guard {
     ) -> Result<Outcome<T>, GuardError<E>>
     where
         S: crate::store::TransactionalStore,
-        H: AsyncFnOnce(&mut S::Tx) -> Result<T, E>,
+        H: FnOnce(S::Tx) -> F,
+        F: Future<Output = (S::Tx, Result<T, E>)>,
         E: std::fmt::Display,
     {
         let started = Instant::now();
@@ -504,7 +509,11 @@ impl Guard {
         ctx.store_time += t.elapsed();
         match claim {
             Ok(Claim::Acquired) => {
-                debug_decision!(ctx, "claimed", "CLAIM_ACQUIRED: Event claimed inside the handler's transaction");
+                debug_decision!(
+                    ctx,
+                    "claimed",
+                    "CLAIM_ACQUIRED: Event claimed inside the handler's transaction"
+                );
             }
             Ok(Claim::Completed) => {
                 let _ = store.rollback(tx).await;
@@ -534,7 +543,8 @@ impl Guard {
             }
         }
 
-        match handler(&mut tx).await {
+        let (mut tx, result) = handler(tx).await;
+        match result {
             Ok(value) => {
                 let t = Instant::now();
                 let done = store.complete_in(&mut tx, &key, &owner, ctx.ttl).await;
@@ -556,7 +566,11 @@ impl Guard {
                 match committed {
                     Ok(()) => {
                         bump(&counters.processed);
-                        debug_decision!(ctx, "completed", "EVENT_PROCESSED: Event processed and committed with its record");
+                        debug_decision!(
+                            ctx,
+                            "completed",
+                            "EVENT_PROCESSED: Event processed and committed with its record"
+                        );
                         Ok(Outcome::Processed(value))
                     }
                     Err(err) => Err(refuse(&ctx, err)),

@@ -56,9 +56,11 @@ async fn drop_old_schemas(store: &PostgresStore) {
             .and_then(|s| s.parse::<u64>().ok())
             .is_some_and(|t| t < cutoff);
         if old {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA \"{name}\" CASCADE")))
-                .execute(store.pool())
-                .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA \"{name}\" CASCADE"
+            )))
+            .execute(store.pool())
+            .await;
         }
     }
 }
