@@ -15,6 +15,6 @@ mkdir -p target
 "$CARGO" test --workspace --all-features 2>&1 | tee target/test.log
 status=${PIPESTATUS[0]}
 awk '/^test result:/ {p += $4; f += $6}
-     /^cross_process: [0-9]+ passed, [0-9]+ failed$/ {p += $2; f += $4}
+     /^[a-z_]+: [0-9]+ passed, [0-9]+ failed$/ {p += $2; f += $4}
      END {printf "\ntotal: %d passed, %d failed\n", p, f}' target/test.log
 exit "$status"
