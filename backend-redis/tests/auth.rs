@@ -1,8 +1,6 @@
 //! Locked-down Redis servers: a password, an ACL user limited to the key namespace and to
 //! `+@read +@write +@scripting`, and TLS with a throwaway certificate authority.
 
-mod support;
-
 #[cfg(feature = "tls")]
 use std::process::Command;
 use std::time::Duration;
@@ -12,7 +10,7 @@ use eventonce_core::{Claim, IdempotencyStore, StoreError};
 #[cfg(feature = "tls")]
 use eventonce_redis::RedisOptions;
 use eventonce_redis::RedisStore;
-use support::RedisProcess;
+use eventonce_testkit::RedisProcess;
 
 const LEASE: Duration = Duration::from_secs(30);
 

@@ -2,16 +2,14 @@
 //! fail closed refuses, an outage costs at most one store timeout before the circuit
 //! breaker answers at once, and protection resumes by itself.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use eventonce_core::{
     EventEnvelope, FailMode, Guard, GuardError, IdempotencyConfig, Outcome, StoreError,
 };
 use eventonce_redis::{RedisOptions, RedisStore};
+use eventonce_testkit::RedisProcess;
 use serde_json::json;
-use support::RedisProcess;
 
 const TIMEOUT: Duration = Duration::from_millis(250);
 const COOLDOWN: Duration = Duration::from_millis(500);

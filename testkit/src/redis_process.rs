@@ -1,6 +1,5 @@
 //! A throwaway `redis-server` process on a free loopback port, which tests stop, pause
 //! and restart to inject real outages, or start locked down (password, ACL, TLS).
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
