@@ -307,7 +307,18 @@ impl PostgresStore {
             false,
         );
         let mut migrator = Migrator::with_migrations(vec![migration]);
-        migrator.create_schema(schema.clone());
+        // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema
+        // exists: ask for it only when it is missing, so a role that owns just its schema
+        // can migrate.
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(&self.options.schema)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| db_error("checking the schema", e))?;
+        if !exists {
+            migrator.create_schema(schema.clone());
+        }
         // One migrations table per records table: two record tables in one schema must not
         // share their migration history.
         migrator

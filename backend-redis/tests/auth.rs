@@ -36,7 +36,10 @@ async fn exercise(store: &RedisStore) {
 async fn a_password_protected_server_works_with_the_password_in_the_url() {
     let server = RedisProcess::start_with(&["--requirepass", "s3cret-pw"], false);
     let url = format!("redis://:s3cret-pw@127.0.0.1:{}", server.port);
-    exercise(&RedisStore::connect(&url).await.expect("connect")).await;
+    let store = RedisStore::connect(&url).await.expect("connect");
+    exercise(&store).await;
+    let shown = format!("{store:?} {}", store.target());
+    assert!(!shown.contains("s3cret-pw") && shown.contains("***"), "{shown}");
 
     let wrong = format!("redis://:wrong-pw@127.0.0.1:{}", server.port);
     let err = RedisStore::connect(&wrong)
