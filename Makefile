@@ -2,11 +2,11 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test demo services fmt lint doc unit redis-cluster redis-cluster-stop
+.PHONY: test demo services fmt lint doc unit redis-cluster redis-cluster-stop fuzz fuzz-smoke soak soak-large
 
 ## The whole check: formatting, lints, docs, and every test of the workspace with all
 ## features against the real services (started here when missing).
-test: services fmt lint doc unit
+test: services fmt lint doc unit fuzz-smoke
 
 ## Build and run the demo on the embedded in-memory store.
 demo:
@@ -33,3 +33,11 @@ redis-cluster:
 
 redis-cluster-stop:
 	@bash scripts/redis-cluster.sh stop
+
+## Fuzz EventEnvelope::from_slice and identity briefly (CI) or for FUZZ_SECONDS (by hand).
+fuzz-smoke:
+	bash scripts/fuzz.sh 20
+
+FUZZ_SECONDS ?= 600
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)

@@ -185,3 +185,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_number_hashes_the_same_however_it_is_spelled() {
+    // Found by fuzzing: without correctly rounded float parsing, `19e33` and `1.9e34` (the
+    // same number, as another serializer writes it) parsed to different doubles.
+    for (a, b) in [
+        ("19e33", "1.9e34"),
+        ("0.1e1", "1.0"),
+        ("2.5E-3", "0.0025"),
+        ("1e22", "1e+22"),
+    ] {
+        let ha = hash_of(&format!(r#"{{"event_type":"t","data":{{"n":{a}}}}}"#));
+        let hb = hash_of(&format!(r#"{{"event_type":"t","data":{{"n":{b}}}}}"#));
+        assert_eq!(ha, hb, "{a} vs {b}");
+    }
+}

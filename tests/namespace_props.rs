@@ -25,7 +25,12 @@ impl Recording {
 
 #[async_trait]
 impl IdempotencyStore for Recording {
-    async fn try_claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, StoreError> {
+    async fn try_claim(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
         self.note(key);
         self.inner.try_claim(key, owner, lease).await
     }
@@ -48,7 +53,12 @@ impl IdempotencyStore for Recording {
 }
 
 fn text() -> impl Strategy<Value = String> {
-    prop_oneof!["\\PC{0,80}", ".{0,80}", "[:*?\\[\\]{}\\\\ %_~.]{0,40}", "\\PC{190,260}"]
+    prop_oneof![
+        "\\PC{0,80}",
+        ".{0,80}",
+        "[:*?\\[\\]{}\\\\ %_~.]{0,40}",
+        "\\PC{190,260}"
+    ]
 }
 
 proptest! {

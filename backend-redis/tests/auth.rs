@@ -39,7 +39,10 @@ async fn a_password_protected_server_works_with_the_password_in_the_url() {
     let store = RedisStore::connect(&url).await.expect("connect");
     exercise(&store).await;
     let shown = format!("{store:?} {}", store.target());
-    assert!(!shown.contains("s3cret-pw") && shown.contains("***"), "{shown}");
+    assert!(
+        !shown.contains("s3cret-pw") && shown.contains("***"),
+        "{shown}"
+    );
 
     let wrong = format!("redis://:wrong-pw@127.0.0.1:{}", server.port);
     let err = RedisStore::connect(&wrong)
