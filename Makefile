@@ -6,7 +6,7 @@ CARGO ?= cargo
 
 ## The whole check: formatting, lints, docs, and every test of the workspace with all
 ## features against the real services (started here when missing).
-test: services fmt lint doc unit fuzz-smoke
+test: services fmt lint doc unit fuzz-smoke soak
 
 ## Build and run the demo on the embedded in-memory store.
 demo:
@@ -41,3 +41,10 @@ fuzz-smoke:
 FUZZ_SECONDS ?= 600
 fuzz:
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## The chaos soak on Redis with effects in PostgreSQL: CI size, and large (by hand).
+soak: services
+	$(CARGO) run --quiet -p eventonce-soak -- --events 2000
+
+soak-large: services
+	$(CARGO) run --release --quiet -p eventonce-soak -- --events 100000 --workers 6 --kills 40
