@@ -123,7 +123,8 @@ impl Matrix<'_> {
         rows.push(self.row("healthy", "closed", &b));
 
         // Latency under the timeout: slower, still protected.
-        let slow = self.timeout / 10;
+        // Small enough that a fresh connection (several round trips) still fits the timeout.
+        let slow = self.timeout / 20;
         self.proxy.set(ProxyMode::Latency(slow));
         let events = fresh(&mut next, 10);
         let a = self.deliver(self.open, events.clone()).await;
