@@ -366,6 +366,26 @@ impl PostgresStore {
         ReaperHandle(task)
     }
 
+    /// Runs the claim statement on `executor` (the pool, or a transaction).
+    async fn claim_code<'e, X>(
+        &self,
+        executor: X,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<i32>, StoreError>
+    where
+        X: sqlx::Executor<'e, Database = Postgres>,
+    {
+        sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.claim)))
+            .bind(key)
+            .bind(owner)
+            .bind(millis(lease))
+            .fetch_optional(executor)
+            .await
+            .map_err(|e| db_error("PostgreSQL", e))
+    }
+
     async fn execute(
         &self,
         sql: &Arc<str>,
@@ -438,13 +458,7 @@ impl IdempotencyStore for PostgresStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        let code: Option<i32> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.claim)))
-            .bind(key)
-            .bind(owner)
-            .bind(millis(lease))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| db_error("PostgreSQL", e))?;
+        let code = self.claim_code(&self.pool, key, owner, lease).await?;
         claim_from_code(key, code)
     }
 
@@ -503,13 +517,7 @@ impl TransactionalStore for PostgresStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        let code: Option<i32> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.claim)))
-            .bind(key)
-            .bind(owner)
-            .bind(millis(lease))
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(|e| db_error("PostgreSQL", e))?;
+        let code = self.claim_code(&mut **tx, key, owner, lease).await?;
         if code.is_some() {
             return claim_from_code(key, code);
         }

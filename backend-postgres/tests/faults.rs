@@ -7,24 +7,12 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventonce_core::{FailMode, Guard, IdempotencyConfig};
 use eventonce_postgres::{PostgresOptions, PostgresStore};
-use eventonce_testkit::faults::{Matrix, HEADER};
+use eventonce_testkit::faults::{guards, Matrix, HEADER};
 use eventonce_testkit::{FaultProxy, ProxyMode};
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 const COOLDOWN: Duration = Duration::from_millis(500);
-
-fn guard(store: &PostgresStore, mode: FailMode) -> Guard {
-    let config = IdempotencyConfig::builder(format!("faults-{}", std::process::id()))
-        .store_timeout(TIMEOUT)
-        .circuit_breaker(3, COOLDOWN)
-        .processing_ttl(Duration::from_secs(2))
-        .on_store_error(mode)
-        .build()
-        .expect("config");
-    Guard::new(store.clone(), config)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_fault_matrix() {
@@ -39,10 +27,8 @@ async fn postgres_fault_matrix() {
     let store = PostgresStore::connect_with(&url, options)
         .await
         .expect("connect through the proxy");
-    let (open, closed) = (
-        guard(&store, FailMode::Open),
-        guard(&store, FailMode::Closed),
-    );
+    let service = format!("faults-{}", std::process::id());
+    let (open, closed) = guards(store, &service, TIMEOUT, COOLDOWN);
     let matrix = Matrix {
         backend: "postgres",
         open: &open,

@@ -141,7 +141,25 @@ struct Ctx<'a> {
     store_time: Duration,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn new(
+        config: &'a IdempotencyConfig,
+        envelope: &'a EventEnvelope,
+        hash: &'a str,
+        key: &'a str,
+        started: Instant,
+    ) -> Self {
+        Ctx {
+            config,
+            envelope,
+            hash,
+            key,
+            ttl: config.ttl_for_event_type(&envelope.event_type),
+            started,
+            store_time: Duration::ZERO,
+        }
+    }
+
     fn total_ms(&self) -> f64 {
         millis(self.started.elapsed())
     }
@@ -272,33 +290,8 @@ impl Guard {
         let started = Instant::now();
         let config = &self.inner.config;
         let counters = &self.inner.counters;
-        let hash = match envelope.deterministic_hash() {
-            Ok(hash) => hash,
-            Err(err) => {
-                bump(&counters.invalid_events);
-                tracing::error!(
-                    service = config.service_name(),
-                    event_type = envelope.event_type.as_str(),
-                    event_id = envelope.event_id.as_deref(),
-                    correlation_id = envelope.correlation_id.as_deref(),
-                    source_service = envelope.source_service.as_deref(),
-                    action = "rejected",
-                    error = %err,
-                    "INVALID_EVENT: Event cannot be identified, not processing"
-                );
-                return Err(GuardError::InvalidEvent(err));
-            }
-        };
-        let key = config.generate_key(&envelope.event_type, &hash);
-        let mut ctx = Ctx {
-            config,
-            envelope,
-            hash: &hash,
-            key: &key,
-            ttl: config.ttl_for_event_type(&envelope.event_type),
-            started,
-            store_time: Duration::ZERO,
-        };
+        let (hash, key) = self.identify(envelope)?;
+        let mut ctx = Ctx::new(config, envelope, &hash, &key, started);
         let owner = new_owner();
 
         let claim = self.claim(&mut ctx, &owner).await;
@@ -310,26 +303,8 @@ impl Guard {
                     "CLAIM_ACQUIRED: Event claimed for processing"
                 );
             }
-            Ok(Claim::Completed) => {
-                bump(&counters.duplicates);
-                decision!(
-                    Level::WARN,
-                    ctx,
-                    "skipped_duplicate",
-                    "DUPLICATE_EVENT_DETECTED: Event already processed, skipping"
-                );
-                return Ok(Outcome::Duplicate);
-            }
-            Ok(Claim::InProgress) => {
-                bump(&counters.in_progress);
-                decision!(
-                    Level::WARN,
-                    ctx,
-                    "in_progress",
-                    "EVENT_IN_PROGRESS: Event is being processed by another consumer, retry later"
-                );
-                return Err(GuardError::InProgress);
-            }
+            Ok(Claim::Completed) => return Ok(self.duplicate(&ctx)),
+            Ok(Claim::InProgress) => return Err(self.in_progress(&ctx)),
             Err(err) => return self.store_failed(&ctx, err, handler).await,
         }
 
@@ -458,31 +433,8 @@ impl Guard {
         let started = Instant::now();
         let config = &self.inner.config;
         let counters = &self.inner.counters;
-        let hash = match envelope.deterministic_hash() {
-            Ok(hash) => hash,
-            Err(err) => {
-                bump(&counters.invalid_events);
-                tracing::error!(
-                    service = config.service_name(),
-                    event_type = envelope.event_type.as_str(),
-                    event_id = envelope.event_id.as_deref(),
-                    action = "rejected",
-                    error = %err,
-                    "INVALID_EVENT: Event cannot be identified, not processing"
-                );
-                return Err(GuardError::InvalidEvent(err));
-            }
-        };
-        let key = config.generate_key(&envelope.event_type, &hash);
-        let mut ctx = Ctx {
-            config,
-            envelope,
-            hash: &hash,
-            key: &key,
-            ttl: config.ttl_for_event_type(&envelope.event_type),
-            started,
-            store_time: Duration::ZERO,
-        };
+        let (hash, key) = self.identify(envelope)?;
+        let mut ctx = Ctx::new(config, envelope, &hash, &key, started);
         let owner = new_owner();
         let refuse = |ctx: &Ctx<'_>, err: StoreError| {
             bump(&counters.store_errors);
@@ -517,25 +469,11 @@ impl Guard {
             }
             Ok(Claim::Completed) => {
                 let _ = store.rollback(tx).await;
-                bump(&counters.duplicates);
-                decision!(
-                    Level::WARN,
-                    ctx,
-                    "skipped_duplicate",
-                    "DUPLICATE_EVENT_DETECTED: Event already processed, skipping"
-                );
-                return Ok(Outcome::Duplicate);
+                return Ok(self.duplicate(&ctx));
             }
             Ok(Claim::InProgress) => {
                 let _ = store.rollback(tx).await;
-                bump(&counters.in_progress);
-                decision!(
-                    Level::WARN,
-                    ctx,
-                    "in_progress",
-                    "EVENT_IN_PROGRESS: Event is being processed by another consumer, retry later"
-                );
-                return Err(GuardError::InProgress);
+                return Err(self.in_progress(&ctx));
             }
             Err(err) => {
                 let _ = store.rollback(tx).await;
@@ -589,6 +527,55 @@ impl Guard {
                 Err(GuardError::Handler(err))
             }
         }
+    }
+
+    /// The event's hash and key, or the logged refusal of an event without identity.
+    fn identify<E>(&self, envelope: &EventEnvelope) -> Result<(String, String), GuardError<E>> {
+        let config = &self.inner.config;
+        match envelope.deterministic_hash() {
+            Ok(hash) => {
+                let key = config.generate_key(&envelope.event_type, &hash);
+                Ok((hash, key))
+            }
+            Err(err) => {
+                bump(&self.inner.counters.invalid_events);
+                tracing::error!(
+                    service = config.service_name(),
+                    event_type = envelope.event_type.as_str(),
+                    event_id = envelope.event_id.as_deref(),
+                    correlation_id = envelope.correlation_id.as_deref(),
+                    source_service = envelope.source_service.as_deref(),
+                    action = "rejected",
+                    error = %err,
+                    "INVALID_EVENT: Event cannot be identified, not processing"
+                );
+                Err(GuardError::InvalidEvent(err))
+            }
+        }
+    }
+
+    /// Counts and logs a duplicate.
+    fn duplicate<T>(&self, ctx: &Ctx<'_>) -> Outcome<T> {
+        bump(&self.inner.counters.duplicates);
+        decision!(
+            Level::WARN,
+            ctx,
+            "skipped_duplicate",
+            "DUPLICATE_EVENT_DETECTED: Event already processed, skipping"
+        );
+        Outcome::Duplicate
+    }
+
+    /// Counts and logs a claim held elsewhere.
+    fn in_progress<E>(&self, ctx: &Ctx<'_>) -> GuardError<E> {
+        bump(&self.inner.counters.in_progress);
+        decision!(
+            Level::WARN,
+            ctx,
+            "in_progress",
+            "EVENT_IN_PROGRESS: Event is being processed by another consumer, retry later"
+        );
+        GuardError::InProgress
     }
 
     /// `try_claim`, waiting for another owner's claim up to `in_progress_wait`.

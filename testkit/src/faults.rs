@@ -9,6 +9,28 @@ use serde_json::json;
 
 use crate::proxy::{FaultProxy, ProxyMode};
 
+/// The matrix's pair of guards over `store`: fail open and fail closed, with a short store
+/// timeout, breaker cool-down and lease.
+pub fn guards<S>(store: S, service: &str, timeout: Duration, cooldown: Duration) -> (Guard, Guard)
+where
+    S: eventonce_core::IdempotencyStore + Clone + 'static,
+{
+    let build = |mode| {
+        let config = eventonce_core::IdempotencyConfig::builder(service)
+            .store_timeout(timeout)
+            .circuit_breaker(3, cooldown)
+            .processing_ttl(Duration::from_secs(2))
+            .on_store_error(mode)
+            .build()
+            .expect("config");
+        Guard::new(store.clone(), config)
+    };
+    (
+        build(eventonce_core::FailMode::Open),
+        build(eventonce_core::FailMode::Closed),
+    )
+}
+
 /// Counts of one phase for one guard.
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
