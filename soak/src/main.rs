@@ -223,6 +223,7 @@ async fn coordinator(args: Args) -> Res<bool> {
     }
     let mut killed: Vec<u32> = Vec::new();
     let mut redis_restarted = false;
+    let mut last_vacuum = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     let done_sql = format!("SELECT count(*) FROM \"{schema}\".deliveries WHERE done");
     loop {
@@ -250,6 +251,12 @@ async fn coordinator(args: Args) -> Res<bool> {
             }
             workers.insert(next_id, spawn_worker(&args, next_id, &schema, &redis_url)?);
             next_id += 1;
+        }
+        // The queue's frequent updates leave dead rows faster than autovacuum clears them
+        // on a small machine; vacuum it now and then so taking a delivery stays cheap.
+        if last_vacuum.elapsed() > Duration::from_secs(5) {
+            exec(&pool, format!("VACUUM \"{schema}\".deliveries")).await?;
+            last_vacuum = Instant::now();
         }
         if !redis_restarted && progress >= 0.4 {
             redis.restart();
