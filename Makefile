@@ -6,7 +6,7 @@ CARGO ?= cargo
 
 ## The whole check: formatting, lints, docs, and every test of the workspace with all
 ## features against the real services (started here when missing).
-test: services fmt lint doc unit fuzz-smoke soak
+test: services fmt lint doc fuzz-smoke soak unit
 
 ## Build and run the demo on the embedded in-memory store.
 demo:
