@@ -42,7 +42,7 @@ pub use eventonce_core::{
     DEFAULT_STORE_TIMEOUT, DEFAULT_TTL,
 };
 #[cfg(feature = "memory")]
-pub use eventonce_memory::MemoryStore;
+pub use eventonce_memory::{CachedStore, MemoryStore};
 #[cfg(feature = "postgres")]
 pub use eventonce_postgres::{PgTx, PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]

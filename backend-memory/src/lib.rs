@@ -11,6 +11,10 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod cached;
+
+pub use cached::CachedStore;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

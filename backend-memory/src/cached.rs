@@ -1,0 +1,136 @@
+//! [`CachedStore`]: a local cache of completed keys in front of any store.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use eventonce_core::{Claim, IdempotencyStore, Record, StoreError};
+use moka::future::Cache;
+use moka::policy::EvictionPolicy;
+use moka::Expiry;
+use tokio::time::Instant;
+
+/// A bounded local cache of the keys this process completed, in front of another store, so
+/// that a burst of redeliveries of an event costs no round trip.
+///
+/// Off unless you wrap a store in it. Only keys completed through this wrapper are cached,
+/// each for the completed record's TTL or `max_ttl`, whichever is shorter, so the cache
+/// never answers `Completed` for longer than the store would. A key completed by another
+/// process still costs its round trip. Claims, releases and renewals always go to the
+/// store. A record deleted behind the cache's back (an operator releasing a completed
+/// event) is still answered `Completed` for up to `max_ttl`: keep it short.
+///
+/// ```
+/// use std::time::Duration;
+/// use eventonce_core::{Claim, IdempotencyStore};
+/// use eventonce_memory::{CachedStore, MemoryStore};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), eventonce_core::StoreError> {
+/// let store = CachedStore::new(MemoryStore::new(), 100_000, Duration::from_secs(600));
+/// assert_eq!(store.try_claim("k", "a", Duration::from_secs(30)).await?, Claim::Acquired);
+/// assert!(store.complete("k", "a", Duration::from_secs(3600)).await?);
+/// // Answered from the cache:
+/// assert_eq!(store.try_claim("k", "b", Duration::from_secs(30)).await?, Claim::Completed);
+/// assert_eq!(store.hits(), 1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct CachedStore<S> {
+    inner: S,
+    cache: Cache<String, Instant>,
+    max_ttl: Duration,
+    hits: std::sync::atomic::AtomicU64,
+}
+
+impl<S> std::fmt::Debug for CachedStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedStore")
+            .field("entries", &self.cache.entry_count())
+            .field("max_ttl", &self.max_ttl)
+            .finish()
+    }
+}
+
+/// Each cached key expires when its cached TTL does.
+struct Until;
+
+impl Expiry<String, Instant> for Until {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        until: &Instant,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(until.saturating_duration_since(Instant::now()))
+    }
+}
+
+impl<S> CachedStore<S> {
+    /// Wraps `inner` with a cache of up to `capacity` keys, each kept at most `max_ttl`.
+    pub fn new(inner: S, capacity: u64, max_ttl: Duration) -> Self {
+        CachedStore {
+            inner,
+            cache: Cache::builder()
+                .max_capacity(capacity)
+                .eviction_policy(EvictionPolicy::lru())
+                .expire_after(Until)
+                .build(),
+            max_ttl,
+            hits: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Claims answered from the cache so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
+    async fn try_claim(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        if let Some(until) = self.cache.get(key).await {
+            if until > Instant::now() {
+                self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(Claim::Completed);
+            }
+        }
+        self.inner.try_claim(key, owner, lease).await
+    }
+
+    async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let started = Instant::now();
+        let done = self.inner.complete(key, owner, ttl).await?;
+        if done {
+            // Counted from before the call: never longer than the store keeps the record.
+            let until = started + ttl.min(self.max_ttl);
+            self.cache.insert(key.to_owned(), until).await;
+        }
+        Ok(done)
+    }
+
+    async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
+        self.inner.release(key, owner).await
+    }
+
+    async fn extend(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
+        self.inner.extend(key, owner, lease).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        self.inner.get(key).await
+    }
+
+    fn backend_name(&self) -> &'static str {
+        self.inner.backend_name()
+    }
+}
