@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test demo services fmt lint doc unit redis-cluster redis-cluster-stop fuzz fuzz-smoke soak soak-large
+.PHONY: test demo services fmt lint doc unit redis-cluster redis-cluster-stop fuzz fuzz-smoke soak soak-large bench
 
 ## The whole check: formatting, lints, docs, and every test of the workspace with all
 ## features against the real services (started here when missing).
@@ -48,3 +48,9 @@ soak: services
 
 soak-large: services
 	$(CARGO) run --release --quiet -p eventonce-soak -- --events 100000 --workers 6 --kills 40
+
+## Criterion benchmarks against the local services; prints medians and ratios to the
+## floors and writes benches/RESULTS.md.
+bench: services
+	$(CARGO) bench --all-features --bench guard
+	python3 benches/summary.py
