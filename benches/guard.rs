@@ -56,6 +56,38 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// The guard's rows every group has: new events, and the same event again.
+fn new_and_duplicate(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    guard: &Guard,
+) {
+    g.bench_function("guard: new event", |b| {
+        b.to_async(rt).iter(|| async {
+            let e = event(unique());
+            guard
+                .run(&e, async { Ok::<_, String>(()) })
+                .await
+                .expect("run")
+        })
+    });
+    let dup = event(u64::MAX);
+    let _ = rt.block_on(async {
+        guard
+            .run(&dup, async { Ok::<_, String>(()) })
+            .await
+            .expect("first")
+    });
+    g.bench_function("guard: duplicate", |b| {
+        b.to_async(rt).iter(|| async {
+            guard
+                .run(&dup, async { Ok::<_, String>(()) })
+                .await
+                .expect("dup")
+        })
+    });
+}
+
 fn memory(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("memory");
@@ -72,30 +104,7 @@ fn memory(c: &mut Criterion) {
         MemoryStore::with_capacity(10_000_000),
         config("bench-memory"),
     );
-    g.bench_function("guard: new event", |b| {
-        b.to_async(&rt).iter(|| async {
-            let e = event(unique());
-            guard
-                .run(&e, async { Ok::<_, String>(()) })
-                .await
-                .expect("run")
-        })
-    });
-    let dup = event(u64::MAX);
-    let _ = rt.block_on(async {
-        guard
-            .run(&dup, async { Ok::<_, String>(()) })
-            .await
-            .expect("first")
-    });
-    g.bench_function("guard: duplicate", |b| {
-        b.to_async(&rt).iter(|| async {
-            guard
-                .run(&dup, async { Ok::<_, String>(()) })
-                .await
-                .expect("dup")
-        })
-    });
+    new_and_duplicate(&mut g, &rt, &guard);
     g.bench_function("guard: handler failure", |b| {
         b.to_async(&rt).iter(|| async {
             let e = event(unique());
@@ -172,30 +181,7 @@ fn redis_group(c: &mut Criterion) {
         })
     });
     let guard = Guard::new(store, config(&format!("bench-redis-{run}")));
-    g.bench_function("guard: new event", |b| {
-        b.to_async(&rt).iter(|| async {
-            let e = event(unique());
-            guard
-                .run(&e, async { Ok::<_, String>(()) })
-                .await
-                .expect("run")
-        })
-    });
-    let dup = event(u64::MAX);
-    let _ = rt.block_on(async {
-        guard
-            .run(&dup, async { Ok::<_, String>(()) })
-            .await
-            .expect("first")
-    });
-    g.bench_function("guard: duplicate", |b| {
-        b.to_async(&rt).iter(|| async {
-            guard
-                .run(&dup, async { Ok::<_, String>(()) })
-                .await
-                .expect("dup")
-        })
-    });
+    new_and_duplicate(&mut g, &rt, &guard);
     g.finish();
     let _: Result<(), _> =
         rt.block_on(async { redis::cmd("PING").query_async::<()>(&mut raw).await });
@@ -234,30 +220,7 @@ fn postgres_group(c: &mut Criterion) {
         })
     });
     let guard = Guard::new(store.clone(), config("bench-postgres"));
-    g.bench_function("guard: new event", |b| {
-        b.to_async(&rt).iter(|| async {
-            let e = event(unique());
-            guard
-                .run(&e, async { Ok::<_, String>(()) })
-                .await
-                .expect("run")
-        })
-    });
-    let dup = event(u64::MAX);
-    let _ = rt.block_on(async {
-        guard
-            .run(&dup, async { Ok::<_, String>(()) })
-            .await
-            .expect("first")
-    });
-    g.bench_function("guard: duplicate", |b| {
-        b.to_async(&rt).iter(|| async {
-            guard
-                .run(&dup, async { Ok::<_, String>(()) })
-                .await
-                .expect("dup")
-        })
-    });
+    new_and_duplicate(&mut g, &rt, &guard);
     g.finish();
     let _ = rt.block_on(async {
         sqlx::query(sqlx::AssertSqlSafe(format!(
