@@ -116,6 +116,19 @@ fn memory(c: &mut Criterion) {
     g.finish();
 }
 
+/// The raw claim: `SET key value NX PX 300000`, one round trip.
+async fn set_nx_px(raw: &mut redis::aio::MultiplexedConnection, key: &str) {
+    let _: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg("p|owner")
+        .arg("NX")
+        .arg("PX")
+        .arg(300_000)
+        .query_async(raw)
+        .await
+        .expect("set");
+}
+
 fn redis_group(c: &mut Criterion) {
     let rt = runtime();
     let url =
@@ -143,15 +156,7 @@ fn redis_group(c: &mut Criterion) {
             let mut raw = raw.clone();
             let key = format!("huleedu:idempotency:bench:{run}:raw:{}", unique());
             async move {
-                let _: Option<String> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg("p|owner")
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(300_000)
-                    .query_async(&mut raw)
-                    .await
-                    .expect("set");
+                set_nx_px(&mut raw, &key).await;
             }
         })
     });
@@ -161,15 +166,7 @@ fn redis_group(c: &mut Criterion) {
             let key = format!("huleedu:idempotency:bench:{run}:raw2:{}", unique());
             let complete = &complete;
             async move {
-                let _: Option<String> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg("p|owner")
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(300_000)
-                    .query_async(&mut raw)
-                    .await
-                    .expect("set");
+                set_nx_px(&mut raw, &key).await;
                 let _: i64 = complete
                     .key(&key)
                     .arg("p|owner")

@@ -220,18 +220,8 @@ fn unavailable(context: &str, err: RedisError, timeout: Duration) -> StoreError 
         };
     }
     StoreError::Unavailable {
-        message: format!("{context}: {}", err.kind_description()),
+        message: format!("{context}: {err}"),
         source: Some(Box::new(err)),
-    }
-}
-
-trait KindDescription {
-    fn kind_description(&self) -> String;
-}
-
-impl KindDescription for RedisError {
-    fn kind_description(&self) -> String {
-        self.to_string()
     }
 }
 
