@@ -60,33 +60,59 @@ impl RedisProcess {
         p
     }
 
-    fn spawn(&mut self) {
+    /// Starts redis-server on `self.port` and waits until it serves there. Returns `false`
+    /// when it could not (the port was taken meanwhile): the open port then belongs to
+    /// another process, so the pid file the server writes is what proves it is ours.
+    fn try_spawn(&mut self) -> bool {
         let port = self.port.to_string();
         let ports: Vec<&str> = if self.tls {
             vec!["--port", "0", "--tls-port", &port]
         } else {
             vec!["--port", &port]
         };
-        let child = Command::new("redis-server")
+        let pidfile = self.dir.join(format!("redis-{port}.pid"));
+        let _ = std::fs::remove_file(&pidfile);
+        let mut child = Command::new("redis-server")
             .args(&ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(&self.extra)
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--pidfile")
+            .arg(&pidfile)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/services.sh installs it)");
-        self.child = Some(child);
+        let ours = child.id().to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !port_open(self.port) {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {}",
-                self.port
-            );
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            let written = std::fs::read_to_string(&pidfile).unwrap_or_default();
+            if written.trim() == ours && port_open(self.port) {
+                self.child = Some(child);
+                return true;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Starts the server on a free port, trying another one if the port was taken.
+    fn spawn(&mut self) {
+        for _ in 0..5 {
+            if self.try_spawn() {
+                return;
+            }
+            self.port = free_port();
+        }
+        panic!("redis-server did not start on five free ports");
     }
 
     pub fn url(&self) -> String {
@@ -117,10 +143,14 @@ impl RedisProcess {
         }
     }
 
-    /// Starts the server again on the same port (empty: it keeps nothing on disk).
+    /// Starts the server again on the same port (empty unless it was given persistence).
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        assert!(
+            self.try_spawn(),
+            "redis-server did not start again on port {}",
+            self.port
+        );
     }
 
     /// SIGSTOP: connections stay open but nothing answers (a black hole).
