@@ -119,16 +119,10 @@ impl EventEnvelope {
         if text.trim().is_empty() {
             return Err(EnvelopeError::Empty);
         }
-        let raw: Value = serde_json::from_str(text).map_err(|e| json_error(&e))?;
-        let Value::Object(fields) = raw else {
-            return Err(EnvelopeError::NotAnObject { found: kind(&raw) });
-        };
-        if has_duplicate_top_level_field(text) {
-            return Err(EnvelopeError::Malformed {
-                message: "a top-level field appears more than once".to_owned(),
-            });
+        match serde_json::from_str::<TopLevel>(text).map_err(|e| json_error(&e))? {
+            TopLevel::Object(fields) => Self::from_map(fields),
+            TopLevel::Other(found) => Err(EnvelopeError::NotAnObject { found }),
         }
-        Self::from_map(fields)
     }
 
     /// Builds an envelope from an already parsed JSON value, with the checks of
@@ -251,6 +245,10 @@ fn json_error(e: &serde_json::Error) -> EnvelopeError {
         Some(at) => full[..at].to_owned(),
         None => full,
     };
+    // A data error can only come from `TopLevel`'s own check: a field given twice.
+    if e.classify() == serde_json::error::Category::Data {
+        return EnvelopeError::Malformed { message };
+    }
     EnvelopeError::InvalidJson {
         message,
         line: e.line(),
@@ -258,45 +256,64 @@ fn json_error(e: &serde_json::Error) -> EnvelopeError {
     }
 }
 
-/// Whether the top-level object of a valid JSON text names a field twice. A parsed
-/// `Map` keeps only the last value, so two `event_id`s would otherwise pass silently.
-fn has_duplicate_top_level_field(text: &str) -> bool {
-    #[derive(Deserialize)]
-    #[serde(transparent)]
-    struct Keys(#[serde(deserialize_with = "collect_keys")] Vec<String>);
+/// The top level of a payload, read in one pass: an object's fields (a field given twice
+/// is an error, where a parsed `Map` would silently keep the last one), or the kind of
+/// JSON found instead.
+enum TopLevel {
+    Object(Map<String, Value>),
+    Other(&'static str),
+}
 
-    fn collect_keys<'de, D>(d: D) -> Result<Vec<String>, D::Error>
-    where
-        D: serde::Deserializer<'de>,
-    {
+impl<'de> Deserialize<'de> for TopLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Vec<String>;
+            type Value = TopLevel;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object")
+                f.write_str("a JSON value")
             }
-            fn visit_map<A>(self, mut map: A) -> Result<Vec<String>, A::Error>
-            where
-                A: serde::de::MapAccess<'de>,
-            {
-                let mut keys = Vec::new();
-                while let Some(k) = map.next_key::<String>()? {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                    keys.push(k);
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TopLevel, A::Error> {
+                let mut fields = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = map.next_value::<Value>()?;
+                    if fields.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "field `{key}` appears more than once"
+                        )));
+                    }
+                    fields.insert(key, value);
                 }
-                Ok(keys)
+                Ok(TopLevel::Object(fields))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<TopLevel, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(TopLevel::Other("array"))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<TopLevel, E> {
+                Ok(TopLevel::Other("string"))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<TopLevel, E> {
+                Ok(TopLevel::Other("number"))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<TopLevel, E> {
+                Ok(TopLevel::Other("number"))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<TopLevel, E> {
+                Ok(TopLevel::Other("number"))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<TopLevel, E> {
+                Ok(TopLevel::Other("boolean"))
+            }
+            fn visit_unit<E>(self) -> Result<TopLevel, E> {
+                Ok(TopLevel::Other("null"))
             }
         }
-        d.deserialize_map(V)
-    }
-
-    match serde_json::from_str::<Keys>(text) {
-        Ok(Keys(mut keys)) => {
-            let n = keys.len();
-            keys.sort_unstable();
-            keys.dedup();
-            keys.len() != n
-        }
-        Err(_) => false,
+        d.deserialize_any(V)
     }
 }
