@@ -39,6 +39,7 @@ pub struct Tally {
     pub unprotected: u32,
     pub refused: u32,
     pub timeouts: u32,
+    pub circuit_open: u32,
     pub slow: u32,
     pub max: Duration,
     /// Events refused by a fail-closed guard: the broker redelivers them.
@@ -61,33 +62,59 @@ fn event(n: u32) -> EventEnvelope {
 
 pub const HEADER: &str = "| backend  | phase                       | guard  | processed | dup | unprotected | refused | timeouts | slow | max ms |\n|----------|-----------------------------|--------|-----------|-----|-------------|---------|----------|------|--------|";
 
+/// Delivers events `n` (fresh envelopes built from the number) through `g` and counts the
+/// outcomes; a call longer than `timeout / 2` counts as slow.
+pub async fn deliver(g: &Guard, events: impl IntoIterator<Item = u32>, timeout: Duration) -> Tally {
+    let mut t = Tally::default();
+    for n in events {
+        let start = Instant::now();
+        let r = g.run(&event(n), async { Ok::<_, String>(()) }).await;
+        let took = start.elapsed();
+        t.max = t.max.max(took);
+        if took > timeout / 2 {
+            t.slow += 1;
+        }
+        match r {
+            Ok(Outcome::Processed(())) => t.processed += 1,
+            Ok(Outcome::Duplicate) => t.duplicates += 1,
+            Ok(Outcome::Unprotected(())) => t.unprotected += 1,
+            Err(GuardError::Store(e)) => {
+                t.refused += 1;
+                t.refused_events.push(n);
+                match e {
+                    StoreError::Timeout { .. } => t.timeouts += 1,
+                    StoreError::CircuitOpen { .. } => t.circuit_open += 1,
+                    _ => {}
+                }
+            }
+            Err(GuardError::InProgress) => t.refused_events.push(n),
+            Err(other) => panic!("event {n}: unexpected {other}"),
+        }
+    }
+    t
+}
+
+/// Delivers fresh events through `g`, from `*next` on, until one is protected again;
+/// returns how long that took. Panics past `limit`.
+pub async fn until_protected(g: &Guard, next: &mut u32, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = g.run(&event(*next), async { Ok::<_, String>(()) }).await;
+        *next += 1;
+        if matches!(r, Ok(Outcome::Processed(()))) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "protection did not resume within {limit:?}: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl Matrix<'_> {
     async fn deliver(&self, g: &Guard, events: impl IntoIterator<Item = u32>) -> Tally {
-        let mut t = Tally::default();
-        for n in events {
-            let start = Instant::now();
-            let r = g.run(&event(n), async { Ok::<_, String>(()) }).await;
-            let took = start.elapsed();
-            t.max = t.max.max(took);
-            if took > self.timeout / 2 {
-                t.slow += 1;
-            }
-            match r {
-                Ok(Outcome::Processed(())) => t.processed += 1,
-                Ok(Outcome::Duplicate) => t.duplicates += 1,
-                Ok(Outcome::Unprotected(())) => t.unprotected += 1,
-                Err(GuardError::Store(e)) => {
-                    t.refused += 1;
-                    t.refused_events.push(n);
-                    if matches!(e, StoreError::Timeout { .. }) {
-                        t.timeouts += 1;
-                    }
-                }
-                Err(GuardError::InProgress) => t.refused_events.push(n),
-                Err(other) => panic!("event {n}: unexpected {other}"),
-            }
-        }
-        t
+        deliver(g, events, self.timeout).await
     }
 
     fn row(&self, phase: &str, guard: &str, t: &Tally) -> String {
@@ -108,19 +135,7 @@ impl Matrix<'_> {
     async fn until_protected(&self, next: &mut u32, limit: Duration) -> Duration {
         let start = Instant::now();
         for g in [self.open, self.closed] {
-            loop {
-                let r = g.run(&event(*next), async { Ok::<_, String>(()) }).await;
-                *next += 1;
-                if matches!(r, Ok(Outcome::Processed(()))) {
-                    break;
-                }
-                assert!(
-                    start.elapsed() < limit,
-                    "{}: protection did not resume within {limit:?}: {r:?}",
-                    self.backend
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            until_protected(g, next, limit.saturating_sub(start.elapsed())).await;
         }
         start.elapsed()
     }
