@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventonce_core::{Claim, IdempotencyStore, Record, StoreError};
+use eventonce_core::{check_many, Claim, Completion, IdempotencyStore, Record, StoreError};
 use moka::future::Cache;
 use moka::policy::EvictionPolicy;
 use moka::Expiry;
@@ -88,6 +88,28 @@ impl<S> CachedStore<S> {
     pub fn inner(&self) -> &S {
         &self.inner
     }
+
+    /// Whether the cache knows `key` completed.
+    async fn cached(&self, key: &str) -> bool {
+        match self.cache.get(key).await {
+            Some(until) if until > Instant::now() => {
+                self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Remembers the completions the store accepted; `started` is from before the call,
+    /// so a cached key never outlives the store's record.
+    async fn remember(&self, completions: &[Completion], done: &[bool], started: Instant) {
+        for (c, done) in completions.iter().zip(done) {
+            if *done {
+                let until = started + c.ttl.min(self.max_ttl);
+                self.cache.insert(c.key.clone(), until).await;
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -128,6 +150,84 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
         self.inner.get(key).await
+    }
+
+    async fn try_claim_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        check_many(keys.iter().map(String::as_str))?;
+        let mut claims = Vec::with_capacity(keys.len());
+        let mut ask = Vec::new();
+        for key in keys {
+            if self.cached(key).await {
+                claims.push(Some(Claim::Completed));
+            } else {
+                claims.push(None);
+                ask.push(key.clone());
+            }
+        }
+        if ask.is_empty() {
+            return Ok(claims.into_iter().flatten().collect());
+        }
+        let answers = self.inner.try_claim_many(&ask, owner, lease).await?;
+        if answers.len() != ask.len() {
+            return Err(StoreError::InvalidData {
+                key: ask[0].clone(),
+                detail: format!("{} answers to {} claims", answers.len(), ask.len()),
+            });
+        }
+        let mut answers = answers.into_iter();
+        Ok(claims
+            .into_iter()
+            .filter_map(|c| c.or_else(|| answers.next()))
+            .collect())
+    }
+
+    async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
+        let started = Instant::now();
+        let done = self.inner.complete_many(completions).await?;
+        self.remember(completions, &done, started).await;
+        Ok(done)
+    }
+
+    async fn release_many(&self, keys: &[String], owner: &str) -> Result<Vec<bool>, StoreError> {
+        self.inner.release_many(keys, owner).await
+    }
+
+    async fn extend_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.inner.extend_many(keys, owner, lease).await
+    }
+
+    async fn complete_then_claim(
+        &self,
+        completions: &[Completion],
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Vec<bool>, Claim), StoreError> {
+        if self.cached(key).await {
+            let done = if completions.is_empty() {
+                Vec::new()
+            } else {
+                self.complete_many(completions).await?
+            };
+            return Ok((done, Claim::Completed));
+        }
+        let started = Instant::now();
+        let (done, claim) = self
+            .inner
+            .complete_then_claim(completions, key, owner, lease)
+            .await?;
+        self.remember(completions, &done, started).await;
+        Ok((done, claim))
     }
 
     fn backend_name(&self) -> &'static str {

@@ -18,7 +18,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use eventonce_core::{
-    check_arguments, Claim, IdempotencyStore, Record, RecordState, StoreError, TransactionalStore,
+    check_arguments, check_many, Claim, Completion, IdempotencyStore, Record, RecordState,
+    StoreError, TransactionalStore,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -122,6 +123,11 @@ struct Statements {
     extend: Arc<str>,
     get: Arc<str>,
     reap: Arc<str>,
+    claim_many: Arc<str>,
+    complete_many: Arc<str>,
+    release_many: Arc<str>,
+    extend_many: Arc<str>,
+    complete_then_claim: Arc<str>,
 }
 
 impl Statements {
@@ -180,6 +186,83 @@ impl Statements {
                 "DELETE FROM {table} WHERE key IN (
                    SELECT key FROM {table} WHERE expires_at <= now()
                     ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            )),
+            // Guarantee: the claim statement above for every key of $1 at once, in one
+            // statement; one code per key in input order. Rows are inserted in key order,
+            // so two batches sharing keys lock them in the same order and never deadlock.
+            claim_many: s(format!(
+                "WITH input AS (
+                   SELECT k, ord FROM unnest($1::text[]) WITH ORDINALITY AS t(k, ord)
+                 ), claim AS (
+                   INSERT INTO {table} AS r (key, state, owner, updated_at, expires_at)
+                   SELECT k, 'processing', $2, now(), now() + make_interval(secs => $3::float8 / 1000)
+                     FROM input ORDER BY k
+                   ON CONFLICT (key) DO UPDATE
+                     SET state = 'processing', owner = EXCLUDED.owner,
+                         updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at
+                     WHERE r.expires_at <= now()
+                   RETURNING r.key
+                 )
+                 SELECT (CASE WHEN c.key IS NOT NULL THEN 1
+                              WHEN t.state = 'completed' THEN 3
+                              ELSE 2 END)::int4 AS code
+                   FROM input i
+                   LEFT JOIN claim c ON c.key = i.k
+                   LEFT JOIN {table} t ON t.key = i.k AND t.expires_at > now()
+                  ORDER BY i.ord"
+            )),
+            // Guarantee: each live processing claim of its owner becomes completed for its
+            // TTL; returns the keys it completed.
+            complete_many: s(format!(
+                "UPDATE {table} AS r SET state = 'completed', updated_at = now(),
+                        expires_at = now() + make_interval(secs => i.ms / 1000)
+                   FROM unnest($1::text[], $2::text[], $3::float8[]) AS i(k, o, ms)
+                  WHERE r.key = i.k AND r.owner = i.o AND r.state = 'processing'
+                    AND r.expires_at > now()
+                 RETURNING r.key"
+            )),
+            // Guarantee: only live processing claims of $2 are deleted; returns their keys.
+            release_many: s(format!(
+                "DELETE FROM {table} AS r USING unnest($1::text[]) AS i(k)
+                  WHERE r.key = i.k AND r.owner = $2 AND r.state = 'processing'
+                    AND r.expires_at > now()
+                 RETURNING r.key"
+            )),
+            // Guarantee: only live processing claims of $2 are renewed; returns their keys.
+            extend_many: s(format!(
+                "UPDATE {table} AS r SET updated_at = now(),
+                        expires_at = now() + make_interval(secs => $3::float8 / 1000)
+                   FROM unnest($1::text[]) AS i(k)
+                  WHERE r.key = i.k AND r.owner = $2 AND r.state = 'processing'
+                    AND r.expires_at > now()
+                 RETURNING r.key"
+            )),
+            // Guarantee: `complete_many` of $4..$6 and the claim of $1 in one statement
+            // (the key claimed is never one of those completed). Rows: ('d', key) per
+            // completion done, then ('c', code) for the claim (none: in progress).
+            complete_then_claim: s(format!(
+                "WITH done AS (
+                   UPDATE {table} AS r SET state = 'completed', updated_at = now(),
+                          expires_at = now() + make_interval(secs => i.ms / 1000)
+                     FROM unnest($4::text[], $5::text[], $6::float8[]) AS i(k, o, ms)
+                    WHERE r.key = i.k AND r.owner = i.o AND r.state = 'processing'
+                      AND r.expires_at > now()
+                   RETURNING r.key
+                 ), claim AS (
+                   INSERT INTO {table} AS r (key, state, owner, updated_at, expires_at)
+                   VALUES ($1, 'processing', $2, now(), now() + make_interval(secs => $3::float8 / 1000))
+                   ON CONFLICT (key) DO UPDATE
+                     SET state = 'processing', owner = EXCLUDED.owner,
+                         updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at
+                     WHERE r.expires_at <= now()
+                   RETURNING 1 AS code
+                 )
+                 SELECT 'd' AS kind, key, 0::int4 AS code FROM done
+                 UNION ALL
+                 SELECT 'c', NULL, code FROM claim
+                 UNION ALL
+                 SELECT 'c', NULL, CASE WHEN state = 'completed' THEN 3 ELSE 2 END FROM {table}
+                  WHERE key = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM claim)"
             )),
         }
     }
@@ -407,6 +490,35 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Runs a batch statement returning the keys it touched, and maps them back onto
+    /// `keys` in order.
+    async fn touched<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+        keys: impl Iterator<Item = &'q str>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("PostgreSQL", e))?;
+        let mut done = std::collections::HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let key: String = row.try_get(0).map_err(|e| db_error("PostgreSQL", e))?;
+            done.insert(key);
+        }
+        Ok(keys.map(|k| done.contains(k)).collect())
+    }
+}
+
+fn completion_columns(completions: &[Completion]) -> (Vec<String>, Vec<String>, Vec<f64>) {
+    (
+        completions.iter().map(|c| c.key.clone()).collect(),
+        completions.iter().map(|c| c.owner.clone()).collect(),
+        completions.iter().map(|c| millis(c.ttl)).collect(),
+    )
+}
+
 /// Stops the reaper [`PostgresStore::spawn_reaper`] started when dropped.
 #[derive(Debug)]
 pub struct ReaperHandle(tokio::task::JoinHandle<()>);
@@ -491,6 +603,130 @@ impl IdempotencyStore for PostgresStore {
         row.map(|r| record_from_row(&r))
             .transpose()
             .map_err(|e| db_error("PostgreSQL", e))
+    }
+
+    async fn try_claim_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        for key in keys {
+            check_arguments(key, owner, Some(lease))?;
+        }
+        check_many(keys.iter().map(String::as_str))?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let codes: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.claim_many)))
+            .bind(keys)
+            .bind(owner)
+            .bind(millis(lease))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("PostgreSQL", e))?;
+        if codes.len() != keys.len() {
+            return Err(StoreError::InvalidData {
+                key: keys[0].clone(),
+                detail: format!("{} codes for {} keys", codes.len(), keys.len()),
+            });
+        }
+        keys.iter()
+            .zip(codes)
+            .map(|(key, code)| claim_from_code(key, Some(code)))
+            .collect()
+    }
+
+    async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
+        for c in completions {
+            check_arguments(&c.key, &c.owner, Some(c.ttl))?;
+        }
+        check_many(completions.iter().map(|c| c.key.as_str()))?;
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (keys, owners, ttls) = completion_columns(completions);
+        let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_many)))
+            .bind(keys)
+            .bind(owners)
+            .bind(ttls);
+        self.touched(query, completions.iter().map(|c| c.key.as_str()))
+            .await
+    }
+
+    async fn release_many(&self, keys: &[String], owner: &str) -> Result<Vec<bool>, StoreError> {
+        for key in keys {
+            check_arguments(key, owner, None)?;
+        }
+        check_many(keys.iter().map(String::as_str))?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.release_many)))
+            .bind(keys)
+            .bind(owner);
+        self.touched(query, keys.iter().map(String::as_str)).await
+    }
+
+    async fn extend_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        for key in keys {
+            check_arguments(key, owner, Some(lease))?;
+        }
+        check_many(keys.iter().map(String::as_str))?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.extend_many)))
+            .bind(keys)
+            .bind(owner)
+            .bind(millis(lease));
+        self.touched(query, keys.iter().map(String::as_str)).await
+    }
+
+    async fn complete_then_claim(
+        &self,
+        completions: &[Completion],
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Vec<bool>, Claim), StoreError> {
+        check_arguments(key, owner, Some(lease))?;
+        for c in completions {
+            check_arguments(&c.key, &c.owner, Some(c.ttl))?;
+        }
+        check_many(completions.iter().map(|c| c.key.as_str()).chain([key]))?;
+        let (keys, owners, ttls) = completion_columns(completions);
+        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_then_claim)))
+            .bind(key)
+            .bind(owner)
+            .bind(millis(lease))
+            .bind(keys)
+            .bind(owners)
+            .bind(ttls)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("PostgreSQL", e))?;
+        let mut done = std::collections::HashSet::new();
+        let mut code = None;
+        for row in &rows {
+            let kind: String = row.try_get("kind").map_err(|e| db_error("PostgreSQL", e))?;
+            if kind == "d" {
+                let k: String = row.try_get("key").map_err(|e| db_error("PostgreSQL", e))?;
+                done.insert(k);
+            } else {
+                code = Some(
+                    row.try_get::<i32, _>("code")
+                        .map_err(|e| db_error("PostgreSQL", e))?,
+                );
+            }
+        }
+        let done = completions.iter().map(|c| done.contains(&c.key)).collect();
+        Ok((done, claim_from_code(key, code)?))
     }
 
     fn backend_name(&self) -> &'static str {

@@ -24,7 +24,11 @@ use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use eventonce_core::{check_arguments, Claim, IdempotencyStore, Record, RecordState, StoreError};
+use eventonce_core::{
+    check_arguments, check_many, Claim, Completion, IdempotencyStore, Record, RecordState,
+    StoreError,
+};
+use futures_util::future::{join_all, try_join_all};
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
@@ -37,6 +41,9 @@ static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::COMPLE
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::RELEASE));
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::EXTEND));
 static GET: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::GET));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::SETTLE));
+static RELEASE_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::RELEASE_MANY));
+static EXTEND_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::EXTEND_MANY));
 
 /// How long connecting and each command may take at most, by default. The guard's own
 /// store timeout (default 500 ms) usually answers first.
@@ -402,6 +409,105 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Whether the store runs on a Redis Cluster, where a script may only touch keys of
+    /// one slot: batches are then sent key by key, concurrently.
+    fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// One `SETTLE` call: completions, then claims, in one round trip.
+    async fn settle(
+        &self,
+        completions: &[Completion],
+        claims: &[&str],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut invocation = SETTLE.prepare_invoke();
+        for c in completions {
+            invocation.key(&c.key);
+        }
+        for key in claims {
+            invocation.key(*key);
+        }
+        invocation.arg(now_ms()).arg(completions.len());
+        for c in completions {
+            invocation.arg(&c.owner).arg(millis(c.ttl));
+        }
+        if !claims.is_empty() {
+            invocation.arg(owner).arg(millis(lease));
+        }
+        let mut conn = self.conn.clone();
+        let codes: Vec<i64> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        if codes.len() != completions.len() + claims.len() {
+            return Err(StoreError::InvalidData {
+                key: claims
+                    .first()
+                    .map(|k| (*k).to_owned())
+                    .or_else(|| completions.first().map(|c| c.key.clone()))
+                    .unwrap_or_default(),
+                detail: format!(
+                    "batch script answered {} codes for {} keys",
+                    codes.len(),
+                    completions.len() + claims.len()
+                ),
+            });
+        }
+        Ok(codes)
+    }
+
+    /// A per-key batch script (`RELEASE_MANY`, `EXTEND_MANY`) in one round trip.
+    async fn flags_many(
+        &self,
+        script: &Script,
+        keys: &[String],
+        owner: &str,
+        lease: Option<Duration>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        invocation.arg(owner);
+        if let Some(lease) = lease {
+            invocation.arg(millis(lease)).arg(now_ms());
+        }
+        let mut conn = self.conn.clone();
+        let flags: Vec<i64> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        if flags.len() != keys.len() {
+            return Err(StoreError::InvalidData {
+                key: keys[0].clone(),
+                detail: format!(
+                    "batch script answered {} flags for {} keys",
+                    flags.len(),
+                    keys.len()
+                ),
+            });
+        }
+        Ok(flags.into_iter().map(|f| f == 1).collect())
+    }
+}
+
+/// A claim script's answer.
+fn claim_from_code(key: &str, code: i64) -> Result<Claim, StoreError> {
+    match code {
+        1 => Ok(Claim::Acquired),
+        2 => Ok(Claim::InProgress),
+        3 => Ok(Claim::Completed),
+        other => Err(StoreError::InvalidData {
+            key: key.to_owned(),
+            detail: format!("claim script answered {other}"),
+        }),
+    }
+}
+
 /// The wall clock in milliseconds, for the informational timestamp of a record.
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -488,15 +594,7 @@ impl IdempotencyStore for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
-        match code {
-            1 => Ok(Claim::Acquired),
-            2 => Ok(Claim::InProgress),
-            3 => Ok(Claim::Completed),
-            other => Err(StoreError::InvalidData {
-                key: key.to_owned(),
-                detail: format!("claim script answered {other}"),
-            }),
-        }
+        claim_from_code(key, code)
     }
 
     async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -533,6 +631,114 @@ impl IdempotencyStore for RedisStore {
                 updated_at,
             }
         }))
+    }
+
+    async fn try_claim_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        for key in keys {
+            check_arguments(key, owner, Some(lease))?;
+        }
+        check_many(keys.iter().map(String::as_str))?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.is_cluster() {
+            return try_join_all(keys.iter().map(|k| self.try_claim(k, owner, lease))).await;
+        }
+        let claims: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let codes = self.settle(&[], &claims, owner, lease).await?;
+        keys.iter()
+            .zip(codes)
+            .map(|(key, code)| claim_from_code(key, code))
+            .collect()
+    }
+
+    async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
+        for c in completions {
+            check_arguments(&c.key, &c.owner, Some(c.ttl))?;
+        }
+        check_many(completions.iter().map(|c| c.key.as_str()))?;
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.is_cluster() {
+            return try_join_all(
+                completions
+                    .iter()
+                    .map(|c| self.complete(&c.key, &c.owner, c.ttl)),
+            )
+            .await;
+        }
+        let codes = self.settle(completions, &[], "", Duration::ZERO).await?;
+        Ok(codes.into_iter().map(|c| c == 1).collect())
+    }
+
+    async fn release_many(&self, keys: &[String], owner: &str) -> Result<Vec<bool>, StoreError> {
+        for key in keys {
+            check_arguments(key, owner, None)?;
+        }
+        check_many(keys.iter().map(String::as_str))?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.is_cluster() {
+            return try_join_all(keys.iter().map(|k| self.release(k, owner))).await;
+        }
+        self.flags_many(&RELEASE_MANY, keys, owner, None).await
+    }
+
+    async fn extend_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        for key in keys {
+            check_arguments(key, owner, Some(lease))?;
+        }
+        check_many(keys.iter().map(String::as_str))?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.is_cluster() {
+            return try_join_all(keys.iter().map(|k| self.extend(k, owner, lease))).await;
+        }
+        self.flags_many(&EXTEND_MANY, keys, owner, Some(lease))
+            .await
+    }
+
+    async fn complete_then_claim(
+        &self,
+        completions: &[Completion],
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Vec<bool>, Claim), StoreError> {
+        check_arguments(key, owner, Some(lease))?;
+        for c in completions {
+            check_arguments(&c.key, &c.owner, Some(c.ttl))?;
+        }
+        check_many(completions.iter().map(|c| c.key.as_str()).chain([key]))?;
+        if self.is_cluster() {
+            // Different slots: the completions and the claim go out at once, on their
+            // own nodes; the claim's key is not among the completions, so order is moot.
+            let done = join_all(
+                completions
+                    .iter()
+                    .map(|c| self.complete(&c.key, &c.owner, c.ttl)),
+            );
+            let (done, claim) =
+                futures_util::future::join(done, self.try_claim(key, owner, lease)).await;
+            let done = done.into_iter().collect::<Result<Vec<_>, _>>()?;
+            return Ok((done, claim?));
+        }
+        let mut codes = self.settle(completions, &[key], owner, lease).await?;
+        let claim = claim_from_code(key, codes.pop().unwrap_or_default())?;
+        Ok((codes.into_iter().map(|c| c == 1).collect(), claim))
     }
 
     fn backend_name(&self) -> &'static str {

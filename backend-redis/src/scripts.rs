@@ -107,3 +107,88 @@ local v = redis.call('GET', KEYS[1])
 if not v then return nil end
 return {v, redis.call('PTTL', KEYS[1])}
 "#;
+
+/// The batch script: `complete_many`, `try_claim_many` and `complete_then_claim` in one
+/// round trip. KEYS[1..n] are completions, KEYS[n+1..] claims; ARGV[1] = now in ms,
+/// ARGV[2] = n, then for each completion i its owner (ARGV[2i+1]) and TTL in ms
+/// (ARGV[2i+2]), then, when there are claims, the claiming owner and the lease in ms.
+/// Returns one number per key, in order: for a completion 1 or 0 as `COMPLETE`, for a
+/// claim 1, 2 or 3 as `CLAIM`.
+///
+/// Guarantee: atomically, each completion and then each claim is exactly what the
+/// single-key script does, in KEYS order. Runs on one Redis (or, in a cluster, only when
+/// every key is in one slot; the store sends cluster batches key by key).
+pub(crate) const SETTLE: &str = concat!(
+    prelude!(),
+    r#"
+local now = ARGV[1]
+local n = tonumber(ARGV[2])
+local out = {}
+for i = 1, n do
+  local owner = ARGV[2 * i + 1]
+  if held_by(redis.call('GET', KEYS[i]), owner) then
+    redis.call('SET', KEYS[i], 'c|' .. now .. '|' .. owner, 'PX', ARGV[2 * i + 2])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+if #KEYS > n then
+  local owner = ARGV[2 * n + 3]
+  local lease = ARGV[2 * n + 4]
+  for i = n + 1, #KEYS do
+    local v = redis.call('GET', KEYS[i])
+    if not v then
+      redis.call('SET', KEYS[i], 'p|' .. now .. '|' .. owner, 'PX', lease)
+      out[i] = 1
+    elseif state_of(v) == 'c' then
+      out[i] = 3
+    else
+      out[i] = 2
+    end
+  end
+end
+return out
+"#
+);
+
+/// `release_many`. KEYS = keys; ARGV[1] = owner. Returns 1 or 0 per key, in order.
+///
+/// Guarantee: atomically, each key holding a processing claim of ARGV[1] is deleted;
+/// nothing else is touched.
+pub(crate) const RELEASE_MANY: &str = concat!(
+    prelude!(),
+    r#"
+local out = {}
+for i = 1, #KEYS do
+  if held_by(redis.call('GET', KEYS[i]), ARGV[1]) then
+    redis.call('DEL', KEYS[i])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"#
+);
+
+/// `extend_many`. KEYS = keys; ARGV[1] = owner, ARGV[2] = lease in ms, ARGV[3] = now in
+/// ms. Returns 1 or 0 per key, in order.
+///
+/// Guarantee: atomically, each key holding a processing claim of ARGV[1] is rewritten
+/// with the current time and its TTL set to ARGV[2]; nothing else is touched.
+pub(crate) const EXTEND_MANY: &str = concat!(
+    prelude!(),
+    r#"
+local out = {}
+for i = 1, #KEYS do
+  if held_by(redis.call('GET', KEYS[i]), ARGV[1]) then
+    redis.call('SET', KEYS[i], 'p|' .. ARGV[3] .. '|' .. ARGV[1], 'PX', ARGV[2])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"#
+);

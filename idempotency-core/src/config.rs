@@ -34,6 +34,9 @@ pub const TTL_ASSESSMENT: Duration = Duration::from_secs(86_400);
 /// TTL tier for long-lived aggregation events: 72 hours.
 pub const TTL_AGGREGATION: Duration = Duration::from_secs(259_200);
 
+/// How many handlers of one batch run at once by default ([`ConfigBuilder::batch_concurrency`]).
+pub const DEFAULT_BATCH_CONCURRENCY: usize = 32;
+
 /// The pre-configured per-event-type TTLs a builder starts from (the tiers of the Python
 /// "idempotency v2" decorator).
 pub const DEFAULT_EVENT_TYPE_TTLS: &[(&str, Duration)] = &[
@@ -109,6 +112,8 @@ struct ConfigInner {
     in_progress_wait: Duration,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
+    batch_concurrency: usize,
+    deferred_completion: Option<Duration>,
 }
 
 impl fmt::Debug for IdempotencyConfig {
@@ -136,6 +141,8 @@ impl IdempotencyConfig {
             in_progress_wait: Duration::ZERO,
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+            batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
+            deferred_completion: None,
         })
     }
 
@@ -190,6 +197,16 @@ impl IdempotencyConfig {
     /// its cool-down.
     pub fn circuit_breaker(&self) -> (u32, Duration) {
         (self.inner.breaker_threshold, self.inner.breaker_cooldown)
+    }
+
+    /// How many handlers of one batch run at once.
+    pub fn batch_concurrency(&self) -> usize {
+        self.inner.batch_concurrency
+    }
+
+    /// The longest a completion waits when completion is deferred; `None` when it is not.
+    pub fn deferred_completion(&self) -> Option<Duration> {
+        self.inner.deferred_completion
     }
 
     /// The TTL of a completed record of `event_type`: its own entry, or the default TTL.
@@ -296,6 +313,29 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets how many handlers of one [`Guard::run_batch`](crate::Guard::run_batch) call
+    /// run at once (default 32, at least 1).
+    pub fn batch_concurrency(mut self, handlers: usize) -> Self {
+        self.0.batch_concurrency = handlers;
+        self
+    }
+
+    /// Defers completion (off by default): after a handler succeeds, `run` returns
+    /// `Processed` at once, and the completion travels with the guard's next claim in the
+    /// same round trip, or is flushed after at most `max_delay`, whichever comes first.
+    /// New events then cost one round trip instead of two.
+    ///
+    /// The cost: until the completion is written, the event's record is still the claim.
+    /// If the process dies in that window (at most `max_delay`), a redelivery of the event
+    /// finds the claim, reports it in progress until the lease expires, and then processes
+    /// it again. The event is never lost; it may be processed twice. A redelivery to the
+    /// same guard inside the window is sent after the completion, so it is a duplicate.
+    /// Call [`Guard::flush`](crate::Guard::flush) before shutting down.
+    pub fn defer_completion(mut self, max_delay: Duration) -> Self {
+        self.0.deferred_completion = Some(max_delay);
+        self
+    }
+
     /// Validates and builds the configuration.
     ///
     /// Rejects an empty service name or one holding `:`, whitespace, a glob or hash-tag
@@ -315,6 +355,12 @@ impl ConfigBuilder {
         check_duration("default_ttl", c.default_ttl)?;
         check_duration("processing_ttl", c.processing_ttl)?;
         check_duration("store_timeout", c.store_timeout)?;
+        if c.batch_concurrency == 0 {
+            return Err(ConfigError::ZeroBatchConcurrency);
+        }
+        if let Some(delay) = c.deferred_completion {
+            check_duration("deferred completion delay", delay)?;
+        }
         if c.breaker_threshold > 0 {
             check_duration("circuit breaker cooldown", c.breaker_cooldown)?;
         }

@@ -28,8 +28,8 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use crate::{
-    Claim, EventEnvelope, FailMode, Guard, GuardError, IdempotencyConfig, IdempotencyStore,
-    Outcome, Record, RecordState, StoreError,
+    Claim, Completion, EventEnvelope, FailMode, Guard, GuardError, IdempotencyConfig,
+    IdempotencyStore, Outcome, Record, RecordState, StoreError,
 };
 
 #[doc(hidden)]
@@ -914,6 +914,666 @@ pub async fn guard_applies_the_fail_mode_when_the_store_fails(f: &impl StoreFact
 }
 
 // ---------------------------------------------------------------------------------------
+// Batches and deferred completion
+// ---------------------------------------------------------------------------------------
+
+fn completion(key: &str, owner: &str, ttl: Duration) -> Completion {
+    Completion {
+        key: key.to_owned(),
+        owner: owner.to_owned(),
+        ttl,
+    }
+}
+
+/// `try_claim_many` answers every key as `try_claim` would, in order: absent and expired
+/// keys are acquired, completed ones reported, live claims of others in progress.
+pub async fn claim_many_answers_each_key_in_order(f: &impl StoreFactory) {
+    let (s1, s2) = (f.create().await, f.create().await);
+    let keys: Vec<String> = (0..5).map(|_| unique_key("claim-many")).collect();
+    // keys[0]: absent; keys[1]: completed; keys[2]: held by b; keys[3]: expired claim of b;
+    // keys[4]: absent.
+    assert_eq!(
+        s2.try_claim(&keys[1], "b", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert!(s2.complete(&keys[1], "b", LONG).await.expect("complete"));
+    assert_eq!(
+        s2.try_claim(&keys[2], "b", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        s2.try_claim(&keys[3], "b", SHORT).await.expect("claim"),
+        Claim::Acquired
+    );
+    tokio::time::sleep(PAST_SHORT).await;
+    let claims = s1
+        .try_claim_many(&keys, "a", LONG)
+        .await
+        .expect("claim many");
+    assert_eq!(
+        claims,
+        vec![
+            Claim::Acquired,
+            Claim::Completed,
+            Claim::InProgress,
+            Claim::Acquired,
+            Claim::Acquired
+        ]
+    );
+    for i in [0, 3, 4] {
+        let r = record(&s1, &keys[i]).await.expect("claimed");
+        assert_eq!(
+            (r.state, r.owner.as_deref()),
+            (RecordState::Processing, Some("a"))
+        );
+    }
+    assert_eq!(
+        record(&s1, &keys[2]).await.expect("held").owner.as_deref(),
+        Some("b")
+    );
+    assert_eq!(
+        s1.try_claim_many(&[], "a", LONG).await.expect("empty"),
+        vec![]
+    );
+}
+
+/// `complete_many`, `release_many` and `extend_many` touch only the live claims of the
+/// owner named, and say which they touched, in order.
+pub async fn batch_transitions_are_owner_checked(f: &impl StoreFactory) {
+    let s = f.create().await;
+    let keys: Vec<String> = (0..4).map(|_| unique_key("batch-owner")).collect();
+    // keys[0], keys[1]: a's claims; keys[2]: b's claim; keys[3]: absent.
+    let ours = keys[..2].to_vec();
+    assert_eq!(
+        s.try_claim_many(&ours, "a", SHORT).await.expect("claim"),
+        vec![Claim::Acquired, Claim::Acquired]
+    );
+    assert_eq!(
+        s.try_claim(&keys[2], "b", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+
+    let renewed = s.extend_many(&keys, "a", LONG).await.expect("extend many");
+    assert_eq!(renewed, vec![true, true, false, false]);
+    tokio::time::sleep(PAST_SHORT).await;
+    assert!(
+        record(&s, &keys[0]).await.is_some(),
+        "renewed past the short lease"
+    );
+
+    let done = s
+        .complete_many(&[
+            completion(&keys[0], "a", LONG),
+            completion(&keys[2], "a", LONG),
+            completion(&keys[3], "a", LONG),
+        ])
+        .await
+        .expect("complete many");
+    assert_eq!(done, vec![true, false, false]);
+    assert_eq!(
+        record(&s, &keys[0]).await.expect("done").state,
+        RecordState::Completed
+    );
+    assert_eq!(
+        record(&s, &keys[2]).await.expect("b's").state,
+        RecordState::Processing
+    );
+    assert_eq!(record(&s, &keys[3]).await, None);
+
+    let released = s.release_many(&keys, "a").await.expect("release many");
+    assert_eq!(
+        released,
+        vec![false, true, false, false],
+        "only a's live claim"
+    );
+    assert_eq!(
+        record(&s, &keys[0]).await.expect("kept").state,
+        RecordState::Completed
+    );
+    assert_eq!(record(&s, &keys[1]).await, None);
+    assert!(record(&s, &keys[2]).await.is_some());
+}
+
+/// `complete_then_claim` writes the completions, then answers the claim as `try_claim`
+/// would.
+pub async fn complete_then_claim_completes_then_claims(f: &impl StoreFactory) {
+    let (s1, s2) = (f.create().await, f.create().await);
+    let done_key = unique_key("ctc-done");
+    let lost_key = unique_key("ctc-lost");
+    assert_eq!(
+        s1.try_claim(&done_key, "a", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        s2.try_claim(&lost_key, "b", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let next = unique_key("ctc-next");
+    let (done, claim) = s1
+        .complete_then_claim(
+            &[
+                completion(&done_key, "a", LONG),
+                completion(&lost_key, "a", LONG),
+            ],
+            &next,
+            "c",
+            LONG,
+        )
+        .await
+        .expect("complete then claim");
+    assert_eq!((done, claim), (vec![true, false], Claim::Acquired));
+    assert_eq!(
+        record(&s1, &done_key).await.expect("done").state,
+        RecordState::Completed
+    );
+    assert_eq!(
+        record(&s1, &lost_key).await.expect("b's").owner.as_deref(),
+        Some("b")
+    );
+    assert_eq!(
+        record(&s1, &next).await.expect("claimed").owner.as_deref(),
+        Some("c")
+    );
+    // No completions: a plain claim. A completed key: reported as such.
+    let (done, claim) = s2
+        .complete_then_claim(&[], &done_key, "d", LONG)
+        .await
+        .expect("claim only");
+    assert_eq!((done, claim), (vec![], Claim::Completed));
+}
+
+/// A key twice in one batch call is refused: it has no well-defined answer.
+pub async fn batch_calls_refuse_a_key_twice(f: &impl StoreFactory) {
+    let s = f.create().await;
+    let key = unique_key("batch-twice");
+    let twice = vec![key.clone(), key.clone()];
+    assert!(matches!(
+        s.try_claim_many(&twice, "a", LONG).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert_eq!(record(&s, &key).await, None, "nothing claimed");
+    assert!(matches!(
+        s.complete_many(&[completion(&key, "a", LONG), completion(&key, "a", LONG)])
+            .await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        s.complete_then_claim(&[completion(&key, "a", LONG)], &key, "a", LONG)
+            .await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        s.try_claim_many(&["".to_owned()], "a", LONG).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+}
+
+/// Concurrent batches sharing keys: every key is acquired by exactly one batch.
+pub async fn concurrent_batches_have_one_winner_per_key(f: &impl StoreFactory) {
+    let keys: Arc<Vec<String>> = Arc::new((0..40).map(|_| unique_key("batch-race")).collect());
+    let mut tasks = Vec::new();
+    for t in 0..6 {
+        let s = f.create().await;
+        let keys = Arc::clone(&keys);
+        tasks.push(tokio::spawn(async move {
+            // Each batch takes the keys in its own order.
+            let mut mine: Vec<String> = keys.to_vec();
+            mine.rotate_left(t * 7);
+            if t % 2 == 1 {
+                mine.reverse();
+            }
+            let claims = s
+                .try_claim_many(&mine, &format!("owner-{t}"), LONG)
+                .await
+                .expect("claim many");
+            mine.into_iter()
+                .zip(claims)
+                .filter(|(_, c)| *c == Claim::Acquired)
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut won = std::collections::HashMap::new();
+    for task in tasks {
+        for key in task.await.expect("task") {
+            *won.entry(key).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(won.len(), keys.len(), "every key acquired");
+    assert!(won.values().all(|n| *n == 1), "{won:?}");
+}
+
+/// `run_batch`: new events run once, duplicates are skipped, failures released, later
+/// copies of an event in the batch answered from the first, unidentifiable events
+/// refused alone; answers come in input order.
+pub async fn guard_batch_answers_each_event_in_order(f: &impl StoreFactory) {
+    let g = guard(f, config(&unique_service("batch")).batch_concurrency(4)).await;
+    let done_before = event(100);
+    assert_eq!(
+        g.run(&done_before, async { Ok::<_, Boom>(0) })
+            .await
+            .expect("first"),
+        Outcome::Processed(0)
+    );
+    let failing = event(102);
+    let no_identity = EventEnvelope::new("conformance.event.v1", serde_json::Value::Null);
+    let batch = vec![
+        event(101),
+        done_before.clone(),
+        failing.clone(),
+        event(101),
+        no_identity,
+        event(103),
+    ];
+    let runs = AtomicUsize::new(0);
+    let answers = g
+        .run_batch(&batch, |e| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let fail = e.event_id.as_deref() == Some("event-102");
+            async move {
+                tokio::task::yield_now().await;
+                if fail {
+                    Err(Boom)
+                } else {
+                    Ok(e.event_id.clone())
+                }
+            }
+        })
+        .await;
+    assert_eq!(answers.len(), batch.len());
+    assert!(matches!(&answers[0], Ok(Outcome::Processed(Some(id))) if id == "event-101"));
+    assert!(
+        matches!(answers[1], Ok(Outcome::Duplicate)),
+        "{:?}",
+        answers[1]
+    );
+    assert!(matches!(answers[2], Err(GuardError::Handler(Boom))));
+    assert!(
+        matches!(answers[3], Ok(Outcome::Duplicate)),
+        "a copy of a processed event"
+    );
+    assert!(matches!(answers[4], Err(GuardError::InvalidEvent(_))));
+    assert!(matches!(&answers[5], Ok(Outcome::Processed(Some(id))) if id == "event-103"));
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        3,
+        "101, 102 and 103 ran once each"
+    );
+    for e in [&batch[0], &batch[5]] {
+        let r = record(g.store(), &g.key_for(e).expect("key"))
+            .await
+            .expect("record");
+        assert_eq!(r.state, RecordState::Completed);
+    }
+    assert_eq!(
+        record(g.store(), &g.key_for(&failing).expect("key")).await,
+        None
+    );
+    let stats = g.stats();
+    assert_eq!(
+        (
+            stats.processed,
+            stats.duplicates,
+            stats.handler_failures,
+            stats.invalid_events
+        ),
+        (3, 2, 1, 1)
+    );
+    // The redelivered batch: the failure is retried, the rest skipped.
+    let again = g
+        .run_batch(&batch[..4], |_| async { Ok::<Option<String>, Boom>(None) })
+        .await;
+    assert!(matches!(again[2], Ok(Outcome::Processed(None))));
+    assert!(again
+        .iter()
+        .enumerate()
+        .all(|(i, a)| i == 2 || matches!(a, Ok(Outcome::Duplicate))));
+    // A copy of an event whose first copy failed is to be redelivered, not skipped.
+    let fresh = event(104);
+    let answers = g
+        .run_batch(&[fresh.clone(), fresh], |_| async { Err::<(), _>(Boom) })
+        .await;
+    assert!(matches!(answers[0], Err(GuardError::Handler(Boom))));
+    assert!(matches!(answers[1], Err(GuardError::InProgress)));
+}
+
+/// `run_batch` runs handlers concurrently, never more than `batch_concurrency` at once,
+/// and skips events another consumer holds.
+pub async fn guard_batch_bounds_concurrency(f: &impl StoreFactory) {
+    let g = guard(
+        f,
+        config(&unique_service("batch-bound")).batch_concurrency(3),
+    )
+    .await;
+    let other = f.create().await;
+    let batch: Vec<EventEnvelope> = (200..212).map(event).collect();
+    let held = g.key_for(&batch[11]).expect("key");
+    assert_eq!(
+        other
+            .try_claim(&held, "someone", LONG)
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let answers = g
+        .run_batch(&batch, |_| {
+            let (now, peak) = (Arc::clone(&now), Arc::clone(&peak));
+            async move {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, Boom>(())
+            }
+        })
+        .await;
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        3,
+        "ran 3 at a time, never more"
+    );
+    assert!(answers[..11]
+        .iter()
+        .all(|a| matches!(a, Ok(Outcome::Processed(())))));
+    assert!(matches!(answers[11], Err(GuardError::InProgress)));
+}
+
+/// A batch handler that panics has its claim released, the rest of the batch is
+/// completed, then the panic is resumed.
+pub async fn guard_batch_settles_then_resumes_a_panic(f: &impl StoreFactory) {
+    let g = guard(f, config(&unique_service("batch-panic"))).await;
+    let batch: Vec<EventEnvelope> = (300..303).map(event).collect();
+    let task = tokio::spawn({
+        let (g, batch) = (g.clone(), batch.clone());
+        async move {
+            g.run_batch(&batch, |e| {
+                let boom = e.event_id.as_deref() == Some("event-301");
+                async move {
+                    tokio::task::yield_now().await;
+                    if boom {
+                        panic!("handler panicked on purpose");
+                    }
+                    Ok::<_, Boom>(())
+                }
+            })
+            .await
+        }
+    });
+    assert!(task.await.expect_err("the panic propagates").is_panic());
+    let state = |e: &EventEnvelope| {
+        let key = g.key_for(e).expect("key");
+        let store = Arc::clone(g.store());
+        async move { record(&store, &key).await.map(|r| r.state) }
+    };
+    assert_eq!(state(&batch[0]).await, Some(RecordState::Completed));
+    assert_eq!(
+        state(&batch[1]).await,
+        None,
+        "the panicked event is released"
+    );
+    assert_eq!(state(&batch[2]).await, Some(RecordState::Completed));
+    assert_eq!(g.stats().handler_panics, 1);
+}
+
+/// Dropping a `run_batch` future mid-batch completes the events whose handlers had
+/// succeeded and releases the others.
+pub async fn guard_batch_settles_its_claims_when_dropped(f: &impl StoreFactory) {
+    let g = guard(
+        f,
+        config(&unique_service("batch-drop")).processing_ttl(LONG),
+    )
+    .await;
+    let batch: Vec<EventEnvelope> = (400..402).map(event).collect();
+    let first_done = Arc::new(tokio::sync::Notify::new());
+    let run = g.run_batch(&batch, |e| {
+        let quick = e.event_id.as_deref() == Some("event-400");
+        let first_done = Arc::clone(&first_done);
+        async move {
+            if quick {
+                first_done.notify_one();
+                return Ok::<_, Boom>(());
+            }
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+    tokio::select! {
+        _ = run => panic!("the second handler never finishes"),
+        _ = async {
+            first_done.notified().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        } => {}
+    }
+    let keys: Vec<String> = batch.iter().map(|e| g.key_for(e).expect("key")).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let done = record(g.store(), &keys[0]).await.map(|r| r.state);
+        let held = record(g.store(), &keys[1]).await;
+        if done == Some(RecordState::Completed) && held.is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled 5 s after the drop: {done:?} {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(g.stats().cancelled, 1);
+}
+
+/// A batch whose claim call fails follows the fail mode: `Open` runs every handler
+/// unprotected, `Closed` runs none.
+pub async fn guard_batch_applies_the_fail_mode(f: &impl StoreFactory) {
+    let faulty = FaultyStore::new(f.create().await);
+    let control = faulty.control();
+    let service = unique_service("batch-faults");
+    let build = |mode| {
+        config(&service)
+            .on_store_error(mode)
+            .build()
+            .expect("config")
+    };
+    let open = Guard::new(faulty.clone(), build(FailMode::Open));
+    let closed = Guard::new(faulty, build(FailMode::Closed));
+    let batch: Vec<EventEnvelope> = (500..503).map(event).collect();
+    control.set(Fault::Fail);
+    let runs = AtomicUsize::new(0);
+    let answers = open
+        .run_batch(&batch, |_| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Boom>(1) }
+        })
+        .await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Ok(Outcome::Unprotected(1)))),
+        "{answers:?}"
+    );
+    assert_eq!(open.stats().unprotected, 3);
+    let answers = closed
+        .run_batch(&batch, |_| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Boom>(1) }
+        })
+        .await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Err(GuardError::Store(_)))),
+        "{answers:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "closed ran none");
+    control.set(Fault::None);
+}
+
+/// A batch handler slower than the lease keeps its claim: the batch renews it.
+pub async fn guard_batch_renews_the_leases_of_slow_handlers(f: &impl StoreFactory) {
+    let g = guard(
+        f,
+        config(&unique_service("batch-heartbeat")).processing_ttl(SHORT),
+    )
+    .await;
+    let other = f.create().await;
+    let batch: Vec<EventEnvelope> = (600..602).map(event).collect();
+    let keys: Vec<String> = batch.iter().map(|e| g.key_for(e).expect("key")).collect();
+    let answers = g
+        .run_batch(&batch, |_| {
+            let (other, keys) = (&other, &keys);
+            async move {
+                tokio::time::sleep(PAST_SHORT).await;
+                // Past the lease, the claims are still ours.
+                for key in keys {
+                    assert_eq!(
+                        other.try_claim(key, "thief", LONG).await.expect("claim"),
+                        Claim::InProgress
+                    );
+                }
+                Ok::<_, Boom>(())
+            }
+        })
+        .await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Ok(Outcome::Processed(())))),
+        "{answers:?}"
+    );
+    assert_eq!(g.stats().claims_lost, 0);
+}
+
+/// With deferred completion, `run` returns before the completion is written; the next
+/// claim carries it, `flush` writes it, a timer writes it after the delay, and a
+/// redelivery to the same guard is a duplicate.
+pub async fn guard_defers_completion_to_the_next_claim(f: &impl StoreFactory) {
+    let service = unique_service("deferred");
+    let g = guard(
+        f,
+        config(&service).defer_completion(Duration::from_secs(3600)),
+    )
+    .await;
+    let (a, b, c) = (event(700), event(701), event(702));
+    let state = |e: &EventEnvelope| {
+        let key = g.key_for(e).expect("key");
+        let store = Arc::clone(g.store());
+        async move { record(&store, &key).await.map(|r| r.state) }
+    };
+    assert_eq!(
+        g.run(&a, async { Ok::<_, Boom>(1) }).await.expect("a"),
+        Outcome::Processed(1)
+    );
+    assert_eq!(state(&a).await, Some(RecordState::Processing), "deferred");
+    assert_eq!(
+        g.run(&b, async { Ok::<_, Boom>(2) }).await.expect("b"),
+        Outcome::Processed(2)
+    );
+    assert_eq!(
+        state(&a).await,
+        Some(RecordState::Completed),
+        "carried by b's claim"
+    );
+    assert_eq!(state(&b).await, Some(RecordState::Processing));
+    // b redelivered to this guard while its completion waits: a duplicate, not in progress.
+    assert_eq!(
+        g.run(&b, async { Ok::<_, Boom>(0) })
+            .await
+            .expect("b again"),
+        Outcome::Duplicate
+    );
+    assert_eq!(state(&b).await, Some(RecordState::Completed));
+    assert_eq!(
+        g.run(&c, async { Ok::<_, Boom>(3) }).await.expect("c"),
+        Outcome::Processed(3)
+    );
+    assert_eq!(g.flush().await.expect("flush"), 1);
+    assert_eq!(state(&c).await, Some(RecordState::Completed));
+    assert_eq!(g.flush().await.expect("nothing left"), 0);
+
+    // The timer: with a short delay and no next claim, the completion is written anyway.
+    let quick = guard(
+        f,
+        config(&service).defer_completion(Duration::from_millis(50)),
+    )
+    .await;
+    let d = event(703);
+    assert_eq!(
+        quick.run(&d, async { Ok::<_, Boom>(4) }).await.expect("d"),
+        Outcome::Processed(4)
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while state(&d).await != Some(RecordState::Completed) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not flushed 5 s after"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Dropping the guard writes what is still queued.
+    let dropped = guard(
+        f,
+        config(&service).defer_completion(Duration::from_secs(3600)),
+    )
+    .await;
+    let e = event(704);
+    assert_eq!(
+        dropped
+            .run(&e, async { Ok::<_, Boom>(5) })
+            .await
+            .expect("e"),
+        Outcome::Processed(5)
+    );
+    drop(dropped);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while state(&e).await != Some(RecordState::Completed) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not flushed 5 s after the drop"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(g.stats().processed, 3);
+}
+
+/// A consumer that dies with a completion still deferred: the event is not lost; after
+/// the lease a redelivery processes it again (the documented cost of deferring).
+pub async fn guard_deferred_completion_lost_in_a_crash_costs_a_rerun(f: &impl StoreFactory) {
+    let service = unique_service("deferred-crash");
+    let crashed = guard(
+        f,
+        config(&service)
+            .processing_ttl(SHORT)
+            .defer_completion(Duration::from_secs(3600)),
+    )
+    .await;
+    let e = event(800);
+    assert_eq!(
+        crashed
+            .run(&e, async { Ok::<_, Boom>(()) })
+            .await
+            .expect("run"),
+        Outcome::Processed(())
+    );
+    // The process dies: its queue is gone, nothing flushes it.
+    std::mem::forget(crashed);
+    let survivor = guard(f, config(&service)).await;
+    assert!(matches!(
+        survivor.run(&e, async { Ok::<_, Boom>(()) }).await,
+        Err(GuardError::InProgress)
+    ));
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(
+        survivor
+            .run(&e, async { Ok::<_, Boom>(()) })
+            .await
+            .expect("after the lease"),
+        Outcome::Processed(())
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // Fault injection
 // ---------------------------------------------------------------------------------------
 
@@ -1017,6 +1677,44 @@ impl<S: IdempotencyStore + 'static> IdempotencyStore for FaultyStore<S> {
         self.gate().await?;
         self.inner.get(key).await
     }
+    async fn try_claim_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        self.gate().await?;
+        self.inner.try_claim_many(keys, owner, lease).await
+    }
+    async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
+        self.gate().await?;
+        self.inner.complete_many(completions).await
+    }
+    async fn release_many(&self, keys: &[String], owner: &str) -> Result<Vec<bool>, StoreError> {
+        self.gate().await?;
+        self.inner.release_many(keys, owner).await
+    }
+    async fn extend_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.gate().await?;
+        self.inner.extend_many(keys, owner, lease).await
+    }
+    async fn complete_then_claim(
+        &self,
+        completions: &[Completion],
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Vec<bool>, Claim), StoreError> {
+        self.gate().await?;
+        self.inner
+            .complete_then_claim(completions, key, owner, lease)
+            .await
+    }
     fn backend_name(&self) -> &'static str {
         self.inner.backend_name()
     }
@@ -1055,6 +1753,19 @@ macro_rules! conformance_tests {
             guard_isolates_services,
             guard_rejects_unidentifiable_events,
             guard_applies_the_fail_mode_when_the_store_fails,
+            claim_many_answers_each_key_in_order,
+            batch_transitions_are_owner_checked,
+            complete_then_claim_completes_then_claims,
+            batch_calls_refuse_a_key_twice,
+            concurrent_batches_have_one_winner_per_key,
+            guard_batch_answers_each_event_in_order,
+            guard_batch_bounds_concurrency,
+            guard_batch_settles_then_resumes_a_panic,
+            guard_batch_settles_its_claims_when_dropped,
+            guard_batch_applies_the_fail_mode,
+            guard_batch_renews_the_leases_of_slow_handlers,
+            guard_defers_completion_to_the_next_claim,
+            guard_deferred_completion_lost_in_a_crash_costs_a_rerun,
         );
     };
     (@each $factory:path; $($check:ident),* $(,)?) => {

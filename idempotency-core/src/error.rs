@@ -44,6 +44,9 @@ pub enum ConfigError {
     /// An event type given a TTL is empty.
     #[error("an event type given a TTL must not be empty")]
     EmptyEventType,
+    /// `batch_concurrency` is zero: no handler of a batch could ever run.
+    #[error("batch concurrency must be at least 1")]
+    ZeroBatchConcurrency,
 }
 
 /// Why [`EventEnvelope::from_slice`](crate::EventEnvelope::from_slice) could not read a payload.
@@ -174,6 +177,29 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The same error again, for each event of a batch that one failed call answered.
+    /// A client error's source is kept by the first copy only; the others carry its message.
+    pub(crate) fn again(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable { message, .. } => StoreError::Unavailable {
+                message: message.clone(),
+                source: None,
+            },
+            StoreError::Timeout { operation, timeout } => StoreError::Timeout {
+                operation,
+                timeout: *timeout,
+            },
+            StoreError::CircuitOpen { retry_in } => StoreError::CircuitOpen {
+                retry_in: *retry_in,
+            },
+            StoreError::InvalidData { key, detail } => StoreError::InvalidData {
+                key: key.clone(),
+                detail: detail.clone(),
+            },
+            StoreError::InvalidArgument(m) => StoreError::InvalidArgument(m.clone()),
+        }
+    }
+
     /// Wraps a client error as [`StoreError::Unavailable`].
     ///
     /// ```

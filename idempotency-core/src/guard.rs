@@ -14,7 +14,7 @@ use crate::breaker::Breaker;
 use crate::config::{FailMode, IdempotencyConfig};
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, IdentityError, StoreError};
-use crate::store::{Claim, IdempotencyStore};
+use crate::store::{Claim, Completion, IdempotencyStore};
 
 /// What happened to an event that [`Guard::run`] let through or skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +119,14 @@ struct GuardInner {
     config: IdempotencyConfig,
     counters: Counters,
     breaker: Breaker,
+    /// Completions waiting to travel with the next claim (`defer_completion`).
+    deferred: std::sync::Mutex<Vec<Completion>>,
+    /// Whether a timer will flush `deferred`.
+    flush_scheduled: std::sync::atomic::AtomicBool,
 }
+
+/// How many deferred completions make the guard flush at once rather than wait.
+const MAX_DEFERRED: usize = 256;
 
 impl std::fmt::Debug for Guard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -203,6 +210,8 @@ macro_rules! debug_decision {
     };
 }
 
+mod batch;
+
 impl Guard {
     /// A guard over `store` with `config`.
     pub fn new<S>(store: S, config: IdempotencyConfig) -> Self
@@ -221,6 +230,8 @@ impl Guard {
                 config,
                 counters: Counters::default(),
                 breaker: Breaker::new(threshold, cooldown),
+                deferred: std::sync::Mutex::new(Vec::new()),
+                flush_scheduled: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -319,6 +330,21 @@ impl Guard {
         };
         let result = self.drive(&ctx, &pending.owner, handler).await;
         match result {
+            Ok(Ok(value)) if config.deferred_completion().is_some() => {
+                pending.on_drop = OnDrop::Nothing;
+                bump(&counters.processed);
+                self.defer(Completion {
+                    key: key.clone(),
+                    owner: std::mem::take(&mut pending.owner),
+                    ttl: ctx.ttl,
+                });
+                debug_decision!(
+                    ctx,
+                    "completion_deferred",
+                    "EVENT_PROCESSED: Event processed; its completion travels with the next claim"
+                );
+                Ok(Outcome::Processed(value))
+            }
             Ok(Ok(value)) => {
                 pending.on_drop = OnDrop::Complete;
                 let t = Instant::now();
@@ -583,16 +609,47 @@ impl Guard {
         let config = &self.inner.config;
         let deadline = tokio::time::Instant::now() + config.in_progress_wait();
         let mut backoff = Duration::from_millis(10);
+        let mut deferred = self.take_deferred();
+        if deferred.iter().any(|c| c.key == ctx.key) {
+            // A redelivery of an event whose completion is still pending: complete first.
+            let t = Instant::now();
+            self.complete_deferred(std::mem::take(&mut deferred)).await;
+            ctx.store_time += t.elapsed();
+        }
         loop {
             let t = Instant::now();
-            let claim = self
-                .timed(
+            let claim = if deferred.is_empty() {
+                self.timed(
                     "try_claim",
                     self.inner
                         .store
                         .try_claim(ctx.key, owner, config.processing_ttl()),
                 )
-                .await;
+                .await
+            } else {
+                let completions = std::mem::take(&mut deferred);
+                let answer = self
+                    .timed(
+                        "complete_then_claim",
+                        self.inner.store.complete_then_claim(
+                            &completions,
+                            ctx.key,
+                            owner,
+                            config.processing_ttl(),
+                        ),
+                    )
+                    .await;
+                match answer {
+                    Ok((done, claim)) => {
+                        self.log_deferred(&completions, Ok(done));
+                        Ok(claim)
+                    }
+                    Err(err) => {
+                        self.log_deferred(&completions, Err(err.again()));
+                        Err(err)
+                    }
+                }
+            };
             ctx.store_time += t.elapsed();
             let now = tokio::time::Instant::now();
             if !matches!(claim, Ok(Claim::InProgress)) || now >= deadline {
@@ -748,6 +805,123 @@ impl Guard {
         .await
     }
 
+    /// Writes the completions deferred so far (`defer_completion`) now, and returns how
+    /// many were written. Call it before shutting down; a completion not written is not
+    /// lost work, but a redelivery of its event after the lease runs the handler again.
+    pub async fn flush(&self) -> Result<usize, StoreError> {
+        let completions = self.take_deferred();
+        if completions.is_empty() {
+            return Ok(0);
+        }
+        let n = completions.len();
+        let done = self
+            .timed(
+                "complete_many",
+                self.inner.store.complete_many(&completions),
+            )
+            .await;
+        let failed = done.as_ref().err().map(StoreError::again);
+        self.log_deferred(&completions, done);
+        match failed {
+            Some(err) => Err(err),
+            None => Ok(n),
+        }
+    }
+
+    /// The deferred completions, taken out of the queue.
+    fn take_deferred(&self) -> Vec<Completion> {
+        if self.inner.config.deferred_completion().is_none() {
+            return Vec::new();
+        }
+        match self.inner.deferred.lock() {
+            Ok(mut queue) => std::mem::take(&mut *queue),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+
+    /// Completes `completions` now (errors are logged).
+    async fn complete_deferred(&self, completions: Vec<Completion>) {
+        if completions.is_empty() {
+            return;
+        }
+        let done = self
+            .timed(
+                "complete_many",
+                self.inner.store.complete_many(&completions),
+            )
+            .await;
+        self.log_deferred(&completions, done);
+    }
+
+    /// Queues a completion; the next claim carries it, or a timer flushes it after the
+    /// configured delay, or it is flushed at once when the queue is full.
+    fn defer(&self, completion: Completion) {
+        let Some(delay) = self.inner.config.deferred_completion() else {
+            return;
+        };
+        let len = {
+            let mut queue = match self.inner.deferred.lock() {
+                Ok(queue) => queue,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            queue.push(completion);
+            queue.len()
+        };
+        let full = len >= MAX_DEFERRED;
+        if !full && self.inner.flush_scheduled.swap(true, Ordering::AcqRel) {
+            return; // a timer is already set
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // flushed by the next claim, by `flush`, or when the guard is dropped
+        };
+        let inner = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            if !full {
+                tokio::time::sleep(delay).await;
+            }
+            let Some(inner) = inner.upgrade() else {
+                return; // the guard's drop flushed
+            };
+            if !full {
+                inner.flush_scheduled.store(false, Ordering::Release);
+            }
+            let guard = Guard { inner };
+            let completions = guard.take_deferred();
+            guard.complete_deferred(completions).await;
+        });
+    }
+
+    /// Counts and logs the answers to deferred completions.
+    fn log_deferred(&self, completions: &[Completion], done: Result<Vec<bool>, StoreError>) {
+        let counters = &self.inner.counters;
+        let service = self.inner.config.service_name();
+        match done {
+            Ok(flags) => {
+                for (c, done) in completions.iter().zip(flags) {
+                    if !done {
+                        bump(&counters.claims_lost);
+                        tracing::error!(
+                            service,
+                            key = c.key.as_str(),
+                            action = "claim_lost",
+                            "CLAIM_LOST: Event processed, but its claim had expired before its deferred completion; raise processing_ttl"
+                        );
+                    }
+                }
+            }
+            Err(err) => {
+                bump(&counters.store_errors);
+                tracing::error!(
+                    service,
+                    completions = completions.len(),
+                    action = "complete_failed",
+                    error = %err,
+                    "STORE_ERROR: Writing deferred completions failed; a redelivery of those events after the lease may process them again"
+                );
+            }
+        }
+    }
+
     /// Whether the circuit breaker currently refuses store calls.
     pub fn circuit_open(&self) -> bool {
         self.inner.breaker.is_open()
@@ -769,6 +943,41 @@ impl Guard {
             .breaker
             .record(permit, result.as_ref().map(|_| ()));
         result
+    }
+}
+
+impl Drop for GuardInner {
+    /// Deferred completions still queued when the last clone of a guard goes are written
+    /// by a spawned task (or, without a runtime, left to expire after the lease).
+    fn drop(&mut self) {
+        let queue = match self.deferred.get_mut() {
+            Ok(queue) => std::mem::take(queue),
+            Err(poisoned) => std::mem::take(poisoned.into_inner()),
+        };
+        if queue.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                completions = queue.len(),
+                "STORE_ERROR: Guard dropped outside a runtime with deferred completions; those claims expire after the lease"
+            );
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        let timeout = self.config.store_timeout();
+        runtime.spawn(async move {
+            match tokio::time::timeout(timeout, store.complete_many(&queue)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => tracing::error!(
+                    error = %err,
+                    "STORE_ERROR: Writing deferred completions at drop failed; those claims expire after the lease"
+                ),
+                Err(_) => tracing::error!(
+                    "STORE_ERROR: Writing deferred completions at drop timed out; those claims expire after the lease"
+                ),
+            }
+        });
     }
 }
 

@@ -23,9 +23,10 @@ mod store;
 /// Re-exported so that a store implementation needs no extra dependency.
 pub use async_trait::async_trait;
 pub use config::{
-    ConfigBuilder, FailMode, IdempotencyConfig, DEFAULT_BREAKER_COOLDOWN,
-    DEFAULT_BREAKER_THRESHOLD, DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL,
-    DEFAULT_STORE_TIMEOUT, DEFAULT_TTL, TTL_AGGREGATION, TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
+    ConfigBuilder, FailMode, IdempotencyConfig, DEFAULT_BATCH_CONCURRENCY,
+    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_EVENT_TYPE_TTLS,
+    DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT, DEFAULT_TTL,
+    TTL_AGGREGATION, TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
 };
 pub use envelope::EventEnvelope;
 pub use error::{BoxError, ConfigError, EnvelopeError, GuardError, IdentityError, StoreError};
@@ -33,5 +34,6 @@ pub use guard::{Guard, GuardStats, Outcome};
 pub use identity::{canonical_json, deterministic_hash, MAX_DEPTH};
 pub use key::{escape_event_type, unescape_event_type, MAX_EVENT_TYPE_SEGMENT};
 pub use store::{
-    check_arguments, Claim, IdempotencyStore, Record, RecordState, TransactionalStore,
+    check_arguments, check_many, Claim, Completion, IdempotencyStore, Record, RecordState,
+    TransactionalStore,
 };

@@ -85,10 +85,125 @@ pub trait IdempotencyStore: Send + Sync {
     /// Reads the record of `key`, if there is a live one.
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError>;
 
+    /// Claims every key of `keys` for `owner` for `lease`, as [`try_claim`] does for one,
+    /// and returns each key's answer in order. Backends that can do it in one round trip
+    /// (one Lua call, one SQL statement) override it; the default calls `try_claim` for each
+    /// key in turn. The keys must be distinct ([`check_many`]).
+    ///
+    /// When it fails, some keys may have been claimed: the caller releases them (or lets
+    /// their lease expire).
+    ///
+    /// [`try_claim`]: IdempotencyStore::try_claim
+    async fn try_claim_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        check_many(keys.iter().map(String::as_str))?;
+        let mut claims = Vec::with_capacity(keys.len());
+        for key in keys {
+            claims.push(self.try_claim(key, owner, lease).await?);
+        }
+        Ok(claims)
+    }
+
+    /// Completes each of `completions` as [`complete`](IdempotencyStore::complete) does
+    /// for one, and returns whether each was still held by its owner, in order. The default
+    /// calls `complete` for each in turn; the keys must be distinct.
+    async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
+        check_many(completions.iter().map(|c| c.key.as_str()))?;
+        let mut done = Vec::with_capacity(completions.len());
+        for c in completions {
+            done.push(self.complete(&c.key, &c.owner, c.ttl).await?);
+        }
+        Ok(done)
+    }
+
+    /// Releases `owner`'s claims on `keys` as [`release`](IdempotencyStore::release) does
+    /// for one, and returns whether each was released, in order. The default calls
+    /// `release` for each in turn; the keys must be distinct.
+    async fn release_many(&self, keys: &[String], owner: &str) -> Result<Vec<bool>, StoreError> {
+        check_many(keys.iter().map(String::as_str))?;
+        let mut released = Vec::with_capacity(keys.len());
+        for key in keys {
+            released.push(self.release(key, owner).await?);
+        }
+        Ok(released)
+    }
+
+    /// Renews `owner`'s claims on `keys` as [`extend`](IdempotencyStore::extend) does for
+    /// one, and returns whether each was renewed, in order. The default calls `extend` for
+    /// each in turn; the keys must be distinct.
+    async fn extend_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        check_many(keys.iter().map(String::as_str))?;
+        let mut renewed = Vec::with_capacity(keys.len());
+        for key in keys {
+            renewed.push(self.extend(key, owner, lease).await?);
+        }
+        Ok(renewed)
+    }
+
+    /// Completes `completions`, then claims `key`: the deferred completions of earlier
+    /// events travel with the next claim. Returns what [`complete_many`] and
+    /// [`try_claim`] would. Backends that can do both in one round trip override it; the
+    /// default makes the two calls. `key` must not be one of the completions' keys.
+    ///
+    /// [`complete_many`]: IdempotencyStore::complete_many
+    /// [`try_claim`]: IdempotencyStore::try_claim
+    async fn complete_then_claim(
+        &self,
+        completions: &[Completion],
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Vec<bool>, Claim), StoreError> {
+        check_many(completions.iter().map(|c| c.key.as_str()).chain([key]))?;
+        let done = if completions.is_empty() {
+            Vec::new()
+        } else {
+            self.complete_many(completions).await?
+        };
+        let claim = self.try_claim(key, owner, lease).await?;
+        Ok((done, claim))
+    }
+
     /// A short name of the backend for logs and errors: `"memory"`, `"redis"`, ...
     fn backend_name(&self) -> &'static str {
         "store"
     }
+}
+
+/// One completion of a batch or of deferred completion: mark `key` completed for `ttl`,
+/// only if `owner` still holds its claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The key.
+    pub key: String,
+    /// The owner token of the claim.
+    pub owner: String,
+    /// How long the completed record is kept.
+    pub ttl: Duration,
+}
+
+/// Checks that the keys of a batch call are distinct: a key twice in one call has no
+/// well-defined answer (and one SQL statement cannot touch a row twice). Backends call it
+/// first so that they all reject the same input the same way.
+pub fn check_many<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<(), StoreError> {
+    let mut seen = std::collections::HashSet::new();
+    for key in keys {
+        if !seen.insert(key) {
+            return Err(StoreError::InvalidArgument(format!(
+                "key {key:?} appears twice in one batch"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -116,6 +231,44 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
         (**self).get(key).await
+    }
+
+    async fn try_claim_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        (**self).try_claim_many(keys, owner, lease).await
+    }
+
+    async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
+        (**self).complete_many(completions).await
+    }
+
+    async fn release_many(&self, keys: &[String], owner: &str) -> Result<Vec<bool>, StoreError> {
+        (**self).release_many(keys, owner).await
+    }
+
+    async fn extend_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        (**self).extend_many(keys, owner, lease).await
+    }
+
+    async fn complete_then_claim(
+        &self,
+        completions: &[Completion],
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Vec<bool>, Claim), StoreError> {
+        (**self)
+            .complete_then_claim(completions, key, owner, lease)
+            .await
     }
 
     fn backend_name(&self) -> &'static str {

@@ -1,0 +1,658 @@
+//! `Guard::run_batch`: a whole batch of events in two store round trips.
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use tracing::Level;
+
+use super::{bump, new_owner, Ctx, Guard, GuardInner, Outcome};
+use crate::envelope::EventEnvelope;
+use crate::error::{GuardError, StoreError};
+use crate::store::{Claim, Completion};
+
+/// One event's answer in a batch.
+type BatchResult<T, E> = Result<Outcome<T>, GuardError<E>>;
+
+/// A handler's end: its result, or the panic it raised.
+type Ended<T, E> = Result<Result<T, E>, Box<dyn std::any::Any + Send>>;
+
+/// What [`Guard::run_batch`] does with a claim it holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Release,
+    Complete,
+    Nothing,
+}
+
+impl Guard {
+    /// Runs `handler` for each event of `envelopes` that was not processed before, with two
+    /// store round trips for the whole batch (one claim call, one completion call), and
+    /// returns each event's answer in the order of `envelopes`.
+    ///
+    /// Each event gets what [`Guard::run`] would give it: `Processed`, `Duplicate`,
+    /// `Unprotected` (store down, `FailMode::Open`), or an error (`InProgress`, `Handler`,
+    /// `Store`, `InvalidEvent`). An event that cannot be identified fails alone; the rest
+    /// of the batch goes on.
+    ///
+    /// - The new events' handlers run concurrently in this task, at most
+    ///   [`batch_concurrency`](crate::ConfigBuilder::batch_concurrency) at once; the claims
+    ///   of all of them are renewed together while any runs.
+    /// - Then the successes are completed and the failures released, in one round trip
+    ///   each, sent at once.
+    /// - The same event twice in one batch runs once: the later copies answer `Duplicate`
+    ///   when the first was processed, `InProgress` when it was not (redeliver them).
+    /// - A handler that panics has its claim released; the other events are settled, then
+    ///   the panic is resumed.
+    /// - This future dropped mid-batch: the claims are settled by a spawned task (completed
+    ///   for handlers that had succeeded, released for the rest).
+    /// - `in_progress_wait` does not apply: an event another consumer holds answers
+    ///   `InProgress` at once.
+    ///
+    /// ```
+    /// use eventonce_core::{EventEnvelope, Guard, IdempotencyConfig, IdempotencyStore, Outcome};
+    ///
+    /// async fn consume(guard: &Guard, batch: &[EventEnvelope]) {
+    ///     let answers = guard
+    ///         .run_batch(batch, |event| async move {
+    ///             // apply the event's effect
+    ///             Ok::<_, std::io::Error>(event.event_type.len())
+    ///         })
+    ///         .await;
+    ///     for (event, answer) in batch.iter().zip(answers) {
+    ///         match answer {
+    ///             Ok(Outcome::Processed(_) | Outcome::Duplicate | Outcome::Unprotected(_)) => {}
+    ///             Err(err) => eprintln!("{:?}: redeliver ({err})", event.event_id),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub async fn run_batch<'a, H, F, T, E>(
+        &self,
+        envelopes: &'a [EventEnvelope],
+        mut handler: H,
+    ) -> Vec<BatchResult<T, E>>
+    where
+        H: FnMut(&'a EventEnvelope) -> F,
+        F: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let started = Instant::now();
+        let config = &self.inner.config;
+        let mut answers: Vec<Option<BatchResult<T, E>>> = envelopes.iter().map(|_| None).collect();
+
+        // Identify every event; the first copy of each key is the one that runs.
+        let mut ids: Vec<Option<(String, String)>> = Vec::with_capacity(envelopes.len());
+        for (i, envelope) in envelopes.iter().enumerate() {
+            match self.identify::<E>(envelope) {
+                Ok(id) => ids.push(Some(id)),
+                Err(err) => {
+                    ids.push(None);
+                    answers[i] = Some(Err(err));
+                }
+            }
+        }
+        let mut first_of: HashMap<&str, usize> = HashMap::new();
+        let mut unique = Vec::new();
+        let mut copies = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if let Some((_, key)) = id {
+                match first_of.get(key.as_str()) {
+                    Some(&first) => copies.push((i, first)),
+                    None => {
+                        first_of.insert(key, i);
+                        unique.push(i);
+                    }
+                }
+            }
+        }
+        let mut ctxs: Vec<Option<Ctx<'_>>> = ids
+            .iter()
+            .zip(envelopes)
+            .map(|(id, envelope)| {
+                id.as_ref()
+                    .map(|(hash, key)| Ctx::new(config, envelope, hash, key, started))
+            })
+            .collect();
+        let key_of = |i: usize| ids[i].as_ref().map(|(_, k)| k.clone()).unwrap_or_default();
+
+        // One round trip claims the batch.
+        let owner = new_owner();
+        let keys: Vec<String> = unique.iter().map(|&i| key_of(i)).collect();
+        let t = Instant::now();
+        let claims = if keys.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.timed(
+                "try_claim_many",
+                self.inner
+                    .store
+                    .try_claim_many(&keys, &owner, config.processing_ttl()),
+            )
+            .await
+        };
+        let claim_time = t.elapsed();
+        for ctx in ctxs.iter_mut().flatten() {
+            ctx.store_time += claim_time;
+        }
+        let claims = match claims {
+            Ok(claims) if claims.len() == keys.len() => Some(claims),
+            Ok(claims) => {
+                let err = StoreError::InvalidData {
+                    key: keys[0].clone(),
+                    detail: format!("{} answers to {} claims", claims.len(), keys.len()),
+                };
+                self.batch_store_failed(err, &unique, &ctxs, &mut answers);
+                None
+            }
+            Err(err) => {
+                self.batch_store_failed(err, &unique, &ctxs, &mut answers);
+                None
+            }
+        };
+        let Some(claims) = claims else {
+            // The store failed: FailMode::Open runs every handler unprotected (Closed has
+            // answered them all already).
+            let open: Vec<usize> = unique
+                .iter()
+                .copied()
+                .filter(|&i| answers[i].is_none())
+                .collect();
+            self.run_unprotected(envelopes, &open, &ctxs, &mut handler, &mut answers)
+                .await;
+            self.answer_copies(&copies, &ctxs, &mut answers);
+            return answers.into_iter().map(finish).collect();
+        };
+
+        let mut acquired = Vec::new();
+        for (&i, claim) in unique.iter().zip(claims) {
+            let Some(ctx) = ctxs[i].as_ref() else {
+                continue;
+            };
+            match claim {
+                Claim::Acquired => {
+                    debug_decision!(
+                        ctx,
+                        "claimed",
+                        "CLAIM_ACQUIRED: Event claimed for processing"
+                    );
+                    acquired.push(i);
+                }
+                Claim::Completed => answers[i] = Some(Ok(self.duplicate(ctx))),
+                Claim::InProgress => answers[i] = Some(Err(self.in_progress(ctx))),
+            }
+        }
+
+        // From here on the claims are ours: whatever happens, they are settled.
+        let mut pending = PendingBatch {
+            guard: Arc::clone(&self.inner),
+            owner,
+            keys: acquired.iter().map(|&i| key_of(i)).collect(),
+            ttls: acquired
+                .iter()
+                .map(|&i| ctxs[i].as_ref().map(|c| c.ttl).unwrap_or_default())
+                .collect(),
+            settle: vec![Settle::Release; acquired.len()],
+        };
+        let ended = self
+            .drive_batch(envelopes, &acquired, &mut handler, &mut pending)
+            .await;
+
+        // One round trip completes the successes, one (sent at the same time) releases
+        // the failures.
+        let mut completions = Vec::new();
+        let mut releases = Vec::new();
+        for (slot, ended) in ended.iter().enumerate() {
+            let key = pending.keys[slot].clone();
+            match ended {
+                Some(Ok(Ok(_))) => completions.push(Completion {
+                    key,
+                    owner: pending.owner.clone(),
+                    ttl: pending.ttls[slot],
+                }),
+                _ => releases.push(key),
+            }
+        }
+        let t = Instant::now();
+        let (completed, released) = futures_util::future::join(
+            async {
+                if completions.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.timed(
+                    "complete_many",
+                    self.inner.store.complete_many(&completions),
+                )
+                .await
+            },
+            async {
+                if releases.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.timed(
+                    "release_many",
+                    self.inner.store.release_many(&releases, &pending.owner),
+                )
+                .await
+            },
+        )
+        .await;
+        pending.settle.fill(Settle::Nothing);
+        let settle_time = t.elapsed();
+        for &i in &acquired {
+            if let Some(ctx) = ctxs[i].as_mut() {
+                ctx.store_time += settle_time;
+            }
+        }
+
+        let mut completed = match completed {
+            Ok(flags) => flags.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(err) => completions.iter().map(|_| Err(err.again())).collect(),
+        }
+        .into_iter();
+        let mut released = match released {
+            Ok(flags) => flags.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(err) => releases.iter().map(|_| Err(err.again())).collect(),
+        }
+        .into_iter();
+        let mut panic = None;
+        for (&i, ended) in acquired.iter().zip(ended) {
+            let Some(ctx) = ctxs[i].as_ref() else {
+                continue;
+            };
+            answers[i] = Some(match ended {
+                Some(Ok(Ok(value))) => {
+                    self.log_completion(ctx, completed.next());
+                    Ok(Outcome::Processed(value))
+                }
+                Some(Ok(Err(err))) => {
+                    bump(&self.inner.counters.handler_failures);
+                    let released = self.log_release(ctx, released.next());
+                    decision!(
+                        Level::ERROR,
+                        ctx,
+                        "released",
+                        error = %err,
+                        released,
+                        "PROCESSING_FAILED: Handler failed, claim released so a redelivery can retry"
+                    );
+                    Err(GuardError::Handler(err))
+                }
+                Some(Err(payload)) => {
+                    bump(&self.inner.counters.handler_panics);
+                    let released = self.log_release(ctx, released.next());
+                    decision!(
+                        Level::ERROR,
+                        ctx,
+                        "released",
+                        released,
+                        "PROCESSING_FAILED: Handler panicked, claim released so a redelivery can retry"
+                    );
+                    panic.get_or_insert(payload);
+                    Err(GuardError::InProgress)
+                }
+                None => {
+                    // Not reachable: drive_batch ends every handler it starts.
+                    let _ = released.next();
+                    Err(GuardError::InProgress)
+                }
+            });
+        }
+        if let Some(payload) = panic {
+            resume_unwind(payload);
+        }
+        self.answer_copies(&copies, &ctxs, &mut answers);
+        answers.into_iter().map(finish).collect()
+    }
+
+    /// Polls the handlers of the claimed events, at most `batch_concurrency` at once, each
+    /// panic caught, renewing every claim still unsettled every third of the lease.
+    async fn drive_batch<'a, H, F, T, E>(
+        &self,
+        envelopes: &'a [EventEnvelope],
+        acquired: &[usize],
+        handler: &mut H,
+        pending: &mut PendingBatch,
+    ) -> Vec<Option<Ended<T, E>>>
+    where
+        H: FnMut(&'a EventEnvelope) -> F,
+        F: Future<Output = Result<T, E>>,
+    {
+        let config = &self.inner.config;
+        let lease = config.processing_ttl();
+        let period = (lease / 3).max(Duration::from_millis(1));
+        let bound = config.batch_concurrency();
+        let mut ended: Vec<Option<Ended<T, E>>> = acquired.iter().map(|_| None).collect();
+        let mut queue = acquired.iter().enumerate();
+        let mut running = FuturesUnordered::new();
+        let mut tick = pin!(tokio::time::sleep(period));
+        let mut renewing = true;
+        loop {
+            while running.len() < bound {
+                let Some((slot, &i)) = queue.next() else {
+                    break;
+                };
+                match catch_unwind(AssertUnwindSafe(|| handler(&envelopes[i]))) {
+                    Ok(future) => running
+                        .push(async move { (slot, AssertUnwindSafe(future).catch_unwind().await) }),
+                    Err(payload) => ended[slot] = Some(Err(payload)),
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            let next = poll_fn(|cx| {
+                if let Poll::Ready(Some(done)) = running.poll_next_unpin(cx) {
+                    return Poll::Ready(Some(done));
+                }
+                if tick.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await;
+            match next {
+                Some((slot, result)) => {
+                    if matches!(result, Ok(Ok(_))) {
+                        pending.settle[slot] = Settle::Complete;
+                    }
+                    ended[slot] = Some(result);
+                }
+                None => {
+                    tick.as_mut().reset(tokio::time::Instant::now() + period);
+                    if renewing {
+                        let keys: Vec<String> = ended
+                            .iter()
+                            .zip(&pending.keys)
+                            .filter(|(e, _)| e.is_none())
+                            .map(|(_, k)| k.clone())
+                            .collect();
+                        renewing = self.renew_batch(keys, &pending.owner, lease).await;
+                    }
+                }
+            }
+        }
+        ended
+    }
+
+    /// Renews the claims of the batch whose handlers have not ended. Returns whether to go
+    /// on renewing (not when every claim was found lost).
+    async fn renew_batch(&self, keys: Vec<String>, owner: &str, lease: Duration) -> bool {
+        if keys.is_empty() {
+            return true;
+        }
+        let renewed = self
+            .timed(
+                "extend_many",
+                self.inner.store.extend_many(&keys, owner, lease),
+            )
+            .await;
+        let service = self.inner.config.service_name();
+        match renewed {
+            Ok(flags) => {
+                let mut lost = 0;
+                for (key, renewed) in keys.iter().zip(&flags) {
+                    if !renewed {
+                        lost += 1;
+                        bump(&self.inner.counters.claims_lost);
+                        tracing::error!(
+                            service,
+                            key = key.as_str(),
+                            action = "lease_lost",
+                            "LEASE_LOST: The claim expired while the handler ran; another consumer may process the event"
+                        );
+                    }
+                }
+                lost < keys.len()
+            }
+            Err(err) => {
+                bump(&self.inner.counters.store_errors);
+                tracing::warn!(
+                    service,
+                    keys = keys.len(),
+                    action = "lease_renewal_failed",
+                    error = %err,
+                    "STORE_ERROR: Renewing the batch's claim leases failed; will retry"
+                );
+                true
+            }
+        }
+    }
+
+    /// The claim call of a batch failed: answers every event per the fail mode (those
+    /// `FailMode::Open` runs are left unanswered for [`Guard::run_unprotected`]).
+    fn batch_store_failed<T, E>(
+        &self,
+        err: StoreError,
+        unique: &[usize],
+        ctxs: &[Option<Ctx<'_>>],
+        answers: &mut [Option<BatchResult<T, E>>],
+    ) {
+        let counters = &self.inner.counters;
+        let backend = self.inner.store.backend_name();
+        bump(&counters.store_errors);
+        for &i in unique {
+            let Some(ctx) = ctxs[i].as_ref() else {
+                continue;
+            };
+            match self.inner.config.on_store_error() {
+                crate::FailMode::Closed => {
+                    bump(&counters.store_refusals);
+                    decision!(
+                        Level::ERROR,
+                        ctx,
+                        "fail_closed",
+                        store = backend,
+                        error = %err,
+                        "STORE_ERROR: Idempotency store unavailable, refusing to process (fail closed)"
+                    );
+                    answers[i] = Some(Err(GuardError::Store(err.again())));
+                }
+                crate::FailMode::Open => {
+                    bump(&counters.unprotected);
+                    decision!(
+                        Level::ERROR,
+                        ctx,
+                        "fail_open",
+                        store = backend,
+                        error = %err,
+                        "STORE_ERROR: Idempotency store unavailable, processing without protection (fail open)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Runs the handlers of `open` without protection, at most `batch_concurrency` at once.
+    async fn run_unprotected<'a, H, F, T, E>(
+        &self,
+        envelopes: &'a [EventEnvelope],
+        open: &[usize],
+        ctxs: &[Option<Ctx<'_>>],
+        handler: &mut H,
+        answers: &mut [Option<BatchResult<T, E>>],
+    ) where
+        H: FnMut(&'a EventEnvelope) -> F,
+        F: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let results: Vec<(usize, Result<T, E>)> = stream::iter(open.iter().copied())
+            .map(|i| {
+                let future = handler(&envelopes[i]);
+                async move { (i, future.await) }
+            })
+            .buffer_unordered(self.inner.config.batch_concurrency())
+            .collect()
+            .await;
+        for (i, result) in results {
+            answers[i] = Some(match result {
+                Ok(value) => Ok(Outcome::Unprotected(value)),
+                Err(err) => {
+                    bump(&self.inner.counters.handler_failures);
+                    if let Some(ctx) = ctxs[i].as_ref() {
+                        decision!(
+                            Level::ERROR,
+                            ctx,
+                            "failed_unprotected",
+                            error = %err,
+                            "PROCESSING_FAILED: Handler failed (unprotected run)"
+                        );
+                    }
+                    Err(GuardError::Handler(err))
+                }
+            });
+        }
+    }
+
+    /// Later copies of an event in the batch: a duplicate of a first copy that was
+    /// processed (or skipped as a duplicate), in progress otherwise.
+    fn answer_copies<T, E>(
+        &self,
+        copies: &[(usize, usize)],
+        ctxs: &[Option<Ctx<'_>>],
+        answers: &mut [Option<BatchResult<T, E>>],
+    ) {
+        for &(copy, first) in copies {
+            let Some(ctx) = ctxs[copy].as_ref() else {
+                continue;
+            };
+            answers[copy] = Some(match &answers[first] {
+                Some(Ok(_)) => Ok(self.duplicate(ctx)),
+                Some(Err(GuardError::Store(err))) => Err(GuardError::Store(err.again())),
+                _ => Err(self.in_progress(ctx)),
+            });
+        }
+    }
+
+    /// Counts and logs one completion of a batch.
+    fn log_completion(&self, ctx: &Ctx<'_>, done: Option<Result<bool, StoreError>>) {
+        let counters = &self.inner.counters;
+        bump(&counters.processed);
+        match done {
+            Some(Ok(true)) => {
+                debug_decision!(
+                    ctx,
+                    "completed",
+                    "EVENT_PROCESSED: Event processed and marked completed"
+                );
+            }
+            Some(Ok(false)) | None => {
+                bump(&counters.claims_lost);
+                decision!(
+                    Level::ERROR,
+                    ctx,
+                    "claim_lost",
+                    "CLAIM_LOST: Event processed, but its claim had expired and may have been taken over; raise processing_ttl"
+                );
+            }
+            Some(Err(err)) => {
+                bump(&counters.store_errors);
+                decision!(
+                    Level::ERROR,
+                    ctx,
+                    "complete_failed",
+                    error = %err,
+                    "STORE_ERROR: Event processed, but marking it completed failed; a redelivery after the lease may process it again"
+                );
+            }
+        }
+    }
+
+    /// Whether one release of a batch happened; a failed one is logged.
+    fn log_release(&self, ctx: &Ctx<'_>, released: Option<Result<bool, StoreError>>) -> bool {
+        match released {
+            Some(Ok(released)) => released,
+            Some(Err(err)) => {
+                bump(&self.inner.counters.store_errors);
+                decision!(
+                    Level::ERROR,
+                    ctx,
+                    "release_failed",
+                    error = %err,
+                    "STORE_ERROR: Releasing the claim failed; it expires after the lease"
+                );
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+/// Every slot of a finished batch holds an answer; an empty one would be a bug, answered
+/// as in progress (redeliver) rather than a panic.
+fn finish<T, E>(answer: Option<BatchResult<T, E>>) -> BatchResult<T, E> {
+    answer.unwrap_or(Err(GuardError::InProgress))
+}
+
+/// The claims of a batch still to settle if its future is dropped.
+struct PendingBatch {
+    guard: Arc<GuardInner>,
+    owner: String,
+    keys: Vec<String>,
+    ttls: Vec<Duration>,
+    settle: Vec<Settle>,
+}
+
+impl Drop for PendingBatch {
+    fn drop(&mut self) {
+        if self.settle.iter().all(|s| *s == Settle::Nothing) {
+            return;
+        }
+        bump(&self.guard.counters.cancelled);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                keys = self.keys.len(),
+                "RUN_CANCELLED: Batch dropped outside a runtime; its claims expire after the lease"
+            );
+            return;
+        };
+        let mut completions = Vec::new();
+        let mut releases = Vec::new();
+        for ((key, ttl), settle) in self.keys.drain(..).zip(&self.ttls).zip(&self.settle) {
+            match settle {
+                Settle::Complete => completions.push(Completion {
+                    key,
+                    owner: self.owner.clone(),
+                    ttl: *ttl,
+                }),
+                Settle::Release => releases.push(key),
+                Settle::Nothing => {}
+            }
+        }
+        tracing::warn!(
+            complete = completions.len(),
+            release = releases.len(),
+            "RUN_CANCELLED: Batch dropped mid-flight; settling its claims in the background"
+        );
+        let store = Arc::clone(&self.guard.store);
+        let owner = std::mem::take(&mut self.owner);
+        let timeout = self.guard.config.store_timeout();
+        runtime.spawn(async move {
+            let settle = async {
+                if !completions.is_empty() {
+                    store.complete_many(&completions).await?;
+                }
+                if !releases.is_empty() {
+                    store.release_many(&releases, &owner).await?;
+                }
+                Ok::<_, StoreError>(())
+            };
+            let result = tokio::time::timeout(timeout, settle).await;
+            if let Ok(Err(err)) | Err(err) = result.map_err(|_| StoreError::Timeout {
+                operation: "settle",
+                timeout,
+            }) {
+                tracing::error!(
+                    error = %err,
+                    "STORE_ERROR: Settling a cancelled batch's claims failed; they expire after the lease"
+                );
+            }
+        });
+    }
+}
