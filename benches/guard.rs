@@ -1,19 +1,27 @@
 //! What a guarded event costs, side by side with the floor it stands on: the same work
-//! done with the raw client. `make bench` runs it and prints medians and ratios
-//! (`benches/summary.py`, also written to `benches/RESULTS.md`).
+//! done with the raw client. `make bench` runs it and prints medians, p50/p99 per event and
+//! ratios (`benches/summary.py`, also written to `benches/RESULTS.md`).
 //!
 //! Groups: `memory` (bare moka insert vs `MemoryStore` through `Guard`), `redis` (raw
-//! `SET NX PX`; `SET NX PX` + an `EVALSHA` completion; the guard's new events and
-//! duplicates), `postgres` (raw `INSERT ... ON CONFLICT`; the guard's new events and
-//! duplicates). A group whose server is not reachable is skipped with a message.
+//! `SET NX PX`; `SET NX PX` + an `EVALSHA` completion; one `EVALSHA` claiming 100 keys;
+//! the guard's new events, duplicates, failures, deferred completion, cached duplicates,
+//! batches of 10/100/1000, and `FailMode::Open` with its Redis down), `postgres` (raw
+//! `INSERT ... ON CONFLICT`; the guard's new events, duplicates, deferred completion and
+//! a batch of 100). A group whose server is not reachable is skipped with a message.
+//!
+//! Besides criterion's medians, every row is timed once more event by event (or batch by
+//! batch) for its p50 and p99, written under `target/criterion-latency/`, and the Redis
+//! memory of a completed key is compared with a bare key of the same name.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use eventonce::{
-    EventEnvelope, Guard, IdempotencyConfig, MemoryStore, PostgresOptions, PostgresStore,
-    RedisStore,
+    CachedStore, EventEnvelope, FailMode, Guard, IdempotencyConfig, MemoryStore, PostgresOptions,
+    PostgresStore, RedisStore,
 };
 use serde_json::json;
 
@@ -31,6 +39,10 @@ fn event(n: u64) -> EventEnvelope {
     .with_event_id(format!("bench-{n}"))
 }
 
+fn batch(size: usize) -> Vec<EventEnvelope> {
+    (0..size).map(|_| event(unique())).collect()
+}
+
 fn run_id() -> String {
     format!(
         "{}-{}",
@@ -42,11 +54,15 @@ fn run_id() -> String {
     )
 }
 
-fn config(service: &str) -> IdempotencyConfig {
-    IdempotencyConfig::builder(service)
-        .key_prefix("huleedu:idempotency:bench")
-        .build()
-        .expect("config")
+fn config(service: &str) -> eventonce::ConfigBuilder {
+    IdempotencyConfig::builder(service).key_prefix("huleedu:idempotency:bench")
+}
+
+fn guard_on<S: eventonce::IdempotencyStore + 'static>(
+    store: S,
+    builder: eventonce::ConfigBuilder,
+) -> Guard {
+    Guard::new(store, builder.build().expect("config"))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -56,63 +72,180 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// The guard's rows every group has: new events, and the same event again.
-fn new_and_duplicate(
-    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+/// Whether criterion runs `group/name` in this invocation: no latency pass for a row the
+/// command line filtered out (a substring match of criterion's positional filter), nor
+/// under `--profile-time`, nor in `cargo test`'s quick check of the bench.
+fn selected(group: &str, name: &str) -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args
+        .iter()
+        .any(|a| a == "--profile-time" || a == "--test" || a == "--list")
+    {
+        return false;
+    }
+    const WITH_VALUE: &[&str] = &[
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--save-baseline",
+        "--baseline",
+        "--noise-threshold",
+        "--significance-level",
+        "--confidence-level",
+        "--nresamples",
+        "--output-format",
+        "--color",
+        "--plotting-backend",
+        "--format",
+    ];
+    let mut filter = None;
+    let mut skip = false;
+    for a in &args {
+        if skip {
+            skip = false;
+        } else if WITH_VALUE.contains(&a.as_str()) {
+            skip = true;
+        } else if !a.starts_with("--") {
+            filter = Some(a.clone());
+            break;
+        }
+    }
+    filter.is_none_or(|f| format!("{group}/{name}").contains(&f))
+}
+
+/// How many events (or batches) the latency pass of a row times one by one.
+const LATENCY_SAMPLES: usize = 2000;
+
+/// Times `LATENCY_SAMPLES` calls of `call` one by one and writes the p50 and p99 per event
+/// (a batch's time divided by its size) to `target/criterion-latency/{group}/{name}.json`.
+fn latency<F, Fut>(
     rt: &tokio::runtime::Runtime,
+    group: &str,
+    name: &str,
+    events: usize,
+    mut call: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    if !selected(group, name) {
+        return;
+    }
+    let samples = (LATENCY_SAMPLES / events).clamp(50, LATENCY_SAMPLES);
+    let mut ns: Vec<f64> = rt.block_on(async {
+        let mut ns = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let t = Instant::now();
+            call().await;
+            ns.push(t.elapsed().as_nanos() as f64 / events as f64);
+        }
+        ns
+    });
+    ns.sort_by(f64::total_cmp);
+    let at = |q: f64| ns[((ns.len() - 1) as f64 * q).round() as usize];
+    write_extra(
+        group,
+        name,
+        json!({"group": group, "name": name, "p50_ns": at(0.50), "p99_ns": at(0.99), "samples": samples}),
+    );
+}
+
+fn write_extra(group: &str, name: &str, value: serde_json::Value) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/criterion-latency")
+        .join(group);
+    let _ = std::fs::create_dir_all(&dir);
+    let file: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let _ = std::fs::write(dir.join(format!("{file}.json")), value.to_string());
+}
+
+/// A criterion row and its latency pass, for one event per iteration.
+fn row<F, Fut>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    group: &str,
+    name: &str,
+    mut call: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(name, |b| b.to_async(rt).iter(&mut call));
+    latency(rt, group, name, 1, call);
+}
+
+/// The guard's rows every group has: new events, the same event again, a failing handler.
+fn guard_rows(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    group: &str,
     guard: &Guard,
 ) {
-    g.bench_function("guard: new event", |b| {
-        b.to_async(rt).iter(|| async {
-            let e = event(unique());
-            guard
-                .run(&e, async { Ok::<_, String>(()) })
-                .await
-                .expect("run")
-        })
+    row(g, rt, group, "guard: new event", || async {
+        let e = event(unique());
+        let _ = guard
+            .run(&e, async { Ok::<_, String>(()) })
+            .await
+            .expect("run");
     });
-    let dup = event(u64::MAX);
-    let _ = rt.block_on(async {
-        guard
+    let dup = event(u64::MAX - unique());
+    let _ = rt.block_on(guard.run(&dup, async { Ok::<_, String>(()) }));
+    row(g, rt, group, "guard: duplicate", || async {
+        let out = guard
             .run(&dup, async { Ok::<_, String>(()) })
             .await
-            .expect("first")
+            .expect("dup");
+        assert!(out.is_duplicate());
     });
-    g.bench_function("guard: duplicate", |b| {
-        b.to_async(rt).iter(|| async {
-            guard
-                .run(&dup, async { Ok::<_, String>(()) })
-                .await
-                .expect("dup")
-        })
+    row(g, rt, group, "guard: handler failure", || async {
+        let e = event(unique());
+        let _ = guard
+            .run(&e, async { Err::<(), _>("failed".to_owned()) })
+            .await;
     });
+}
+
+/// `run_batch` rows: new events in batches of `size`, criterion counting events.
+fn batch_row(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    group: &str,
+    guard: &Guard,
+    size: usize,
+) {
+    let name = format!("guard: batch of {size}");
+    let call = || async {
+        let events = batch(size);
+        let answers = guard
+            .run_batch(&events, |_| async { Ok::<_, String>(()) })
+            .await;
+        assert!(answers.iter().all(|a| matches!(a, Ok(o) if !o.is_duplicate())));
+    };
+    g.throughput(Throughput::Elements(size as u64));
+    g.bench_function(&name, |b| b.to_async(rt).iter(call));
+    latency(rt, group, &name, size, call);
 }
 
 fn memory(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("memory");
     let cache: moka::future::Cache<String, u64> = moka::future::Cache::new(10_000_000);
-    g.bench_function("floor: moka insert", |b| {
-        b.to_async(&rt).iter(|| async {
-            let n = unique();
-            cache
-                .insert(format!("huleedu:idempotency:bench:svc:t:{n:032x}"), n)
-                .await;
-        })
+    row(&mut g, &rt, "memory", "floor: moka insert", || async {
+        let n = unique();
+        cache
+            .insert(format!("huleedu:idempotency:bench:svc:t:{n:032x}"), n)
+            .await;
     });
-    let guard = Guard::new(
+    let guard = guard_on(
         MemoryStore::with_capacity(10_000_000),
         config("bench-memory"),
     );
-    new_and_duplicate(&mut g, &rt, &guard);
-    g.bench_function("guard: handler failure", |b| {
-        b.to_async(&rt).iter(|| async {
-            let e = event(unique());
-            let _ = guard
-                .run(&e, async { Err::<(), _>("failed".to_owned()) })
-                .await;
-        })
-    });
+    guard_rows(&mut g, &rt, "memory", &guard);
+    batch_row(&mut g, &rt, "memory", &guard, 100);
     g.finish();
 }
 
@@ -133,7 +266,7 @@ fn redis_group(c: &mut Criterion) {
     let rt = runtime();
     let url =
         std::env::var("EVENTONCE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let Some((store, mut raw)) = rt.block_on(async {
+    let Some((store, raw)) = rt.block_on(async {
         let store = RedisStore::connect(&url).await.ok()?;
         let raw = redis::Client::open(url.as_str())
             .ok()?
@@ -149,19 +282,22 @@ fn redis_group(c: &mut Criterion) {
     let complete = redis::Script::new(
         "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], 'c', 'PX', ARGV[2]) and 1 end return 0",
     );
+    let claim_many = redis::Script::new(
+        "local out = {} for i = 1, #KEYS do out[i] = redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0 end return out",
+    );
     let mut g = c.benchmark_group("redis");
     g.measurement_time(Duration::from_secs(5));
-    g.bench_function("floor: SET NX PX (1 round trip)", |b| {
-        b.to_async(&rt).iter(|| {
-            let mut raw = raw.clone();
-            let key = format!("huleedu:idempotency:bench:{run}:raw:{}", unique());
-            async move {
-                set_nx_px(&mut raw, &key).await;
-            }
-        })
+    row(&mut g, &rt, "redis", "floor: SET NX PX (1 round trip)", || {
+        let mut raw = raw.clone();
+        let key = format!("huleedu:idempotency:bench:{run}:raw:{}", unique());
+        async move { set_nx_px(&mut raw, &key).await }
     });
-    g.bench_function("floor: SET NX PX + EVALSHA (2 round trips)", |b| {
-        b.to_async(&rt).iter(|| {
+    row(
+        &mut g,
+        &rt,
+        "redis",
+        "floor: SET NX PX + EVALSHA (2 round trips)",
+        || {
             let mut raw = raw.clone();
             let key = format!("huleedu:idempotency:bench:{run}:raw2:{}", unique());
             let complete = &complete;
@@ -175,13 +311,145 @@ fn redis_group(c: &mut Criterion) {
                     .await
                     .expect("evalsha");
             }
-        })
-    });
-    let guard = Guard::new(store, config(&format!("bench-redis-{run}")));
-    new_and_duplicate(&mut g, &rt, &guard);
+        },
+    );
+    let name = "floor: EVALSHA claiming 100 keys (1 round trip)";
+    let call = || {
+        let mut raw = raw.clone();
+        let mut invocation = claim_many.prepare_invoke();
+        for _ in 0..100 {
+            invocation.key(format!("huleedu:idempotency:bench:{run}:raw3:{}", unique()));
+        }
+        invocation.arg("p|owner").arg(300_000);
+        async move {
+            let _: Vec<i64> = invocation.invoke_async(&mut raw).await.expect("evalsha");
+        }
+    };
+    g.throughput(Throughput::Elements(100));
+    g.bench_function(name, |b| b.to_async(&rt).iter(call));
+    latency(&rt, "redis", name, 100, call);
+
+    let service = format!("bench-redis-{run}");
+    let guard = guard_on(store.clone(), config(&service));
+    guard_rows(&mut g, &rt, "redis", &guard);
+    let deferred = guard_on(
+        store.clone(),
+        config(&service).defer_completion(Duration::from_millis(5)),
+    );
+    row(
+        &mut g,
+        &rt,
+        "redis",
+        "guard: new event (deferred completion)",
+        || async {
+            let e = event(unique());
+            let _ = deferred
+                .run(&e, async { Ok::<_, String>(()) })
+                .await
+                .expect("run");
+        },
+    );
+    let _ = rt.block_on(deferred.flush());
+    let cached = guard_on(
+        CachedStore::new(store.clone(), 100_000, Duration::from_secs(60)),
+        config(&service),
+    );
+    let dup = event(u64::MAX - unique());
+    let _ = rt.block_on(cached.run(&dup, async { Ok::<_, String>(()) }));
+    row(
+        &mut g,
+        &rt,
+        "redis",
+        "guard: duplicate (local cache)",
+        || async {
+            let out = cached
+                .run(&dup, async { Ok::<_, String>(()) })
+                .await
+                .expect("dup");
+            assert!(out.is_duplicate());
+        },
+    );
+    for size in [10, 100, 1000] {
+        batch_row(&mut g, &rt, "redis", &guard, size);
+    }
+
+    // FailMode::Open with its Redis gone: the breaker answers, handlers run unprotected.
+    let mut doomed = eventonce_testkit::RedisProcess::start();
+    let down = rt
+        .block_on(RedisStore::connect(&doomed.url()))
+        .expect("throwaway redis");
+    doomed.kill();
+    let open = guard_on(
+        down,
+        config(&service)
+            .on_store_error(FailMode::Open)
+            .store_timeout(Duration::from_millis(100)),
+    );
+    row(
+        &mut g,
+        &rt,
+        "redis",
+        "guard: fail open, Redis down",
+        || async {
+            let e = event(unique());
+            let out = open.run(&e, async { Ok::<_, String>(()) }).await;
+            assert!(matches!(out, Ok(eventonce::Outcome::Unprotected(()))));
+        },
+    );
     g.finish();
-    let _: Result<(), _> =
-        rt.block_on(async { redis::cmd("PING").query_async::<()>(&mut raw).await });
+    redis_memory(&rt, &raw, &guard);
+}
+
+/// `MEMORY USAGE` of a key the guard completed, against a bare key of the same length
+/// holding `1` (what a plain `SET key 1 NX EX ttl` would store).
+fn redis_memory(
+    rt: &tokio::runtime::Runtime,
+    raw: &redis::aio::MultiplexedConnection,
+    guard: &Guard,
+) {
+    let mut raw = raw.clone();
+    let measured = rt.block_on(async {
+        let mut ours = Vec::new();
+        let mut bare = Vec::new();
+        for _ in 0..100 {
+            let e = event(unique());
+            let _ = guard.run(&e, async { Ok::<_, String>(()) }).await;
+            let key = guard.key_for(&e).expect("key");
+            let twin = format!("{}x", &key[..key.len() - 1]);
+            let _: () = redis::cmd("SET")
+                .arg(&twin)
+                .arg(1)
+                .arg("EX")
+                .arg(86_400)
+                .query_async(&mut raw)
+                .await
+                .ok()?;
+            let a: i64 = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(&key)
+                .query_async(&mut raw)
+                .await
+                .ok()?;
+            let b: i64 = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(&twin)
+                .query_async(&mut raw)
+                .await
+                .ok()?;
+            let _: i64 = redis::cmd("DEL").arg(&twin).query_async(&mut raw).await.ok()?;
+            ours.push(a);
+            bare.push(b);
+        }
+        let mean = |v: &[i64]| v.iter().sum::<i64>() as f64 / v.len() as f64;
+        Some((mean(&ours), mean(&bare)))
+    });
+    if let Some((ours, bare)) = measured {
+        write_extra(
+            "redis",
+            "memory per key",
+            json!({"completed_key_bytes": ours, "bare_key_bytes": bare}),
+        );
+    }
 }
 
 fn postgres_group(c: &mut Criterion) {
@@ -207,17 +475,40 @@ fn postgres_group(c: &mut Criterion) {
     );
     let mut g = c.benchmark_group("postgres");
     g.measurement_time(Duration::from_secs(5));
-    g.bench_function("floor: INSERT ON CONFLICT (1 statement)", |b| {
-        b.to_async(&rt).iter(|| async {
+    row(
+        &mut g,
+        &rt,
+        "postgres",
+        "floor: INSERT ON CONFLICT (1 statement)",
+        || async {
             sqlx::query(sqlx::AssertSqlSafe(floor_sql.clone()))
                 .bind(format!("raw:{}", unique()))
                 .execute(store.pool())
                 .await
                 .expect("insert");
-        })
-    });
-    let guard = Guard::new(store.clone(), config("bench-postgres"));
-    new_and_duplicate(&mut g, &rt, &guard);
+        },
+    );
+    let guard = guard_on(store.clone(), config("bench-postgres"));
+    guard_rows(&mut g, &rt, "postgres", &guard);
+    let deferred = guard_on(
+        store.clone(),
+        config("bench-postgres").defer_completion(Duration::from_millis(5)),
+    );
+    row(
+        &mut g,
+        &rt,
+        "postgres",
+        "guard: new event (deferred completion)",
+        || async {
+            let e = event(unique());
+            let _ = deferred
+                .run(&e, async { Ok::<_, String>(()) })
+                .await
+                .expect("run");
+        },
+    );
+    let _ = rt.block_on(deferred.flush());
+    batch_row(&mut g, &rt, "postgres", &guard, 100);
     g.finish();
     let _ = rt.block_on(async {
         sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use eventonce_core::{check_arguments, Claim, IdempotencyStore, Record, RecordState, StoreError};
 use moka::future::Cache;
+use xxhash_rust::xxh3::Xxh3Builder;
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::Expiry;
@@ -49,7 +50,7 @@ pub const DEFAULT_CAPACITY: u64 = 1_000_000;
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: Cache<String, Entry>,
+    cache: Cache<String, Entry, Xxh3Builder>,
     capacity: u64,
 }
 
@@ -124,7 +125,7 @@ impl MemoryStore {
             .max_capacity(capacity)
             .eviction_policy(EvictionPolicy::lru())
             .expire_after(EntryExpiry)
-            .build();
+            .build_with_hasher(seeded_hasher());
         MemoryStore { cache, capacity }
     }
 
@@ -257,4 +258,12 @@ impl IdempotencyStore for MemoryStore {
     fn backend_name(&self) -> &'static str {
         "memory"
     }
+}
+
+/// xxh3 for the cache's hash table (SipHash, moka's default, was a tenth of a guarded
+/// event's time), seeded per process so that crafted keys cannot aim at one bucket.
+fn seeded_hasher() -> Xxh3Builder {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    Xxh3Builder::new().with_seed(seed)
 }
