@@ -6,6 +6,10 @@
 //! `SET NX PX`; `SET NX PX` + an `EVALSHA` completion; the guard's new events and
 //! duplicates), `postgres` (raw `INSERT ... ON CONFLICT`; the guard's new events and
 //! duplicates). A group whose server is not reachable is skipped with a message.
+//!
+//! Peers, doing the same work for one event: the `idempotent` crate on its in-memory store
+//! (memory group) and its Redis store (redis group), in `peers/idempotent_crate.rs`. The
+//! Python peers run apart, in `make bench-peers` (`benches/peers.py`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,6 +20,9 @@ use eventonce::{
     RedisStore,
 };
 use serde_json::json;
+
+#[path = "peers/idempotent_crate.rs"]
+mod idempotent_crate;
 
 static N: AtomicU64 = AtomicU64::new(0);
 
@@ -113,6 +120,7 @@ fn memory(c: &mut Criterion) {
                 .await;
         })
     });
+    idempotent_crate::memory_rows(&mut g, &rt);
     g.finish();
 }
 
@@ -179,6 +187,7 @@ fn redis_group(c: &mut Criterion) {
     });
     let guard = Guard::new(store, config(&format!("bench-redis-{run}")));
     new_and_duplicate(&mut g, &rt, &guard);
+    idempotent_crate::redis_rows(&mut g, &rt, &url);
     g.finish();
     let _: Result<(), _> =
         rt.block_on(async { redis::cmd("PING").query_async::<()>(&mut raw).await });
