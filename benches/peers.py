@@ -29,6 +29,7 @@ import asyncio
 import datetime
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -60,7 +61,7 @@ def percentile(sorted_ns, q):
     """Nearest-rank percentile of sorted timings."""
     if not sorted_ns:
         return 0
-    rank = max(1, int(round(q / 100 * len(sorted_ns) + 0.5)))
+    rank = max(1, math.ceil(q / 100 * len(sorted_ns)))
     return sorted_ns[min(rank, len(sorted_ns)) - 1]
 
 
