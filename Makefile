@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test demo services fmt lint doc unit redis-cluster redis-cluster-stop fuzz fuzz-smoke soak soak-large bench
+.PHONY: test demo services fmt lint doc unit redis-cluster redis-cluster-stop fuzz fuzz-smoke soak soak-large bench bench-peers
 
 ## The whole check: formatting, lints, docs, and every test of the workspace with all
 ## features against the real services (started here when missing).
@@ -54,3 +54,15 @@ soak-large: services
 bench: services
 	$(CARGO) bench --all-features --bench guard
 	python3 benches/summary.py
+
+## The Python peers on the same Redis (the v2 decorator's shape, AWS Powertools'
+## idempotency), installed into a virtualenv under target/; writes
+## target/criterion-peers/python.json, which `make bench`'s summary adds to its table.
+## PEERS_EVENTS (default 5000) timed events per row.
+PEERS_VENV := target/bench-peers-venv
+PEERS_EVENTS ?= 5000
+bench-peers: services
+	test -x $(PEERS_VENV)/bin/python || python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet --disable-pip-version-check 'redis>=5,<9' 'aws-lambda-powertools[redis,aws-sdk]>=3,<4'
+	$(PEERS_VENV)/bin/python benches/peers.py --events $(PEERS_EVENTS)
+	if [ -d target/criterion ]; then python3 benches/summary.py; else echo "no criterion results yet: run \`make bench\` for the full table"; fi

@@ -9,6 +9,10 @@
 //! `INSERT ... ON CONFLICT`; the guard's new events, duplicates, deferred completion and
 //! a batch of 100). A group whose server is not reachable is skipped with a message.
 //!
+//! Peers, doing the same work for one event: the `idempotent` crate on its in-memory store
+//! (memory group) and its Redis store (redis group), in `peers/idempotent_crate.rs`. The
+//! Python peers run apart, in `make bench-peers` (`benches/peers.py`).
+//!
 //! Besides criterion's medians, every row is timed once more event by event (or batch by
 //! batch) for its p50 and p99, written under `target/criterion-latency/`, and the Redis
 //! memory of a completed key is compared with a bare key of the same name.
@@ -24,6 +28,9 @@ use eventonce::{
     PostgresStore, RedisStore,
 };
 use serde_json::json;
+
+#[path = "peers/idempotent_crate.rs"]
+mod idempotent_crate;
 
 static N: AtomicU64 = AtomicU64::new(0);
 
@@ -246,6 +253,8 @@ fn memory(c: &mut Criterion) {
     );
     guard_rows(&mut g, &rt, "memory", &guard);
     batch_row(&mut g, &rt, "memory", &guard, 100);
+    g.throughput(Throughput::Elements(1));
+    idempotent_crate::memory_rows(&mut g, &rt);
     g.finish();
 }
 
@@ -372,6 +381,8 @@ fn redis_group(c: &mut Criterion) {
     for size in [10, 100, 1000] {
         batch_row(&mut g, &rt, "redis", &guard, size);
     }
+    g.throughput(Throughput::Elements(1));
+    idempotent_crate::redis_rows(&mut g, &rt, &url);
 
     // FailMode::Open with its Redis gone: the breaker answers, handlers run unprotected.
     let mut doomed = eventonce_testkit::RedisProcess::start();
