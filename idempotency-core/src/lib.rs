@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod admin;
 mod breaker;
 mod config;
 #[cfg(feature = "conformance")]
@@ -31,7 +32,8 @@ pub use envelope::EventEnvelope;
 pub use error::{BoxError, ConfigError, EnvelopeError, GuardError, IdentityError, StoreError};
 pub use guard::{Guard, GuardStats, Outcome};
 pub use identity::{canonical_json, deterministic_hash, MAX_DEPTH};
-pub use key::{escape_event_type, unescape_event_type, MAX_EVENT_TYPE_SEGMENT};
+pub use admin::{AdminStore, ListedRecord, RecordPage};
+pub use key::{escape_event_type, unescape_event_type, KeyParts, MAX_EVENT_TYPE_SEGMENT};
 pub use store::{
     check_arguments, Claim, IdempotencyStore, Record, RecordState, TransactionalStore,
 };
