@@ -36,10 +36,11 @@
 
 pub use eventonce_core::{
     async_trait, canonical_json, deterministic_hash, escape_event_type, unescape_event_type,
-    BoxError, Claim, ConfigBuilder, ConfigError, EnvelopeError, EventEnvelope, FailMode, Guard,
-    GuardError, GuardStats, IdempotencyConfig, IdempotencyStore, IdentityError, Outcome, Record,
-    RecordState, StoreError, DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL,
-    DEFAULT_STORE_TIMEOUT, DEFAULT_TTL,
+    AdminStore, BoxError, Claim, ConfigBuilder, ConfigError, EnvelopeError, EventEnvelope,
+    FailMode, Guard, GuardError, GuardStats, IdempotencyConfig, IdempotencyStore, IdentityError,
+    KeyParts, ListedRecord, Outcome, Record, RecordPage, RecordState, StoreError,
+    DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT,
+    DEFAULT_TTL,
 };
 #[cfg(feature = "memory")]
 pub use eventonce_memory::{CachedStore, MemoryStore};
