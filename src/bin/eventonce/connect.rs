@@ -101,7 +101,7 @@ async fn redis(url: &str) -> Result<Connected, String> {
         .timeouts(Duration::from_secs(3), Duration::from_secs(10));
     let store = eventonce::RedisStore::connect_with(url, options)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("Redis: {e}"))?;
     Ok(Connected {
         target: store.target().to_owned(),
         store: Arc::new(store),
@@ -130,7 +130,7 @@ async fn postgres(
     } else {
         PostgresStore::connect_existing(url, options).await
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| format!("PostgreSQL: {e}"))?;
     Ok(Connected {
         target: format!("table {}", store.table()),
         store: Arc::new(store),
