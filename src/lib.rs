@@ -40,7 +40,7 @@ pub use eventonce_core::{
     FailMode, Guard, GuardError, GuardStats, IdempotencyConfig, IdempotencyStore, IdentityError,
     KeyParts, ListedRecord, Outcome, Record, RecordPage, RecordState, StoreError,
     DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT,
-    DEFAULT_TTL,
+    DEFAULT_TTL, RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS,
 };
 #[cfg(feature = "memory")]
 pub use eventonce_memory::{CachedStore, MemoryStore};

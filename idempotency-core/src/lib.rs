@@ -20,6 +20,7 @@ mod guard;
 mod identity;
 mod key;
 mod store;
+mod telemetry;
 
 /// Re-exported so that a store implementation needs no extra dependency.
 pub use async_trait::async_trait;
@@ -34,6 +35,7 @@ pub use guard::{Guard, GuardStats, Outcome};
 pub use identity::{canonical_json, deterministic_hash, MAX_DEPTH};
 pub use admin::{AdminStore, ListedRecord, RecordPage};
 pub use key::{escape_event_type, unescape_event_type, KeyParts, MAX_EVENT_TYPE_SEGMENT};
+pub use telemetry::{RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS};
 pub use store::{
     check_arguments, Claim, IdempotencyStore, Record, RecordState, TransactionalStore,
 };
