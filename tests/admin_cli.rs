@@ -128,10 +128,16 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// Writes a completed record of ours at `key`.
 async fn completed(store: &RedisStore, key: &str) {
     assert_eq!(
-        store.try_claim(key, "test-owner", HOUR).await.expect("claim"),
+        store
+            .try_claim(key, "test-owner", HOUR)
+            .await
+            .expect("claim"),
         Claim::Acquired
     );
-    assert!(store.complete(key, "test-owner", HOUR).await.expect("complete"));
+    assert!(store
+        .complete(key, "test-owner", HOUR)
+        .await
+        .expect("complete"));
 }
 
 fn keys_in(run: &Run) -> Vec<String> {
@@ -155,7 +161,10 @@ async fn keys_lists_state_owner_age_and_ttl_and_filters_by_service_type_and_stat
         completed(&store, key).await;
     }
     assert_eq!(
-        store.try_claim(&claimed, "worker-7", HOUR).await.expect("claim"),
+        store
+            .try_claim(&claimed, "worker-7", HOUR)
+            .await
+            .expect("claim"),
         Claim::Acquired
     );
     // Keys of another prefix that shares the first characters stay out.
@@ -217,9 +226,7 @@ async fn keys_lists_state_owner_age_and_ttl_and_filters_by_service_type_and_stat
     let table = on_redis("keys", &prefix, &["--limit", "2"], "");
     assert_eq!(table.code, 0, "{}", table.stderr);
     assert!(
-        table
-            .stdout
-            .starts_with("| key ")
+        table.stdout.starts_with("| key ")
             && table.stdout.contains("| state ")
             && table.stdout.contains("ttl left"),
         "{}",
@@ -409,7 +416,11 @@ async fn release_asks_first_and_only_yes_lets_the_event_be_processed_again() {
         .run(&envelope, async { Ok::<_, std::io::Error>(()) })
         .await
         .expect("run");
-    assert_eq!(again, Outcome::Duplicate, "a declined release removed nothing");
+    assert_eq!(
+        again,
+        Outcome::Duplicate,
+        "a declined release removed nothing"
+    );
 
     let run = on_redis("release", &prefix, &[&key], "y\n");
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
@@ -424,7 +435,10 @@ async fn release_asks_first_and_only_yes_lets_the_event_be_processed_again() {
     // A live claim: the prompt warns that a consumer may be running it; --yes skips it.
     let claimed = key_of(&prefix, "billing", "invoice.sent.v1", "i6");
     assert_eq!(
-        store.try_claim(&claimed, "worker-1", HOUR).await.expect("claim"),
+        store
+            .try_claim(&claimed, "worker-1", HOUR)
+            .await
+            .expect("claim"),
         Claim::Acquired
     );
     let run = on_redis("release", &prefix, &[&claimed, "--yes"], "");
@@ -446,10 +460,18 @@ async fn stats_counts_per_service_event_type_and_state_with_sampled_memory() {
     let prefix = unique_prefix("stats");
     let store = store().await;
     for i in 0..5 {
-        completed(&store, &key_of(&prefix, "billing", "orders.created.v1", &i.to_string())).await;
+        completed(
+            &store,
+            &key_of(&prefix, "billing", "orders.created.v1", &i.to_string()),
+        )
+        .await;
     }
     for i in 0..3 {
-        completed(&store, &key_of(&prefix, "mail", "orders.created.v1", &i.to_string())).await;
+        completed(
+            &store,
+            &key_of(&prefix, "mail", "orders.created.v1", &i.to_string()),
+        )
+        .await;
     }
     for i in 0..2 {
         let key = key_of(&prefix, "billing", "orders.created.v1", &format!("p{i}"));
@@ -502,17 +524,27 @@ async fn stats_counts_per_service_event_type_and_state_with_sampled_memory() {
         .unwrap_or_else(|| panic!("{}", table.stdout));
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
     assert_eq!(&cells[1..5], ["billing", "orders.created.v1", "2", "5"]);
-    assert!(table.stdout.contains("memory is sampled"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("memory is sampled"),
+        "{}",
+        table.stdout
+    );
 }
 
 #[test]
 fn demo_on_redis_processes_every_event_once_and_leaves_records_for_stats() {
     let prefix = unique_prefix("demo");
-    let run = on_redis("demo", &prefix, &["--events", "120", "--lease-ms", "300"], "");
+    let run = on_redis(
+        "demo",
+        &prefix,
+        &["--events", "120", "--lease-ms", "300"],
+        "",
+    );
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("store=redis"), "{}", run.stdout);
     assert!(
-        run.stdout.contains("OK: every event processed exactly once"),
+        run.stdout
+            .contains("OK: every event processed exactly once"),
         "{}",
         run.stdout
     );
@@ -520,7 +552,12 @@ fn demo_on_redis_processes_every_event_once_and_leaves_records_for_stats() {
     assert_eq!(stats["total"]["completed"], 120);
     assert_eq!(stats["total"]["processing"], 0);
     // A second run is a run of new events, not 120 duplicates.
-    let again = on_redis("demo", &prefix, &["--events", "120", "--lease-ms", "300"], "");
+    let again = on_redis(
+        "demo",
+        &prefix,
+        &["--events", "120", "--lease-ms", "300"],
+        "",
+    );
     assert_eq!(again.code, 0, "{}", again.stdout);
     let stats = on_redis("stats", &prefix, &["--json"], "").json();
     assert_eq!(stats["total"]["completed"], 240);
@@ -538,7 +575,9 @@ fn the_admin_commands_work_on_postgres_after_a_demo_there() {
     let demo = pg("demo", &["--events", "60", "--lease-ms", "300"], "");
     assert_eq!(demo.code, 0, "{}{}", demo.stdout, demo.stderr);
     assert!(demo.stdout.contains("store=postgres"), "{}", demo.stdout);
-    assert!(demo.stdout.contains("OK: every event processed exactly once"));
+    assert!(demo
+        .stdout
+        .contains("OK: every event processed exactly once"));
 
     let stats = pg("stats", &["--json"], "").json();
     assert_eq!(stats["backend"], "postgres");
@@ -552,7 +591,11 @@ fn the_admin_commands_work_on_postgres_after_a_demo_there() {
     assert_eq!(keys.len(), 60);
     let paged = pg(
         "keys",
-        &["--event-type", "huleedu.essay.spellcheck.requested.v1", "--json"],
+        &[
+            "--event-type",
+            "huleedu.essay.spellcheck.requested.v1",
+            "--json",
+        ],
         "",
     );
     assert_eq!(keys_in(&paged).len(), 15);
@@ -568,7 +611,10 @@ fn the_admin_commands_work_on_postgres_after_a_demo_there() {
     assert_eq!(pg("show", &[&keys[0]], "").code, 1);
     let refused = pg("release", &["elsewhere:svc:t:h", "--yes"], "");
     assert_eq!(refused.code, 2);
-    assert_eq!(pg("stats", &["--json"], "").json()["total"]["completed"], 59);
+    assert_eq!(
+        pg("stats", &["--json"], "").json()["total"]["completed"],
+        59
+    );
 
     // The admin commands never create a table: a missing one is an error, not a migration.
     let missing = eventonce(
@@ -584,7 +630,11 @@ fn the_admin_commands_work_on_postgres_after_a_demo_there() {
         "",
     );
     assert_eq!(missing.code, 2, "{}", missing.stdout);
-    assert!(missing.stderr.contains("no_such_table"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("no_such_table"),
+        "{}",
+        missing.stderr
+    );
 }
 
 #[test]
@@ -593,7 +643,10 @@ fn admin_commands_take_their_store_from_the_environment() {
     let run = Command::new(env!("CARGO_BIN_EXE_eventonce"))
         .args(["stats", "--json", "--prefix", &prefix])
         .env("EVENTONCE_REDIS_URL", redis_url())
-        .env("EVENTONCE_POSTGRES_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env(
+            "EVENTONCE_POSTGRES_URL",
+            "postgres://nobody@127.0.0.1:1/none",
+        )
         .output()
         .expect("runs");
     assert!(run.status.success(), "{:?}", run);
@@ -603,7 +656,10 @@ fn admin_commands_take_their_store_from_the_environment() {
     let pg_only = Command::new(env!("CARGO_BIN_EXE_eventonce"))
         .args(["stats", "--prefix", &prefix])
         .env_remove("EVENTONCE_REDIS_URL")
-        .env("EVENTONCE_POSTGRES_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env(
+            "EVENTONCE_POSTGRES_URL",
+            "postgres://nobody@127.0.0.1:1/none",
+        )
         .output()
         .expect("runs");
     assert_eq!(pg_only.status.code(), Some(2));

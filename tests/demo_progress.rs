@@ -44,6 +44,9 @@ fn the_progress_bar_is_drawn_on_a_terminal() {
         .expect("script(1) runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("OK: every event processed exactly once"), "{text}");
+    assert!(
+        text.contains("OK: every event processed exactly once"),
+        "{text}"
+    );
     assert!(has_bar(&text), "no progress bar in:\n{text}");
 }

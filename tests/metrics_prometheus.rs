@@ -92,7 +92,10 @@ fn prometheus_text_counts_runs_per_service_event_type_and_outcome_and_times_the_
     let store_labels = BTreeSet::from(["op", "outcome", "service"]);
     let mut seen = BTreeSet::new();
     for sample in &samples {
-        let expected = if sample.name.starts_with(eventonce::STORE_OPERATION_DURATION_SECONDS) {
+        let expected = if sample
+            .name
+            .starts_with(eventonce::STORE_OPERATION_DURATION_SECONDS)
+        {
             &store_labels
         } else if sample.name.starts_with("eventonce_") {
             &run_labels
@@ -132,4 +135,3 @@ fn prometheus_text_counts_runs_per_service_event_type_and_outcome_and_times_the_
         assert!(!text.contains(unbounded), "{unbounded} in\n{text}");
     }
 }
-

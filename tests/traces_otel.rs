@@ -56,10 +56,17 @@ fn every_run_is_one_finished_span_with_its_decision_as_attributes() {
 
     let duplicate = by_id("evt-1", "duplicate");
     assert_eq!(attribute(duplicate, "duplicate").as_deref(), Some("true"));
-    assert_eq!(attribute(duplicate, "handler_ran").as_deref(), Some("false"));
+    assert_eq!(
+        attribute(duplicate, "handler_ran").as_deref(),
+        Some("false")
+    );
 
     let failed = by_id("evt-2", "handler_failed");
-    assert!(matches!(failed.status, Status::Error { .. }), "{:?}", failed.status);
+    assert!(
+        matches!(failed.status, Status::Error { .. }),
+        "{:?}",
+        failed.status
+    );
     by_id("evt-3", "in_progress");
     let panicked = by_id("evt-4", "panicked");
     assert!(matches!(panicked.status, Status::Error { .. }));

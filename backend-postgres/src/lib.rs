@@ -280,6 +280,21 @@ impl PostgresStore {
 
     /// Connects with `options` without running the migration: for tools that only read
     /// (or remove) records in an existing table, such as the `eventonce` admin commands.
+    ///
+    /// ```no_run
+    /// use eventonce_core::AdminStore;
+    /// use eventonce_postgres::{PostgresOptions, PostgresStore};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = PostgresStore::connect_existing(
+    ///     "postgres://ops@127.0.0.1/app",
+    ///     PostgresOptions::default().schema("idempotency"),
+    /// )
+    /// .await?;
+    /// let page = store.list_page("huleedu:idempotency:v2:billing:", None, 100).await?;
+    /// println!("{} records on the first page", page.records.len());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connect_existing(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)

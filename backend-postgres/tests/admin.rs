@@ -25,7 +25,10 @@ async fn pages_cover_every_record_of_the_scope_once() {
     }
     // Keys LIKE would match if the scope were a pattern.
     let lookalike = format!("{}:xx00001", scope.trim_end_matches("%_"));
-    store.try_claim(&lookalike, "o", LEASE).await.expect("claim");
+    store
+        .try_claim(&lookalike, "o", LEASE)
+        .await
+        .expect("claim");
 
     let mut listed = Vec::new();
     let mut cursor = None;
@@ -56,8 +59,14 @@ async fn removal_takes_only_the_record_that_was_seen_and_sizes_are_measured() {
         Claim::Acquired
     );
     let seen = store.get(&key).await.expect("get").expect("record");
-    assert!(store.complete(&key, "first", LEASE).await.expect("complete"));
-    assert!(!store.remove_if_unchanged(&key, &seen).await.expect("remove"));
+    assert!(store
+        .complete(&key, "first", LEASE)
+        .await
+        .expect("complete"));
+    assert!(!store
+        .remove_if_unchanged(&key, &seen)
+        .await
+        .expect("remove"));
     let now = store.get(&key).await.expect("get").expect("record");
     assert_eq!(now.state, RecordState::Completed);
 

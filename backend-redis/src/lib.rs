@@ -663,9 +663,7 @@ impl AdminStore for RedisStore {
             pipe.cmd("MEMORY").arg("USAGE").arg(key);
         }
         let mut conn = self.conn.clone();
-        pipe.query_async(&mut conn)
-            .await
-            .map_err(|e| self.error(e))
+        pipe.query_async(&mut conn).await.map_err(|e| self.error(e))
     }
 
     fn memory_measure(&self) -> &'static str {

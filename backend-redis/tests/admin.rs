@@ -62,8 +62,14 @@ async fn removal_takes_only_the_record_that_was_seen() {
     let seen = store.get(&key).await.expect("get").expect("record");
     assert_eq!(seen.state, RecordState::Processing);
     // The record changes after it was seen: completed by its owner.
-    assert!(store.complete(&key, "first", LEASE).await.expect("complete"));
-    assert!(!store.remove_if_unchanged(&key, &seen).await.expect("remove"));
+    assert!(store
+        .complete(&key, "first", LEASE)
+        .await
+        .expect("complete"));
+    assert!(!store
+        .remove_if_unchanged(&key, &seen)
+        .await
+        .expect("remove"));
     let now = store.get(&key).await.expect("get").expect("record");
     assert_eq!(now.state, RecordState::Completed);
     assert!(store.remove_if_unchanged(&key, &now).await.expect("remove"));
@@ -83,6 +89,9 @@ async fn memory_is_measured_per_key_and_absent_keys_have_none() {
         .memory_usage(&[key.clone(), unique_key("admin-memory-absent")])
         .await
         .expect("memory");
-    assert!(matches!(sizes[0], Some(n) if n > 0 && n < 1024), "{sizes:?}");
+    assert!(
+        matches!(sizes[0], Some(n) if n > 0 && n < 1024),
+        "{sizes:?}"
+    );
     assert_eq!(sizes[1], None);
 }

@@ -173,8 +173,7 @@ impl KeyParts {
         let rest = key.strip_prefix(prefix)?.strip_prefix(':')?;
         let mut parts = rest.split(':');
         let (service, segment, hash) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || service.is_empty() || segment.is_empty() || hash.is_empty()
-        {
+        if parts.next().is_some() || service.is_empty() || segment.is_empty() || hash.is_empty() {
             return None;
         }
         Some(KeyParts {
@@ -270,7 +269,13 @@ mod tests {
         assert_eq!(parts.service, "svc");
         assert_eq!(parts.event_type.as_deref(), Some("x.y:z"));
         assert_eq!(parts.hash, "h1");
-        for foreign in ["a:bc:svc:t:h", "a:b:svc:t", "a:b:svc:t:h:extra", "a:b::t:h", "x"] {
+        for foreign in [
+            "a:bc:svc:t:h",
+            "a:b:svc:t",
+            "a:b:svc:t:h:extra",
+            "a:b::t:h",
+            "x",
+        ] {
             assert_eq!(KeyParts::parse("a:b", foreign), None, "{foreign}");
         }
         let long = build_key("p", "s", &"q".repeat(300), "h");

@@ -22,6 +22,7 @@ mod key;
 mod store;
 mod telemetry;
 
+pub use admin::{AdminStore, ListedRecord, RecordPage};
 /// Re-exported so that a store implementation needs no extra dependency.
 pub use async_trait::async_trait;
 pub use config::{
@@ -33,9 +34,8 @@ pub use envelope::EventEnvelope;
 pub use error::{BoxError, ConfigError, EnvelopeError, GuardError, IdentityError, StoreError};
 pub use guard::{Guard, GuardStats, Outcome};
 pub use identity::{canonical_json, deterministic_hash, MAX_DEPTH};
-pub use admin::{AdminStore, ListedRecord, RecordPage};
 pub use key::{escape_event_type, unescape_event_type, KeyParts, MAX_EVENT_TYPE_SEGMENT};
-pub use telemetry::{RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS};
 pub use store::{
     check_arguments, Claim, IdempotencyStore, Record, RecordState, TransactionalStore,
 };
+pub use telemetry::{RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS};

@@ -68,8 +68,14 @@ pub fn every_outcome() {
         let guard = Guard::from_arc(store.clone(), config(SERVICE));
 
         let first = event("evt-1");
-        assert_eq!(guard.run(&first, ok(1)).await.ok(), Some(Outcome::Processed(1)));
-        assert_eq!(guard.run(&first, ok(2)).await.ok(), Some(Outcome::Duplicate));
+        assert_eq!(
+            guard.run(&first, ok(1)).await.ok(),
+            Some(Outcome::Processed(1))
+        );
+        assert_eq!(
+            guard.run(&first, ok(2)).await.ok(),
+            Some(Outcome::Duplicate)
+        );
         let failing = guard
             .run(&event("evt-2"), async { Err::<(), _>("downstream down") })
             .await;
@@ -125,4 +131,3 @@ pub fn every_outcome() {
         );
     });
 }
-

@@ -97,11 +97,7 @@ pub struct StatsArgs {
 
 /// Checks the prefix (and service) as a configuration would, and gives the literal key
 /// prefix to list: `{prefix}:`, `{prefix}:{service}:`, or with the event type too.
-fn scope(
-    prefix: &str,
-    service: Option<&str>,
-    event_type: Option<&str>,
-) -> Result<String, String> {
+fn scope(prefix: &str, service: Option<&str>, event_type: Option<&str>) -> Result<String, String> {
     IdempotencyConfig::builder(service.unwrap_or("any"))
         .key_prefix(prefix)
         .build()
@@ -205,7 +201,10 @@ fn table(headers: &[&str], rows: &[Vec<String>], left: usize) {
         out
     };
     println!("{}", line(&mut headers.iter().copied()));
-    let rule: String = widths.iter().map(|w| format!("|{}", "-".repeat(w + 2))).collect();
+    let rule: String = widths
+        .iter()
+        .map(|w| format!("|{}", "-".repeat(w + 2)))
+        .collect();
     println!("{rule}|");
     for row in rows {
         println!("{}", line(&mut row.iter().map(String::as_str)));
@@ -308,8 +307,7 @@ fn show_key(args: &ShowArgs) -> Result<String, String> {
             .map_err(|e| format!("cannot read the data from standard input: {e}"))?;
         text
     } else {
-        std::fs::read_to_string(file)
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+        std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?
     };
     let data: Value = serde_json::from_str(&text)
         .map_err(|e| format!("the data in {} is not JSON: {e}", file.display()))?;
@@ -459,11 +457,7 @@ pub async fn release(args: ReleaseArgs) -> ExitCode {
         .await
     {
         Ok(true) => {
-            println!(
-                "released {} (it was {})",
-                args.key,
-                record.state.as_str()
-            );
+            println!("released {} (it was {})", args.key, record.state.as_str());
             ExitCode::SUCCESS
         }
         Ok(false) => {

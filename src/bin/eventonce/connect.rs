@@ -88,7 +88,10 @@ pub struct Connected {
 /// does; the admin commands never write a schema).
 pub async fn connect(backend: &Backend, migrate: bool) -> Result<Connected, String> {
     match backend {
-        Backend::Memory => Err("the in-memory store is private to one process; give --redis URL or --postgres URL".into()),
+        Backend::Memory => Err(
+            "the in-memory store is private to one process; give --redis URL or --postgres URL"
+                .into(),
+        ),
         Backend::Redis(url) => redis(url).await,
         Backend::Postgres { url, schema, table } => postgres(url, schema, table, migrate).await,
     }
