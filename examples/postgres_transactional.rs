@@ -13,18 +13,19 @@ use serde_json::json;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("EVENTONCE_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let store = PostgresStore::connect_with(
-        &url,
-        PostgresOptions::default().table("example_records"),
-    )
-    .await?;
+    let store =
+        PostgresStore::connect_with(&url, PostgresOptions::default().table("example_records"))
+            .await?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS example_invoices (
              order_id text PRIMARY KEY, amount_cents bigint NOT NULL)",
     )
     .execute(store.pool())
     .await?;
-    let guard = Guard::new(store.clone(), IdempotencyConfig::builder("billing").build()?);
+    let guard = Guard::new(
+        store.clone(),
+        IdempotencyConfig::builder("billing").build()?,
+    );
 
     let order = format!("order-{}", std::process::id());
     let payload = json!({
@@ -52,7 +53,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match outcome {
             Outcome::Processed(_) => println!("delivery {delivery}: invoice written"),
             Outcome::Duplicate => println!("delivery {delivery}: duplicate, nothing written"),
-            Outcome::Unprotected(_) => unreachable!("the transactional mode never runs unprotected"),
+            Outcome::Unprotected(_) => {
+                unreachable!("the transactional mode never runs unprotected")
+            }
         }
     }
     let invoices: i64 =
