@@ -230,7 +230,9 @@ fn batch_row(
         let answers = guard
             .run_batch(&events, |_| async { Ok::<_, String>(()) })
             .await;
-        assert!(answers.iter().all(|a| matches!(a, Ok(o) if !o.is_duplicate())));
+        assert!(answers
+            .iter()
+            .all(|a| matches!(a, Ok(o) if !o.is_duplicate())));
     };
     g.throughput(Throughput::Elements(size as u64));
     g.bench_function(&name, |b| b.to_async(rt).iter(call));
@@ -296,11 +298,17 @@ fn redis_group(c: &mut Criterion) {
     );
     let mut g = c.benchmark_group("redis");
     g.measurement_time(Duration::from_secs(5));
-    row(&mut g, &rt, "redis", "floor: SET NX PX (1 round trip)", || {
-        let mut raw = raw.clone();
-        let key = format!("huleedu:idempotency:bench:{run}:raw:{}", unique());
-        async move { set_nx_px(&mut raw, &key).await }
-    });
+    row(
+        &mut g,
+        &rt,
+        "redis",
+        "floor: SET NX PX (1 round trip)",
+        || {
+            let mut raw = raw.clone();
+            let key = format!("huleedu:idempotency:bench:{run}:raw:{}", unique());
+            async move { set_nx_px(&mut raw, &key).await }
+        },
+    );
     row(
         &mut g,
         &rt,
@@ -447,7 +455,11 @@ fn redis_memory(
                 .query_async(&mut raw)
                 .await
                 .ok()?;
-            let _: i64 = redis::cmd("DEL").arg(&twin).query_async(&mut raw).await.ok()?;
+            let _: i64 = redis::cmd("DEL")
+                .arg(&twin)
+                .query_async(&mut raw)
+                .await
+                .ok()?;
             ours.push(a);
             bare.push(b);
         }

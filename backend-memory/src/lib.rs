@@ -21,11 +21,11 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use eventonce_core::{check_arguments, Claim, IdempotencyStore, Record, RecordState, StoreError};
 use moka::future::Cache;
-use xxhash_rust::xxh3::Xxh3Builder;
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::Expiry;
 use tokio::time::Instant;
+use xxhash_rust::xxh3::Xxh3Builder;
 
 /// The number of records [`MemoryStore::new`] keeps before it evicts the least recently
 /// used ones.

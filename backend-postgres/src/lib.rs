@@ -18,8 +18,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use eventonce_core::{
-    check_arguments, check_many, Claim, Completion, IdempotencyStore, Record, RecordState,
-    StoreError, TransactionalStore,
+    check_arguments, check_many, AdminStore, Claim, Completion, IdempotencyStore, ListedRecord,
+    Record, RecordPage, RecordState, StoreError, TransactionalStore,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -128,6 +128,9 @@ struct Statements {
     release_many: Arc<str>,
     extend_many: Arc<str>,
     complete_then_claim: Arc<str>,
+    list: Arc<str>,
+    remove: Arc<str>,
+    sizes: Arc<str>,
 }
 
 impl Statements {
@@ -264,6 +267,27 @@ impl Statements {
                  SELECT 'c', NULL, CASE WHEN state = 'completed' THEN 3 ELSE 2 END FROM {table}
                   WHERE key = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM claim)"
             )),
+            // One page of live records in key order, after the cursor key: a range scan of
+            // the primary key. The scope is matched with starts_with, so its characters are
+            // never a LIKE pattern.
+            list: s(format!(
+                "SELECT key, state, owner,
+                        (EXTRACT(EPOCH FROM updated_at) * 1000)::int8 AS updated_ms,
+                        (EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::int8 AS left_ms
+                   FROM {table}
+                  WHERE key > $1 AND starts_with(key, $2) AND expires_at > now()
+                  ORDER BY key LIMIT $3"
+            )),
+            // Guarantee: deletes the record only if it is still live and exactly the one the
+            // operator saw (state and owner), whoever owns it.
+            remove: s(format!(
+                "DELETE FROM {table}
+                  WHERE key = $1 AND state = $2 AND owner = $3 AND expires_at > now()"
+            )),
+            sizes: s(format!(
+                "SELECT key, pg_column_size(r.*)::int8 AS bytes FROM {table} r
+                  WHERE key = ANY($1)"
+            )),
         }
     }
 }
@@ -334,6 +358,33 @@ impl PostgresStore {
         let store = Self::from_pool_with(pool, options)?;
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Connects with `options` without running the migration: for tools that only read
+    /// (or remove) records in an existing table, such as the `eventonce` admin commands.
+    ///
+    /// ```no_run
+    /// use eventonce_core::AdminStore;
+    /// use eventonce_postgres::{PostgresOptions, PostgresStore};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = PostgresStore::connect_existing(
+    ///     "postgres://ops@127.0.0.1/app",
+    ///     PostgresOptions::default().schema("idempotency"),
+    /// )
+    /// .await?;
+    /// let page = store.list_page("huleedu:idempotency:v2:billing:", None, 100).await?;
+    /// println!("{} records on the first page", page.records.len());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_existing(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect(url)
+            .await
+            .map_err(|e| db_error("cannot connect to PostgreSQL", e))?;
+        Self::from_pool_with(pool, options)
     }
 
     /// Uses a pool the application already has, with the default table. Call
@@ -731,6 +782,80 @@ impl IdempotencyStore for PostgresStore {
 
     fn backend_name(&self) -> &'static str {
         "postgres"
+    }
+}
+
+/// Operator access: pages in key order (`key > cursor ... ORDER BY key LIMIT n`, a range
+/// scan of the primary key), removal of exactly the record seen, row sizes by
+/// `pg_column_size` (the row's data, without index or page overhead).
+#[async_trait]
+impl AdminStore for PostgresStore {
+    async fn list_page(
+        &self,
+        scope: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<RecordPage, StoreError> {
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.list)))
+            .bind(cursor.unwrap_or(""))
+            .bind(scope)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("PostgreSQL listing", e))?;
+        let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let key: String = row
+                .try_get("key")
+                .map_err(|e| db_error("PostgreSQL listing", e))?;
+            let record = record_from_row(row).map_err(|e| db_error("PostgreSQL listing", e))?;
+            records.push(ListedRecord { key, record });
+        }
+        let next = if full {
+            records.last().map(|r| r.key.clone())
+        } else {
+            None
+        };
+        Ok(RecordPage { records, next })
+    }
+
+    async fn remove_if_unchanged(&self, key: &str, seen: &Record) -> Result<bool, StoreError> {
+        let Some(owner) = seen.owner.as_deref() else {
+            return Err(StoreError::InvalidArgument(format!(
+                "{key} has no owner, so it is not an eventonce record; left untouched"
+            )));
+        };
+        check_arguments(key, owner, None)?;
+        let done = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.remove)))
+            .bind(key)
+            .bind(seen.state.as_str())
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error("PostgreSQL", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn memory_usage(&self, keys: &[String]) -> Result<Vec<Option<u64>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(Arc::clone(&self.sql.sizes)))
+            .bind(keys)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error("PostgreSQL", e))?;
+        let sizes: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+        Ok(keys
+            .iter()
+            .map(|k| sizes.get(k).and_then(|&n| u64::try_from(n).ok()))
+            .collect())
+    }
+
+    fn memory_measure(&self) -> &'static str {
+        "pg_column_size"
     }
 }
 

@@ -192,3 +192,34 @@ end
 return out
 "#
 );
+
+/// Admin listing. KEYS = the keys of one `SCAN` page. Returns, for each key in order,
+/// `{value, pttl}`, or nil when the key is gone or holds no string (not a record).
+///
+/// Guarantee: each value and its remaining TTL are read at the same instant. Needs all
+/// keys on one node: listing is for a single server.
+pub(crate) const LIST: &str = r#"
+local out = {}
+for i, k in ipairs(KEYS) do
+  out[i] = false
+  if redis.call('TYPE', k)['ok'] == 'string' then
+    local v = redis.call('GET', k)
+    if v then out[i] = {v, redis.call('PTTL', k)} end
+  end
+end
+return out
+"#;
+
+/// Admin removal. KEYS[1] = key; ARGV[1] = `p` or `c`, ARGV[2] = owner. Returns 1 or 0.
+///
+/// Guarantee: atomically, only if the key still holds an eventonce record in state
+/// ARGV[1] written by ARGV[2] (the record the operator saw), it is deleted; any other
+/// value, an older writer's included, is left untouched.
+pub(crate) const REMOVE: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local head = string.match(v, '^' .. ARGV[1] .. '|%d+|')
+if head == nil or string.sub(v, #head + 1) ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;

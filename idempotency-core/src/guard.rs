@@ -8,13 +8,14 @@ use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tracing::Level;
+use tracing::{Instrument, Level};
 
 use crate::breaker::Breaker;
 use crate::config::{FailMode, IdempotencyConfig};
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, IdentityError, StoreError};
 use crate::store::{Claim, Completion, IdempotencyStore};
+use crate::telemetry::{self, RunProbe};
 
 /// What happened to an event that [`Guard::run`] let through or skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,7 +290,28 @@ impl Guard {
     /// - The event has no identity: [`GuardError::InvalidEvent`].
     ///
     /// Must run inside a Tokio runtime with time enabled.
+    ///
+    /// Each call is one `tracing` span, `eventonce.run`, with the decision in its fields
+    /// (`outcome`, `duplicate`, `handler_ran`), and, with the `metrics` feature, counted
+    /// and timed (see [`RUNS_TOTAL`](crate::RUNS_TOTAL)).
     pub async fn run<F, T, E>(
+        &self,
+        envelope: &EventEnvelope,
+        handler: F,
+    ) -> Result<Outcome<T>, GuardError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let probe = RunProbe::start(&self.inner.config, envelope);
+        let span = probe.span().clone();
+        let result = self.run_once(envelope, handler).instrument(span).await;
+        probe.finish(&result);
+        result
+    }
+
+    /// [`run`](Self::run) without its span and metrics.
+    async fn run_once<F, T, E>(
         &self,
         envelope: &EventEnvelope,
         handler: F,
@@ -444,7 +466,32 @@ impl Guard {
     ///
     /// There is no heartbeat and no store timeout on the handler: the transaction's lock is
     /// the claim for as long as it lives.
+    ///
+    /// Traced and counted like [`run`](Self::run).
     pub async fn run_in_transaction<S, H, F, T, E>(
+        &self,
+        store: &S,
+        envelope: &EventEnvelope,
+        handler: H,
+    ) -> Result<Outcome<T>, GuardError<E>>
+    where
+        S: crate::store::TransactionalStore,
+        H: FnOnce(S::Tx) -> F,
+        F: Future<Output = (S::Tx, Result<T, E>)>,
+        E: std::fmt::Display,
+    {
+        let probe = RunProbe::start(&self.inner.config, envelope);
+        let span = probe.span().clone();
+        let result = self
+            .run_in_transaction_once(store, envelope, handler)
+            .instrument(span)
+            .await;
+        probe.finish(&result);
+        result
+    }
+
+    /// [`run_in_transaction`](Self::run_in_transaction) without its span and metrics.
+    async fn run_in_transaction_once<S, H, F, T, E>(
         &self,
         store: &S,
         envelope: &EventEnvelope,
@@ -935,10 +982,12 @@ impl Guard {
     ) -> Result<T, StoreError> {
         let permit = self.inner.breaker.permit()?;
         let timeout = self.inner.config.store_timeout();
+        let started = Instant::now();
         let result = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout { operation, timeout }),
         };
+        telemetry::store_call(&self.inner.config, operation, started.elapsed(), &result);
         self.inner
             .breaker
             .record(permit, result.as_ref().map(|_| ()));

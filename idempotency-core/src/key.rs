@@ -141,6 +141,57 @@ pub(crate) fn build_key(prefix: &str, service: &str, event_type: &str, hash: &st
     key
 }
 
+/// The parts of a store key, as [`KeyParts::parse`] reads them back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyParts {
+    /// The service the key belongs to.
+    pub service: String,
+    /// The event-type segment as stored (escaped, maybe shortened).
+    pub event_type_segment: String,
+    /// The event type, when the segment can be unescaped (a shortened one cannot).
+    pub event_type: Option<String>,
+    /// The deterministic hash segment.
+    pub hash: String,
+}
+
+impl KeyParts {
+    /// Reads `key` as `{prefix}:{service}:{event type}:{hash}`. Returns `None` for a key
+    /// outside `{prefix}:` or of another shape.
+    ///
+    /// ```
+    /// use eventonce_core::{IdempotencyConfig, KeyParts};
+    /// let config = IdempotencyConfig::builder("billing").build()?;
+    /// let key = config.generate_key("orders.created.v1", "ab12");
+    /// let parts = KeyParts::parse(config.key_prefix(), &key).expect("our key");
+    /// assert_eq!(parts.service, "billing");
+    /// assert_eq!(parts.event_type.as_deref(), Some("orders.created.v1"));
+    /// assert_eq!(parts.hash, "ab12");
+    /// assert_eq!(KeyParts::parse("other:prefix", &key), None);
+    /// # Ok::<(), eventonce_core::ConfigError>(())
+    /// ```
+    pub fn parse(prefix: &str, key: &str) -> Option<KeyParts> {
+        let rest = key.strip_prefix(prefix)?.strip_prefix(':')?;
+        let mut parts = rest.split(':');
+        let (service, segment, hash) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || service.is_empty() || segment.is_empty() || hash.is_empty() {
+            return None;
+        }
+        Some(KeyParts {
+            service: service.to_owned(),
+            event_type_segment: segment.to_owned(),
+            event_type: unescape_event_type(segment),
+            hash: hash.to_owned(),
+        })
+    }
+
+    /// The event type for display: unescaped when possible, else the stored segment.
+    pub fn event_type_display(&self) -> &str {
+        self.event_type
+            .as_deref()
+            .unwrap_or(&self.event_type_segment)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +260,28 @@ mod tests {
         for bad in ["%", "%4", "%ZZ", "a.b", "a:b", "%41", "a~b"] {
             assert_eq!(unescape_event_type(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn keys_parse_back_into_their_parts() {
+        let key = build_key("a:b", "svc", "x.y:z", "h1");
+        let parts = KeyParts::parse("a:b", &key).expect("parses");
+        assert_eq!(parts.service, "svc");
+        assert_eq!(parts.event_type.as_deref(), Some("x.y:z"));
+        assert_eq!(parts.hash, "h1");
+        for foreign in [
+            "a:bc:svc:t:h",
+            "a:b:svc:t",
+            "a:b:svc:t:h:extra",
+            "a:b::t:h",
+            "x",
+        ] {
+            assert_eq!(KeyParts::parse("a:b", foreign), None, "{foreign}");
+        }
+        let long = build_key("p", "s", &"q".repeat(300), "h");
+        let parts = KeyParts::parse("p", &long).expect("parses");
+        assert_eq!(parts.event_type, None);
+        assert_eq!(parts.event_type_display(), parts.event_type_segment);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod admin;
 mod breaker;
 mod config;
 #[cfg(feature = "conformance")]
@@ -19,7 +20,9 @@ mod guard;
 mod identity;
 mod key;
 mod store;
+mod telemetry;
 
+pub use admin::{AdminStore, ListedRecord, RecordPage};
 /// Re-exported so that a store implementation needs no extra dependency.
 pub use async_trait::async_trait;
 pub use config::{
@@ -32,8 +35,9 @@ pub use envelope::EventEnvelope;
 pub use error::{BoxError, ConfigError, EnvelopeError, GuardError, IdentityError, StoreError};
 pub use guard::{Guard, GuardStats, Outcome};
 pub use identity::{canonical_json, deterministic_hash, MAX_DEPTH};
-pub use key::{escape_event_type, unescape_event_type, MAX_EVENT_TYPE_SEGMENT};
+pub use key::{escape_event_type, unescape_event_type, KeyParts, MAX_EVENT_TYPE_SEGMENT};
 pub use store::{
     check_arguments, check_many, Claim, Completion, IdempotencyStore, Record, RecordState,
     TransactionalStore,
 };
+pub use telemetry::{RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS};

@@ -1,4 +1,10 @@
-//! The `eventonce` command: `eventonce demo` shows the guard at work.
+//! The `eventonce` command: `eventonce demo` shows the guard at work; `keys`, `show`,
+//! `release` and `stats` let an operator look at and fix the records in Redis or PostgreSQL.
+
+#[path = "eventonce/admin.rs"]
+mod admin;
+#[path = "eventonce/connect.rs"]
+mod connect;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -7,8 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use eventonce::{EventEnvelope, Guard, GuardError, IdempotencyConfig, MemoryStore, Outcome};
+use eventonce::{
+    EventEnvelope, Guard, GuardError, IdempotencyConfig, IdempotencyStore, MemoryStore, Outcome,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
+
+use connect::Backend;
 
 #[derive(Parser)]
 #[command(name = "eventonce", version, about = "Process each event once")]
@@ -20,8 +31,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Push a stream of events with duplicates, failures and a crash through the guard,
-    /// on the embedded in-memory store, and print what happened.
+    /// on the embedded in-memory store (or Redis, or PostgreSQL), and print what happened.
     Demo(DemoArgs),
+    /// List keys with their state, owner, age and TTL left (SCAN on Redis, paged SQL on
+    /// PostgreSQL; never KEYS).
+    Keys(admin::KeysArgs),
+    /// Show one record, decoded: by key, or computed from an event.
+    Show(admin::ShowArgs),
+    /// Remove one record so that its event can be processed again (asks first).
+    Release(admin::ReleaseArgs),
+    /// Count records per service, event type and state, with their (sampled) memory.
+    Stats(admin::StatsArgs),
 }
 
 #[derive(Args)]
@@ -48,6 +68,40 @@ struct DemoArgs {
     /// (off, error, warn, info, debug).
     #[arg(long, default_value = "off")]
     log: tracing_subscriber::filter::LevelFilter,
+    /// Run on this Redis instead of the in-memory store.
+    #[arg(long, value_name = "URL", conflicts_with = "postgres")]
+    redis: Option<String>,
+    /// Run on this PostgreSQL database instead of the in-memory store (the records table
+    /// is created if missing).
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// PostgreSQL schema of the records table.
+    #[arg(long, value_name = "NAME", default_value = "public")]
+    pg_schema: String,
+    /// PostgreSQL records table.
+    #[arg(long, value_name = "NAME", default_value = "eventonce_records")]
+    pg_table: String,
+    /// Key prefix of the demo's records.
+    #[arg(long, value_name = "PREFIX", default_value = eventonce::DEFAULT_KEY_PREFIX)]
+    prefix: String,
+    /// TTL of the demo's completed records, in seconds (they stay in Redis or PostgreSQL
+    /// for `eventonce keys` and `stats` to show).
+    #[arg(long, default_value_t = 3600)]
+    ttl_secs: u64,
+}
+
+impl DemoArgs {
+    fn backend(&self) -> Backend {
+        match (&self.redis, &self.postgres) {
+            (Some(url), _) => Backend::Redis(url.clone()),
+            (None, Some(url)) => Backend::Postgres {
+                url: url.clone(),
+                schema: self.pg_schema.clone(),
+                table: self.pg_table.clone(),
+            },
+            (None, None) => Backend::Memory,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -64,6 +118,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Demo(args) => runtime.block_on(demo(args)),
+        Command::Keys(args) => runtime.block_on(admin::keys(args)),
+        Command::Show(args) => runtime.block_on(admin::show(args)),
+        Command::Release(args) => runtime.block_on(admin::release(args)),
+        Command::Stats(args) => runtime.block_on(admin::stats(args)),
     }
 }
 
@@ -102,19 +160,50 @@ async fn demo(args: DemoArgs) -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let lease = Duration::from_millis(args.lease_ms.max(1));
-    let config = match IdempotencyConfig::builder("demo-service")
+    let backend = args.backend();
+    let mut builder = IdempotencyConfig::builder("demo-service")
         .processing_ttl(lease)
-        .debug_logging(args.log >= tracing_subscriber::filter::LevelFilter::DEBUG)
-        .build()
-    {
+        .key_prefix(args.prefix.clone())
+        .debug_logging(args.log >= tracing_subscriber::filter::LevelFilter::DEBUG);
+    if backend != Backend::Memory {
+        // Records that outlive the run: keep them briefly, and give a shared server's
+        // round trips room.
+        builder = builder
+            .event_type_ttls(Vec::<(String, Duration)>::new())
+            .default_ttl(Duration::from_secs(args.ttl_secs.max(1)))
+            .store_timeout(Duration::from_secs(5));
+    }
+    let config = match builder.build() {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::FAILURE;
         }
     };
-    let guard = Guard::new(MemoryStore::new(), config);
+    let (store, target): (Arc<dyn IdempotencyStore>, String) = match &backend {
+        Backend::Memory => (Arc::new(MemoryStore::new()), String::new()),
+        other => match connect::connect(other, true).await {
+            Ok(c) => (c.store, format!(" target={}", c.target)),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let guard = Guard::from_arc(store, config);
     let started = Instant::now();
+    // Events of a persistent store's earlier runs are still recorded: this run's ids are
+    // its own.
+    let run_id = match backend {
+        Backend::Memory => String::new(),
+        _ => format!(
+            "{:x}-",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default()
+        ),
+    };
 
     let events: Vec<EventEnvelope> = (0..args.events)
         .map(|i| {
@@ -122,7 +211,7 @@ async fn demo(args: DemoArgs) -> ExitCode {
                 EVENT_TYPES[i % EVENT_TYPES.len()],
                 json!({"essay_id": format!("essay-{i}"), "batch": i / 100}),
             )
-            .with_event_id(format!("evt-{i:06}"))
+            .with_event_id(format!("evt-{run_id}{i:06}"))
             .with_correlation_id(format!("corr-{}", i / 10))
         })
         .collect();
@@ -154,6 +243,7 @@ async fn demo(args: DemoArgs) -> ExitCode {
     }
 
     let tally = Arc::new(Tally::default());
+    let bar = progress_bar(stream.len() as u64);
     let effects: Arc<Mutex<HashMap<usize, usize>>> = Arc::default();
     let failed_once: Arc<Mutex<std::collections::HashSet<usize>>> = Arc::default();
 
@@ -193,10 +283,11 @@ async fn demo(args: DemoArgs) -> ExitCode {
                 Arc::clone(&effects),
                 Arc::clone(&failed_once),
             );
-            let (cursor, items, next) = (
+            let (cursor, items, next, bar) = (
                 Arc::clone(&cursor),
                 Arc::clone(&round_items),
                 Arc::clone(&next),
+                bar.clone(),
             );
             let fail_every = args.fail_every;
             workers.spawn(async move {
@@ -204,6 +295,7 @@ async fn demo(args: DemoArgs) -> ExitCode {
                     let i = cursor.fetch_add(1, Ordering::Relaxed);
                     let Some(delivery) = items.get(i) else { break };
                     tally.deliveries.fetch_add(1, Ordering::Relaxed);
+                    bar.inc(1);
                     let index = delivery.index;
                     let outcome = guard
                         .run(&delivery.envelope, async {
@@ -231,10 +323,12 @@ async fn demo(args: DemoArgs) -> ExitCode {
                         }
                         Err(GuardError::Handler(_)) => {
                             tally.failures.fetch_add(1, Ordering::Relaxed);
+                            bar.inc_length(1);
                             lock(&next).push(delivery.clone());
                         }
                         Err(GuardError::InProgress) => {
                             tally.in_progress.fetch_add(1, Ordering::Relaxed);
+                            bar.inc_length(1);
                             lock(&next).push(delivery.clone());
                         }
                         Err(other) => eprintln!("event {index}: {other}"),
@@ -251,6 +345,7 @@ async fn demo(args: DemoArgs) -> ExitCode {
         }
     }
     let crash_recovered_after = crashed_at.elapsed();
+    bar.finish();
 
     let effects = lock(&effects);
     let once = (0..args.events)
@@ -267,10 +362,19 @@ async fn demo(args: DemoArgs) -> ExitCode {
     let stats = guard.stats();
 
     println!(
-        "eventonce demo: store=memory service=demo-service workers={} lease={}ms",
+        "eventonce demo: store={}{target} service=demo-service workers={} lease={}ms",
+        backend.name(),
         args.workers,
         lease.as_millis()
     );
+    if !run_id.is_empty() {
+        println!(
+            "run {} : event ids evt-{run_id}*, records kept {} s under {}:demo-service:",
+            run_id.trim_end_matches('-'),
+            args.ttl_secs.max(1),
+            args.prefix
+        );
+    }
     println!();
     println!("| {:<38} | {:>8} |", "what happened", "count");
     println!("|{:-<40}|{:->10}|", "", "");
@@ -318,6 +422,22 @@ async fn demo(args: DemoArgs) -> ExitCode {
         println!("FAILED: some events were lost or processed twice");
         ExitCode::FAILURE
     }
+}
+
+/// A progress bar on stderr, drawn only when both stdout and stderr are terminals (never
+/// in tests, pipes or CI).
+fn progress_bar(len: u64) -> ProgressBar {
+    use std::io::IsTerminal;
+    if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("[{bar:40}] {pos}/{len} deliveries, {per_sec}, {elapsed}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

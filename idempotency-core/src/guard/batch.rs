@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
-use tracing::Level;
+use tracing::{Instrument, Level};
 
 use super::{bump, new_owner, Ctx, Guard, GuardInner, Outcome};
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, StoreError};
 use crate::store::{Claim, Completion};
+use crate::telemetry;
 
 /// One event's answer in a batch.
 type BatchResult<T, E> = Result<Outcome<T>, GuardError<E>>;
@@ -73,7 +74,34 @@ impl Guard {
     ///     }
     /// }
     /// ```
+    ///
+    /// Each call is one `tracing` span, `eventonce.run_batch` (with the batch's size), and,
+    /// with the `metrics` feature, each event is counted as a `run` is.
     pub async fn run_batch<'a, H, F, T, E>(
+        &self,
+        envelopes: &'a [EventEnvelope],
+        handler: H,
+    ) -> Vec<BatchResult<T, E>>
+    where
+        H: FnMut(&'a EventEnvelope) -> F,
+        F: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let span = tracing::info_span!(
+            "eventonce.run_batch",
+            service = self.inner.config.service_name(),
+            events = envelopes.len(),
+        );
+        let answers = self
+            .run_batch_once(envelopes, handler)
+            .instrument(span)
+            .await;
+        telemetry::batch_outcomes(&self.inner.config, envelopes, &answers);
+        answers
+    }
+
+    /// [`run_batch`](Self::run_batch) without its span and metrics.
+    async fn run_batch_once<'a, H, F, T, E>(
         &self,
         envelopes: &'a [EventEnvelope],
         mut handler: H,

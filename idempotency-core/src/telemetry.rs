@@ -1,0 +1,196 @@
+//! Metrics and traces of the guard.
+//!
+//! Every `run` is one `tracing` span, `eventonce.run`, whose fields carry the decision;
+//! with `tracing-opentelemetry` it becomes an OpenTelemetry span with those attributes.
+//!
+//! With the `metrics` feature the guard also records, through the
+//! [`metrics`](https://docs.rs/metrics) facade (any recorder: Prometheus, StatsD, ...):
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | [`RUNS_TOTAL`] | counter | `service`, `event_type`, `outcome` |
+//! | [`RUN_DURATION_SECONDS`] | histogram | `service`, `event_type`, `outcome` |
+//! | [`STORE_OPERATION_DURATION_SECONDS`] | histogram | `service`, `op`, `outcome` |
+//!
+//! Run outcomes: `processed`, `duplicate`, `unprotected`, `in_progress`,
+//! `handler_failed`, `store_refused`, `invalid_event`, `panicked`, `cancelled`. Store
+//! outcomes: `ok`, `error`, `timeout`. No label ever holds a key, a hash or an event id:
+//! their values are unbounded, and a time series per event would overwhelm any
+//! metrics backend.
+
+use std::time::Duration;
+#[cfg(feature = "metrics")]
+use std::time::Instant;
+
+use tracing::field::Empty;
+use tracing::Span;
+
+use crate::config::IdempotencyConfig;
+use crate::envelope::EventEnvelope;
+use crate::error::{GuardError, StoreError};
+use crate::guard::Outcome;
+
+/// Counter of finished runs (`service`, `event_type`, `outcome`).
+pub const RUNS_TOTAL: &str = "eventonce_runs_total";
+/// Histogram of the whole run, handler included, in seconds (`service`, `event_type`,
+/// `outcome`).
+pub const RUN_DURATION_SECONDS: &str = "eventonce_run_duration_seconds";
+/// Histogram of one store call as the guard sees it (timeout included), in seconds
+/// (`service`, `op`, `outcome`).
+///
+/// `op` is the store operation (`try_claim`, `complete`, `release`, `extend`): a slow
+/// claim and a slow lease renewal point at different problems, and it takes four values
+/// only. The event type is left out: a store's latency does not depend on it, and it would
+/// multiply the series for nothing.
+pub const STORE_OPERATION_DURATION_SECONDS: &str = "eventonce_store_operation_duration_seconds";
+
+/// The `outcome` label of a finished run.
+pub(crate) fn run_outcome<T, E>(result: &Result<Outcome<T>, GuardError<E>>) -> &'static str {
+    match result {
+        Ok(Outcome::Processed(_)) => "processed",
+        Ok(Outcome::Duplicate) => "duplicate",
+        Ok(Outcome::Unprotected(_)) => "unprotected",
+        Err(GuardError::InProgress) => "in_progress",
+        Err(GuardError::Handler(_)) => "handler_failed",
+        Err(GuardError::Store(_)) => "store_refused",
+        Err(GuardError::InvalidEvent(_)) => "invalid_event",
+    }
+}
+
+/// The span and the metrics of one run. Dropped without [`finish`](RunProbe::finish), it
+/// records the run as `panicked` (while unwinding) or `cancelled` (its future dropped).
+pub(crate) struct RunProbe {
+    span: Span,
+    #[cfg(feature = "metrics")]
+    service: String,
+    #[cfg(feature = "metrics")]
+    event_type: String,
+    #[cfg(feature = "metrics")]
+    started: Instant,
+    finished: bool,
+}
+
+impl RunProbe {
+    /// Opens the span of a run of `envelope`.
+    pub(crate) fn start(config: &IdempotencyConfig, envelope: &EventEnvelope) -> RunProbe {
+        let span = tracing::info_span!(
+            "eventonce.run",
+            service = config.service_name(),
+            event_type = envelope.event_type.as_str(),
+            event_id = envelope.event_id.as_deref(),
+            correlation_id = envelope.correlation_id.as_deref(),
+            outcome = Empty,
+            duplicate = Empty,
+            handler_ran = Empty,
+            "otel.status_code" = Empty,
+        );
+        RunProbe {
+            span,
+            #[cfg(feature = "metrics")]
+            service: config.service_name().to_owned(),
+            #[cfg(feature = "metrics")]
+            event_type: envelope.event_type.clone(),
+            #[cfg(feature = "metrics")]
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    /// The run's span.
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Records the run's decision on its span and in the metrics.
+    pub(crate) fn finish<T, E>(mut self, result: &Result<Outcome<T>, GuardError<E>>) {
+        self.finished = true;
+        let ran = matches!(
+            result,
+            Ok(Outcome::Processed(_) | Outcome::Unprotected(_)) | Err(GuardError::Handler(_))
+        );
+        self.span
+            .record("duplicate", matches!(result, Ok(Outcome::Duplicate)));
+        self.span.record("handler_ran", ran);
+        self.record(run_outcome(result));
+    }
+
+    fn record(&self, outcome: &'static str) {
+        self.span.record("outcome", outcome);
+        let failed = matches!(
+            outcome,
+            "handler_failed" | "store_refused" | "invalid_event" | "panicked"
+        );
+        self.span
+            .record("otel.status_code", if failed { "ERROR" } else { "OK" });
+        #[cfg(feature = "metrics")]
+        {
+            let labels = [
+                ("service", self.service.clone()),
+                ("event_type", self.event_type.clone()),
+                ("outcome", outcome.to_owned()),
+            ];
+            metrics::counter!(RUNS_TOTAL, &labels).increment(1);
+            metrics::histogram!(RUN_DURATION_SECONDS, &labels)
+                .record(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Records the answers of one `run_batch` call: one count per event, with the same
+/// labels as a `run` (the batch's duration is not split per event, so no run histogram).
+pub(crate) fn batch_outcomes<T, E>(
+    config: &IdempotencyConfig,
+    envelopes: &[EventEnvelope],
+    answers: &[Result<Outcome<T>, GuardError<E>>],
+) {
+    #[cfg(feature = "metrics")]
+    for (envelope, answer) in envelopes.iter().zip(answers) {
+        metrics::counter!(
+            RUNS_TOTAL,
+            "service" => config.service_name().to_owned(),
+            "event_type" => envelope.event_type.clone(),
+            "outcome" => run_outcome(answer),
+        )
+        .increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (config, envelopes, answers);
+}
+
+impl Drop for RunProbe {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.record(if std::thread::panicking() {
+                "panicked"
+            } else {
+                "cancelled"
+            });
+        }
+    }
+}
+
+/// Records one store call's latency (a no-op without the `metrics` feature).
+pub(crate) fn store_call<T>(
+    config: &IdempotencyConfig,
+    op: &'static str,
+    elapsed: Duration,
+    result: &Result<T, StoreError>,
+) {
+    #[cfg(feature = "metrics")]
+    {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(StoreError::Timeout { .. }) => "timeout",
+            Err(_) => "error",
+        };
+        metrics::histogram!(
+            STORE_OPERATION_DURATION_SECONDS,
+            "service" => config.service_name().to_owned(),
+            "op" => op,
+            "outcome" => outcome,
+        )
+        .record(elapsed.as_secs_f64());
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (config, op, elapsed, result);
+}

@@ -1,0 +1,692 @@
+//! The admin commands: `keys`, `show`, `release`, `stats`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use eventonce::{
+    escape_event_type, AdminStore, EventEnvelope, IdempotencyConfig, KeyParts, ListedRecord,
+    Record, RecordState,
+};
+use serde_json::{json, Value};
+
+use crate::connect::{connect, Backend, Connected, StoreArgs};
+
+/// How many records a listing asks the store for per round trip.
+const PAGE: usize = 500;
+
+/// Exit code of a command that found nothing to do or was declined.
+const NOTHING: u8 = 1;
+/// Exit code of a refused or failed command.
+const REFUSED: u8 = 2;
+
+#[derive(Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only this service's keys.
+    #[arg(long)]
+    service: Option<String>,
+    /// Only this event type's keys (as the producer spells it, dots and all).
+    #[arg(long)]
+    event_type: Option<String>,
+    /// Only records in this state.
+    #[arg(long, value_parser = ["processing", "completed"])]
+    state: Option<String>,
+    /// Print at most this many keys.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The key to show.
+    #[arg(conflicts_with_all = ["service", "event_type", "event_id", "data_file"],
+          required_unless_present_all = ["service", "event_type", "data_file"])]
+    key: Option<String>,
+    /// Compute the key from an event: its consumer service.
+    #[arg(long, requires_all = ["event_type", "data_file"])]
+    service: Option<String>,
+    /// Compute the key from an event: its type.
+    #[arg(long)]
+    event_type: Option<String>,
+    /// Compute the key from an event: its `event_id` (leave out for an event without one).
+    #[arg(long)]
+    event_id: Option<String>,
+    /// Compute the key from an event: a file with its `data` JSON (`-`: standard input).
+    #[arg(long, value_name = "FILE")]
+    data_file: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The key whose record to remove.
+    key: String,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only this service's records.
+    #[arg(long)]
+    service: Option<String>,
+    /// Keys per service and event type whose memory is measured.
+    #[arg(long, default_value_t = 20)]
+    samples: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Checks the prefix (and service) as a configuration would, and gives the literal key
+/// prefix to list: `{prefix}:`, `{prefix}:{service}:`, or with the event type too.
+fn scope(prefix: &str, service: Option<&str>, event_type: Option<&str>) -> Result<String, String> {
+    IdempotencyConfig::builder(service.unwrap_or("any"))
+        .key_prefix(prefix)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut scope = format!("{prefix}:");
+    if let Some(service) = service {
+        scope.push_str(service);
+        scope.push(':');
+        if let Some(event_type) = event_type {
+            scope.push_str(&escape_event_type(event_type));
+            scope.push(':');
+        }
+    }
+    Ok(scope)
+}
+
+async fn open(args: &StoreArgs) -> Result<Connected, String> {
+    connect(&Backend::for_admin(args), false).await
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(REFUSED)
+}
+
+/// Every live record under `scope` that `keep` accepts, up to `limit` of them; and
+/// whether more were left out.
+async fn collect(
+    store: &dyn AdminStore,
+    scope: &str,
+    limit: usize,
+    mut keep: impl FnMut(&ListedRecord) -> bool,
+) -> Result<(Vec<ListedRecord>, bool), String> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .list_page(scope, cursor.as_deref(), PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        for record in page.records {
+            if keep(&record) {
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push(record);
+            }
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok((out, false)),
+        }
+    }
+}
+
+/// A short human duration: `850ms`, `12.5s`, `4m05s`, `3h07m`, `2d05h`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        1..=59 => format!("{:.1}s", d.as_secs_f64()),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn age(record: &Record) -> Option<Duration> {
+    record
+        .updated_at
+        .map(|at| SystemTime::now().duration_since(at).unwrap_or_default())
+}
+
+fn ms(d: Option<Duration>) -> Value {
+    d.map_or(Value::Null, |d| {
+        json!(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    })
+}
+
+fn or_dash(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".to_owned(), human)
+}
+
+/// Prints a table in the demo's style; columns after the first `left` are right-aligned.
+fn table(headers: &[&str], rows: &[Vec<String>], left: usize) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::from("|");
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
+            if i < left {
+                out.push_str(&format!(" {cell:<w$} |"));
+            } else {
+                out.push_str(&format!(" {cell:>w$} |"));
+            }
+        }
+        out
+    };
+    println!("{}", line(&mut headers.iter().copied()));
+    let rule: String = widths
+        .iter()
+        .map(|w| format!("|{}", "-".repeat(w + 2)))
+        .collect();
+    println!("{rule}|");
+    for row in rows {
+        println!("{}", line(&mut row.iter().map(String::as_str)));
+    }
+}
+
+fn state_of(name: Option<&str>) -> Option<RecordState> {
+    match name {
+        Some("processing") => Some(RecordState::Processing),
+        Some("completed") => Some(RecordState::Completed),
+        _ => None,
+    }
+}
+
+pub async fn keys(args: KeysArgs) -> ExitCode {
+    let scope = match scope(
+        &args.store.prefix,
+        args.service.as_deref(),
+        args.event_type.as_deref(),
+    ) {
+        Ok(scope) => scope,
+        Err(err) => return fail(err),
+    };
+    let connected = match open(&args.store).await {
+        Ok(c) => c,
+        Err(err) => return fail(err),
+    };
+    let want_state = state_of(args.state.as_deref());
+    let prefix = args.store.prefix.as_str();
+    let event_type = args.event_type.as_deref();
+    let listed = collect(connected.store.as_ref(), &scope, args.limit, |r| {
+        let type_ok = event_type.is_none_or(|t| {
+            KeyParts::parse(prefix, &r.key).is_some_and(|p| p.event_type.as_deref() == Some(t))
+        });
+        type_ok && want_state.is_none_or(|s| r.record.state == s)
+    })
+    .await;
+    let (records, more) = match listed {
+        Ok(listed) => listed,
+        Err(err) => return fail(err),
+    };
+    if args.json {
+        let items: Vec<Value> = records
+            .iter()
+            .map(|r| {
+                let parts = KeyParts::parse(prefix, &r.key);
+                json!({
+                    "key": r.key,
+                    "service": parts.as_ref().map(|p| p.service.clone()),
+                    "event_type": parts.as_ref().map(|p| p.event_type_display().to_owned()),
+                    "state": r.record.state.as_str(),
+                    "owner": r.record.owner,
+                    "age_ms": ms(age(&r.record)),
+                    "ttl_left_ms": ms(r.record.ttl_left),
+                })
+            })
+            .collect();
+        println!("{}", Value::Array(items));
+        return ExitCode::SUCCESS;
+    }
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            vec![
+                r.key.clone(),
+                r.record.state.as_str().to_owned(),
+                r.record.owner.clone().unwrap_or_else(|| "-".into()),
+                or_dash(age(&r.record)),
+                or_dash(r.record.ttl_left),
+            ]
+        })
+        .collect();
+    table(&["key", "state", "owner", "age", "ttl left"], &rows, 3);
+    println!(
+        "{} key(s) under {scope} in {}{}",
+        records.len(),
+        connected.target,
+        if more {
+            format!("; more left out (raise --limit {})", args.limit)
+        } else {
+            String::new()
+        }
+    );
+    ExitCode::SUCCESS
+}
+
+/// The key `show` asks for: given, or computed from the event.
+fn show_key(args: &ShowArgs) -> Result<String, String> {
+    if let Some(key) = &args.key {
+        return Ok(key.clone());
+    }
+    let (Some(service), Some(event_type), Some(file)) =
+        (&args.service, &args.event_type, &args.data_file)
+    else {
+        return Err("give a KEY, or --service, --event-type and --data-file".into());
+    };
+    let text = if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| format!("cannot read the data from standard input: {e}"))?;
+        text
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?
+    };
+    let data: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("the data in {} is not JSON: {e}", file.display()))?;
+    let mut envelope = EventEnvelope::new(event_type.clone(), data);
+    if let Some(id) = &args.event_id {
+        envelope = envelope.with_event_id(id.clone());
+    }
+    let config = IdempotencyConfig::builder(service.clone())
+        .key_prefix(args.store.prefix.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let hash = envelope.deterministic_hash().map_err(|e| e.to_string())?;
+    Ok(config.generate_key(event_type, &hash))
+}
+
+fn describe(prefix: &str, key: &str, record: &Record) -> Value {
+    let parts = KeyParts::parse(prefix, key);
+    json!({
+        "key": key,
+        "service": parts.as_ref().map(|p| p.service.clone()),
+        "event_type": parts.as_ref().map(|p| p.event_type_display().to_owned()),
+        "hash": parts.as_ref().map(|p| p.hash.clone()),
+        "state": record.state.as_str(),
+        "owner": record.owner,
+        "written_by": if record.owner.is_some() { "eventonce" } else { "an older writer" },
+        "age_ms": ms(age(record)),
+        "ttl_left_ms": ms(record.ttl_left),
+    })
+}
+
+fn print_record(prefix: &str, key: &str, record: &Record) {
+    let parts = KeyParts::parse(prefix, key);
+    println!("key:        {key}");
+    if let Some(p) = &parts {
+        println!("service:    {}", p.service);
+        println!("event type: {}", p.event_type_display());
+        println!("hash:       {}", p.hash);
+    } else {
+        println!("(the key is not of the form {prefix}:<service>:<event type>:<hash>)");
+    }
+    println!("state:      {}", record.state.as_str());
+    match &record.owner {
+        Some(owner) => println!("owner:      {owner}"),
+        None => println!("owner:      - (an older writer's value)"),
+    }
+    println!("age:        {}", or_dash(age(record)));
+    println!("ttl left:   {}", or_dash(record.ttl_left));
+}
+
+pub async fn show(args: ShowArgs) -> ExitCode {
+    let key = match show_key(&args) {
+        Ok(key) => key,
+        Err(err) => return fail(err),
+    };
+    let connected = match open(&args.store).await {
+        Ok(c) => c,
+        Err(err) => return fail(err),
+    };
+    let record = match connected.store.get(&key).await {
+        Ok(record) => record,
+        Err(err) => return fail(err),
+    };
+    let prefix = &args.store.prefix;
+    match (record, args.json) {
+        (Some(record), true) => println!("{}", describe(prefix, &key, &record)),
+        (Some(record), false) => print_record(prefix, &key, &record),
+        (None, true) => {
+            println!("{}", json!({"key": key, "state": "absent"}));
+            return ExitCode::from(NOTHING);
+        }
+        (None, false) => {
+            println!("key:        {key}");
+            println!("state:      absent (never processed, or expired)");
+            return ExitCode::from(NOTHING);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// What removing a record in `state` does, for the confirmation prompt.
+fn consequence(state: RecordState) -> &'static str {
+    match state {
+        RecordState::Completed => {
+            "The event was processed; releasing it lets its next delivery be processed again."
+        }
+        RecordState::Processing => {
+            "A consumer holds this claim and may be running the handler now. Releasing it lets \
+             the next delivery run concurrently; the holder's completion then fails \
+             (CLAIM_LOST) and its record is not written."
+        }
+    }
+}
+
+pub async fn release(args: ReleaseArgs) -> ExitCode {
+    let prefix = &args.store.prefix;
+    if let Err(err) = scope(prefix, None, None) {
+        return fail(err);
+    }
+    if !args.key.starts_with(&format!("{prefix}:")) || KeyParts::parse(prefix, &args.key).is_none()
+    {
+        return fail(format!(
+            "refusing to release {:?}: it is not a key under {prefix}: (of the form \
+             {prefix}:<service>:<event type>:<hash>); use --prefix for another namespace",
+            args.key
+        ));
+    }
+    let connected = match open(&args.store).await {
+        Ok(c) => c,
+        Err(err) => return fail(err),
+    };
+    let record = match connected.store.get(&args.key).await {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            println!("no live record at {}; nothing to release", args.key);
+            return ExitCode::from(NOTHING);
+        }
+        Err(err) => return fail(err),
+    };
+    print_record(prefix, &args.key, &record);
+    if record.owner.is_none() {
+        return fail(
+            "refusing: this value was written by an older writer, not by eventonce; it is left untouched",
+        );
+    }
+    println!();
+    println!("{}", consequence(record.state));
+    if !args.yes {
+        print!("Release {}? [y/N] ", args.key);
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        if std::io::stdin().lock().read_line(&mut answer).is_err() {
+            answer.clear();
+        }
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            // The answer was not echoed: end the prompt's line.
+            println!();
+        }
+        let answer = answer.trim().to_ascii_lowercase();
+        if answer != "y" && answer != "yes" {
+            println!("not released");
+            return ExitCode::from(NOTHING);
+        }
+    }
+    match connected
+        .store
+        .remove_if_unchanged(&args.key, &record)
+        .await
+    {
+        Ok(true) => {
+            println!("released {} (it was {})", args.key, record.state.as_str());
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!(
+                "not released: the record changed or expired since it was read; run `show` again"
+            );
+            ExitCode::from(NOTHING)
+        }
+        Err(err) => fail(err),
+    }
+}
+
+#[derive(Default)]
+struct Group {
+    processing: u64,
+    completed: u64,
+    sample: Vec<String>,
+    sampled_bytes: u64,
+    measured: u64,
+}
+
+impl Group {
+    fn total(&self) -> u64 {
+        self.processing + self.completed
+    }
+
+    /// The measured average times the count, rounded.
+    fn estimate(&self) -> Option<u64> {
+        (self.measured > 0).then(|| {
+            let avg = self.sampled_bytes as f64 / self.measured as f64;
+            (avg * self.total() as f64).round() as u64
+        })
+    }
+}
+
+/// `1.5 KiB`, `3.2 MiB`.
+fn bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+pub async fn stats(args: StatsArgs) -> ExitCode {
+    let scope = match scope(&args.store.prefix, args.service.as_deref(), None) {
+        Ok(scope) => scope,
+        Err(err) => return fail(err),
+    };
+    let connected = match open(&args.store).await {
+        Ok(c) => c,
+        Err(err) => return fail(err),
+    };
+    let store = connected.store.as_ref();
+    let prefix = args.store.prefix.as_str();
+    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = match store.list_page(&scope, cursor.as_deref(), PAGE).await {
+            Ok(page) => page,
+            Err(err) => return fail(err),
+        };
+        for r in page.records {
+            let name = KeyParts::parse(prefix, &r.key).map_or_else(
+                || ("(other keys)".to_owned(), "-".to_owned()),
+                |p| (p.service.clone(), p.event_type_display().to_owned()),
+            );
+            let group = groups.entry(name).or_default();
+            match r.record.state {
+                RecordState::Processing => group.processing += 1,
+                RecordState::Completed => group.completed += 1,
+            }
+            if group.sample.len() < args.samples {
+                group.sample.push(r.key);
+            }
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    for group in groups.values_mut() {
+        match store.memory_usage(&group.sample).await {
+            Ok(sizes) => {
+                for size in sizes.into_iter().flatten() {
+                    group.sampled_bytes += size;
+                    group.measured += 1;
+                }
+            }
+            Err(err) => return fail(err),
+        }
+    }
+    let measure = store.memory_measure();
+    let sum = |f: &dyn Fn(&Group) -> u64| groups.values().map(f).sum::<u64>();
+    let (processing, completed) = (sum(&|g| g.processing), sum(&|g| g.completed));
+    let estimate = sum(&|g| g.estimate().unwrap_or(0));
+    let measured = sum(&|g| g.measured);
+    let backend = Backend::for_admin(&args.store);
+
+    if args.json {
+        let items: Vec<Value> = groups
+            .iter()
+            .map(|((service, event_type), g)| {
+                json!({
+                    "service": service,
+                    "event_type": event_type,
+                    "processing": g.processing,
+                    "completed": g.completed,
+                    "records": g.total(),
+                    "memory_keys_sampled": g.measured,
+                    "memory_bytes_estimate": g.estimate(),
+                })
+            })
+            .collect();
+        let out = json!({
+            "backend": backend.name(),
+            "target": connected.target,
+            "prefix": prefix,
+            "scope": scope,
+            "memory": {
+                "measure": measure,
+                "sampled": true,
+                "samples_per_group": args.samples,
+                "keys_sampled": measured,
+            },
+            "groups": items,
+            "total": {
+                "processing": processing,
+                "completed": completed,
+                "records": processing + completed,
+                "memory_bytes_estimate": estimate,
+            },
+        });
+        println!("{out}");
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "eventonce stats: {} {}, keys under {scope}",
+        backend.name(),
+        connected.target
+    );
+    println!();
+    let mut rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|((service, event_type), g)| {
+            vec![
+                service.clone(),
+                event_type.clone(),
+                g.processing.to_string(),
+                g.completed.to_string(),
+                g.estimate().map_or_else(|| "-".to_owned(), bytes),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        "total".into(),
+        String::new(),
+        processing.to_string(),
+        completed.to_string(),
+        bytes(estimate),
+    ]);
+    table(
+        &[
+            "service",
+            "event type",
+            "processing",
+            "completed",
+            "memory (est.)",
+        ],
+        &rows,
+        2,
+    );
+    println!();
+    println!(
+        "memory is sampled: {measure} of up to {} keys per service and event type ({measured} keys measured), \
+         averaged and multiplied by the group's count",
+        args.samples
+    );
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(human(Duration::from_millis(850)), "850ms");
+        assert_eq!(human(Duration::from_millis(12_500)), "12.5s");
+        assert_eq!(human(Duration::from_secs(245)), "4m05s");
+        assert_eq!(human(Duration::from_secs(3 * 3600 + 7 * 60)), "3h07m");
+        assert_eq!(human(Duration::from_secs(2 * 86_400 + 5 * 3600)), "2d05h");
+    }
+
+    #[test]
+    fn sizes_read_at_a_glance() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
+    }
+
+    #[test]
+    fn scopes_are_literal_prefixes_and_validated() {
+        assert_eq!(scope("p:q", None, None).as_deref(), Ok("p:q:"));
+        assert_eq!(
+            scope("p", Some("svc"), Some("a.b")).as_deref(),
+            Ok("p:svc:a_b:")
+        );
+        assert!(scope("p*", None, None).is_err());
+        assert!(scope("p", Some("a:b"), None).is_err());
+    }
+
+    #[test]
+    fn the_estimate_extrapolates_the_sampled_average() {
+        let g = Group {
+            processing: 10,
+            completed: 90,
+            sample: Vec::new(),
+            sampled_bytes: 300,
+            measured: 3,
+        };
+        assert_eq!(g.estimate(), Some(10_000));
+        assert_eq!(Group::default().estimate(), None);
+    }
+}

@@ -1,0 +1,151 @@
+//! Which store a command talks to, and connecting to it.
+
+use std::sync::Arc;
+
+use clap::Args;
+use eventonce::{AdminStore, IdempotencyStore};
+
+/// Where an admin command finds the records.
+#[derive(Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// Redis URL [default: $EVENTONCE_REDIS_URL, else redis://127.0.0.1:6379 when no
+    /// PostgreSQL URL is given either].
+    #[arg(long, value_name = "URL", conflicts_with = "postgres")]
+    pub redis: Option<String>,
+    /// PostgreSQL URL [default: $EVENTONCE_POSTGRES_URL when no Redis URL is set].
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+    /// PostgreSQL schema of the records table.
+    #[arg(long, value_name = "NAME", default_value = "public")]
+    pub pg_schema: String,
+    /// PostgreSQL records table.
+    #[arg(long, value_name = "NAME", default_value = "eventonce_records")]
+    pub pg_table: String,
+    /// Key prefix of the records.
+    #[arg(long, value_name = "PREFIX", default_value = eventonce::DEFAULT_KEY_PREFIX)]
+    pub prefix: String,
+}
+
+/// A backend chosen on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded in-memory store (the demo only).
+    Memory,
+    /// A Redis server.
+    Redis(String),
+    /// A PostgreSQL database, with schema and table.
+    Postgres {
+        url: String,
+        schema: String,
+        table: String,
+    },
+}
+
+impl Backend {
+    /// The admin commands' choice: the flags, else `EVENTONCE_REDIS_URL`, else
+    /// `EVENTONCE_POSTGRES_URL`, else the local Redis.
+    pub fn for_admin(args: &StoreArgs) -> Backend {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let postgres = |url| Backend::Postgres {
+            url,
+            schema: args.pg_schema.clone(),
+            table: args.pg_table.clone(),
+        };
+        if let Some(url) = &args.redis {
+            Backend::Redis(url.clone())
+        } else if let Some(url) = &args.postgres {
+            postgres(url.clone())
+        } else if let Some(url) = env("EVENTONCE_REDIS_URL") {
+            Backend::Redis(url)
+        } else if let Some(url) = env("EVENTONCE_POSTGRES_URL") {
+            postgres(url)
+        } else {
+            Backend::Redis("redis://127.0.0.1:6379".into())
+        }
+    }
+
+    /// `memory`, `redis` or `postgres`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Redis(_) => "redis",
+            Backend::Postgres { .. } => "postgres",
+        }
+    }
+}
+
+/// A store that both the guard and the admin commands can use.
+pub trait Store: IdempotencyStore + AdminStore {}
+impl<S: IdempotencyStore + AdminStore> Store for S {}
+
+/// A connected store and a description of it without credentials.
+pub struct Connected {
+    pub store: Arc<dyn Store>,
+    pub target: String,
+}
+
+/// Connects to `backend`. `migrate`: create the PostgreSQL table if missing (the demo
+/// does; the admin commands never write a schema).
+pub async fn connect(backend: &Backend, migrate: bool) -> Result<Connected, String> {
+    match backend {
+        Backend::Memory => Err(
+            "the in-memory store is private to one process; give --redis URL or --postgres URL"
+                .into(),
+        ),
+        Backend::Redis(url) => redis(url).await,
+        Backend::Postgres { url, schema, table } => postgres(url, schema, table, migrate).await,
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn redis(url: &str) -> Result<Connected, String> {
+    use std::time::Duration;
+    let options = eventonce::RedisOptions::default()
+        .timeouts(Duration::from_secs(3), Duration::from_secs(10));
+    let store = eventonce::RedisStore::connect_with(url, options)
+        .await
+        .map_err(|e| format!("Redis: {e}"))?;
+    Ok(Connected {
+        target: store.target().to_owned(),
+        store: Arc::new(store),
+    })
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis(_url: &str) -> Result<Connected, String> {
+    Err("this eventonce binary was built without the `redis` feature".into())
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres(
+    url: &str,
+    schema: &str,
+    table: &str,
+    migrate: bool,
+) -> Result<Connected, String> {
+    use eventonce::{PostgresOptions, PostgresStore};
+    let options = PostgresOptions::default()
+        .schema(schema)
+        .table(table)
+        .max_connections(8);
+    let store = if migrate {
+        PostgresStore::connect_with(url, options).await
+    } else {
+        PostgresStore::connect_existing(url, options).await
+    }
+    .map_err(|e| format!("PostgreSQL: {e}"))?;
+    Ok(Connected {
+        target: format!("table {}", store.table()),
+        store: Arc::new(store),
+    })
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres(
+    _url: &str,
+    _schema: &str,
+    _table: &str,
+    _migrate: bool,
+) -> Result<Connected, String> {
+    Err("this eventonce binary was built without the `postgres` feature".into())
+}

@@ -1,0 +1,674 @@
+//! The admin commands (`keys`, `show`, `release`, `stats`) and `demo --redis/--postgres`,
+//! run as an operator runs them: the binary as a subprocess, against the real Redis
+//! (`EVENTONCE_REDIS_URL`, default `redis://127.0.0.1:6379`) and PostgreSQL
+//! (`EVENTONCE_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`). Every
+//! test works under a key prefix (and PostgreSQL schema) of its own.
+#![cfg(all(feature = "redis", feature = "postgres"))]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use eventonce::{
+    Claim, EventEnvelope, Guard, IdempotencyConfig, IdempotencyStore, Outcome, RecordState,
+    RedisStore,
+};
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+
+fn redis_url() -> String {
+    std::env::var("EVENTONCE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn postgres_url() -> String {
+    std::env::var("EVENTONCE_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// A key prefix no other test (of this run or another) uses.
+fn unique_prefix(test: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "eventonce:admin-test:{test}:{:x}-{:x}-{}",
+        std::process::id(),
+        epoch().as_nanos(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A PostgreSQL schema of this run, named so that the backend tests' clean-up drops it
+/// after an hour.
+fn unique_schema(test: &str) -> String {
+    format!(
+        "eventonce_test_{}_{}_cli_{test}",
+        epoch().as_secs(),
+        std::process::id()
+    )
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", self.stdout, self.stderr))
+    }
+}
+
+/// Runs `eventonce ARGS`, feeding `stdin` (nothing: an empty, closed stdin).
+fn eventonce(args: &[&str], stdin: &str) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eventonce"))
+        .args(args)
+        .env_remove("EVENTONCE_REDIS_URL")
+        .env_remove("EVENTONCE_POSTGRES_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).expect("stdin");
+    }
+    let out = child.wait_with_output().expect("the binary finishes");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `eventonce COMMAND --redis URL --prefix PREFIX ARGS`.
+fn on_redis(command: &str, prefix: &str, args: &[&str], stdin: &str) -> Run {
+    let url = redis_url();
+    let mut all = vec![command, "--redis", url.as_str(), "--prefix", prefix];
+    all.extend_from_slice(args);
+    eventonce(&all, stdin)
+}
+
+async fn store() -> RedisStore {
+    RedisStore::connect(&redis_url())
+        .await
+        .unwrap_or_else(|e| panic!("these tests need Redis at {}: {e}", redis_url()))
+}
+
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis is up")
+}
+
+fn config(prefix: &str, service: &str) -> IdempotencyConfig {
+    IdempotencyConfig::builder(service)
+        .key_prefix(prefix)
+        .default_ttl(HOUR)
+        .build()
+        .expect("config")
+}
+
+fn key_of(prefix: &str, service: &str, event_type: &str, id: &str) -> String {
+    let envelope = EventEnvelope::new(event_type, json!({"n": id})).with_event_id(id);
+    let hash = envelope.deterministic_hash().expect("hash");
+    config(prefix, service).generate_key(event_type, &hash)
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Writes a completed record of ours at `key`.
+async fn completed(store: &RedisStore, key: &str) {
+    assert_eq!(
+        store
+            .try_claim(key, "test-owner", HOUR)
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
+    assert!(store
+        .complete(key, "test-owner", HOUR)
+        .await
+        .expect("complete"));
+}
+
+fn keys_in(run: &Run) -> Vec<String> {
+    run.json()
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {}", run.stdout))
+        .iter()
+        .filter_map(|k| k["key"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn keys_lists_state_owner_age_and_ttl_and_filters_by_service_type_and_state() {
+    let prefix = unique_prefix("keys");
+    let store = store().await;
+    let billing_a = key_of(&prefix, "billing", "orders.created.v1", "1");
+    let billing_b = key_of(&prefix, "billing", "orders.paid.v1", "2");
+    let mail = key_of(&prefix, "mail", "orders.created.v1", "3");
+    let claimed = key_of(&prefix, "billing", "orders.created.v1", "4");
+    for key in [&billing_a, &billing_b, &mail] {
+        completed(&store, key).await;
+    }
+    assert_eq!(
+        store
+            .try_claim(&claimed, "worker-7", HOUR)
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
+    // Keys of another prefix that shares the first characters stay out.
+    let neighbour = format!("{prefix}x:billing:t:h");
+    let _: () = raw().await.set_ex(&neighbour, "1", 600).await.expect("set");
+
+    let all = on_redis("keys", &prefix, &["--json"], "");
+    assert_eq!(all.code, 0, "{}", all.stderr);
+    let mut listed = keys_in(&all);
+    listed.sort();
+    let mut expected = vec![
+        billing_a.clone(),
+        billing_b.clone(),
+        mail.clone(),
+        claimed.clone(),
+    ];
+    expected.sort();
+    assert_eq!(listed, expected);
+    let entry = all
+        .json()
+        .as_array()
+        .and_then(|a| a.iter().find(|k| k["key"] == claimed.as_str()).cloned())
+        .expect("the claim is listed");
+    assert_eq!(entry["state"], "processing");
+    assert_eq!(entry["owner"], "worker-7");
+    assert_eq!(entry["service"], "billing");
+    assert_eq!(entry["event_type"], "orders.created.v1");
+    let ttl = entry["ttl_left_ms"].as_u64().expect("ttl");
+    assert!(ttl > 3_500_000 && ttl <= 3_600_000, "{ttl}");
+    assert!(entry["age_ms"].as_u64().expect("age") < 60_000);
+
+    let billing = on_redis("keys", &prefix, &["--service", "billing", "--json"], "");
+    assert_eq!(keys_in(&billing).len(), 3);
+    let created = on_redis(
+        "keys",
+        &prefix,
+        &["--event-type", "orders.created.v1", "--json"],
+        "",
+    );
+    assert_eq!(keys_in(&created).len(), 3);
+    let processing = on_redis("keys", &prefix, &["--state", "processing", "--json"], "");
+    assert_eq!(keys_in(&processing), vec![claimed.clone()]);
+    let one = on_redis(
+        "keys",
+        &prefix,
+        &[
+            "--service",
+            "billing",
+            "--event-type",
+            "orders.paid.v1",
+            "--state",
+            "completed",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(keys_in(&one), vec![billing_b.clone()]);
+
+    let table = on_redis("keys", &prefix, &["--limit", "2"], "");
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(
+        table.stdout.starts_with("| key ")
+            && table.stdout.contains("| state ")
+            && table.stdout.contains("ttl left"),
+        "{}",
+        table.stdout
+    );
+    assert!(table.stdout.contains("more left out"), "{}", table.stdout);
+    let rows = table
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("| {prefix}")))
+        .count();
+    assert_eq!(rows, 2, "{}", table.stdout);
+}
+
+#[tokio::test]
+async fn keys_and_stats_page_through_many_scan_pages() {
+    let prefix = unique_prefix("paging");
+    let mut con = raw().await;
+    let mut pipe = redis::pipe();
+    for i in 0..1234 {
+        let key = key_of(&prefix, "bulk", "bulk.loaded.v1", &i.to_string());
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(format!("c|1732712345678|owner-{i}"))
+            .arg("EX")
+            .arg(600)
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut con).await.expect("load");
+    let keys = on_redis("keys", &prefix, &["--json", "--limit", "5000"], "");
+    assert_eq!(keys_in(&keys).len(), 1234);
+    let stats = on_redis("stats", &prefix, &["--json"], "").json();
+    assert_eq!(stats["total"]["completed"], 1234);
+    assert_eq!(stats["groups"][0]["memory_keys_sampled"], 20);
+}
+
+#[tokio::test]
+async fn show_decodes_a_record_by_key_and_computes_the_key_from_an_event() {
+    let prefix = unique_prefix("show");
+    let store = store().await;
+    let data = json!({"essay_id": "e-9", "scores": [1, 2]});
+    let envelope = EventEnvelope::new("essay.scored.v1", data.clone()).with_event_id("evt-9");
+    let guard = Guard::new(store.clone(), config(&prefix, "grader"));
+    let outcome = guard
+        .run(&envelope, async { Ok::<_, std::io::Error>(()) })
+        .await
+        .expect("run");
+    assert_eq!(outcome, Outcome::Processed(()));
+    let key = guard.key_for(&envelope).expect("key");
+
+    let text = on_redis("show", &prefix, &[&key], "");
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    for line in [
+        "service:    grader",
+        "event type: essay.scored.v1",
+        "state:      completed",
+    ] {
+        assert!(text.stdout.contains(line), "{line} in\n{}", text.stdout);
+    }
+
+    // The same record, found from the event: data re-spelled with another key order.
+    let file = std::env::temp_dir().join(format!("{}.json", prefix.replace(':', "_")));
+    std::fs::write(&file, r#"{ "scores": [1,2], "essay_id": "e-9" }"#).expect("write");
+    let path = file.to_string_lossy().into_owned();
+    let by_event = on_redis(
+        "show",
+        &prefix,
+        &[
+            "--service",
+            "grader",
+            "--event-type",
+            "essay.scored.v1",
+            "--event-id",
+            "evt-9",
+            "--data-file",
+            &path,
+            "--json",
+        ],
+        "",
+    );
+    let _ = std::fs::remove_file(&file);
+    let shown = by_event.json();
+    assert_eq!(shown["key"], key.as_str());
+    assert_eq!(shown["state"], "completed");
+    assert_eq!(shown["written_by"], "eventonce");
+    let ttl = shown["ttl_left_ms"].as_u64().expect("ttl");
+    assert!(
+        ttl > 3_500_000 && ttl <= 3_600_000,
+        "the test's TTL is an hour: {ttl}"
+    );
+
+    // The data from standard input, with another event id: no such record.
+    let other = on_redis(
+        "show",
+        &prefix,
+        &[
+            "--service",
+            "grader",
+            "--event-type",
+            "essay.scored.v1",
+            "--event-id",
+            "evt-10",
+            "--data-file",
+            "-",
+        ],
+        &data.to_string(),
+    );
+    assert_eq!(other.code, 1, "{}{}", other.stdout, other.stderr);
+    assert!(other.stdout.contains("absent"), "{}", other.stdout);
+
+    let bad = on_redis(
+        "show",
+        &prefix,
+        &[
+            "--service",
+            "grader",
+            "--event-type",
+            "t",
+            "--data-file",
+            "-",
+        ],
+        "{not json",
+    );
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("not JSON"), "{}", bad.stderr);
+}
+
+#[tokio::test]
+async fn release_refuses_keys_outside_the_prefix_and_older_writers_values() {
+    let prefix = unique_prefix("refuse");
+    let store = store().await;
+    let mut con = raw().await;
+    // A record of ours, but under another prefix than the one given.
+    let elsewhere = key_of(&format!("{prefix}-other"), "svc", "t.v1", "1");
+    completed(&store, &elsewhere).await;
+    for key in [elsewhere.as_str(), "unrelated:key", prefix.as_str()] {
+        let run = on_redis("release", &prefix, &[key, "--yes"], "y\n");
+        assert_eq!(run.code, 2, "{key}: {}{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains("refusing"), "{}", run.stderr);
+    }
+    assert_eq!(
+        store.get(&elsewhere).await.expect("get").map(|r| r.state),
+        Some(RecordState::Completed)
+    );
+
+    // An older writer's value under the prefix: shown, never removed.
+    let legacy = key_of(&prefix, "svc", "t.v1", "2");
+    let _: () = con.set_ex(&legacy, "1", 600).await.expect("set");
+    let run = on_redis("release", &prefix, &[&legacy, "--yes"], "");
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("older writer"), "{}", run.stderr);
+    let still: String = con.get(&legacy).await.expect("get");
+    assert_eq!(still, "1");
+
+    let absent = on_redis(
+        "release",
+        &prefix,
+        &[&key_of(&prefix, "svc", "t.v1", "3"), "--yes"],
+        "",
+    );
+    assert_eq!(absent.code, 1);
+    assert!(absent.stdout.contains("nothing to release"));
+}
+
+#[tokio::test]
+async fn release_asks_first_and_only_yes_lets_the_event_be_processed_again() {
+    let prefix = unique_prefix("release");
+    let store = store().await;
+    let guard = Guard::new(store.clone(), config(&prefix, "billing"));
+    let envelope = EventEnvelope::new("invoice.sent.v1", json!({"invoice": 5})).with_event_id("i5");
+    let ran = guard
+        .run(&envelope, async { Ok::<_, std::io::Error>(()) })
+        .await
+        .expect("run");
+    assert_eq!(ran, Outcome::Processed(()));
+    let key = guard.key_for(&envelope).expect("key");
+
+    for declined in ["n\n", "\n", "", "whatever\n"] {
+        let run = on_redis("release", &prefix, &[&key], declined);
+        assert_eq!(run.code, 1, "{declined:?}: {}", run.stdout);
+        assert!(run.stdout.contains("[y/N]"), "{}", run.stdout);
+        assert!(run.stdout.contains("not released"), "{}", run.stdout);
+        assert!(
+            run.stdout.contains("processed again"),
+            "the prompt says what releasing a completed record does: {}",
+            run.stdout
+        );
+    }
+    let again = guard
+        .run(&envelope, async { Ok::<_, std::io::Error>(()) })
+        .await
+        .expect("run");
+    assert_eq!(
+        again,
+        Outcome::Duplicate,
+        "a declined release removed nothing"
+    );
+
+    let run = on_redis("release", &prefix, &[&key], "y\n");
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("released"), "{}", run.stdout);
+    assert_eq!(store.get(&key).await.expect("get"), None);
+    let reprocessed = guard
+        .run(&envelope, async { Ok::<_, std::io::Error>("again") })
+        .await
+        .expect("run");
+    assert_eq!(reprocessed, Outcome::Processed("again"));
+
+    // A live claim: the prompt warns that a consumer may be running it; --yes skips it.
+    let claimed = key_of(&prefix, "billing", "invoice.sent.v1", "i6");
+    assert_eq!(
+        store
+            .try_claim(&claimed, "worker-1", HOUR)
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
+    let run = on_redis("release", &prefix, &[&claimed, "--yes"], "");
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(!run.stdout.contains("[y/N]"), "{}", run.stdout);
+    assert!(run.stdout.contains("CLAIM_LOST"), "{}", run.stdout);
+    assert_eq!(store.get(&claimed).await.expect("get"), None);
+    assert!(
+        !store
+            .complete(&claimed, "worker-1", HOUR)
+            .await
+            .expect("complete"),
+        "the former holder can no longer complete it"
+    );
+}
+
+#[tokio::test]
+async fn stats_counts_per_service_event_type_and_state_with_sampled_memory() {
+    let prefix = unique_prefix("stats");
+    let store = store().await;
+    for i in 0..5 {
+        completed(
+            &store,
+            &key_of(&prefix, "billing", "orders.created.v1", &i.to_string()),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        completed(
+            &store,
+            &key_of(&prefix, "mail", "orders.created.v1", &i.to_string()),
+        )
+        .await;
+    }
+    for i in 0..2 {
+        let key = key_of(&prefix, "billing", "orders.created.v1", &format!("p{i}"));
+        assert_eq!(
+            store.try_claim(&key, "w", HOUR).await.expect("claim"),
+            Claim::Acquired
+        );
+    }
+    let stats = on_redis("stats", &prefix, &["--json", "--samples", "2"], "").json();
+    assert_eq!(stats["backend"], "redis");
+    assert_eq!(stats["memory"]["sampled"], true);
+    assert_eq!(stats["memory"]["measure"], "MEMORY USAGE");
+    let groups = stats["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 2, "{stats}");
+    let billing = &groups[0];
+    assert_eq!(
+        (
+            &billing["service"],
+            &billing["event_type"],
+            &billing["processing"],
+            &billing["completed"],
+            &billing["memory_keys_sampled"]
+        ),
+        (
+            &json!("billing"),
+            &json!("orders.created.v1"),
+            &json!(2),
+            &json!(5),
+            &json!(2)
+        )
+    );
+    let estimate = billing["memory_bytes_estimate"].as_u64().expect("estimate");
+    assert!(
+        (7 * 40..7 * 1000).contains(&estimate),
+        "7 small records: {estimate}"
+    );
+    assert_eq!(groups[1]["service"], "mail");
+    assert_eq!(groups[1]["completed"], 3);
+    assert_eq!(stats["total"]["records"], 10);
+
+    let only_mail = on_redis("stats", &prefix, &["--service", "mail", "--json"], "").json();
+    assert_eq!(only_mail["total"]["records"], 3);
+
+    let table = on_redis("stats", &prefix, &[], "");
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("| billing "))
+        .unwrap_or_else(|| panic!("{}", table.stdout));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(&cells[1..5], ["billing", "orders.created.v1", "2", "5"]);
+    assert!(
+        table.stdout.contains("memory is sampled"),
+        "{}",
+        table.stdout
+    );
+}
+
+#[test]
+fn demo_on_redis_processes_every_event_once_and_leaves_records_for_stats() {
+    let prefix = unique_prefix("demo");
+    let run = on_redis(
+        "demo",
+        &prefix,
+        &["--events", "120", "--lease-ms", "300"],
+        "",
+    );
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("store=redis"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("OK: every event processed exactly once"),
+        "{}",
+        run.stdout
+    );
+    let stats = on_redis("stats", &prefix, &["--json"], "").json();
+    assert_eq!(stats["total"]["completed"], 120);
+    assert_eq!(stats["total"]["processing"], 0);
+    // A second run is a run of new events, not 120 duplicates.
+    let again = on_redis(
+        "demo",
+        &prefix,
+        &["--events", "120", "--lease-ms", "300"],
+        "",
+    );
+    assert_eq!(again.code, 0, "{}", again.stdout);
+    let stats = on_redis("stats", &prefix, &["--json"], "").json();
+    assert_eq!(stats["total"]["completed"], 240);
+}
+
+#[test]
+fn the_admin_commands_work_on_postgres_after_a_demo_there() {
+    let schema = unique_schema("pg");
+    let url = postgres_url();
+    let pg = |command: &str, args: &[&str], stdin: &str| {
+        let mut all = vec![command, "--postgres", url.as_str(), "--pg-schema", &schema];
+        all.extend_from_slice(args);
+        eventonce(&all, stdin)
+    };
+    let demo = pg("demo", &["--events", "60", "--lease-ms", "300"], "");
+    assert_eq!(demo.code, 0, "{}{}", demo.stdout, demo.stderr);
+    assert!(demo.stdout.contains("store=postgres"), "{}", demo.stdout);
+    assert!(demo
+        .stdout
+        .contains("OK: every event processed exactly once"));
+
+    let stats = pg("stats", &["--json"], "").json();
+    assert_eq!(stats["backend"], "postgres");
+    assert_eq!(stats["memory"]["measure"], "pg_column_size");
+    assert_eq!(stats["total"]["completed"], 60);
+    assert_eq!(stats["groups"].as_array().map(Vec::len), Some(4));
+    assert!(stats["total"]["memory_bytes_estimate"].as_u64() > Some(60 * 50));
+
+    let listed = pg("keys", &["--state", "completed", "--json"], "");
+    let keys = keys_in(&listed);
+    assert_eq!(keys.len(), 60);
+    let paged = pg(
+        "keys",
+        &[
+            "--event-type",
+            "huleedu.essay.spellcheck.requested.v1",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(keys_in(&paged).len(), 15);
+
+    let shown = pg("show", &[&keys[0], "--json"], "").json();
+    assert_eq!(shown["state"], "completed");
+    assert_eq!(shown["service"], "demo-service");
+
+    let declined = pg("release", &[&keys[0]], "n\n");
+    assert_eq!(declined.code, 1, "{}", declined.stdout);
+    let released = pg("release", &[&keys[0]], "y\n");
+    assert_eq!(released.code, 0, "{}{}", released.stdout, released.stderr);
+    assert_eq!(pg("show", &[&keys[0]], "").code, 1);
+    let refused = pg("release", &["elsewhere:svc:t:h", "--yes"], "");
+    assert_eq!(refused.code, 2);
+    assert_eq!(
+        pg("stats", &["--json"], "").json()["total"]["completed"],
+        59
+    );
+
+    // The admin commands never create a table: a missing one is an error, not a migration.
+    let missing = eventonce(
+        &[
+            "stats",
+            "--postgres",
+            &url,
+            "--pg-schema",
+            &schema,
+            "--pg-table",
+            "no_such_table",
+        ],
+        "",
+    );
+    assert_eq!(missing.code, 2, "{}", missing.stdout);
+    assert!(
+        missing.stderr.contains("no_such_table"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[test]
+fn admin_commands_take_their_store_from_the_environment() {
+    let prefix = unique_prefix("env");
+    let run = Command::new(env!("CARGO_BIN_EXE_eventonce"))
+        .args(["stats", "--json", "--prefix", &prefix])
+        .env("EVENTONCE_REDIS_URL", redis_url())
+        .env(
+            "EVENTONCE_POSTGRES_URL",
+            "postgres://nobody@127.0.0.1:1/none",
+        )
+        .output()
+        .expect("runs");
+    assert!(run.status.success(), "{:?}", run);
+    let stats: Value = serde_json::from_slice(&run.stdout).expect("json");
+    assert_eq!(stats["backend"], "redis");
+
+    let pg_only = Command::new(env!("CARGO_BIN_EXE_eventonce"))
+        .args(["stats", "--prefix", &prefix])
+        .env_remove("EVENTONCE_REDIS_URL")
+        .env(
+            "EVENTONCE_POSTGRES_URL",
+            "postgres://nobody@127.0.0.1:1/none",
+        )
+        .output()
+        .expect("runs");
+    assert_eq!(pg_only.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&pg_only.stderr).contains("PostgreSQL"),
+        "{pg_only:?}"
+    );
+}
