@@ -242,12 +242,14 @@ fn batch_row(
 fn memory(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("memory");
-    let cache: moka::future::Cache<String, u64> = moka::future::Cache::new(10_000_000);
+    // The cache MemoryStore is built on: moka's sync cache, bounded, LRU.
+    let cache: moka::sync::Cache<String, u64> = moka::sync::Cache::builder()
+        .max_capacity(10_000_000)
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
+        .build();
     row(&mut g, &rt, "memory", "floor: moka insert", || async {
         let n = unique();
-        cache
-            .insert(format!("huleedu:idempotency:bench:svc:t:{n:032x}"), n)
-            .await;
+        cache.insert(format!("huleedu:idempotency:bench:svc:t:{n:032x}"), n);
     });
     let guard = guard_on(
         MemoryStore::with_capacity(10_000_000),

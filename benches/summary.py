@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Reads criterion's estimates under target/criterion and prints medians, events/s and the
-ratio of each guard row to its group's floor; writes the same table to benches/RESULTS.md
-with the machine, versions and date. The Python peers measured by `make bench-peers`
+"""Reads criterion's estimates under target/criterion (and the per-event p50/p99 the bench
+wrote under target/criterion-latency) and prints, per row: median per event, events/s,
+p50, p99 and the ratio to the group's floor; then the issue's targets, each with its
+measured ratio. Writes the same tables to benches/RESULTS.md with the machine, versions
+and date. The Python peers measured by `make bench-peers`
 (target/criterion-peers/python.json), when present, join the `redis` group."""
 import datetime
 import json
@@ -12,44 +14,49 @@ import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CRIT = os.path.join(ROOT, "target", "criterion")
+LATENCY = os.path.join(ROOT, "target", "criterion-latency")
 PEERS = os.path.join(ROOT, "target", "criterion-peers", "python.json")
-# Duplicates are compared with the one-round-trip floor, new events with the two.
-DUPLICATE_FLOORS = {"redis": "floor: SET NX PX (1 round trip)"}
-FLOORS = {
-    "memory": "floor: moka insert",
-    "redis": "floor: SET NX PX + EVALSHA (2 round trips)",
-    "postgres": "floor: INSERT ON CONFLICT (1 statement)",
-}
+GROUPS = ("memory", "redis", "postgres")
+ONE_RT = "floor: SET NX PX (1 round trip)"
+TWO_RT = "floor: SET NX PX + EVALSHA (2 round trips)"
+PG_FLOOR = "floor: INSERT ON CONFLICT (1 statement)"
+# Rows compared with the one-round-trip floor (one round trip is all they can need); the
+# rest of a group is compared with its main floor.
+FLOORS = {"memory": "floor: moka insert", "redis": TWO_RT, "postgres": PG_FLOOR}
 
 
-def median_ns(group, bench):
-    for dirname in os.listdir(os.path.join(CRIT, group)):
-        path = os.path.join(CRIT, group, dirname, "new")
+def slug(name):
+    return "".join(c if c.isascii() and c.isalnum() else "_" for c in name)
+
+
+def load(group):
+    """{benchmark: {median_ns per event, p50_ns, p99_ns}} for one group."""
+    rows = {}
+    gdir = os.path.join(CRIT, group)
+    if os.path.isdir(gdir):
+        for dirname in os.listdir(gdir):
+            path = os.path.join(gdir, dirname, "new")
+            try:
+                with open(os.path.join(path, "benchmark.json")) as f:
+                    bench = json.load(f)
+                with open(os.path.join(path, "estimates.json")) as f:
+                    median = json.load(f)["median"]["point_estimate"]
+            except (OSError, KeyError, ValueError):
+                continue
+            per = (bench.get("throughput") or {}).get("Elements") or 1
+            rows[bench["function_id"]] = {"median_ns": median / per}
+    for name, row in rows.items():
         try:
-            with open(os.path.join(path, "benchmark.json")) as f:
-                if json.load(f)["function_id"] != bench:
-                    continue
-            with open(os.path.join(path, "estimates.json")) as f:
-                return json.load(f)["median"]["point_estimate"]
-        except (OSError, KeyError, ValueError):
-            continue
-    return None
-
-
-def benches(group):
-    out = []
-    for dirname in sorted(os.listdir(os.path.join(CRIT, group))):
-        try:
-            with open(os.path.join(CRIT, group, dirname, "new", "benchmark.json")) as f:
-                out.append(json.load(f)["function_id"])
+            with open(os.path.join(LATENCY, group, slug(name) + ".json")) as f:
+                lat = json.load(f)
+            row["p50_ns"], row["p99_ns"] = lat["p50_ns"], lat["p99_ns"]
         except (OSError, KeyError, ValueError):
             pass
-    return out
+    return rows
 
 
 def python_peers():
-    """The rows `benches/peers.py` wrote, and a sentence on where they come from; no rows
-    and a sentence saying so when it has not run."""
+    """The rows `benches/peers.py` wrote, and a sentence on where they come from."""
     try:
         with open(PEERS) as f:
             data = json.load(f)
@@ -60,11 +67,21 @@ def python_peers():
     note = (
         f"Python peer rows: `make bench-peers` ({data.get('measured', '?')}; {versions}), "
         f"{data.get('events_per_row', '?')} events per row each timed alone; their median is "
-        "the p50 of those timings, not criterion's estimate, from a run of their own. Powertools runs with its local "
+        "the p50 of those timings, from a run of their own. Powertools runs with its local "
         "cache off. The v2 decorator's new event is one round trip (it never marks the key "
         "completed), so its ratio to the two-round-trip floor can exceed 1."
     )
     return rows, note
+
+
+def floor_for(group, name):
+    if group == "redis" and ("duplicate" in name or "fail open" in name):
+        return ONE_RT
+    return FLOORS[group]
+
+
+def us(ns):
+    return f"{ns / 1000:.1f} us" if ns is not None else ""
 
 
 def version(cmd):
@@ -74,44 +91,101 @@ def version(cmd):
         return "not found"
 
 
+def ratio(data, group, name, floor):
+    row, base = data[group].get(name), data[group].get(floor)
+    if not row or not base:
+        return None
+    return base["median_ns"] / row["median_ns"]
+
+
+def targets(data, memory):
+    """(target, measured, met) rows for the issue's targets."""
+    out = []
+
+    def rel(label, group, name, floor, want):
+        r = ratio(data, group, name, floor)
+        out.append((label, f"{r:.2f}x" if r else "not measured", r is not None and r >= want))
+
+    def rate(label, group, name, want):
+        row = data[group].get(name)
+        eps = 1e9 / row["median_ns"] if row else None
+        out.append((label, f"{eps:,.0f} events/s" if eps else "not measured", eps is not None and eps >= want))
+
+    rel("redis new event >= 0.9x the 2-round-trip floor", "redis", "guard: new event", TWO_RT, 0.9)
+    rel("redis new event, deferred completion >= 1.6x the 2-round-trip floor", "redis",
+        "guard: new event (deferred completion)", TWO_RT, 1.6)
+    rel("redis duplicate >= 0.9x the 1-round-trip floor", "redis", "guard: duplicate", ONE_RT, 0.9)
+    rate("redis batch of 100 >= 100,000 events/s (with completion)", "redis", "guard: batch of 100", 100_000)
+    rate("MemoryStore new event >= 500,000 events/s on one task", "memory", "guard: new event", 500_000)
+    rel("postgres new event >= 0.9x the 1-statement floor", "postgres", "guard: new event", PG_FLOOR, 0.9)
+    rel("postgres new event, deferred completion >= 0.9x the 1-statement floor", "postgres",
+        "guard: new event (deferred completion)", PG_FLOOR, 0.9)
+    for group, kind in (("memory", "new event"), ("memory", "duplicate"), ("memory", "handler failure"),
+                        ("redis", "new event"), ("redis", "duplicate"), ("redis", "handler failure")):
+        ours = data[group].get(f"guard: {kind}")
+        for name, row in sorted(data[group].items()):
+            if name.startswith("peer") and name.endswith(kind) and ours:
+                r = row["median_ns"] / ours["median_ns"]
+                out.append((f"{group} {kind}: ahead of {name[5:-len(kind) - 2]}", f"{r:.2f}x faster", r > 1))
+    if memory:
+        r = memory["completed_key_bytes"] / memory["bare_key_bytes"]
+        out.append(("redis completed key <= 1.5x a bare key (MEMORY USAGE)",
+                    f"{memory['completed_key_bytes']:.0f} B vs {memory['bare_key_bytes']:.0f} B = {r:.2f}x",
+                    r <= 1.5))
+    return out
+
+
 def main():
     if not os.path.isdir(CRIT):
         sys.exit("no criterion results: run `make bench`")
+    data = {g: load(g) for g in GROUPS}
     peer_rows, peer_note = python_peers()
-    rows = ["| group | benchmark | median | events/s | vs floor |", "|---|---|---:|---:|---:|"]
-    for group in ("memory", "redis", "postgres"):
-        measured = os.path.isdir(os.path.join(CRIT, group))
-        extra = [(r["benchmark"], r["median_ns"]) for r in peer_rows if r.get("group") == group]
-        if not measured and not extra:
-            continue
-        floor = median_ns(group, FLOORS[group]) if measured else None
-        names = sorted(benches(group), key=lambda n: (not n.startswith("floor"), n)) if measured else []
-        medians = [(name, median_ns(group, name)) for name in names] + extra
-        for name, m in medians:
-            if m is None:
-                continue
-            base = floor
-            if "duplicate" in name and group in DUPLICATE_FLOORS:
-                base = median_ns(group, DUPLICATE_FLOORS[group]) if measured else None
-            ratio = f"{base / m:.2f}x" if base and not name.startswith("floor") else ""
-            rows.append(f"| {group} | {name} | {m / 1000:.1f} us | {1e9 / m:,.0f} | {ratio} |")
+    for r in peer_rows:
+        data.setdefault(r["group"], {})[r["benchmark"]] = {
+            "median_ns": r["median_ns"], "p50_ns": r.get("p50_ns"), "p99_ns": r.get("p99_ns")}
+    memory = None
+    try:
+        with open(os.path.join(LATENCY, "redis", "memory_per_key.json")) as f:
+            memory = json.load(f)
+    except (OSError, ValueError):
+        pass
+
+    rows = ["| group | benchmark | median/event | events/s | p50 | p99 | vs floor |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for group in GROUPS:
+        names = sorted(data[group], key=lambda n: (not n.startswith("floor"), n.startswith("peer"), n))
+        for name in names:
+            row = data[group][name]
+            r = None if name.startswith("floor") else ratio(data, group, name, floor_for(group, name))
+            rows.append(
+                f"| {group} | {name} | {us(row['median_ns'])} | {1e9 / row['median_ns']:,.0f} | "
+                f"{us(row.get('p50_ns'))} | {us(row.get('p99_ns'))} | {f'{r:.2f}x' if r else ''} |")
     table = "\n".join(rows)
+    goal = ["| target | measured | met |", "|---|---|---|"]
+    goal += [f"| {t} | {m} | {'yes' if ok else 'NO'} |" for t, m, ok in targets(data, memory)]
+    goals = "\n".join(goal)
     print(table)
+    print()
+    print(goals)
+    print()
     print(peer_note)
     cpu = version(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]).strip()
     header = (
         "# Benchmark results\n\n"
         f"Measured {datetime.date.today().isoformat()} on {os.cpu_count()} cores ({cpu}), "
         f"{platform.system()} {platform.release()}; {version(['rustc', '--version'])}; "
-        f"{version(['redis-server', '--version'])}; {version(['psql', '--version'])}.\n"
-        "One task, one event at a time, servers on loopback. `vs floor` is events/s of the row "
-        "divided by events/s of the group's floor (the same work with the raw client; for "
-        "PostgreSQL the floor is one statement, the guard runs two). Rows named `peer` are "
-        "other libraries doing the same work for one event.\n"
+        f"{version(['redis-server', '--version'])}; {version(['psql', '--version'])}.\n\n"
+        "One task, servers on loopback. `median/event` is criterion's median divided by the "
+        "events per iteration (a batch row's time divided by its size); `p50`/`p99` come from "
+        "a second pass timing each event (or batch, divided by its size) alone. `vs floor` is "
+        "events/s of the row divided by events/s of its floor, the same work with the raw "
+        "client: new events and failures against the two-round-trip floor, duplicates and "
+        "fail-open against the one-round-trip floor; for PostgreSQL the floor is one "
+        "statement. Rows named `peer` are other libraries doing the same work for one event.\n"
         f"{peer_note}\n\n"
     )
     with open(os.path.join(ROOT, "benches", "RESULTS.md"), "w") as f:
-        f.write(header + table + "\n")
+        f.write(header + table + "\n\n## Targets\n\n" + goals + "\n")
 
 
 main()

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eventonce_core::{check_many, Claim, Completion, IdempotencyStore, Record, StoreError};
-use moka::future::Cache;
 use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 use moka::Expiry;
 use tokio::time::Instant;
 
@@ -90,8 +90,8 @@ impl<S> CachedStore<S> {
     }
 
     /// Whether the cache knows `key` completed.
-    async fn cached(&self, key: &str) -> bool {
-        match self.cache.get(key).await {
+    fn cached(&self, key: &str) -> bool {
+        match self.cache.get(key) {
             Some(until) if until > Instant::now() => {
                 self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 true
@@ -102,11 +102,11 @@ impl<S> CachedStore<S> {
 
     /// Remembers the completions the store accepted; `started` is from before the call,
     /// so a cached key never outlives the store's record.
-    async fn remember(&self, completions: &[Completion], done: &[bool], started: Instant) {
+    fn remember(&self, completions: &[Completion], done: &[bool], started: Instant) {
         for (c, done) in completions.iter().zip(done) {
             if *done {
                 let until = started + c.ttl.min(self.max_ttl);
-                self.cache.insert(c.key.clone(), until).await;
+                self.cache.insert(c.key.clone(), until);
             }
         }
     }
@@ -120,7 +120,7 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
         owner: &str,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        if let Some(until) = self.cache.get(key).await {
+        if let Some(until) = self.cache.get(key) {
             if until > Instant::now() {
                 self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(Claim::Completed);
@@ -135,7 +135,7 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
         if done {
             // Counted from before the call: never longer than the store keeps the record.
             let until = started + ttl.min(self.max_ttl);
-            self.cache.insert(key.to_owned(), until).await;
+            self.cache.insert(key.to_owned(), until);
         }
         Ok(done)
     }
@@ -162,7 +162,7 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
         let mut claims = Vec::with_capacity(keys.len());
         let mut ask = Vec::new();
         for key in keys {
-            if self.cached(key).await {
+            if self.cached(key) {
                 claims.push(Some(Claim::Completed));
             } else {
                 claims.push(None);
@@ -189,7 +189,7 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
     async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
         let started = Instant::now();
         let done = self.inner.complete_many(completions).await?;
-        self.remember(completions, &done, started).await;
+        self.remember(completions, &done, started);
         Ok(done)
     }
 
@@ -213,7 +213,7 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
         owner: &str,
         lease: Duration,
     ) -> Result<(Vec<bool>, Claim), StoreError> {
-        if self.cached(key).await {
+        if self.cached(key) {
             let done = if completions.is_empty() {
                 Vec::new()
             } else {
@@ -226,7 +226,7 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
             .inner
             .complete_then_claim(completions, key, owner, lease)
             .await?;
-        self.remember(completions, &done, started).await;
+        self.remember(completions, &done, started);
         Ok((done, claim))
     }
 

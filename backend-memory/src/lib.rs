@@ -1,9 +1,11 @@
 //! An in-memory [`IdempotencyStore`] on [moka](https://docs.rs/moka): the embedded
 //! default of eventonce, for a single consumer process, tests and development.
 //!
-//! Records live in one bounded, concurrent cache with a TTL per entry. Every operation is
-//! one atomic compute on its key (moka's `and_compute_with` serialises calls on the same
-//! key), so concurrent claims of one key produce exactly one [`Claim::Acquired`].
+//! Records live in one bounded, concurrent cache with a TTL per entry (moka's synchronous
+//! cache: its operations never wait on I/O, so they need no future of their own). Every
+//! operation is one atomic compute on its key (moka's `and_compute_with` serialises calls
+//! on the same key, for the microsecond a compute takes), so concurrent claims of one key
+//! produce exactly one [`Claim::Acquired`].
 //!
 //! The store follows Tokio's clock (`tokio::time::Instant`), so tests can pause time to
 //! check leases. Records are not shared between processes and vanish with the process:
@@ -20,9 +22,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use eventonce_core::{check_arguments, Claim, IdempotencyStore, Record, RecordState, StoreError};
-use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 use moka::Expiry;
 use tokio::time::Instant;
 use xxhash_rust::xxh3::Xxh3Builder;
@@ -142,30 +144,26 @@ impl MemoryStore {
 
     /// Applies an owner-checked transition: `f` maps the live entry held by `owner` to its
     /// replacement (`None` removes it). Returns whether the owner held the claim.
-    async fn transition(
+    fn transition(
         &self,
         key: &str,
         owner: &str,
         f: impl FnOnce(Entry, Instant) -> Option<Entry>,
     ) -> bool {
         let mut held = false;
-        self.cache
-            .entry_by_ref(key)
-            .and_compute_with(|existing| {
-                let now = Instant::now();
-                let op = match existing.map(|e| e.into_value()) {
-                    Some(entry) if entry.held_by(owner, now) => {
-                        held = true;
-                        match f(entry, now) {
-                            Some(next) => Op::Put(next),
-                            None => Op::Remove,
-                        }
+        self.cache.entry_by_ref(key).and_compute_with(|existing| {
+            let now = Instant::now();
+            match existing.map(|e| e.into_value()) {
+                Some(entry) if entry.held_by(owner, now) => {
+                    held = true;
+                    match f(entry, now) {
+                        Some(next) => Op::Put(next),
+                        None => Op::Remove,
                     }
-                    _ => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
+                }
+                _ => Op::Nop,
+            }
+        });
         held
     }
 }
@@ -180,61 +178,53 @@ impl IdempotencyStore for MemoryStore {
     ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
         let mut claim = Claim::Acquired;
-        self.cache
-            .entry_by_ref(key)
-            .and_compute_with(|existing| {
-                let now = Instant::now();
-                let op = match existing.map(|e| e.into_value()) {
-                    Some(entry) if entry.is_live(now) => {
-                        claim = match entry.state {
-                            RecordState::Completed => Claim::Completed,
-                            RecordState::Processing => Claim::InProgress,
-                        };
-                        Op::Nop
-                    }
-                    _ => Op::Put(Entry {
-                        state: RecordState::Processing,
-                        owner: Arc::from(owner),
-                        expires_at: now + lease,
-                        updated_at: SystemTime::now(),
-                    }),
-                };
-                std::future::ready(op)
-            })
-            .await;
+        self.cache.entry_by_ref(key).and_compute_with(|existing| {
+            let now = Instant::now();
+            match existing.map(|e| e.into_value()) {
+                Some(entry) if entry.is_live(now) => {
+                    claim = match entry.state {
+                        RecordState::Completed => Claim::Completed,
+                        RecordState::Processing => Claim::InProgress,
+                    };
+                    Op::Nop
+                }
+                _ => Op::Put(Entry {
+                    state: RecordState::Processing,
+                    owner: Arc::from(owner),
+                    expires_at: now + lease,
+                    updated_at: SystemTime::now(),
+                }),
+            }
+        });
         Ok(claim)
     }
 
     async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         check_arguments(key, owner, Some(ttl))?;
-        Ok(self
-            .transition(key, owner, |entry, now| {
-                Some(Entry {
-                    state: RecordState::Completed,
-                    owner: entry.owner,
-                    expires_at: now + ttl,
-                    updated_at: SystemTime::now(),
-                })
+        Ok(self.transition(key, owner, |entry, now| {
+            Some(Entry {
+                state: RecordState::Completed,
+                owner: entry.owner,
+                expires_at: now + ttl,
+                updated_at: SystemTime::now(),
             })
-            .await)
+        }))
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
         check_arguments(key, owner, None)?;
-        Ok(self.transition(key, owner, |_, _| None).await)
+        Ok(self.transition(key, owner, |_, _| None))
     }
 
     async fn extend(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        Ok(self
-            .transition(key, owner, |entry, now| {
-                Some(Entry {
-                    expires_at: now + lease,
-                    updated_at: SystemTime::now(),
-                    ..entry
-                })
+        Ok(self.transition(key, owner, |entry, now| {
+            Some(Entry {
+                expires_at: now + lease,
+                updated_at: SystemTime::now(),
+                ..entry
             })
-            .await)
+        }))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
@@ -245,7 +235,6 @@ impl IdempotencyStore for MemoryStore {
         Ok(self
             .cache
             .get(key)
-            .await
             .filter(|e| e.is_live(now))
             .map(|e| Record {
                 state: e.state,
