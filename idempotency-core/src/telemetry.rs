@@ -38,9 +38,10 @@ pub const RUN_DURATION_SECONDS: &str = "eventonce_run_duration_seconds";
 /// Histogram of one store call as the guard sees it (timeout included), in seconds
 /// (`service`, `op`, `outcome`).
 ///
-/// `op` is the store operation (`try_claim`, `complete`, `release`, `extend`): a slow
-/// claim and a slow lease renewal point at different problems, and it takes four values
-/// only. The event type is left out: a store's latency does not depend on it, and it would
+/// `op` is the store operation (`try_claim`, `complete`, `release`, `extend`, and the
+/// batch forms `try_claim_many`, `complete_many`, `release_many`, `extend_many`,
+/// `complete_then_claim`): a slow claim and a slow lease renewal point at different
+/// problems, and it takes nine values at most. The event type is left out: a store's latency does not depend on it, and it would
 /// multiply the series for nothing.
 pub const STORE_OPERATION_DURATION_SECONDS: &str = "eventonce_store_operation_duration_seconds";
 
