@@ -329,7 +329,9 @@ impl ConfigBuilder {
     /// If the process dies in that window (at most `max_delay`), a redelivery of the event
     /// finds the claim, reports it in progress until the lease expires, and then processes
     /// it again. The event is never lost; it may be processed twice. A redelivery to the
-    /// same guard inside the window is sent after the completion, so it is a duplicate.
+    /// same guard inside the window is sent after the completion, so it is a duplicate; one
+    /// reaching another consumer inside the window is answered `InProgress` (redelivered
+    /// later, then a duplicate).
     /// Call [`Guard::flush`](crate::Guard::flush) before shutting down.
     pub fn defer_completion(mut self, max_delay: Duration) -> Self {
         self.0.deferred_completion = Some(max_delay);
