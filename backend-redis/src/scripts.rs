@@ -48,11 +48,11 @@ end
 pub(crate) const CLAIM: &str = concat!(
     prelude!(),
     r#"
-local v = redis.call('GET', KEYS[1])
-if not v then
-  redis.call('SET', KEYS[1], 'p|' .. ARGV[3] .. '|' .. ARGV[1], 'PX', ARGV[2])
+if redis.call('SET', KEYS[1], 'p|' .. ARGV[3] .. '|' .. ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
 end
+local v = redis.call('GET', KEYS[1])
+if not v then return 2 end
 if state_of(v) == 'c' then return 3 end
 return 2
 "#
@@ -136,15 +136,13 @@ end
 if #KEYS > n then
   local owner = ARGV[2 * n + 3]
   local lease = ARGV[2 * n + 4]
+  local claim = 'p|' .. now .. '|' .. owner
   for i = n + 1, #KEYS do
-    local v = redis.call('GET', KEYS[i])
-    if not v then
-      redis.call('SET', KEYS[i], 'p|' .. now .. '|' .. owner, 'PX', lease)
+    if redis.call('SET', KEYS[i], claim, 'NX', 'PX', lease) then
       out[i] = 1
-    elseif state_of(v) == 'c' then
-      out[i] = 3
     else
-      out[i] = 2
+      local v = redis.call('GET', KEYS[i])
+      if v and state_of(v) == 'c' then out[i] = 3 else out[i] = 2 end
     end
   end
 end

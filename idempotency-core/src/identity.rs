@@ -118,6 +118,17 @@ fn write_string<S: Sink>(out: &mut S, s: &str) {
     }
 }
 
+/// A hasher for in-process maps keyed by store keys: xxh3 (SipHash showed in the batch
+/// profile), seeded per process so that crafted keys cannot aim at one bucket.
+pub(crate) fn seeded_hasher() -> xxhash_rust::xxh3::Xxh3Builder {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+    });
+    xxhash_rust::xxh3::Xxh3Builder::new().with_seed(seed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -195,15 +195,16 @@ pub struct Completion {
 /// well-defined answer (and one SQL statement cannot touch a row twice). Backends call it
 /// first so that they all reject the same input the same way.
 pub fn check_many<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<(), StoreError> {
-    let mut seen = std::collections::HashSet::new();
-    for key in keys {
-        if !seen.insert(key) {
-            return Err(StoreError::InvalidArgument(format!(
-                "key {key:?} appears twice in one batch"
-            )));
-        }
+    // Sorting beats hashing here: keys are long, batches small, and no hasher is needed.
+    let mut sorted: Vec<&str> = keys.into_iter().collect();
+    sorted.sort_unstable();
+    match sorted.windows(2).find(|w| w[0] == w[1]) {
+        Some(twice) => Err(StoreError::InvalidArgument(format!(
+            "key {:?} appears twice in one batch",
+            twice[0]
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[async_trait]

@@ -126,7 +126,8 @@ impl Guard {
                 }
             }
         }
-        let mut first_of: HashMap<&str, usize> = HashMap::new();
+        let mut first_of: HashMap<&str, usize, _> =
+            HashMap::with_capacity_and_hasher(envelopes.len(), crate::identity::seeded_hasher());
         let mut unique = Vec::new();
         let mut copies = Vec::new();
         for (i, id) in ids.iter().enumerate() {
