@@ -280,7 +280,7 @@ mod tests {
             let mut h = OwnedHeaders::new();
             for (key, value) in headers {
                 h = h.insert(Header {
-                    key: *key,
+                    key,
                     value: *value,
                 });
             }
