@@ -279,10 +279,7 @@ mod tests {
         } else {
             let mut h = OwnedHeaders::new();
             for (key, value) in headers {
-                h = h.insert(Header {
-                    key,
-                    value: *value,
-                });
+                h = h.insert(Header { key, value: *value });
             }
             Some(h)
         };
