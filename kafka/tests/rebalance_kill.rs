@@ -30,7 +30,9 @@ const EVENTS: u32 = 400;
 const PARTITIONS: i32 = 4;
 /// Event 201 sits in partition 1, 50 messages in: its consumer has committed by then.
 const VICTIM: u32 = 201;
-const LEASE: Duration = Duration::from_secs(4);
+/// Longer than the session timeout (6 s), so the survivor gets the victim's partition
+/// while the dead consumer's claim still lives, and redelivers it until the lease ends.
+const LEASE: Duration = Duration::from_secs(9);
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
