@@ -83,6 +83,23 @@ where
             }
             Delivery::Redeliver(Retry::Handler(_)) => {
                 tally.handler_failures += 1;
+                // Nothing was committed for it: the group's offset is not past it.
+                let (topic, partition, offset) = (
+                    rdkafka::Message::topic(&message),
+                    rdkafka::Message::partition(&message),
+                    rdkafka::Message::offset(&message),
+                );
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, partition);
+                let committed = consumer
+                    .committed_offsets(tpl, Duration::from_secs(10))
+                    .expect("committed offsets")
+                    .find_partition(topic, partition)
+                    .map(|e| e.offset());
+                assert!(
+                    !matches!(committed, Some(Offset::Offset(o)) if o > offset),
+                    "committed {committed:?} past the failed message at {offset}"
+                );
                 continue;
             }
             Delivery::Redeliver(Retry::InProgress) => {
