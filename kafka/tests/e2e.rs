@@ -475,6 +475,20 @@ async fn the_demo_reports_every_side_effect_once() {
     assert_eq!(report.processed, 100);
     assert_eq!(report.duplicates_skipped, 20);
     assert_eq!(report.handler_failures, 10);
+    // The demo deleted its topic.
+    let client: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", support::bootstrap())
+        .create()
+        .expect("client");
+    let metadata = client
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    let topics: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    assert!(
+        !topics.contains(&report.topic.as_str()),
+        "{} still listed: {topics:?}",
+        report.topic
+    );
     let text = report.to_string();
     assert!(text.contains("| duplicates skipped"), "{text}");
     assert!(text.contains("exactly once"), "{text}");
