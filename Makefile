@@ -2,11 +2,12 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test demo services fmt lint doc unit redis-cluster redis-cluster-stop fuzz fuzz-smoke soak soak-large bench bench-peers
+.PHONY: test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large bench bench-peers
 
 ## The whole check: formatting, lints, docs, and every test of the workspace with all
-## features against the real services (started here when missing).
-test: services fmt lint doc fuzz-smoke soak unit
+## features against the real services (started here when missing). The Kafka broker is
+## built (once per machine, cached) in the background meanwhile; `unit` starts it.
+test: services kafka-prebuild fmt lint doc fuzz-smoke soak unit
 
 ## Build and run the demo on the embedded in-memory store.
 demo:
@@ -33,6 +34,17 @@ redis-cluster:
 
 redis-cluster-stop:
 	@bash scripts/redis-cluster.sh stop
+
+## A real Kafka-protocol broker (nisshi, in memory) on a free loopback port: waits until it
+## accepts clients and prints KAFKA_BOOTSTRAP=127.0.0.1:PORT. Built once (~25 min cold).
+kafka:
+	@bash scripts/kafka.sh start
+
+kafka-stop:
+	@bash scripts/kafka.sh stop
+
+kafka-prebuild:
+	@bash scripts/kafka.sh prebuild
 
 ## Fuzz EventEnvelope::from_slice and identity briefly (CI) or for FUZZ_SECONDS (by hand).
 fuzz-smoke:

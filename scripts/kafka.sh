@@ -4,6 +4,7 @@
 # cluster. No Docker, no JVM.
 #
 #   scripts/kafka.sh build   # builds the broker once (cached), prints its path
+#   scripts/kafka.sh prebuild # starts that build in the background and returns at once
 #   scripts/kafka.sh start   # builds if needed, starts it (or finds it running),
 #                            # prints KAFKA_BOOTSTRAP=127.0.0.1:PORT
 #   scripts/kafka.sh stop    # stops it
@@ -44,6 +45,16 @@ build() {
   fi
   flock -u 9
   echo "$BIN"
+}
+
+prebuild() {
+  if [ -x "$BIN" ]; then
+    return 0
+  fi
+  mkdir -p "$ROOT"
+  # `start` waits for it on the build lock.
+  setsid bash "$0" build >/dev/null 2>&1 </dev/null &
+  echo "kafka: building nisshi $VERSION in the background (log: $ROOT/build.log)"
 }
 
 running_port() {
@@ -118,11 +129,12 @@ stop_quietly() {
 
 case "${1:-}" in
   build) build ;;
+  prebuild) prebuild ;;
   start) start ;;
   stop) stop_quietly; echo "kafka: stopped" ;;
   url) url ;;
   *)
-    echo "usage: $0 build|start|stop|url" >&2
+    echo "usage: $0 build|prebuild|start|stop|url" >&2
     exit 2
     ;;
 esac

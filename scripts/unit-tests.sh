@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace with all features against the real services: Redis and
-# PostgreSQL on loopback (scripts/services.sh) and a Redis Cluster started here and
-# stopped afterwards. Prints a total line at the end.
+# PostgreSQL on loopback (scripts/services.sh), and a Redis Cluster and a Kafka-protocol
+# broker (KAFKA_BOOTSTRAP) started here and stopped afterwards. Prints a total line at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
@@ -9,7 +9,22 @@ CARGO="${CARGO:-cargo}"
 cluster=$(bash scripts/redis-cluster.sh start) || { echo "$cluster"; exit 1; }
 echo "$cluster"
 export REDIS_CLUSTER_URL="${cluster#REDIS_CLUSTER_URL=}"
-trap 'bash scripts/redis-cluster.sh stop >/dev/null 2>&1' EXIT
+cleanup() { bash scripts/redis-cluster.sh stop >/dev/null 2>&1; }
+trap cleanup EXIT
+
+# The Kafka-protocol broker of the end-to-end tests (built once per machine, then
+# cached). A broker that was already running (`make kafka`) is used and left running.
+if bash scripts/kafka.sh url >/dev/null 2>&1; then
+  kafka=$(bash scripts/kafka.sh url)
+else
+  kafka=$(bash scripts/kafka.sh start) || { echo "$kafka"; exit 1; }
+  cleanup() {
+    bash scripts/redis-cluster.sh stop >/dev/null 2>&1
+    bash scripts/kafka.sh stop >/dev/null 2>&1
+  }
+fi
+echo "$kafka"
+export KAFKA_BOOTSTRAP="${kafka#KAFKA_BOOTSTRAP=}"
 
 mkdir -p target
 "$CARGO" test --workspace --all-features 2>&1 | tee target/test.log

@@ -29,7 +29,8 @@
 //!
 //! Backends are picked with cargo features: `memory` (the default, [`MemoryStore`]),
 //! `redis` (`RedisStore`: single server or Redis Cluster), `postgres` (`PostgresStore`, with
-//! exactly-once effects through [`Guard::run_in_transaction`]), `full` for all of them. The core types live in
+//! exactly-once effects through [`Guard::run_in_transaction`]), `full` for all of them;
+//! `kafka` adds the Kafka consumer helper (`eventonce::kafka`, on rdkafka). The core types live in
 //! [`eventonce_core`] and are re-exported here.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -50,8 +51,15 @@ pub use eventonce_postgres::{PgTx, PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
 pub use eventonce_redis::{RedisOptions, RedisStore};
 
-/// The README's examples, compiled and run as doctests (with every backend enabled, as
+/// Kafka consumers (feature `kafka`): messages to envelopes, [`Guard::run`], offsets
+/// committed only after the final outcome, and the demo against a broker.
+#[cfg(feature = "kafka")]
+pub mod kafka {
+    pub use eventonce_kafka::*;
+}
+
+/// The README's examples, compiled and run as doctests (with every backend and Kafka, as
 /// `make test` builds them).
-#[cfg(all(doctest, feature = "full"))]
+#[cfg(all(doctest, feature = "full", feature = "kafka"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

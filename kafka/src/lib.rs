@@ -1,0 +1,48 @@
+//! Kafka consumers for eventonce: turn a consumed message into an
+//! [`EventEnvelope`](eventonce_core::EventEnvelope), run it through
+//! [`Guard::run`](eventonce_core::Guard::run), and commit its offset only once the outcome
+//! is final.
+//!
+//! ```no_run
+//! use eventonce_core::{Guard, IdempotencyConfig};
+//! use eventonce_kafka::{consumer_config, Delivery, KafkaGuard};
+//! use eventonce_memory::MemoryStore;
+//! use rdkafka::consumer::{Consumer, StreamConsumer};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let consumer: StreamConsumer = consumer_config("127.0.0.1:9092", "billing").create()?;
+//! consumer.subscribe(&["orders"])?;
+//! let config = IdempotencyConfig::builder("billing").build()?;
+//! let kafka = KafkaGuard::new(Guard::new(MemoryStore::new(), config));
+//! loop {
+//!     let message = consumer.recv().await?;
+//!     match kafka
+//!         .process(&consumer, &message, |event| async move {
+//!             println!("charging for {:?}", event.data);
+//!             Ok::<_, std::io::Error>(())
+//!         })
+//!         .await
+//!     {
+//!         Ok(Delivery::Committed(_) | Delivery::CommitFailed { .. }) => {} // final
+//!         Ok(Delivery::Redeliver(_)) => {} // sought back: it comes again
+//!         Err(bad) => return Err(bad.into()), // or dead-letter it and commit_past
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! See [`KafkaGuard`] for how offsets and the guard interact, [`envelope_from_message`]
+//! for the headers, and [`demo`] for the whole flow against a broker.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod consumer;
+pub mod demo;
+mod message;
+
+pub use consumer::{commit_past, consumer_config, Delivery, KafkaGuard, KafkaGuardOptions, Retry};
+pub use message::{
+    envelope_from_message, MessageError, MessagePosition, EVENT_ID_HEADER, EVENT_TYPE_HEADER,
+};
+/// Re-exported so that a consumer needs no separate dependency on the same version.
+pub use rdkafka;

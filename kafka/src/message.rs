@@ -1,0 +1,483 @@
+//! A consumed Kafka message turned into an [`EventEnvelope`]: the body, and the `event_id`
+//! and `event_type` headers when present.
+
+use eventonce_core::{EnvelopeError, EventEnvelope, IdentityError};
+use rdkafka::message::{Headers, Message};
+
+/// The header that may carry the event's id.
+pub const EVENT_ID_HEADER: &str = "event_id";
+/// The header that may carry the event's type.
+pub const EVENT_TYPE_HEADER: &str = "event_type";
+
+/// Where a message sits in the log: enough to find it again, or to dead-letter it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MessagePosition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The message's offset.
+    pub offset: i64,
+}
+
+impl MessagePosition {
+    /// The position of `message`.
+    pub fn of(message: &impl Message) -> Self {
+        MessagePosition {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+        }
+    }
+}
+
+impl std::fmt::Display for MessagePosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// Why a message could not be turned into an identifiable event.
+///
+/// Such a message is never skipped silently: [`envelope_from_message`] and
+/// [`KafkaGuard::process`](crate::KafkaGuard::process) return this error, commit nothing,
+/// and leave the decision to the caller (dead-letter it and commit past it with
+/// [`commit_past`](crate::commit_past), or stop).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MessageError {
+    /// The message has no value (a tombstone, or a producer that sent only a key).
+    #[error("message {position} has no payload")]
+    NoPayload {
+        /// The message.
+        position: MessagePosition,
+    },
+    /// The value is not a valid event envelope (bad JSON, a wrong field type, ...).
+    #[error("message {position} is not a valid event envelope: {source}")]
+    Envelope {
+        /// The message.
+        position: MessagePosition,
+        /// What is wrong with it.
+        #[source]
+        source: EnvelopeError,
+    },
+    /// An `event_id` or `event_type` header has no value, an empty one, or one that is
+    /// not UTF-8.
+    #[error("message {position}: header {header:?} is {problem}")]
+    InvalidHeader {
+        /// The message.
+        position: MessagePosition,
+        /// The header's name.
+        header: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A header names another id or type than the body does (or than another header of
+    /// the same name). The message is rejected rather than guessed at: picking either
+    /// value could give a key that another delivery of the same event does not share.
+    #[error(
+        "message {position}: header {header:?} says {header_value:?} but the {other} says {other_value:?}"
+    )]
+    HeaderMismatch {
+        /// The message.
+        position: MessagePosition,
+        /// The header's name.
+        header: &'static str,
+        /// The header's value.
+        header_value: String,
+        /// What it disagrees with: `"body"` or `"same header given again"`.
+        other: &'static str,
+        /// The other value (`None`: the body has none).
+        other_value: Option<String>,
+    },
+    /// The envelope parsed but cannot be identified (no `event_id` and no `data`).
+    #[error("message {position} cannot be identified: {source}")]
+    Unidentifiable {
+        /// The message.
+        position: MessagePosition,
+        /// Why.
+        #[source]
+        source: IdentityError,
+    },
+}
+
+impl MessageError {
+    /// The message this error is about.
+    pub fn position(&self) -> &MessagePosition {
+        match self {
+            MessageError::NoPayload { position }
+            | MessageError::Envelope { position, .. }
+            | MessageError::InvalidHeader { position, .. }
+            | MessageError::HeaderMismatch { position, .. }
+            | MessageError::Unidentifiable { position, .. } => position,
+        }
+    }
+}
+
+/// The value of header `name`, if the message carries it; every occurrence must agree.
+fn header_value(
+    message: &impl Message,
+    name: &'static str,
+    position: &MessagePosition,
+) -> Result<Option<String>, MessageError> {
+    let Some(headers) = message.headers() else {
+        return Ok(None);
+    };
+    let mut found: Option<String> = None;
+    for header in headers.iter().filter(|h| h.key == name) {
+        let invalid = |problem| MessageError::InvalidHeader {
+            position: position.clone(),
+            header: name,
+            problem,
+        };
+        let bytes = header.value.ok_or_else(|| invalid("without a value"))?;
+        let text = std::str::from_utf8(bytes).map_err(|_| invalid("not UTF-8"))?;
+        if text.is_empty() {
+            return Err(invalid("empty"));
+        }
+        match &found {
+            Some(earlier) if earlier != text => {
+                return Err(MessageError::HeaderMismatch {
+                    position: position.clone(),
+                    header: name,
+                    header_value: text.to_owned(),
+                    other: "same header given again",
+                    other_value: Some(earlier.clone()),
+                })
+            }
+            Some(_) => {}
+            None => found = Some(text.to_owned()),
+        }
+    }
+    Ok(found)
+}
+
+/// Merges a header into the body's field: the header fills a field the body lacks, and
+/// must equal it where the body has it.
+fn merge(
+    body: &mut Option<String>,
+    header: Option<String>,
+    name: &'static str,
+    position: &MessagePosition,
+) -> Result<(), MessageError> {
+    let Some(header) = header else {
+        return Ok(());
+    };
+    match body.as_deref() {
+        None => *body = Some(header),
+        Some(own) if own == header => {}
+        Some(own) => {
+            return Err(MessageError::HeaderMismatch {
+                position: position.clone(),
+                header: name,
+                header_value: header,
+                other: "body",
+                other_value: Some(own.to_owned()),
+            })
+        }
+    }
+    Ok(())
+}
+
+/// Turns a consumed message into an [`EventEnvelope`].
+///
+/// The value is parsed with [`EventEnvelope::from_slice`]. The `event_id` and
+/// `event_type` headers, when present, are merged into it:
+///
+/// - a header fills a field the body lacks (a body without `event_type` is accepted if the
+///   header gives it; a body without `event_id` takes the header's id);
+/// - where the body has the field too, the two must be equal, else
+///   [`MessageError::HeaderMismatch`];
+/// - a header without a value, with an empty value or with bytes that are not UTF-8 is
+///   [`MessageError::InvalidHeader`]; the same header given twice with different values is
+///   a mismatch.
+///
+/// So an event gets the same key whether its producer put the id and type in the body,
+/// in headers, or in both: the key depends on the merged fields only.
+///
+/// A message without a value, with a value that is not an envelope, or whose envelope
+/// cannot be identified (neither `event_id` nor `data`) is an error, never skipped.
+/// Never panics.
+///
+/// ```
+/// use eventonce_kafka::envelope_from_message;
+/// use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+///
+/// let body = br#"{"event_type":"orders.created.v1","data":{"order":42}}"#.to_vec();
+/// let headers = OwnedHeaders::new().insert(Header { key: "event_id", value: Some("e-42") });
+/// let message = OwnedMessage::new(
+///     Some(body), None, "orders".into(), Timestamp::NotAvailable, 0, 7, Some(headers),
+/// );
+/// let envelope = envelope_from_message(&message)?;
+/// assert_eq!(envelope.event_id.as_deref(), Some("e-42"));
+/// # Ok::<(), eventonce_kafka::MessageError>(())
+/// ```
+pub fn envelope_from_message(message: &impl Message) -> Result<EventEnvelope, MessageError> {
+    let position = MessagePosition::of(message);
+    let header_id = header_value(message, EVENT_ID_HEADER, &position)?;
+    let header_type = header_value(message, EVENT_TYPE_HEADER, &position)?;
+    let payload = match message.payload() {
+        Some(p) if !p.is_empty() => p,
+        _ => return Err(MessageError::NoPayload { position }),
+    };
+    let parsed = match EventEnvelope::from_slice(payload) {
+        Ok(envelope) => Ok(envelope),
+        // The type may come from the header alone: parse again with it filled in.
+        Err(EnvelopeError::MissingField {
+            field: "event_type",
+        }) if header_type.is_some() => with_header_type(payload, header_type.as_deref()),
+        Err(e) => Err(e),
+    };
+    let mut envelope = parsed.map_err(|source| MessageError::Envelope {
+        position: position.clone(),
+        source,
+    })?;
+
+    let mut event_type = Some(std::mem::take(&mut envelope.event_type));
+    merge(&mut event_type, header_type, EVENT_TYPE_HEADER, &position)?;
+    envelope.event_type = event_type.unwrap_or_default();
+    // An empty id in the body counts as none, as it does for the identity.
+    if envelope.event_id.as_deref() == Some("") {
+        envelope.event_id = None;
+    }
+    merge(
+        &mut envelope.event_id,
+        header_id,
+        EVENT_ID_HEADER,
+        &position,
+    )?;
+
+    if let Err(source) = envelope.deterministic_hash() {
+        return Err(MessageError::Unidentifiable { position, source });
+    }
+    Ok(envelope)
+}
+
+/// Parses a body that lacks `event_type`, taking the type from the header.
+fn with_header_type(
+    payload: &[u8],
+    event_type: Option<&str>,
+) -> Result<EventEnvelope, EnvelopeError> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| EnvelopeError::Malformed {
+            message: e.to_string(),
+        })?;
+    if let (Some(fields), Some(t)) = (value.as_object_mut(), event_type) {
+        fields.insert("event_type".to_owned(), serde_json::Value::from(t));
+    }
+    EventEnvelope::from_value(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+    use serde_json::json;
+
+    fn message(body: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)]) -> OwnedMessage {
+        let headers = if headers.is_empty() {
+            None
+        } else {
+            let mut h = OwnedHeaders::new();
+            for (key, value) in headers {
+                h = h.insert(Header { key, value: *value });
+            }
+            Some(h)
+        };
+        OwnedMessage::new(
+            body.map(<[u8]>::to_vec),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            3,
+            11,
+            headers,
+        )
+    }
+
+    fn key(envelope: &EventEnvelope) -> String {
+        let config = eventonce_core::IdempotencyConfig::builder("svc")
+            .build()
+            .expect("config");
+        config.generate_key(
+            &envelope.event_type,
+            &envelope.deterministic_hash().expect("hash"),
+        )
+    }
+
+    const FULL: &[u8] = br#"{"event_id":"e-1","event_type":"orders.created.v1","data":{"n":1}}"#;
+
+    #[test]
+    fn body_alone_is_parsed() {
+        let e = envelope_from_message(&message(Some(FULL), &[])).expect("envelope");
+        assert_eq!(e.event_id.as_deref(), Some("e-1"));
+        assert_eq!(e.event_type, "orders.created.v1");
+        assert_eq!(e.data, json!({"n": 1}));
+    }
+
+    #[test]
+    fn headers_in_place_of_body_fields_give_the_same_key() {
+        let from_body = envelope_from_message(&message(Some(FULL), &[])).expect("body");
+        let from_headers = envelope_from_message(&message(
+            Some(br#"{"data":{"n":1}}"#),
+            &[
+                ("event_id", Some(b"e-1")),
+                ("event_type", Some(b"orders.created.v1")),
+            ],
+        ))
+        .expect("headers");
+        let both = envelope_from_message(&message(
+            Some(FULL),
+            &[
+                ("event_id", Some(b"e-1")),
+                ("event_type", Some(b"orders.created.v1")),
+            ],
+        ))
+        .expect("both");
+        assert_eq!(key(&from_body), key(&from_headers));
+        assert_eq!(key(&from_body), key(&both));
+        assert_eq!(from_body, from_headers);
+    }
+
+    #[test]
+    fn an_id_header_fills_an_empty_body_id() {
+        let e = envelope_from_message(&message(
+            Some(br#"{"event_id":"","event_type":"orders.created.v1","data":{"n":1}}"#),
+            &[("event_id", Some(b"e-1"))],
+        ))
+        .expect("envelope");
+        assert_eq!(e.event_id.as_deref(), Some("e-1"));
+    }
+
+    #[test]
+    fn a_header_that_disagrees_with_the_body_is_an_error() {
+        let err = envelope_from_message(&message(Some(FULL), &[("event_id", Some(b"e-2"))]))
+            .expect_err("mismatch");
+        assert!(
+            matches!(&err, MessageError::HeaderMismatch { header: "event_id", header_value, other: "body", other_value, .. }
+                if header_value == "e-2" && other_value.as_deref() == Some("e-1")),
+            "{err:?}"
+        );
+        let err = envelope_from_message(&message(
+            Some(FULL),
+            &[("event_type", Some(b"orders.deleted.v1"))],
+        ))
+        .expect_err("mismatch");
+        assert!(matches!(
+            err,
+            MessageError::HeaderMismatch {
+                header: "event_type",
+                ..
+            }
+        ));
+        assert_eq!(err.position().offset, 11);
+        assert!(err.to_string().contains("orders.deleted.v1"), "{err}");
+    }
+
+    #[test]
+    fn a_header_given_twice_with_different_values_is_an_error() {
+        let err = envelope_from_message(&message(
+            Some(br#"{"event_type":"t","data":1}"#),
+            &[("event_id", Some(b"a")), ("event_id", Some(b"b"))],
+        ))
+        .expect_err("mismatch");
+        assert!(matches!(
+            err,
+            MessageError::HeaderMismatch {
+                other: "same header given again",
+                ..
+            }
+        ));
+        // The same value twice is fine.
+        envelope_from_message(&message(
+            Some(br#"{"event_type":"t","data":1}"#),
+            &[("event_id", Some(b"a")), ("event_id", Some(b"a"))],
+        ))
+        .expect("agreeing repeats");
+    }
+
+    #[test]
+    fn invalid_headers_are_errors() {
+        for (value, problem) in [
+            (None, "without a value"),
+            (Some(&b""[..]), "empty"),
+            (Some(&b"\xff\xfe"[..]), "not UTF-8"),
+        ] {
+            let err = envelope_from_message(&message(Some(FULL), &[("event_id", value)]))
+                .expect_err("invalid header");
+            assert_eq!(
+                err,
+                MessageError::InvalidHeader {
+                    position: MessagePosition {
+                        topic: "t".into(),
+                        partition: 3,
+                        offset: 11
+                    },
+                    header: "event_id",
+                    problem
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn other_headers_are_ignored() {
+        let e = envelope_from_message(&message(Some(FULL), &[("traceparent", Some(b"00-x"))]))
+            .expect("envelope");
+        assert_eq!(e.event_id.as_deref(), Some("e-1"));
+    }
+
+    #[test]
+    fn a_message_without_payload_is_an_error() {
+        for body in [None, Some(&b""[..])] {
+            let err = envelope_from_message(&message(body, &[("event_id", Some(b"e-1"))]))
+                .expect_err("no payload");
+            assert!(matches!(err, MessageError::NoPayload { .. }), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn bad_json_and_bad_envelopes_are_errors() {
+        for body in [&b"{not json"[..], b"[1,2]", br#"{"event_type":7}"#, b"\xff"] {
+            let err = envelope_from_message(&message(Some(body), &[])).expect_err("bad");
+            assert!(matches!(err, MessageError::Envelope { .. }), "{err:?}");
+        }
+        // Bad JSON stays an error even when headers could identify the event.
+        let err = envelope_from_message(&message(
+            Some(b"{oops"),
+            &[("event_id", Some(b"e")), ("event_type", Some(b"t"))],
+        ))
+        .expect_err("bad json");
+        assert!(matches!(err, MessageError::Envelope { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_body_without_type_and_without_header_is_an_error() {
+        let err =
+            envelope_from_message(&message(Some(br#"{"data":1}"#), &[])).expect_err("no type");
+        assert!(matches!(
+            err,
+            MessageError::Envelope {
+                source: EnvelopeError::MissingField {
+                    field: "event_type"
+                },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_event_without_id_and_data_is_unidentifiable() {
+        let err = envelope_from_message(&message(Some(br#"{"event_type":"t"}"#), &[]))
+            .expect_err("unidentifiable");
+        assert!(
+            matches!(err, MessageError::Unidentifiable { .. }),
+            "{err:?}"
+        );
+        // The id header identifies it.
+        envelope_from_message(&message(
+            Some(br#"{"event_type":"t"}"#),
+            &[("event_id", Some(b"e"))],
+        ))
+        .expect("identified by the header");
+    }
+}

@@ -1,0 +1,495 @@
+//! End-to-end against the real broker (`KAFKA_BOOTSTRAP`), Redis and PostgreSQL: events
+//! produced to a fresh topic, consumed by a fresh group through `KafkaGuard`, side effects
+//! counted in PostgreSQL.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eventonce_core::{Guard, IdempotencyConfig, IdempotencyStore, Outcome};
+use eventonce_kafka::demo::create_topic;
+use eventonce_kafka::{
+    commit_past, consumer_config, Delivery, KafkaGuard, KafkaGuardOptions, MessageError, Retry,
+};
+use eventonce_postgres::{PostgresOptions, PostgresStore};
+use eventonce_redis::RedisStore;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::postgres::PgPool;
+use sqlx::AssertSqlSafe;
+use support::Form;
+
+/// What a consumer loop saw.
+#[derive(Debug, Default)]
+struct Tally {
+    processed: u64,
+    duplicates: u64,
+    unprotected: u64,
+    handler_failures: u64,
+    in_progress: u64,
+    rewinding: u64,
+    commit_failures: u64,
+}
+
+fn consumer(group: &str, topic: &str) -> StreamConsumer {
+    let c: StreamConsumer = consumer_config(&support::bootstrap(), group)
+        .set("session.timeout.ms", "10000")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    c
+}
+
+/// Consumes until `total` messages reached a final outcome (or `limit` passes), running
+/// each through `kafka` with a handler that calls `effect(event)`.
+async fn consume<F, Fut>(
+    consumer: &StreamConsumer,
+    kafka: &KafkaGuard,
+    total: u64,
+    limit: Duration,
+    effect: F,
+) -> Tally
+where
+    F: Fn(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + limit;
+    let mut tally = Tally::default();
+    let mut finished = 0u64;
+    while finished < total {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(left, consumer.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("only {finished} of {total} messages final after {limit:?}: {tally:?}")
+            })
+            .expect("consume");
+        let delivery = kafka
+            .process(consumer, &message, |event| {
+                let order = event.data["order"].as_u64().unwrap_or(u64::MAX) as u32;
+                effect(order)
+            })
+            .await
+            .expect("every message of these tests is an identifiable event");
+        let outcome = match delivery {
+            Delivery::Committed(o) => o,
+            Delivery::CommitFailed { outcome, .. } => {
+                tally.commit_failures += 1;
+                outcome
+            }
+            Delivery::Redeliver(Retry::Handler(_)) => {
+                tally.handler_failures += 1;
+                // Nothing was committed for it: the group's offset is not past it.
+                let (topic, partition, offset) = (
+                    rdkafka::Message::topic(&message),
+                    rdkafka::Message::partition(&message),
+                    rdkafka::Message::offset(&message),
+                );
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, partition);
+                let committed = consumer
+                    .committed_offsets(tpl, Duration::from_secs(10))
+                    .expect("committed offsets")
+                    .find_partition(topic, partition)
+                    .map(|e| e.offset());
+                assert!(
+                    !matches!(committed, Some(Offset::Offset(o)) if o > offset),
+                    "committed {committed:?} past the failed message at {offset}"
+                );
+                continue;
+            }
+            Delivery::Redeliver(Retry::InProgress) => {
+                tally.in_progress += 1;
+                continue;
+            }
+            Delivery::Redeliver(Retry::Rewinding) => {
+                tally.rewinding += 1;
+                continue;
+            }
+            Delivery::Redeliver(other) => panic!("unexpected: {other:?}"),
+        };
+        finished += 1;
+        match outcome {
+            Outcome::Processed(()) => tally.processed += 1,
+            Outcome::Duplicate => tally.duplicates += 1,
+            Outcome::Unprotected(()) => tally.unprotected += 1,
+        }
+    }
+    tally
+}
+
+/// Records one side effect of `event` in PostgreSQL.
+async fn apply(pool: &PgPool, schema: &str, event: u32, worker: &str) -> Result<(), String> {
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO \"{schema}\".effects (event, worker) VALUES ($1, $2)"
+    )))
+    .bind(event as i32)
+    .bind(worker)
+    .execute(pool)
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// Waits until the group's committed offset of every partition is its high watermark.
+async fn assert_all_committed(consumer: &StreamConsumer, topic: &str, partitions: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        let mut behind = Vec::new();
+        for p in 0..partitions {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            let at = committed
+                .find_partition(topic, p)
+                .map(|e| e.offset())
+                .unwrap_or(Offset::Invalid);
+            if at != Offset::Offset(high) {
+                behind.push((p, at, high));
+            }
+        }
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed offsets behind the log end: {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn send_all(sends: Vec<(&FutureProducer, Option<i32>, u32, Form)>, topic: &str) {
+    for (producer, partition, i, form) in sends {
+        support::send(producer, topic, partition, i, form).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_events_with_resends_have_each_side_effect_once_on_redis() {
+    const EVENTS: u32 = 2000;
+    const PARTITIONS: i32 = 4;
+    let bootstrap = support::bootstrap();
+    let topic = support::unique("eventonce-e2e-resends");
+    create_topic(&bootstrap, &topic, PARTITIONS)
+        .await
+        .expect("topic");
+    let pool = support::pool(4).await;
+    let schema = support::schema("resends");
+    support::effects_schema(&pool, &schema).await;
+
+    // Every event once; every fifth again, later in its partition: half of those by a
+    // second producer with the id and type in headers too, half by the first producer
+    // with the id and type in headers only.
+    let first = support::producer(&bootstrap, "e2e-producer-1");
+    let second = support::producer(&bootstrap, "e2e-producer-2");
+    let mut sends: Vec<(&FutureProducer, Option<i32>, u32, Form)> = Vec::new();
+    let (mut resent, mut by_second) = (0u64, 0u64);
+    for i in 0..EVENTS {
+        let partition = Some((i % PARTITIONS as u32) as i32);
+        sends.push((&first, partition, i, Form::Body));
+        if i % 5 == 0 {
+            let (producer, form) = if i % 10 == 0 {
+                by_second += 1;
+                (&second, Form::BodyAndHeaders)
+            } else {
+                (&first, Form::HeadersOnly)
+            };
+            sends.push((producer, partition, i, form));
+            resent += 1;
+        }
+    }
+    // Each resend goes out after the original of the event 150 further on.
+    sends.sort_by_key(|(_, _, i, form)| {
+        u64::from(*i) * 2 + if matches!(form, Form::Body) { 0 } else { 301 }
+    });
+    let total = sends.len() as u64;
+    let started = Instant::now();
+    send_all(sends, &topic).await;
+
+    let store = RedisStore::connect(&support::redis_url())
+        .await
+        .expect("the tests need Redis");
+    let service = support::unique("kafka-e2e-resends");
+    let config = IdempotencyConfig::builder(service.as_str())
+        .processing_ttl(Duration::from_secs(30))
+        .build()
+        .expect("config");
+    let kafka = KafkaGuard::new(Guard::new(store, config));
+    let c = consumer(&support::unique("e2e-resends"), &topic);
+    let tally = consume(&c, &kafka, total, Duration::from_secs(300), |event| {
+        let pool = pool.clone();
+        let schema = schema.clone();
+        async move { apply(&pool, &schema, event, "c1").await }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    assert_all_committed(&c, &topic, PARTITIONS).await;
+    let counts = support::effect_counts(&pool, &schema, EVENTS).await;
+    let once = counts.iter().filter(|&&n| n == 1).count();
+    let twice = counts.iter().filter(|&&n| n > 1).count();
+    let missing = counts.iter().filter(|&&n| n == 0).count();
+    println!(
+        "kafka e2e (Redis store): events {EVENTS}, messages {total} ({resent} re-sent, {by_second} through a second producer), processed {}, duplicates skipped {}, re-runs {}, side effects once {once}, twice {twice}, missing {missing}, elapsed {:.2} s",
+        tally.processed,
+        tally.duplicates,
+        tally.handler_failures,
+        elapsed.as_secs_f64()
+    );
+    assert_eq!(once, EVENTS as usize, "every event's effect exactly once");
+    assert_eq!(tally.processed, u64::from(EVENTS));
+    assert_eq!(tally.duplicates, resent);
+    assert_eq!(tally.unprotected, 0);
+    support::drop_schema(&pool, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_handlers_are_retried_on_redelivery_and_processed_once_on_postgres() {
+    const EVENTS: u32 = 300;
+    const PARTITIONS: i32 = 4;
+    let bootstrap = support::bootstrap();
+    let topic = support::unique("eventonce-e2e-failing");
+    create_topic(&bootstrap, &topic, PARTITIONS)
+        .await
+        .expect("topic");
+    let pool = support::pool(4).await;
+    let schema = support::schema("failing");
+    support::effects_schema(&pool, &schema).await;
+    let producer = support::producer(&bootstrap, "e2e-failing");
+    let started = Instant::now();
+    for i in 0..EVENTS {
+        support::send(&producer, &topic, Some((i % 4) as i32), i, Form::Body).await;
+    }
+    // Events divisible by 7 fail on their first run; by 35, on their first two.
+    let failures_wanted = |i: u32| -> u32 {
+        match (i % 7, i % 35) {
+            (_, 0) => 2,
+            (0, _) => 1,
+            _ => 0,
+        }
+    };
+    let expected_failures: u64 = (0..EVENTS).map(|i| u64::from(failures_wanted(i))).sum();
+
+    let store = PostgresStore::connect_with(
+        &support::postgres_url(),
+        PostgresOptions::default().schema(schema.clone()),
+    )
+    .await
+    .expect("the tests need PostgreSQL");
+    let config = IdempotencyConfig::builder("kafka-e2e-failing")
+        .processing_ttl(Duration::from_secs(30))
+        .build()
+        .expect("config");
+    let guard = Guard::new(store.clone(), config);
+    let kafka = KafkaGuard::with_options(
+        guard.clone(),
+        KafkaGuardOptions {
+            retry_backoff: Duration::from_millis(20),
+            ..KafkaGuardOptions::default()
+        },
+    );
+    let attempts: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let c = consumer(&support::unique("e2e-failing"), &topic);
+    let tally = consume(
+        &c,
+        &kafka,
+        u64::from(EVENTS),
+        Duration::from_secs(300),
+        |event| {
+            let pool = pool.clone();
+            let schema = schema.clone();
+            let attempts = Arc::clone(&attempts);
+            async move {
+                let attempt = {
+                    let mut a = attempts.lock().expect("attempts");
+                    let n = a.entry(event).or_default();
+                    *n += 1;
+                    *n
+                };
+                if attempt <= failures_wanted(event) {
+                    return Err(format!("event {event}: attempt {attempt} fails"));
+                }
+                apply(&pool, &schema, event, "c1").await
+            }
+        },
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert_all_committed(&c, &topic, PARTITIONS).await;
+    let counts = support::effect_counts(&pool, &schema, EVENTS).await;
+    let once = counts.iter().filter(|&&n| n == 1).count();
+    let failing_events = (0..EVENTS).filter(|&i| failures_wanted(i) > 0).count();
+    let retried_once = {
+        let a = attempts.lock().expect("attempts");
+        (0..EVENTS)
+            .filter(|i| failures_wanted(*i) > 0 && a.get(i) == Some(&(failures_wanted(*i) + 1)))
+            .count()
+    };
+    println!(
+        "kafka e2e (PostgreSQL store): events {EVENTS}, failing events {failing_events}, processed {}, duplicates skipped {}, re-runs {} (handler failures redelivered), held back behind a redelivery {}, side effects once {once}, elapsed {:.2} s",
+        tally.processed,
+        tally.duplicates,
+        tally.handler_failures,
+        tally.rewinding,
+        elapsed.as_secs_f64()
+    );
+    assert_eq!(once, EVENTS as usize, "every event's effect exactly once");
+    assert_eq!(tally.handler_failures, expected_failures);
+    assert_eq!(
+        retried_once, failing_events,
+        "each failing event ran again until it succeeded, and not after"
+    );
+    assert_eq!(tally.processed, u64::from(EVENTS));
+    assert_eq!(tally.duplicates, 0);
+    // Every record is completed.
+    for i in [0, 7, 35, 299] {
+        let key = guard.key_for(&support::event(i)).expect("key");
+        let record = store.get(&key).await.expect("get").expect("a record");
+        assert_eq!(
+            record.state,
+            eventonce_core::RecordState::Completed,
+            "event {i}"
+        );
+    }
+    support::drop_schema(&pool, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_cannot_be_identified_are_returned_and_not_committed() {
+    let bootstrap = support::bootstrap();
+    let topic = support::unique("eventonce-e2e-bad");
+    create_topic(&bootstrap, &topic, 1).await.expect("topic");
+    let producer = support::producer(&bootstrap, "e2e-bad");
+    let mismatch = OwnedHeaders::new().insert(Header {
+        key: "event_id",
+        value: Some("someone-else"),
+    });
+    let good = serde_json::to_vec(&support::event(1)).expect("json");
+    support::send_raw(&producer, &topic, Some(0), "k", Some(b"{not json"), None).await;
+    support::send_raw(&producer, &topic, Some(0), "k", None, None).await;
+    support::send_raw(&producer, &topic, Some(0), "k", Some(&good), Some(mismatch)).await;
+    support::send(&producer, &topic, Some(0), 1, Form::Body).await;
+
+    let config = IdempotencyConfig::builder("kafka-e2e-bad")
+        .build()
+        .expect("config");
+    let kafka = KafkaGuard::new(Guard::new(eventonce_memory::MemoryStore::new(), config));
+    let c = consumer(&support::unique("e2e-bad"), &topic);
+    let committed = |c: &StreamConsumer| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, 0);
+        c.committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed")
+            .find_partition(&topic, 0)
+            .map(|e| e.offset())
+    };
+    let mut ran = 0;
+    let mut errors = Vec::new();
+    for expected_offset in 0..4i64 {
+        let message = tokio::time::timeout(Duration::from_secs(60), c.recv())
+            .await
+            .expect("a message in time")
+            .expect("consume");
+        assert_eq!(rdkafka::Message::offset(&message), expected_offset);
+        match kafka
+            .process(&c, &message, |_| {
+                ran += 1;
+                async { Ok::<_, String>(()) }
+            })
+            .await
+        {
+            Err(e) => {
+                // Nothing was committed for it: the caller decides. Here: dead-letter
+                // (not shown) and commit past it.
+                assert_eq!(e.position().offset, expected_offset);
+                let before = committed(&c);
+                assert!(
+                    !matches!(before, Some(Offset::Offset(o)) if o > expected_offset),
+                    "committed past a message that was not handled: {before:?}"
+                );
+                commit_past(&c, e.position(), CommitMode::Sync).expect("commit past");
+                assert_eq!(committed(&c), Some(Offset::Offset(expected_offset + 1)));
+                errors.push(e);
+            }
+            Ok(delivery) => {
+                assert!(matches!(
+                    delivery,
+                    Delivery::Committed(Outcome::Processed(()))
+                ));
+            }
+        }
+    }
+    println!("kafka e2e: unidentifiable messages returned: {errors:?}");
+    assert!(
+        matches!(errors[0], MessageError::Envelope { .. }),
+        "{:?}",
+        errors[0]
+    );
+    assert!(
+        matches!(errors[1], MessageError::NoPayload { .. }),
+        "{:?}",
+        errors[1]
+    );
+    assert!(
+        matches!(
+            errors[2],
+            MessageError::HeaderMismatch {
+                header: "event_id",
+                ..
+            }
+        ),
+        "{:?}",
+        errors[2]
+    );
+    assert_eq!(errors.len(), 3);
+    assert_eq!(ran, 1, "only the good event reached its handler");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_reports_every_side_effect_once() {
+    let report = eventonce_kafka::demo::run(
+        &support::bootstrap(),
+        eventonce_kafka::demo::DemoOptions {
+            events: 100,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("demo");
+    println!("{report}");
+    assert!(report.is_exactly_once(), "{report}");
+    assert_eq!(report.events, 100);
+    assert_eq!(report.duplicates_sent, 20);
+    assert_eq!(report.messages_sent, 120);
+    assert_eq!(report.processed, 100);
+    assert_eq!(report.duplicates_skipped, 20);
+    assert_eq!(report.handler_failures, 10);
+    // The demo deleted its topic.
+    let client: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", support::bootstrap())
+        .create()
+        .expect("client");
+    let metadata = client
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    let topics: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    assert!(
+        !topics.contains(&report.topic.as_str()),
+        "{} still listed: {topics:?}",
+        report.topic
+    );
+    let text = report.to_string();
+    assert!(text.contains("| duplicates skipped"), "{text}");
+    assert!(text.contains("exactly once"), "{text}");
+}
