@@ -75,6 +75,11 @@ struct DemoArgs {
     /// is created if missing).
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// Run the flow through this Kafka broker (its bootstrap servers) instead: a fresh
+    /// topic, events produced with a fifth of them sent twice, a consumer in a fresh group
+    /// committing offsets after the guard's outcome (the `kafka` feature).
+    #[arg(long, value_name = "BOOTSTRAP", conflicts_with_all = ["redis", "postgres"])]
+    kafka: Option<String>,
     /// PostgreSQL schema of the records table.
     #[arg(long, value_name = "NAME", default_value = "public")]
     pg_schema: String,
@@ -154,6 +159,9 @@ async fn demo(args: DemoArgs) -> ExitCode {
     if args.events == 0 || args.workers == 0 || !(0.0..=1.0).contains(&args.duplicate_rate) {
         eprintln!("error: --events and --workers must be positive, --duplicate-rate within 0..1");
         return ExitCode::FAILURE;
+    }
+    if let Some(bootstrap) = &args.kafka {
+        return kafka_demo(bootstrap, &args).await;
     }
     tracing_subscriber::fmt()
         .with_max_level(args.log)
@@ -442,4 +450,42 @@ fn progress_bar(len: u64) -> ProgressBar {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `demo --kafka`: the flow through the user's own broker.
+#[cfg(feature = "kafka")]
+async fn kafka_demo(bootstrap: &str, args: &DemoArgs) -> ExitCode {
+    let mut options = eventonce::kafka::demo::DemoOptions::default();
+    options.events = u32::try_from(args.events).unwrap_or(u32::MAX);
+    if args.fail_every > 0 {
+        options.fail_every = u32::try_from(args.fail_every).unwrap_or(u32::MAX);
+    }
+    println!(
+        "eventonce demo: kafka bootstrap={bootstrap} events={}",
+        options.events
+    );
+    match eventonce::kafka::demo::run(bootstrap, options).await {
+        Ok(report) => {
+            println!("{report}");
+            if report.is_exactly_once() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `demo --kafka` in a binary built without Kafka support.
+#[cfg(not(feature = "kafka"))]
+async fn kafka_demo(_bootstrap: &str, _args: &DemoArgs) -> ExitCode {
+    eprintln!(
+        "error: this eventonce binary was built without Kafka support; \
+         install it with `cargo install eventonce --features kafka`"
+    );
+    ExitCode::FAILURE
 }
