@@ -1,7 +1,7 @@
 //! [`KafkaGuard`]: one consumed message through [`Guard::run`], and its offset committed
 //! only once the outcome is final.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -84,8 +84,11 @@ pub enum Retry<E> {
     InProgress,
     /// The store failed and the guard is configured `FailMode::Closed`.
     Store(StoreError),
-    /// An earlier message of this partition is waiting to be redelivered: this one was
-    /// not processed, so that nothing after it is committed first.
+    /// An earlier message of this partition is waiting to be redelivered: this one's
+    /// offset was not committed, so that nothing after that message is committed first.
+    /// [`KafkaGuard::process`] did not run its handler; in
+    /// [`KafkaGuard::process_batch`] it may have run, and then its redelivery is a
+    /// duplicate, skipped.
     Rewinding,
     /// A guard error this version does not know (`GuardError` may grow); retried like a
     /// store refusal.
@@ -180,9 +183,10 @@ impl KafkaGuard {
         E: std::fmt::Display,
     {
         let position = MessagePosition::of(message);
-        if self.lock_rewinds().holds_back(&position) {
-            // An earlier message of this partition must come first: seek back again.
-            self.seek_back(consumer, &position);
+        let rewound_to = self.lock_rewinds().rewound_to(&position);
+        if let Some(offset) = rewound_to {
+            // An earlier message of this partition must come first: seek back to it again.
+            self.seek_back(consumer, &position.at(offset));
             return Ok(Delivery::Redeliver(Retry::Rewinding));
         }
         let envelope = envelope_from_message(message)?;
@@ -201,6 +205,155 @@ impl KafkaGuard {
         tokio::time::sleep(backoff).await;
         self.seek_back(consumer, &position);
         Ok(Delivery::Redeliver(retry))
+    }
+
+    /// Processes a batch of consumed messages (in the order the consumer yielded them)
+    /// with one [`Guard::run_batch`]: two store round trips for the batch instead of two
+    /// per message, the new events' handlers run concurrently. Returns what became of each
+    /// message, in order.
+    ///
+    /// Offsets, per partition: the offset after the longest run of messages whose outcome
+    /// is final, from the batch's first message of that partition, is committed (one commit
+    /// for the batch). The first message that is not final (handler failed, in progress
+    /// elsewhere, store refused) is redelivered: after the backoff its partition is sought
+    /// back to it. Messages of that partition after it are answered
+    /// `Redeliver(Retry::Rewinding)`, even when their handler ran: their offsets are not
+    /// committed, and their redelivery finds them completed (a duplicate, skipped). A
+    /// message that cannot be identified is returned as `Err` and nothing of its partition
+    /// from it on is committed: dead-letter it and [`commit_past`] it, or stop.
+    pub async fn process_batch<K, C, M, F, Fut, T, E>(
+        &self,
+        consumer: &K,
+        messages: &[M],
+        mut handler: F,
+    ) -> Vec<Result<Delivery<T, E>, MessageError>>
+    where
+        K: Consumer<C>,
+        C: ConsumerContext,
+        M: Message,
+        F: FnMut(EventEnvelope) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let positions: Vec<MessagePosition> = messages.iter().map(MessagePosition::of).collect();
+        let mut answers: Vec<Option<Result<Delivery<T, E>, MessageError>>> =
+            messages.iter().map(|_| None).collect();
+        let mut seeks: HashMap<(String, i32), i64> = HashMap::new();
+        let mut envelopes = Vec::new();
+        let mut slots = Vec::new();
+        {
+            let mut rewinds = self.lock_rewinds();
+            for (i, (message, position)) in messages.iter().zip(&positions).enumerate() {
+                if let Some(offset) = rewinds.rewound_to(position) {
+                    seeks.insert((position.topic.clone(), position.partition), offset);
+                    answers[i] = Some(Ok(Delivery::Redeliver(Retry::Rewinding)));
+                    continue;
+                }
+                match envelope_from_message(message) {
+                    Ok(envelope) => {
+                        envelopes.push(envelope);
+                        slots.push(i);
+                    }
+                    Err(err) => answers[i] = Some(Err(err)),
+                }
+            }
+        }
+        let results = self
+            .guard
+            .run_batch(&envelopes, |envelope| handler(envelope.clone()))
+            .await;
+        let mut results: Vec<Option<_>> = results.into_iter().map(Some).collect();
+        let mut result_of: HashMap<usize, usize> = HashMap::new();
+        for (r, &i) in slots.iter().enumerate() {
+            result_of.insert(i, r);
+        }
+
+        // Walk the batch in order, partition by partition.
+        let mut blocked: HashSet<(String, i32)> = HashSet::new();
+        let mut commit_to: HashMap<(String, i32), i64> = HashMap::new();
+        let mut finals: Vec<(usize, Outcome<T>)> = Vec::new();
+        let mut backoff = Duration::ZERO;
+        for (i, position) in positions.iter().enumerate() {
+            let partition = (position.topic.clone(), position.partition);
+            let Some(r) = result_of.get(&i).copied() else {
+                // Held back, or not identifiable: nothing of this partition from here on.
+                blocked.insert(partition);
+                continue;
+            };
+            let Some(result) = results[r].take() else {
+                continue;
+            };
+            if blocked.contains(&partition) {
+                answers[i] = Some(Ok(Delivery::Redeliver(Retry::Rewinding)));
+                continue;
+            }
+            let (retry, wait) = match result {
+                Ok(outcome) => {
+                    commit_to.insert(partition, position.offset + 1);
+                    finals.push((i, outcome));
+                    continue;
+                }
+                Err(GuardError::Handler(e)) => (Retry::Handler(e), self.options.retry_backoff),
+                Err(GuardError::InProgress) => {
+                    (Retry::InProgress, self.options.in_progress_backoff)
+                }
+                Err(GuardError::Store(e)) => (Retry::Store(e), self.options.retry_backoff),
+                Err(GuardError::InvalidEvent(source)) => {
+                    answers[i] = Some(Err(MessageError::Unidentifiable {
+                        position: position.clone(),
+                        source,
+                    }));
+                    blocked.insert(partition);
+                    continue;
+                }
+                Err(other) => (Retry::Other(other), self.options.retry_backoff),
+            };
+            backoff = backoff.max(wait);
+            self.lock_rewinds().set(position);
+            seeks.insert(partition.clone(), position.offset);
+            blocked.insert(partition);
+            answers[i] = Some(Ok(Delivery::Redeliver(retry)));
+        }
+
+        // One commit for every partition that moved.
+        let committed = if commit_to.is_empty() {
+            Ok(())
+        } else {
+            let mut tpl = TopicPartitionList::new();
+            let added = commit_to
+                .iter()
+                .try_for_each(|((topic, partition), offset)| {
+                    tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                });
+            added.and_then(|()| consumer.commit(&tpl, self.options.commit_mode))
+        };
+        if let Err(error) = &committed {
+            tracing::warn!(error = %error, "KAFKA_COMMIT_FAILED: batch outcomes final, offsets not committed; redeliveries will be duplicates");
+        }
+        for (i, outcome) in finals {
+            answers[i] = Some(Ok(match &committed {
+                Ok(()) => Delivery::Committed(outcome),
+                Err(error) => Delivery::CommitFailed {
+                    outcome,
+                    error: error.clone(),
+                },
+            }));
+        }
+        if !seeks.is_empty() {
+            tokio::time::sleep(backoff).await;
+            for ((topic, partition), offset) in &seeks {
+                let position = MessagePosition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                };
+                self.seek_back(consumer, &position);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Ok(Delivery::Redeliver(Retry::Rewinding))))
+            .collect()
     }
 
     fn lock_rewinds(&self) -> std::sync::MutexGuard<'_, Rewinds> {
@@ -328,15 +481,22 @@ impl Rewinds {
     /// partition waits for its redelivery. A message at or before the rewound offset (the
     /// redelivery itself, or a replay from an earlier committed offset after a
     /// rebalance) ends the rewind.
+    #[cfg(test)]
     fn holds_back(&mut self, position: &MessagePosition) -> bool {
+        self.rewound_to(position).is_some()
+    }
+
+    /// The offset `position`'s partition waits to be redelivered from, when `position`
+    /// comes after it (see [`holds_back`](Self::holds_back)).
+    fn rewound_to(&mut self, position: &MessagePosition) -> Option<i64> {
         let key = (position.topic.clone(), position.partition);
         match self.pending.get(&key) {
-            Some(&at) if position.offset > at => true,
+            Some(&at) if position.offset > at => Some(at),
             Some(_) => {
                 self.pending.remove(&key);
-                false
+                None
             }
-            None => false,
+            None => None,
         }
     }
 }

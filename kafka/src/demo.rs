@@ -38,7 +38,7 @@ pub struct DemoOptions {
     /// Every `resend_every`-th event is sent a second time (the same envelope, once with
     /// the id in headers). Default 5 (20%).
     pub resend_every: u32,
-    /// Every `fail_every`-th event's handler fails on its first run. Default 10.
+    /// Every `fail_every`-th event's handler fails on its first run (0: none). Default 10.
     pub fail_every: u32,
     /// Partitions of the demo topic. Default 4.
     pub partitions: i32,
@@ -235,7 +235,7 @@ async fn run_on(bootstrap: &str, topic: &str, options: &DemoOptions) -> Result<R
         .set("message.timeout.ms", "30000")
         .create()?;
     let resend_every = options.resend_every.max(1);
-    let fail_every = options.fail_every.max(1);
+    let fail_every = options.fail_every;
     let mut sent = 0u64;
     let mut duplicates_sent = 0u64;
     for i in 0..options.events {
@@ -318,7 +318,10 @@ async fn run_on(bootstrap: &str, topic: &str, options: &DemoOptions) -> Result<R
                         *n += 1;
                         *n
                     };
-                    if order % u64::from(fail_every) == 3 % u64::from(fail_every) && attempt == 1 {
+                    if fail_every > 0
+                        && order % u64::from(fail_every) == 3 % u64::from(fail_every)
+                        && attempt == 1
+                    {
                         return Err(format!("order {order}: first attempt fails"));
                     }
                     *effects

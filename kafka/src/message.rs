@@ -29,6 +29,15 @@ impl MessagePosition {
             offset: message.offset(),
         }
     }
+
+    /// The same partition, at `offset`.
+    pub fn at(&self, offset: i64) -> Self {
+        MessagePosition {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset,
+        }
+    }
 }
 
 impl std::fmt::Display for MessagePosition {

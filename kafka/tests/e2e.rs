@@ -493,3 +493,135 @@ async fn the_demo_reports_every_side_effect_once() {
     assert!(text.contains("| duplicates skipped"), "{text}");
     assert!(text.contains("exactly once"), "{text}");
 }
+
+/// The batch form: messages consumed in batches of up to 100 go through
+/// `KafkaGuard::process_batch` (one `run_batch` each); a fifth of the events are re-sent,
+/// some handlers fail on their first run. Every event's side effect happens once, every
+/// offset is committed, and nothing is committed past a message that must come again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_with_resends_and_failures_have_each_side_effect_once() {
+    const EVENTS: u32 = 600;
+    const PARTITIONS: i32 = 4;
+    let bootstrap = support::bootstrap();
+    let topic = support::unique("eventonce-e2e-batch");
+    create_topic(&bootstrap, &topic, PARTITIONS)
+        .await
+        .expect("topic");
+    let pool = support::pool(4).await;
+    let schema = support::schema("batch");
+    support::effects_schema(&pool, &schema).await;
+    let producer = support::producer(&bootstrap, "e2e-batch");
+    let mut total = 0u64;
+    let mut resent = 0u64;
+    let started = Instant::now();
+    for i in 0..EVENTS {
+        let partition = Some((i % PARTITIONS as u32) as i32);
+        support::send(&producer, &topic, partition, i, Form::Body).await;
+        total += 1;
+        if i % 5 == 0 {
+            support::send(&producer, &topic, partition, i, Form::BodyAndHeaders).await;
+            total += 1;
+            resent += 1;
+        }
+    }
+    let store = RedisStore::connect(&support::redis_url())
+        .await
+        .expect("the tests need Redis");
+    let config = IdempotencyConfig::builder(support::unique("kafka-e2e-batch").as_str())
+        .processing_ttl(Duration::from_secs(30))
+        .build()
+        .expect("config");
+    let kafka = KafkaGuard::with_options(
+        Guard::new(store, config),
+        KafkaGuardOptions {
+            retry_backoff: Duration::from_millis(20),
+            ..KafkaGuardOptions::default()
+        },
+    );
+    let failing = |i: u32| i.is_multiple_of(13);
+    let attempts: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let c = consumer(&support::unique("e2e-batch"), &topic);
+    let mut finals = std::collections::HashSet::new();
+    let (mut batches, mut failures, mut rewinding, mut duplicates) = (0u64, 0u64, 0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while (finals.len() as u64) < total {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} messages final",
+            finals.len()
+        );
+        // A batch: what arrives within 50 ms, up to 100 messages.
+        let mut batch = Vec::new();
+        let window = Instant::now() + Duration::from_millis(50);
+        while batch.len() < 100 {
+            let left = window.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, c.recv()).await {
+                Ok(message) => batch.push(message.expect("consume").detach()),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        batches += 1;
+        let deliveries = kafka
+            .process_batch(&c, &batch, |event| {
+                let order = event.data["order"].as_u64().unwrap_or(u64::MAX) as u32;
+                let (pool, schema, attempts) =
+                    (pool.clone(), schema.clone(), Arc::clone(&attempts));
+                async move {
+                    let attempt = {
+                        let mut a = attempts.lock().expect("attempts");
+                        let n = a.entry(order).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    if failing(order) && attempt == 1 {
+                        return Err(format!("event {order} fails its first run"));
+                    }
+                    apply(&pool, &schema, order, "batch").await
+                }
+            })
+            .await;
+        assert_eq!(deliveries.len(), batch.len());
+        for (message, delivery) in batch.iter().zip(deliveries) {
+            let at = (
+                rdkafka::Message::partition(message),
+                rdkafka::Message::offset(message),
+            );
+            match delivery.expect("every message of this test is an identifiable event") {
+                Delivery::Committed(outcome) => {
+                    if outcome.is_duplicate() {
+                        duplicates += 1;
+                    }
+                    finals.insert(at);
+                }
+                Delivery::CommitFailed { error, .. } => panic!("commit failed: {error}"),
+                Delivery::Redeliver(Retry::Handler(_)) => failures += 1,
+                Delivery::Redeliver(Retry::Rewinding) => rewinding += 1,
+                Delivery::Redeliver(other) => panic!("unexpected: {other:?}"),
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    assert_all_committed(&c, &topic, PARTITIONS).await;
+    let counts = support::effect_counts(&pool, &schema, EVENTS).await;
+    let once = counts.iter().filter(|&&n| n == 1).count();
+    let failing_events = (0..EVENTS).filter(|&i| failing(i)).count() as u64;
+    {
+        let a = attempts.lock().expect("attempts");
+        let reruns = a.values().map(|&n| u64::from(n)).sum::<u64>() - u64::from(EVENTS);
+        println!(
+            "kafka e2e batches (Redis store): events {EVENTS}, messages {total} ({resent} re-sent), batches {batches}, duplicates skipped {duplicates}, re-runs {reruns} (failing events {failing_events}; {failures} answered as the first failure of their partition in a batch), held back behind a redelivery {rewinding}, side effects once {once}, elapsed {:.2} s",
+            elapsed.as_secs_f64()
+        );
+        assert_eq!(once, EVENTS as usize, "every event's effect exactly once");
+        assert!(
+            (0..EVENTS).all(|i| a.get(&i) == Some(&if failing(i) { 2 } else { 1 })),
+            "each handler ran once, failing ones once more"
+        );
+        assert_eq!(reruns, failing_events);
+        assert!(failures > 0 && rewinding > 0, "{failures} {rewinding}");
+    }
+    support::drop_schema(&pool, &schema).await;
+}

@@ -455,11 +455,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// `demo --kafka`: the flow through the user's own broker.
 #[cfg(feature = "kafka")]
 async fn kafka_demo(bootstrap: &str, args: &DemoArgs) -> ExitCode {
-    let mut options = eventonce::kafka::demo::DemoOptions::default();
-    options.events = u32::try_from(args.events).unwrap_or(u32::MAX);
-    if args.fail_every > 0 {
-        options.fail_every = u32::try_from(args.fail_every).unwrap_or(u32::MAX);
-    }
+    let options = eventonce::kafka::demo::DemoOptions {
+        events: u32::try_from(args.events).unwrap_or(u32::MAX),
+        fail_every: u32::try_from(args.fail_every).unwrap_or(u32::MAX),
+        ..Default::default()
+    };
     println!(
         "eventonce demo: kafka bootstrap={bootstrap} events={}",
         options.events
