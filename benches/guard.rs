@@ -419,6 +419,42 @@ fn redis_group(c: &mut Criterion) {
     );
     g.finish();
     redis_memory(&rt, &raw, &guard);
+    // Every key this process wrote: its own rows and the peer's carry its pid.
+    purge(
+        &rt,
+        &raw,
+        &format!("huleedu:idempotency:bench:*{}-*", std::process::id()),
+    );
+}
+
+/// Deletes the keys of `pattern` (`SCAN`, never `KEYS`): a run leaves a million records
+/// behind otherwise, and a Redis holding millions of expiring keys slows the next run.
+fn purge(rt: &tokio::runtime::Runtime, raw: &redis::aio::MultiplexedConnection, pattern: &str) {
+    let mut raw = raw.clone();
+    rt.block_on(async {
+        let mut cursor: u64 = 0;
+        loop {
+            let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut raw)
+                .await
+            else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _: redis::RedisResult<i64> =
+                    redis::cmd("UNLINK").arg(&keys).query_async(&mut raw).await;
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    });
 }
 
 /// `MEMORY USAGE` of a key the guard completed, against a bare key of the same length

@@ -287,6 +287,22 @@ def version_of(dist):
         return "not installed"
 
 
+def purge(url, patterns):
+    """Deletes this run's keys (SCAN, never KEYS), so that runs do not pile records up in a
+    shared Redis and slow the next run down."""
+    import redis as sync_redis
+    client = sync_redis.Redis.from_url(url)
+    for pattern in patterns:
+        batch = []
+        for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.unlink(*batch)
+                batch = []
+        if batch:
+            client.unlink(*batch)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=int(os.environ.get("PEERS_EVENTS", 5000)),
@@ -305,6 +321,9 @@ def main():
         warnings.filterwarnings("ignore", message="Couldn't determine the remaining time left")
         warnings.simplefilter("ignore", DeprecationWarning)
         rows += bench_powertools(args.url, run, args.events, args.warmup)
+
+    purge(args.url, [f"huleedu:idempotency:v2:bench-peers-{run}:*",
+                     f"huleedu:idempotency:bench:peer-powertools:{run}*"])
 
     versions = {
         "python": platform.python_version(),
