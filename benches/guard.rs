@@ -185,6 +185,76 @@ fn row<F, Fut>(
     latency(rt, group, name, 1, call);
 }
 
+/// How many pairs a paired comparison times.
+const PAIRED_SAMPLES: usize = 2000;
+
+/// A paired comparison: `floor` and `ours` one event each, alternately, so that both see
+/// the same moments of the machine (a loopback round trip on a virtual machine varies by
+/// a factor of two from one second to the next), and the ratio of their p50s written to
+/// `target/criterion-latency/{group}/paired__{name}.json`: what the targets are judged on.
+fn paired<FA, FutA, FB, FutB>(
+    rt: &tokio::runtime::Runtime,
+    group: &str,
+    name: &str,
+    mut floor: FA,
+    mut ours: FB,
+) where
+    FA: FnMut() -> FutA,
+    FutA: Future<Output = ()>,
+    FB: FnMut() -> FutB,
+    FutB: Future<Output = ()>,
+{
+    if !selected(group, name) {
+        return;
+    }
+    let (mut a, mut b) = rt.block_on(async {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..PAIRED_SAMPLES {
+            let t = Instant::now();
+            floor().await;
+            a.push(t.elapsed().as_nanos() as f64);
+            let t = Instant::now();
+            ours().await;
+            b.push(t.elapsed().as_nanos() as f64);
+        }
+        (a, b)
+    });
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    let (fa, fb) = (a[a.len() / 2], b[b.len() / 2]);
+    write_extra(
+        group,
+        &format!("paired: {name}"),
+        json!({"name": name, "floor_p50_ns": fa, "ours_p50_ns": fb, "ratio": fa / fb, "pairs": PAIRED_SAMPLES}),
+    );
+}
+
+/// One new event through `guard`.
+async fn guard_new(guard: &Guard) {
+    let e = event(unique());
+    let _ = guard
+        .run(&e, async { Ok::<_, String>(()) })
+        .await
+        .expect("run");
+}
+
+/// `dup` again through `guard` (it was processed before).
+async fn guard_dup(guard: &Guard, dup: &EventEnvelope) {
+    let out = guard
+        .run(dup, async { Ok::<_, String>(()) })
+        .await
+        .expect("dup");
+    assert!(out.is_duplicate());
+}
+
+/// One new event whose handler fails.
+async fn guard_fail(guard: &Guard) {
+    let e = event(unique());
+    let _ = guard
+        .run(&e, async { Err::<(), _>("failed".to_owned()) })
+        .await;
+}
+
 /// The guard's rows every group has: new events, the same event again, a failing handler.
 fn guard_rows(
     g: &mut BenchmarkGroup<'_, WallTime>,
@@ -258,7 +328,7 @@ fn memory(c: &mut Criterion) {
     guard_rows(&mut g, &rt, "memory", &guard);
     batch_row(&mut g, &rt, "memory", &guard, 100);
     g.throughput(Throughput::Elements(1));
-    idempotent_crate::memory_rows(&mut g, &rt);
+    idempotent_crate::memory_rows(&mut g, &rt, &guard);
     g.finish();
 }
 
@@ -388,11 +458,62 @@ fn redis_group(c: &mut Criterion) {
             assert!(out.is_duplicate());
         },
     );
+    let floor_1rt = || {
+        let mut raw = raw.clone();
+        let key = format!("huleedu:idempotency:bench:{run}:raw:{}", unique());
+        async move { set_nx_px(&mut raw, &key).await }
+    };
+    let floor_2rt = || {
+        let mut raw = raw.clone();
+        let key = format!("huleedu:idempotency:bench:{run}:raw2:{}", unique());
+        let complete = &complete;
+        async move {
+            set_nx_px(&mut raw, &key).await;
+            let _: i64 = complete
+                .key(&key)
+                .arg("p|owner")
+                .arg(86_400_000)
+                .invoke_async(&mut raw)
+                .await
+                .expect("evalsha");
+        }
+    };
+    let dup_paired = event(u64::MAX - unique());
+    let _ = rt.block_on(guard.run(&dup_paired, async { Ok::<_, String>(()) }));
+    paired(
+        &rt,
+        "redis",
+        "guard: new event / 2 round trips",
+        floor_2rt,
+        || guard_new(&guard),
+    );
+    paired(
+        &rt,
+        "redis",
+        "guard: new event (deferred completion) / 2 round trips",
+        floor_2rt,
+        || guard_new(&deferred),
+    );
+    let _ = rt.block_on(deferred.flush());
+    paired(
+        &rt,
+        "redis",
+        "guard: duplicate / 1 round trip",
+        floor_1rt,
+        || guard_dup(&guard, &dup_paired),
+    );
+    paired(
+        &rt,
+        "redis",
+        "guard: handler failure / 2 round trips",
+        floor_2rt,
+        || guard_fail(&guard),
+    );
     for size in [10, 100, 1000] {
         batch_row(&mut g, &rt, "redis", &guard, size);
     }
     g.throughput(Throughput::Elements(1));
-    idempotent_crate::redis_rows(&mut g, &rt, &url);
+    idempotent_crate::redis_rows(&mut g, &rt, &url, &guard);
 
     // FailMode::Open with its Redis gone: the breaker answers, handlers run unprotected.
     let mut doomed = eventonce_testkit::RedisProcess::start();
@@ -567,6 +688,28 @@ fn postgres_group(c: &mut Criterion) {
                 .await
                 .expect("run");
         },
+    );
+    let _ = rt.block_on(deferred.flush());
+    let floor = || async {
+        sqlx::query(sqlx::AssertSqlSafe(floor_sql.clone()))
+            .bind(format!("raw:{}", unique()))
+            .execute(store.pool())
+            .await
+            .expect("insert");
+    };
+    paired(
+        &rt,
+        "postgres",
+        "guard: new event / 1 statement",
+        floor,
+        || guard_new(&guard),
+    );
+    paired(
+        &rt,
+        "postgres",
+        "guard: new event (deferred completion) / 1 statement",
+        floor,
+        || guard_new(&deferred),
     );
     let _ = rt.block_on(deferred.flush());
     batch_row(&mut g, &rt, "postgres", &guard, 100);

@@ -76,11 +76,14 @@ where
     true
 }
 
-/// The three rows on one store: new event, duplicate, handler failure.
+/// The three rows on one store: new event, duplicate, handler failure; then each paired
+/// with the guard's same work (`guard`, in `group`), alternating event by event.
 fn rows<S: IdempotencyStore>(
     g: &mut BenchmarkGroup<'_, WallTime>,
     rt: &tokio::runtime::Runtime,
     store: &S,
+    group: &str,
+    guard: &eventonce::Guard,
 ) {
     g.bench_function("peer idempotent: new event", |b| {
         b.to_async(rt).iter(|| async {
@@ -99,22 +102,60 @@ fn rows<S: IdempotencyStore>(
             assert!(run_once(store, unique(), async { Err("failed".to_owned()) }).await);
         })
     });
+    let dup_event = super::event(u64::MAX - super::unique());
+    let _ = rt.block_on(guard.run(&dup_event, async { Ok::<_, String>(()) }));
+    super::paired(
+        rt,
+        group,
+        "guard: new event / peer idempotent",
+        || async {
+            assert!(run_once(store, unique(), async { Ok(()) }).await);
+        },
+        || super::guard_new(guard),
+    );
+    super::paired(
+        rt,
+        group,
+        "guard: duplicate / peer idempotent",
+        || async {
+            assert!(!run_once(store, dup, async { Ok(()) }).await);
+        },
+        || super::guard_dup(guard, &dup_event),
+    );
+    super::paired(
+        rt,
+        group,
+        "guard: handler failure / peer idempotent",
+        || async {
+            assert!(run_once(store, unique(), async { Err("failed".to_owned()) }).await);
+        },
+        || super::guard_fail(guard),
+    );
 }
 
 /// Rows on the crate's in-memory store (`idempotent::store::memory::MemoryStore`).
-pub fn memory_rows(g: &mut BenchmarkGroup<'_, WallTime>, rt: &tokio::runtime::Runtime) {
+pub fn memory_rows(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    guard: &eventonce::Guard,
+) {
     // The store spawns its actor task, so it is built inside the runtime.
     let store = {
         let _entered = rt.enter();
         idempotent::store::memory::MemoryStore::new(1024, Duration::from_secs(60))
     };
-    rows(g, rt, &store);
+    rows(g, rt, &store, "memory", guard);
 }
 
 /// Rows on the crate's Valkey/Redis store (`idempotent::store::valkey::ValkeyStore`) at
 /// `url`, under a key prefix of this run's own. Skipped with a message when it cannot
 /// connect.
-pub fn redis_rows(g: &mut BenchmarkGroup<'_, WallTime>, rt: &tokio::runtime::Runtime, url: &str) {
+pub fn redis_rows(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    guard: &eventonce::Guard,
+) {
     let prefix = format!(
         "huleedu:idempotency:bench:peer-idempotent:{}-{}",
         std::process::id(),
@@ -133,5 +174,5 @@ pub fn redis_rows(g: &mut BenchmarkGroup<'_, WallTime>, rt: &tokio::runtime::Run
         eprintln!("peer idempotent (redis) skipped: cannot connect to {url}");
         return;
     };
-    rows(g, rt, &store);
+    rows(g, rt, &store, "redis", guard);
 }
