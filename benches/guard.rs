@@ -370,37 +370,39 @@ fn redis_group(c: &mut Criterion) {
     );
     let mut g = c.benchmark_group("redis");
     g.measurement_time(Duration::from_secs(5));
+    let floor_1rt = || {
+        let mut raw = raw.clone();
+        let key = format!("huleedu:idempotency:bench:{run}:raw:{}", unique());
+        async move { set_nx_px(&mut raw, &key).await }
+    };
+    let floor_2rt = || {
+        let mut raw = raw.clone();
+        let key = format!("huleedu:idempotency:bench:{run}:raw2:{}", unique());
+        let complete = &complete;
+        async move {
+            set_nx_px(&mut raw, &key).await;
+            let _: i64 = complete
+                .key(&key)
+                .arg("p|owner")
+                .arg(86_400_000)
+                .invoke_async(&mut raw)
+                .await
+                .expect("evalsha");
+        }
+    };
     row(
         &mut g,
         &rt,
         "redis",
         "floor: SET NX PX (1 round trip)",
-        || {
-            let mut raw = raw.clone();
-            let key = format!("huleedu:idempotency:bench:{run}:raw:{}", unique());
-            async move { set_nx_px(&mut raw, &key).await }
-        },
+        floor_1rt,
     );
     row(
         &mut g,
         &rt,
         "redis",
         "floor: SET NX PX + EVALSHA (2 round trips)",
-        || {
-            let mut raw = raw.clone();
-            let key = format!("huleedu:idempotency:bench:{run}:raw2:{}", unique());
-            let complete = &complete;
-            async move {
-                set_nx_px(&mut raw, &key).await;
-                let _: i64 = complete
-                    .key(&key)
-                    .arg("p|owner")
-                    .arg(86_400_000)
-                    .invoke_async(&mut raw)
-                    .await
-                    .expect("evalsha");
-            }
-        },
+        floor_2rt,
     );
     let name = "floor: EVALSHA claiming 100 keys (1 round trip)";
     let call = || {
@@ -458,26 +460,6 @@ fn redis_group(c: &mut Criterion) {
             assert!(out.is_duplicate());
         },
     );
-    let floor_1rt = || {
-        let mut raw = raw.clone();
-        let key = format!("huleedu:idempotency:bench:{run}:raw:{}", unique());
-        async move { set_nx_px(&mut raw, &key).await }
-    };
-    let floor_2rt = || {
-        let mut raw = raw.clone();
-        let key = format!("huleedu:idempotency:bench:{run}:raw2:{}", unique());
-        let complete = &complete;
-        async move {
-            set_nx_px(&mut raw, &key).await;
-            let _: i64 = complete
-                .key(&key)
-                .arg("p|owner")
-                .arg(86_400_000)
-                .invoke_async(&mut raw)
-                .await
-                .expect("evalsha");
-        }
-    };
     let dup_paired = event(u64::MAX - unique());
     let _ = rt.block_on(guard.run(&dup_paired, async { Ok::<_, String>(()) }));
     paired(
@@ -657,18 +639,19 @@ fn postgres_group(c: &mut Criterion) {
     );
     let mut g = c.benchmark_group("postgres");
     g.measurement_time(Duration::from_secs(5));
+    let floor = || async {
+        sqlx::query(sqlx::AssertSqlSafe(floor_sql.clone()))
+            .bind(format!("raw:{}", unique()))
+            .execute(store.pool())
+            .await
+            .expect("insert");
+    };
     row(
         &mut g,
         &rt,
         "postgres",
         "floor: INSERT ON CONFLICT (1 statement)",
-        || async {
-            sqlx::query(sqlx::AssertSqlSafe(floor_sql.clone()))
-                .bind(format!("raw:{}", unique()))
-                .execute(store.pool())
-                .await
-                .expect("insert");
-        },
+        floor,
     );
     let guard = guard_on(store.clone(), config("bench-postgres"));
     guard_rows(&mut g, &rt, "postgres", &guard);
@@ -690,13 +673,6 @@ fn postgres_group(c: &mut Criterion) {
         },
     );
     let _ = rt.block_on(deferred.flush());
-    let floor = || async {
-        sqlx::query(sqlx::AssertSqlSafe(floor_sql.clone()))
-            .bind(format!("raw:{}", unique()))
-            .execute(store.pool())
-            .await
-            .expect("insert");
-    };
     paired(
         &rt,
         "postgres",

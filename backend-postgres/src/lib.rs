@@ -18,8 +18,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use eventonce_core::{
-    check_arguments, check_many, AdminStore, Claim, Completion, IdempotencyStore, ListedRecord,
-    Record, RecordPage, RecordState, StoreError, TransactionalStore,
+    check_arguments, check_batch, check_completions, check_many, AdminStore, Claim, Completion,
+    IdempotencyStore, ListedRecord, Record, RecordPage, RecordState, StoreError,
+    TransactionalStore,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -662,10 +663,7 @@ impl IdempotencyStore for PostgresStore {
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
-        for key in keys {
-            check_arguments(key, owner, Some(lease))?;
-        }
-        check_many(keys.iter().map(String::as_str))?;
+        check_batch(keys, owner, Some(lease))?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -689,10 +687,7 @@ impl IdempotencyStore for PostgresStore {
     }
 
     async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
-        for c in completions {
-            check_arguments(&c.key, &c.owner, Some(c.ttl))?;
-        }
-        check_many(completions.iter().map(|c| c.key.as_str()))?;
+        check_completions(completions)?;
         if completions.is_empty() {
             return Ok(Vec::new());
         }
@@ -706,10 +701,7 @@ impl IdempotencyStore for PostgresStore {
     }
 
     async fn release_many(&self, keys: &[String], owner: &str) -> Result<Vec<bool>, StoreError> {
-        for key in keys {
-            check_arguments(key, owner, None)?;
-        }
-        check_many(keys.iter().map(String::as_str))?;
+        check_batch(keys, owner, None)?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -725,10 +717,7 @@ impl IdempotencyStore for PostgresStore {
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<bool>, StoreError> {
-        for key in keys {
-            check_arguments(key, owner, Some(lease))?;
-        }
-        check_many(keys.iter().map(String::as_str))?;
+        check_batch(keys, owner, Some(lease))?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -747,9 +736,7 @@ impl IdempotencyStore for PostgresStore {
         lease: Duration,
     ) -> Result<(Vec<bool>, Claim), StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        for c in completions {
-            check_arguments(&c.key, &c.owner, Some(c.ttl))?;
-        }
+        check_completions(completions)?;
         check_many(completions.iter().map(|c| c.key.as_str()).chain([key]))?;
         let (keys, owners, ttls) = completion_columns(completions);
         let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_then_claim)))

@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use eventonce_core::{
-    check_arguments, check_many, AdminStore, Claim, Completion, IdempotencyStore, ListedRecord,
-    Record, RecordPage, RecordState, StoreError,
+    check_arguments, check_batch, check_completions, check_many, AdminStore, Claim, Completion,
+    IdempotencyStore, ListedRecord, Record, RecordPage, RecordState, StoreError,
 };
 use futures_util::future::{join_all, try_join_all};
 use redis::aio::{
@@ -641,10 +641,7 @@ impl IdempotencyStore for RedisStore {
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
-        for key in keys {
-            check_arguments(key, owner, Some(lease))?;
-        }
-        check_many(keys.iter().map(String::as_str))?;
+        check_batch(keys, owner, Some(lease))?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -660,10 +657,7 @@ impl IdempotencyStore for RedisStore {
     }
 
     async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
-        for c in completions {
-            check_arguments(&c.key, &c.owner, Some(c.ttl))?;
-        }
-        check_many(completions.iter().map(|c| c.key.as_str()))?;
+        check_completions(completions)?;
         if completions.is_empty() {
             return Ok(Vec::new());
         }
@@ -680,10 +674,7 @@ impl IdempotencyStore for RedisStore {
     }
 
     async fn release_many(&self, keys: &[String], owner: &str) -> Result<Vec<bool>, StoreError> {
-        for key in keys {
-            check_arguments(key, owner, None)?;
-        }
-        check_many(keys.iter().map(String::as_str))?;
+        check_batch(keys, owner, None)?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -699,10 +690,7 @@ impl IdempotencyStore for RedisStore {
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<bool>, StoreError> {
-        for key in keys {
-            check_arguments(key, owner, Some(lease))?;
-        }
-        check_many(keys.iter().map(String::as_str))?;
+        check_batch(keys, owner, Some(lease))?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -721,9 +709,7 @@ impl IdempotencyStore for RedisStore {
         lease: Duration,
     ) -> Result<(Vec<bool>, Claim), StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        for c in completions {
-            check_arguments(&c.key, &c.owner, Some(c.ttl))?;
-        }
+        check_completions(completions)?;
         check_many(completions.iter().map(|c| c.key.as_str()).chain([key]))?;
         if self.is_cluster() {
             // Different slots: the completions and the claim go out at once, on their

@@ -378,64 +378,19 @@ impl Guard {
                     .await;
                 ctx.store_time += t.elapsed();
                 pending.on_drop = OnDrop::Nothing;
-                match done {
-                    Ok(true) => {
-                        bump(&counters.processed);
-                        debug_decision!(
-                            ctx,
-                            "completed",
-                            "EVENT_PROCESSED: Event processed and marked completed"
-                        );
-                    }
-                    Ok(false) => {
-                        bump(&counters.processed);
-                        bump(&counters.claims_lost);
-                        decision!(
-                            Level::ERROR,
-                            ctx,
-                            "claim_lost",
-                            "CLAIM_LOST: Event processed, but its claim had expired and may have been taken over; raise processing_ttl"
-                        );
-                    }
-                    Err(err) => {
-                        bump(&counters.processed);
-                        bump(&counters.store_errors);
-                        decision!(
-                            Level::ERROR,
-                            ctx,
-                            "complete_failed",
-                            error = %err,
-                            "STORE_ERROR: Event processed, but marking it completed failed; a redelivery after the lease may process it again"
-                        );
-                    }
-                }
+                self.log_completion(&ctx, Some(done));
                 Ok(Outcome::Processed(value))
             }
             Ok(Err(err)) => {
-                bump(&counters.handler_failures);
                 let released = self.release(&mut ctx, &pending.owner).await;
                 pending.on_drop = OnDrop::Nothing;
-                decision!(
-                    Level::ERROR,
-                    ctx,
-                    "released",
-                    error = %err,
-                    released,
-                    "PROCESSING_FAILED: Handler failed, claim released so a redelivery can retry"
-                );
+                self.handler_failed(&ctx, &err, released);
                 Err(GuardError::Handler(err))
             }
             Err(panic) => {
-                bump(&counters.handler_panics);
                 let released = self.release(&mut ctx, &pending.owner).await;
                 pending.on_drop = OnDrop::Nothing;
-                decision!(
-                    Level::ERROR,
-                    ctx,
-                    "released",
-                    released,
-                    "PROCESSING_FAILED: Handler panicked, claim released so a redelivery can retry"
-                );
+                self.handler_panicked(&ctx, released);
                 resume_unwind(panic)
             }
         }
@@ -713,9 +668,73 @@ impl Guard {
             .timed("release", self.inner.store.release(ctx.key, owner))
             .await;
         ctx.store_time += t.elapsed();
+        self.log_release(ctx, Some(released))
+    }
+
+    /// Counts and logs a failed handler whose claim was (or could not be) released.
+    fn handler_failed<E: std::fmt::Display>(&self, ctx: &Ctx<'_>, err: &E, released: bool) {
+        bump(&self.inner.counters.handler_failures);
+        decision!(
+            Level::ERROR,
+            ctx,
+            "released",
+            error = %err,
+            released,
+            "PROCESSING_FAILED: Handler failed, claim released so a redelivery can retry"
+        );
+    }
+
+    /// Counts and logs a panicked handler whose claim was (or could not be) released.
+    fn handler_panicked(&self, ctx: &Ctx<'_>, released: bool) {
+        bump(&self.inner.counters.handler_panics);
+        decision!(
+            Level::ERROR,
+            ctx,
+            "released",
+            released,
+            "PROCESSING_FAILED: Handler panicked, claim released so a redelivery can retry"
+        );
+    }
+
+    /// Counts and logs the completion of a processed event.
+    fn log_completion(&self, ctx: &Ctx<'_>, done: Option<Result<bool, StoreError>>) {
+        let counters = &self.inner.counters;
+        bump(&counters.processed);
+        match done {
+            Some(Ok(true)) => {
+                debug_decision!(
+                    ctx,
+                    "completed",
+                    "EVENT_PROCESSED: Event processed and marked completed"
+                );
+            }
+            Some(Ok(false)) | None => {
+                bump(&counters.claims_lost);
+                decision!(
+                    Level::ERROR,
+                    ctx,
+                    "claim_lost",
+                    "CLAIM_LOST: Event processed, but its claim had expired and may have been taken over; raise processing_ttl"
+                );
+            }
+            Some(Err(err)) => {
+                bump(&counters.store_errors);
+                decision!(
+                    Level::ERROR,
+                    ctx,
+                    "complete_failed",
+                    error = %err,
+                    "STORE_ERROR: Event processed, but marking it completed failed; a redelivery after the lease may process it again"
+                );
+            }
+        }
+    }
+
+    /// Whether a release happened; a failed one is logged.
+    fn log_release(&self, ctx: &Ctx<'_>, released: Option<Result<bool, StoreError>>) -> bool {
         match released {
-            Ok(released) => released,
-            Err(err) => {
+            Some(Ok(released)) => released,
+            Some(Err(err)) => {
                 bump(&self.inner.counters.store_errors);
                 decision!(
                     Level::ERROR,
@@ -726,6 +745,7 @@ impl Guard {
                 );
                 false
             }
+            None => false,
         }
     }
 

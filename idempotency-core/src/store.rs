@@ -191,6 +191,24 @@ pub struct Completion {
     pub ttl: Duration,
 }
 
+/// Checks the arguments of a batch call on `keys`: each as [`check_arguments`] does, and
+/// that they are distinct ([`check_many`]).
+pub fn check_batch(keys: &[String], owner: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
+    for key in keys {
+        check_arguments(key, owner, ttl)?;
+    }
+    check_many(keys.iter().map(String::as_str))
+}
+
+/// Checks the completions of a batch call: each as [`check_arguments`] does, and that
+/// their keys are distinct ([`check_many`]).
+pub fn check_completions(completions: &[Completion]) -> Result<(), StoreError> {
+    for c in completions {
+        check_arguments(&c.key, &c.owner, Some(c.ttl))?;
+    }
+    check_many(completions.iter().map(|c| c.key.as_str()))
+}
+
 /// Checks that the keys of a batch call are distinct: a key twice in one call has no
 /// well-defined answer (and one SQL statement cannot touch a row twice). Backends call it
 /// first so that they all reject the same input the same way.

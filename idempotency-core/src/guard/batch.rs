@@ -301,28 +301,13 @@ impl Guard {
                     Ok(Outcome::Processed(value))
                 }
                 Some(Ok(Err(err))) => {
-                    bump(&self.inner.counters.handler_failures);
                     let released = self.log_release(ctx, released.next());
-                    decision!(
-                        Level::ERROR,
-                        ctx,
-                        "released",
-                        error = %err,
-                        released,
-                        "PROCESSING_FAILED: Handler failed, claim released so a redelivery can retry"
-                    );
+                    self.handler_failed(ctx, &err, released);
                     Err(GuardError::Handler(err))
                 }
                 Some(Err(payload)) => {
-                    bump(&self.inner.counters.handler_panics);
                     let released = self.log_release(ctx, released.next());
-                    decision!(
-                        Level::ERROR,
-                        ctx,
-                        "released",
-                        released,
-                        "PROCESSING_FAILED: Handler panicked, claim released so a redelivery can retry"
-                    );
+                    self.handler_panicked(ctx, released);
                     panic.get_or_insert(payload);
                     Err(GuardError::InProgress)
                 }
@@ -556,59 +541,6 @@ impl Guard {
                 Some(Err(GuardError::Store(err))) => Err(GuardError::Store(err.again())),
                 _ => Err(self.in_progress(ctx)),
             });
-        }
-    }
-
-    /// Counts and logs one completion of a batch.
-    fn log_completion(&self, ctx: &Ctx<'_>, done: Option<Result<bool, StoreError>>) {
-        let counters = &self.inner.counters;
-        bump(&counters.processed);
-        match done {
-            Some(Ok(true)) => {
-                debug_decision!(
-                    ctx,
-                    "completed",
-                    "EVENT_PROCESSED: Event processed and marked completed"
-                );
-            }
-            Some(Ok(false)) | None => {
-                bump(&counters.claims_lost);
-                decision!(
-                    Level::ERROR,
-                    ctx,
-                    "claim_lost",
-                    "CLAIM_LOST: Event processed, but its claim had expired and may have been taken over; raise processing_ttl"
-                );
-            }
-            Some(Err(err)) => {
-                bump(&counters.store_errors);
-                decision!(
-                    Level::ERROR,
-                    ctx,
-                    "complete_failed",
-                    error = %err,
-                    "STORE_ERROR: Event processed, but marking it completed failed; a redelivery after the lease may process it again"
-                );
-            }
-        }
-    }
-
-    /// Whether one release of a batch happened; a failed one is logged.
-    fn log_release(&self, ctx: &Ctx<'_>, released: Option<Result<bool, StoreError>>) -> bool {
-        match released {
-            Some(Ok(released)) => released,
-            Some(Err(err)) => {
-                bump(&self.inner.counters.store_errors);
-                decision!(
-                    Level::ERROR,
-                    ctx,
-                    "release_failed",
-                    error = %err,
-                    "STORE_ERROR: Releasing the claim failed; it expires after the lease"
-                );
-                false
-            }
-            None => false,
         }
     }
 }
