@@ -223,6 +223,8 @@ async fn two_thousand_events_with_resends_have_each_side_effect_once_on_redis() 
         .expect("the tests need Redis");
     let service = support::unique("kafka-e2e-resends");
     let config = IdempotencyConfig::builder(service.as_str())
+        // Records outlive the test only briefly in the shared Redis.
+        .default_ttl(Duration::from_secs(600))
         .processing_ttl(Duration::from_secs(30))
         .build()
         .expect("config");
@@ -288,6 +290,8 @@ async fn failing_handlers_are_retried_on_redelivery_and_processed_once_on_postgr
     .await
     .expect("the tests need PostgreSQL");
     let config = IdempotencyConfig::builder("kafka-e2e-failing")
+        // Records outlive the test only briefly in the shared Redis.
+        .default_ttl(Duration::from_secs(600))
         .processing_ttl(Duration::from_secs(30))
         .build()
         .expect("config");
@@ -382,6 +386,8 @@ async fn messages_that_cannot_be_identified_are_returned_and_not_committed() {
     support::send(&producer, &topic, Some(0), 1, Form::Body).await;
 
     let config = IdempotencyConfig::builder("kafka-e2e-bad")
+        // Records outlive the test only briefly in the shared Redis.
+        .default_ttl(Duration::from_secs(600))
         .build()
         .expect("config");
     let kafka = KafkaGuard::new(Guard::new(eventonce_memory::MemoryStore::new(), config));
@@ -528,6 +534,8 @@ async fn batches_with_resends_and_failures_have_each_side_effect_once() {
         .await
         .expect("the tests need Redis");
     let config = IdempotencyConfig::builder(support::unique("kafka-e2e-batch").as_str())
+        // Records outlive the test only briefly in the shared Redis.
+        .default_ttl(Duration::from_secs(600))
         .processing_ttl(Duration::from_secs(30))
         .build()
         .expect("config");

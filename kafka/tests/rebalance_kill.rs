@@ -78,6 +78,8 @@ async fn child(name: String) {
         .await
         .expect("the tests need Redis");
     let config = IdempotencyConfig::builder(env("EVENTONCE_KAFKA_SERVICE"))
+        // Records outlive the test only briefly in the shared Redis.
+        .default_ttl(Duration::from_secs(600))
         .processing_ttl(LEASE)
         .build()
         .expect("config");
