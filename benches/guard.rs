@@ -262,28 +262,11 @@ fn guard_rows(
     group: &str,
     guard: &Guard,
 ) {
-    row(g, rt, group, "guard: new event", || async {
-        let e = event(unique());
-        let _ = guard
-            .run(&e, async { Ok::<_, String>(()) })
-            .await
-            .expect("run");
-    });
+    row(g, rt, group, "guard: new event", || guard_new(guard));
     let dup = event(u64::MAX - unique());
     let _ = rt.block_on(guard.run(&dup, async { Ok::<_, String>(()) }));
-    row(g, rt, group, "guard: duplicate", || async {
-        let out = guard
-            .run(&dup, async { Ok::<_, String>(()) })
-            .await
-            .expect("dup");
-        assert!(out.is_duplicate());
-    });
-    row(g, rt, group, "guard: handler failure", || async {
-        let e = event(unique());
-        let _ = guard
-            .run(&e, async { Err::<(), _>("failed".to_owned()) })
-            .await;
-    });
+    row(g, rt, group, "guard: duplicate", || guard_dup(guard, &dup));
+    row(g, rt, group, "guard: handler failure", || guard_fail(guard));
 }
 
 /// `run_batch` rows: new events in batches of `size`, criterion counting events.
@@ -432,13 +415,7 @@ fn redis_group(c: &mut Criterion) {
         &rt,
         "redis",
         "guard: new event (deferred completion)",
-        || async {
-            let e = event(unique());
-            let _ = deferred
-                .run(&e, async { Ok::<_, String>(()) })
-                .await
-                .expect("run");
-        },
+        || guard_new(&deferred),
     );
     let _ = rt.block_on(deferred.flush());
     let cached = guard_on(
@@ -452,13 +429,7 @@ fn redis_group(c: &mut Criterion) {
         &rt,
         "redis",
         "guard: duplicate (local cache)",
-        || async {
-            let out = cached
-                .run(&dup, async { Ok::<_, String>(()) })
-                .await
-                .expect("dup");
-            assert!(out.is_duplicate());
-        },
+        || guard_dup(&cached, &dup),
     );
     let dup_paired = event(u64::MAX - unique());
     let _ = rt.block_on(guard.run(&dup_paired, async { Ok::<_, String>(()) }));
@@ -664,13 +635,7 @@ fn postgres_group(c: &mut Criterion) {
         &rt,
         "postgres",
         "guard: new event (deferred completion)",
-        || async {
-            let e = event(unique());
-            let _ = deferred
-                .run(&e, async { Ok::<_, String>(()) })
-                .await
-                .expect("run");
-        },
+        || guard_new(&deferred),
     );
     let _ = rt.block_on(deferred.flush());
     paired(

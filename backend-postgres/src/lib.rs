@@ -18,8 +18,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use eventonce_core::{
-    check_arguments, check_batch, check_completions, check_many, AdminStore, Claim, Completion,
-    IdempotencyStore, ListedRecord, Record, RecordPage, RecordState, StoreError,
+    check_arguments, check_batch, check_complete_then_claim, check_completions, AdminStore, Claim,
+    Completion, IdempotencyStore, ListedRecord, Record, RecordPage, RecordState, StoreError,
     TransactionalStore,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -735,9 +735,7 @@ impl IdempotencyStore for PostgresStore {
         owner: &str,
         lease: Duration,
     ) -> Result<(Vec<bool>, Claim), StoreError> {
-        check_arguments(key, owner, Some(lease))?;
-        check_completions(completions)?;
-        check_many(completions.iter().map(|c| c.key.as_str()).chain([key]))?;
+        check_complete_then_claim(completions, key, owner, lease)?;
         let (keys, owners, ttls) = completion_columns(completions);
         let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_then_claim)))
             .bind(key)

@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use eventonce_core::{
-    check_arguments, check_batch, check_completions, check_many, AdminStore, Claim, Completion,
-    IdempotencyStore, ListedRecord, Record, RecordPage, RecordState, StoreError,
+    check_arguments, check_batch, check_complete_then_claim, check_completions, AdminStore, Claim,
+    Completion, IdempotencyStore, ListedRecord, Record, RecordPage, RecordState, StoreError,
 };
 use futures_util::future::{join_all, try_join_all};
 use redis::aio::{
@@ -708,9 +708,7 @@ impl IdempotencyStore for RedisStore {
         owner: &str,
         lease: Duration,
     ) -> Result<(Vec<bool>, Claim), StoreError> {
-        check_arguments(key, owner, Some(lease))?;
-        check_completions(completions)?;
-        check_many(completions.iter().map(|c| c.key.as_str()).chain([key]))?;
+        check_complete_then_claim(completions, key, owner, lease)?;
         if self.is_cluster() {
             // Different slots: the completions and the claim go out at once, on their
             // own nodes; the claim's key is not among the completions, so order is moot.

@@ -760,48 +760,62 @@ impl Guard {
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
-        let counters = &self.inner.counters;
-        bump(&counters.store_errors);
-        let backend = self.inner.store.backend_name();
+        bump(&self.inner.counters.store_errors);
         match self.inner.config.on_store_error() {
             FailMode::Closed => {
-                bump(&counters.store_refusals);
-                decision!(
-                    Level::ERROR,
-                    ctx,
-                    "fail_closed",
-                    store = backend,
-                    error = %err,
-                    "STORE_ERROR: Idempotency store unavailable, refusing to process (fail closed)"
-                );
+                self.refused(ctx, &err);
                 Err(GuardError::Store(err))
             }
             FailMode::Open => {
-                bump(&counters.unprotected);
-                decision!(
-                    Level::ERROR,
-                    ctx,
-                    "fail_open",
-                    store = backend,
-                    error = %err,
-                    "STORE_ERROR: Idempotency store unavailable, processing without protection (fail open)"
-                );
+                self.unprotected(ctx, &err);
                 match handler.await {
                     Ok(value) => Ok(Outcome::Unprotected(value)),
                     Err(err) => {
-                        bump(&counters.handler_failures);
-                        decision!(
-                            Level::ERROR,
-                            ctx,
-                            "failed_unprotected",
-                            error = %err,
-                            "PROCESSING_FAILED: Handler failed (unprotected run)"
-                        );
+                        self.unprotected_failed(ctx, &err);
                         Err(GuardError::Handler(err))
                     }
                 }
             }
         }
+    }
+
+    /// Counts and logs a run refused because the store failed (`FailMode::Closed`).
+    fn refused(&self, ctx: &Ctx<'_>, err: &StoreError) {
+        bump(&self.inner.counters.store_refusals);
+        decision!(
+            Level::ERROR,
+            ctx,
+            "fail_closed",
+            store = self.inner.store.backend_name(),
+            error = %err,
+            "STORE_ERROR: Idempotency store unavailable, refusing to process (fail closed)"
+        );
+    }
+
+    /// Counts and logs a run let through unprotected because the store failed
+    /// (`FailMode::Open`).
+    fn unprotected(&self, ctx: &Ctx<'_>, err: &StoreError) {
+        bump(&self.inner.counters.unprotected);
+        decision!(
+            Level::ERROR,
+            ctx,
+            "fail_open",
+            store = self.inner.store.backend_name(),
+            error = %err,
+            "STORE_ERROR: Idempotency store unavailable, processing without protection (fail open)"
+        );
+    }
+
+    /// Counts and logs a handler that failed in an unprotected run.
+    fn unprotected_failed<E: std::fmt::Display>(&self, ctx: &Ctx<'_>, err: &E) {
+        bump(&self.inner.counters.handler_failures);
+        decision!(
+            Level::ERROR,
+            ctx,
+            "failed_unprotected",
+            error = %err,
+            "PROCESSING_FAILED: Handler failed (unprotected run)"
+        );
     }
 
     /// Polls the handler to completion, catching a panic, and renews the lease every third
@@ -1034,20 +1048,44 @@ impl Drop for GuardInner {
             return;
         };
         let store = Arc::clone(&self.store);
-        let timeout = self.config.store_timeout();
-        runtime.spawn(async move {
-            match tokio::time::timeout(timeout, store.complete_many(&queue)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(err)) => tracing::error!(
+        settle_in_background(
+            &runtime,
+            self.config.store_timeout(),
+            async move { store.complete_many(&queue).await.map(drop) },
+            |err| {
+                tracing::error!(
                     error = %err,
                     "STORE_ERROR: Writing deferred completions at drop failed; those claims expire after the lease"
-                ),
-                Err(_) => tracing::error!(
-                    "STORE_ERROR: Writing deferred completions at drop timed out; those claims expire after the lease"
-                ),
-            }
-        });
+                )
+            },
+        );
     }
+}
+
+/// Settles claims whose run is gone (a dropped `run` or `run_batch` future, a dropped
+/// guard) in a task of its own: `settle`, bounded by the store timeout, and `failed`
+/// called with its error (the claims then expire after their lease).
+fn settle_in_background<F, L>(
+    runtime: &tokio::runtime::Handle,
+    timeout: Duration,
+    settle: F,
+    failed: L,
+) where
+    F: Future<Output = Result<(), StoreError>> + Send + 'static,
+    L: FnOnce(&StoreError) + Send + 'static,
+{
+    runtime.spawn(async move {
+        let result =
+            tokio::time::timeout(timeout, settle)
+                .await
+                .unwrap_or(Err(StoreError::Timeout {
+                    operation: "settle",
+                    timeout,
+                }));
+        if let Err(err) = result {
+            failed(&err);
+        }
+    });
 }
 
 /// A boxed store call in flight.
@@ -1090,7 +1128,6 @@ impl Drop for PendingClaim {
         let key = std::mem::take(&mut self.key);
         let owner = std::mem::take(&mut self.owner);
         let (on_drop, ttl) = (self.on_drop, self.ttl);
-        let timeout = self.guard.config.store_timeout();
         tracing::warn!(
             key = key.as_str(),
             action = if on_drop == OnDrop::Complete {
@@ -1100,27 +1137,24 @@ impl Drop for PendingClaim {
             },
             "RUN_CANCELLED: Run dropped mid-flight; settling its claim in the background"
         );
-        runtime.spawn(async move {
-            let settle = async {
+        let logged_key = key.clone();
+        settle_in_background(
+            &runtime,
+            self.guard.config.store_timeout(),
+            async move {
                 match on_drop {
-                    OnDrop::Complete => store.complete(&key, &owner, ttl).await,
-                    _ => store.release(&key, &owner).await,
+                    OnDrop::Complete => store.complete(&key, &owner, ttl).await.map(drop),
+                    _ => store.release(&key, &owner).await.map(drop),
                 }
-            };
-            if let Ok(Err(err)) | Err(err) = tokio::time::timeout(timeout, settle)
-                .await
-                .map_err(|_| StoreError::Timeout {
-                    operation: "settle",
-                    timeout,
-                })
-            {
+            },
+            move |err| {
                 tracing::error!(
-                    key = key.as_str(),
+                    key = logged_key.as_str(),
                     error = %err,
                     "STORE_ERROR: Settling a cancelled run's claim failed; it expires after the lease"
-                );
-            }
-        });
+                )
+            },
+        );
     }
 }
 

@@ -37,7 +37,7 @@ pub use guard::{Guard, GuardStats, Outcome};
 pub use identity::{canonical_json, deterministic_hash, MAX_DEPTH};
 pub use key::{escape_event_type, unescape_event_type, KeyParts, MAX_EVENT_TYPE_SEGMENT};
 pub use store::{
-    check_arguments, check_batch, check_completions, check_many, Claim, Completion,
-    IdempotencyStore, Record, RecordState, TransactionalStore,
+    check_arguments, check_batch, check_complete_then_claim, check_completions, check_many, Claim,
+    Completion, IdempotencyStore, Record, RecordState, TransactionalStore,
 };
 pub use telemetry::{RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS};

@@ -163,7 +163,7 @@ pub trait IdempotencyStore: Send + Sync {
         owner: &str,
         lease: Duration,
     ) -> Result<(Vec<bool>, Claim), StoreError> {
-        check_many(completions.iter().map(|c| c.key.as_str()).chain([key]))?;
+        check_complete_then_claim(completions, key, owner, lease)?;
         let done = if completions.is_empty() {
             Vec::new()
         } else {
@@ -207,6 +207,20 @@ pub fn check_completions(completions: &[Completion]) -> Result<(), StoreError> {
         check_arguments(&c.key, &c.owner, Some(c.ttl))?;
     }
     check_many(completions.iter().map(|c| c.key.as_str()))
+}
+
+/// Checks the arguments of [`IdempotencyStore::complete_then_claim`]: the claim as
+/// [`check_arguments`] does, the completions as [`check_completions`] does, and that the
+/// claimed key is not one of theirs.
+pub fn check_complete_then_claim(
+    completions: &[Completion],
+    key: &str,
+    owner: &str,
+    lease: Duration,
+) -> Result<(), StoreError> {
+    check_arguments(key, owner, Some(lease))?;
+    check_completions(completions)?;
+    check_many(completions.iter().map(|c| c.key.as_str()).chain([key]))
 }
 
 /// Checks that the keys of a batch call are distinct: a key twice in one call has no

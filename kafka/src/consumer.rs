@@ -263,9 +263,10 @@ impl KafkaGuard {
             .run_batch(&envelopes, |envelope| handler(envelope.clone()))
             .await;
         let mut results: Vec<Option<_>> = results.into_iter().map(Some).collect();
-        let mut result_of: HashMap<usize, usize> = HashMap::new();
+        // Message index → its envelope's result, for the identifiable messages.
+        let mut result_of: Vec<Option<usize>> = vec![None; messages.len()];
         for (r, &i) in slots.iter().enumerate() {
-            result_of.insert(i, r);
+            result_of[i] = Some(r);
         }
 
         // Walk the batch in order, partition by partition.
@@ -275,7 +276,7 @@ impl KafkaGuard {
         let mut backoff = Duration::ZERO;
         for (i, position) in positions.iter().enumerate() {
             let partition = (position.topic.clone(), position.partition);
-            let Some(r) = result_of.get(&i).copied() else {
+            let Some(r) = result_of[i] else {
                 // Held back, or not identifiable: nothing of this partition from here on.
                 blocked.insert(partition);
                 continue;

@@ -12,7 +12,7 @@ use futures_util::stream::{self, FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tracing::{Instrument, Level};
 
-use super::{bump, new_owner, Ctx, Guard, GuardInner, Outcome};
+use super::{bump, new_owner, settle_in_background, Ctx, Guard, GuardInner, OnDrop, Outcome};
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, StoreError};
 use crate::store::{Claim, Completion};
@@ -23,14 +23,6 @@ type BatchResult<T, E> = Result<Outcome<T>, GuardError<E>>;
 
 /// A handler's end: its result, or the panic it raised.
 type Ended<T, E> = Result<Result<T, E>, Box<dyn std::any::Any + Send>>;
-
-/// What [`Guard::run_batch`] does with a claim it holds.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Settle {
-    Release,
-    Complete,
-    Nothing,
-}
 
 impl Guard {
     /// Runs `handler` for each event of `envelopes` that was not processed before, with two
@@ -227,7 +219,7 @@ impl Guard {
                 .iter()
                 .map(|&i| ctxs[i].as_ref().map(|c| c.ttl).unwrap_or_default())
                 .collect(),
-            settle: vec![Settle::Release; acquired.len()],
+            settle: vec![OnDrop::Release; acquired.len()],
         };
         let ended = self
             .drive_batch(envelopes, &acquired, &mut handler, &mut pending)
@@ -272,7 +264,7 @@ impl Guard {
             },
         )
         .await;
-        pending.settle.fill(Settle::Nothing);
+        pending.settle.fill(OnDrop::Nothing);
         let settle_time = t.elapsed();
         for &i in &acquired {
             if let Some(ctx) = ctxs[i].as_mut() {
@@ -374,7 +366,7 @@ impl Guard {
             match next {
                 Some((slot, result)) => {
                     if matches!(result, Ok(Ok(_))) {
-                        pending.settle[slot] = Settle::Complete;
+                        pending.settle[slot] = OnDrop::Complete;
                     }
                     ended[slot] = Some(result);
                 }
@@ -448,37 +440,17 @@ impl Guard {
         ctxs: &[Option<Ctx<'_>>],
         answers: &mut [Option<BatchResult<T, E>>],
     ) {
-        let counters = &self.inner.counters;
-        let backend = self.inner.store.backend_name();
-        bump(&counters.store_errors);
+        bump(&self.inner.counters.store_errors);
         for &i in unique {
             let Some(ctx) = ctxs[i].as_ref() else {
                 continue;
             };
             match self.inner.config.on_store_error() {
                 crate::FailMode::Closed => {
-                    bump(&counters.store_refusals);
-                    decision!(
-                        Level::ERROR,
-                        ctx,
-                        "fail_closed",
-                        store = backend,
-                        error = %err,
-                        "STORE_ERROR: Idempotency store unavailable, refusing to process (fail closed)"
-                    );
+                    self.refused(ctx, &err);
                     answers[i] = Some(Err(GuardError::Store(err.again())));
                 }
-                crate::FailMode::Open => {
-                    bump(&counters.unprotected);
-                    decision!(
-                        Level::ERROR,
-                        ctx,
-                        "fail_open",
-                        store = backend,
-                        error = %err,
-                        "STORE_ERROR: Idempotency store unavailable, processing without protection (fail open)"
-                    );
-                }
+                crate::FailMode::Open => self.unprotected(ctx, &err),
             }
         }
     }
@@ -508,15 +480,8 @@ impl Guard {
             answers[i] = Some(match result {
                 Ok(value) => Ok(Outcome::Unprotected(value)),
                 Err(err) => {
-                    bump(&self.inner.counters.handler_failures);
                     if let Some(ctx) = ctxs[i].as_ref() {
-                        decision!(
-                            Level::ERROR,
-                            ctx,
-                            "failed_unprotected",
-                            error = %err,
-                            "PROCESSING_FAILED: Handler failed (unprotected run)"
-                        );
+                        self.unprotected_failed(ctx, &err);
                     }
                     Err(GuardError::Handler(err))
                 }
@@ -557,12 +522,12 @@ struct PendingBatch {
     owner: String,
     keys: Vec<String>,
     ttls: Vec<Duration>,
-    settle: Vec<Settle>,
+    settle: Vec<OnDrop>,
 }
 
 impl Drop for PendingBatch {
     fn drop(&mut self) {
-        if self.settle.iter().all(|s| *s == Settle::Nothing) {
+        if self.settle.iter().all(|s| *s == OnDrop::Nothing) {
             return;
         }
         bump(&self.guard.counters.cancelled);
@@ -577,13 +542,13 @@ impl Drop for PendingBatch {
         let mut releases = Vec::new();
         for ((key, ttl), settle) in self.keys.drain(..).zip(&self.ttls).zip(&self.settle) {
             match settle {
-                Settle::Complete => completions.push(Completion {
+                OnDrop::Complete => completions.push(Completion {
                     key,
                     owner: self.owner.clone(),
                     ttl: *ttl,
                 }),
-                Settle::Release => releases.push(key),
-                Settle::Nothing => {}
+                OnDrop::Release => releases.push(key),
+                OnDrop::Nothing => {}
             }
         }
         tracing::warn!(
@@ -593,27 +558,24 @@ impl Drop for PendingBatch {
         );
         let store = Arc::clone(&self.guard.store);
         let owner = std::mem::take(&mut self.owner);
-        let timeout = self.guard.config.store_timeout();
-        runtime.spawn(async move {
-            let settle = async {
+        settle_in_background(
+            &runtime,
+            self.guard.config.store_timeout(),
+            async move {
                 if !completions.is_empty() {
                     store.complete_many(&completions).await?;
                 }
                 if !releases.is_empty() {
                     store.release_many(&releases, &owner).await?;
                 }
-                Ok::<_, StoreError>(())
-            };
-            let result = tokio::time::timeout(timeout, settle).await;
-            if let Ok(Err(err)) | Err(err) = result.map_err(|_| StoreError::Timeout {
-                operation: "settle",
-                timeout,
-            }) {
+                Ok(())
+            },
+            |err| {
                 tracing::error!(
                     error = %err,
                     "STORE_ERROR: Settling a cancelled batch's claims failed; they expire after the lease"
-                );
-            }
-        });
+                )
+            },
+        );
     }
 }
