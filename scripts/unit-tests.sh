@@ -31,5 +31,5 @@ mkdir -p target
 status=${PIPESTATUS[0]}
 awk '/^test result:/ {p += $4; f += $6}
      /^[a-z_]+: [0-9]+ passed, [0-9]+ failed$/ {p += $2; f += $4}
-     END {printf "\ntotal: %d passed, %d failed\n", p, f}' target/test.log
+     END {printf "\ntotal: %d passed, %d failed\n", p, f}' target/test.log | tee target/test.log.total
 exit "$status"

@@ -484,8 +484,10 @@ async fn kafka_demo(bootstrap: &str, args: &DemoArgs) -> ExitCode {
 #[cfg(not(feature = "kafka"))]
 async fn kafka_demo(_bootstrap: &str, _args: &DemoArgs) -> ExitCode {
     eprintln!(
-        "error: this eventonce binary was built without Kafka support; \
-         install it with `cargo install eventonce --features kafka`"
+        "error: this eventonce binary was built without Kafka support; reinstall it with \
+         the feature: `cargo install --path . --features full,kafka` in a clone of the \
+         repository, or `cargo install --git https://github.com/eventonce/eventonce \
+         eventonce --features full,kafka`"
     );
     ExitCode::FAILURE
 }

@@ -113,7 +113,11 @@ async fn redis(url: &str) -> Result<Connected, String> {
 
 #[cfg(not(feature = "redis"))]
 async fn redis(_url: &str) -> Result<Connected, String> {
-    Err("this eventonce binary was built without the `redis` feature".into())
+    Err(concat!(
+        "this eventonce binary was built without the `redis` feature; ",
+        "reinstall it with the feature: `cargo install --path . --features full` in a clone of the repository, or `cargo install --git https://github.com/eventonce/eventonce eventonce --features full`"
+    )
+    .into())
 }
 
 #[cfg(feature = "postgres")]
@@ -147,5 +151,9 @@ async fn postgres(
     _table: &str,
     _migrate: bool,
 ) -> Result<Connected, String> {
-    Err("this eventonce binary was built without the `postgres` feature".into())
+    Err(concat!(
+        "this eventonce binary was built without the `postgres` feature; ",
+        "reinstall it with the feature: `cargo install --path . --features full` in a clone of the repository, or `cargo install --git https://github.com/eventonce/eventonce eventonce --features full`"
+    )
+    .into())
 }
