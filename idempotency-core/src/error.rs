@@ -126,6 +126,20 @@ pub enum IdentityError {
     /// The event's type is empty.
     #[error("event type must not be empty")]
     EmptyEventType,
+    /// A number in the event's data is not a JSON number literal (a value built in code
+    /// from something other than JSON text).
+    #[error("event data holds {literal:?}, which is not a JSON number")]
+    BadNumber {
+        /// The number as written (at most 64 characters of it).
+        literal: String,
+    },
+    /// A number in the event's data has an exponent beyond 2^48 in magnitude: its exact
+    /// value cannot be written canonically.
+    #[error("event data holds the number {literal:?}, whose exponent is out of range")]
+    NumberOutOfRange {
+        /// The number as written (at most 64 characters of it).
+        literal: String,
+    },
     /// The event's data is nested deeper than the canonical encoder accepts.
     #[error("event data is nested deeper than {limit} levels")]
     TooDeep {

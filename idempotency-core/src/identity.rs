@@ -1,9 +1,10 @@
 //! Event identity: a deterministic hash over a canonical JSON encoding.
 //!
 //! The canonical encoding writes object keys sorted (by their UTF-8 bytes) at every depth,
-//! no insignificant whitespace, strings escaped as `serde_json` escapes them and numbers as
-//! `serde_json` prints them. The same event therefore hashes the same whatever the key
-//! order or whitespace of the JSON it arrived in.
+//! no insignificant whitespace, strings escaped as `serde_json` escapes them and numbers by
+//! their exact decimal value (see [`canonical_number`]). The same event therefore hashes
+//! the same whatever the key order, whitespace or number spelling of the JSON it arrived
+//! in, and two events whose numbers differ in any digit hash differently.
 
 use serde_json::Value;
 use xxhash_rust::xxh3::Xxh3;
@@ -79,7 +80,7 @@ fn write_canonical<S: Sink>(out: &mut S, value: &Value, depth: usize) -> Result<
         Value::Null => out.put(b"null"),
         Value::Bool(true) => out.put(b"true"),
         Value::Bool(false) => out.put(b"false"),
-        Value::Number(n) => out.put(n.to_string().as_bytes()),
+        Value::Number(n) => out.put(canonical_number(n.as_str())?.as_bytes()),
         Value::String(s) => write_string(out, s),
         Value::Array(items) => {
             out.put(b"[");
@@ -107,6 +108,124 @@ fn write_canonical<S: Sink>(out: &mut S, value: &Value, depth: usize) -> Result<
         }
     }
     Ok(())
+}
+
+/// The canonical spelling of a JSON number literal: one spelling per exact decimal value.
+///
+/// Numbers are kept exactly as they were written (serde_json's `arbitrary_precision`), so
+/// integers beyond 64 bits and decimals with more digits than an `f64` holds keep every
+/// digit. The value is then written in one form per value, the form `serde_json` gives an
+/// `f64` whenever that is exact, so ordinary numbers keep the keys they always had:
+///
+/// - zero, whatever its sign or spelling (`-0`, `0.0`, `0e7`): `0`;
+/// - an integer of at most 64 digits (`100`, `100.0`, `1e2`, `1000e-1`): its digits, `100`;
+/// - another number whose decimal point falls within 16 digits: positional, `1.5`,
+///   `-0.00125`, `123456789.123456789`;
+/// - anything else: one digit, the rest after a point, and the exponent: `1e-7`,
+///   `1.2345e80`, `1.23456789012345678901e-30`.
+///
+/// ```
+/// use eventonce_core::canonical_number;
+/// assert_eq!(canonical_number("1.50e1").unwrap(), "15");
+/// assert_eq!(canonical_number("-0.0").unwrap(), "0");
+/// assert_eq!(canonical_number("0.000001").unwrap(), "1e-6");
+/// assert_eq!(canonical_number("12345678901234567890123").unwrap(), "12345678901234567890123");
+/// assert!(canonical_number("1 ").is_err());
+/// ```
+pub fn canonical_number(literal: &str) -> Result<String, IdentityError> {
+    let bad = || IdentityError::BadNumber {
+        literal: literal.chars().take(64).collect(),
+    };
+    let (negative, rest) = match literal.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, literal),
+    };
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+        None => (rest, None),
+    };
+    let (int_part, frac_part) = match mantissa.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (mantissa, ""),
+    };
+    let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if int_part.is_empty()
+        || !digits_only(int_part)
+        || (mantissa.contains('.') && frac_part.is_empty())
+        || !digits_only(frac_part)
+    {
+        return Err(bad());
+    }
+    // value = 0.{significant} x 10^point, `significant` without leading or trailing zeros.
+    let all = [int_part, frac_part].concat();
+    let leading = all.len() - all.trim_start_matches('0').len();
+    let significant = all.trim_matches('0');
+    // The exponent as written; its magnitude is bounded so the arithmetic below is exact.
+    const EXPONENT_LIMIT: i64 = 1 << 48;
+    let written_exponent: i64 = match exponent {
+        None => 0,
+        Some(e) => {
+            let (minus, digits) = match e.as_bytes().first() {
+                Some(b'-') => (true, &e[1..]),
+                Some(b'+') => (false, &e[1..]),
+                _ => (false, e),
+            };
+            if digits.is_empty() || !digits_only(digits) {
+                return Err(bad());
+            }
+            let digits = digits.trim_start_matches('0');
+            let magnitude: i64 = if digits.is_empty() {
+                0
+            } else if digits.len() > 15 {
+                EXPONENT_LIMIT
+            } else {
+                digits.parse().map_err(|_| bad())?
+            };
+            if magnitude >= EXPONENT_LIMIT && !significant.is_empty() {
+                return Err(IdentityError::NumberOutOfRange {
+                    literal: literal.chars().take(64).collect(),
+                });
+            }
+            if minus {
+                -magnitude
+            } else {
+                magnitude
+            }
+        }
+    };
+    if significant.is_empty() {
+        return Ok("0".to_owned());
+    }
+    let point = written_exponent + int_part.len() as i64 - leading as i64;
+    let n = significant.len() as i64;
+    let mut out = String::with_capacity(significant.len() + 24);
+    if negative {
+        out.push('-');
+    }
+    if point >= n && point <= 64 {
+        // An integer: its digits.
+        out.push_str(significant);
+        out.extend(std::iter::repeat_n('0', (point - n) as usize));
+    } else if point < n && point > 0 && point <= 16 {
+        let (whole, fraction) = significant.split_at(point as usize);
+        out.push_str(whole);
+        out.push('.');
+        out.push_str(fraction);
+    } else if point < n && point > -5 && point <= 0 {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', (-point) as usize));
+        out.push_str(significant);
+    } else {
+        let (first, others) = significant.split_at(1);
+        out.push_str(first);
+        if !others.is_empty() {
+            out.push('.');
+            out.push_str(others);
+        }
+        out.push('e');
+        out.push_str(&(point - 1).to_string());
+    }
+    Ok(out)
 }
 
 /// Writes a JSON string literal with `serde_json`'s escaping.
@@ -165,6 +284,118 @@ mod tests {
             Err(IdentityError::TooDeep { limit: MAX_DEPTH })
         );
         // Dropping a deep value is recursive in serde_json; keep it shallow enough.
+    }
+
+    fn hash_of(text: &str) -> String {
+        let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        deterministic_hash(None, &v).unwrap_or_default()
+    }
+
+    #[test]
+    fn numbers_beyond_64_bits_and_f64_keep_every_digit() {
+        // Reduced to f64 these were one key: the second event was answered Duplicate.
+        assert_ne!(
+            hash_of(r#"{"account":12345678901234567890123}"#),
+            hash_of(r#"{"account":12345678901234567890124}"#)
+        );
+        assert_ne!(
+            hash_of(r#"{"amount":0.10000000000000000001}"#),
+            hash_of(r#"{"amount":0.1}"#)
+        );
+        assert_ne!(
+            hash_of(r#"{"n":123456789.123456789}"#),
+            hash_of(r#"{"n":123456789.12345679}"#)
+        );
+        assert_ne!(hash_of("1e400"), hash_of("1e401"));
+    }
+
+    #[test]
+    fn equal_values_hash_equal_whatever_their_spelling() {
+        for zero in ["0", "-0", "0.0", "-0.0", "0e5", "-0E-3", "0.000"] {
+            assert_eq!(hash_of(zero), hash_of("0"), "{zero}");
+        }
+        for hundred in ["100", "100.0", "1e2", "1E+2", "1000e-1", "0.1e3", "100.000"] {
+            assert_eq!(hash_of(hundred), hash_of("100"), "{hundred}");
+        }
+        assert_eq!(hash_of("-1.50"), hash_of("-15e-1"));
+    }
+
+    #[test]
+    fn numbers_are_written_as_serde_json_writes_an_exact_f64() {
+        let cases = [
+            ("1.5", "1.5"),
+            ("0.1", "0.1"),
+            ("-0.00125", "-0.00125"),
+            ("0.00001", "0.00001"),
+            ("0.000001", "1e-6"),
+            ("1e-7", "1e-7"),
+            ("12.75", "12.75"),
+            ("1234567890123456.5", "1234567890123456.5"),
+            ("12345678901234567.5", "1.23456789012345675e16"),
+            ("18446744073709551616", "18446744073709551616"),
+            ("-9223372036854775809", "-9223372036854775809"),
+            ("1e64", "1e64"),
+            (
+                "1e63",
+                "1000000000000000000000000000000000000000000000000000000000000000",
+            ),
+            ("1E400", "1e400"),
+            ("-2.5e-300", "-2.5e-300"),
+        ];
+        for (literal, canonical) in cases {
+            assert_eq!(
+                canonical_number(literal).as_deref(),
+                Ok(canonical),
+                "{literal}"
+            );
+        }
+        // Where the value is an exact f64 that is not an integer, the form is the one
+        // serde_json gives the f64, so such events keep their keys.
+        for f in [
+            1.5f64,
+            0.1,
+            12.75,
+            -3.25e-9,
+            6.02214076e-23,
+            0.30000000000000004,
+        ] {
+            let printed = serde_json::Value::from(f).to_string();
+            assert_eq!(canonical_number(&printed).as_deref(), Ok(printed.as_str()));
+        }
+    }
+
+    #[test]
+    fn malformed_and_unbounded_numbers_are_errors() {
+        for bad in [
+            "", "-", "1.", ".5", "1e", "1e+", "+1", "0x10", "1 ", "NaN", "1.2.3",
+        ] {
+            assert!(
+                matches!(canonical_number(bad), Err(IdentityError::BadNumber { .. })),
+                "{bad:?}"
+            );
+        }
+        for huge in [
+            "1e281474976710656",
+            "1e-99999999999999999999",
+            "5e9999999999999999",
+        ] {
+            assert!(
+                matches!(
+                    canonical_number(huge),
+                    Err(IdentityError::NumberOutOfRange { .. })
+                ),
+                "{huge}"
+            );
+        }
+        // Just inside the bound, and zero with any exponent, are fine.
+        assert_eq!(
+            canonical_number("1e281474976710655").as_deref(),
+            Ok("1e281474976710655")
+        );
+        assert_eq!(
+            canonical_number("0e99999999999999999999").as_deref(),
+            Ok("0")
+        );
     }
 
     #[test]

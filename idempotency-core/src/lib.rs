@@ -34,7 +34,7 @@ pub use config::{
 pub use envelope::EventEnvelope;
 pub use error::{BoxError, ConfigError, EnvelopeError, GuardError, IdentityError, StoreError};
 pub use guard::{Guard, GuardStats, Outcome};
-pub use identity::{canonical_json, deterministic_hash, MAX_DEPTH};
+pub use identity::{canonical_json, canonical_number, deterministic_hash, MAX_DEPTH};
 pub use key::{escape_event_type, unescape_event_type, KeyParts, MAX_EVENT_TYPE_SEGMENT};
 pub use store::{
     check_arguments, check_batch, check_complete_then_claim, check_completions, check_many, Claim,
