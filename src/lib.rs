@@ -41,8 +41,8 @@ pub use eventonce_core::{
     EnvelopeError, EventEnvelope, FailMode, Guard, GuardError, GuardStats, IdempotencyConfig,
     IdempotencyStore, IdentityError, KeyParts, ListedRecord, Outcome, Record, RecordPage,
     RecordState, StoreError, DEFAULT_BATCH_CONCURRENCY, DEFAULT_EVENT_TYPE_TTLS,
-    DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT, DEFAULT_TTL, RUNS_TOTAL,
-    RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS,
+    DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT, DEFAULT_TTL, MAX_TTL,
+    MAX_WAIT, RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS,
 };
 #[cfg(feature = "memory")]
 pub use eventonce_memory::{CachedStore, MemoryStore};

@@ -212,3 +212,82 @@ fn config_is_cheap_to_clone_and_shared() {
     let d = c.clone();
     assert_eq!(c.service_name().as_ptr(), d.service_name().as_ptr());
 }
+
+#[test]
+fn build_rejects_durations_no_store_can_represent_and_names_the_setting() {
+    use eventonce::{MAX_TTL, MAX_WAIT};
+    let too_long = |b: eventonce::ConfigBuilder| match b.build() {
+        Err(ConfigError::DurationTooLong { what, value, max }) => {
+            assert!(value > max, "{what}: {value:?} > {max:?}");
+            what
+        }
+        other => panic!("expected DurationTooLong, got {other:?}"),
+    };
+    let b = || IdempotencyConfig::builder("svc");
+    assert_eq!(too_long(b().default_ttl(Duration::MAX)), "default_ttl");
+    assert_eq!(
+        too_long(b().processing_ttl(Duration::MAX)),
+        "processing_ttl"
+    );
+    assert_eq!(too_long(b().store_timeout(Duration::MAX)), "store_timeout");
+    assert_eq!(
+        too_long(b().in_progress_wait(Duration::MAX)),
+        "in_progress_wait"
+    );
+    assert_eq!(
+        too_long(b().circuit_breaker(3, Duration::MAX)),
+        "circuit breaker cooldown"
+    );
+    assert_eq!(
+        too_long(b().event_type_ttl("a.v1", MAX_TTL + Duration::from_millis(1))),
+        "ttl of event type \"a.v1\""
+    );
+    // The deferred completion must be written while the lease holds.
+    let what = too_long(
+        b().processing_ttl(secs(10))
+            .defer_completion(Duration::from_millis(5001)),
+    );
+    assert!(what.contains("deferred completion delay"), "{what}");
+    let err = b()
+        .default_ttl(Duration::MAX)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("default_ttl must be at most"), "{err}");
+
+    // The bounds themselves are accepted.
+    let config = b()
+        .default_ttl(MAX_TTL)
+        .processing_ttl(MAX_TTL)
+        .store_timeout(MAX_WAIT)
+        .in_progress_wait(MAX_WAIT)
+        .circuit_breaker(3, MAX_WAIT)
+        .defer_completion(MAX_TTL / 2)
+        .build()
+        .expect("the bounds are valid");
+    assert_eq!(config.default_ttl(), MAX_TTL);
+    // A disabled breaker's cooldown is never used, so it is not checked.
+    assert!(b().circuit_breaker(0, Duration::MAX).build().is_ok());
+}
+
+#[tokio::test]
+async fn the_longest_settings_run_events_without_panicking() {
+    use eventonce::{EventEnvelope, Guard, MemoryStore, Outcome, MAX_TTL, MAX_WAIT};
+    let config = IdempotencyConfig::builder("svc")
+        .default_ttl(MAX_TTL)
+        .processing_ttl(MAX_TTL)
+        .in_progress_wait(MAX_WAIT)
+        .circuit_breaker(1, MAX_WAIT)
+        .build()
+        .expect("valid");
+    let guard = Guard::new(MemoryStore::new(), config);
+    let event = EventEnvelope::new("a.v1", serde_json::json!({"n": 1}));
+    let first = guard
+        .run(&event, async { Ok::<_, std::io::Error>(1) })
+        .await;
+    assert!(matches!(first, Ok(Outcome::Processed(1))), "{first:?}");
+    let second = guard
+        .run(&event, async { Ok::<_, std::io::Error>(2) })
+        .await;
+    assert!(matches!(second, Ok(Outcome::Duplicate)), "{second:?}");
+}

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventonce_core::{check_many, Claim, Completion, IdempotencyStore, Record, StoreError};
+use eventonce_core::{
+    check_many, saturating_deadline, Claim, Completion, IdempotencyStore, Record, StoreError,
+};
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use moka::Expiry;
@@ -105,7 +107,7 @@ impl<S> CachedStore<S> {
     fn remember(&self, completions: &[Completion], done: &[bool], started: Instant) {
         for (c, done) in completions.iter().zip(done) {
             if *done {
-                let until = started + c.ttl.min(self.max_ttl);
+                let until = saturating_deadline(started, c.ttl.min(self.max_ttl));
                 self.cache.insert(c.key.clone(), until);
             }
         }
@@ -134,7 +136,7 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
         let done = self.inner.complete(key, owner, ttl).await?;
         if done {
             // Counted from before the call: never longer than the store keeps the record.
-            let until = started + ttl.min(self.max_ttl);
+            let until = saturating_deadline(started, ttl.min(self.max_ttl));
             self.cache.insert(key.to_owned(), until);
         }
         Ok(done)

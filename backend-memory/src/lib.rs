@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use eventonce_core::{check_arguments, Claim, IdempotencyStore, Record, RecordState, StoreError};
+use eventonce_core::{
+    check_arguments, saturating_deadline, Claim, IdempotencyStore, Record, RecordState, StoreError,
+};
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
@@ -191,7 +193,7 @@ impl IdempotencyStore for MemoryStore {
                 _ => Op::Put(Entry {
                     state: RecordState::Processing,
                     owner: Arc::from(owner),
-                    expires_at: now + lease,
+                    expires_at: saturating_deadline(now, lease),
                     updated_at: SystemTime::now(),
                 }),
             }
@@ -205,7 +207,7 @@ impl IdempotencyStore for MemoryStore {
             Some(Entry {
                 state: RecordState::Completed,
                 owner: entry.owner,
-                expires_at: now + ttl,
+                expires_at: saturating_deadline(now, ttl),
                 updated_at: SystemTime::now(),
             })
         }))
@@ -220,7 +222,7 @@ impl IdempotencyStore for MemoryStore {
         check_arguments(key, owner, Some(lease))?;
         Ok(self.transition(key, owner, |entry, now| {
             Some(Entry {
-                expires_at: now + lease,
+                expires_at: saturating_deadline(now, lease),
                 updated_at: SystemTime::now(),
                 ..entry
             })

@@ -80,12 +80,13 @@ impl Breaker {
             }
             State::HalfOpen { since } => {
                 let now = Instant::now();
-                if now >= since + self.cooldown {
+                let until = since.checked_add(self.cooldown).unwrap_or(now);
+                if now >= until {
                     *state = State::HalfOpen { since: now };
                     Ok(Permit::Probe)
                 } else {
                     Err(StoreError::CircuitOpen {
-                        retry_in: since + self.cooldown - now,
+                        retry_in: until - now,
                     })
                 }
             }
@@ -111,7 +112,7 @@ impl Breaker {
         }
         let timed_out = matches!(result, Err(StoreError::Timeout { .. }));
         let open = State::Open {
-            until: Instant::now() + self.cooldown,
+            until: crate::store::saturating_deadline(Instant::now(), self.cooldown),
         };
         *state = match (*state, permit) {
             (_, Permit::Probe) => open,

@@ -8,6 +8,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::MAX_TTL;
+
 use crate::error::ConfigError;
 use crate::key;
 
@@ -24,6 +26,9 @@ pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
 /// How long an open circuit breaker answers at once before it probes the store again.
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+/// The longest store timeout, in-progress wait and circuit breaker cooldown `build()`
+/// accepts (one hour). TTLs and the lease may be up to [`MAX_TTL`](crate::MAX_TTL).
+pub const MAX_WAIT: Duration = Duration::from_secs(3_600);
 
 /// TTL tier for quick, high-volume events: 1 hour.
 pub const TTL_QUICK: Duration = Duration::from_secs(3_600);
@@ -343,7 +348,9 @@ impl ConfigBuilder {
     /// Rejects an empty service name or one holding `:`, whitespace, a glob or hash-tag
     /// character (`*?[]{}\`), a control or non-ASCII character; an empty key prefix or one
     /// holding such characters (`:` is allowed there); any TTL, lease or timeout under one
-    /// millisecond; an empty event type.
+    /// millisecond; a TTL or lease over [`MAX_TTL`](crate::MAX_TTL) (ten years); a store
+    /// timeout, in-progress wait or breaker cooldown over [`MAX_WAIT`] (one hour); a
+    /// deferred completion delay over half the lease; an empty event type.
     ///
     /// ```
     /// use eventonce_core::{ConfigError, IdempotencyConfig};
@@ -355,25 +362,48 @@ impl ConfigBuilder {
         validate_service_name(&c.service_name)?;
         validate_prefix(&c.key_prefix)?;
         check_duration("default_ttl", c.default_ttl)?;
+        check_at_most("default_ttl", c.default_ttl, MAX_TTL)?;
         check_duration("processing_ttl", c.processing_ttl)?;
+        check_at_most("processing_ttl", c.processing_ttl, MAX_TTL)?;
         check_duration("store_timeout", c.store_timeout)?;
+        check_at_most("store_timeout", c.store_timeout, MAX_WAIT)?;
+        check_at_most("in_progress_wait", c.in_progress_wait, MAX_WAIT)?;
         if c.batch_concurrency == 0 {
             return Err(ConfigError::ZeroBatchConcurrency);
         }
         if let Some(delay) = c.deferred_completion {
             check_duration("deferred completion delay", delay)?;
+            // The completion must be written while the claim's lease still holds.
+            check_at_most(
+                "deferred completion delay (half the processing_ttl)",
+                delay,
+                c.processing_ttl / 2,
+            )?;
         }
         if c.breaker_threshold > 0 {
             check_duration("circuit breaker cooldown", c.breaker_cooldown)?;
+            check_at_most("circuit breaker cooldown", c.breaker_cooldown, MAX_WAIT)?;
         }
         for (event_type, ttl) in &c.event_type_ttls {
             if event_type.is_empty() {
                 return Err(ConfigError::EmptyEventType);
             }
             check_duration(&format!("ttl of event type {event_type:?}"), *ttl)?;
+            check_at_most(&format!("ttl of event type {event_type:?}"), *ttl, MAX_TTL)?;
         }
         Ok(IdempotencyConfig { inner: Arc::new(c) })
     }
+}
+
+fn check_at_most(what: &str, value: Duration, max: Duration) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::DurationTooLong {
+            what: what.to_owned(),
+            value,
+            max,
+        });
+    }
+    Ok(())
 }
 
 fn check_duration(what: &str, value: Duration) -> Result<(), ConfigError> {

@@ -397,6 +397,44 @@ pub async fn invalid_arguments_are_refused(f: &impl StoreFactory) {
     ));
     assert!(invalid(s.release(&key, "").await.map(|_| ())));
     assert_eq!(record(&s, &key).await, None);
+
+    // Durations no store can represent are refused, never written nor a panic.
+    let too_long = crate::MAX_TTL + Duration::from_millis(1);
+    for lease in [too_long, Duration::MAX] {
+        assert!(invalid(s.try_claim(&key, "a", lease).await.map(|_| ())));
+        let keys = [key.clone()];
+        assert!(invalid(
+            s.try_claim_many(&keys, "a", lease).await.map(|_| ())
+        ));
+    }
+    assert_eq!(record(&s, &key).await, None);
+    assert_eq!(
+        s.try_claim(&key, "a", LONG).await.ok(),
+        Some(Claim::Acquired)
+    );
+    for ttl in [too_long, Duration::MAX] {
+        assert!(invalid(s.complete(&key, "a", ttl).await.map(|_| ())));
+        assert!(invalid(s.extend(&key, "a", ttl).await.map(|_| ())));
+        let completion = Completion {
+            key: key.clone(),
+            owner: "a".into(),
+            ttl,
+        };
+        assert!(invalid(
+            s.complete_many(std::slice::from_ref(&completion))
+                .await
+                .map(|_| ())
+        ));
+    }
+    assert_eq!(
+        record(&s, &key).await.map(|r| r.state),
+        Some(RecordState::Processing)
+    );
+    assert_eq!(
+        s.complete(&key, "a", crate::MAX_TTL).await.ok(),
+        Some(true),
+        "the longest TTL allowed is written"
+    );
 }
 
 /// 50 tasks, each with its own store handle, claim one key at once: exactly one acquires.

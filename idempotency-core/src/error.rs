@@ -41,6 +41,17 @@ pub enum ConfigError {
         /// The rejected value.
         value: Duration,
     },
+    /// A duration is longer than its setting allows (see
+    /// [`ConfigBuilder::build`](crate::ConfigBuilder::build)).
+    #[error("{what} must be at most {max:?}, got {value:?}")]
+    DurationTooLong {
+        /// Which setting.
+        what: String,
+        /// The rejected value.
+        value: Duration,
+        /// The longest value allowed.
+        max: Duration,
+    },
     /// An event type given a TTL is empty.
     #[error("an event type given a TTL must not be empty")]
     EmptyEventType,

@@ -609,7 +609,10 @@ impl Guard {
     /// `try_claim`, waiting for another owner's claim up to `in_progress_wait`.
     async fn claim(&self, ctx: &mut Ctx<'_>, owner: &str) -> Result<Claim, StoreError> {
         let config = &self.inner.config;
-        let deadline = tokio::time::Instant::now() + config.in_progress_wait();
+        let deadline = crate::store::saturating_deadline(
+            tokio::time::Instant::now(),
+            config.in_progress_wait(),
+        );
         let mut backoff = Duration::from_millis(10);
         let mut deferred = self.take_deferred();
         if deferred.iter().any(|c| c.key == ctx.key) {
@@ -873,7 +876,8 @@ impl Guard {
                 if !renewing || tick.as_mut().poll(cx).is_pending() {
                     break;
                 }
-                tick.as_mut().reset(tokio::time::Instant::now() + period);
+                tick.as_mut()
+                    .reset(crate::store::saturating_deadline(tokio::time::Instant::now(), period));
                 if renewal.is_none() {
                     renewal = Some(Box::pin(self.timed(
                         "extend",

@@ -28,7 +28,7 @@ pub use async_trait::async_trait;
 pub use config::{
     ConfigBuilder, FailMode, IdempotencyConfig, DEFAULT_BATCH_CONCURRENCY,
     DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_EVENT_TYPE_TTLS,
-    DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT, DEFAULT_TTL,
+    DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT, DEFAULT_TTL, MAX_WAIT,
     TTL_AGGREGATION, TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
 };
 pub use envelope::EventEnvelope;
@@ -37,7 +37,8 @@ pub use guard::{Guard, GuardStats, Outcome};
 pub use identity::{canonical_json, canonical_number, deterministic_hash, MAX_DEPTH};
 pub use key::{escape_event_type, unescape_event_type, KeyParts, MAX_EVENT_TYPE_SEGMENT};
 pub use store::{
-    check_arguments, check_batch, check_complete_then_claim, check_completions, check_many, Claim,
-    Completion, IdempotencyStore, Record, RecordState, TransactionalStore,
+    check_arguments, check_batch, check_complete_then_claim, check_completions, check_many,
+    saturating_deadline, Claim, Completion, IdempotencyStore, Record, RecordState,
+    TransactionalStore, MAX_TTL,
 };
 pub use telemetry::{RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS};

@@ -309,6 +309,17 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
     }
 }
 
+/// The longest TTL or lease a store accepts (ten years): every backend can represent it
+/// (Redis `PX`, a PostgreSQL interval, an in-process `Instant`), and no record needs more.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// `now + duration`, or the latest representable instant not before it: never panics.
+pub fn saturating_deadline(now: tokio::time::Instant, duration: Duration) -> tokio::time::Instant {
+    now.checked_add(duration)
+        .or_else(|| now.checked_add(MAX_TTL))
+        .unwrap_or(now)
+}
+
 /// Checks the arguments every store receives; backends call it first so that they reject
 /// the same inputs the same way.
 pub fn check_arguments(key: &str, owner: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
@@ -324,6 +335,12 @@ pub fn check_arguments(key: &str, owner: &str, ttl: Option<Duration>) -> Result<
         if ttl < Duration::from_millis(1) {
             return Err(StoreError::InvalidArgument(format!(
                 "ttl must be at least one millisecond, got {ttl:?}"
+            )));
+        }
+        if ttl > MAX_TTL {
+            return Err(StoreError::InvalidArgument(format!(
+                "ttl must be at most {} days, got {ttl:?}",
+                MAX_TTL.as_secs() / 86_400
             )));
         }
     }

@@ -371,7 +371,10 @@ impl Guard {
                     ended[slot] = Some(result);
                 }
                 None => {
-                    tick.as_mut().reset(tokio::time::Instant::now() + period);
+                    tick.as_mut().reset(crate::store::saturating_deadline(
+                        tokio::time::Instant::now(),
+                        period,
+                    ));
                     if renewing {
                         let keys: Vec<String> = ended
                             .iter()
