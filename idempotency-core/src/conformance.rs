@@ -1489,7 +1489,9 @@ pub async fn guard_defers_completion_to_the_next_claim(f: &impl StoreFactory) {
     let service = unique_service("deferred");
     let g = guard(
         f,
-        config(&service).defer_completion(Duration::from_secs(3600)),
+        config(&service)
+            .processing_ttl(Duration::from_secs(7200))
+            .defer_completion(Duration::from_secs(3600)),
     )
     .await;
     let (a, b, c) = (event(700), event(701), event(702));
@@ -1552,7 +1554,9 @@ pub async fn guard_defers_completion_to_the_next_claim(f: &impl StoreFactory) {
     // Dropping the guard writes what is still queued.
     let dropped = guard(
         f,
-        config(&service).defer_completion(Duration::from_secs(3600)),
+        config(&service)
+            .processing_ttl(Duration::from_secs(7200))
+            .defer_completion(Duration::from_secs(3600)),
     )
     .await;
     let e = event(704);
@@ -1575,17 +1579,21 @@ pub async fn guard_defers_completion_to_the_next_claim(f: &impl StoreFactory) {
     assert_eq!(g.stats().processed, 3);
 }
 
-/// A consumer that dies with a completion still deferred: the event is not lost; after
-/// the lease a redelivery processes it again (the documented cost of deferring).
+/// A consumer whose deferred completion never reaches the store (it dies, or the store is
+/// unreachable from it until the lease ends): the event is not lost; after the lease a
+/// redelivery processes it again (the documented cost of deferring).
 pub async fn guard_deferred_completion_lost_in_a_crash_costs_a_rerun(f: &impl StoreFactory) {
     let service = unique_service("deferred-crash");
-    let crashed = guard(
-        f,
+    let faulty = FaultyStore::new(f.create().await);
+    let cut_off = faulty.control();
+    let crashed = Guard::new(
+        faulty,
         config(&service)
             .processing_ttl(SHORT)
-            .defer_completion(Duration::from_secs(3600)),
-    )
-    .await;
+            .defer_completion(SHORT / 2)
+            .build()
+            .expect("valid config"),
+    );
     let e = event(800);
     assert_eq!(
         crashed
@@ -1594,8 +1602,8 @@ pub async fn guard_deferred_completion_lost_in_a_crash_costs_a_rerun(f: &impl St
             .expect("run"),
         Outcome::Processed(())
     );
-    // The process dies: its queue is gone, nothing flushes it.
-    std::mem::forget(crashed);
+    // From here on nothing this consumer sends reaches the store.
+    cut_off.set(Fault::Fail);
     let survivor = guard(f, config(&service)).await;
     assert!(matches!(
         survivor.run(&e, async { Ok::<_, Boom>(()) }).await,
@@ -1609,6 +1617,12 @@ pub async fn guard_deferred_completion_lost_in_a_crash_costs_a_rerun(f: &impl St
             .expect("after the lease"),
         Outcome::Processed(())
     );
+    assert_eq!(
+        crashed.stats().completions_abandoned,
+        1,
+        "given up once its lease was over"
+    );
+    drop(crashed);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -70,6 +70,13 @@ pub struct GuardStats {
     pub invalid_events: u64,
     /// `run` futures dropped while their handler was running.
     pub cancelled: u64,
+    /// Completions of succeeded handlers that the store did not take at the first attempt
+    /// (an outage, a timeout, an open breaker, a run dropped while completing): kept and
+    /// retried with backoff until written or their lease ends.
+    pub completions_retried: u64,
+    /// Completions given up because their lease ended before the store took them: those
+    /// events are processed but not recorded, so a redelivery may run them again.
+    pub completions_abandoned: u64,
 }
 
 #[derive(Default)]
@@ -85,6 +92,8 @@ struct Counters {
     claims_lost: AtomicU64,
     invalid_events: AtomicU64,
     cancelled: AtomicU64,
+    completions_retried: AtomicU64,
+    completions_abandoned: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -120,9 +129,10 @@ struct GuardInner {
     config: IdempotencyConfig,
     counters: Counters,
     breaker: Breaker,
-    /// Completions waiting to travel with the next claim (`defer_completion`).
-    deferred: std::sync::Mutex<Vec<Completion>>,
-    /// Whether a timer will flush `deferred`.
+    /// Completions owed to the store: deferred ones waiting to travel with the next claim
+    /// (`defer_completion`), and ones the store did not take yet, waiting for a retry.
+    deferred: std::sync::Mutex<owed::OwedQueue>,
+    /// Whether a task will write `deferred`.
     flush_scheduled: std::sync::atomic::AtomicBool,
 }
 
@@ -212,6 +222,7 @@ macro_rules! debug_decision {
 }
 
 mod batch;
+mod owed;
 
 impl Guard {
     /// A guard over `store` with `config`.
@@ -231,7 +242,7 @@ impl Guard {
                 config,
                 counters: Counters::default(),
                 breaker: Breaker::new(threshold, cooldown),
-                deferred: std::sync::Mutex::new(Vec::new()),
+                deferred: std::sync::Mutex::new(owed::OwedQueue::default()),
                 flush_scheduled: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -263,6 +274,8 @@ impl Guard {
             claims_lost: get(&c.claims_lost),
             invalid_events: get(&c.invalid_events),
             cancelled: get(&c.cancelled),
+            completions_retried: get(&c.completions_retried),
+            completions_abandoned: get(&c.completions_abandoned),
         }
     }
 
@@ -276,7 +289,14 @@ impl Guard {
     ///
     /// - New event: claims it with a lease of `processing_ttl`, polls `handler` to
     ///   completion (renewing the lease every third of it), marks it completed for the event
-    ///   type's TTL and returns [`Outcome::Processed`].
+    ///   type's TTL and returns [`Outcome::Processed`]. The completion is attempted even
+    ///   while the circuit breaker is open; if the store does not take it (an outage, a
+    ///   timeout, this future dropped while completing), `Processed` is still returned and
+    ///   the completion is kept and retried with backoff in the background until it is
+    ///   written or its lease ends ([`GuardStats::completions_retried`] and
+    ///   [`GuardStats::completions_abandoned`]; logged as `complete_retrying` and
+    ///   `complete_abandoned`). A completion abandoned that way leaves the claim to expire,
+    ///   and a redelivery after the lease runs the event again.
     /// - Completed before: returns [`Outcome::Duplicate`]; `handler` is never polled.
     /// - Claimed by another live owner: [`GuardError::InProgress`] (after waiting up to
     ///   `in_progress_wait` for it to finish, if configured).
@@ -355,11 +375,15 @@ impl Guard {
             Ok(Ok(value)) if config.deferred_completion().is_some() => {
                 pending.on_drop = OnDrop::Nothing;
                 bump(&counters.processed);
-                self.defer(Completion {
-                    key: key.clone(),
-                    owner: std::mem::take(&mut pending.owner),
-                    ttl: ctx.ttl,
-                });
+                self.owe(
+                    Completion {
+                        key: key.clone(),
+                        owner: std::mem::take(&mut pending.owner),
+                        ttl: ctx.ttl,
+                    },
+                    config.processing_ttl(),
+                    None,
+                );
                 debug_decision!(
                     ctx,
                     "completion_deferred",
@@ -370,15 +394,31 @@ impl Guard {
             Ok(Ok(value)) => {
                 pending.on_drop = OnDrop::Complete;
                 let t = Instant::now();
+                // Attempted even while the breaker is open: the effect has happened.
                 let done = self
-                    .timed(
+                    .timed_ungated(
                         "complete",
                         self.inner.store.complete(&key, &pending.owner, ctx.ttl),
                     )
                     .await;
                 ctx.store_time += t.elapsed();
                 pending.on_drop = OnDrop::Nothing;
-                self.log_completion(&ctx, Some(done));
+                match done {
+                    Err(err) => {
+                        bump(&counters.processed);
+                        bump(&counters.store_errors);
+                        self.owe(
+                            Completion {
+                                key: key.clone(),
+                                owner: std::mem::take(&mut pending.owner),
+                                ttl: ctx.ttl,
+                            },
+                            config.processing_ttl(),
+                            Some(&err),
+                        );
+                    }
+                    done => self.log_completion(&ctx, Some(done)),
+                }
                 Ok(Outcome::Processed(value))
             }
             Ok(Err(err)) => {
@@ -614,30 +654,25 @@ impl Guard {
             config.in_progress_wait(),
         );
         let mut backoff = Duration::from_millis(10);
-        let mut deferred = self.take_deferred();
-        if deferred.iter().any(|c| c.key == ctx.key) {
-            // A redelivery of an event whose completion is still pending: complete first.
+        let mut carried = Some(self.take_owed());
+        if carried.as_ref().is_some_and(|c| c.holds(ctx.key)) {
+            // A redelivery of an event whose completion is still owed: complete first.
             let t = Instant::now();
-            self.complete_deferred(std::mem::take(&mut deferred)).await;
+            if let Some(owed) = carried.take() {
+                let _ = self.write_carried(owed).await;
+            }
             ctx.store_time += t.elapsed();
         }
         loop {
             let t = Instant::now();
-            let claim = if deferred.is_empty() {
-                self.timed(
-                    "try_claim",
-                    self.inner
-                        .store
-                        .try_claim(ctx.key, owner, config.processing_ttl()),
-                )
-                .await
-            } else {
-                let completions = std::mem::take(&mut deferred);
+            let owed = carried.take().filter(|c| !c.is_empty());
+            let claim = if let Some(owed) = owed {
+                // Put back if this call fails or is dropped (`Carried`'s drop).
                 let answer = self
                     .timed(
                         "complete_then_claim",
                         self.inner.store.complete_then_claim(
-                            &completions,
+                            owed.completions(),
                             ctx.key,
                             owner,
                             config.processing_ttl(),
@@ -646,14 +681,24 @@ impl Guard {
                     .await;
                 match answer {
                     Ok((done, claim)) => {
-                        self.log_deferred(&completions, Ok(done));
+                        let completions = owed.written();
+                        self.log_written(&completions, &done).await;
                         Ok(claim)
                     }
                     Err(err) => {
-                        self.log_deferred(&completions, Err(err.again()));
+                        self.log_unwritten(owed.completions().len(), &err);
+                        drop(owed);
                         Err(err)
                     }
                 }
+            } else {
+                self.timed(
+                    "try_claim",
+                    self.inner
+                        .store
+                        .try_claim(ctx.key, owner, config.processing_ttl()),
+                )
+                .await
             };
             ctx.store_time += t.elapsed();
             let now = tokio::time::Instant::now();
@@ -890,121 +935,13 @@ impl Guard {
         .await
     }
 
-    /// Writes the completions deferred so far (`defer_completion`) now, and returns how
-    /// many were written. Call it before shutting down; a completion not written is not
-    /// lost work, but a redelivery of its event after the lease runs the handler again.
+    /// Writes the completions owed so far now (deferred ones, `defer_completion`, and
+    /// ones waiting for a retry), and returns how many were written. Call it before
+    /// shutting down. On an error they stay queued (and are retried until written or
+    /// their lease ends); a completion never written is not lost work, but a redelivery of
+    /// its event after the lease runs the handler again.
     pub async fn flush(&self) -> Result<usize, StoreError> {
-        let completions = self.take_deferred();
-        if completions.is_empty() {
-            return Ok(0);
-        }
-        let n = completions.len();
-        let done = self
-            .timed(
-                "complete_many",
-                self.inner.store.complete_many(&completions),
-            )
-            .await;
-        let failed = done.as_ref().err().map(StoreError::again);
-        self.log_deferred(&completions, done);
-        match failed {
-            Some(err) => Err(err),
-            None => Ok(n),
-        }
-    }
-
-    /// The deferred completions, taken out of the queue.
-    fn take_deferred(&self) -> Vec<Completion> {
-        if self.inner.config.deferred_completion().is_none() {
-            return Vec::new();
-        }
-        match self.inner.deferred.lock() {
-            Ok(mut queue) => std::mem::take(&mut *queue),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        }
-    }
-
-    /// Completes `completions` now (errors are logged).
-    async fn complete_deferred(&self, completions: Vec<Completion>) {
-        if completions.is_empty() {
-            return;
-        }
-        let done = self
-            .timed(
-                "complete_many",
-                self.inner.store.complete_many(&completions),
-            )
-            .await;
-        self.log_deferred(&completions, done);
-    }
-
-    /// Queues a completion; the next claim carries it, or a timer flushes it after the
-    /// configured delay, or it is flushed at once when the queue is full.
-    fn defer(&self, completion: Completion) {
-        let Some(delay) = self.inner.config.deferred_completion() else {
-            return;
-        };
-        let len = {
-            let mut queue = match self.inner.deferred.lock() {
-                Ok(queue) => queue,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            queue.push(completion);
-            queue.len()
-        };
-        let full = len >= MAX_DEFERRED;
-        if !full && self.inner.flush_scheduled.swap(true, Ordering::AcqRel) {
-            return; // a timer is already set
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // flushed by the next claim, by `flush`, or when the guard is dropped
-        };
-        let inner = Arc::downgrade(&self.inner);
-        runtime.spawn(async move {
-            if !full {
-                tokio::time::sleep(delay).await;
-            }
-            let Some(inner) = inner.upgrade() else {
-                return; // the guard's drop flushed
-            };
-            if !full {
-                inner.flush_scheduled.store(false, Ordering::Release);
-            }
-            let guard = Guard { inner };
-            let completions = guard.take_deferred();
-            guard.complete_deferred(completions).await;
-        });
-    }
-
-    /// Counts and logs the answers to deferred completions.
-    fn log_deferred(&self, completions: &[Completion], done: Result<Vec<bool>, StoreError>) {
-        let counters = &self.inner.counters;
-        let service = self.inner.config.service_name();
-        match done {
-            Ok(flags) => {
-                for (c, done) in completions.iter().zip(flags) {
-                    if !done {
-                        bump(&counters.claims_lost);
-                        tracing::error!(
-                            service,
-                            key = c.key.as_str(),
-                            action = "claim_lost",
-                            "CLAIM_LOST: Event processed, but its claim had expired before its deferred completion; raise processing_ttl"
-                        );
-                    }
-                }
-            }
-            Err(err) => {
-                bump(&counters.store_errors);
-                tracing::error!(
-                    service,
-                    completions = completions.len(),
-                    action = "complete_failed",
-                    error = %err,
-                    "STORE_ERROR: Writing deferred completions failed; a redelivery of those events after the lease may process them again"
-                );
-            }
-        }
+        self.write_carried(self.take_owed()).await
     }
 
     /// Whether the circuit breaker currently refuses store calls.
@@ -1031,6 +968,27 @@ impl Guard {
             .record(permit, result.as_ref().map(|_| ()));
         result
     }
+
+    /// [`timed`](Self::timed) for a call that must be tried even while the breaker is open
+    /// (writing the completion of a handler that succeeded); its success closes the
+    /// breaker, its failure is recorded like any call's.
+    async fn timed_ungated<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let timeout = self.inner.config.store_timeout();
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout { operation, timeout }),
+        };
+        telemetry::store_call(&self.inner.config, operation, started.elapsed(), &result);
+        self.inner
+            .breaker
+            .record(crate::breaker::Permit::Call, result.as_ref().map(|_| ()));
+        result
+    }
 }
 
 impl Drop for GuardInner {
@@ -1038,8 +996,8 @@ impl Drop for GuardInner {
     /// by a spawned task (or, without a runtime, left to expire after the lease).
     fn drop(&mut self) {
         let queue = match self.deferred.get_mut() {
-            Ok(queue) => std::mem::take(queue),
-            Err(poisoned) => std::mem::take(poisoned.into_inner()),
+            Ok(queue) => queue.take_completions(),
+            Err(poisoned) => poisoned.into_inner().take_completions(),
         };
         if queue.is_empty() {
             return;
@@ -1121,36 +1079,47 @@ impl Drop for PendingClaim {
             return;
         }
         bump(&self.guard.counters.cancelled);
+        let key = std::mem::take(&mut self.key);
+        let owner = std::mem::take(&mut self.owner);
+        if self.on_drop == OnDrop::Complete {
+            // The handler succeeded: its completion is owed like any the store did not
+            // take yet, kept and retried until written or its lease ends.
+            tracing::warn!(
+                key = key.as_str(),
+                action = "complete",
+                "RUN_CANCELLED: Run dropped while completing; its completion is kept and retried"
+            );
+            let refused = StoreError::Unavailable {
+                message: "the run was dropped while its completion was in flight".into(),
+                source: None,
+            };
+            let completion = Completion {
+                key,
+                owner,
+                ttl: self.ttl,
+            };
+            let lease = self.guard.config.processing_ttl();
+            owed::owe(&self.guard, completion, lease, Some(&refused));
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(
-                key = self.key.as_str(),
+                key = key.as_str(),
                 "RUN_CANCELLED: Run dropped outside a runtime; the claim expires after the lease"
             );
             return;
         };
         let store = Arc::clone(&self.store);
-        let key = std::mem::take(&mut self.key);
-        let owner = std::mem::take(&mut self.owner);
-        let (on_drop, ttl) = (self.on_drop, self.ttl);
         tracing::warn!(
             key = key.as_str(),
-            action = if on_drop == OnDrop::Complete {
-                "complete"
-            } else {
-                "release"
-            },
+            action = "release",
             "RUN_CANCELLED: Run dropped mid-flight; settling its claim in the background"
         );
         let logged_key = key.clone();
         settle_in_background(
             &runtime,
             self.guard.config.store_timeout(),
-            async move {
-                match on_drop {
-                    OnDrop::Complete => store.complete(&key, &owner, ttl).await.map(drop),
-                    _ => store.release(&key, &owner).await.map(drop),
-                }
-            },
+            async move { store.release(&key, &owner).await.map(drop) },
             move |err| {
                 tracing::error!(
                     key = logged_key.as_str(),

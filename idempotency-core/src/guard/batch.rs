@@ -237,7 +237,8 @@ impl Guard {
                     owner: pending.owner.clone(),
                     ttl: pending.ttls[slot],
                 }),
-                _ => releases.push(key),
+                Some(_) => releases.push(key),
+                None => {} // never started: the claim is not ours any more
             }
         }
         let t = Instant::now();
@@ -246,7 +247,8 @@ impl Guard {
                 if completions.is_empty() {
                     return Ok(Vec::new());
                 }
-                self.timed(
+                // Attempted even while the breaker is open: the effects have happened.
+                self.timed_ungated(
                     "complete_many",
                     self.inner.store.complete_many(&completions),
                 )
@@ -272,9 +274,17 @@ impl Guard {
             }
         }
 
+        // Completions the store did not take are owed: kept and retried until written or
+        // their lease ends.
         let mut completed = match completed {
-            Ok(flags) => flags.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(err) => completions.iter().map(|_| Err(err.again())).collect(),
+            Ok(flags) => flags,
+            Err(err) => {
+                bump(&self.inner.counters.store_errors);
+                for completion in completions {
+                    self.owe(completion, config.processing_ttl(), Some(&err));
+                }
+                Vec::new()
+            }
         }
         .into_iter();
         let mut released = match released {
@@ -289,7 +299,10 @@ impl Guard {
             };
             answers[i] = Some(match ended {
                 Some(Ok(Ok(value))) => {
-                    self.log_completion(ctx, completed.next());
+                    match completed.next() {
+                        Some(done) => self.log_completion(ctx, Some(Ok(done))),
+                        None => bump(&self.inner.counters.processed), // owed, logged above
+                    }
                     Ok(Outcome::Processed(value))
                 }
                 Some(Ok(Err(err))) => {
@@ -304,8 +317,8 @@ impl Guard {
                     Err(GuardError::InProgress)
                 }
                 None => {
-                    // Not reachable: drive_batch ends every handler it starts.
-                    let _ = released.next();
+                    // Never started: its claim was found lost first (logged then). It is
+                    // another consumer's now; answered in progress, so it is redelivered.
                     Err(GuardError::InProgress)
                 }
             });
@@ -335,6 +348,10 @@ impl Guard {
         let period = (lease / 3).max(Duration::from_millis(1));
         let bound = config.batch_concurrency();
         let mut ended: Vec<Option<Ended<T, E>>> = acquired.iter().map(|_| None).collect();
+        // Claims found lost (by a renewal, or by going a whole lease unconfirmed) before
+        // their handler started: those handlers never start.
+        let mut lost = vec![false; acquired.len()];
+        let mut confirmed = tokio::time::Instant::now();
         let mut queue = acquired.iter().enumerate();
         let mut running = FuturesUnordered::new();
         let mut tick = pin!(tokio::time::sleep(period));
@@ -344,6 +361,16 @@ impl Guard {
                 let Some((slot, &i)) = queue.next() else {
                     break;
                 };
+                let expiry = crate::store::saturating_deadline(confirmed, lease);
+                if !lost[slot] && tokio::time::Instant::now() >= expiry {
+                    // No renewal has confirmed the claims for a whole lease: expired.
+                    lost[slot] = true;
+                    self.queued_claim_lost(&pending.keys[slot]);
+                }
+                if lost[slot] {
+                    pending.settle[slot] = OnDrop::Nothing;
+                    continue;
+                }
                 match catch_unwind(AssertUnwindSafe(|| handler(&envelopes[i]))) {
                     Ok(future) => running
                         .push(async move { (slot, AssertUnwindSafe(future).catch_unwind().await) }),
@@ -376,13 +403,24 @@ impl Guard {
                         period,
                     ));
                     if renewing {
-                        let keys: Vec<String> = ended
-                            .iter()
-                            .zip(&pending.keys)
-                            .filter(|(e, _)| e.is_none())
-                            .map(|(_, k)| k.clone())
+                        let slots: Vec<usize> = (0..ended.len())
+                            .filter(|&s| ended[s].is_none() && !lost[s])
                             .collect();
-                        renewing = self.renew_batch(keys, &pending.owner, lease).await;
+                        let keys: Vec<String> =
+                            slots.iter().map(|&s| pending.keys[s].clone()).collect();
+                        let asked = tokio::time::Instant::now();
+                        match self.renew_batch(keys, &pending.owner, lease).await {
+                            Some(renewed) => {
+                                confirmed = asked;
+                                for (&slot, renewed) in slots.iter().zip(renewed) {
+                                    if !renewed {
+                                        lost[slot] = true;
+                                    }
+                                }
+                                renewing = slots.iter().any(|&s| !lost[s]);
+                            }
+                            None => {} // nothing learned; `confirmed` stays
+                        }
                     }
                 }
             }
@@ -390,11 +428,28 @@ impl Guard {
         ended
     }
 
-    /// Renews the claims of the batch whose handlers have not ended. Returns whether to go
-    /// on renewing (not when every claim was found lost).
-    async fn renew_batch(&self, keys: Vec<String>, owner: &str, lease: Duration) -> bool {
+    /// Logs and counts a queued event whose claim was found lost before its handler
+    /// started.
+    fn queued_claim_lost(&self, key: &str) {
+        bump(&self.inner.counters.claims_lost);
+        tracing::error!(
+            service = self.inner.config.service_name(),
+            key,
+            action = "claim_lost",
+            "CLAIM_LOST: The claim of a queued event expired before its handler started; not starting it, redeliver it"
+        );
+    }
+
+    /// Renews the claims of the batch whose handlers have not ended: for each key, whether
+    /// it is still ours, or `None` when the call failed (nothing learned).
+    async fn renew_batch(
+        &self,
+        keys: Vec<String>,
+        owner: &str,
+        lease: Duration,
+    ) -> Option<Vec<bool>> {
         if keys.is_empty() {
-            return true;
+            return Some(Vec::new());
         }
         let renewed = self
             .timed(
@@ -405,10 +460,8 @@ impl Guard {
         let service = self.inner.config.service_name();
         match renewed {
             Ok(flags) => {
-                let mut lost = 0;
                 for (key, renewed) in keys.iter().zip(&flags) {
                     if !renewed {
-                        lost += 1;
                         bump(&self.inner.counters.claims_lost);
                         tracing::error!(
                             service,
@@ -418,7 +471,7 @@ impl Guard {
                         );
                     }
                 }
-                lost < keys.len()
+                Some(flags)
             }
             Err(err) => {
                 bump(&self.inner.counters.store_errors);
@@ -429,7 +482,7 @@ impl Guard {
                     error = %err,
                     "STORE_ERROR: Renewing the batch's claim leases failed; will retry"
                 );
-                true
+                None
             }
         }
     }
@@ -534,13 +587,6 @@ impl Drop for PendingBatch {
             return;
         }
         bump(&self.guard.counters.cancelled);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(
-                keys = self.keys.len(),
-                "RUN_CANCELLED: Batch dropped outside a runtime; its claims expire after the lease"
-            );
-            return;
-        };
         let mut completions = Vec::new();
         let mut releases = Vec::new();
         for ((key, ttl), settle) in self.keys.drain(..).zip(&self.ttls).zip(&self.settle) {
@@ -554,25 +600,35 @@ impl Drop for PendingBatch {
                 OnDrop::Nothing => {}
             }
         }
+        // Succeeded handlers' completions are owed: kept and retried until written.
+        let refused = StoreError::Unavailable {
+            message: "the batch was dropped before its completions were written".into(),
+            source: None,
+        };
+        let lease = self.guard.config.processing_ttl();
+        for completion in completions.drain(..) {
+            super::owed::owe(&self.guard, completion, lease, Some(&refused));
+        }
+        if releases.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                keys = releases.len(),
+                "RUN_CANCELLED: Batch dropped outside a runtime; its claims expire after the lease"
+            );
+            return;
+        };
         tracing::warn!(
-            complete = completions.len(),
             release = releases.len(),
-            "RUN_CANCELLED: Batch dropped mid-flight; settling its claims in the background"
+            "RUN_CANCELLED: Batch dropped mid-flight; releasing its unfinished claims in the background"
         );
         let store = Arc::clone(&self.guard.store);
         let owner = std::mem::take(&mut self.owner);
         settle_in_background(
             &runtime,
             self.guard.config.store_timeout(),
-            async move {
-                if !completions.is_empty() {
-                    store.complete_many(&completions).await?;
-                }
-                if !releases.is_empty() {
-                    store.release_many(&releases, &owner).await?;
-                }
-                Ok(())
-            },
+            async move { store.release_many(&releases, &owner).await.map(drop) },
             |err| {
                 tracing::error!(
                     error = %err,

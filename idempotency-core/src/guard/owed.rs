@@ -1,0 +1,278 @@
+//! Completions owed to the store: a handler succeeded and its record is still the claim.
+//!
+//! Deferred completions (`defer_completion`) wait here for the next claim to carry them or
+//! for the flush timer; a completion the store did not take (an outage, a timeout, an open
+//! circuit breaker, a run dropped while completing) waits here to be retried with backoff.
+//! Each is kept until it is written, until its lease is over (then counted in
+//! `completions_abandoned` and logged: a redelivery may run the event again), or until the
+//! guard is dropped after a final attempt. A call that takes completions out to carry them
+//! puts them back if it fails or is dropped before it knows they were written.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{bump, Guard, GuardInner, MAX_DEFERRED};
+use crate::error::StoreError;
+use crate::store::{saturating_deadline, Completion, RecordState};
+
+/// The first pause before retrying a completion the store did not take.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest pause between retries.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The owed completions and, for each, when its lease is over.
+#[derive(Default)]
+pub(super) struct OwedQueue {
+    completions: Vec<Completion>,
+    until: Vec<Instant>,
+}
+
+impl OwedQueue {
+    fn push(&mut self, completion: Completion, until: Instant) {
+        self.completions.push(completion);
+        self.until.push(until);
+    }
+
+    fn append(&mut self, other: &mut OwedQueue) {
+        self.completions.append(&mut other.completions);
+        self.until.append(&mut other.until);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.completions.len()
+    }
+
+    pub(super) fn take_completions(&mut self) -> Vec<Completion> {
+        self.until.clear();
+        std::mem::take(&mut self.completions)
+    }
+}
+
+/// Completions taken out of the queue by a call that carries them: put back (and a retry
+/// scheduled) when dropped, unless [`Carried::written`] said the store answered for them.
+pub(super) struct Carried {
+    inner: Arc<GuardInner>,
+    owed: OwedQueue,
+}
+
+impl Carried {
+    pub(super) fn completions(&self) -> &[Completion] {
+        &self.owed.completions
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.owed.completions.is_empty()
+    }
+
+    pub(super) fn holds(&self, key: &str) -> bool {
+        self.owed.completions.iter().any(|c| c.key == key)
+    }
+
+    /// The store answered for every completion: nothing to put back.
+    pub(super) fn written(mut self) -> Vec<Completion> {
+        self.owed.take_completions()
+    }
+}
+
+impl Drop for Carried {
+    fn drop(&mut self) {
+        if self.owed.completions.is_empty() {
+            return;
+        }
+        lock(&self.inner).append(&mut self.owed);
+        schedule(&self.inner, RETRY_FIRST, false);
+    }
+}
+
+fn lock(inner: &GuardInner) -> std::sync::MutexGuard<'_, OwedQueue> {
+    inner.deferred.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// When a completion owed now is given up: its lease, renewed by the heartbeat at most a
+/// third of it ago, is then over and the claim may belong to another consumer.
+pub(super) fn lease_end(lease: Duration) -> Instant {
+    saturating_deadline(Instant::now(), lease - lease / 3)
+}
+
+impl Guard {
+    /// Queues a completion the store has not taken yet. `refused` is the error of a first
+    /// attempt (then it is retried soon and counted in `completions_retried`); `None` for
+    /// a deferred completion (written with the next claim or after the deferral delay).
+    pub(super) fn owe(
+        &self,
+        completion: Completion,
+        lease: Duration,
+        refused: Option<&StoreError>,
+    ) {
+        owe(&self.inner, completion, lease, refused);
+    }
+
+    /// The owed completions still inside their lease, taken out of the queue; those whose
+    /// lease is over are dropped, counted and logged.
+    pub(super) fn take_owed(&self) -> Carried {
+        let mut owed = std::mem::take(&mut *lock(&self.inner));
+        let now = Instant::now();
+        if owed.until.iter().any(|&until| until <= now) {
+            let mut live = OwedQueue::default();
+            for (completion, until) in owed.completions.drain(..).zip(owed.until.drain(..)) {
+                if until > now {
+                    live.push(completion, until);
+                } else {
+                    bump(&self.inner.counters.completions_abandoned);
+                    tracing::error!(
+                        service = self.inner.config.service_name(),
+                        key = completion.key.as_str(),
+                        action = "complete_abandoned",
+                        "STORE_ERROR: Event processed, but its completion could not be written before its lease ended; a redelivery may process it again"
+                    );
+                }
+            }
+            owed = live;
+        }
+        Carried {
+            inner: Arc::clone(&self.inner),
+            owed,
+        }
+    }
+
+    /// Writes `carried` in one call (not refused by an open breaker: a success there
+    /// closes it). On failure they go back to the queue and the error is returned.
+    pub(super) async fn write_carried(&self, carried: Carried) -> Result<usize, StoreError> {
+        if carried.is_empty() {
+            return Ok(0);
+        }
+        let done = self
+            .timed_ungated(
+                "complete_many",
+                self.inner.store.complete_many(carried.completions()),
+            )
+            .await;
+        match done {
+            Ok(flags) => {
+                let completions = carried.written();
+                let n = completions.len();
+                self.log_written(&completions, &flags).await;
+                Ok(n)
+            }
+            Err(err) => {
+                self.log_unwritten(carried.completions().len(), &err);
+                drop(carried);
+                Err(err)
+            }
+        }
+    }
+
+    /// Logs the store's answers to owed completions: `false` is a claim found lost, unless
+    /// the record is completed anyway (an earlier attempt whose answer was lost wrote it).
+    pub(super) async fn log_written(&self, completions: &[Completion], flags: &[bool]) {
+        for (c, done) in completions.iter().zip(flags) {
+            if *done {
+                continue;
+            }
+            let recorded = matches!(
+                self.inner.store.get(&c.key).await,
+                Ok(Some(record)) if record.state == RecordState::Completed
+            );
+            if recorded {
+                continue;
+            }
+            bump(&self.inner.counters.claims_lost);
+            tracing::error!(
+                service = self.inner.config.service_name(),
+                key = c.key.as_str(),
+                action = "claim_lost",
+                "CLAIM_LOST: Event processed, but its claim had expired before its completion was written; raise processing_ttl"
+            );
+        }
+    }
+
+    /// Logs owed completions that a call failed to write (they are queued again).
+    pub(super) fn log_unwritten(&self, completions: usize, err: &StoreError) {
+        bump(&self.inner.counters.store_errors);
+        tracing::warn!(
+            service = self.inner.config.service_name(),
+            completions,
+            action = "complete_retrying",
+            error = %err,
+            "STORE_ERROR: Writing completions failed; they are kept and retried until written or their lease ends"
+        );
+    }
+}
+
+/// [`Guard::owe`] for code holding only the guard's inner state (drop handlers).
+pub(super) fn owe(
+    inner: &Arc<GuardInner>,
+    completion: Completion,
+    lease: Duration,
+    refused: Option<&StoreError>,
+) {
+    if let Some(err) = refused {
+        bump(&inner.counters.completions_retried);
+        tracing::warn!(
+            service = inner.config.service_name(),
+            key = completion.key.as_str(),
+            action = "complete_retrying",
+            error = %err,
+            "STORE_ERROR: Event processed, but marking it completed failed; retrying until written or the lease ends"
+        );
+    }
+    let len = {
+        let mut queue = lock(inner);
+        queue.push(completion, lease_end(lease));
+        queue.len()
+    };
+    match (refused, inner.config.deferred_completion()) {
+        (None, Some(delay)) => schedule(inner, delay, len >= MAX_DEFERRED),
+        _ => schedule(inner, RETRY_FIRST, false),
+    }
+}
+
+/// Makes sure a task will write the queue: after `delay`, then with backoff while the
+/// store fails, until the queue is empty (`now`: write at once, beside any timer).
+pub(super) fn schedule(inner: &Arc<GuardInner>, delay: Duration, now: bool) {
+    if !now && inner.flush_scheduled.swap(true, Ordering::AcqRel) {
+        return; // a task is already on it
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return; // written by the next claim, by `flush`, or when the guard is dropped
+    };
+    let weak = Arc::downgrade(inner);
+    runtime.spawn(async move {
+        if now {
+            if let Some(inner) = weak.upgrade() {
+                let guard = Guard { inner };
+                let _ = guard.write_carried(guard.take_owed()).await;
+            }
+            return;
+        }
+        let mut delay = delay;
+        let mut backoff = RETRY_FIRST;
+        loop {
+            tokio::time::sleep(delay).await;
+            // Not holding the guard while asleep: its last clone may go meanwhile.
+            let Some(inner) = weak.upgrade() else {
+                return; // the guard's drop made the final attempt
+            };
+            let guard = Guard { inner };
+            if guard.write_carried(guard.take_owed()).await.is_err() {
+                delay = backoff;
+                backoff = (backoff * 2).min(RETRY_MAX);
+                continue;
+            }
+            guard.inner.flush_scheduled.store(false, Ordering::Release);
+            let more = lock(&guard.inner).len() > 0;
+            if !more || guard.inner.flush_scheduled.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            delay = guard
+                .inner
+                .config
+                .deferred_completion()
+                .unwrap_or(RETRY_FIRST);
+            backoff = RETRY_FIRST;
+        }
+    });
+}

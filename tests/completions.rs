@@ -1,0 +1,290 @@
+//! A succeeded handler's completion is never thrown away: not when the store blips, not
+//! when the circuit breaker is open, not when the run carrying deferred completions fails
+//! or is dropped; and a batch never starts a handler on a claim it knows is lost. Each
+//! test drives a real `MemoryStore` through a switchable fault layer on Tokio's paused
+//! clock.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventonce::{
+    async_trait, Claim, EventEnvelope, FailMode, Guard, GuardError, IdempotencyConfig,
+    IdempotencyStore, MemoryStore, Outcome, Record, RecordState, StoreError,
+};
+use serde_json::json;
+
+/// A `MemoryStore` whose calls can be made to fail or hang, per operation.
+#[derive(Clone, Default)]
+struct Faulty {
+    inner: MemoryStore,
+    fail_claims: Arc<AtomicBool>,
+    fail_completes: Arc<AtomicBool>,
+    hang_completes: Arc<AtomicBool>,
+    fail_extends: Arc<AtomicBool>,
+    completes: Arc<AtomicUsize>,
+}
+
+fn down(operation: &str) -> StoreError {
+    StoreError::Unavailable {
+        message: format!("{operation}: injected outage"),
+        source: None,
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for Faulty {
+    async fn try_claim(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        if self.fail_claims.load(Ordering::SeqCst) {
+            return Err(down("try_claim"));
+        }
+        self.inner.try_claim(key, owner, lease).await
+    }
+    async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.completes.fetch_add(1, Ordering::SeqCst);
+        if self.hang_completes.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if self.fail_completes.load(Ordering::SeqCst) {
+            return Err(down("complete"));
+        }
+        self.inner.complete(key, owner, ttl).await
+    }
+    async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
+        self.inner.release(key, owner).await
+    }
+    async fn extend(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
+        if self.fail_extends.load(Ordering::SeqCst) {
+            return Err(down("extend"));
+        }
+        self.inner.extend(key, owner, lease).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        self.inner.get(key).await
+    }
+}
+
+fn event(n: u32) -> EventEnvelope {
+    EventEnvelope::new("orders.created.v1", json!({"order": n})).with_event_id(format!("o-{n}"))
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn builder() -> eventonce::ConfigBuilder {
+    IdempotencyConfig::builder("orders")
+        .processing_ttl(LEASE)
+        .store_timeout(Duration::from_millis(200))
+        .circuit_breaker(1, Duration::from_secs(1))
+}
+
+async fn state(store: &Faulty, guard: &Guard, e: &EventEnvelope) -> Option<RecordState> {
+    let key = guard.key_for(e).expect("key");
+    store.inner.get(&key).await.expect("get").map(|r| r.state)
+}
+
+async fn ok<T>(v: T) -> Result<T, String> {
+    Ok(v)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_completion_refused_by_an_open_breaker_is_retried_until_written() {
+    for mode in [FailMode::Open, FailMode::Closed] {
+        let store = Faulty::default();
+        let guard = Guard::new(
+            store.clone(),
+            builder().on_store_error(mode).build().unwrap(),
+        );
+        let e = event(1);
+        // The handler finishes while the store refuses writes and the breaker opens.
+        let answer = guard
+            .run(&e, async {
+                store.fail_completes.store(true, Ordering::SeqCst);
+                ok("charged").await
+            })
+            .await;
+        assert_eq!(answer.ok(), Some(Outcome::Processed("charged")), "{mode:?}");
+        assert!(
+            guard.circuit_open(),
+            "the failed completion opened the breaker"
+        );
+        assert_eq!(
+            state(&store, &guard, &e).await,
+            Some(RecordState::Processing)
+        );
+        assert_eq!(guard.stats().completions_retried, 1);
+
+        // The store recovers; the completion is written without any new event.
+        store.fail_completes.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            state(&store, &guard, &e).await,
+            Some(RecordState::Completed),
+            "{mode:?}: the completion was retried and written"
+        );
+        // After the lease a redelivery is a duplicate, not a second run.
+        tokio::time::sleep(LEASE * 2).await;
+        let again = guard.run(&e, ok("twice")).await;
+        assert_eq!(again.ok(), Some(Outcome::Duplicate), "{mode:?}");
+        assert_eq!(guard.stats().completions_abandoned, 0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_completion_that_cannot_be_written_within_its_lease_is_counted_and_given_up() {
+    let store = Faulty::default();
+    let guard = Guard::new(store.clone(), builder().build().unwrap());
+    let e = event(2);
+    store.fail_completes.store(true, Ordering::SeqCst);
+    let answer = guard.run(&e, ok(())).await;
+    assert_eq!(answer.ok(), Some(Outcome::Processed(())));
+    tokio::time::sleep(LEASE * 2).await;
+    let stats = guard.stats();
+    assert_eq!(stats.completions_retried, 1);
+    assert_eq!(stats.completions_abandoned, 1, "{stats:?}");
+    let attempts = store.completes.load(Ordering::SeqCst);
+    assert!(attempts > 3, "retried with backoff: {attempts} attempts");
+    // Given up: no more attempts once the lease is over.
+    tokio::time::sleep(LEASE * 2).await;
+    assert_eq!(store.completes.load(Ordering::SeqCst), attempts);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deferred_completions_survive_a_failed_carrier() {
+    let store = Faulty::default();
+    let config = builder()
+        .defer_completion(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let guard = Guard::new(store.clone(), config);
+    let first = event(10);
+    assert_eq!(
+        guard.run(&first, ok(1)).await.ok(),
+        Some(Outcome::Processed(1))
+    );
+    // The next claim carries the deferred completion, and the store blips.
+    store.fail_completes.store(true, Ordering::SeqCst);
+    store.fail_claims.store(true, Ordering::SeqCst);
+    let second = event(11);
+    let answer = guard.run(&second, ok(2)).await;
+    assert_eq!(answer.ok(), Some(Outcome::Unprotected(2)));
+    store.fail_completes.store(false, Ordering::SeqCst);
+    store.fail_claims.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        state(&store, &guard, &first).await,
+        Some(RecordState::Completed),
+        "the completion the failed carrier took was put back and written"
+    );
+    tokio::time::sleep(LEASE * 2).await;
+    assert_eq!(
+        guard.run(&first, ok(3)).await.ok(),
+        Some(Outcome::Duplicate)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn deferred_completions_survive_a_dropped_carrier() {
+    let store = Faulty::default();
+    let config = builder()
+        .defer_completion(Duration::from_secs(5))
+        .store_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let guard = Guard::new(store.clone(), config);
+    let first = event(20);
+    assert_eq!(
+        guard.run(&first, ok(1)).await.ok(),
+        Some(Outcome::Processed(1))
+    );
+    // The carrier hangs in the store and the caller gives up on it (a shutdown, a
+    // `select!`, a timeout): its future is dropped mid-call.
+    store.hang_completes.store(true, Ordering::SeqCst);
+    let second = event(21);
+    let cut = tokio::time::timeout(Duration::from_millis(100), guard.run(&second, ok(2))).await;
+    assert!(cut.is_err(), "the carrier was dropped while it hung");
+    store.hang_completes.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        state(&store, &guard, &first).await,
+        Some(RecordState::Completed),
+        "the completion the dropped carrier took was put back and written"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn flush_failing_keeps_the_completions_for_later() {
+    let store = Faulty::default();
+    let config = builder()
+        .defer_completion(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let guard = Guard::new(store.clone(), config);
+    let e = event(30);
+    assert_eq!(
+        guard.run(&e, ok(())).await.ok(),
+        Some(Outcome::Processed(()))
+    );
+    store.fail_completes.store(true, Ordering::SeqCst);
+    assert!(guard.flush().await.is_err());
+    store.fail_completes.store(false, Ordering::SeqCst);
+    assert_eq!(
+        guard.flush().await.ok(),
+        Some(1),
+        "still queued after the failure"
+    );
+    assert_eq!(
+        state(&store, &guard, &e).await,
+        Some(RecordState::Completed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_never_starts_a_handler_on_a_claim_it_knows_is_lost() {
+    let store = Faulty::default();
+    let config = builder()
+        .batch_concurrency(1)
+        .circuit_breaker(0, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let guard = Guard::new(store.clone(), config);
+    let (a, b) = (event(40), event(41));
+    let key_b = guard.key_for(&b).expect("key");
+    let batch = [a.clone(), b.clone()];
+    let runs = Arc::new(AtomicUsize::new(0));
+    let answers = guard
+        .run_batch(&batch, |event| {
+            let (store, key_b, runs) = (store.clone(), key_b.clone(), Arc::clone(&runs));
+            let first = event.event_id == a.event_id;
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                if first {
+                    // Renewals fail for longer than the lease; consumer B takes e2 over.
+                    store.fail_extends.store(true, Ordering::SeqCst);
+                    tokio::time::sleep(LEASE + LEASE / 2).await;
+                    let taken = store
+                        .inner
+                        .try_claim(&key_b, "consumer-b", LEASE * 10)
+                        .await;
+                    assert_eq!(taken.ok(), Some(Claim::Acquired));
+                    store.fail_extends.store(false, Ordering::SeqCst);
+                    // The next renewal reports e2's claim lost.
+                    tokio::time::sleep(LEASE).await;
+                }
+                Ok::<_, String>(())
+            }
+        })
+        .await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "e2's handler never started");
+    assert!(
+        matches!(answers[1], Err(GuardError::InProgress)),
+        "e2 is redelivered, not committed: {:?}",
+        answers[1].as_ref().map(|_| ())
+    );
+    let record = store.inner.get(&key_b).await.expect("get").expect("record");
+    assert_eq!(record.state, RecordState::Processing, "B's claim is intact");
+}
