@@ -190,9 +190,22 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
 
     async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
         let started = Instant::now();
-        let done = self.inner.complete_many(completions).await?;
-        self.remember(completions, &done, started);
-        Ok(done)
+        match self.inner.complete_many(completions).await {
+            Ok(done) => {
+                self.remember(completions, &done, started);
+                Ok(done)
+            }
+            Err(err) => {
+                // Remember the completions a partial answer says were written.
+                let written: Vec<bool> = err
+                    .answers(completions.len())
+                    .into_iter()
+                    .map(|a| a == Some(true))
+                    .collect();
+                self.remember(completions, &written, started);
+                Err(err)
+            }
+        }
     }
 
     async fn release_many(&self, keys: &[String], owner: &str) -> Result<Vec<bool>, StoreError> {
@@ -214,12 +227,12 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
         key: &str,
         owner: &str,
         lease: Duration,
-    ) -> Result<(Vec<bool>, Claim), StoreError> {
+    ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
         if self.cached(key) {
             let done = if completions.is_empty() {
-                Vec::new()
+                Ok(Vec::new())
             } else {
-                self.complete_many(completions).await?
+                self.complete_many(completions).await
             };
             return Ok((done, Claim::Completed));
         }
@@ -228,7 +241,9 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
             .inner
             .complete_then_claim(completions, key, owner, lease)
             .await?;
-        self.remember(completions, &done, started);
+        if let Ok(done) = &done {
+            self.remember(completions, done, started);
+        }
         Ok((done, claim))
     }
 

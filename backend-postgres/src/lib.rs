@@ -734,7 +734,7 @@ impl IdempotencyStore for PostgresStore {
         key: &str,
         owner: &str,
         lease: Duration,
-    ) -> Result<(Vec<bool>, Claim), StoreError> {
+    ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
         check_complete_then_claim(completions, key, owner, lease)?;
         let (keys, owners, ttls) = completion_columns(completions);
         let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_then_claim)))
@@ -762,7 +762,8 @@ impl IdempotencyStore for PostgresStore {
             }
         }
         let done = completions.iter().map(|c| done.contains(&c.key)).collect();
-        Ok((done, claim_from_code(key, code)?))
+        // One statement: the completions and the claim succeed or fail together.
+        Ok((Ok(done), claim_from_code(key, code)?))
     }
 
     fn backend_name(&self) -> &'static str {

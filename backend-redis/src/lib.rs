@@ -28,7 +28,7 @@ use eventonce_core::{
     check_arguments, check_batch, check_complete_then_claim, check_completions, AdminStore, Claim,
     Completion, IdempotencyStore, ListedRecord, Record, RecordPage, RecordState, StoreError,
 };
-use futures_util::future::{join_all, try_join_all};
+use futures_util::future::join_all;
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
@@ -418,6 +418,35 @@ impl RedisStore {
         matches!(self.conn, Conn::Cluster(_))
     }
 
+    /// `try_claim_many` on a cluster: every key claimed on its own node, all answered
+    /// (none cancelled by another's failure). When one fails, the claims acquired on the
+    /// healthy nodes are released before the failure is reported, so no claim of a batch
+    /// that answered with an error is left to block redeliveries for a lease.
+    async fn cluster_claim_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let results = join_all(keys.iter().map(|k| self.try_claim(k, owner, lease))).await;
+        if results.iter().all(Result::is_ok) {
+            return Ok(results.into_iter().flatten().collect());
+        }
+        let acquired: Vec<&String> = keys
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| matches!(r, Ok(Claim::Acquired)))
+            .map(|(k, _)| k)
+            .collect();
+        // Owner-checked: only this call's own claims go. One that cannot be released (its
+        // node failed meanwhile) expires after the lease.
+        join_all(acquired.into_iter().map(|k| self.release(k, owner))).await;
+        let mut failures = results.into_iter().filter_map(Result::err);
+        Err(failures.next().unwrap_or(StoreError::InvalidArgument(
+            "no failure in a failed batch".into(),
+        )))
+    }
+
     /// One `SETTLE` call: completions, then claims, in one round trip.
     async fn settle(
         &self,
@@ -646,7 +675,7 @@ impl IdempotencyStore for RedisStore {
             return Ok(Vec::new());
         }
         if self.is_cluster() {
-            return try_join_all(keys.iter().map(|k| self.try_claim(k, owner, lease))).await;
+            return self.cluster_claim_many(keys, owner, lease).await;
         }
         let claims: Vec<&str> = keys.iter().map(String::as_str).collect();
         let codes = self.settle(&[], &claims, owner, lease).await?;
@@ -662,12 +691,15 @@ impl IdempotencyStore for RedisStore {
             return Ok(Vec::new());
         }
         if self.is_cluster() {
-            return try_join_all(
-                completions
-                    .iter()
-                    .map(|c| self.complete(&c.key, &c.owner, c.ttl)),
-            )
-            .await;
+            // Every key's call is sent and answered, whatever another shard does.
+            return per_key(
+                join_all(
+                    completions
+                        .iter()
+                        .map(|c| self.complete(&c.key, &c.owner, c.ttl)),
+                )
+                .await,
+            );
         }
         let codes = self.settle(completions, &[], "", Duration::ZERO).await?;
         Ok(codes.into_iter().map(|c| c == 1).collect())
@@ -679,7 +711,7 @@ impl IdempotencyStore for RedisStore {
             return Ok(Vec::new());
         }
         if self.is_cluster() {
-            return try_join_all(keys.iter().map(|k| self.release(k, owner))).await;
+            return per_key(join_all(keys.iter().map(|k| self.release(k, owner))).await);
         }
         self.flags_many(&RELEASE_MANY, keys, owner, None).await
     }
@@ -695,7 +727,7 @@ impl IdempotencyStore for RedisStore {
             return Ok(Vec::new());
         }
         if self.is_cluster() {
-            return try_join_all(keys.iter().map(|k| self.extend(k, owner, lease))).await;
+            return per_key(join_all(keys.iter().map(|k| self.extend(k, owner, lease))).await);
         }
         self.flags_many(&EXTEND_MANY, keys, owner, Some(lease))
             .await
@@ -707,11 +739,13 @@ impl IdempotencyStore for RedisStore {
         key: &str,
         owner: &str,
         lease: Duration,
-    ) -> Result<(Vec<bool>, Claim), StoreError> {
+    ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
         check_complete_then_claim(completions, key, owner, lease)?;
         if self.is_cluster() {
             // Different slots: the completions and the claim go out at once, on their
             // own nodes; the claim's key is not among the completions, so order is moot.
+            // Each half's answer stands on its own: a claim acquired is returned even when
+            // a completion failed.
             let done = join_all(
                 completions
                     .iter()
@@ -719,17 +753,41 @@ impl IdempotencyStore for RedisStore {
             );
             let (done, claim) =
                 futures_util::future::join(done, self.try_claim(key, owner, lease)).await;
-            let done = done.into_iter().collect::<Result<Vec<_>, _>>()?;
-            return Ok((done, claim?));
+            return Ok((per_key(done), claim?));
         }
         let mut codes = self.settle(completions, &[key], owner, lease).await?;
         let claim = claim_from_code(key, codes.pop().unwrap_or_default())?;
-        Ok((codes.into_iter().map(|c| c == 1).collect(), claim))
+        Ok((Ok(codes.into_iter().map(|c| c == 1).collect()), claim))
     }
 
     fn backend_name(&self) -> &'static str {
         "redis"
     }
+}
+
+/// Per-key answers of a batch sent key by key (a cluster): all of them, or
+/// [`StoreError::Partial`] with the answers that came and the first failure.
+fn per_key(results: Vec<Result<bool, StoreError>>) -> Result<Vec<bool>, StoreError> {
+    if results.iter().all(Result::is_ok) {
+        return Ok(results.into_iter().flatten().collect());
+    }
+    let mut error = None;
+    let answers = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(answer) => Some(answer),
+            Err(err) => {
+                error.get_or_insert(err);
+                None
+            }
+        })
+        .collect();
+    Err(StoreError::Partial {
+        answers,
+        error: Box::new(error.unwrap_or(StoreError::InvalidArgument(
+            "no failure in a failed batch".into(),
+        ))),
+    })
 }
 
 /// A `SCAN ... MATCH` pattern matching exactly the keys that start with `scope`.

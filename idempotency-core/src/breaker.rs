@@ -136,10 +136,11 @@ impl Breaker {
 }
 
 fn counts_as_outage(err: &StoreError) -> bool {
-    matches!(
-        err,
-        StoreError::Unavailable { .. } | StoreError::Timeout { .. }
-    )
+    match err {
+        StoreError::Unavailable { .. } | StoreError::Timeout { .. } => true,
+        StoreError::Partial { error, .. } => counts_as_outage(error),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -1099,7 +1099,10 @@ pub async fn complete_then_claim_completes_then_claims(f: &impl StoreFactory) {
         )
         .await
         .expect("complete then claim");
-    assert_eq!((done, claim), (vec![true, false], Claim::Acquired));
+    assert_eq!(
+        (done.ok(), claim),
+        (Some(vec![true, false]), Claim::Acquired)
+    );
     assert_eq!(
         record(&s1, &done_key).await.expect("done").state,
         RecordState::Completed
@@ -1117,7 +1120,7 @@ pub async fn complete_then_claim_completes_then_claims(f: &impl StoreFactory) {
         .complete_then_claim(&[], &done_key, "d", LONG)
         .await
         .expect("claim only");
-    assert_eq!((done, claim), (vec![], Claim::Completed));
+    assert_eq!((done.ok(), claim), (Some(vec![]), Claim::Completed));
 }
 
 /// A key twice in one batch call is refused: it has no well-defined answer.
@@ -1761,7 +1764,7 @@ impl<S: IdempotencyStore + 'static> IdempotencyStore for FaultyStore<S> {
         key: &str,
         owner: &str,
         lease: Duration,
-    ) -> Result<(Vec<bool>, Claim), StoreError> {
+    ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
         self.gate().await?;
         self.inner
             .complete_then_claim(completions, key, owner, lease)

@@ -199,6 +199,16 @@ pub enum StoreError {
     /// lease).
     #[error("invalid store argument: {0}")]
     InvalidArgument(String),
+    /// A batch call (`complete_many`, `release_many`, `extend_many`) reached only part of
+    /// the store, as on a Redis Cluster with one failing shard: `answers[i]` is the answer
+    /// for the call's i-th key, `None` where that key's call failed with `error`.
+    #[error("{failed} of {total} keys of the batch failed: {error}", failed = answers.iter().filter(|a| a.is_none()).count(), total = answers.len())]
+    Partial {
+        /// Each key's answer, in the call's order; `None` where it failed.
+        answers: Vec<Option<bool>>,
+        /// The first failure.
+        error: Box<StoreError>,
+    },
 }
 
 impl StoreError {
@@ -222,6 +232,19 @@ impl StoreError {
                 detail: detail.clone(),
             },
             StoreError::InvalidArgument(m) => StoreError::InvalidArgument(m.clone()),
+            StoreError::Partial { answers, error } => StoreError::Partial {
+                answers: answers.clone(),
+                error: Box::new(error.again()),
+            },
+        }
+    }
+
+    /// Each key's answer of a batch call of `n` keys that returned this error: all `None`,
+    /// except the keys a [`StoreError::Partial`] has answers for.
+    pub fn answers(&self, n: usize) -> Vec<Option<bool>> {
+        match self {
+            StoreError::Partial { answers, .. } if answers.len() == n => answers.clone(),
+            _ => vec![None; n],
         }
     }
 

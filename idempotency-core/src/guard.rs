@@ -681,13 +681,14 @@ impl Guard {
                     .await;
                 match answer {
                     Ok((done, claim)) => {
-                        let completions = owed.written();
-                        self.log_written(&completions, &done).await;
+                        // The claim stands whatever became of the completions.
+                        let _ = self.settle_carried(owed, done).await;
                         Ok(claim)
                     }
                     Err(err) => {
-                        self.log_unwritten(owed.completions().len(), &err);
-                        drop(owed);
+                        // Nothing known of the completions: all go back to the queue (a
+                        // retry of one that was written finds it completed).
+                        let _ = self.settle_carried(owed, Err(err.again())).await;
                         Err(err)
                     }
                 }

@@ -110,7 +110,9 @@ pub trait IdempotencyStore: Send + Sync {
 
     /// Completes each of `completions` as [`complete`](IdempotencyStore::complete) does
     /// for one, and returns whether each was still held by its owner, in order. The default
-    /// calls `complete` for each in turn; the keys must be distinct.
+    /// calls `complete` for each in turn; the keys must be distinct. A store that can fail
+    /// for some keys and not others (a Redis Cluster) answers [`StoreError::Partial`] with
+    /// each key's answer, the same for `release_many` and `extend_many`.
     async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
         check_many(completions.iter().map(|c| c.key.as_str()))?;
         let mut done = Vec::with_capacity(completions.len());
@@ -151,8 +153,11 @@ pub trait IdempotencyStore: Send + Sync {
 
     /// Completes `completions`, then claims `key`: the deferred completions of earlier
     /// events travel with the next claim. Returns what [`complete_many`] and
-    /// [`try_claim`] would. Backends that can do both in one round trip override it; the
-    /// default makes the two calls. `key` must not be one of the completions' keys.
+    /// [`try_claim`] would, each half on its own: the completions' answers (or their
+    /// error) beside the claim. `Err` means the claim failed, and with it nothing is known
+    /// of the completions. A claim acquired is always returned, never dropped for a failed
+    /// completion. Backends that can do both in one round trip override it; the default
+    /// makes the two calls. `key` must not be one of the completions' keys.
     ///
     /// [`complete_many`]: IdempotencyStore::complete_many
     /// [`try_claim`]: IdempotencyStore::try_claim
@@ -162,12 +167,12 @@ pub trait IdempotencyStore: Send + Sync {
         key: &str,
         owner: &str,
         lease: Duration,
-    ) -> Result<(Vec<bool>, Claim), StoreError> {
+    ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
         check_complete_then_claim(completions, key, owner, lease)?;
         let done = if completions.is_empty() {
-            Vec::new()
+            Ok(Vec::new())
         } else {
-            self.complete_many(completions).await?
+            self.complete_many(completions).await
         };
         let claim = self.try_claim(key, owner, lease).await?;
         Ok((done, claim))
@@ -298,7 +303,7 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
         key: &str,
         owner: &str,
         lease: Duration,
-    ) -> Result<(Vec<bool>, Claim), StoreError> {
+    ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
         (**self)
             .complete_then_claim(completions, key, owner, lease)
             .await

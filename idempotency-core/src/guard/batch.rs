@@ -276,20 +276,29 @@ impl Guard {
 
         // Completions the store did not take are owed: kept and retried until written or
         // their lease ends.
+        // A partial failure (a cluster shard) answers for some keys: exactly the others
+        // are owed.
         let mut completed = match completed {
-            Ok(flags) => flags,
+            Ok(flags) => flags.into_iter().map(Some).collect::<Vec<_>>(),
             Err(err) => {
                 bump(&self.inner.counters.store_errors);
-                for completion in completions {
-                    self.owe(completion, config.processing_ttl(), Some(&err));
+                let answers = err.answers(completions.len());
+                for (completion, answer) in completions.into_iter().zip(&answers) {
+                    if answer.is_none() {
+                        self.owe(completion, config.processing_ttl(), Some(&err));
+                    }
                 }
-                Vec::new()
+                answers
             }
         }
         .into_iter();
         let mut released = match released {
             Ok(flags) => flags.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(err) => releases.iter().map(|_| Err(err.again())).collect(),
+            Err(err) => err
+                .answers(releases.len())
+                .into_iter()
+                .map(|a| a.ok_or_else(|| err.again()))
+                .collect(),
         }
         .into_iter();
         let mut panic = None;
@@ -300,8 +309,9 @@ impl Guard {
             answers[i] = Some(match ended {
                 Some(Ok(Ok(value))) => {
                     match completed.next() {
-                        Some(done) => self.log_completion(ctx, Some(Ok(done))),
-                        None => bump(&self.inner.counters.processed), // owed, logged above
+                        Some(Some(done)) => self.log_completion(ctx, Some(Ok(done))),
+                        // Owed and logged above (or an answer missing: counted all the same).
+                        _ => bump(&self.inner.counters.processed),
                     }
                     Ok(Outcome::Processed(value))
                 }
@@ -409,18 +419,16 @@ impl Guard {
                         let keys: Vec<String> =
                             slots.iter().map(|&s| pending.keys[s].clone()).collect();
                         let asked = tokio::time::Instant::now();
-                        match self.renew_batch(keys, &pending.owner, lease).await {
-                            Some(renewed) => {
-                                confirmed = asked;
-                                for (&slot, renewed) in slots.iter().zip(renewed) {
-                                    if !renewed {
-                                        lost[slot] = true;
-                                    }
-                                }
-                                renewing = slots.iter().any(|&s| !lost[s]);
-                            }
-                            None => {} // nothing learned; `confirmed` stays
+                        let renewed = self.renew_batch(keys, &pending.owner, lease).await;
+                        if renewed.iter().all(Option::is_some) {
+                            confirmed = asked;
                         }
+                        for (&slot, renewed) in slots.iter().zip(renewed) {
+                            if renewed == Some(false) {
+                                lost[slot] = true;
+                            }
+                        }
+                        renewing = slots.iter().any(|&s| !lost[s]);
                     }
                 }
             }
@@ -441,15 +449,15 @@ impl Guard {
     }
 
     /// Renews the claims of the batch whose handlers have not ended: for each key, whether
-    /// it is still ours, or `None` when the call failed (nothing learned).
+    /// it is still ours, or `None` where its renewal failed (nothing learned).
     async fn renew_batch(
         &self,
         keys: Vec<String>,
         owner: &str,
         lease: Duration,
-    ) -> Option<Vec<bool>> {
+    ) -> Vec<Option<bool>> {
         if keys.is_empty() {
-            return Some(Vec::new());
+            return Vec::new();
         }
         let renewed = self
             .timed(
@@ -458,21 +466,8 @@ impl Guard {
             )
             .await;
         let service = self.inner.config.service_name();
-        match renewed {
-            Ok(flags) => {
-                for (key, renewed) in keys.iter().zip(&flags) {
-                    if !renewed {
-                        bump(&self.inner.counters.claims_lost);
-                        tracing::error!(
-                            service,
-                            key = key.as_str(),
-                            action = "lease_lost",
-                            "LEASE_LOST: The claim expired while the handler ran; another consumer may process the event"
-                        );
-                    }
-                }
-                Some(flags)
-            }
+        let answers = match renewed {
+            Ok(flags) => flags.into_iter().map(Some).collect(),
             Err(err) => {
                 bump(&self.inner.counters.store_errors);
                 tracing::warn!(
@@ -482,9 +477,21 @@ impl Guard {
                     error = %err,
                     "STORE_ERROR: Renewing the batch's claim leases failed; will retry"
                 );
-                None
+                err.answers(keys.len())
+            }
+        };
+        for (key, renewed) in keys.iter().zip(&answers) {
+            if *renewed == Some(false) {
+                bump(&self.inner.counters.claims_lost);
+                tracing::error!(
+                    service,
+                    key = key.as_str(),
+                    action = "lease_lost",
+                    "LEASE_LOST: The claim expired while the handler ran; another consumer may process the event"
+                );
             }
         }
+        answers
     }
 
     /// The claim call of a batch failed: answers every event per the fail mode (those

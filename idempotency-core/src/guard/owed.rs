@@ -139,7 +139,8 @@ impl Guard {
     }
 
     /// Writes `carried` in one call (not refused by an open breaker: a success there
-    /// closes it). On failure they go back to the queue and the error is returned.
+    /// closes it). Those the store did not take go back to the queue, and the error is
+    /// returned.
     pub(super) async fn write_carried(&self, carried: Carried) -> Result<usize, StoreError> {
         if carried.is_empty() {
             return Ok(0);
@@ -150,15 +151,42 @@ impl Guard {
                 self.inner.store.complete_many(carried.completions()),
             )
             .await;
+        self.settle_carried(carried, done).await
+    }
+
+    /// Settles `carried` with the store's answer: the completions it answered for are
+    /// logged (a `StoreError::Partial` answers for some), the rest go back to the queue.
+    pub(super) async fn settle_carried(
+        &self,
+        mut carried: Carried,
+        done: Result<Vec<bool>, StoreError>,
+    ) -> Result<usize, StoreError> {
         match done {
             Ok(flags) => {
                 let completions = carried.written();
-                let n = completions.len();
                 self.log_written(&completions, &flags).await;
-                Ok(n)
+                Ok(completions.len())
             }
             Err(err) => {
-                self.log_unwritten(carried.completions().len(), &err);
+                let answers = err.answers(carried.owed.len());
+                let mut answered = Vec::new();
+                let mut flags = Vec::new();
+                let mut rest = OwedQueue::default();
+                let owed = std::mem::take(&mut carried.owed);
+                for ((completion, until), answer) in
+                    owed.completions.into_iter().zip(owed.until).zip(answers)
+                {
+                    match answer {
+                        Some(flag) => {
+                            answered.push(completion);
+                            flags.push(flag);
+                        }
+                        None => rest.push(completion, until),
+                    }
+                }
+                self.log_unwritten(rest.len(), &err);
+                self.log_written(&answered, &flags).await;
+                carried.owed = rest; // put back by the drop
                 drop(carried);
                 Err(err)
             }
