@@ -672,3 +672,197 @@ fn admin_commands_take_their_store_from_the_environment() {
         "{pg_only:?}"
     );
 }
+
+/// A loopback port nothing listens on: bound, then released.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A port whose server answers `HTTP/1.1 400 Bad Request` to anything (an HTTP port given
+/// by mistake), or, `silent`, accepts connections and never answers.
+fn fake_server(silent: bool) -> u16 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut socket in listener.incoming().flatten() {
+            if silent {
+                held.push(socket);
+                continue;
+            }
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf);
+                let _ = socket.write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn connection_failures_name_the_target_the_cause_and_what_to_check() {
+    let closed = closed_port();
+    let http = fake_server(false);
+    let silent = fake_server(true);
+    let redis_port = redis_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(6379);
+    let pw = "s3cret-pw";
+    // (flag, URL, words the message must hold, whether it must fail fast)
+    let cases: Vec<(&str, String, Vec<String>, bool)> = vec![
+        (
+            "--postgres",
+            format!("postgres://postgres:{pw}@127.0.0.1:{closed}/test"),
+            vec![
+                format!("cannot connect to PostgreSQL at postgres://postgres:***@127.0.0.1:{closed}/test"),
+                "connection refused".into(),
+                "check that PostgreSQL is running".into(),
+            ],
+            true,
+        ),
+        (
+            "--postgres",
+            format!("redis://:{pw}@127.0.0.1:{redis_port}"),
+            vec![
+                format!("invalid PostgreSQL URL redis://:***@127.0.0.1:{redis_port}"),
+                "Redis'".into(),
+                "expected postgres://".into(),
+            ],
+            true,
+        ),
+        (
+            "--postgres",
+            format!("postgres://postgres@127.0.0.1:{redis_port}/test"),
+            vec![
+                format!("cannot connect to PostgreSQL at postgres://postgres@127.0.0.1:{redis_port}/test"),
+                "no answer within 3s".into(),
+                format!("127.0.0.1:{redis_port} is a PostgreSQL server"),
+            ],
+            false,
+        ),
+        (
+            "--postgres",
+            format!("postgres://postgres@127.0.0.1:{http}/test"),
+            vec![
+                "not a PostgreSQL server".into(),
+                "is this the right port?".into(),
+            ],
+            true,
+        ),
+        (
+            "--postgres",
+            format!("postgres://postgres@127.0.0.1:{silent}/test"),
+            vec![
+                format!("cannot connect to PostgreSQL at postgres://postgres@127.0.0.1:{silent}/test"),
+                "no answer within 3s".into(),
+            ],
+            false,
+        ),
+        (
+            "--postgres",
+            "not a url".into(),
+            vec![
+                "invalid PostgreSQL URL not a url".into(),
+                "relative URL without a base".into(),
+            ],
+            true,
+        ),
+        (
+            "--postgres",
+            format!("{}?sslmode=require", postgres_url()),
+            vec!["sslmode=require".into(), "the URL requires TLS".into()],
+            true,
+        ),
+        (
+            "--redis",
+            format!("redis://:{pw}@127.0.0.1:{closed}/0"),
+            vec![
+                format!("cannot connect to Redis at redis://:***@127.0.0.1:{closed}/0"),
+                "connection refused".into(),
+                "check that Redis is running".into(),
+            ],
+            true,
+        ),
+        (
+            "--redis",
+            format!("redis://:{pw}@127.0.0.1:{http}"),
+            vec![
+                format!("cannot connect to Redis at redis://:***@127.0.0.1:{http}"),
+                "not a Redis server".into(),
+                "is this the right port?".into(),
+            ],
+            true,
+        ),
+        (
+            "--redis",
+            format!("redis://:{pw}@127.0.0.1:{silent}"),
+            vec![
+                format!("cannot connect to Redis at redis://:***@127.0.0.1:{silent}"),
+                "no answer within 3s".into(),
+            ],
+            false,
+        ),
+        (
+            "--redis",
+            "not a url".into(),
+            vec![
+                "invalid Redis URL not a url".into(),
+                "relative URL without a base".into(),
+                "expected redis://".into(),
+            ],
+            true,
+        ),
+        (
+            "--redis",
+            format!("redis://:{pw}@127.0.0.1:port/0"),
+            vec![
+                "invalid Redis URL redis://:***@127.0.0.1:port/0".into(),
+                "invalid port number".into(),
+            ],
+            true,
+        ),
+    ];
+    // All at once: the silent ports take their 3 s each.
+    let runs: Vec<_> = cases
+        .into_iter()
+        .map(|(flag, url, words, fast)| {
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let run = eventonce(&["keys", flag, &url], "");
+                (flag, url, words, fast, run, started.elapsed())
+            })
+        })
+        .collect();
+    for handle in runs {
+        let (flag, url, words, fast, run, took) = handle.join().expect("case");
+        let shown = format!("{flag} {url}: exit {}, {took:?}\n{}", run.code, run.stderr);
+        println!("{shown}");
+        assert_eq!(run.code, 2, "{shown}");
+        assert!(run.stderr.starts_with("error: "), "{shown}");
+        assert_eq!(run.stderr.lines().count(), 1, "one line: {shown}");
+        for word in &words {
+            assert!(
+                run.stderr.contains(word.as_str()),
+                "{word:?} missing: {shown}"
+            );
+        }
+        assert!(!run.stderr.contains(pw), "password shown: {shown}");
+        assert!(!run.stderr.contains("0ns"), "{shown}");
+        assert!(!run.stderr.contains("store unavailable"), "{shown}");
+        if fast {
+            assert!(took < Duration::from_secs(2), "not fast: {shown}");
+        } else {
+            assert!(took < Duration::from_secs(6), "{shown}");
+        }
+    }
+}

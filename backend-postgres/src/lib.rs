@@ -13,18 +13,19 @@
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use eventonce_core::{
-    check_arguments, check_batch, check_complete_then_claim, check_completions, AdminStore, Claim,
-    Completion, IdempotencyStore, ListedRecord, Record, RecordPage, RecordState, StoreError,
-    TransactionalStore,
+    check_arguments, check_batch, check_complete_then_claim, check_completions, redact_url,
+    AdminStore, Claim, Completion, IdempotencyStore, ListedRecord, Record, RecordPage, RecordState,
+    StoreError, TransactionalStore,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Postgres, Row, SqlSafeStr, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Connection, Postgres, Row, SqlSafeStr, Transaction};
 
 /// The transaction a handler gets (and hands back) in `Guard::run_in_transaction`.
 pub type PgTx = Transaction<'static, Postgres>;
@@ -43,7 +44,8 @@ pub struct PostgresOptions {
     pub table: String,
     /// Connections of the pool [`PostgresStore::connect_with`] opens. Default 10.
     pub max_connections: u32,
-    /// How long waiting for a pooled connection may take. Default 5 s.
+    /// How long opening the first connection (at connect) and then waiting for a pooled
+    /// connection may take. Default 5 s.
     pub acquire_timeout: Duration,
 }
 
@@ -74,6 +76,12 @@ impl PostgresOptions {
     /// Sets the pool size.
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n;
+        self
+    }
+
+    /// Sets the acquire timeout (the first connection's, then the pool's).
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
         self
     }
 }
@@ -305,17 +313,191 @@ fn valid_identifier(name: &str) -> bool {
         && !name.as_bytes()[0].is_ascii_digit()
 }
 
-fn db_error(context: &str, err: sqlx::Error) -> StoreError {
+/// A sqlx error as a store error. `acquire_timeout` is the pool's: a pool that found no
+/// connection in time says how long it waited.
+fn db_error(context: &str, err: sqlx::Error, acquire_timeout: Duration) -> StoreError {
     match err {
         sqlx::Error::PoolTimedOut => StoreError::Timeout {
             operation: "acquire a connection",
-            timeout: Duration::ZERO,
+            timeout: acquire_timeout,
         },
         err => StoreError::Unavailable {
             message: format!("{context}: {}", describe(&err)),
             source: Some(Box::new(err)),
         },
     }
+}
+
+/// The form of a PostgreSQL URL, for messages about one.
+const URL_FORM: &str =
+    "expected postgres://[user[:password]@]host[:port]/database[?sslmode=disable|prefer|require]";
+
+/// Reads `url` as PostgreSQL connection options, or says what is wrong with it: the
+/// parser's complaint, a scheme that is not PostgreSQL's (a Redis URL, for one), or an
+/// invalid setting.
+fn parse_url(url: &str) -> Result<PgConnectOptions, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("{e}; {URL_FORM}"))?;
+    match parsed.scheme() {
+        "postgres" | "postgresql" => {}
+        scheme @ ("redis" | "rediss" | "valkey" | "valkeys") => {
+            return Err(format!(
+                "the scheme {scheme}:// is Redis', not PostgreSQL's; {URL_FORM}"
+            ))
+        }
+        scheme => {
+            return Err(format!(
+                "the scheme {scheme}:// is not PostgreSQL's; {URL_FORM}"
+            ))
+        }
+    }
+    PgConnectOptions::from_str(url).map_err(|e| match e {
+        sqlx::Error::Configuration(why) => format!("{why}; {URL_FORM}"),
+        other => describe(&other),
+    })
+}
+
+/// The passwords in `url` (the user information's and a `password` parameter's), raw
+/// and decoded, to mask in messages.
+fn passwords_of(url: &str) -> Vec<String> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Vec::new();
+    };
+    let mut found: Vec<String> = parsed.password().map(str::to_owned).into_iter().collect();
+    found.extend(
+        parsed
+            .query_pairs()
+            .filter(|(k, _)| k.to_ascii_lowercase().contains("password"))
+            .map(|(_, v)| v.into_owned()),
+    );
+    let decoded: Vec<String> = found
+        .iter()
+        .filter_map(|p| {
+            url::form_urlencoded::parse(format!("p={p}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+        })
+        .collect();
+    found.extend(decoded);
+    found.retain(|p| !p.is_empty());
+    found
+}
+
+/// `message` with every password of the URL masked.
+fn scrub(mut message: String, passwords: &[String]) -> String {
+    for p in passwords {
+        message = message.replace(p.as_str(), "***");
+    }
+    message
+}
+
+/// Why the first connection failed, in words, and what to check.
+fn explain_connect(err: &sqlx::Error, address: &str) -> String {
+    use std::io::ErrorKind;
+    match err {
+        sqlx::Error::Io(io) if io.kind() == ErrorKind::ConnectionRefused => format!(
+            "connection refused: nothing listens on {address}; check that PostgreSQL is running there and that the host and port are right"
+        ),
+        sqlx::Error::Io(io) if io.kind() == ErrorKind::NotFound => format!(
+            "no socket at {address} ({io}); check that PostgreSQL is running and the socket directory"
+        ),
+        sqlx::Error::Io(io)
+            if matches!(
+                io.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::InvalidData
+            ) =>
+        {
+            format!(
+                "not a PostgreSQL server: {address} answered in another protocol, or closed the connection (i/o error: {io}); is this the right port?"
+            )
+        }
+        sqlx::Error::Protocol(p) => format!(
+            "not a PostgreSQL server: {address} answered in another protocol ({p}); is this the right port?"
+        ),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or(Cow::Borrowed("?"));
+            let hint = match code.as_ref() {
+                "28P01" => "; check the user and password in the URL",
+                "28000" => "; check the user, and that the server's pg_hba.conf lets it in from here",
+                "3D000" => "; check the database name (the URL's path)",
+                "57P03" => "; the server is starting or stopping: try again shortly",
+                "53300" => "; the server has no connection left: lower max_connections somewhere",
+                _ => "",
+            };
+            format!(
+                "the server refused the connection: {} (SQLSTATE {code}){hint}",
+                db.message()
+            )
+        }
+        sqlx::Error::Tls(tls) => {
+            let text = tls.to_string();
+            if text.contains("without TLS support") {
+                "the URL requires TLS (sslmode=require, verify-ca or verify-full), but this build of eventonce-postgres has no TLS support; connect without TLS (sslmode=disable or prefer) or through a TLS tunnel".to_owned()
+            } else if text.contains("does not support TLS") {
+                format!(
+                    "the URL requires TLS (sslmode=require, verify-ca or verify-full), but the server at {address} does not offer it ({text}); enable ssl on the server or change sslmode"
+                )
+            } else {
+                format!(
+                    "TLS handshake failed ({text}); check the server's certificate and the URL's sslmode and sslrootcert"
+                )
+            }
+        }
+        sqlx::Error::Configuration(why) => format!("invalid connection settings: {why}"),
+        other => describe(other),
+    }
+}
+
+/// Opens one connection by itself, bounded by `timeout`, so that the cause of a failure is
+/// reported: the pool retries a refused connection until its acquire timeout and then
+/// reports only that timeout. Returns the options to open the pool with.
+async fn first_connection(url: &str, timeout: Duration) -> Result<PgConnectOptions, StoreError> {
+    let target = redact_url(url);
+    let passwords = passwords_of(url);
+    let connect_options = parse_url(url).map_err(|why| StoreError::Unavailable {
+        message: scrub(
+            format!("invalid PostgreSQL URL {target}: {why}"),
+            &passwords,
+        ),
+        source: None,
+    })?;
+    let address = match connect_options.get_socket() {
+        Some(dir) => format!("{}/.s.PGSQL.{}", dir.display(), connect_options.get_port()),
+        None => format!(
+            "{}:{}",
+            connect_options.get_host(),
+            connect_options.get_port()
+        ),
+    };
+    let (why, source): (String, Option<eventonce_core::BoxError>) =
+        match tokio::time::timeout(timeout, PgConnection::connect_with(&connect_options)).await {
+            Ok(Ok(conn)) => {
+                // Terminate politely; a server that hangs now is the pool's concern.
+                let _ = tokio::time::timeout(timeout, conn.close()).await;
+                return Ok(connect_options);
+            }
+            Ok(Err(err)) => {
+                let why = explain_connect(&err, &address);
+                let source = scrub(err.to_string(), &passwords);
+                (why, Some(source.into()))
+            }
+            Err(_) => (
+                format!(
+                    "no answer within {timeout:?} (the connection was not accepted, or nothing answered on it); check the host and port, and that {address} is a PostgreSQL server"
+                ),
+                None,
+            ),
+        };
+    Err(StoreError::Unavailable {
+        message: scrub(
+            format!("cannot connect to PostgreSQL at {target}: {why}"),
+            &passwords,
+        ),
+        source,
+    })
 }
 
 /// A description of a sqlx error that carries no connection string.
@@ -349,20 +531,20 @@ impl PostgresStore {
     }
 
     /// Connects with `options` and runs the migration.
+    ///
+    /// The first connection is opened by itself, within `options.acquire_timeout`, so that
+    /// a failure says what was tried (the URL, password masked), what happened and what to
+    /// check: connection refused (at once), no answer, not a PostgreSQL server, a refusal
+    /// by the server (password, database, `pg_hba.conf`), TLS, an invalid URL.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            .connect(url)
-            .await
-            .map_err(|e| db_error("cannot connect to PostgreSQL", e))?;
-        let store = Self::from_pool_with(pool, options)?;
+        let store = Self::connect_existing(url, options).await?;
         store.migrate().await?;
         Ok(store)
     }
 
     /// Connects with `options` without running the migration: for tools that only read
     /// (or remove) records in an existing table, such as the `eventonce` admin commands.
+    /// Failures are told as [`connect_with`](Self::connect_with) tells them.
     ///
     /// ```no_run
     /// use eventonce_core::AdminStore;
@@ -379,12 +561,13 @@ impl PostgresStore {
     /// # }
     /// ```
     pub async fn connect_existing(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        // The names first: a bad one needs no connection to be refused.
+        Self::check_names(&options)?;
+        let connect_options = first_connection(url, options.acquire_timeout).await?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
-            .connect(url)
-            .await
-            .map_err(|e| db_error("cannot connect to PostgreSQL", e))?;
+            .connect_lazy_with(connect_options);
         Self::from_pool_with(pool, options)
     }
 
@@ -397,6 +580,11 @@ impl PostgresStore {
 
     /// Uses a pool the application already has, with `options`' schema and table.
     pub fn from_pool_with(pool: PgPool, options: PostgresOptions) -> Result<Self, StoreError> {
+        Self::check_names(&options)?;
+        Ok(Self::from_pool_unchecked(pool, options))
+    }
+
+    fn check_names(options: &PostgresOptions) -> Result<(), StoreError> {
         for (what, name) in [("schema", &options.schema), ("table", &options.table)] {
             if !valid_identifier(name) {
                 return Err(StoreError::InvalidArgument(format!(
@@ -404,7 +592,12 @@ impl PostgresStore {
                 )));
             }
         }
-        Ok(Self::from_pool_unchecked(pool, options))
+        Ok(())
+    }
+
+    /// A sqlx error of this store's pool as a store error.
+    fn db_error(&self, context: &str, err: sqlx::Error) -> StoreError {
+        db_error(context, err, self.pool.options().get_acquire_timeout())
     }
 
     fn from_pool_unchecked(pool: PgPool, options: PostgresOptions) -> Self {
@@ -450,7 +643,7 @@ impl PostgresStore {
                 .bind(&self.options.schema)
                 .fetch_one(&self.pool)
                 .await
-                .map_err(|e| db_error("checking the schema", e))?;
+                .map_err(|e| self.db_error("checking the schema", e))?;
         if !exists {
             migrator.create_schema(schema.clone());
         }
@@ -473,7 +666,7 @@ impl PostgresStore {
             .bind(batch)
             .execute(&self.pool)
             .await
-            .map_err(|e| db_error("reaping expired records", e))?;
+            .map_err(|e| self.db_error("reaping expired records", e))?;
         Ok(done.rows_affected())
     }
 
@@ -518,7 +711,7 @@ impl PostgresStore {
             .bind(millis(lease))
             .fetch_optional(executor)
             .await
-            .map_err(|e| db_error("PostgreSQL", e))
+            .map_err(|e| self.db_error("PostgreSQL", e))
     }
 
     async fn execute(
@@ -537,7 +730,7 @@ impl PostgresStore {
         let done = q
             .execute(&self.pool)
             .await
-            .map_err(|e| db_error("PostgreSQL", e))?;
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
         Ok(done.rows_affected() == 1)
     }
 }
@@ -553,10 +746,10 @@ impl PostgresStore {
         let rows = query
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| db_error("PostgreSQL", e))?;
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
         let mut done = std::collections::HashSet::with_capacity(rows.len());
         for row in &rows {
-            let key: String = row.try_get(0).map_err(|e| db_error("PostgreSQL", e))?;
+            let key: String = row.try_get(0).map_err(|e| self.db_error("PostgreSQL", e))?;
             done.insert(key);
         }
         Ok(keys.map(|k| done.contains(k)).collect())
@@ -651,10 +844,10 @@ impl IdempotencyStore for PostgresStore {
             .bind(key)
             .fetch_optional(&self.pool)
             .await
-            .map_err(|e| db_error("PostgreSQL", e))?;
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
         row.map(|r| record_from_row(&r))
             .transpose()
-            .map_err(|e| db_error("PostgreSQL", e))
+            .map_err(|e| self.db_error("PostgreSQL", e))
     }
 
     async fn try_claim_many(
@@ -673,7 +866,7 @@ impl IdempotencyStore for PostgresStore {
             .bind(millis(lease))
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| db_error("PostgreSQL", e))?;
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
         if codes.len() != keys.len() {
             return Err(StoreError::InvalidData {
                 key: keys[0].clone(),
@@ -746,18 +939,22 @@ impl IdempotencyStore for PostgresStore {
             .bind(ttls)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| db_error("PostgreSQL", e))?;
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
         let mut done = std::collections::HashSet::new();
         let mut code = None;
         for row in &rows {
-            let kind: String = row.try_get("kind").map_err(|e| db_error("PostgreSQL", e))?;
+            let kind: String = row
+                .try_get("kind")
+                .map_err(|e| self.db_error("PostgreSQL", e))?;
             if kind == "d" {
-                let k: String = row.try_get("key").map_err(|e| db_error("PostgreSQL", e))?;
+                let k: String = row
+                    .try_get("key")
+                    .map_err(|e| self.db_error("PostgreSQL", e))?;
                 done.insert(k);
             } else {
                 code = Some(
                     row.try_get::<i32, _>("code")
-                        .map_err(|e| db_error("PostgreSQL", e))?,
+                        .map_err(|e| self.db_error("PostgreSQL", e))?,
                 );
             }
         }
@@ -789,14 +986,15 @@ impl AdminStore for PostgresStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| db_error("PostgreSQL listing", e))?;
+            .map_err(|e| self.db_error("PostgreSQL listing", e))?;
         let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit;
         let mut records = Vec::with_capacity(rows.len());
         for row in &rows {
             let key: String = row
                 .try_get("key")
-                .map_err(|e| db_error("PostgreSQL listing", e))?;
-            let record = record_from_row(row).map_err(|e| db_error("PostgreSQL listing", e))?;
+                .map_err(|e| self.db_error("PostgreSQL listing", e))?;
+            let record =
+                record_from_row(row).map_err(|e| self.db_error("PostgreSQL listing", e))?;
             records.push(ListedRecord { key, record });
         }
         let next = if full {
@@ -820,7 +1018,7 @@ impl AdminStore for PostgresStore {
             .bind(owner)
             .execute(&self.pool)
             .await
-            .map_err(|e| db_error("PostgreSQL", e))?;
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -832,7 +1030,7 @@ impl AdminStore for PostgresStore {
             .bind(keys)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| db_error("PostgreSQL", e))?;
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
         let sizes: std::collections::HashMap<String, i64> = rows.into_iter().collect();
         Ok(keys
             .iter()
@@ -853,7 +1051,7 @@ impl TransactionalStore for PostgresStore {
         self.pool
             .begin()
             .await
-            .map_err(|e| db_error("PostgreSQL begin", e))
+            .map_err(|e| self.db_error("PostgreSQL begin", e))
     }
 
     async fn claim_in(
@@ -874,7 +1072,7 @@ impl TransactionalStore for PostgresStore {
             .bind(key)
             .fetch_optional(&mut **tx)
             .await
-            .map_err(|e| db_error("PostgreSQL", e))?;
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
         claim_from_code(key, code.or(Some(2)))
     }
 
@@ -892,20 +1090,20 @@ impl TransactionalStore for PostgresStore {
             .bind(millis(ttl))
             .execute(&mut **tx)
             .await
-            .map_err(|e| db_error("PostgreSQL", e))?;
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn commit(&self, tx: Self::Tx) -> Result<(), StoreError> {
         tx.commit()
             .await
-            .map_err(|e| db_error("PostgreSQL commit", e))
+            .map_err(|e| self.db_error("PostgreSQL commit", e))
     }
 
     async fn rollback(&self, tx: Self::Tx) -> Result<(), StoreError> {
         tx.rollback()
             .await
-            .map_err(|e| db_error("PostgreSQL rollback", e))
+            .map_err(|e| self.db_error("PostgreSQL rollback", e))
     }
 }
 

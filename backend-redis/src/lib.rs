@@ -14,13 +14,17 @@
 //!
 //! Failure handling is the guard's: every call is bounded by the store timeout, and a
 //! circuit breaker answers at once during an outage. The store itself never retries a
-//! command; its connection reconnects in the background.
+//! command. Its connection is opened on demand ([`RedisStore::connect`] opens it at once
+//! and reports why it cannot, [`RedisStore::connect_lazy`] at the first call), replaced in
+//! the background once it breaks, and a failed attempt leaves nothing behind: the first
+//! call after an outage connects afresh.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod link;
 mod scripts;
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -29,12 +33,13 @@ use eventonce_core::{
     Completion, IdempotencyStore, ListedRecord, Record, RecordPage, RecordState, StoreError,
 };
 use futures_util::future::join_all;
-use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
-};
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+
+pub use eventonce_core::redact_url;
+use link::Link;
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::CLAIM));
 static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::COMPLETE));
@@ -117,14 +122,28 @@ impl RedisOptions {
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
+    endpoint: Arc<Endpoint>,
+}
+
+/// Where a store points, for its messages.
+struct Endpoint {
+    /// The URL with its password masked (or a description of an existing connection).
     target: String,
+    /// `host:port` (or the socket path) for hints; empty when unknown.
+    address: String,
+    /// The URL's password, masked in every message (client errors should never hold it;
+    /// this makes sure).
+    password: Option<String>,
+    /// Whether the URL asks for TLS (`rediss://`).
+    tls: bool,
+    connection_timeout: Duration,
     response_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("target", &self.target)
+            .field("target", &self.endpoint.target)
             .finish()
     }
 }
@@ -132,17 +151,42 @@ impl std::fmt::Debug for RedisStore {
 /// The connection kinds a store can run on.
 #[derive(Clone)]
 enum Conn {
+    /// Opened from a URL by the store: on demand, replaced once broken (see `link`).
+    Link(Link),
     Manager(ConnectionManager),
     Multiplexed(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
-impl ConnectionLike for Conn {
+/// The connection one call runs on.
+enum Active<'a> {
+    Link {
+        conn: MultiplexedConnection,
+        link: &'a Link,
+        generation: u64,
+    },
+    Manager(ConnectionManager),
+    Multiplexed(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Active<'_> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Manager(c) => c.req_packed_command(cmd),
-            Conn::Multiplexed(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Active::Link {
+                conn,
+                link,
+                generation,
+            } => Box::pin(async move {
+                let result = conn.send_packed_command(cmd).await;
+                if let Err(err) = &result {
+                    link.failed(*generation, err);
+                }
+                result
+            }),
+            Active::Manager(c) => c.req_packed_command(cmd),
+            Active::Multiplexed(c) => c.req_packed_command(cmd),
+            Active::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -153,17 +197,29 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Active::Link {
+                conn,
+                link,
+                generation,
+            } => Box::pin(async move {
+                let result = conn.send_packed_commands(pipeline, offset, count).await;
+                if let Err(err) = &result {
+                    link.failed(*generation, err);
+                }
+                result
+            }),
+            Active::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            Active::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
+            Active::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Manager(c) => c.get_db(),
-            Conn::Multiplexed(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Active::Link { conn, .. } => conn.get_db(),
+            Active::Manager(c) => c.get_db(),
+            Active::Multiplexed(c) => c.get_db(),
+            Active::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -196,29 +252,6 @@ impl From<ClusterConnection> for ExistingConnection {
     }
 }
 
-/// The URL with its password replaced, for messages.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparsable url>".to_owned();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                "***".to_owned()
-            };
-            format!("{scheme}://{masked}@{host}{path}")
-        }
-        None => format!("{scheme}://{authority}{path}"),
-    }
-}
-
 /// A client error as a store error, without anything that could hold credentials. A
 /// response timeout stays a timeout, so that the guard's circuit breaker opens at once.
 fn unavailable(context: &str, err: RedisError, timeout: Duration) -> StoreError {
@@ -228,8 +261,17 @@ fn unavailable(context: &str, err: RedisError, timeout: Duration) -> StoreError 
             timeout,
         };
     }
+    let hint = match err.code() {
+        Some("NOAUTH") => {
+            "; the server wants a password: give it in the URL (redis://[user]:PASSWORD@host:port)"
+        }
+        Some("WRONGPASS") => "; check the user and password in the URL",
+        Some("NOPERM") => "; the ACL user of the URL lacks a permission this command needs",
+        Some("READONLY") => "; this is a read-only replica: point the URL at the primary",
+        _ => "",
+    };
     StoreError::Unavailable {
-        message: format!("{context}: {err}"),
+        message: format!("{context}: {err}{hint}"),
         source: Some(Box::new(err)),
     }
 }
@@ -245,9 +287,9 @@ fn password_of(url: &str) -> Option<&str> {
         .filter(|p| !p.is_empty())
 }
 
-/// `err` with every occurrence of the URL's password masked.
-fn scrubbed(err: StoreError, url: &str) -> StoreError {
-    let Some(password) = password_of(url) else {
+/// `err` with every occurrence of `password` masked.
+fn scrubbed(err: StoreError, password: Option<&str>) -> StoreError {
+    let Some(password) = password else {
         return err;
     };
     match err {
@@ -266,48 +308,248 @@ fn scrubbed(err: StoreError, url: &str) -> StoreError {
     }
 }
 
+/// The URL schemes the redis client accepts.
+const SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "valkey",
+    "valkeys",
+    "redis+unix",
+    "valkey+unix",
+    "unix",
+];
+
+/// The form of a Redis URL, for messages about one.
+const URL_FORM: &str =
+    "expected redis://[[user]:password@]host[:port][/db], or rediss://... for TLS";
+
+/// What is wrong with `url` as a Redis URL, if anything: the parser's complaint, a
+/// scheme that is not Redis', a missing host, or the client's own checks (database
+/// number, TLS support).
+fn check_url(url: &str, options: &RedisOptions) -> Result<(url::Url, redis::Client), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("{e}; {URL_FORM}"))?;
+    let scheme = parsed.scheme();
+    if !SCHEMES.contains(&scheme) {
+        let hint = match scheme {
+            "postgres" | "postgresql" => " (this is a PostgreSQL URL)",
+            "http" | "https" => " (this is a web address)",
+            _ => "",
+        };
+        return Err(format!(
+            "the scheme {scheme}:// is not Redis'{hint}; {URL_FORM}"
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) && !scheme.ends_with("unix") {
+        return Err(format!("no host; {URL_FORM}"));
+    }
+    let db = parsed.path().trim_start_matches('/');
+    if !scheme.ends_with("unix") && !db.is_empty() && db.parse::<u16>().is_err() {
+        return Err(format!(
+            "the path /{db} is not a database number (0 to 15 on a default server); {URL_FORM}"
+        ));
+    }
+    let client = client(url, options).map_err(|e| match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.category()),
+        // "Invalid database number - InvalidClientConfig": the words, not the kind.
+        None => e
+            .to_string()
+            .split(" - ")
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    })?;
+    Ok((parsed, client))
+}
+
+/// Why connecting failed, in words, and what to check.
+fn explain_connect(err: &RedisError, endpoint: &Endpoint) -> String {
+    let address = if endpoint.address.is_empty() {
+        "the server"
+    } else {
+        endpoint.address.as_str()
+    };
+    let tls_hint = if endpoint.tls {
+        "and that it serves TLS on that port (else use redis://)"
+    } else {
+        "and whether it only serves TLS (then use rediss://)"
+    };
+    let text = first_line(&err.to_string()).to_owned();
+    let lower = text.to_ascii_lowercase();
+    if err.is_connection_refusal() {
+        return format!(
+            "connection refused: nothing listens on {address}; check that Redis is running there and that the host and port are right"
+        );
+    }
+    if err.is_timeout() {
+        return format!(
+            "no answer within {:?} (the connection was not accepted, or nothing answered on it); check the host and port, that {address} is a Redis server, {tls_hint}",
+            endpoint.connection_timeout
+        );
+    }
+    if err.kind() == redis::ErrorKind::Parse {
+        return format!(
+            "not a Redis server: {address} answered in another protocol, an HTTP response for one ({text}); is this the right port? Check it, {tls_hint}"
+        );
+    }
+    if err.kind() == redis::ErrorKind::AuthenticationFailed || err.code() == Some("WRONGPASS") {
+        return format!("authentication failed ({text}); check the user and password in the URL");
+    }
+    if err.code() == Some("NOAUTH") || lower.contains("noauth") {
+        return format!(
+            "the server wants a password ({text}); give it in the URL: redis://[user]:PASSWORD@host:port"
+        );
+    }
+    if ["handshake", "certificate", "tls", "ssl"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        return format!(
+            "TLS handshake failed ({text}); check that {address} serves TLS, and that its certificate is issued for that host by an authority this client trusts (RedisOptions::tls_root_cert)"
+        );
+    }
+    if err.is_connection_dropped() {
+        return format!(
+            "the server closed the connection during the handshake ({text}): {address} is probably not a Redis server; is this the right port? Check it, {tls_hint}"
+        );
+    }
+    match err.category() {
+        "" => text,
+        category => format!("{category} ({text})"),
+    }
+}
+
+/// A failed connection attempt as a store error: the target, the cause in words and what
+/// to check, with the password masked.
+fn connect_error(endpoint: &Endpoint, err: RedisError) -> StoreError {
+    let message = format!(
+        "cannot connect to Redis at {}: {}",
+        endpoint.target,
+        explain_connect(&err, endpoint)
+    );
+    scrubbed(
+        StoreError::Unavailable {
+            message,
+            source: Some(Box::new(err)),
+        },
+        endpoint.password.as_deref(),
+    )
+}
+
+/// The first line of a client error (a parse error goes on to list every unexpected byte).
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default().trim()
+}
+
 impl RedisStore {
     /// Connects to one Redis server with the default timeouts. `url` is `redis://` or
     /// `rediss://` (TLS, with the `tls` feature), with user and password if needed:
-    /// `redis://user:password@host:6379/0`. The connection reconnects in the background
-    /// after a failure.
+    /// `redis://user:password@host:6379/0`.
+    ///
+    /// Fails at once when the first connection cannot be made, with the target (password
+    /// masked), the cause and what to check: connection refused, no answer, not a Redis
+    /// server, authentication, TLS, an invalid URL. Afterwards the connection is replaced
+    /// whenever it breaks, as with [`connect_lazy`](Self::connect_lazy).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, RedisOptions::default()).await
     }
 
-    /// Connects to one Redis server with the given timeouts.
+    /// [`connect`](Self::connect) with the given timeouts.
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+        let store = Self::connect_lazy_with(url, options)?;
+        if let Conn::Link(link) = &store.conn {
+            // At start-up a timeout is an unreachable server, not an outage for a circuit
+            // breaker: it is told in words like any other cause. The PING finds what the
+            // handshake lets through: a server that wants a password nobody gave.
+            let checked = match link.get().await {
+                Ok((_, mut conn)) => match redis::cmd("PING").query_async::<()>(&mut conn).await {
+                    // Any other refusal came from a Redis server that let us in: an ACL
+                    // user without PING (it is in @connection), a server still loading.
+                    Err(err)
+                        if matches!(
+                            err.kind(),
+                            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                        ) && err.code() != Some("NOAUTH") =>
+                    {
+                        Ok(())
+                    }
+                    other => other,
+                },
+                Err(err) => Err(err),
+            };
+            if let Err(err) = checked {
+                return Err(connect_error(&store.endpoint, err));
+            }
+        }
+        Ok(store)
+    }
+
+    /// A store for one Redis server that does not connect yet: only the URL is checked
+    /// here (an invalid one is refused like [`connect`](Self::connect) refuses it), so it
+    /// returns at once, even when Redis is down. The first call opens the connection.
+    /// While Redis is unreachable each call fails fast, with [`StoreError::Unavailable`]
+    /// (connection refused) or [`StoreError::Timeout`] (no answer within the connection
+    /// timeout): a guard with `FailMode::Open` runs its events `Unprotected`, and protects
+    /// them again as soon as Redis answers.
+    ///
+    /// The connection is shared by concurrent calls. When it breaks, a new one is opened
+    /// in the background; an attempt that fails leaves nothing behind, so the first call
+    /// after Redis is back connects afresh instead of reporting an error of the outage.
+    ///
+    /// ```no_run
+    /// use eventonce_core::{FailMode, Guard, IdempotencyConfig};
+    /// use eventonce_redis::RedisStore;
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Starts even when Redis is down; events run unprotected until it is up.
+    /// let store = RedisStore::connect_lazy("redis://127.0.0.1:6379/0")?;
+    /// let config = IdempotencyConfig::builder("billing")
+    ///     .on_store_error(FailMode::Open)
+    ///     .build()?;
+    /// let guard = Guard::new(store, config);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
+        Self::connect_lazy_with(url, RedisOptions::default())
+    }
+
+    /// [`connect_lazy`](Self::connect_lazy) with the given timeouts.
+    pub fn connect_lazy_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         let target = redact_url(url);
-        let client = client(url, &options).map_err(|e| {
+        let password = password_of(url).map(str::to_owned);
+        let (parsed, client) = check_url(url, &options).map_err(|why| {
             scrubbed(
-                unavailable(&format!("invalid redis url {target}"), e, Duration::ZERO),
-                url,
+                StoreError::Unavailable {
+                    message: format!("invalid Redis URL {target}: {why}"),
+                    source: None,
+                },
+                password.as_deref(),
             )
         })?;
-        let config = ConnectionManagerConfig::new()
+        let address = match parsed.host_str() {
+            Some(host) if !host.is_empty() => {
+                format!("{host}:{}", parsed.port().unwrap_or(6379))
+            }
+            _ => parsed.path().to_owned(),
+        };
+        let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(options.connection_timeout))
-            .set_response_timeout(Some(options.response_timeout))
-            // One connection attempt per reconnect, no backoff loop: during an outage each
-            // call fails fast and the guard's circuit breaker takes over.
-            .set_number_of_retries(0);
-        let manager = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| {
-                let err = unavailable(
-                    &format!("cannot connect to {target}"),
-                    e,
-                    options.connection_timeout,
-                );
-                scrubbed(err, url)
-            })?;
+            .set_response_timeout(Some(options.response_timeout));
         Ok(RedisStore {
-            conn: Conn::Manager(manager),
-            target,
-            response_timeout: options.response_timeout,
+            conn: Conn::Link(Link::new(client, config)),
+            endpoint: Arc::new(Endpoint {
+                target,
+                address,
+                password,
+                tls: matches!(parsed.scheme(), "rediss" | "valkeys"),
+                connection_timeout: options.connection_timeout,
+                response_timeout: options.response_timeout,
+            }),
         })
     }
 
-    /// Uses a connection the application already has.
+    /// Uses a connection the application already has. A `ConnectionManager` keeps its
+    /// own reconnection: after an outage its first call may still report the error of an
+    /// attempt it made while the server was down (the stores opened by URL do not).
     pub fn from_connection(conn: impl Into<ExistingConnection>) -> Self {
         let (conn, target) = match conn.into() {
             ExistingConnection::Manager(c) => (Conn::Manager(c), "connection manager"),
@@ -316,8 +558,14 @@ impl RedisStore {
         };
         RedisStore {
             conn,
-            target: target.to_owned(),
-            response_timeout: Duration::ZERO,
+            endpoint: Arc::new(Endpoint {
+                target: target.to_owned(),
+                address: String::new(),
+                password: None,
+                tls: false,
+                connection_timeout: Duration::ZERO,
+                response_timeout: Duration::ZERO,
+            }),
         }
     }
 
@@ -341,6 +589,23 @@ impl RedisStore {
         S: AsRef<str>,
     {
         let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
+        if urls.is_empty() {
+            return Err(StoreError::InvalidArgument(
+                "no cluster node url given".into(),
+            ));
+        }
+        let scrub_all = |err: StoreError| {
+            urls.iter()
+                .fold(err, |err, url| scrubbed(err, password_of(url)))
+        };
+        for url in &urls {
+            if let Err(why) = check_url(url, &options) {
+                return Err(scrub_all(StoreError::Unavailable {
+                    message: format!("invalid Redis URL {}: {why}", redact_url(url)),
+                    source: None,
+                }));
+            }
+        }
         let target = format!(
             "cluster {}",
             urls.iter()
@@ -348,46 +613,77 @@ impl RedisStore {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        if urls.is_empty() {
-            return Err(StoreError::InvalidArgument(
-                "no cluster node url given".into(),
-            ));
-        }
         let client = ClusterClient::builder(urls.iter().map(String::as_str))
             .connection_timeout(options.connection_timeout)
             .response_timeout(options.response_timeout)
             .retries(2)
             .build()
             .map_err(|e| {
-                let err = unavailable(&format!("invalid cluster urls {target}"), e, Duration::ZERO);
-                urls.iter().fold(err, |err, url| scrubbed(err, url))
+                scrub_all(unavailable(
+                    &format!("invalid cluster urls {target}"),
+                    e,
+                    Duration::ZERO,
+                ))
             })?;
-        let conn = client.get_async_connection().await.map_err(|e| {
-            let err = unavailable(
-                &format!("cannot connect to {target}"),
-                e,
-                options.connection_timeout,
-            );
-            urls.iter().fold(err, |err, url| scrubbed(err, url))
-        })?;
+        let endpoint = Arc::new(Endpoint {
+            target,
+            address: String::new(),
+            password: None,
+            tls: urls
+                .iter()
+                .any(|u| u.starts_with("rediss://") || u.starts_with("valkeys://")),
+            connection_timeout: options.connection_timeout,
+            response_timeout: options.response_timeout,
+        });
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(|err| scrub_all(connect_error(&endpoint, err)))?;
         Ok(RedisStore {
             conn: Conn::Cluster(conn),
-            target,
-            response_timeout: options.response_timeout,
+            endpoint,
+        })
+    }
+
+    /// The connection for one call: for a store opened by URL the current connection, or
+    /// a new one (a failure told as [`connect`](Self::connect) tells it, except that a
+    /// timeout stays a timeout, which opens the guard's circuit breaker at once).
+    async fn connection(&self) -> Result<Active<'_>, StoreError> {
+        Ok(match &self.conn {
+            Conn::Link(link) => {
+                let (generation, conn) = link.get().await.map_err(|err| {
+                    if err.is_timeout() {
+                        StoreError::Timeout {
+                            operation: "redis connect",
+                            timeout: self.endpoint.connection_timeout,
+                        }
+                    } else {
+                        connect_error(&self.endpoint, err)
+                    }
+                })?;
+                Active::Link {
+                    conn,
+                    link,
+                    generation,
+                }
+            }
+            Conn::Manager(c) => Active::Manager(c.clone()),
+            Conn::Multiplexed(c) => Active::Multiplexed(c.clone()),
+            Conn::Cluster(c) => Active::Cluster(c.clone()),
         })
     }
 
     fn error(&self, err: RedisError) -> StoreError {
         unavailable(
-            &format!("redis {}", self.target),
+            &format!("redis {}", self.endpoint.target),
             err,
-            self.response_timeout,
+            self.endpoint.response_timeout,
         )
     }
 
     /// Where this store points, with any password masked.
     pub fn target(&self) -> &str {
-        &self.target
+        &self.endpoint.target
     }
 
     async fn flag(
@@ -402,7 +698,7 @@ impl RedisStore {
         if let Some(ms) = ms {
             invocation.arg(ms).arg(now_ms());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let result: i64 = invocation
             .invoke_async(&mut conn)
             .await
@@ -469,7 +765,7 @@ impl RedisStore {
         if !claims.is_empty() {
             invocation.arg(owner).arg(millis(lease));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let codes: Vec<i64> = invocation
             .invoke_async(&mut conn)
             .await
@@ -507,7 +803,7 @@ impl RedisStore {
         if let Some(lease) = lease {
             invocation.arg(millis(lease)).arg(now_ms());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let flags: Vec<i64> = invocation
             .invoke_async(&mut conn)
             .await
@@ -616,7 +912,7 @@ impl IdempotencyStore for RedisStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let code: i64 = CLAIM
             .key(key)
             .arg(owner)
@@ -647,7 +943,7 @@ impl IdempotencyStore for RedisStore {
         if key.is_empty() {
             return Err(StoreError::InvalidArgument("key must not be empty".into()));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let reply: Option<(Vec<u8>, i64)> = GET
             .key(key)
             .invoke_async(&mut conn)
@@ -836,7 +1132,7 @@ impl AdminStore for RedisStore {
                 "invalid SCAN cursor {cursor:?}"
             )));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let (next, keys): (String, Vec<Vec<u8>>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
@@ -888,7 +1184,7 @@ impl AdminStore for RedisStore {
             RecordState::Processing => "p",
             RecordState::Completed => "c",
         };
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let removed: i64 = REMOVE
             .key(key)
             .arg(state)
@@ -907,7 +1203,7 @@ impl AdminStore for RedisStore {
         for key in keys {
             pipe.cmd("MEMORY").arg("USAGE").arg(key);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         pipe.query_async(&mut conn).await.map_err(|e| self.error(e))
     }
 
@@ -921,22 +1217,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwords_never_appear_in_redacted_urls() {
-        assert_eq!(
-            redact_url("redis://:s3cret@h:6379/0"),
-            "redis://:***@h:6379/0"
-        );
-        assert_eq!(
-            redact_url("rediss://user:s3cret@h:6380"),
-            "rediss://user:***@h:6380"
-        );
-        assert_eq!(redact_url("redis://user@h"), "redis://***@h");
-        assert_eq!(redact_url("redis://h:1/2"), "redis://h:1/2");
-        assert_eq!(redact_url("nonsense"), "<unparsable url>");
-        assert!(!redact_url("redis://u:p@ss:w0rd@h").contains("w0rd"));
-    }
-
-    #[test]
     fn errors_are_scrubbed_of_the_password() {
         assert_eq!(password_of("redis://u:pw@h:1/0"), Some("pw"));
         assert_eq!(password_of("redis://u@h"), None);
@@ -945,7 +1225,7 @@ mod tests {
             message: "auth failed for pw-123".into(),
             source: Some("bad pw-123".into()),
         };
-        let text = format!("{:?}", scrubbed(err, "redis://:pw-123@h"));
+        let text = format!("{:?}", scrubbed(err, password_of("redis://:pw-123@h")));
         assert!(!text.contains("pw-123"), "{text}");
     }
 

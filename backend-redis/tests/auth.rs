@@ -178,14 +178,33 @@ async fn tls_with_a_throwaway_ca_works_and_an_unknown_ca_is_refused() {
         .await
         .expect("TLS connect");
     exercise(&store).await;
-    // Without the CA the server's certificate is not trusted.
-    assert!(
-        RedisStore::connect(&url).await.is_err(),
-        "an unknown CA must be refused"
-    );
-    // A plain connection to the TLS port does not get through either.
+    // Without the CA the server's certificate is not trusted: the message says so.
+    let untrusted = RedisStore::connect(&url)
+        .await
+        .expect_err("an unknown CA must be refused")
+        .to_string();
+    println!("unknown CA: {untrusted}");
+    for words in [
+        format!(
+            "cannot connect to Redis at rediss://:***@127.0.0.1:{}",
+            server.port
+        ),
+        "TLS handshake failed".to_owned(),
+        "certificate".to_owned(),
+    ] {
+        assert!(untrusted.contains(&words), "{words:?} missing: {untrusted}");
+    }
+    assert!(!untrusted.contains("tls-pw"), "{untrusted}");
+    // A plain connection to the TLS port does not get through either, and the message
+    // points at rediss://.
     let plain = format!("redis://:tls-pw@127.0.0.1:{}", server.port);
-    assert!(RedisStore::connect(&plain).await.is_err());
+    let refused = RedisStore::connect(&plain)
+        .await
+        .expect_err("plain text to a TLS port")
+        .to_string();
+    println!("plain to a TLS port: {refused}");
+    assert!(refused.contains("rediss://"), "{refused}");
+    assert!(!refused.contains("tls-pw"), "{refused}");
 }
 
 #[cfg(not(feature = "tls"))]

@@ -19,6 +19,7 @@ mod error;
 mod guard;
 mod identity;
 mod key;
+mod redact;
 mod store;
 mod telemetry;
 
@@ -36,6 +37,7 @@ pub use error::{BoxError, ConfigError, EnvelopeError, GuardError, IdentityError,
 pub use guard::{Guard, GuardStats, Outcome};
 pub use identity::{canonical_json, canonical_number, deterministic_hash, MAX_DEPTH};
 pub use key::{escape_event_type, unescape_event_type, KeyParts, MAX_EVENT_TYPE_SEGMENT};
+pub use redact::redact_url;
 pub use store::{
     check_arguments, check_batch, check_complete_then_claim, check_completions, check_many,
     saturating_deadline, Claim, Completion, IdempotencyStore, Record, RecordState,

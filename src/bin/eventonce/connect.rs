@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use clap::Args;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+use eventonce::StoreError;
 use eventonce::{AdminStore, IdempotencyStore};
 
 /// Where an admin command finds the records.
@@ -97,14 +99,29 @@ pub async fn connect(backend: &Backend, migrate: bool) -> Result<Connected, Stri
     }
 }
 
+/// How long a command waits for the first connection to its store.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A failure to connect, for the terminal: the store's own words (they name the store, the
+/// target without its password, the cause and what to check), without the `store
+/// unavailable:` of the error's type.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+fn connect_failure(store: &str, err: StoreError) -> String {
+    match err {
+        StoreError::Unavailable { message, .. } => message,
+        other => format!("{store}: {other}"),
+    }
+}
+
 #[cfg(feature = "redis")]
 async fn redis(url: &str) -> Result<Connected, String> {
     use std::time::Duration;
-    let options = eventonce::RedisOptions::default()
-        .timeouts(Duration::from_secs(3), Duration::from_secs(10));
+    let options =
+        eventonce::RedisOptions::default().timeouts(CONNECT_TIMEOUT, Duration::from_secs(10));
     let store = eventonce::RedisStore::connect_with(url, options)
         .await
-        .map_err(|e| format!("Redis: {e}"))?;
+        .map_err(|e| connect_failure("Redis", e))?;
     Ok(Connected {
         target: store.target().to_owned(),
         store: Arc::new(store),
@@ -131,13 +148,14 @@ async fn postgres(
     let options = PostgresOptions::default()
         .schema(schema)
         .table(table)
-        .max_connections(8);
+        .max_connections(8)
+        .acquire_timeout(CONNECT_TIMEOUT);
     let store = if migrate {
         PostgresStore::connect_with(url, options).await
     } else {
         PostgresStore::connect_existing(url, options).await
     }
-    .map_err(|e| format!("PostgreSQL: {e}"))?;
+    .map_err(|e| connect_failure("PostgreSQL", e))?;
     Ok(Connected {
         target: format!("table {}", store.table()),
         store: Arc::new(store),
