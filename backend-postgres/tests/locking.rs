@@ -23,7 +23,7 @@ const TTL: Duration = Duration::from_secs(600);
 /// the store's short lock wait, far below "waits until the holder finishes".
 const NO_WAIT: Duration = Duration::from_secs(3);
 
-/// The keys in a scrambled order (a fixed permutation per seed), never in key order.
+/// The keys in a scrambled order (a fixed permutation per seed).
 fn scrambled(keys: &[String], seed: u64) -> Vec<String> {
     let mut out = keys.to_vec();
     let mut x = seed
@@ -418,19 +418,70 @@ async fn claims_meeting_a_held_row_answer_in_progress_for_that_key_only() {
 /// A pool whose server-side defaults differ from PostgreSQL's: SERIALIZABLE transactions
 /// and a 7 s lock timeout, set per connection as an `ALTER DATABASE` or `ALTER ROLE` would.
 async fn store_with_other_defaults(connections: u32) -> PostgresStore {
+    store_with_other_defaults_named(connections, "eventonce-test", PostgresOptions::default()).await
+}
+
+/// The same, with the connections' `application_name` and the store's options.
+async fn store_with_other_defaults_named(
+    connections: u32,
+    application: &str,
+    options: PostgresOptions,
+) -> PostgresStore {
     drop(support::store(1).await);
-    let options: PgConnectOptions = support::url().parse().expect("url");
-    let options = options.options([
+    let connect: PgConnectOptions = support::url().parse().expect("url");
+    let connect = connect.application_name(application).options([
         ("default_transaction_isolation", "serializable"),
         ("lock_timeout", "7s"),
     ]);
     let pool = PgPoolOptions::new()
         .max_connections(connections)
-        .connect_with(options)
+        .connect_with(connect)
         .await
         .expect("connect");
-    PostgresStore::from_pool_with(pool, PostgresOptions::default().schema(support::schema()))
-        .expect("names")
+    PostgresStore::from_pool_with(pool, options.schema(support::schema())).expect("names")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_claim_under_a_serializable_default_meeting_a_newer_record_answers_in_progress() {
+    // Under SERIALIZABLE, a claim that waited for another transaction's record and then
+    // meets it committed fails with a serialization error (40001): nothing was claimed,
+    // so it is an answer (in progress), not a store failure.
+    let application = format!("eventonce-serializable-{}", std::process::id());
+    let store = store_with_other_defaults_named(
+        3,
+        &application,
+        PostgresOptions::default().lock_wait(Duration::from_secs(20)),
+    )
+    .await;
+    let key = unique_key("serializable-plain");
+    let holder = hold(&store, &key).await;
+    let waiting = tokio::spawn({
+        let (store, key) = (store.clone(), key.clone());
+        async move { store.try_claim(&key, "other", LEASE).await }
+    });
+    // Commit the holder only once the claim waits for it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let waiters: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(&application)
+        .fetch_one(store.pool())
+        .await
+        .expect("pg_stat_activity");
+        if waiters > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the claim never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store.commit(holder).await.expect("commit");
+    let claim = waiting.await.expect("task");
+    assert!(
+        matches!(claim, Ok(Claim::InProgress)),
+        "a claim meeting a newer record is in progress, not an error: {claim:?}"
+    );
 }
 
 #[tokio::test]
