@@ -254,7 +254,7 @@ async fn a_plain_run_meeting_a_transactional_run_answers_in_progress_at_once() {
     let store_timeout = Duration::from_secs(5);
     let g = Guard::new(
         store.clone(),
-        IdempotencyConfig::builder(&format!("lock-mix-{}", std::process::id()))
+        IdempotencyConfig::builder(format!("lock-mix-{}", std::process::id()))
             .store_timeout(store_timeout)
             .build()
             .expect("config"),
@@ -552,7 +552,7 @@ async fn transactional_runs_of_one_event_under_serializable_defaults_run_it_once
     let store = store_with_other_defaults(8).await;
     let g = Guard::new(
         store.clone(),
-        IdempotencyConfig::builder(&format!("tx-serializable-{}", std::process::id()))
+        IdempotencyConfig::builder(format!("tx-serializable-{}", std::process::id()))
             .build()
             .expect("config"),
     );
