@@ -9,6 +9,12 @@
 //! Expired records are ignored by every statement and removed by a bounded background
 //! reaper ([`PostgresStore::spawn_reaper`]) in small batches that skip locked rows, so it
 //! never blocks a claim.
+//!
+//! Statements that lock several records lock them in key order, so two of them sharing
+//! keys never deadlock. A claim never waits long for a record another transaction holds (a
+//! claim inside `Guard::run_in_transaction`, a batch being completed): after at most
+//! [`PostgresOptions::lock_wait`] it answers `InProgress` for that key, and a batch claim
+//! answers its other keys as usual.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -47,6 +53,10 @@ pub struct PostgresOptions {
     /// How long opening the first connection (at connect) and then waiting for a pooled
     /// connection may take. Default 5 s.
     pub acquire_timeout: Duration,
+    /// How long a claim waits for a record another transaction holds before it answers
+    /// `InProgress` (the statement's `lock_timeout`; at least 1 ms). Keep it well below the
+    /// guard's store timeout. Default 50 ms.
+    pub lock_wait: Duration,
 }
 
 impl Default for PostgresOptions {
@@ -56,6 +66,7 @@ impl Default for PostgresOptions {
             table: "eventonce_records".into(),
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
+            lock_wait: Duration::from_millis(50),
         }
     }
 }
@@ -82,6 +93,12 @@ impl PostgresOptions {
     /// Sets the acquire timeout (the first connection's, then the pool's).
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Sets how long a claim waits for a record another transaction holds.
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
         self
     }
 }
@@ -126,6 +143,7 @@ impl std::fmt::Debug for PostgresStore {
 /// The statements, with the configured table name in them, built once.
 struct Statements {
     claim: Arc<str>,
+    claim_tx: Arc<str>,
     state: Arc<str>,
     complete: Arc<str>,
     release: Arc<str>,
@@ -143,28 +161,83 @@ struct Statements {
 }
 
 impl Statements {
-    fn new(table: &str) -> Self {
+    fn new(table: &str, lock_wait: Duration) -> Self {
         let s = |text: String| -> Arc<str> { Arc::from(text) };
-        Statements {
-            // Guarantee: one atomic statement. Absent or expired → the caller's claim
-            // (RETURNING 1). A live record → untouched (the DO UPDATE's WHERE is false), and
-            // its state read by the same statement (2 processing, 3 completed). A record
-            // inserted by a transaction that committed after this statement's snapshot
-            // returns no row: the caller reports it in progress.
-            claim: s(format!(
-                "WITH claim AS (
+        // `lock_timeout` for the rest of the statement's transaction (just the statement,
+        // outside an explicit transaction): how long a claim waits for a row another
+        // transaction holds. 0 would mean no limit, so at least 1 ms.
+        let wait = format!(
+            "set_config('lock_timeout', '{}ms', true)",
+            lock_wait.as_millis().max(1)
+        );
+        // The claim of $1 for $2 for $3 ms, once the lock timeout is set: the INSERT's one
+        // row comes from `wait`, so no lock is waited for before it is set. Absent or
+        // expired → the caller's claim (RETURNING 1). A live record → untouched (the DO
+        // UPDATE's WHERE is false), and its state read by the same statement (2 processing,
+        // 3 completed). A record inserted by a transaction that committed after this
+        // statement's snapshot returns no row: the caller reports it in progress. A record
+        // another transaction holds for longer than the lock timeout fails the statement
+        // with 55P03 (lock_not_available): the caller reports it in progress too.
+        let claim_one = format!(
+            "claim AS (
                    INSERT INTO {table} AS r (key, state, owner, updated_at, expires_at)
-                   VALUES ($1, 'processing', $2, now(), now() + make_interval(secs => $3::float8 / 1000))
+                   SELECT $1, 'processing', $2, now(), now() + make_interval(secs => $3::float8 / 1000)
+                     FROM wait
                    ON CONFLICT (key) DO UPDATE
                      SET state = 'processing', owner = EXCLUDED.owner,
                          updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at
                      WHERE r.expires_at <= now()
                    RETURNING 1 AS code
-                 )
-                 SELECT code FROM claim
+                 )"
+        );
+        let answer_one = format!(
+            "SELECT code FROM claim
                  UNION ALL
                  SELECT CASE WHEN state = 'completed' THEN 3 ELSE 2 END FROM {table}
                   WHERE key = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM claim)"
+        );
+        // `input`, `held` and `done` of a batch of completions (the parameters of their keys,
+        // owners and TTLs in ms): the live processing claims of their owners, locked in key
+        // order, then completed; `done` returns the keys completed.
+        let complete_rows = |keys: &str, owners: &str, ttls: &str| {
+            format!(
+                "input AS (
+                   SELECT k, o, ms FROM unnest({keys}::text[], {owners}::text[], {ttls}::float8[])
+                     AS i(k, o, ms)
+                 ), held AS (
+                   SELECT r.key FROM {table} r JOIN input i ON r.key = i.k
+                    WHERE r.owner = i.o AND r.state = 'processing' AND r.expires_at > now()
+                    ORDER BY r.key FOR UPDATE OF r
+                 ), done AS (
+                   UPDATE {table} AS r SET state = 'completed', updated_at = now(),
+                          expires_at = now() + make_interval(secs => i.ms / 1000)
+                     FROM held h, input i
+                    WHERE r.key = h.key AND i.k = h.key AND r.owner = i.o
+                      AND r.state = 'processing' AND r.expires_at > now()
+                   RETURNING r.key
+                 )"
+            )
+        };
+        Statements {
+            // Guarantee: one atomic statement (above).
+            claim: s(format!(
+                "WITH wait AS MATERIALIZED (SELECT {wait} AS lock_wait), {claim_one}
+                 {answer_one}"
+            )),
+            // The claim inside the handler's transaction: the same, then the transaction's
+            // lock timeout is set back to what it was, so the handler's statements wait as
+            // the application configured them. The restoring projection runs on the row of
+            // `wait` joined with the answer (or its absence), so after the claim. Always one
+            // row; a NULL code is no answer.
+            claim_tx: s(format!(
+                "WITH wait AS MATERIALIZED (
+                   SELECT prev, {wait} AS lock_wait
+                     FROM (SELECT current_setting('lock_timeout') AS prev OFFSET 0) AS p
+                 ), {claim_one}, answer AS (
+                 {answer_one}
+                 )
+                 SELECT a.code, set_config('lock_timeout', w.prev, true) AS restored
+                   FROM wait w LEFT JOIN answer a ON true"
             )),
             state: s(format!(
                 "SELECT CASE WHEN state = 'completed' THEN 3 ELSE 2 END AS code FROM {table}
@@ -200,81 +273,106 @@ impl Statements {
                     ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
             )),
             // Guarantee: the claim statement above for every key of $1 at once, in one
-            // statement; one code per key in input order. Rows are inserted in key order,
-            // so two batches sharing keys lock them in the same order and never deadlock.
+            // statement; one code per key in input order. No row is waited for but through
+            // the lock timeout, so a row another transaction holds never blocks the batch:
+            // - visible records are read (no lock); the expired ones are locked in key order,
+            //   skipping those another transaction holds, and renewed for $2;
+            // - keys with no visible record are inserted in key order; an insert that meets
+            //   another transaction's uncommitted record of the key waits at most the lock
+            //   timeout, and then the statement fails with 55P03 (the caller answers key by
+            //   key); one committed since the snapshot is left alone (DO NOTHING);
+            // - a key neither renewed nor inserted is completed (3) or in progress (2): live,
+            //   held by another transaction, or written since the snapshot.
             claim_many: s(format!(
-                "WITH input AS (
+                "WITH wait AS MATERIALIZED (
+                   SELECT {wait} AS lock_wait
+                 ), input AS (
                    SELECT k, ord FROM unnest($1::text[]) WITH ORDINALITY AS t(k, ord)
-                 ), claim AS (
+                 ), seen AS (
+                   SELECT key, state, expires_at > now() AS live FROM {table}
+                    WHERE key = ANY($1::text[])
+                 ), held AS (
+                   SELECT r.key FROM seen s JOIN {table} r ON r.key = s.key
+                    WHERE NOT s.live AND r.expires_at <= now()
+                    ORDER BY r.key FOR UPDATE OF r SKIP LOCKED
+                 ), renewed AS (
+                   UPDATE {table} AS r SET state = 'processing', owner = $2, updated_at = now(),
+                          expires_at = now() + make_interval(secs => $3::float8 / 1000)
+                     FROM held h
+                    WHERE r.key = h.key
+                   RETURNING r.key
+                 ), inserted AS (
                    INSERT INTO {table} AS r (key, state, owner, updated_at, expires_at)
-                   SELECT k, 'processing', $2, now(), now() + make_interval(secs => $3::float8 / 1000)
-                     FROM input ORDER BY k
-                   ON CONFLICT (key) DO UPDATE
-                     SET state = 'processing', owner = EXCLUDED.owner,
-                         updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at
-                     WHERE r.expires_at <= now()
+                   SELECT i.k, 'processing', $2, now(), now() + make_interval(secs => $3::float8 / 1000)
+                     FROM input i CROSS JOIN wait
+                    WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.key = i.k)
+                    ORDER BY i.k
+                   ON CONFLICT (key) DO NOTHING
                    RETURNING r.key
                  )
                  SELECT (CASE WHEN c.key IS NOT NULL THEN 1
-                              WHEN t.state = 'completed' THEN 3
+                              WHEN s.live AND s.state = 'completed' THEN 3
                               ELSE 2 END)::int4 AS code
                    FROM input i
-                   LEFT JOIN claim c ON c.key = i.k
-                   LEFT JOIN {table} t ON t.key = i.k AND t.expires_at > now()
+                   LEFT JOIN (SELECT key FROM renewed UNION ALL SELECT key FROM inserted) c
+                     ON c.key = i.k
+                   LEFT JOIN seen s ON s.key = i.k
                   ORDER BY i.ord"
             )),
             // Guarantee: each live processing claim of its owner becomes completed for its
-            // TTL; returns the keys it completed.
+            // TTL; returns the keys it completed. Rows are locked in key order, as by every
+            // statement that locks several rows, so two of them sharing keys never deadlock.
             complete_many: s(format!(
-                "UPDATE {table} AS r SET state = 'completed', updated_at = now(),
-                        expires_at = now() + make_interval(secs => i.ms / 1000)
-                   FROM unnest($1::text[], $2::text[], $3::float8[]) AS i(k, o, ms)
-                  WHERE r.key = i.k AND r.owner = i.o AND r.state = 'processing'
-                    AND r.expires_at > now()
-                 RETURNING r.key"
+                "WITH {} SELECT key FROM done",
+                complete_rows("$1", "$2", "$3")
             )),
-            // Guarantee: only live processing claims of $2 are deleted; returns their keys.
+            // Guarantee: only live processing claims of $2 are deleted (locked in key order
+            // first); returns their keys.
             release_many: s(format!(
-                "DELETE FROM {table} AS r USING unnest($1::text[]) AS i(k)
-                  WHERE r.key = i.k AND r.owner = $2 AND r.state = 'processing'
-                    AND r.expires_at > now()
-                 RETURNING r.key"
-            )),
-            // Guarantee: only live processing claims of $2 are renewed; returns their keys.
-            extend_many: s(format!(
-                "UPDATE {table} AS r SET updated_at = now(),
-                        expires_at = now() + make_interval(secs => $3::float8 / 1000)
-                   FROM unnest($1::text[]) AS i(k)
-                  WHERE r.key = i.k AND r.owner = $2 AND r.state = 'processing'
-                    AND r.expires_at > now()
-                 RETURNING r.key"
-            )),
-            // Guarantee: `complete_many` of $4..$6 and the claim of $1 in one statement
-            // (the key claimed is never one of those completed). Rows: ('d', key) per
-            // completion done, then ('c', code) for the claim (none: in progress).
-            complete_then_claim: s(format!(
-                "WITH done AS (
-                   UPDATE {table} AS r SET state = 'completed', updated_at = now(),
-                          expires_at = now() + make_interval(secs => i.ms / 1000)
-                     FROM unnest($4::text[], $5::text[], $6::float8[]) AS i(k, o, ms)
-                    WHERE r.key = i.k AND r.owner = i.o AND r.state = 'processing'
-                      AND r.expires_at > now()
-                   RETURNING r.key
-                 ), claim AS (
-                   INSERT INTO {table} AS r (key, state, owner, updated_at, expires_at)
-                   VALUES ($1, 'processing', $2, now(), now() + make_interval(secs => $3::float8 / 1000))
-                   ON CONFLICT (key) DO UPDATE
-                     SET state = 'processing', owner = EXCLUDED.owner,
-                         updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at
-                     WHERE r.expires_at <= now()
-                   RETURNING 1 AS code
+                "WITH held AS (
+                   SELECT key FROM {table}
+                    WHERE key = ANY($1::text[]) AND owner = $2 AND state = 'processing'
+                      AND expires_at > now()
+                    ORDER BY key FOR UPDATE
                  )
+                 DELETE FROM {table} AS r USING held h
+                  WHERE r.key = h.key AND r.owner = $2 AND r.state = 'processing'
+                    AND r.expires_at > now()
+                 RETURNING r.key"
+            )),
+            // Guarantee: only live processing claims of $2 are renewed (locked in key order
+            // first); returns their keys.
+            extend_many: s(format!(
+                "WITH held AS (
+                   SELECT key FROM {table}
+                    WHERE key = ANY($1::text[]) AND owner = $2 AND state = 'processing'
+                      AND expires_at > now()
+                    ORDER BY key FOR UPDATE
+                 )
+                 UPDATE {table} AS r SET updated_at = now(),
+                        expires_at = now() + make_interval(secs => $3::float8 / 1000)
+                   FROM held h
+                  WHERE r.key = h.key AND r.owner = $2 AND r.state = 'processing'
+                    AND r.expires_at > now()
+                 RETURNING r.key"
+            )),
+            // Guarantee: `complete_many` of $4..$6, then the claim of $1, in one statement
+            // (the key claimed is never one of those completed). The lock timeout is set
+            // only once every completion is done (`wait` counts them), so completions wait
+            // for their rows as `complete_many` does, and the claim's row is the last one
+            // locked. Rows: ('d', key) per completion done, then ('c', code) for the claim
+            // (none: in progress).
+            complete_then_claim: s(format!(
+                "WITH {}, wait AS MATERIALIZED (
+                   SELECT {wait} AS lock_wait FROM (SELECT count(*) FROM done) AS d
+                 ), {claim_one}
                  SELECT 'd' AS kind, key, 0::int4 AS code FROM done
                  UNION ALL
                  SELECT 'c', NULL, code FROM claim
                  UNION ALL
                  SELECT 'c', NULL, CASE WHEN state = 'completed' THEN 3 ELSE 2 END FROM {table}
-                  WHERE key = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM claim)"
+                  WHERE key = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM claim)",
+                complete_rows("$4", "$5", "$6")
             )),
             // One page of live records in key order, after the cursor key: a range scan of
             // the primary key. The scope is matched with starts_with, so its characters are
@@ -500,6 +598,17 @@ async fn first_connection(url: &str, timeout: Duration) -> Result<PgConnectOptio
     })
 }
 
+/// Whether a claim statement failed because of another transaction rather than the
+/// store: a row it holds for longer than the lock timeout (55P03 lock_not_available), or a
+/// serialization failure (40001, only under a stricter isolation default than READ
+/// COMMITTED). Nothing was claimed, so the claim answers `InProgress`: the caller retries.
+fn is_conflict(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("55P03" | "40001")),
+        _ => false,
+    }
+}
+
 /// A description of a sqlx error that carries no connection string.
 fn describe(err: &sqlx::Error) -> String {
     match err {
@@ -519,6 +628,9 @@ fn describe(err: &sqlx::Error) -> String {
         }
     }
 }
+
+/// How many single-key claims run at once when a batch claim falls back to them.
+const CLAIM_EACH_CONCURRENCY: usize = 8;
 
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -604,7 +716,7 @@ impl PostgresStore {
         let table = format!("\"{}\".\"{}\"", options.schema, options.table);
         PostgresStore {
             pool,
-            sql: Arc::new(Statements::new(&table)),
+            sql: Arc::new(Statements::new(&table, options.lock_wait)),
             options,
         }
     }
@@ -694,24 +806,43 @@ impl PostgresStore {
         ReaperHandle(task)
     }
 
-    /// Runs the claim statement on `executor` (the pool, or a transaction).
-    async fn claim_code<'e, X>(
+    /// Runs the claim statement on the pool; a conflict with another transaction is an
+    /// answer (in progress), not a failure.
+    async fn claim_one(
         &self,
-        executor: X,
         key: &str,
         owner: &str,
         lease: Duration,
-    ) -> Result<Option<i32>, StoreError>
-    where
-        X: sqlx::Executor<'e, Database = Postgres>,
-    {
-        sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.claim)))
+    ) -> Result<Claim, StoreError> {
+        let code = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.claim)))
             .bind(key)
             .bind(owner)
             .bind(millis(lease))
-            .fetch_optional(executor)
+            .fetch_optional(&self.pool)
+            .await;
+        match code {
+            Ok(code) => claim_from_code(key, code),
+            Err(err) if is_conflict(&err) => Ok(Claim::InProgress),
+            Err(err) => Err(self.db_error("PostgreSQL", err)),
+        }
+    }
+
+    /// Claims `keys` one statement each (a few at a time), for a batch whose statement met
+    /// a record another transaction holds: each such key answers in progress on its own.
+    async fn claim_each(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        // By index: a closure over `&String` would be higher-ranked, which the `Send`
+        // check of the trait's boxed future cannot prove.
+        stream::iter(0..keys.len())
+            .map(|i| self.claim_one(&keys[i], owner, lease))
+            .buffered(CLAIM_EACH_CONCURRENCY)
+            .try_collect()
             .await
-            .map_err(|e| self.db_error("PostgreSQL", e))
     }
 
     async fn execute(
@@ -815,8 +946,7 @@ impl IdempotencyStore for PostgresStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        let code = self.claim_code(&self.pool, key, owner, lease).await?;
-        claim_from_code(key, code)
+        self.claim_one(key, owner, lease).await
     }
 
     async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -860,13 +990,24 @@ impl IdempotencyStore for PostgresStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let codes: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.claim_many)))
-            .bind(keys)
-            .bind(owner)
-            .bind(millis(lease))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error("PostgreSQL", e))?;
+        let codes: Vec<i32> = match sqlx::query_scalar(AssertSqlSafe(Arc::clone(
+            &self.sql.claim_many,
+        )))
+        .bind(keys)
+        .bind(owner)
+        .bind(millis(lease))
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(codes) => codes,
+            Err(err) if is_conflict(&err) => {
+                // Another transaction's uncommitted record of one of the keys: nothing
+                // of the batch was claimed; claim key by key.
+                tracing::debug!(error = %describe(&err), keys = keys.len(), "BATCH_CLAIM_CONFLICT: A key of the batch is held by another transaction; claiming key by key");
+                return self.claim_each(keys, owner, lease).await;
+            }
+            Err(err) => return Err(self.db_error("PostgreSQL", err)),
+        };
         if codes.len() != keys.len() {
             return Err(StoreError::InvalidData {
                 key: keys[0].clone(),
@@ -930,7 +1071,7 @@ impl IdempotencyStore for PostgresStore {
     ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
         check_complete_then_claim(completions, key, owner, lease)?;
         let (keys, owners, ttls) = completion_columns(completions);
-        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_then_claim)))
+        let rows = match sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_then_claim)))
             .bind(key)
             .bind(owner)
             .bind(millis(lease))
@@ -939,7 +1080,20 @@ impl IdempotencyStore for PostgresStore {
             .bind(ttls)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| self.db_error("PostgreSQL", e))?;
+        {
+            Ok(rows) => rows,
+            Err(err) if is_conflict(&err) => {
+                // The claimed key is held by another transaction, and the statement (its
+                // completions too) was rolled back: complete, then answer the claim alone.
+                let done = if completions.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.complete_many(completions).await
+                };
+                return Ok((done, self.claim_one(key, owner, lease).await?));
+            }
+            Err(err) => return Err(self.db_error("PostgreSQL", err)),
+        };
         let mut done = std::collections::HashSet::new();
         let mut code = None;
         for row in &rows {
@@ -1048,8 +1202,11 @@ impl TransactionalStore for PostgresStore {
     type Tx = PgTx;
 
     async fn begin(&self) -> Result<Self::Tx, StoreError> {
+        // READ COMMITTED whatever the server's, database's or role's default: the claim
+        // relies on it (under REPEATABLE READ or SERIALIZABLE, a claim meeting a record
+        // committed after its snapshot fails with a serialization error).
         self.pool
-            .begin()
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
             .await
             .map_err(|e| self.db_error("PostgreSQL begin", e))
     }
@@ -1062,7 +1219,21 @@ impl TransactionalStore for PostgresStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        let code = self.claim_code(&mut **tx, key, owner, lease).await?;
+        let code: Option<i32> =
+            match sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.claim_tx)))
+                .bind(key)
+                .bind(owner)
+                .bind(millis(lease))
+                .fetch_one(&mut **tx)
+                .await
+            {
+                Ok(code) => code,
+                // Another transaction holds the record: in progress. The failed statement
+                // aborted this transaction, which the caller rolls back (as for any answer
+                // but `Acquired`).
+                Err(err) if is_conflict(&err) => return Ok(Claim::InProgress),
+                Err(err) => return Err(self.db_error("PostgreSQL", err)),
+            };
         if code.is_some() {
             return claim_from_code(key, code);
         }
@@ -1126,6 +1297,34 @@ mod tests {
             &"x".repeat(53),
         ] {
             assert!(!valid_identifier(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_lock_wait_is_whole_milliseconds_and_never_unlimited() {
+        // lock_timeout = 0 would mean no limit at all.
+        for (wait, text) in [
+            (Duration::ZERO, "'1ms'"),
+            (Duration::from_micros(300), "'1ms'"),
+            (Duration::from_millis(50), "'50ms'"),
+            (Duration::from_secs(2), "'2000ms'"),
+        ] {
+            let sql = Statements::new("t", wait);
+            for statement in [
+                &sql.claim,
+                &sql.claim_tx,
+                &sql.claim_many,
+                &sql.complete_then_claim,
+            ] {
+                assert!(
+                    statement.contains(&format!("set_config('lock_timeout', {text}, true)")),
+                    "{wait:?}: {statement}"
+                );
+            }
+            assert!(
+                !sql.complete_many.contains("lock_timeout"),
+                "completions wait"
+            );
         }
     }
 

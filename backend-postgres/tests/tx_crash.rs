@@ -106,19 +106,26 @@ async fn parent() {
     BufReader::new(stdout).read_line(&mut line).expect("read");
     assert_eq!(line.trim(), "INSERTED", "the consumer reports its insert");
 
-    // While the consumer lives, its transaction holds the claim: a redelivery waits on it.
+    // While the consumer lives, its transaction holds the claim: a redelivery answers
+    // InProgress (after the store's short lock wait) and its handler does not run.
     let g = guard(&store);
     let key = g.key_for(&event()).expect("key");
-    let waiting = tokio::time::timeout(
-        Duration::from_millis(300),
+    let ran = std::sync::atomic::AtomicBool::new(false);
+    let meanwhile = tokio::time::timeout(
+        Duration::from_secs(5),
         g.run_in_transaction(&store, &event(), |tx| async {
+            ran.store(true, std::sync::atomic::Ordering::SeqCst);
             (tx, Ok::<_, sqlx::Error>(()))
         }),
     )
     .await;
     assert!(
-        waiting.is_err(),
-        "a redelivery must wait while the first consumer lives"
+        matches!(meanwhile, Ok(Err(GuardError::InProgress))),
+        "a redelivery while the first consumer lives is in progress: {meanwhile:?}"
+    );
+    assert!(
+        !ran.load(std::sync::atomic::Ordering::SeqCst),
+        "a redelivery must not run while the first consumer lives"
     );
 
     child.kill().expect("SIGKILL");

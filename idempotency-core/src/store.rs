@@ -366,9 +366,11 @@ pub trait TransactionalStore: Send + Sync {
     /// Opens a transaction.
     async fn begin(&self) -> Result<Self::Tx, StoreError>;
 
-    /// Claims `key` inside `tx`. `Acquired` means `tx` holds the record until it ends;
-    /// a delivery racing it waits for that end and then sees the record completed (or
-    /// absent again, after a rollback).
+    /// Claims `key` inside `tx`. `Acquired` means `tx` holds the record until it ends; a
+    /// delivery racing it, in a transaction or not, answers `InProgress` while `tx` lives
+    /// (a store may first wait a short while for `tx` to end, and then reports what it
+    /// left: completed, or absent again after a rollback). After any answer but
+    /// `Acquired`, the caller rolls `tx` back.
     async fn claim_in(
         &self,
         tx: &mut Self::Tx,
