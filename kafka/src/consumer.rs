@@ -245,9 +245,14 @@ impl KafkaGuard {
     /// per message, the new events' handlers run concurrently. Returns what became of each
     /// message, in order.
     ///
-    /// Each message is answered as [`process`](Self::process) would answer it, message by
-    /// message, and each partition is committed and sought as `process` would leave it;
-    /// the decisions are the same function of the guard's outcomes. Per partition: the
+    /// The decisions are those of [`process`](Self::process), the same function of the
+    /// guard's outcomes applied to the batch: given the same outcomes, each message gets
+    /// the answers `process` gives it message by message, apart from extra `Rewinding`
+    /// answers for messages that come again (below), and each partition ends committed at
+    /// the same offset. One difference the outcomes themselves show: a handler that ran
+    /// in the batch after an earlier message of its partition failed makes its message's
+    /// redelivery a `Duplicate` where `process` would have answered `Processed`. Per
+    /// partition: the
     /// offset after the longest run of messages whose outcome is final, from the batch's
     /// first message of that partition, is committed (one commit for the batch). The first
     /// message that is not final (handler failed, in progress elsewhere, store refused) is
