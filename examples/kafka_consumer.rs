@@ -51,7 +51,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(Delivery::Committed(Outcome::Processed(()) | Outcome::Unprotected(()))) => {}
             Ok(Delivery::Committed(Outcome::Duplicate)) => println!("duplicate skipped"),
             Ok(Delivery::CommitFailed { error, .. }) => {
-                eprintln!("processed, commit failed ({error}): a redelivery will be a duplicate")
+                eprintln!(
+                    "final, commit failed ({error}): it comes again, a duplicate once recorded"
+                )
             }
             // Not committed; the partition was sought back to the message.
             Ok(Delivery::Redeliver(Retry::Handler(e))) => eprintln!("failed, retrying: {e}"),

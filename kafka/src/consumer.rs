@@ -1,7 +1,7 @@
 //! [`KafkaGuard`]: one consumed message through [`Guard::run`], and its offset committed
 //! only once the outcome is final.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -11,9 +11,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::message::{envelope_from_message, MessageError, MessagePosition};
+use crate::plan::{Answer, Input, Partition, Plan, Rewinds};
 
 /// How [`KafkaGuard`] commits and redelivers.
 #[derive(Debug, Clone)]
@@ -27,8 +29,9 @@ pub struct KafkaGuardOptions {
     /// Pause before a message another consumer is processing (`InProgress`) is consumed
     /// again. Default 250 ms.
     pub in_progress_backoff: Duration,
-    /// How long a seek may wait for the fetcher to drop the messages it fetched ahead.
-    /// Default 5 s.
+    /// How long a seek may wait for the fetcher to drop the messages it fetched ahead,
+    /// and how long the group's committed offset of a partition may take to look up before
+    /// a seek back to a pending redelivery. Default 5 s.
     pub seek_timeout: Duration,
 }
 
@@ -50,16 +53,28 @@ pub enum Delivery<T, E> {
     /// The outcome is final and the offset after the message was committed (queued, with
     /// `CommitMode::Async`).
     Committed(Outcome<T>),
-    /// The outcome is final, but committing the offset failed: the event is recorded, so
-    /// a redelivery will be a [`Outcome::Duplicate`].
+    /// The outcome is final, but its offset was not committed: the commit failed, or (in
+    /// [`KafkaGuard::process_batch`]) the partition was no longer assigned to this
+    /// consumer when the batch was committed (error `AssignmentLost`). The message will
+    /// be delivered again, to this consumer or to the partition's new owner. What that
+    /// redelivery finds depends on the outcome: after `Processed` or `Duplicate` the event
+    /// is normally recorded as completed and the redelivery is an [`Outcome::Duplicate`];
+    /// but after [`Outcome::Unprotected`] (the store was down and the guard ran the
+    /// handler without it) nothing was recorded, and after a `Processed` whose completion
+    /// could not be written (logged `STORE_ERROR` or `CLAIM_LOST`) the record is not
+    /// completed: in both cases the redelivery may run the handler again (for the
+    /// latter, once the claim's lease has expired; `InProgress` until then).
     CommitFailed {
         /// The final outcome.
         outcome: Outcome<T>,
         /// The commit's error.
         error: KafkaError,
     },
-    /// Not final: nothing was committed and the partition was sought back to this
-    /// message, which will be consumed again after a backoff.
+    /// Not final: nothing was committed for this message and it will be consumed again:
+    /// the partition was sought back to it (or to an earlier message of its partition
+    /// that must come first) after a backoff, or, with [`Retry::Revoked`], the partition
+    /// now belongs to another consumer, which consumes it from the group's committed
+    /// offset.
     Redeliver(Retry<E>),
 }
 
@@ -84,12 +99,18 @@ pub enum Retry<E> {
     InProgress,
     /// The store failed and the guard is configured `FailMode::Closed`.
     Store(StoreError),
-    /// An earlier message of this partition is waiting to be redelivered: this one's
-    /// offset was not committed, so that nothing after that message is committed first.
-    /// [`KafkaGuard::process`] did not run its handler; in
-    /// [`KafkaGuard::process_batch`] it may have run, and then its redelivery is a
-    /// duplicate, skipped.
+    /// An earlier message of this partition is waiting to be redelivered (or, in a
+    /// batch, was not an identifiable event, and the caller decides about it first): this
+    /// one's offset was not committed, so that nothing after that message is committed
+    /// first. [`KafkaGuard::process`] did not run its handler; in
+    /// [`KafkaGuard::process_batch`] it may have run (when the earlier message failed in
+    /// the same batch), and then its redelivery is a duplicate, skipped.
     Rewinding,
+    /// [`KafkaGuard::process_batch`]: the message's partition is no longer assigned to
+    /// this consumer (the batch was gathered across a rebalance). Its handler did not run
+    /// and nothing was committed or sought for it; the partition's new owner consumes it
+    /// from the group's committed offset.
+    Revoked,
     /// A guard error this version does not know (`GuardError` may grow); retried like a
     /// store refusal.
     Other(GuardError<E>),
@@ -121,6 +142,20 @@ pub enum Retry<E> {
 /// (`processing_ttl`); until then the redelivery sees `InProgress` and is retried with
 /// `in_progress_backoff`, after it the event runs again.
 ///
+/// # Rebalances
+///
+/// A redelivery the guard waits for (and the holding back of the later messages of its
+/// partition) belongs to the partition's assignment. While one is pending, each call
+/// looks up the consumer's assignment and forgets those of partitions no longer
+/// assigned; and before holding back a message it looks up the group's committed offset
+/// of the partition (one broker round trip, at most `seek_timeout`): this consumer never
+/// commits past a redelivery it waits for, so an offset past it means another member
+/// owned the partition meanwhile and processed the message, and the redelivery is
+/// forgotten. A partition that comes back to this consumer (after a rebalance, say at
+/// the offset another member committed) goes on from there, never back to an old
+/// redelivery. [`process_batch`], whose batch may span a rebalance, runs and commits
+/// only the partitions still assigned.
+///
 /// Process the messages of one consumer one at a time, in the order the consumer yields
 /// them (the consumer loop of `examples/kafka_consumer.rs`). The consumer must not commit
 /// by itself: create it with `enable.auto.commit=false` (as [`consumer_config`] does).
@@ -128,11 +163,13 @@ pub enum Retry<E> {
 /// A message that cannot be identified is never skipped here; but committing a later
 /// offset of the same partition commits past it too. Decide before going on: write it
 /// to a dead-letter topic and [`commit_past`] it, or stop consuming.
+///
+/// [`process_batch`]: Self::process_batch
 #[derive(Debug)]
 pub struct KafkaGuard {
     guard: Guard,
     options: KafkaGuardOptions,
-    /// Partitions waiting for a redelivery: the offset they were sought back to.
+    /// Partitions waiting for a redelivery: the offset they are consumed again from.
     rewinds: Mutex<Rewinds>,
 }
 
@@ -183,28 +220,24 @@ impl KafkaGuard {
         E: std::fmt::Display,
     {
         let position = MessagePosition::of(message);
-        let rewound_to = self.lock_rewinds().rewound_to(&position);
-        if let Some(offset) = rewound_to {
-            // An earlier message of this partition must come first: seek back to it again.
-            self.seek_back(consumer, &position.at(offset));
-            return Ok(Delivery::Redeliver(Retry::Rewinding));
-        }
-        let envelope = envelope_from_message(message)?;
-        let result = self.guard.run(&envelope, handler(envelope.clone())).await;
-        let (retry, backoff) = match result {
-            Ok(outcome) => return Ok(self.commit(consumer, &position, outcome)),
-            Err(GuardError::Handler(e)) => (Retry::Handler(e), self.options.retry_backoff),
-            Err(GuardError::InProgress) => (Retry::InProgress, self.options.in_progress_backoff),
-            Err(GuardError::Store(e)) => (Retry::Store(e), self.options.retry_backoff),
-            Err(GuardError::InvalidEvent(source)) => {
-                return Err(MessageError::Unidentifiable { position, source })
-            }
-            Err(other) => (Retry::Other(other), self.options.retry_backoff),
+        self.forget_stale(consumer, std::slice::from_ref(&position), None);
+        let envelope = envelope_from_message(message);
+        let admitted = self
+            .lock_rewinds()
+            .admit(&[(&position, envelope.is_ok())])
+            .first()
+            .copied()
+            .unwrap_or(false);
+        let input = match envelope {
+            _ if !admitted => Input::NotRun,
+            Ok(envelope) => Input::Ran(self.guard.run(&envelope, handler(envelope.clone())).await),
+            Err(error) => Input::Unidentifiable(error),
         };
-        self.lock_rewinds().set(&position);
-        tokio::time::sleep(backoff).await;
-        self.seek_back(consumer, &position);
-        Ok(Delivery::Redeliver(retry))
+        let plan = self.lock_rewinds().settle(vec![(&position, input)]);
+        let mut answers = self.carry_out(consumer, plan, &[&position], false).await;
+        answers
+            .pop()
+            .unwrap_or(Ok(Delivery::Redeliver(Retry::Rewinding)))
     }
 
     /// Processes a batch of consumed messages (in the order the consumer yielded them)
@@ -212,15 +245,36 @@ impl KafkaGuard {
     /// per message, the new events' handlers run concurrently. Returns what became of each
     /// message, in order.
     ///
-    /// Offsets, per partition: the offset after the longest run of messages whose outcome
-    /// is final, from the batch's first message of that partition, is committed (one commit
-    /// for the batch). The first message that is not final (handler failed, in progress
-    /// elsewhere, store refused) is redelivered: after the backoff its partition is sought
-    /// back to it. Messages of that partition after it are answered
-    /// `Redeliver(Retry::Rewinding)`, even when their handler ran: their offsets are not
-    /// committed, and their redelivery finds them completed (a duplicate, skipped). A
-    /// message that cannot be identified is returned as `Err` and nothing of its partition
-    /// from it on is committed: dead-letter it and [`commit_past`] it, or stop.
+    /// The decisions are those of [`process`](Self::process), the same function of the
+    /// guard's outcomes applied to the batch: given the same outcomes, each message gets
+    /// the answers `process` gives it message by message, apart from extra `Rewinding`
+    /// answers for messages that come again (below), and each partition ends committed at
+    /// the same offset. One difference the outcomes themselves show: a handler that ran
+    /// in the batch after an earlier message of its partition failed makes its message's
+    /// redelivery a `Duplicate` where `process` would have answered `Processed`. Per
+    /// partition: the
+    /// offset after the longest run of messages whose outcome is final, from the batch's
+    /// first message of that partition, is committed (one commit for the batch). The first
+    /// message that is not final (handler failed, in progress elsewhere, store refused) is
+    /// redelivered: after the backoff its partition is sought back to it. Messages of that
+    /// partition after it are answered `Redeliver(Retry::Rewinding)`, even when their
+    /// handler ran (they ran concurrently): their offsets are not committed, and their
+    /// redelivery finds them completed (a duplicate, skipped).
+    ///
+    /// A message that cannot be identified is returned as `Err`, and nothing of its
+    /// partition from it on is committed: dead-letter it and [`commit_past`] it, or stop.
+    /// The messages of its partition after it in the batch are not run: they are answered
+    /// `Rewinding` and the partition is sought to the message after the unidentifiable
+    /// one, so that they come again once the caller has decided (where `process`, called
+    /// after that decision, would have run them).
+    ///
+    /// A batch gathered over several polls can span a rebalance. Messages of a partition
+    /// that is no longer assigned to the consumer are not run and are answered
+    /// [`Retry::Revoked`]; the partition's new owner consumes them from the group's
+    /// committed offset. Only partitions still assigned when the batch is committed are
+    /// committed: a final outcome of a partition lost in between is answered
+    /// [`Delivery::CommitFailed`], and the new owner's redelivery of it is a duplicate
+    /// (see there for the outcomes where it is not).
     pub async fn process_batch<K, C, M, F, Fut, T, E>(
         &self,
         consumer: &K,
@@ -236,113 +290,239 @@ impl KafkaGuard {
         E: std::fmt::Display,
     {
         let positions: Vec<MessagePosition> = messages.iter().map(MessagePosition::of).collect();
-        let mut answers: Vec<Option<Result<Delivery<T, E>, MessageError>>> =
-            messages.iter().map(|_| None).collect();
-        let mut seeks: HashMap<(String, i32), i64> = HashMap::new();
-        let mut envelopes = Vec::new();
-        let mut slots = Vec::new();
+        let assigned = assignment(consumer);
+        let owned = |p: &MessagePosition| {
+            assigned
+                .as_ref()
+                .is_none_or(|a| a.contains(&(p.topic.clone(), p.partition)))
+        };
+        self.forget_stale(consumer, &positions, assigned.as_ref());
+
+        // The messages of partitions still assigned; which of them are decided now, and
+        // which of those run (`None` below: its result comes from the batch run).
+        let live: Vec<usize> = (0..messages.len())
+            .filter(|&i| owned(&positions[i]))
+            .collect();
+        let envelopes: Vec<Result<EventEnvelope, MessageError>> = live
+            .iter()
+            .map(|&i| envelope_from_message(&messages[i]))
+            .collect();
+        let admitted = {
+            let asked: Vec<(&MessagePosition, bool)> = live
+                .iter()
+                .zip(&envelopes)
+                .map(|(&i, e)| (&positions[i], e.is_ok()))
+                .collect();
+            self.lock_rewinds().admit(&asked)
+        };
+        let mut to_run = Vec::new();
+        let known: Vec<Option<Input<T, E>>> = envelopes
+            .into_iter()
+            .zip(&admitted)
+            .map(|(envelope, &admitted)| match envelope {
+                _ if !admitted => Some(Input::NotRun),
+                Ok(envelope) => {
+                    to_run.push(envelope);
+                    None
+                }
+                Err(error) => Some(Input::Unidentifiable(error)),
+            })
+            .collect();
+        let mut results = self
+            .guard
+            .run_batch(&to_run, |envelope| handler(envelope.clone()))
+            .await
+            .into_iter();
+        let inputs: Vec<(&MessagePosition, Input<T, E>)> = live
+            .iter()
+            .zip(known)
+            .map(|(&i, input)| {
+                let input = input.unwrap_or_else(|| match results.next() {
+                    Some(result) => Input::Ran(result),
+                    None => Input::NotRun,
+                });
+                (&positions[i], input)
+            })
+            .collect();
+        let decided: Vec<&MessagePosition> = inputs.iter().map(|(p, _)| *p).collect();
+        let plan = self.lock_rewinds().settle(inputs);
+        let answers = self.carry_out(consumer, plan, &decided, true).await;
+
+        let mut answers = answers.into_iter();
+        let mut live = live.into_iter().peekable();
+        (0..messages.len())
+            .map(|i| {
+                if live.peek() == Some(&i) {
+                    live.next();
+                    answers
+                        .next()
+                        .unwrap_or(Ok(Delivery::Redeliver(Retry::Rewinding)))
+                } else {
+                    Ok(Delivery::Redeliver(Retry::Revoked))
+                }
+            })
+            .collect()
+    }
+
+    fn lock_rewinds(&self) -> std::sync::MutexGuard<'_, Rewinds> {
+        // The map is never left half-updated, so a poisoned lock is still consistent.
+        self.rewinds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the redeliveries that no longer apply before `positions` are decided: those
+    /// of partitions no longer assigned to the consumer (`assigned`, looked up when not
+    /// given), and those whose partition's committed offset has moved past them. This
+    /// consumer never commits past a redelivery it waits for, so the latter means another
+    /// member owned the partition meanwhile and processed the message; going back to it
+    /// would replay what that member committed. Looked up only while a redelivery is
+    /// pending, and the committed offset only for a partition with a message after it.
+    fn forget_stale<K, C>(
+        &self,
+        consumer: &K,
+        positions: &[MessagePosition],
+        assigned: Option<&HashSet<Partition>>,
+    ) where
+        K: Consumer<C>,
+        C: ConsumerContext,
+    {
+        if self.lock_rewinds().is_empty() {
+            return;
+        }
+        let looked_up;
+        let assigned = match assigned {
+            Some(a) => Some(a),
+            None => {
+                looked_up = assignment(consumer);
+                looked_up.as_ref()
+            }
+        };
+        let mut ahead: BTreeMap<Partition, i64> = BTreeMap::new();
         {
             let mut rewinds = self.lock_rewinds();
-            for (i, (message, position)) in messages.iter().zip(&positions).enumerate() {
-                if let Some(offset) = rewinds.rewound_to(position) {
-                    seeks.insert((position.topic.clone(), position.partition), offset);
-                    answers[i] = Some(Ok(Delivery::Redeliver(Retry::Rewinding)));
-                    continue;
-                }
-                match envelope_from_message(message) {
-                    Ok(envelope) => {
-                        envelopes.push(envelope);
-                        slots.push(i);
+            if let Some(assigned) = assigned {
+                for partition in rewinds.partitions() {
+                    if !assigned.contains(&partition) {
+                        let at = rewinds.forget(&partition);
+                        tracing::info!(topic = %partition.0, partition = partition.1, offset = ?at, "KAFKA_REDELIVERY_DROPPED: partition no longer assigned; its new owner consumes it from the group's committed offset");
                     }
-                    Err(err) => answers[i] = Some(Err(err)),
+                }
+            }
+            for p in positions {
+                let partition = (p.topic.clone(), p.partition);
+                if let Some(at) = rewinds.pending(&partition) {
+                    if p.offset > at {
+                        ahead.insert(partition, at);
+                    }
                 }
             }
         }
-        let results = self
-            .guard
-            .run_batch(&envelopes, |envelope| handler(envelope.clone()))
-            .await;
-        let mut results: Vec<Option<_>> = results.into_iter().map(Some).collect();
-        // Message index → its envelope's result, for the identifiable messages.
-        let mut result_of: Vec<Option<usize>> = vec![None; messages.len()];
-        for (r, &i) in slots.iter().enumerate() {
-            result_of[i] = Some(r);
+        if ahead.is_empty() {
+            return;
         }
-
-        // Walk the batch in order, partition by partition.
-        let mut blocked: HashSet<(String, i32)> = HashSet::new();
-        let mut commit_to: HashMap<(String, i32), i64> = HashMap::new();
-        let mut finals: Vec<(usize, Outcome<T>)> = Vec::new();
-        let mut backoff = Duration::ZERO;
-        for (i, position) in positions.iter().enumerate() {
-            let partition = (position.topic.clone(), position.partition);
-            let Some(r) = result_of[i] else {
-                // Held back, or not identifiable: nothing of this partition from here on.
-                blocked.insert(partition);
-                continue;
-            };
-            let Some(result) = results[r].take() else {
-                continue;
-            };
-            if blocked.contains(&partition) {
-                answers[i] = Some(Ok(Delivery::Redeliver(Retry::Rewinding)));
-                continue;
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in ahead.keys() {
+            tpl.add_partition(topic, *partition);
+        }
+        let committed = match consumer.committed_offsets(tpl, self.options.seek_timeout) {
+            Ok(committed) => committed,
+            Err(error) => {
+                tracing::warn!(error = %error, "KAFKA_COMMITTED_UNKNOWN: could not look up the committed offsets before a seek back; the pending redeliveries stay");
+                return;
             }
-            let (retry, wait) = match result {
-                Ok(outcome) => {
-                    commit_to.insert(partition, position.offset + 1);
-                    finals.push((i, outcome));
-                    continue;
+        };
+        let mut rewinds = self.lock_rewinds();
+        for ((topic, partition), at) in ahead {
+            let moved = committed
+                .find_partition(&topic, partition)
+                .map(|e| e.offset());
+            if let Some(Offset::Offset(c)) = moved {
+                if c > at && rewinds.pending(&(topic.clone(), partition)) == Some(at) {
+                    rewinds.forget(&(topic.clone(), partition));
+                    tracing::info!(topic = %topic, partition, offset = at, committed = c, "KAFKA_REDELIVERY_DROPPED: the group's committed offset moved past the pending redelivery (another member processed it); going on from there");
                 }
-                Err(GuardError::Handler(e)) => (Retry::Handler(e), self.options.retry_backoff),
-                Err(GuardError::InProgress) => {
-                    (Retry::InProgress, self.options.in_progress_backoff)
-                }
-                Err(GuardError::Store(e)) => (Retry::Store(e), self.options.retry_backoff),
-                Err(GuardError::InvalidEvent(source)) => {
-                    answers[i] = Some(Err(MessageError::Unidentifiable {
-                        position: position.clone(),
-                        source,
-                    }));
-                    blocked.insert(partition);
-                    continue;
-                }
-                Err(other) => (Retry::Other(other), self.options.retry_backoff),
-            };
-            backoff = backoff.max(wait);
-            self.lock_rewinds().set(position);
-            seeks.insert(partition.clone(), position.offset);
-            blocked.insert(partition);
-            answers[i] = Some(Ok(Delivery::Redeliver(retry)));
+            }
         }
+    }
 
-        // One commit for every partition that moved.
-        let committed = if commit_to.is_empty() {
+    /// Commits, seeks and answers as `plan` says; `positions` are the plan's messages, in
+    /// its order. `recheck`: commit only the partitions still assigned (a batch can span
+    /// a rebalance); the final outcomes of the others are answered `CommitFailed` with
+    /// `AssignmentLost`.
+    async fn carry_out<K, C, T, E>(
+        &self,
+        consumer: &K,
+        plan: Plan<T, E>,
+        positions: &[&MessagePosition],
+        recheck: bool,
+    ) -> Vec<Result<Delivery<T, E>, MessageError>>
+    where
+        K: Consumer<C>,
+        C: ConsumerContext,
+    {
+        let Plan {
+            answers,
+            mut commits,
+            seeks,
+        } = plan;
+        let mut lost: HashSet<Partition> = HashSet::new();
+        if recheck && !commits.is_empty() {
+            if let Some(assigned) = assignment(consumer) {
+                commits.retain(|partition, offset| {
+                    let keep = assigned.contains(partition);
+                    if !keep {
+                        tracing::warn!(topic = %partition.0, partition = partition.1, offset = *offset, "KAFKA_COMMIT_SKIPPED: partition no longer assigned; its new owner consumes it again from the group's committed offset, where these messages are duplicates");
+                        lost.insert(partition.clone());
+                    }
+                    keep
+                });
+            }
+        }
+        let committed = if commits.is_empty() {
             Ok(())
         } else {
             let mut tpl = TopicPartitionList::new();
-            let added = commit_to
-                .iter()
-                .try_for_each(|((topic, partition), offset)| {
-                    tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-                });
+            let added = commits.iter().try_for_each(|((topic, partition), offset)| {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            });
             added.and_then(|()| consumer.commit(&tpl, self.options.commit_mode))
         };
         if let Err(error) = &committed {
-            tracing::warn!(error = %error, "KAFKA_COMMIT_FAILED: batch outcomes final, offsets not committed; redeliveries will be duplicates");
+            tracing::warn!(error = %error, offsets = ?commits, "KAFKA_COMMIT_FAILED: outcomes final, offsets not committed; a redelivery is a duplicate where the event was recorded as completed");
         }
-        for (i, outcome) in finals {
-            answers[i] = Some(Ok(match &committed {
-                Ok(()) => Delivery::Committed(outcome),
-                Err(error) => Delivery::CommitFailed {
-                    outcome,
-                    error: error.clone(),
-                },
-            }));
-        }
+        let mut backoff = Duration::ZERO;
+        let answers: Vec<_> = answers
+            .into_iter()
+            .zip(positions)
+            .map(|(answer, position)| match answer {
+                Answer::Final(outcome) => {
+                    let partition = (position.topic.clone(), position.partition);
+                    Ok(match &committed {
+                        _ if lost.contains(&partition) => Delivery::CommitFailed {
+                            outcome,
+                            error: KafkaError::ConsumerCommit(RDKafkaErrorCode::AssignmentLost),
+                        },
+                        Ok(()) => Delivery::Committed(outcome),
+                        Err(error) => Delivery::CommitFailed {
+                            outcome,
+                            error: error.clone(),
+                        },
+                    })
+                }
+                Answer::Redeliver(retry) => {
+                    backoff = backoff.max(self.backoff(&retry));
+                    Ok(Delivery::Redeliver(retry))
+                }
+                Answer::Unidentifiable(error) => Err(error),
+            })
+            .collect();
         if !seeks.is_empty() {
-            tokio::time::sleep(backoff).await;
+            if !backoff.is_zero() {
+                tokio::time::sleep(backoff).await;
+            }
             for ((topic, partition), offset) in &seeks {
+                if lost.contains(&(topic.clone(), *partition)) {
+                    continue;
+                }
                 let position = MessagePosition {
                     topic: topic.clone(),
                     partition: *partition,
@@ -352,37 +532,13 @@ impl KafkaGuard {
             }
         }
         answers
-            .into_iter()
-            .map(|a| a.unwrap_or(Ok(Delivery::Redeliver(Retry::Rewinding))))
-            .collect()
     }
 
-    fn lock_rewinds(&self) -> std::sync::MutexGuard<'_, Rewinds> {
-        // The map is never left half-updated, so a poisoned lock is still consistent.
-        self.rewinds.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn commit<K, C, T, E>(
-        &self,
-        consumer: &K,
-        position: &MessagePosition,
-        outcome: Outcome<T>,
-    ) -> Delivery<T, E>
-    where
-        K: Consumer<C>,
-        C: ConsumerContext,
-    {
-        match commit_offset(
-            consumer,
-            position,
-            position.offset + 1,
-            self.options.commit_mode,
-        ) {
-            Ok(()) => Delivery::Committed(outcome),
-            Err(error) => {
-                tracing::warn!(message = %position, error = %error, "KAFKA_COMMIT_FAILED: outcome final, offset not committed; a redelivery will be a duplicate");
-                Delivery::CommitFailed { outcome, error }
-            }
+    fn backoff<E>(&self, retry: &Retry<E>) -> Duration {
+        match retry {
+            Retry::InProgress => self.options.in_progress_backoff,
+            Retry::Rewinding | Retry::Revoked => Duration::ZERO,
+            Retry::Handler(_) | Retry::Store(_) | Retry::Other(_) => self.options.retry_backoff,
         }
     }
 
@@ -410,6 +566,27 @@ impl KafkaGuard {
             );
         if let Err(error) = result {
             tracing::warn!(message = %position, error = %error, "KAFKA_SEEK_FAILED: could not seek back to a message to redeliver; later messages of its partition are held back");
+        }
+    }
+}
+
+/// The partitions assigned to `consumer`; `None` when the look-up failed (then nothing is
+/// taken as revoked).
+fn assignment<K, C>(consumer: &K) -> Option<HashSet<Partition>>
+where
+    K: Consumer<C>,
+    C: ConsumerContext,
+{
+    match consumer.assignment() {
+        Ok(tpl) => Some(
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect(),
+        ),
+        Err(error) => {
+            tracing::warn!(error = %error, "KAFKA_ASSIGNMENT_UNKNOWN: could not look up the consumer's assignment");
+            None
         }
     }
 }
@@ -464,75 +641,9 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
     config
 }
 
-/// The partitions waiting for a redelivery, and the offset each was sought back to.
-#[derive(Debug, Default)]
-struct Rewinds {
-    pending: HashMap<(String, i32), i64>,
-}
-
-impl Rewinds {
-    fn set(&mut self, position: &MessagePosition) {
-        self.pending.insert(
-            (position.topic.clone(), position.partition),
-            position.offset,
-        );
-    }
-
-    /// Whether `position` must not be processed yet: a message before it in its
-    /// partition waits for its redelivery. A message at or before the rewound offset (the
-    /// redelivery itself, or a replay from an earlier committed offset after a
-    /// rebalance) ends the rewind.
-    #[cfg(test)]
-    fn holds_back(&mut self, position: &MessagePosition) -> bool {
-        self.rewound_to(position).is_some()
-    }
-
-    /// The offset `position`'s partition waits to be redelivered from, when `position`
-    /// comes after it (see [`holds_back`](Self::holds_back)).
-    fn rewound_to(&mut self, position: &MessagePosition) -> Option<i64> {
-        let key = (position.topic.clone(), position.partition);
-        match self.pending.get(&key) {
-            Some(&at) if position.offset > at => Some(at),
-            Some(_) => {
-                self.pending.remove(&key);
-                None
-            }
-            None => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(partition: i32, offset: i64) -> MessagePosition {
-        MessagePosition {
-            topic: "t".into(),
-            partition,
-            offset,
-        }
-    }
-
-    #[test]
-    fn later_messages_of_a_rewound_partition_are_held_back() {
-        let mut r = Rewinds::default();
-        assert!(!r.holds_back(&at(0, 5)));
-        r.set(&at(0, 5));
-        assert!(r.holds_back(&at(0, 6)), "fetched ahead: held back");
-        assert!(r.holds_back(&at(0, 9)));
-        assert!(!r.holds_back(&at(1, 6)), "other partitions go on");
-        assert!(!r.holds_back(&at(0, 5)), "the redelivery itself ends it");
-        assert!(!r.holds_back(&at(0, 6)), "and what follows it runs");
-    }
-
-    #[test]
-    fn a_replay_from_an_earlier_offset_ends_the_rewind() {
-        let mut r = Rewinds::default();
-        r.set(&at(2, 40));
-        assert!(!r.holds_back(&at(2, 31)));
-        assert!(!r.holds_back(&at(2, 41)));
-    }
 
     #[test]
     fn the_consumer_config_never_commits_by_itself() {

@@ -39,6 +39,7 @@
 mod consumer;
 pub mod demo;
 mod message;
+mod plan;
 
 pub use consumer::{commit_past, consumer_config, Delivery, KafkaGuard, KafkaGuardOptions, Retry};
 pub use message::{

@@ -633,3 +633,132 @@ async fn batches_with_resends_and_failures_have_each_side_effect_once() {
     }
     support::drop_schema(&pool, &schema).await;
 }
+
+/// The batch form after a message that cannot be identified: a partition holds @0 ok,
+/// @1 `not json`, @2 a handler that fails once, @3 ok. Consumed in batches through
+/// `process_batch`, the unidentifiable message dead-lettered and committed past as
+/// documented: @2 is retried and processed, as `process` does message by message, and the
+/// group's offset ends after @3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_retries_a_failed_event_after_an_unidentifiable_message() {
+    let bootstrap = support::bootstrap();
+    let topic = support::unique("eventonce-e2e-batch-bad");
+    create_topic(&bootstrap, &topic, 1).await.expect("topic");
+    let producer = support::producer(&bootstrap, "e2e-batch-bad");
+    support::send(&producer, &topic, Some(0), 0, Form::Body).await;
+    support::send_raw(&producer, &topic, Some(0), "k", Some(b"not json"), None).await;
+    support::send(&producer, &topic, Some(0), 2, Form::Body).await;
+    support::send(&producer, &topic, Some(0), 3, Form::Body).await;
+
+    let store = eventonce_memory::MemoryStore::new();
+    let config = IdempotencyConfig::builder("kafka-e2e-batch-bad")
+        .build()
+        .expect("config");
+    let guard = Guard::new(store.clone(), config);
+    let kafka = KafkaGuard::with_options(
+        guard.clone(),
+        KafkaGuardOptions {
+            retry_backoff: Duration::from_millis(20),
+            commit_mode: CommitMode::Sync,
+            ..KafkaGuardOptions::default()
+        },
+    );
+    let c = consumer(&support::unique("e2e-batch-bad"), &topic);
+    let attempts: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    // Every answer, in order: (offset, what became of it).
+    let mut answers: Vec<(i64, String)> = Vec::new();
+    let mut finals = std::collections::BTreeSet::new();
+    let mut dead_letters = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while finals.len() < 3 || dead_letters.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(first) = tokio::time::timeout(left, c.recv()).await else {
+            break;
+        };
+        let mut batch = vec![first.expect("consume").detach()];
+        let window = Instant::now() + Duration::from_millis(200);
+        while batch.len() < 10 {
+            let left = window.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, c.recv()).await {
+                Ok(message) => batch.push(message.expect("consume").detach()),
+                Err(_) => break,
+            }
+        }
+        let deliveries = kafka
+            .process_batch(&c, &batch, |event| {
+                let order = event.data["order"].as_u64().unwrap_or(u64::MAX) as u32;
+                let attempts = Arc::clone(&attempts);
+                async move {
+                    let attempt = {
+                        let mut a = attempts.lock().expect("attempts");
+                        let n = a.entry(order).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    if order == 2 && attempt == 1 {
+                        return Err(format!("event {order} fails its first run"));
+                    }
+                    Ok(())
+                }
+            })
+            .await;
+        for (message, delivery) in batch.iter().zip(deliveries) {
+            let offset = rdkafka::Message::offset(message);
+            let kind = match delivery {
+                Ok(Delivery::Committed(outcome)) => {
+                    finals.insert(offset);
+                    format!("committed {outcome:?}")
+                }
+                Ok(Delivery::CommitFailed { error, .. }) => panic!("commit failed: {error}"),
+                Ok(Delivery::Redeliver(retry)) => format!("redeliver {retry:?}"),
+                Err(unidentifiable) => {
+                    // The documented route: dead-letter it (not shown), commit past it.
+                    commit_past(&c, unidentifiable.position(), CommitMode::Sync)
+                        .expect("commit past");
+                    dead_letters.push(offset);
+                    format!("unidentifiable: {unidentifiable}")
+                }
+            };
+            answers.push((offset, kind));
+        }
+    }
+    let record = |i: u32| {
+        let key = guard.key_for(&support::event(i)).expect("key");
+        let store = store.clone();
+        async move { store.get(&key).await.expect("get").map(|r| r.state) }
+    };
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&topic, 0);
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed")
+        .find_partition(&topic, 0)
+        .map(|e| e.offset());
+    let attempts = attempts.lock().expect("attempts").clone();
+    println!(
+        "kafka e2e batch after an unidentifiable message: answers {answers:?}, dead-lettered {dead_letters:?}, handler runs {attempts:?}, record of event 2: {:?}, committed {committed:?}",
+        record(2).await
+    );
+    assert_eq!(
+        finals.iter().copied().collect::<Vec<_>>(),
+        vec![0, 2, 3],
+        "every identifiable message reached a final outcome: {answers:?}; record of event 2: {:?}; committed {committed:?}",
+        record(2).await
+    );
+    assert_eq!(dead_letters, vec![1], "the bad message dead-lettered once");
+    assert_eq!(
+        attempts.get(&2),
+        Some(&2),
+        "event 2 failed once, then ran again"
+    );
+    assert_eq!(attempts.get(&0), Some(&1));
+    assert_eq!(attempts.get(&3), Some(&1));
+    for i in [0, 2, 3] {
+        assert_eq!(
+            record(i).await,
+            Some(eventonce_core::RecordState::Completed),
+            "event {i}"
+        );
+    }
+    assert_eq!(committed, Some(Offset::Offset(4)));
+}
