@@ -448,9 +448,11 @@ impl Guard {
     ///   completed, commits, returns [`Outcome::Processed`].
     /// - Completed before: rolls back, returns [`Outcome::Duplicate`]; `handler` is not
     ///   called.
-    /// - Another transaction holds it: the claim waits for that transaction to end, then
-    ///   reports `Duplicate` (it committed) or claims it (it rolled back); a committed
-    ///   claim of the non-transactional mode gives [`GuardError::InProgress`].
+    /// - Another transaction holds it (a live `run_in_transaction` of the same event, or a
+    ///   batch being completed): [`GuardError::InProgress`] after at most the store's short
+    ///   lock wait (PostgreSQL `lock_wait`, 50 ms), never a store error, so the redelivery
+    ///   comes later; a committed claim of the non-transactional mode also gives
+    ///   `InProgress`.
     /// - `handler` returns `Err`, panics, or this future is dropped: the transaction rolls
     ///   back, taking the handler's writes and the claim with it.
     /// - A consumer process that dies mid-handler: its connection closes, the database
