@@ -14,14 +14,10 @@ use eventonce::{
 use serde_json::{json, Value};
 
 use crate::connect::{connect, Backend, Connected, StoreArgs};
+use crate::{fail, EXIT_NO};
 
 /// How many records a listing asks the store for per round trip.
 const PAGE: usize = 500;
-
-/// Exit code of a command that found nothing to do or was declined.
-const NOTHING: u8 = 1;
-/// Exit code of a refused or failed command.
-const REFUSED: u8 = 2;
 
 #[derive(Args)]
 pub struct KeysArgs {
@@ -116,11 +112,6 @@ fn scope(prefix: &str, service: Option<&str>, event_type: Option<&str>) -> Resul
 
 async fn open(args: &StoreArgs) -> Result<Connected, String> {
     connect(&Backend::for_admin(args), false).await
-}
-
-fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::from(REFUSED)
 }
 
 /// Every live record under `scope` that `keep` accepts, up to `limit` of them; and
@@ -376,12 +367,12 @@ pub async fn show(args: ShowArgs) -> ExitCode {
         (Some(record), false) => print_record(prefix, &key, &record),
         (None, true) => {
             println!("{}", json!({"key": key, "state": "absent"}));
-            return ExitCode::from(NOTHING);
+            return ExitCode::from(EXIT_NO);
         }
         (None, false) => {
             println!("key:        {key}");
             println!("state:      absent (never processed, or expired)");
-            return ExitCode::from(NOTHING);
+            return ExitCode::from(EXIT_NO);
         }
     }
     ExitCode::SUCCESS
@@ -422,7 +413,7 @@ pub async fn release(args: ReleaseArgs) -> ExitCode {
         Ok(Some(record)) => record,
         Ok(None) => {
             println!("no live record at {}; nothing to release", args.key);
-            return ExitCode::from(NOTHING);
+            return ExitCode::from(EXIT_NO);
         }
         Err(err) => return fail(err),
     };
@@ -448,7 +439,7 @@ pub async fn release(args: ReleaseArgs) -> ExitCode {
         let answer = answer.trim().to_ascii_lowercase();
         if answer != "y" && answer != "yes" {
             println!("not released");
-            return ExitCode::from(NOTHING);
+            return ExitCode::from(EXIT_NO);
         }
     }
     match connected
@@ -464,7 +455,7 @@ pub async fn release(args: ReleaseArgs) -> ExitCode {
             println!(
                 "not released: the record changed or expired since it was read; run `show` again"
             );
-            ExitCode::from(NOTHING)
+            ExitCode::from(EXIT_NO)
         }
         Err(err) => fail(err),
     }
