@@ -39,6 +39,9 @@ enum Command {
     /// PostgreSQL; never KEYS).
     Keys(admin::KeysArgs),
     /// Show one record, decoded: by key, or computed from an event.
+    #[command(override_usage = "eventonce show [OPTIONS] <KEY>\n       \
+        eventonce show [OPTIONS] --service <SERVICE> --event-type <EVENT_TYPE> \
+        [--event-id <EVENT_ID>] --data-file <FILE>")]
     Show(admin::ShowArgs),
     /// Remove one record so that its event can be processed again (asks first).
     Release(admin::ReleaseArgs),

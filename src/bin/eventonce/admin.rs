@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use eventonce::{
     escape_event_type, AdminStore, EventEnvelope, IdempotencyConfig, KeyParts, ListedRecord,
-    Record, RecordState,
+    Record, RecordState, StoreError,
 };
 use serde_json::{json, Value};
 
@@ -32,8 +32,8 @@ pub struct KeysArgs {
     /// Only records in this state.
     #[arg(long, value_parser = ["processing", "completed"])]
     state: Option<String>,
-    /// Print at most this many keys.
-    #[arg(long, default_value_t = 1000)]
+    /// Print at most this many keys (at least 1).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = at_least_one)]
     limit: usize,
     /// Print a JSON array instead of a table.
     #[arg(long)]
@@ -41,24 +41,24 @@ pub struct KeysArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("record").required(true).args(["key", "service"])))]
 pub struct ShowArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// The key to show.
-    #[arg(conflicts_with_all = ["service", "event_type", "event_id", "data_file"],
-          required_unless_present_all = ["service", "event_type", "data_file"])]
+    /// The key to show (under the prefix).
+    #[arg(conflicts_with_all = ["service", "event_type", "event_id", "data_file"])]
     key: Option<String>,
     /// Compute the key from an event: its consumer service.
     #[arg(long, requires_all = ["event_type", "data_file"])]
     service: Option<String>,
     /// Compute the key from an event: its type.
-    #[arg(long)]
+    #[arg(long, requires = "service")]
     event_type: Option<String>,
     /// Compute the key from an event: its `event_id` (leave out for an event without one).
-    #[arg(long)]
+    #[arg(long, requires = "service")]
     event_id: Option<String>,
     /// Compute the key from an event: a file with its `data` JSON (`-`: standard input).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "service")]
     data_file: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -89,6 +89,15 @@ pub struct StatsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// `--limit`: a whole number, at least 1.
+fn at_least_one(value: &str) -> Result<usize, String> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| "must be a whole number, at least 1".to_owned())
 }
 
 /// Checks the prefix (and service) as a configuration would, and gives the literal key
@@ -254,7 +263,7 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
             })
             .collect();
         println!("{}", Value::Array(items));
-        return ExitCode::SUCCESS;
+        return found(!records.is_empty());
     }
     let rows: Vec<Vec<String>> = records
         .iter()
@@ -279,12 +288,42 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
             String::new()
         }
     );
-    ExitCode::SUCCESS
+    found(!records.is_empty())
 }
 
-/// The key `show` asks for: given, or computed from the event.
+/// Exit code 0 when something was found, [`EXIT_NO`] when nothing was.
+fn found(anything: bool) -> ExitCode {
+    if anything {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NO)
+    }
+}
+
+/// The store's error reading `key`, in plain words when the key holds no record at all: a
+/// Redis key of another type than string (a list, a hash, ...) fails the read script.
+fn read_error(key: &str, err: StoreError) -> String {
+    if err.to_string().contains("WRONGTYPE") {
+        format!(
+            "{key:?} holds a Redis value that is not a string (a list, hash, set, ...): it is \
+             not an eventonce record"
+        )
+    } else {
+        err.to_string()
+    }
+}
+
+/// The key `show` asks for: given (and under the prefix), or computed from the event.
 fn show_key(args: &ShowArgs) -> Result<String, String> {
     if let Some(key) = &args.key {
+        let prefix = &args.store.prefix;
+        scope(prefix, None, None)?;
+        if !key.starts_with(&format!("{prefix}:")) {
+            return Err(format!(
+                "refusing to show {key:?}: it is not a key under {prefix}: (use --prefix for \
+                 another namespace)"
+            ));
+        }
         return Ok(key.clone());
     }
     let (Some(service), Some(event_type), Some(file)) =
@@ -359,7 +398,7 @@ pub async fn show(args: ShowArgs) -> ExitCode {
     };
     let record = match connected.store.get(&key).await {
         Ok(record) => record,
-        Err(err) => return fail(err),
+        Err(err) => return fail(read_error(&key, err)),
     };
     let prefix = &args.store.prefix;
     match (record, args.json) {
@@ -415,7 +454,7 @@ pub async fn release(args: ReleaseArgs) -> ExitCode {
             println!("no live record at {}; nothing to release", args.key);
             return ExitCode::from(EXIT_NO);
         }
-        Err(err) => return fail(err),
+        Err(err) => return fail(read_error(&args.key, err)),
     };
     print_record(prefix, &args.key, &record);
     if record.owner.is_none() {
@@ -590,7 +629,7 @@ pub async fn stats(args: StatsArgs) -> ExitCode {
             },
         });
         println!("{out}");
-        return ExitCode::SUCCESS;
+        return found(processing + completed > 0);
     }
     println!(
         "eventonce stats: {} {}, keys under {scope}",
@@ -634,7 +673,7 @@ pub async fn stats(args: StatsArgs) -> ExitCode {
          averaged and multiplied by the group's count",
         args.samples
     );
-    ExitCode::SUCCESS
+    found(processing + completed > 0)
 }
 
 #[cfg(test)]
