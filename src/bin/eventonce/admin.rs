@@ -421,7 +421,9 @@ pub async fn show(args: ShowArgs) -> ExitCode {
 fn consequence(state: RecordState) -> &'static str {
     match state {
         RecordState::Completed => {
-            "The event was processed; releasing it lets its next delivery be processed again."
+            "The event was processed; releasing it lets its next delivery be processed again \
+             (except by a consumer with a CachedStore that completed it: its local cache \
+             answers Duplicate until the cache's max_ttl passes or the consumer restarts)."
         }
         RecordState::Processing => {
             "A consumer holds this claim and may be running the handler now. Releasing it lets \
