@@ -184,7 +184,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -752,7 +752,7 @@ mod tests {
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(10_000_000), "10,000,000");
         assert_eq!(thousands(u64::MAX), "18,446,744,073,709,551,615");
-        assert_eq!(per_second(10_523.1299), "10,523/s");
+        assert_eq!(per_second(10_523.129_9), "10,523/s");
         assert_eq!(per_second(0.4), "0/s");
         assert_eq!(per_second(f64::NAN), "0/s");
     }
