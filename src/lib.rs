@@ -42,7 +42,8 @@ pub use eventonce_core::{
     IdempotencyConfig, IdempotencyStore, IdentityError, KeyParts, ListedRecord, Outcome, Record,
     RecordPage, RecordState, StoreError, DEFAULT_BATCH_CONCURRENCY, DEFAULT_EVENT_TYPE_TTLS,
     DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT, DEFAULT_TTL, MAX_TTL,
-    MAX_WAIT, RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS,
+    MAX_WAIT, RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS, TTL_AGGREGATION,
+    TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
 };
 #[cfg(feature = "memory")]
 pub use eventonce_memory::{CachedStore, MemoryStore};

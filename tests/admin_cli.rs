@@ -653,7 +653,8 @@ fn admin_commands_take_their_store_from_the_environment() {
         )
         .output()
         .expect("runs");
-    assert!(run.status.success(), "{:?}", run);
+    // Nothing under a fresh prefix (exit 1), read from the Redis of the environment.
+    assert_eq!(run.status.code(), Some(1), "{:?}", run);
     let stats: Value = serde_json::from_slice(&run.stdout).expect("json");
     assert_eq!(stats["backend"], "redis");
 
@@ -865,4 +866,119 @@ fn connection_failures_name_the_target_the_cause_and_what_to_check() {
             assert!(took < Duration::from_secs(6), "{shown}");
         }
     }
+}
+
+#[tokio::test]
+async fn show_refuses_keys_outside_the_prefix_and_explains_keys_that_hold_no_record() {
+    let prefix = unique_prefix("show-refuse");
+    let mut con = raw().await;
+    // A plain string outside the prefix: not shown as an older writer's `completed`.
+    let outside = format!("{prefix}-elsewhere:plain");
+    let _: () = con.set_ex(&outside, "hello", 600).await.expect("set");
+    let run = on_redis("show", &prefix, &[&outside], "");
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("refusing to show") && run.stderr.contains("--prefix"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("completed"), "{}", run.stdout);
+
+    // A Redis list under the prefix: a plain explanation, not the read script's error.
+    let list = key_of(&prefix, "svc", "t.v1", "list");
+    let _: () = con.rpush(&list, "item").await.expect("rpush");
+    let _: () = con.expire(&list, 600).await.expect("expire");
+    for args in [
+        vec!["show", list.as_str()],
+        vec!["release", list.as_str(), "--yes"],
+    ] {
+        let command = args[0];
+        let run = on_redis(command, &prefix, &args[1..], "");
+        assert_eq!(run.code, 2, "{command}: {}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains("not a string") && run.stderr.contains("not an eventonce record"),
+            "{command}: {}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("WRONGTYPE") && !run.stderr.contains("script"),
+            "{command}: {}",
+            run.stderr
+        );
+    }
+    let len: usize = con.llen(&list).await.expect("llen");
+    assert_eq!(len, 1, "the list is left alone");
+}
+
+#[tokio::test]
+async fn keys_and_stats_exit_1_when_they_find_nothing() {
+    let prefix = unique_prefix("empty");
+    let table = on_redis("keys", &prefix, &[], "");
+    assert_eq!(table.code, 1, "{}{}", table.stdout, table.stderr);
+    assert!(table.stdout.contains("0 key(s)"), "{}", table.stdout);
+    let json = on_redis("keys", &prefix, &["--json"], "");
+    assert_eq!(json.code, 1, "{}", json.stderr);
+    assert_eq!(json.json(), json!([]));
+    let stats = on_redis("stats", &prefix, &["--json"], "");
+    assert_eq!(stats.code, 1, "{}", stats.stderr);
+    assert_eq!(stats.json()["total"]["records"], 0);
+    assert_eq!(on_redis("stats", &prefix, &[], "").code, 1);
+    assert!(table.stderr.is_empty() && stats.stderr.is_empty());
+
+    // One record: found, exit 0.
+    completed(&store().await, &key_of(&prefix, "svc", "t.v1", "1")).await;
+    assert_eq!(on_redis("keys", &prefix, &["--json"], "").code, 0);
+    assert_eq!(on_redis("stats", &prefix, &["--json"], "").code, 0);
+    // Filtered down to nothing: exit 1.
+    let none = on_redis("keys", &prefix, &["--state", "processing"], "");
+    assert_eq!(none.code, 1, "{}", none.stdout);
+}
+
+#[test]
+fn keys_refuses_a_limit_of_zero() {
+    let run = on_redis("keys", &unique_prefix("limit"), &["--limit", "0"], "");
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("'0'")
+            && run.stderr.contains("--limit")
+            && run.stderr.contains("at least 1"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("raise --limit"), "{}", run.stdout);
+}
+
+#[test]
+fn show_by_event_asks_for_the_missing_flags_not_for_a_key() {
+    let run = eventonce(&["show", "--service", "billing", "--event-type", "t"], "");
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let missing = run
+        .stderr
+        .split("Usage:")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(missing.contains("--data-file"), "{}", run.stderr);
+    assert!(!missing.contains("<KEY>"), "{}", run.stderr);
+    let usage = run.stderr.split("Usage:").nth(1).unwrap_or_default();
+    let by_event = usage
+        .lines()
+        .find(|line| line.contains("--service"))
+        .unwrap_or_else(|| panic!("no usage with --service in {}", run.stderr));
+    assert!(!by_event.contains("KEY"), "{by_event}");
+    assert!(
+        usage.lines().any(|line| line.trim_end().ends_with("<KEY>")),
+        "{usage}"
+    );
+}
+
+#[test]
+fn the_demo_exits_2_when_its_store_cannot_be_reached() {
+    // Nothing listens on port 1 of the loopback interface.
+    let run = eventonce(
+        &["demo", "--redis", "redis://127.0.0.1:1", "--events", "10"],
+        "",
+    );
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
 }

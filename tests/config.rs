@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use eventonce::{ConfigError, FailMode, IdempotencyConfig, DEFAULT_EVENT_TYPE_TTLS};
+use eventonce::{
+    ConfigError, FailMode, IdempotencyConfig, DEFAULT_EVENT_TYPE_TTLS, TTL_AGGREGATION,
+    TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
+};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -46,6 +49,28 @@ fn builder_starts_from_the_preconfigured_tiers() {
         assert_eq!(c.ttl_for_event_type(t), secs(s), "{t}");
     }
     assert_eq!(c.event_type_ttls().len(), expected.len());
+}
+
+#[test]
+fn the_tiers_are_named_as_configuration_md_names_them() {
+    assert_eq!(
+        [TTL_QUICK, TTL_BATCH, TTL_ASSESSMENT, TTL_AGGREGATION],
+        [secs(3600), secs(43_200), secs(86_400), secs(259_200)]
+    );
+    for (event_type, tier) in [
+        ("huleedu.essay.spellcheck.requested.v1", TTL_QUICK),
+        ("huleedu.batch.essays.registered.v1", TTL_BATCH),
+        ("huleedu.cj_assessment.completed.v1", TTL_ASSESSMENT),
+        (
+            "huleedu.result_aggregator.batch.completed.v1",
+            TTL_AGGREGATION,
+        ),
+    ] {
+        assert!(
+            DEFAULT_EVENT_TYPE_TTLS.contains(&(event_type, tier)),
+            "{event_type}"
+        );
+    }
 }
 
 #[test]
@@ -184,6 +209,36 @@ fn build_rejects_zero_durations() {
         .build()
         .unwrap_err();
     assert_eq!(err, ConfigError::EmptyEventType);
+}
+
+/// What configuration.md says of durations: the TTLs, the lease, the store timeout, the
+/// deferred-completion delay and an enabled breaker's cool-down are at least 1 ms; the
+/// in-progress wait is a limit on waiting and takes any value.
+#[test]
+fn only_the_in_progress_wait_and_a_disabled_breakers_cooldown_may_be_under_a_millisecond() {
+    let tiny = Duration::from_nanos(10);
+    for case in [
+        IdempotencyConfig::builder("svc")
+            .defer_completion(tiny)
+            .build(),
+        IdempotencyConfig::builder("svc")
+            .circuit_breaker(3, tiny)
+            .build(),
+    ] {
+        assert!(
+            matches!(case, Err(ConfigError::DurationTooShort { .. })),
+            "{case:?}"
+        );
+    }
+    let waits = IdempotencyConfig::builder("svc")
+        .in_progress_wait(tiny)
+        .build()
+        .expect("any wait");
+    assert_eq!(waits.in_progress_wait(), tiny);
+    IdempotencyConfig::builder("svc")
+        .circuit_breaker(0, Duration::ZERO)
+        .build()
+        .expect("a disabled breaker's cool-down is not used");
 }
 
 #[test]

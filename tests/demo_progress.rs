@@ -49,4 +49,24 @@ fn the_progress_bar_is_drawn_on_a_terminal() {
         "{text}"
     );
     assert!(has_bar(&text), "no progress bar in:\n{text}");
+    // The header and the table start lines of their own, never the bar's line.
+    for start in ["eventonce demo: store=memory", "| what happened "] {
+        assert!(
+            text.lines().any(|line| line.starts_with(start)),
+            "{start:?} does not start a line in:\n{text:?}"
+        );
+    }
+    // The rate reads `10,523/s`: whole deliveries, grouped by thousands.
+    let rates: Vec<&str> = text
+        .split("/s")
+        .filter_map(|before| before.rsplit(' ').next())
+        .filter(|rate| rate.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert!(!rates.is_empty(), "no rate in:\n{text}");
+    for rate in rates {
+        assert!(
+            rate.chars().all(|c| c.is_ascii_digit() || c == ','),
+            "a rate of {rate:?}/s"
+        );
+    }
 }

@@ -5,8 +5,9 @@
 //! (reloaded on `NOSCRIPT`), that checks the owner token and writes atomically. There is
 //! no unconditional `SET` or `DEL`. Expiry is judged by the Redis server's clock (`PX`
 //! TTLs). Keys written by an older writer (a bare `"1"`, `"completed"`, JSON metadata)
-//! count as completed, so a service can switch to eventonce on a live Redis without
-//! reprocessing.
+//! count as completed, except a JSON object whose `status` (or `state`) is `"processing"`,
+//! which counts as another consumer's claim; so a service can switch to eventonce on a
+//! live Redis without reprocessing.
 //!
 //! Works with a single Redis (`redis://`, `rediss://` with the `tls` feature, user and
 //! password in the URL) and with Redis Cluster ([`RedisStore::connect_cluster`]): each

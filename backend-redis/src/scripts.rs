@@ -3,8 +3,9 @@
 //! Record values stay small: `p|<ms>|<owner>` while processing, `c|<ms>|<owner>` once
 //! completed, where `<ms>` is the writer's wall clock in milliseconds (informational: the
 //! age an operator sees). The key's own TTL (`PX`) is the lease or the completed TTL, so
-//! expiry is judged by the Redis server's clock alone. The scripts call only `GET`, `SET`,
-//! `DEL` and `PTTL`, so an ACL user limited to `+@read +@write +@scripting` runs them.
+//! expiry is judged by the Redis server's clock alone. The guard's scripts call only `GET`,
+//! `SET`, `DEL` and `PTTL`; the admin listing script adds `TYPE`. All of them are in
+//! `@read` or `@write`, so an ACL user limited to `+@read +@write +@scripting` runs them.
 //!
 //! A value in any other form was written by an older writer (the Python decorator's `"1"`
 //! or JSON metadata): it counts as completed, unless it is a JSON object whose `status` (or

@@ -9,19 +9,15 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use eventonce::{
     escape_event_type, AdminStore, EventEnvelope, IdempotencyConfig, KeyParts, ListedRecord,
-    Record, RecordState,
+    Record, RecordState, StoreError,
 };
 use serde_json::{json, Value};
 
 use crate::connect::{connect, Backend, Connected, StoreArgs};
+use crate::{fail, EXIT_NO};
 
 /// How many records a listing asks the store for per round trip.
 const PAGE: usize = 500;
-
-/// Exit code of a command that found nothing to do or was declined.
-const NOTHING: u8 = 1;
-/// Exit code of a refused or failed command.
-const REFUSED: u8 = 2;
 
 #[derive(Args)]
 pub struct KeysArgs {
@@ -36,8 +32,8 @@ pub struct KeysArgs {
     /// Only records in this state.
     #[arg(long, value_parser = ["processing", "completed"])]
     state: Option<String>,
-    /// Print at most this many keys.
-    #[arg(long, default_value_t = 1000)]
+    /// Print at most this many keys (at least 1).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = at_least_one)]
     limit: usize,
     /// Print a JSON array instead of a table.
     #[arg(long)]
@@ -45,24 +41,24 @@ pub struct KeysArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("record").required(true).args(["key", "service"])))]
 pub struct ShowArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// The key to show.
-    #[arg(conflicts_with_all = ["service", "event_type", "event_id", "data_file"],
-          required_unless_present_all = ["service", "event_type", "data_file"])]
+    /// The key to show (under the prefix).
+    #[arg(conflicts_with_all = ["service", "event_type", "event_id", "data_file"])]
     key: Option<String>,
     /// Compute the key from an event: its consumer service.
     #[arg(long, requires_all = ["event_type", "data_file"])]
     service: Option<String>,
     /// Compute the key from an event: its type.
-    #[arg(long)]
+    #[arg(long, requires = "service")]
     event_type: Option<String>,
     /// Compute the key from an event: its `event_id` (leave out for an event without one).
-    #[arg(long)]
+    #[arg(long, requires = "service")]
     event_id: Option<String>,
     /// Compute the key from an event: a file with its `data` JSON (`-`: standard input).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "service")]
     data_file: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -95,6 +91,15 @@ pub struct StatsArgs {
     json: bool,
 }
 
+/// `--limit`: a whole number, at least 1.
+fn at_least_one(value: &str) -> Result<usize, String> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| "must be a whole number, at least 1".to_owned())
+}
+
 /// Checks the prefix (and service) as a configuration would, and gives the literal key
 /// prefix to list: `{prefix}:`, `{prefix}:{service}:`, or with the event type too.
 fn scope(prefix: &str, service: Option<&str>, event_type: Option<&str>) -> Result<String, String> {
@@ -116,11 +121,6 @@ fn scope(prefix: &str, service: Option<&str>, event_type: Option<&str>) -> Resul
 
 async fn open(args: &StoreArgs) -> Result<Connected, String> {
     connect(&Backend::for_admin(args), false).await
-}
-
-fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::from(REFUSED)
 }
 
 /// Every live record under `scope` that `keep` accepts, up to `limit` of them; and
@@ -263,7 +263,7 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
             })
             .collect();
         println!("{}", Value::Array(items));
-        return ExitCode::SUCCESS;
+        return found(!records.is_empty());
     }
     let rows: Vec<Vec<String>> = records
         .iter()
@@ -288,12 +288,42 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
             String::new()
         }
     );
-    ExitCode::SUCCESS
+    found(!records.is_empty())
 }
 
-/// The key `show` asks for: given, or computed from the event.
+/// Exit code 0 when something was found, [`EXIT_NO`] when nothing was.
+fn found(anything: bool) -> ExitCode {
+    if anything {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NO)
+    }
+}
+
+/// The store's error reading `key`, in plain words when the key holds no record at all: a
+/// Redis key of another type than string (a list, a hash, ...) fails the read script.
+fn read_error(key: &str, err: StoreError) -> String {
+    if err.to_string().contains("WRONGTYPE") {
+        format!(
+            "{key:?} holds a Redis value that is not a string (a list, hash, set, ...): it is \
+             not an eventonce record"
+        )
+    } else {
+        err.to_string()
+    }
+}
+
+/// The key `show` asks for: given (and under the prefix), or computed from the event.
 fn show_key(args: &ShowArgs) -> Result<String, String> {
     if let Some(key) = &args.key {
+        let prefix = &args.store.prefix;
+        scope(prefix, None, None)?;
+        if !key.starts_with(&format!("{prefix}:")) {
+            return Err(format!(
+                "refusing to show {key:?}: it is not a key under {prefix}: (use --prefix for \
+                 another namespace)"
+            ));
+        }
         return Ok(key.clone());
     }
     let (Some(service), Some(event_type), Some(file)) =
@@ -368,7 +398,7 @@ pub async fn show(args: ShowArgs) -> ExitCode {
     };
     let record = match connected.store.get(&key).await {
         Ok(record) => record,
-        Err(err) => return fail(err),
+        Err(err) => return fail(read_error(&key, err)),
     };
     let prefix = &args.store.prefix;
     match (record, args.json) {
@@ -376,12 +406,12 @@ pub async fn show(args: ShowArgs) -> ExitCode {
         (Some(record), false) => print_record(prefix, &key, &record),
         (None, true) => {
             println!("{}", json!({"key": key, "state": "absent"}));
-            return ExitCode::from(NOTHING);
+            return ExitCode::from(EXIT_NO);
         }
         (None, false) => {
             println!("key:        {key}");
             println!("state:      absent (never processed, or expired)");
-            return ExitCode::from(NOTHING);
+            return ExitCode::from(EXIT_NO);
         }
     }
     ExitCode::SUCCESS
@@ -391,7 +421,9 @@ pub async fn show(args: ShowArgs) -> ExitCode {
 fn consequence(state: RecordState) -> &'static str {
     match state {
         RecordState::Completed => {
-            "The event was processed; releasing it lets its next delivery be processed again."
+            "The event was processed; releasing it lets its next delivery be processed again \
+             (except by a consumer with a CachedStore that completed it: its local cache \
+             answers Duplicate until the cache's max_ttl passes or the consumer restarts)."
         }
         RecordState::Processing => {
             "A consumer holds this claim and may be running the handler now. Releasing it lets \
@@ -422,9 +454,9 @@ pub async fn release(args: ReleaseArgs) -> ExitCode {
         Ok(Some(record)) => record,
         Ok(None) => {
             println!("no live record at {}; nothing to release", args.key);
-            return ExitCode::from(NOTHING);
+            return ExitCode::from(EXIT_NO);
         }
-        Err(err) => return fail(err),
+        Err(err) => return fail(read_error(&args.key, err)),
     };
     print_record(prefix, &args.key, &record);
     if record.owner.is_none() {
@@ -448,7 +480,7 @@ pub async fn release(args: ReleaseArgs) -> ExitCode {
         let answer = answer.trim().to_ascii_lowercase();
         if answer != "y" && answer != "yes" {
             println!("not released");
-            return ExitCode::from(NOTHING);
+            return ExitCode::from(EXIT_NO);
         }
     }
     match connected
@@ -464,7 +496,7 @@ pub async fn release(args: ReleaseArgs) -> ExitCode {
             println!(
                 "not released: the record changed or expired since it was read; run `show` again"
             );
-            ExitCode::from(NOTHING)
+            ExitCode::from(EXIT_NO)
         }
         Err(err) => fail(err),
     }
@@ -599,7 +631,7 @@ pub async fn stats(args: StatsArgs) -> ExitCode {
             },
         });
         println!("{out}");
-        return ExitCode::SUCCESS;
+        return found(processing + completed > 0);
     }
     println!(
         "eventonce stats: {} {}, keys under {scope}",
@@ -643,7 +675,7 @@ pub async fn stats(args: StatsArgs) -> ExitCode {
          averaged and multiplied by the group's count",
         args.samples
     );
-    ExitCode::SUCCESS
+    found(processing + completed > 0)
 }
 
 #[cfg(test)]
