@@ -132,6 +132,9 @@ struct GuardInner {
     /// Completions owed to the store: deferred ones waiting to travel with the next claim
     /// (`defer_completion`), and ones the store did not take yet, waiting for a retry.
     deferred: std::sync::Mutex<owed::OwedQueue>,
+    /// Whether `deferred` holds anything (read without its lock, so a claim with nothing
+    /// to carry costs no lock).
+    owing: std::sync::atomic::AtomicBool,
     /// Whether a task will write `deferred`.
     flush_scheduled: std::sync::atomic::AtomicBool,
 }
@@ -243,6 +246,7 @@ impl Guard {
                 counters: Counters::default(),
                 breaker: Breaker::new(threshold, cooldown),
                 deferred: std::sync::Mutex::new(owed::OwedQueue::default()),
+                owing: std::sync::atomic::AtomicBool::new(false),
                 flush_scheduled: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -656,7 +660,7 @@ impl Guard {
             config.in_progress_wait(),
         );
         let mut backoff = Duration::from_millis(10);
-        let mut carried = Some(self.take_owed());
+        let mut carried = self.owes().then(|| self.take_owed());
         if carried.as_ref().is_some_and(|c| c.holds(ctx.key)) {
             // A redelivery of an event whose completion is still owed: complete first.
             let t = Instant::now();

@@ -80,7 +80,7 @@ fn write_canonical<S: Sink>(out: &mut S, value: &Value, depth: usize) -> Result<
         Value::Null => out.put(b"null"),
         Value::Bool(true) => out.put(b"true"),
         Value::Bool(false) => out.put(b"false"),
-        Value::Number(n) => out.put(canonical_number(n.as_str())?.as_bytes()),
+        Value::Number(n) => write_number(out, n.as_str())?,
         Value::String(s) => write_string(out, s),
         Value::Array(items) => {
             out.put(b"[");
@@ -228,8 +228,34 @@ pub fn canonical_number(literal: &str) -> Result<String, IdentityError> {
     Ok(out)
 }
 
+/// Writes a number's canonical spelling: an integer already in it (no sign on zero, no
+/// leading zero, at most 64 digits) as it is, without allocating; anything else through
+/// [`canonical_number`].
+fn write_number<S: Sink>(out: &mut S, literal: &str) -> Result<(), IdentityError> {
+    let digits = literal.strip_prefix('-').unwrap_or(literal);
+    let canonical_integer = !digits.is_empty()
+        && digits.len() <= 64
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits.len() == 1 || !digits.starts_with('0'))
+        && literal != "-0";
+    if canonical_integer {
+        out.put(literal.as_bytes());
+    } else {
+        out.put(canonical_number(literal)?.as_bytes());
+    }
+    Ok(())
+}
+
 /// Writes a JSON string literal with `serde_json`'s escaping.
 fn write_string<S: Sink>(out: &mut S, s: &str) {
+    // serde_json escapes only `"`, `\` and control characters: a string without them is
+    // written as it is.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.put(b"\"");
+        out.put(s.as_bytes());
+        out.put(b"\"");
+        return;
+    }
     let mut buf = Vec::with_capacity(s.len() + 2);
     // Serializing a `str` into a Vec cannot fail.
     if serde_json::to_writer(&mut buf, s).is_ok() {
@@ -396,6 +422,26 @@ mod tests {
             canonical_number("0e99999999999999999999").as_deref(),
             Ok("0")
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_unallocated_paths_write_what_the_general_ones_would(
+            s in "\\PC{0,12}|[\"\\\\\u{0}-\u{1f}a-z]{0,8}",
+            n in proptest::num::i128::ANY,
+            zeros in 0usize..3,
+        ) {
+            let mut fast = Vec::new();
+            write_string(&mut fast, &s);
+            let general = serde_json::to_vec(&s).unwrap_or_default();
+            proptest::prop_assert_eq!(fast, general);
+            for literal in [n.to_string(), format!("{}{n}", "0".repeat(zeros)), format!("-0{}", n.unsigned_abs())] {
+                let mut fast = Vec::new();
+                let written = write_number(&mut fast, &literal).map(|()| fast);
+                let general = canonical_number(&literal).map(String::into_bytes);
+                proptest::prop_assert_eq!(written, general, "{}", literal);
+            }
+        }
     }
 
     #[test]

@@ -82,7 +82,10 @@ impl Drop for Carried {
         if self.owed.completions.is_empty() {
             return;
         }
-        lock(&self.inner).append(&mut self.owed);
+        let mut queue = lock(&self.inner);
+        queue.append(&mut self.owed);
+        self.inner.owing.store(true, Ordering::Release);
+        drop(queue);
         schedule(&self.inner, RETRY_FIRST, false);
     }
 }
@@ -112,8 +115,17 @@ impl Guard {
 
     /// The owed completions still inside their lease, taken out of the queue; those whose
     /// lease is over are dropped, counted and logged.
+    /// Whether any completion is owed (a hint read without the queue's lock).
+    pub(super) fn owes(&self) -> bool {
+        self.inner.owing.load(Ordering::Acquire)
+    }
+
     pub(super) fn take_owed(&self) -> Carried {
-        let mut owed = std::mem::take(&mut *lock(&self.inner));
+        let mut owed = {
+            let mut queue = lock(&self.inner);
+            self.inner.owing.store(false, Ordering::Release);
+            std::mem::take(&mut *queue)
+        };
         let now = Instant::now();
         if owed.until.iter().any(|&until| until <= now) {
             let mut live = OwedQueue::default();
@@ -250,6 +262,7 @@ pub(super) fn owe(
     let len = {
         let mut queue = lock(inner);
         queue.push(completion, lease_end(lease));
+        inner.owing.store(true, Ordering::Release);
         queue.len()
     };
     match (refused, inner.config.deferred_completion()) {
