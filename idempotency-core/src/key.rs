@@ -127,7 +127,11 @@ fn escape_hash(hash: &str) -> std::borrow::Cow<'_, str> {
 }
 
 pub(crate) fn build_key(prefix: &str, service: &str, event_type: &str, hash: &str) -> String {
-    let event_type = escape_event_type(event_type);
+    assemble(prefix, service, &escape_event_type(event_type), hash)
+}
+
+/// `{prefix}:{service}:{segment}:{hash}`, the hash escaped.
+pub(crate) fn assemble(prefix: &str, service: &str, event_type: &str, hash: &str) -> String {
     let hash = escape_hash(hash);
     let mut key =
         String::with_capacity(prefix.len() + service.len() + event_type.len() + hash.len() + 3);
@@ -135,7 +139,7 @@ pub(crate) fn build_key(prefix: &str, service: &str, event_type: &str, hash: &st
     key.push(':');
     key.push_str(service);
     key.push(':');
-    key.push_str(&event_type);
+    key.push_str(event_type);
     key.push(':');
     key.push_str(&hash);
     key
