@@ -362,9 +362,23 @@ fn python_float_repr(x: f64) -> String {
     if x == 0.0 {
         return if x.is_sign_negative() { "-0.0" } else { "0.0" }.to_owned();
     }
-    // Rust's `{:e}` writes the shortest digits that read back as `x` (the closest such
-    // digits), as `d.ddde±N`: the same digits as CPython's repr, formatted differently.
-    let sci = format!("{:e}", x.abs());
+    // CPython's repr is the shortest digit string that reads back as `x`; of the strings
+    // of that length that do, the nearest to `x`, and of two equally near ones, the one
+    // ending in an even digit. Rust's `{:e}` finds the same length, but breaks such a tie
+    // upwards (-34813424304821.8125: CPython `...812`, `{:e}` `...813`). Rust's
+    // fixed-precision formatting is exact and breaks ties to even, so rounding `x` to that
+    // many digits gives CPython's digits.
+    let shortest = format!("{:e}", x.abs());
+    let length = shortest
+        .split('e')
+        .next()
+        .map_or(1, |m| m.bytes().filter(u8::is_ascii_digit).count());
+    let rounded = format!("{:.*e}", length.saturating_sub(1), x.abs());
+    let sci = if rounded.parse::<f64>().ok() == Some(x.abs()) {
+        rounded
+    } else {
+        shortest
+    };
     let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
     let exponent: i32 = exponent.parse().unwrap_or(0);
     let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
@@ -434,6 +448,9 @@ mod tests {
             ("-12.0e-0", "-12.0"),
             ("0.1", "0.1"),
             ("4.35", "4.35"),
+            // Two shortest candidates equally near: the even one, as CPython picks.
+            ("-34813424304821.8125", "-34813424304821.812"),
+            ("-1511879659471058.25", "-1511879659471058.2"),
         ];
         for (literal, repr) in cases {
             assert_eq!(python_number(literal).as_deref(), Ok(repr), "{literal}");
