@@ -174,6 +174,25 @@ impl KeyParts {
     /// # Ok::<(), eventonce_core::ConfigError>(())
     /// ```
     pub fn parse(prefix: &str, key: &str) -> Option<KeyParts> {
+        Self::parse_with(crate::KeyScheme::Eventonce, prefix, key)
+    }
+
+    /// Reads `key` as [`parse`](Self::parse) does, for keys made with `scheme`. Under
+    /// [`KeyScheme::PythonV2`](crate::KeyScheme::PythonV2) the event-type segment cannot
+    /// always be read back (the decorator writes `a.b` and `a_b` alike): `event_type` is the
+    /// segment itself when it holds no `_`, else `None`.
+    ///
+    /// ```
+    /// use eventonce_core::{IdempotencyConfig, KeyParts, KeyScheme};
+    /// let config = IdempotencyConfig::builder("billing").key_scheme(KeyScheme::PythonV2).build()?;
+    /// let key = config.generate_key("orders.created.v1", "ab12");
+    /// let parts = KeyParts::parse_with(KeyScheme::PythonV2, config.key_prefix(), &key).expect("our key");
+    /// assert_eq!(parts.event_type_segment, "orders_created_v1");
+    /// assert_eq!(parts.event_type, None);
+    /// assert_eq!(parts.event_type_display(), "orders_created_v1");
+    /// # Ok::<(), eventonce_core::ConfigError>(())
+    /// ```
+    pub fn parse_with(scheme: crate::KeyScheme, prefix: &str, key: &str) -> Option<KeyParts> {
         let rest = key.strip_prefix(prefix)?.strip_prefix(':')?;
         let mut parts = rest.split(':');
         let (service, segment, hash) = (parts.next()?, parts.next()?, parts.next()?);
@@ -183,7 +202,10 @@ impl KeyParts {
         Some(KeyParts {
             service: service.to_owned(),
             event_type_segment: segment.to_owned(),
-            event_type: unescape_event_type(segment),
+            event_type: match scheme {
+                crate::KeyScheme::PythonV2 => (!segment.contains('_')).then(|| segment.to_owned()),
+                _ => unescape_event_type(segment),
+            },
             hash: hash.to_owned(),
         })
     }
