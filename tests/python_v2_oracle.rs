@@ -595,3 +595,24 @@ fn the_default_scheme_is_unchanged_and_differs() {
         .expect("config");
     assert_eq!(v2.event_key(&envelope).ok(), Some(python_key));
 }
+
+#[test]
+fn events_cpython_reads_but_eventonce_refuses_are_never_keyed() {
+    // Documented as not covered: the decorator keys these, eventonce refuses to parse
+    // them (so the Rust consumer processes none of them, and none twice).
+    for text in [
+        r#"{"event_id":7,"event_type":"t","data":{"n":1}}"#,
+        r#"{"event_type":"t","data":{"n":NaN}}"#,
+        r#"{"event_type":"t","data":{"n":Infinity}}"#,
+        r#"{"event_type":"t","data":{"n":-Infinity}}"#,
+        r#"{"event_type":"t","data":"\ud800"}"#,
+        r#"{"event_type":"t","event_type":"t","data":1}"#,
+        r#"{"data":{"n":1}}"#,
+    ] {
+        assert!(cpython(text).is_ok(), "CPython keys {text}");
+        assert!(
+            EventEnvelope::from_slice(text.as_bytes()).is_err(),
+            "eventonce refuses {text}"
+        );
+    }
+}

@@ -59,6 +59,16 @@ pub enum KeyScheme {
     /// (`*?[]{}\`), whitespace or a control character is refused
     /// ([`IdentityError::EventTypeOutsideNamespace`]): the decorator's key for it would
     /// leave the namespace.
+    ///
+    /// It covers every event that both eventonce and the decorator read. It does not
+    /// cover what only one of them reads: eventonce refuses a non-string `event_id`, a
+    /// missing `event_type`, `NaN`/`Infinity` literals and lone surrogates, which Python's
+    /// `json` accepts; the decorator keys nothing when `data` is missing or `null` and
+    /// cannot read integers over 4,300 digits. It keeps the decorator's collisions: `a.b`
+    /// and `a_b` share keys, and numbers with a fraction or exponent that read as the
+    /// same double (`0.1`, `0.10000000000000000001`) share a key, so of two events
+    /// differing only there the second is a duplicate. See the project's
+    /// `docs/migration-from-python.md`.
     PythonV2,
 }
 
