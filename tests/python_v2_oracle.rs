@@ -348,7 +348,7 @@ fn write_str(s: &str, rng: &mut Lcg, out: &mut String) {
             c if (c as u32) < 0x20 || roll == 0 => {
                 let mut units = [0u16; 2];
                 for u in c.encode_utf16(&mut units) {
-                    if rng.next() % 2 == 0 {
+                    if rng.next().is_multiple_of(2) {
                         out.push_str(&format!("\\u{u:04x}"));
                     } else {
                         out.push_str(&format!("\\u{u:04X}"));
