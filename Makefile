@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large bench bench-peers
+.PHONY: test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large bench bench-peers python-v2-venv python-v2
 
 ## The whole check: formatting, lints, docs, the fuzz smoke run and every test of the
 ## workspace with all features (the CI-size soak included) against the real services
@@ -80,3 +80,16 @@ bench-peers: services
 	$(PEERS_VENV)/bin/pip install --quiet --disable-pip-version-check 'redis>=5,<9' 'aws-lambda-powertools[redis,aws-sdk]>=3,<4'
 	$(PEERS_VENV)/bin/python benches/peers.py --events $(PEERS_EVENTS)
 	if [ -d target/criterion ]; then python3 benches/summary.py; else echo "no criterion results yet: run \`make bench\` for the full table"; fi
+
+## The Python v2 decorator played on the real Redis (scripts/python_v2_decorator.py) needs
+## redis-py in a virtualenv in the cargo target directory; the mixed-fleet test creates it
+## on first use, this creates it ahead (PyPI must be reachable).
+PYTHON_V2_VENV := $(or $(CARGO_TARGET_DIR),target)/python-v2-venv
+python-v2-venv:
+	test -x $(PYTHON_V2_VENV)/bin/python || python3 -m venv $(PYTHON_V2_VENV)
+	$(PYTHON_V2_VENV)/bin/python -c 'import redis' 2>/dev/null || $(PYTHON_V2_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'redis>=5,<8'
+
+## KeyScheme::PythonV2 against CPython (the oracle) and a mixed Python/Rust fleet on Redis.
+python-v2: services python-v2-venv
+	$(CARGO) test --quiet --test python_v2_oracle
+	$(CARGO) test --quiet -p eventonce-redis --test python_v2_fleet -- --nocapture

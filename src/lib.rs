@@ -37,13 +37,13 @@
 
 pub use eventonce_core::{
     async_trait, canonical_json, canonical_number, deterministic_hash, escape_event_type,
-    redact_url, unescape_event_type, AdminStore, BoxError, Claim, Completion, ConfigBuilder,
-    ConfigError, EnvelopeError, EventEnvelope, FailMode, Guard, GuardError, GuardStats,
-    IdempotencyConfig, IdempotencyStore, IdentityError, KeyParts, ListedRecord, Outcome, Record,
-    RecordPage, RecordState, StoreError, DEFAULT_BATCH_CONCURRENCY, DEFAULT_EVENT_TYPE_TTLS,
-    DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT, DEFAULT_TTL, MAX_TTL,
-    MAX_WAIT, RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS, TTL_AGGREGATION,
-    TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
+    python_json, python_number, python_v2_hash, redact_url, unescape_event_type, AdminStore,
+    BoxError, Claim, Completion, ConfigBuilder, ConfigError, EnvelopeError, EventEnvelope,
+    FailMode, Guard, GuardError, GuardStats, IdempotencyConfig, IdempotencyStore, IdentityError,
+    KeyParts, KeyScheme, ListedRecord, Outcome, Record, RecordPage, RecordState, StoreError,
+    DEFAULT_BATCH_CONCURRENCY, DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL,
+    DEFAULT_STORE_TIMEOUT, DEFAULT_TTL, MAX_TTL, MAX_WAIT, RUNS_TOTAL, RUN_DURATION_SECONDS,
+    STORE_OPERATION_DURATION_SECONDS, TTL_AGGREGATION, TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
 };
 #[cfg(feature = "memory")]
 pub use eventonce_memory::{CachedStore, MemoryStore};

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eventonce::{
-    Claim, EventEnvelope, Guard, IdempotencyConfig, IdempotencyStore, Outcome, RecordState,
-    RedisStore,
+    Claim, EventEnvelope, Guard, IdempotencyConfig, IdempotencyStore, KeyScheme, Outcome,
+    RecordState, RedisStore,
 };
 use redis::AsyncCommands;
 use serde_json::{json, Value};
@@ -353,6 +353,123 @@ async fn show_decodes_a_record_by_key_and_computes_the_key_from_an_event() {
     );
     assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("not JSON"), "{}", bad.stderr);
+}
+
+#[tokio::test]
+async fn the_python_v2_key_scheme_finds_the_decorators_records() {
+    let prefix = unique_prefix("python-v2");
+    let event_type = "huleedu.cj_assessment.completed.v1";
+    let data = json!({"batch": "b-1", "scores": [0.5, 1e16]});
+    let envelope = EventEnvelope::new(event_type, data.clone()).with_event_id("evt-1");
+    let v2 = IdempotencyConfig::builder("grader")
+        .key_prefix(&prefix)
+        .key_scheme(KeyScheme::PythonV2)
+        .build()
+        .expect("config");
+    // The decorator's record: its key, its JSON value, one SET NX EX.
+    let key = v2.event_key(&envelope).expect("key");
+    assert!(
+        key.contains(":huleedu_cj_assessment_completed_v1:"),
+        "{key}"
+    );
+    let mut con = raw().await;
+    let set: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg(r#"{"processed_at": 1732712345.1, "processed_by": "grader", "event_id": "evt-1"}"#)
+        .arg("NX")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut con)
+        .await
+        .expect("set");
+    assert_eq!(set.as_deref(), Some("OK"));
+
+    let event_args = |scheme: &str| -> Vec<String> {
+        [
+            "--service",
+            "grader",
+            "--event-type",
+            event_type,
+            "--event-id",
+            "evt-1",
+            "--data-file",
+            "-",
+            "--json",
+            "--key-scheme",
+            scheme,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let args = event_args("python-v2");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let shown = on_redis("show", &prefix, &args, &data.to_string());
+    assert_eq!(shown.code, 0, "{}{}", shown.stdout, shown.stderr);
+    let shown = shown.json();
+    assert_eq!(shown["key"], key.as_str());
+    assert_eq!(shown["state"], "completed");
+    assert_eq!(shown["written_by"], "an older writer");
+    assert_eq!(shown["event_type"], "huleedu_cj_assessment_completed_v1");
+    // The default scheme computes another key, with no record.
+    let args = event_args("eventonce");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let other = on_redis("show", &prefix, &args, &data.to_string());
+    assert_eq!(other.code, 1, "{}{}", other.stdout, other.stderr);
+    assert_ne!(other.json()["key"], key.as_str());
+
+    let listed = on_redis(
+        "keys",
+        &prefix,
+        &[
+            "--service",
+            "grader",
+            "--event-type",
+            event_type,
+            "--key-scheme",
+            "python-v2",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(keys_in(&listed), vec![key.clone()]);
+    let by_default = on_redis(
+        "keys",
+        &prefix,
+        &["--service", "grader", "--event-type", event_type, "--json"],
+        "",
+    );
+    assert!(keys_in(&by_default).is_empty(), "{}", by_default.stdout);
+
+    let stats = on_redis(
+        "stats",
+        &prefix,
+        &["--json", "--key-scheme", "python-v2"],
+        "",
+    )
+    .json();
+    assert_eq!(
+        stats["groups"][0]["event_type"], "huleedu_cj_assessment_completed_v1",
+        "{stats}"
+    );
+
+    let refused = on_redis(
+        "keys",
+        &prefix,
+        &[
+            "--service",
+            "grader",
+            "--event-type",
+            "orders:*",
+            "--key-scheme",
+            "python-v2",
+        ],
+        "",
+    );
+    assert_eq!(refused.code, 2, "{}{}", refused.stdout, refused.stderr);
+    assert!(refused.stderr.contains("python-v2"), "{}", refused.stderr);
+    let unknown = on_redis("keys", &prefix, &["--key-scheme", "python-v3"], "");
+    assert_eq!(unknown.code, 2, "{}", unknown.stderr);
+    assert!(unknown.stderr.contains("python-v2"), "{}", unknown.stderr);
 }
 
 #[tokio::test]

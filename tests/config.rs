@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use eventonce::{
-    ConfigError, FailMode, IdempotencyConfig, DEFAULT_EVENT_TYPE_TTLS, TTL_AGGREGATION,
+    ConfigError, FailMode, IdempotencyConfig, KeyScheme, DEFAULT_EVENT_TYPE_TTLS, TTL_AGGREGATION,
     TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
 };
 
@@ -259,6 +259,73 @@ fn generate_key_follows_the_v2_format() {
         c.generate_key("huleedu.els.batch.essays.ready.v1", "0123abcd"),
         "huleedu:idempotency:v2:essay-lifecycle-service:huleedu_els_batch_essays_ready_v1:0123abcd"
     );
+}
+
+#[test]
+fn the_key_scheme_defaults_to_eventonces_and_python_v2_keeps_underscores() {
+    let default = IdempotencyConfig::builder("svc").build().expect("valid");
+    assert_eq!(default.key_scheme(), KeyScheme::Eventonce);
+    let v2 = IdempotencyConfig::builder("svc")
+        .key_scheme(KeyScheme::PythonV2)
+        .build()
+        .expect("valid");
+    assert_eq!(v2.key_scheme(), KeyScheme::PythonV2);
+    let t = "huleedu.cj_assessment.completed.v1";
+    assert_eq!(
+        default.generate_key(t, "h"),
+        "huleedu:idempotency:v2:svc:huleedu_cj%5Fassessment_completed_v1:h"
+    );
+    assert_eq!(
+        v2.try_generate_key(t, "h").as_deref(),
+        Ok("huleedu:idempotency:v2:svc:huleedu_cj_assessment_completed_v1:h")
+    );
+    assert_eq!(
+        v2.generate_key(t, "h"),
+        v2.try_generate_key(t, "h").unwrap_or_default()
+    );
+    // A type the scheme refuses: an error from try_generate_key; generate_key stays in
+    // the namespace with the default scheme's escaped segment.
+    assert!(v2.try_generate_key("a:*", "h").is_err());
+    assert_eq!(
+        v2.generate_key("a:*", "h"),
+        "huleedu:idempotency:v2:svc:a%3A%2A:h"
+    );
+}
+
+#[test]
+fn one_ttl_for_every_event_type() {
+    let c = IdempotencyConfig::builder_with_ttl("svc", secs(60))
+        .build()
+        .expect("valid");
+    assert!(c.event_type_ttls().is_empty());
+    assert_eq!(c.default_ttl(), secs(60));
+    for (event_type, _) in DEFAULT_EVENT_TYPE_TTLS {
+        assert_eq!(c.ttl_for_event_type(event_type), secs(60), "{event_type}");
+    }
+    assert_eq!(c.ttl_for_event_type("anything.v1"), secs(60));
+    // Exceptions can still be added, and the rest of the builder is the usual one.
+    let c = IdempotencyConfig::builder_with_ttl("svc", secs(60))
+        .event_type_ttl("slow.v1", secs(7200))
+        .key_scheme(KeyScheme::PythonV2)
+        .build()
+        .expect("valid");
+    assert_eq!(c.ttl_for_event_type("slow.v1"), secs(7200));
+    assert_eq!(c.ttl_for_event_type("fast.v1"), secs(60));
+    assert_eq!(c.processing_ttl(), secs(300));
+    // The Python backward-compatible function's behaviour (its ttl_seconds reached only
+    // types outside the tiers) is `default_ttl` on the ordinary builder.
+    let tiers_kept = IdempotencyConfig::builder("svc")
+        .default_ttl(secs(60))
+        .build()
+        .expect("valid");
+    assert_eq!(
+        tiers_kept.ttl_for_event_type("huleedu.essay.spellcheck.completed.v1"),
+        secs(3600)
+    );
+    assert!(matches!(
+        IdempotencyConfig::builder_with_ttl("svc", Duration::ZERO).build(),
+        Err(ConfigError::DurationTooShort { .. })
+    ));
 }
 
 #[test]

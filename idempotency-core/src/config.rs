@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use crate::store::MAX_TTL;
 
-use crate::error::ConfigError;
+use crate::envelope::EventEnvelope;
+use crate::error::{ConfigError, IdentityError};
 use crate::key;
+use crate::scheme::KeyScheme;
 
 /// The TTL of an event type without an entry of its own: 24 hours.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
@@ -119,6 +121,7 @@ struct ConfigInner {
     breaker_cooldown: Duration,
     batch_concurrency: usize,
     deferred_completion: Option<Duration>,
+    key_scheme: KeyScheme,
 }
 
 impl fmt::Debug for IdempotencyConfig {
@@ -131,8 +134,39 @@ impl IdempotencyConfig {
     /// Starts a configuration for `service_name`, with the defaults and the
     /// [pre-configured TTL tiers](DEFAULT_EVENT_TYPE_TTLS).
     pub fn builder(service_name: impl Into<String>) -> ConfigBuilder {
+        Self::builder_inner(service_name.into())
+    }
+
+    /// Starts a configuration for `service_name` in which every event type gets the one
+    /// TTL `ttl`: the per-event-type table starts empty (not with the
+    /// [pre-configured tiers](DEFAULT_EVENT_TYPE_TTLS)) and the default TTL is `ttl`.
+    ///
+    /// This is what the Python decorator's backward-compatible
+    /// `idempotent_consumer(redis_client, ttl_seconds=..., service_name=...)` was meant to
+    /// do. That function kept the default tiers in force, so its `ttl_seconds` reached only
+    /// event types missing from them; to reproduce that behaviour exactly (to share TTLs
+    /// with such a Python consumer), use `builder(service).default_ttl(ttl)` instead.
+    /// `.event_type_ttl(..)` still adds exceptions.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use eventonce_core::IdempotencyConfig;
+    /// let config = IdempotencyConfig::builder_with_ttl("billing", Duration::from_secs(60)).build()?;
+    /// assert_eq!(config.ttl_for_event_type("huleedu.essay.spellcheck.completed.v1"), Duration::from_secs(60));
+    /// assert_eq!(config.ttl_for_event_type("anything.else.v1"), Duration::from_secs(60));
+    /// assert!(config.event_type_ttls().is_empty());
+    /// # Ok::<(), eventonce_core::ConfigError>(())
+    /// ```
+    pub fn builder_with_ttl(service_name: impl Into<String>, ttl: Duration) -> ConfigBuilder {
+        let mut builder = Self::builder_inner(service_name.into());
+        builder.0.event_type_ttls.clear();
+        builder.0.default_ttl = ttl;
+        builder
+    }
+
+    fn builder_inner(service_name: String) -> ConfigBuilder {
         ConfigBuilder(ConfigInner {
-            service_name: service_name.into(),
+            service_name,
             event_type_ttls: DEFAULT_EVENT_TYPE_TTLS
                 .iter()
                 .map(|(t, d)| ((*t).to_owned(), *d))
@@ -148,6 +182,7 @@ impl IdempotencyConfig {
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
             deferred_completion: None,
+            key_scheme: KeyScheme::Eventonce,
         })
     }
 
@@ -223,16 +258,72 @@ impl IdempotencyConfig {
             .unwrap_or(self.inner.default_ttl)
     }
 
-    /// The store key of an event: `{prefix}:{service}:{event type}:{hash}`, where the event
-    /// type has `.` replaced by `_` and every character that could leave the namespace
-    /// escaped (see [`escape_event_type`](crate::escape_event_type)).
-    pub fn generate_key(&self, event_type: &str, deterministic_hash: &str) -> String {
-        key::build_key(
+    /// How keys are computed (default [`KeyScheme::Eventonce`]).
+    pub fn key_scheme(&self) -> KeyScheme {
+        self.inner.key_scheme
+    }
+
+    /// The hash of `envelope` under this configuration's [key scheme](Self::key_scheme).
+    pub fn event_hash(&self, envelope: &EventEnvelope) -> Result<String, IdentityError> {
+        envelope.hash_with(self.inner.key_scheme)
+    }
+
+    /// The store key of `envelope` under this configuration's [key scheme](Self::key_scheme):
+    /// what [`Guard::key_for`](crate::Guard::key_for) returns and the guard claims.
+    ///
+    /// ```
+    /// use eventonce_core::{EventEnvelope, IdempotencyConfig, IdentityError, KeyScheme};
+    /// let config = IdempotencyConfig::builder("billing").key_scheme(KeyScheme::PythonV2).build()?;
+    /// let refused = EventEnvelope::new("orders:*", serde_json::json!({"n": 1}));
+    /// assert!(matches!(
+    ///     config.event_key(&refused),
+    ///     Err(IdentityError::EventTypeOutsideNamespace { .. })
+    /// ));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn event_key(&self, envelope: &EventEnvelope) -> Result<String, IdentityError> {
+        let hash = self.event_hash(envelope)?;
+        self.try_generate_key(&envelope.event_type, &hash)
+    }
+
+    /// The store key of an event of `event_type` with hash `deterministic_hash` under this
+    /// configuration's [key scheme](Self::key_scheme), or why the event type cannot be
+    /// keyed in it ([`IdentityError::EventTypeOutsideNamespace`] under
+    /// [`KeyScheme::PythonV2`], [`IdentityError::EmptyEventType`]).
+    pub fn try_generate_key(
+        &self,
+        event_type: &str,
+        deterministic_hash: &str,
+    ) -> Result<String, IdentityError> {
+        let segment = self.inner.key_scheme.event_type_segment(event_type)?;
+        Ok(key::assemble(
             &self.inner.key_prefix,
             &self.inner.service_name,
-            event_type,
+            &segment,
             deterministic_hash,
-        )
+        ))
+    }
+
+    /// The store key of an event: `{prefix}:{service}:{event type}:{hash}`.
+    ///
+    /// With [`KeyScheme::Eventonce`] the event type has `.` replaced by `_` and every
+    /// character that could leave the namespace escaped (see
+    /// [`escape_event_type`](crate::escape_event_type)). With [`KeyScheme::PythonV2`] only
+    /// `.` is replaced, as the decorator does; an event type that scheme refuses gets the
+    /// escaped segment of the default scheme here (a key the decorator never writes), so
+    /// the key stays in its namespace. The guard, the Kafka helper and the admin commands
+    /// refuse such events instead: use [`try_generate_key`](Self::try_generate_key) or
+    /// [`event_key`](Self::event_key) to get the refusal.
+    pub fn generate_key(&self, event_type: &str, deterministic_hash: &str) -> String {
+        self.try_generate_key(event_type, deterministic_hash)
+            .unwrap_or_else(|_| {
+                key::build_key(
+                    &self.inner.key_prefix,
+                    &self.inner.service_name,
+                    event_type,
+                    deterministic_hash,
+                )
+            })
     }
 
     /// The prefix shared by every key of this service: `{prefix}:{service}:`.
@@ -340,6 +431,15 @@ impl ConfigBuilder {
     /// Call [`Guard::flush`](crate::Guard::flush) before shutting down.
     pub fn defer_completion(mut self, max_delay: Duration) -> Self {
         self.0.deferred_completion = Some(max_delay);
+        self
+    }
+
+    /// Sets how keys are computed (default [`KeyScheme::Eventonce`]).
+    /// [`KeyScheme::PythonV2`] gives the Python "idempotency v2" decorator's keys byte for
+    /// byte, so that Python and Rust consumers share their records on one Redis; see the
+    /// scheme's documentation for what it covers.
+    pub fn key_scheme(mut self, scheme: KeyScheme) -> Self {
+        self.0.key_scheme = scheme;
         self
     }
 

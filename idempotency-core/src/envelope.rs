@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{EnvelopeError, IdentityError};
-use crate::identity;
+use crate::scheme::KeyScheme;
 
 /// An event as it travels on the wire: identity fields, routing fields and the payload.
 ///
@@ -195,6 +195,15 @@ impl EventEnvelope {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn deterministic_hash(&self) -> Result<String, IdentityError> {
+        self.hash_with(KeyScheme::Eventonce)
+    }
+
+    /// The event's hash under `scheme`: [`deterministic_hash`](Self::deterministic_hash)
+    /// for [`KeyScheme::Eventonce`], the Python decorator's SHA-256 for
+    /// [`KeyScheme::PythonV2`] (see [`python_v2_hash`](crate::python_v2_hash)). Either way
+    /// an empty id counts as none, and an event with neither an id nor data is
+    /// [`IdentityError::Unidentifiable`].
+    pub fn hash_with(&self, scheme: KeyScheme) -> Result<String, IdentityError> {
         if self.event_type.is_empty() {
             return Err(IdentityError::EmptyEventType);
         }
@@ -204,7 +213,7 @@ impl EventEnvelope {
                 event_type: self.event_type.clone(),
             });
         }
-        identity::deterministic_hash(event_id, &self.data)
+        scheme.hash(event_id, &self.data)
     }
 }
 

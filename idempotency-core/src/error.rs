@@ -157,6 +157,22 @@ pub enum IdentityError {
         /// The nesting limit.
         limit: usize,
     },
+    /// Under [`KeyScheme::PythonV2`](crate::KeyScheme::PythonV2), the event type holds a
+    /// character that the decorator's plain mapping (only `.` replaced by `_`) would write
+    /// into the key unescaped, moving the key out of its namespace: `:`, a glob or
+    /// hash-tag character, whitespace or a control character. The event is refused and
+    /// nothing is written.
+    #[error(
+        "event type {event_type:?} cannot be keyed under the python-v2 key scheme: {reason}, \
+         which the decorator's key format writes unescaped, so the key would leave its \
+         namespace; nothing was written"
+    )]
+    EventTypeOutsideNamespace {
+        /// The event type (at most 200 characters of it).
+        event_type: String,
+        /// Which character is the problem.
+        reason: &'static str,
+    },
 }
 
 /// A store operation failed. The guard turns this into `Outcome::Unprotected` with

@@ -283,10 +283,10 @@ impl Guard {
         }
     }
 
-    /// The store key of an event under this guard's configuration.
+    /// The store key of an event under this guard's configuration (its
+    /// [key scheme](crate::KeyScheme) included): the key [`run`](Self::run) claims.
     pub fn key_for(&self, envelope: &EventEnvelope) -> Result<String, IdentityError> {
-        let hash = envelope.deterministic_hash()?;
-        Ok(self.inner.config.generate_key(&envelope.event_type, &hash))
+        self.inner.config.event_key(envelope)
     }
 
     /// Runs `handler` for `envelope` unless the event was processed before.
@@ -606,11 +606,12 @@ impl Guard {
     /// The event's hash and key, or the logged refusal of an event without identity.
     fn identify<E>(&self, envelope: &EventEnvelope) -> Result<(String, String), GuardError<E>> {
         let config = &self.inner.config;
-        match envelope.deterministic_hash() {
-            Ok(hash) => {
-                let key = config.generate_key(&envelope.event_type, &hash);
-                Ok((hash, key))
-            }
+        let identity = config.event_hash(envelope).and_then(|hash| {
+            let key = config.try_generate_key(&envelope.event_type, &hash)?;
+            Ok((hash, key))
+        });
+        match identity {
+            Ok(identity) => Ok(identity),
             Err(err) => {
                 bump(&self.inner.counters.invalid_events);
                 tracing::error!(

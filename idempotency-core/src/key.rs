@@ -127,7 +127,11 @@ fn escape_hash(hash: &str) -> std::borrow::Cow<'_, str> {
 }
 
 pub(crate) fn build_key(prefix: &str, service: &str, event_type: &str, hash: &str) -> String {
-    let event_type = escape_event_type(event_type);
+    assemble(prefix, service, &escape_event_type(event_type), hash)
+}
+
+/// `{prefix}:{service}:{segment}:{hash}`, the hash escaped.
+pub(crate) fn assemble(prefix: &str, service: &str, event_type: &str, hash: &str) -> String {
     let hash = escape_hash(hash);
     let mut key =
         String::with_capacity(prefix.len() + service.len() + event_type.len() + hash.len() + 3);
@@ -135,7 +139,7 @@ pub(crate) fn build_key(prefix: &str, service: &str, event_type: &str, hash: &st
     key.push(':');
     key.push_str(service);
     key.push(':');
-    key.push_str(&event_type);
+    key.push_str(event_type);
     key.push(':');
     key.push_str(&hash);
     key
@@ -170,6 +174,25 @@ impl KeyParts {
     /// # Ok::<(), eventonce_core::ConfigError>(())
     /// ```
     pub fn parse(prefix: &str, key: &str) -> Option<KeyParts> {
+        Self::parse_with(crate::KeyScheme::Eventonce, prefix, key)
+    }
+
+    /// Reads `key` as [`parse`](Self::parse) does, for keys made with `scheme`. Under
+    /// [`KeyScheme::PythonV2`](crate::KeyScheme::PythonV2) the event-type segment cannot
+    /// always be read back (the decorator writes `a.b` and `a_b` alike): `event_type` is the
+    /// segment itself when it holds no `_`, else `None`.
+    ///
+    /// ```
+    /// use eventonce_core::{IdempotencyConfig, KeyParts, KeyScheme};
+    /// let config = IdempotencyConfig::builder("billing").key_scheme(KeyScheme::PythonV2).build()?;
+    /// let key = config.generate_key("orders.created.v1", "ab12");
+    /// let parts = KeyParts::parse_with(KeyScheme::PythonV2, config.key_prefix(), &key).expect("our key");
+    /// assert_eq!(parts.event_type_segment, "orders_created_v1");
+    /// assert_eq!(parts.event_type, None);
+    /// assert_eq!(parts.event_type_display(), "orders_created_v1");
+    /// # Ok::<(), eventonce_core::ConfigError>(())
+    /// ```
+    pub fn parse_with(scheme: crate::KeyScheme, prefix: &str, key: &str) -> Option<KeyParts> {
         let rest = key.strip_prefix(prefix)?.strip_prefix(':')?;
         let mut parts = rest.split(':');
         let (service, segment, hash) = (parts.next()?, parts.next()?, parts.next()?);
@@ -179,7 +202,10 @@ impl KeyParts {
         Some(KeyParts {
             service: service.to_owned(),
             event_type_segment: segment.to_owned(),
-            event_type: unescape_event_type(segment),
+            event_type: match scheme {
+                crate::KeyScheme::PythonV2 => (!segment.contains('_')).then(|| segment.to_owned()),
+                _ => unescape_event_type(segment),
+            },
             hash: hash.to_owned(),
         })
     }

@@ -20,6 +20,7 @@ mod guard;
 mod identity;
 mod key;
 mod redact;
+mod scheme;
 mod store;
 mod telemetry;
 
@@ -38,6 +39,7 @@ pub use guard::{Guard, GuardStats, Outcome};
 pub use identity::{canonical_json, canonical_number, deterministic_hash, MAX_DEPTH};
 pub use key::{escape_event_type, unescape_event_type, KeyParts, MAX_EVENT_TYPE_SEGMENT};
 pub use redact::redact_url;
+pub use scheme::{python_json, python_number, python_v2_hash, KeyScheme};
 pub use store::{
     check_arguments, check_batch, check_complete_then_claim, check_completions, check_many,
     saturating_deadline, Claim, Completion, IdempotencyStore, Record, RecordState,

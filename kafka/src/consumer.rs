@@ -14,7 +14,7 @@ use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::message::{envelope_from_message, MessageError, MessagePosition};
+use crate::message::{envelope_from_message_with, MessageError, MessagePosition};
 use crate::plan::{Answer, Input, Partition, Plan, Rewinds};
 
 /// How [`KafkaGuard`] commits and redelivers.
@@ -123,8 +123,10 @@ pub enum Retry<E> {
 ///
 /// For each message, [`process`](Self::process):
 ///
-/// 1. turns it into an [`EventEnvelope`] ([`envelope_from_message`]); a message that is
-///    not an identifiable event is returned as [`MessageError`], nothing committed;
+/// 1. turns it into an [`EventEnvelope`] ([`envelope_from_message_with`] the guard's
+///    [key scheme](eventonce_core::KeyScheme): under `PythonV2` the value alone, headers
+///    unread, as the Python decorator reads it); a message that is not an identifiable
+///    event is returned as [`MessageError`], nothing committed;
 /// 2. runs the handler through [`Guard::run`];
 /// 3. on a final outcome (`Processed`, `Duplicate`, `Unprotected`) commits the offset
 ///    after the message;
@@ -221,7 +223,7 @@ impl KafkaGuard {
     {
         let position = MessagePosition::of(message);
         self.forget_stale(consumer, std::slice::from_ref(&position), None);
-        let envelope = envelope_from_message(message);
+        let envelope = envelope_from_message_with(message, self.guard.config().key_scheme());
         let admitted = self
             .lock_rewinds()
             .admit(&[(&position, envelope.is_ok())])
@@ -305,7 +307,7 @@ impl KafkaGuard {
             .collect();
         let envelopes: Vec<Result<EventEnvelope, MessageError>> = live
             .iter()
-            .map(|&i| envelope_from_message(&messages[i]))
+            .map(|&i| envelope_from_message_with(&messages[i], self.guard.config().key_scheme()))
             .collect();
         let admitted = {
             let asked: Vec<(&MessagePosition, bool)> = live

@@ -43,7 +43,8 @@ mod plan;
 
 pub use consumer::{commit_past, consumer_config, Delivery, KafkaGuard, KafkaGuardOptions, Retry};
 pub use message::{
-    envelope_from_message, MessageError, MessagePosition, EVENT_ID_HEADER, EVENT_TYPE_HEADER,
+    envelope_from_message, envelope_from_message_with, MessageError, MessagePosition,
+    EVENT_ID_HEADER, EVENT_TYPE_HEADER,
 };
 /// Re-exported so that a consumer needs no separate dependency on the same version.
 pub use rdkafka;

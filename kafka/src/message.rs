@@ -1,7 +1,7 @@
 //! A consumed Kafka message turned into an [`EventEnvelope`]: the body, and the `event_id`
 //! and `event_type` headers when present.
 
-use eventonce_core::{EnvelopeError, EventEnvelope, IdentityError};
+use eventonce_core::{EnvelopeError, EventEnvelope, IdentityError, KeyScheme};
 use rdkafka::message::{Headers, Message};
 
 /// The header that may carry the event's id.
@@ -207,6 +207,10 @@ fn merge(
 /// cannot be identified (neither `event_id` nor `data`) is an error, never skipped.
 /// Never panics.
 ///
+/// This is the reading of the default [`KeyScheme::Eventonce`];
+/// [`KafkaGuard`](crate::KafkaGuard) reads with its guard's scheme through
+/// [`envelope_from_message_with`].
+///
 /// ```
 /// use eventonce_kafka::envelope_from_message;
 /// use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
@@ -221,7 +225,41 @@ fn merge(
 /// # Ok::<(), eventonce_kafka::MessageError>(())
 /// ```
 pub fn envelope_from_message(message: &impl Message) -> Result<EventEnvelope, MessageError> {
+    envelope_from_message_with(message, KeyScheme::Eventonce)
+}
+
+/// Turns a consumed message into an [`EventEnvelope`] for a guard keyed with `scheme`.
+///
+/// With [`KeyScheme::Eventonce`] this is [`envelope_from_message`]. With
+/// [`KeyScheme::PythonV2`] the envelope is the message's value alone, as the Python
+/// decorator reads it: the `event_id` and `event_type` headers are not read (a header id
+/// would change the key from the one the decorator computes for the same message), and a
+/// message whose event type the scheme refuses (`:`, a glob or hash-tag character,
+/// whitespace, a control character) is [`MessageError::Unidentifiable`], like one
+/// without identity.
+///
+/// ```
+/// use eventonce_core::KeyScheme;
+/// use eventonce_kafka::envelope_from_message_with;
+/// use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+///
+/// let body = br#"{"event_type":"orders.created.v1","data":{"order":42}}"#.to_vec();
+/// let headers = OwnedHeaders::new().insert(Header { key: "event_id", value: Some("e-42") });
+/// let message = OwnedMessage::new(
+///     Some(body), None, "orders".into(), Timestamp::NotAvailable, 0, 7, Some(headers),
+/// );
+/// let envelope = envelope_from_message_with(&message, KeyScheme::PythonV2)?;
+/// assert_eq!(envelope.event_id, None);
+/// # Ok::<(), eventonce_kafka::MessageError>(())
+/// ```
+pub fn envelope_from_message_with(
+    message: &impl Message,
+    scheme: KeyScheme,
+) -> Result<EventEnvelope, MessageError> {
     let position = MessagePosition::of(message);
+    if scheme == KeyScheme::PythonV2 {
+        return body_alone(message, position, scheme);
+    }
     let header_id = header_value(message, EVENT_ID_HEADER, &position)?;
     let header_type = header_value(message, EVENT_TYPE_HEADER, &position)?;
     let payload = match message.payload() {
@@ -255,7 +293,35 @@ pub fn envelope_from_message(message: &impl Message) -> Result<EventEnvelope, Me
         &position,
     )?;
 
-    if let Err(source) = envelope.deterministic_hash() {
+    if let Err(source) = identifiable(&envelope, scheme) {
+        return Err(MessageError::Unidentifiable { position, source });
+    }
+    Ok(envelope)
+}
+
+/// Whether `scheme` can key `envelope`: it has an identity and an event type the scheme
+/// keeps inside the namespace.
+fn identifiable(envelope: &EventEnvelope, scheme: KeyScheme) -> Result<(), IdentityError> {
+    envelope.hash_with(scheme)?;
+    scheme.event_type_segment(&envelope.event_type)?;
+    Ok(())
+}
+
+/// The envelope of the message's value alone, headers unread.
+fn body_alone(
+    message: &impl Message,
+    position: MessagePosition,
+    scheme: KeyScheme,
+) -> Result<EventEnvelope, MessageError> {
+    let payload = match message.payload() {
+        Some(p) if !p.is_empty() => p,
+        _ => return Err(MessageError::NoPayload { position }),
+    };
+    let envelope = match EventEnvelope::from_slice(payload) {
+        Ok(envelope) => envelope,
+        Err(source) => return Err(MessageError::Envelope { position, source }),
+    };
+    if let Err(source) = identifiable(&envelope, scheme) {
         return Err(MessageError::Unidentifiable { position, source });
     }
     Ok(envelope)
@@ -488,5 +554,58 @@ mod tests {
             &[("event_id", Some(b"e"))],
         ))
         .expect("identified by the header");
+    }
+
+    #[test]
+    fn python_v2_reads_the_body_alone_as_the_decorator_does() {
+        let config = eventonce_core::IdempotencyConfig::builder("svc")
+            .key_scheme(KeyScheme::PythonV2)
+            .build()
+            .expect("config");
+        let body: &[u8] = br#"{"event_type":"orders.created.v1","data":{"n":1}}"#;
+        let plain = envelope_from_message_with(&message(Some(body), &[]), KeyScheme::PythonV2)
+            .expect("envelope");
+        // Headers that the default scheme would merge (or refuse as a mismatch) are not
+        // read: the decorator keys the body alone.
+        for headers in [
+            &[("event_id", Some(&b"e-9"[..]))][..],
+            &[("event_type", Some(&b"other.v1"[..]))][..],
+            &[("event_id", None)][..],
+        ] {
+            let with =
+                envelope_from_message_with(&message(Some(body), headers), KeyScheme::PythonV2)
+                    .expect("envelope");
+            assert_eq!(with, plain);
+            assert_eq!(config.event_key(&with), config.event_key(&plain));
+        }
+        assert!(envelope_from_message(&message(Some(body), &[("event_id", None)])).is_err());
+    }
+
+    #[test]
+    fn python_v2_refuses_types_that_would_leave_the_namespace() {
+        let err = envelope_from_message_with(
+            &message(Some(br#"{"event_type":"orders:*","data":{"n":1}}"#), &[]),
+            KeyScheme::PythonV2,
+        )
+        .expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                MessageError::Unidentifiable {
+                    source: IdentityError::EventTypeOutsideNamespace { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // The default scheme escapes the same type and keys it.
+        envelope_from_message_with(
+            &message(Some(br#"{"event_type":"orders:*","data":{"n":1}}"#), &[]),
+            KeyScheme::Eventonce,
+        )
+        .expect("escaped");
+        let err = envelope_from_message_with(&message(None, &[]), KeyScheme::PythonV2)
+            .expect_err("no payload");
+        assert!(matches!(err, MessageError::NoPayload { .. }), "{err:?}");
     }
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use eventonce::{
-    escape_event_type, AdminStore, EventEnvelope, IdempotencyConfig, KeyParts, ListedRecord,
-    Record, RecordState, StoreError,
+    AdminStore, EventEnvelope, IdempotencyConfig, KeyParts, KeyScheme, ListedRecord, Record,
+    RecordState, StoreError,
 };
 use serde_json::{json, Value};
 
@@ -101,8 +101,14 @@ fn at_least_one(value: &str) -> Result<usize, String> {
 }
 
 /// Checks the prefix (and service) as a configuration would, and gives the literal key
-/// prefix to list: `{prefix}:`, `{prefix}:{service}:`, or with the event type too.
-fn scope(prefix: &str, service: Option<&str>, event_type: Option<&str>) -> Result<String, String> {
+/// prefix to list: `{prefix}:`, `{prefix}:{service}:`, or with the event type's segment
+/// under `scheme` too.
+fn scope(
+    scheme: KeyScheme,
+    prefix: &str,
+    service: Option<&str>,
+    event_type: Option<&str>,
+) -> Result<String, String> {
     IdempotencyConfig::builder(service.unwrap_or("any"))
         .key_prefix(prefix)
         .build()
@@ -112,9 +118,17 @@ fn scope(prefix: &str, service: Option<&str>, event_type: Option<&str>) -> Resul
         scope.push_str(service);
         scope.push(':');
         if let Some(event_type) = event_type {
-            scope.push_str(&escape_event_type(event_type));
+            let segment = scheme
+                .event_type_segment(event_type)
+                .map_err(|e| e.to_string())?;
+            scope.push_str(&segment);
             scope.push(':');
         }
+    } else if let Some(event_type) = event_type {
+        // Checked here too, so that a refused type is refused with or without --service.
+        scheme
+            .event_type_segment(event_type)
+            .map_err(|e| e.to_string())?;
     }
     Ok(scope)
 }
@@ -220,7 +234,9 @@ fn state_of(name: Option<&str>) -> Option<RecordState> {
 }
 
 pub async fn keys(args: KeysArgs) -> ExitCode {
+    let scheme = args.store.key_scheme;
     let scope = match scope(
+        scheme,
         &args.store.prefix,
         args.service.as_deref(),
         args.event_type.as_deref(),
@@ -234,10 +250,15 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
     };
     let want_state = state_of(args.state.as_deref());
     let prefix = args.store.prefix.as_str();
-    let event_type = args.event_type.as_deref();
+    // Checked by `scope` above; the segments of one type are equal.
+    let segment = args
+        .event_type
+        .as_deref()
+        .and_then(|t| scheme.event_type_segment(t).ok());
     let listed = collect(connected.store.as_ref(), &scope, args.limit, |r| {
-        let type_ok = event_type.is_none_or(|t| {
-            KeyParts::parse(prefix, &r.key).is_some_and(|p| p.event_type.as_deref() == Some(t))
+        let type_ok = segment.as_deref().is_none_or(|want| {
+            KeyParts::parse_with(scheme, prefix, &r.key)
+                .is_some_and(|p| p.event_type_segment == want)
         });
         type_ok && want_state.is_none_or(|s| r.record.state == s)
     })
@@ -250,7 +271,7 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
         let items: Vec<Value> = records
             .iter()
             .map(|r| {
-                let parts = KeyParts::parse(prefix, &r.key);
+                let parts = KeyParts::parse_with(scheme, prefix, &r.key);
                 json!({
                     "key": r.key,
                     "service": parts.as_ref().map(|p| p.service.clone()),
@@ -317,7 +338,7 @@ fn read_error(key: &str, err: StoreError) -> String {
 fn show_key(args: &ShowArgs) -> Result<String, String> {
     if let Some(key) = &args.key {
         let prefix = &args.store.prefix;
-        scope(prefix, None, None)?;
+        scope(KeyScheme::default(), prefix, None, None)?;
         if !key.starts_with(&format!("{prefix}:")) {
             return Err(format!(
                 "refusing to show {key:?}: it is not a key under {prefix}: (use --prefix for \
@@ -347,14 +368,14 @@ fn show_key(args: &ShowArgs) -> Result<String, String> {
     }
     let config = IdempotencyConfig::builder(service.clone())
         .key_prefix(args.store.prefix.clone())
+        .key_scheme(args.store.key_scheme)
         .build()
         .map_err(|e| e.to_string())?;
-    let hash = envelope.deterministic_hash().map_err(|e| e.to_string())?;
-    Ok(config.generate_key(event_type, &hash))
+    config.event_key(&envelope).map_err(|e| e.to_string())
 }
 
-fn describe(prefix: &str, key: &str, record: &Record) -> Value {
-    let parts = KeyParts::parse(prefix, key);
+fn describe(scheme: KeyScheme, prefix: &str, key: &str, record: &Record) -> Value {
+    let parts = KeyParts::parse_with(scheme, prefix, key);
     json!({
         "key": key,
         "service": parts.as_ref().map(|p| p.service.clone()),
@@ -368,8 +389,8 @@ fn describe(prefix: &str, key: &str, record: &Record) -> Value {
     })
 }
 
-fn print_record(prefix: &str, key: &str, record: &Record) {
-    let parts = KeyParts::parse(prefix, key);
+fn print_record(scheme: KeyScheme, prefix: &str, key: &str, record: &Record) {
+    let parts = KeyParts::parse_with(scheme, prefix, key);
     println!("key:        {key}");
     if let Some(p) = &parts {
         println!("service:    {}", p.service);
@@ -400,10 +421,10 @@ pub async fn show(args: ShowArgs) -> ExitCode {
         Ok(record) => record,
         Err(err) => return fail(read_error(&key, err)),
     };
-    let prefix = &args.store.prefix;
+    let (scheme, prefix) = (args.store.key_scheme, &args.store.prefix);
     match (record, args.json) {
-        (Some(record), true) => println!("{}", describe(prefix, &key, &record)),
-        (Some(record), false) => print_record(prefix, &key, &record),
+        (Some(record), true) => println!("{}", describe(scheme, prefix, &key, &record)),
+        (Some(record), false) => print_record(scheme, prefix, &key, &record),
         (None, true) => {
             println!("{}", json!({"key": key, "state": "absent"}));
             return ExitCode::from(EXIT_NO);
@@ -434,11 +455,12 @@ fn consequence(state: RecordState) -> &'static str {
 }
 
 pub async fn release(args: ReleaseArgs) -> ExitCode {
-    let prefix = &args.store.prefix;
-    if let Err(err) = scope(prefix, None, None) {
+    let (scheme, prefix) = (args.store.key_scheme, &args.store.prefix);
+    if let Err(err) = scope(scheme, prefix, None, None) {
         return fail(err);
     }
-    if !args.key.starts_with(&format!("{prefix}:")) || KeyParts::parse(prefix, &args.key).is_none()
+    if !args.key.starts_with(&format!("{prefix}:"))
+        || KeyParts::parse_with(scheme, prefix, &args.key).is_none()
     {
         return fail(format!(
             "refusing to release {:?}: it is not a key under {prefix}: (of the form \
@@ -458,7 +480,7 @@ pub async fn release(args: ReleaseArgs) -> ExitCode {
         }
         Err(err) => return fail(read_error(&args.key, err)),
     };
-    print_record(prefix, &args.key, &record);
+    print_record(scheme, prefix, &args.key, &record);
     if record.owner.is_none() {
         return fail(
             "refusing: this value was written by an older writer, not by eventonce; it is left untouched",
@@ -542,7 +564,8 @@ fn bytes(n: u64) -> String {
 }
 
 pub async fn stats(args: StatsArgs) -> ExitCode {
-    let scope = match scope(&args.store.prefix, args.service.as_deref(), None) {
+    let scheme = args.store.key_scheme;
+    let scope = match scope(scheme, &args.store.prefix, args.service.as_deref(), None) {
         Ok(scope) => scope,
         Err(err) => return fail(err),
     };
@@ -560,7 +583,7 @@ pub async fn stats(args: StatsArgs) -> ExitCode {
             Err(err) => return fail(err),
         };
         for r in page.records {
-            let name = KeyParts::parse(prefix, &r.key).map_or_else(
+            let name = KeyParts::parse_with(scheme, prefix, &r.key).map_or_else(
                 || ("(other keys)".to_owned(), "-".to_owned()),
                 |p| (p.service.clone(), p.event_type_display().to_owned()),
             );
@@ -700,13 +723,32 @@ mod tests {
 
     #[test]
     fn scopes_are_literal_prefixes_and_validated() {
-        assert_eq!(scope("p:q", None, None).as_deref(), Ok("p:q:"));
+        let e = KeyScheme::Eventonce;
+        assert_eq!(scope(e, "p:q", None, None).as_deref(), Ok("p:q:"));
         assert_eq!(
-            scope("p", Some("svc"), Some("a.b")).as_deref(),
+            scope(e, "p", Some("svc"), Some("a.b")).as_deref(),
             Ok("p:svc:a_b:")
         );
-        assert!(scope("p*", None, None).is_err());
-        assert!(scope("p", Some("a:b"), None).is_err());
+        assert_eq!(
+            scope(e, "p", Some("svc"), Some("a.b_c")).as_deref(),
+            Ok("p:svc:a_b%5Fc:")
+        );
+        assert!(scope(e, "p*", None, None).is_err());
+        assert!(scope(e, "p", Some("a:b"), None).is_err());
+    }
+
+    #[test]
+    fn python_v2_scopes_use_the_decorators_segment_and_refuse_what_it_cannot_key() {
+        let v2 = KeyScheme::PythonV2;
+        assert_eq!(
+            scope(v2, "p", Some("svc"), Some("a.b_c")).as_deref(),
+            Ok("p:svc:a_b_c:")
+        );
+        for bad in ["a:b", "a*", "a b"] {
+            let err = scope(v2, "p", Some("svc"), Some(bad)).expect_err(bad);
+            assert!(err.contains("python-v2"), "{err}");
+            assert!(scope(v2, "p", None, Some(bad)).is_err());
+        }
     }
 
     #[test]

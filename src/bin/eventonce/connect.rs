@@ -26,6 +26,11 @@ pub struct StoreArgs {
     /// Key prefix of the records.
     #[arg(long, value_name = "PREFIX", default_value = eventonce::DEFAULT_KEY_PREFIX)]
     pub prefix: String,
+    /// How the consumers compute keys: `eventonce` (the default) or `python-v2` (the Python
+    /// "idempotency v2" decorator's keys, as `KeyScheme::PythonV2`).
+    #[arg(long, value_name = "SCHEME", default_value = "eventonce",
+          value_parser = |s: &str| s.parse::<eventonce::KeyScheme>())]
+    pub key_scheme: eventonce::KeyScheme,
 }
 
 /// A backend chosen on the command line.
