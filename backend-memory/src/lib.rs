@@ -179,6 +179,16 @@ impl IdempotencyStore for MemoryStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
+        // A live record answers from a plain read (duplicates, claims held elsewhere): no
+        // write lock. Only an absent or expired one needs the atomic compute below.
+        if let Some(entry) = self.cache.get(key) {
+            if entry.is_live(Instant::now()) {
+                return Ok(match entry.state {
+                    RecordState::Completed => Claim::Completed,
+                    RecordState::Processing => Claim::InProgress,
+                });
+            }
+        }
         let mut claim = Claim::Acquired;
         self.cache.entry_by_ref(key).and_compute_with(|existing| {
             let now = Instant::now();

@@ -656,10 +656,10 @@ impl Guard {
     /// `try_claim`, waiting for another owner's claim up to `in_progress_wait`.
     async fn claim(&self, ctx: &mut Ctx<'_>, owner: &str) -> Result<Claim, StoreError> {
         let config = &self.inner.config;
-        let deadline = crate::store::saturating_deadline(
-            tokio::time::Instant::now(),
-            config.in_progress_wait(),
-        );
+        // Read the clock only when there is a wait to bound.
+        let wait = config.in_progress_wait();
+        let deadline = (!wait.is_zero())
+            .then(|| crate::store::saturating_deadline(tokio::time::Instant::now(), wait));
         let mut backoff = Duration::from_millis(10);
         let mut carried = self.owes().then(|| self.take_owed());
         if carried.as_ref().is_some_and(|c| c.holds(ctx.key)) {
@@ -709,8 +709,11 @@ impl Guard {
                 .await
             };
             ctx.store_time += t.elapsed();
+            let Some(deadline) = deadline.filter(|_| matches!(claim, Ok(Claim::InProgress))) else {
+                return claim;
+            };
             let now = tokio::time::Instant::now();
-            if !matches!(claim, Ok(Claim::InProgress)) || now >= deadline {
+            if now >= deadline {
                 return claim;
             }
             tokio::time::sleep(backoff.min(deadline - now)).await;
@@ -1148,17 +1151,20 @@ fn store_name<S>() -> &'static str {
 /// A token unique to one claim: process id, a per-process random nonce, a counter.
 fn new_owner() -> String {
     use std::hash::BuildHasher;
-    static NONCE: OnceLock<u64> = OnceLock::new();
+    static NONCE: OnceLock<(u32, u64)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nonce = *NONCE.get_or_init(|| {
+    // Once per process: the pid (a system call) and the nonce.
+    let (pid, nonce) = *NONCE.get_or_init(|| {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        std::collections::hash_map::RandomState::new().hash_one((std::process::id(), now))
+        let pid = std::process::id();
+        let nonce = std::collections::hash_map::RandomState::new().hash_one((pid, now));
+        (pid, nonce)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:x}-{nonce:016x}-{n:x}", std::process::id())
+    format!("{pid:x}-{nonce:016x}-{n:x}")
 }
 
 #[cfg(test)]
