@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large bench bench-peers python-v2-venv python-v2
+.PHONY: bench-kafka test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large bench bench-peers python-v2-venv python-v2
 
 ## The whole check: formatting, lints, docs, the fuzz smoke run and every test of the
 ## workspace with all features (the CI-size soak included) against the real services
@@ -93,3 +93,15 @@ python-v2-venv:
 python-v2: services python-v2-venv
 	$(CARGO) test --quiet --test python_v2_oracle
 	$(CARGO) test --quiet -p eventonce-redis --test python_v2_fleet -- --nocapture
+
+## The Kafka path: a consumer loop through KafkaGuard::process_batch (Redis store) against
+## the same loop without the guard, alternating, on one topic of BENCH_KAFKA_EVENTS
+## (default 100,000) pre-produced events, against the project's broker (started here if
+## none runs, and stopped after). Writes target/criterion-latency/kafka/consumer.json.
+bench-kafka: services
+	@if bash scripts/kafka.sh url >/dev/null 2>&1; then \
+	  export $$(bash scripts/kafka.sh url); $(CARGO) bench -p eventonce-kafka --bench consumer; \
+	else \
+	  export $$(bash scripts/kafka.sh start) && $(CARGO) bench -p eventonce-kafka --bench consumer; \
+	  status=$$?; bash scripts/kafka.sh stop >/dev/null; exit $$status; \
+	fi
