@@ -36,7 +36,8 @@ impl Guard {
     ///
     /// - The new events' handlers run concurrently in this task, at most
     ///   [`batch_concurrency`](crate::ConfigBuilder::batch_concurrency) at once; the claims
-    ///   of all of them are renewed together while any runs.
+    ///   of all of them (queued, running, and those that already succeeded, whose
+    ///   completion waits for the batch's end) are renewed together while any runs.
     /// - Then the successes are completed and the failures released, in one round trip
     ///   each, sent at once.
     /// - The same event twice in one batch runs once: the later copies answer `Duplicate`
@@ -413,8 +414,12 @@ impl Guard {
                         period,
                     ));
                     if renewing {
+                        // Every claim still to complete: queued and running handlers',
+                        // and those of handlers that succeeded (their completion waits
+                        // for the batch's end, which a slower handler may put off for
+                        // longer than the lease).
                         let slots: Vec<usize> = (0..ended.len())
-                            .filter(|&s| ended[s].is_none() && !lost[s])
+                            .filter(|&s| !lost[s] && matches!(ended[s], None | Some(Ok(Ok(_)))))
                             .collect();
                         let keys: Vec<String> =
                             slots.iter().map(|&s| pending.keys[s].clone()).collect();
