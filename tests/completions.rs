@@ -1,8 +1,9 @@
 //! A succeeded handler's completion is never thrown away: not when the store blips, not
 //! when the circuit breaker is open, not when the run carrying deferred completions fails
-//! or is dropped; and a batch never starts a handler on a claim it knows is lost. Each
-//! test drives a real `MemoryStore` through a switchable fault layer on Tokio's paused
-//! clock.
+//! or is dropped. A claim is kept through faults shorter than most of the lease: a failed
+//! renewal is retried soon. A batch never starts a handler on a claim it knows is lost.
+//! Each test drives a real `MemoryStore` through a switchable fault layer on Tokio's
+//! paused clock.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -287,4 +288,77 @@ async fn a_batch_never_starts_a_handler_on_a_claim_it_knows_is_lost() {
     );
     let record = store.inner.get(&key_b).await.expect("get").expect("record");
     assert_eq!(record.state, RecordState::Processing, "B's claim is intact");
+}
+
+/// Switches `flag` on at `from` and off at `to` (from now), in the background.
+fn fault_between(flag: &Arc<AtomicBool>, from: Duration, to: Duration) {
+    let flag = Arc::clone(flag);
+    tokio::spawn(async move {
+        tokio::time::sleep(from).await;
+        flag.store(true, Ordering::SeqCst);
+        tokio::time::sleep(to - from).await;
+        flag.store(false, Ordering::SeqCst);
+    });
+}
+
+/// Renewals are due every 10 s under the 30 s lease. Failing from 9 s to 22 s, the
+/// renewals due at 10 s and 20 s fail; the one of 30 s would be too late.
+const RENEWALS_DOWN: (Duration, Duration) = (Duration::from_secs(9), Duration::from_secs(22));
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_renewal_is_retried_before_the_lease_ends() {
+    let store = Faulty::default();
+    let config = builder()
+        .circuit_breaker(0, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let guard = Guard::new(store.clone(), config);
+    let e = event(50);
+    let key = guard.key_for(&e).expect("key");
+    fault_between(&store.fail_extends, RENEWALS_DOWN.0, RENEWALS_DOWN.1);
+    let answer = guard
+        .run(&e, async {
+            tokio::time::sleep(LEASE + LEASE / 2).await;
+            // Past the lease that the failed renewals would have let lapse.
+            let other = store.inner.try_claim(&key, "consumer-b", LEASE).await;
+            assert_eq!(other.ok(), Some(Claim::InProgress), "still held");
+            ok(()).await
+        })
+        .await;
+    assert_eq!(answer.ok(), Some(Outcome::Processed(())));
+    assert_eq!(guard.stats().claims_lost, 0);
+    assert_eq!(
+        state(&store, &guard, &e).await,
+        Some(RecordState::Completed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_retries_a_failed_renewal_before_the_lease_ends() {
+    let store = Faulty::default();
+    let config = builder()
+        .circuit_breaker(0, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let guard = Guard::new(store.clone(), config);
+    let batch = [event(51), event(52)];
+    let keys: Vec<String> = batch.iter().map(|e| guard.key_for(e).unwrap()).collect();
+    fault_between(&store.fail_extends, RENEWALS_DOWN.0, RENEWALS_DOWN.1);
+    let answers = guard
+        .run_batch(&batch, |_| {
+            let (store, keys) = (store.clone(), keys.clone());
+            async move {
+                tokio::time::sleep(LEASE + LEASE / 2).await;
+                for key in &keys {
+                    let other = store.inner.try_claim(key, "consumer-b", LEASE).await;
+                    assert_eq!(other.ok(), Some(Claim::InProgress), "still held");
+                }
+                ok(()).await
+            }
+        })
+        .await;
+    assert!(answers
+        .iter()
+        .all(|a| matches!(a, Ok(Outcome::Processed(())))));
+    assert_eq!(guard.stats().claims_lost, 0);
 }

@@ -288,7 +288,8 @@ impl Guard {
     /// Runs `handler` for `envelope` unless the event was processed before.
     ///
     /// - New event: claims it with a lease of `processing_ttl`, polls `handler` to
-    ///   completion (renewing the lease every third of it), marks it completed for the event
+    ///   completion (renewing the lease every third of it; a failed renewal is retried every
+    ///   tenth of that, at most every second), marks it completed for the event
     ///   type's TTL and returns [`Outcome::Processed`]. The completion is attempted even
     ///   while the circuit breaker is open; if the store does not take it (an outage, a
     ///   timeout, this future dropped while completing), `Processed` is still returned and
@@ -917,6 +918,12 @@ impl Guard {
                                     error = %err,
                                     "STORE_ERROR: Renewing the claim lease failed; will retry"
                                 );
+                                // Soon, not a period later: two failed renewals a period
+                                // apart would lose the claim to a fault of a third of it.
+                                tick.as_mut().reset(crate::store::saturating_deadline(
+                                    tokio::time::Instant::now(),
+                                    renewal_retry(period),
+                                ));
                             }
                         }
                     }
@@ -1051,6 +1058,14 @@ fn settle_in_background<F, L>(
             failed(&err);
         }
     });
+}
+
+/// How soon a failed renewal is tried again: a tenth of the renewal period (a third of
+/// the lease), at most a second. A claim is then lost only when every renewal fails from
+/// a period after the last one that succeeded until the lease ends: a fault lasting most
+/// of the lease's last two thirds.
+pub(crate) fn renewal_retry(period: Duration) -> Duration {
+    (period / 10).clamp(Duration::from_millis(1), Duration::from_secs(1))
 }
 
 /// A boxed store call in flight.

@@ -427,6 +427,12 @@ impl Guard {
                         let renewed = self.renew_batch(keys, &pending.owner, lease).await;
                         if renewed.iter().all(Option::is_some) {
                             confirmed = asked;
+                        } else {
+                            // A renewal failed: try again soon, not a period later.
+                            tick.as_mut().reset(crate::store::saturating_deadline(
+                                tokio::time::Instant::now(),
+                                super::renewal_retry(period),
+                            ));
                         }
                         for (&slot, renewed) in slots.iter().zip(renewed) {
                             if renewed == Some(false) {
