@@ -23,6 +23,9 @@ struct Faulty {
     fail_completes: Arc<AtomicBool>,
     hang_completes: Arc<AtomicBool>,
     fail_extends: Arc<AtomicBool>,
+    /// `complete` answers that the claim is not held (a claim lost).
+    refuse_completes: Arc<AtomicBool>,
+    hang_gets: Arc<AtomicBool>,
     completes: Arc<AtomicUsize>,
 }
 
@@ -54,6 +57,9 @@ impl IdempotencyStore for Faulty {
         if self.fail_completes.load(Ordering::SeqCst) {
             return Err(down("complete"));
         }
+        if self.refuse_completes.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
         self.inner.complete(key, owner, ttl).await
     }
     async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
@@ -66,6 +72,9 @@ impl IdempotencyStore for Faulty {
         self.inner.extend(key, owner, lease).await
     }
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        if self.hang_gets.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.inner.get(key).await
     }
 }
@@ -361,4 +370,27 @@ async fn a_batch_retries_a_failed_renewal_before_the_lease_ends() {
         .iter()
         .all(|a| matches!(a, Ok(Outcome::Processed(())))));
     assert_eq!(guard.stats().claims_lost, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn checking_a_completion_the_store_refused_is_bounded_by_the_store_timeout() {
+    let store = Faulty::default();
+    let config = builder()
+        .defer_completion(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let guard = Guard::new(store.clone(), config);
+    assert_eq!(
+        guard.run(&event(60), ok(1)).await.ok(),
+        Some(Outcome::Processed(1))
+    );
+    // The next claim carries the completion; the store says the claim is not held, and
+    // the read that checks whether it was completed anyway never answers.
+    store.refuse_completes.store(true, Ordering::SeqCst);
+    store.hang_gets.store(true, Ordering::SeqCst);
+    let answer = tokio::time::timeout(LEASE, guard.run(&event(61), ok(2))).await;
+    assert!(
+        matches!(answer, Ok(Ok(Outcome::Processed(2)))),
+        "the run answers within its store timeouts"
+    );
 }

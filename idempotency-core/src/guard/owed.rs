@@ -200,8 +200,9 @@ impl Guard {
             if *done {
                 continue;
             }
+            // Bounded like every store call: this runs on the way to a claim.
             let recorded = matches!(
-                self.inner.store.get(&c.key).await,
+                self.timed("get", self.inner.store.get(&c.key)).await,
                 Ok(Some(record)) if record.state == RecordState::Completed
             );
             if recorded {
