@@ -1,9 +1,9 @@
 //! A succeeded handler's completion is never thrown away: not when the store blips, not
 //! when the circuit breaker is open, not when the run carrying deferred completions fails
-//! or is dropped. A claim is kept through faults shorter than most of the lease: a failed
-//! renewal is retried soon. A batch never starts a handler on a claim it knows is lost.
-//! Each test drives a real `MemoryStore` through a switchable fault layer on Tokio's
-//! paused clock.
+//! or is dropped; it is retried until its claim's lease ends. A claim is kept through
+//! faults shorter than most of the lease: a failed renewal is retried soon. A batch never
+//! starts a handler on a claim it knows is lost. Each test drives a real `MemoryStore`
+//! through a switchable fault layer on Tokio's paused clock.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -393,4 +393,71 @@ async fn checking_a_completion_the_store_refused_is_bounded_by_the_store_timeout
         matches!(answer, Ok(Ok(Outcome::Processed(2)))),
         "the run answers within its store timeouts"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_completion_is_retried_until_its_claims_lease_ends() {
+    let store = Faulty::default();
+    let guard = Guard::new(store.clone(), builder().build().unwrap());
+    let e = event(70);
+    // The handler runs 25 s (renewed at 10 s and 20 s: its lease ends at 50 s); the store
+    // refuses completions from its end until 45 s.
+    let answer = guard
+        .run(&e, async {
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            store.fail_completes.store(true, Ordering::SeqCst);
+            ok(()).await
+        })
+        .await;
+    assert_eq!(answer.ok(), Some(Outcome::Processed(())));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    store.fail_completes.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        state(&store, &guard, &e).await,
+        Some(RecordState::Completed),
+        "written in the last seconds of the lease"
+    );
+    assert_eq!(guard.stats().completions_abandoned, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deferred_completion_is_written_before_its_claim_needs_renewing_and_retried_to_the_end() {
+    let store = Faulty::default();
+    let config = builder().defer_completion(LEASE / 2).build().unwrap();
+    let guard = Guard::new(store.clone(), config);
+    let e = event(80);
+    // Claimed at 0 s, its lease ends at 30 s; the store refuses completions from 12 s
+    // to 26 s. Deferred by up to 15 s, the completion is first tried by 10 s, when the
+    // claim's renewal would have been due.
+    fault_between(
+        &store.fail_completes,
+        Duration::from_secs(12),
+        Duration::from_secs(26),
+    );
+    assert_eq!(
+        guard.run(&e, ok(())).await.ok(),
+        Some(Outcome::Processed(()))
+    );
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        state(&store, &guard, &e).await,
+        Some(RecordState::Completed),
+        "written before the claim needed renewing"
+    );
+
+    // Claimed at 11 s, its lease ends at 41 s: first tried by 21 s, during the fault, then
+    // retried until written after it.
+    let f = event(81);
+    assert_eq!(
+        guard.run(&f, ok(())).await.ok(),
+        Some(Outcome::Processed(()))
+    );
+    tokio::time::sleep(Duration::from_secs(28)).await;
+    assert_eq!(
+        state(&store, &guard, &f).await,
+        Some(RecordState::Completed),
+        "retried until written within its lease"
+    );
+    assert_eq!(guard.stats().completions_abandoned, 0);
 }
