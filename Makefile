@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: bench-kafka test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large bench bench-peers python-v2-venv python-v2
+.PHONY: bench-kafka test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large sim bench bench-peers python-v2-venv python-v2
 
 ## The whole check: formatting, lints, docs, the fuzz smoke run and every test of the
 ## workspace with all features (the CI-size soak included) against the real services
@@ -62,6 +62,19 @@ soak: services
 
 soak-large: services
 	$(CARGO) run --release --quiet -p eventonce-soak -- --events 100000 --workers 6 --kills 40
+
+## The seeded simulation of the guard (tests/sim/): consumers sharing one store through a
+## fault injector, crashes, duplicates and redeliveries, an oracle of every handler run.
+## SIM_SEEDS seeds on the memory store (paused clock), SIM_REAL_SEEDS on each of Redis and
+## PostgreSQL, from seed SIM_FIRST; `make test` runs 5,000 and 8. SIM_SEED=<n> replays
+## one seed with its trace (SIM_STORE=redis or postgres for those; SIM_LOG=1 adds the
+## guard's warnings to the trace).
+SIM_SEEDS ?= 20000
+SIM_REAL_SEEDS ?= 16
+SIM_FIRST ?= 0
+sim: services
+	SIM_SEEDS=$(SIM_SEEDS) SIM_REAL_SEEDS=$(SIM_REAL_SEEDS) SIM_FIRST=$(SIM_FIRST) \
+		$(CARGO) test --all-features --test sim
 
 ## Criterion benchmarks against the local services; prints medians and ratios to the
 ## floors and writes benches/RESULTS.md.

@@ -1,8 +1,9 @@
 //! A succeeded handler's completion is never thrown away: not when the store blips, not
 //! when the circuit breaker is open, not when the run carrying deferred completions fails
-//! or is dropped; and a batch never starts a handler on a claim it knows is lost. Each
-//! test drives a real `MemoryStore` through a switchable fault layer on Tokio's paused
-//! clock.
+//! or is dropped; it is retried until its claim's lease ends. A claim is kept through
+//! faults shorter than most of the lease: a failed renewal is retried soon. A batch never
+//! starts a handler on a claim it knows is lost. Each test drives a real `MemoryStore`
+//! through a switchable fault layer on Tokio's paused clock.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,9 @@ struct Faulty {
     fail_completes: Arc<AtomicBool>,
     hang_completes: Arc<AtomicBool>,
     fail_extends: Arc<AtomicBool>,
+    /// `complete` answers that the claim is not held (a claim lost).
+    refuse_completes: Arc<AtomicBool>,
+    hang_gets: Arc<AtomicBool>,
     completes: Arc<AtomicUsize>,
 }
 
@@ -53,6 +57,9 @@ impl IdempotencyStore for Faulty {
         if self.fail_completes.load(Ordering::SeqCst) {
             return Err(down("complete"));
         }
+        if self.refuse_completes.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
         self.inner.complete(key, owner, ttl).await
     }
     async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
@@ -65,6 +72,9 @@ impl IdempotencyStore for Faulty {
         self.inner.extend(key, owner, lease).await
     }
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        if self.hang_gets.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.inner.get(key).await
     }
 }
@@ -287,4 +297,167 @@ async fn a_batch_never_starts_a_handler_on_a_claim_it_knows_is_lost() {
     );
     let record = store.inner.get(&key_b).await.expect("get").expect("record");
     assert_eq!(record.state, RecordState::Processing, "B's claim is intact");
+}
+
+/// Switches `flag` on at `from` and off at `to` (from now), in the background.
+fn fault_between(flag: &Arc<AtomicBool>, from: Duration, to: Duration) {
+    let flag = Arc::clone(flag);
+    tokio::spawn(async move {
+        tokio::time::sleep(from).await;
+        flag.store(true, Ordering::SeqCst);
+        tokio::time::sleep(to - from).await;
+        flag.store(false, Ordering::SeqCst);
+    });
+}
+
+/// Renewals are due every 10 s under the 30 s lease. Failing from 9 s to 22 s, the
+/// renewals due at 10 s and 20 s fail; the one of 30 s would be too late.
+const RENEWALS_DOWN: (Duration, Duration) = (Duration::from_secs(9), Duration::from_secs(22));
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_renewal_is_retried_before_the_lease_ends() {
+    let store = Faulty::default();
+    let config = builder()
+        .circuit_breaker(0, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let guard = Guard::new(store.clone(), config);
+    let e = event(50);
+    let key = guard.key_for(&e).expect("key");
+    fault_between(&store.fail_extends, RENEWALS_DOWN.0, RENEWALS_DOWN.1);
+    let answer = guard
+        .run(&e, async {
+            tokio::time::sleep(LEASE + LEASE / 2).await;
+            // Past the lease that the failed renewals would have let lapse.
+            let other = store.inner.try_claim(&key, "consumer-b", LEASE).await;
+            assert_eq!(other.ok(), Some(Claim::InProgress), "still held");
+            ok(()).await
+        })
+        .await;
+    assert_eq!(answer.ok(), Some(Outcome::Processed(())));
+    assert_eq!(guard.stats().claims_lost, 0);
+    assert_eq!(
+        state(&store, &guard, &e).await,
+        Some(RecordState::Completed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_retries_a_failed_renewal_before_the_lease_ends() {
+    let store = Faulty::default();
+    let config = builder()
+        .circuit_breaker(0, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let guard = Guard::new(store.clone(), config);
+    let batch = [event(51), event(52)];
+    let keys: Vec<String> = batch.iter().map(|e| guard.key_for(e).unwrap()).collect();
+    fault_between(&store.fail_extends, RENEWALS_DOWN.0, RENEWALS_DOWN.1);
+    let answers = guard
+        .run_batch(&batch, |_| {
+            let (store, keys) = (store.clone(), keys.clone());
+            async move {
+                tokio::time::sleep(LEASE + LEASE / 2).await;
+                for key in &keys {
+                    let other = store.inner.try_claim(key, "consumer-b", LEASE).await;
+                    assert_eq!(other.ok(), Some(Claim::InProgress), "still held");
+                }
+                ok(()).await
+            }
+        })
+        .await;
+    assert!(answers
+        .iter()
+        .all(|a| matches!(a, Ok(Outcome::Processed(())))));
+    assert_eq!(guard.stats().claims_lost, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn checking_a_completion_the_store_refused_is_bounded_by_the_store_timeout() {
+    let store = Faulty::default();
+    let config = builder()
+        .defer_completion(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let guard = Guard::new(store.clone(), config);
+    assert_eq!(
+        guard.run(&event(60), ok(1)).await.ok(),
+        Some(Outcome::Processed(1))
+    );
+    // The next claim carries the completion; the store says the claim is not held, and
+    // the read that checks whether it was completed anyway never answers.
+    store.refuse_completes.store(true, Ordering::SeqCst);
+    store.hang_gets.store(true, Ordering::SeqCst);
+    let answer = tokio::time::timeout(LEASE, guard.run(&event(61), ok(2))).await;
+    assert!(
+        matches!(answer, Ok(Ok(Outcome::Processed(2)))),
+        "the run answers within its store timeouts"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_completion_is_retried_until_its_claims_lease_ends() {
+    let store = Faulty::default();
+    let guard = Guard::new(store.clone(), builder().build().unwrap());
+    let e = event(70);
+    // The handler runs 25 s (renewed at 10 s and 20 s: its lease ends at 50 s); the store
+    // refuses completions from its end until 45 s.
+    let answer = guard
+        .run(&e, async {
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            store.fail_completes.store(true, Ordering::SeqCst);
+            ok(()).await
+        })
+        .await;
+    assert_eq!(answer.ok(), Some(Outcome::Processed(())));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    store.fail_completes.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        state(&store, &guard, &e).await,
+        Some(RecordState::Completed),
+        "written in the last seconds of the lease"
+    );
+    assert_eq!(guard.stats().completions_abandoned, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deferred_completion_is_written_before_its_claim_needs_renewing_and_retried_to_the_end() {
+    let store = Faulty::default();
+    let config = builder().defer_completion(LEASE / 2).build().unwrap();
+    let guard = Guard::new(store.clone(), config);
+    let e = event(80);
+    // Claimed at 0 s, its lease ends at 30 s; the store refuses completions from 12 s
+    // to 26 s. Deferred by up to 15 s, the completion is first tried by 10 s, when the
+    // claim's renewal would have been due.
+    fault_between(
+        &store.fail_completes,
+        Duration::from_secs(12),
+        Duration::from_secs(26),
+    );
+    assert_eq!(
+        guard.run(&e, ok(())).await.ok(),
+        Some(Outcome::Processed(()))
+    );
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        state(&store, &guard, &e).await,
+        Some(RecordState::Completed),
+        "written before the claim needed renewing"
+    );
+
+    // Claimed at 11 s, its lease ends at 41 s: first tried by 21 s, during the fault, then
+    // retried until written after it.
+    let f = event(81);
+    assert_eq!(
+        guard.run(&f, ok(())).await.ok(),
+        Some(Outcome::Processed(()))
+    );
+    tokio::time::sleep(Duration::from_secs(28)).await;
+    assert_eq!(
+        state(&store, &guard, &f).await,
+        Some(RecordState::Completed),
+        "retried until written within its lease"
+    );
+    assert_eq!(guard.stats().completions_abandoned, 0);
 }

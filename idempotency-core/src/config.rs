@@ -418,8 +418,10 @@ impl ConfigBuilder {
 
     /// Defers completion (off by default): after a handler succeeds, `run` returns
     /// `Processed` at once, and the completion travels with the guard's next claim in the
-    /// same round trip, or is flushed after at most `max_delay`, whichever comes first.
-    /// New events then cost one round trip instead of two.
+    /// same round trip, or is flushed after at most `max_delay`, whichever comes first
+    /// (and no later than the claim's next renewal would have been due, a third of the
+    /// lease after its last one, so that two thirds of the lease are left to retry a write
+    /// that fails). New events then cost one round trip instead of two.
     ///
     /// The cost: until the completion is written, the event's record is still the claim.
     /// If the process dies in that window (at most `max_delay`), a redelivery of the event

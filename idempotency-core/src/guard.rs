@@ -160,6 +160,8 @@ struct Ctx<'a> {
     ttl: Duration,
     started: Instant,
     store_time: Duration,
+    /// When the claim attempt that answered was sent (its lease counts from then).
+    claimed: tokio::time::Instant,
 }
 
 impl<'a> Ctx<'a> {
@@ -178,6 +180,7 @@ impl<'a> Ctx<'a> {
             ttl: config.ttl_for_event_type(&envelope.event_type),
             started,
             store_time: Duration::ZERO,
+            claimed: tokio::time::Instant::now(),
         }
     }
 
@@ -292,12 +295,14 @@ impl Guard {
     /// Runs `handler` for `envelope` unless the event was processed before.
     ///
     /// - New event: claims it with a lease of `processing_ttl`, polls `handler` to
-    ///   completion (renewing the lease every third of it), marks it completed for the event
+    ///   completion (renewing the lease every third of it; a failed renewal is retried every
+    ///   tenth of that, at most every second), marks it completed for the event
     ///   type's TTL and returns [`Outcome::Processed`]. The completion is attempted even
     ///   while the circuit breaker is open; if the store does not take it (an outage, a
     ///   timeout, this future dropped while completing), `Processed` is still returned and
     ///   the completion is kept and retried with backoff in the background until it is
-    ///   written or its lease ends ([`GuardStats::completions_retried`] and
+    ///   written or its lease ends (counted from the last renewal the store confirmed;
+    ///   [`GuardStats::completions_retried`] and
     ///   [`GuardStats::completions_abandoned`]; logged as `complete_retrying` and
     ///   `complete_abandoned`). A completion abandoned that way leaves the claim to expire,
     ///   and a redelivery after the lease runs the event again.
@@ -366,15 +371,22 @@ impl Guard {
         }
 
         // From here on the claim is ours: whatever happens, it is completed or released.
+        let lease = config.processing_ttl();
         let mut pending = PendingClaim {
             store: Arc::clone(&self.inner.store),
             key: key.clone(),
             owner,
             ttl: ctx.ttl,
             on_drop: OnDrop::Release,
+            until: owed::lease_end(ctx.claimed, lease),
             guard: Arc::clone(&self.inner),
         };
-        let result = self.drive(&ctx, &pending.owner, handler).await;
+        let mut confirmed = ctx.claimed;
+        let result = self
+            .drive(&ctx, &pending.owner, handler, &mut confirmed)
+            .await;
+        // A completion not written at once is retried until the claim's lease ends.
+        pending.until = owed::lease_end(confirmed, lease);
         match result {
             Ok(Ok(value)) if config.deferred_completion().is_some() => {
                 pending.on_drop = OnDrop::Nothing;
@@ -385,7 +397,7 @@ impl Guard {
                         owner: std::mem::take(&mut pending.owner),
                         ttl: ctx.ttl,
                     },
-                    config.processing_ttl(),
+                    pending.until,
                     None,
                 );
                 debug_decision!(
@@ -417,7 +429,7 @@ impl Guard {
                                 owner: std::mem::take(&mut pending.owner),
                                 ttl: ctx.ttl,
                             },
-                            config.processing_ttl(),
+                            pending.until,
                             Some(&err),
                         );
                     }
@@ -672,6 +684,7 @@ impl Guard {
         }
         loop {
             let t = Instant::now();
+            ctx.claimed = tokio::time::Instant::now();
             let owed = carried.take().filter(|c| !c.is_empty());
             let claim = if let Some(owed) = owed {
                 // Put back if this call fails or is dropped (`Carried`'s drop).
@@ -878,19 +891,22 @@ impl Guard {
     }
 
     /// Polls the handler to completion, catching a panic, and renews the lease every third
-    /// of it while the handler runs.
+    /// of it while the handler runs; `confirmed` is set to when the last renewal the store
+    /// confirmed was sent.
     async fn drive<F: Future>(
         &self,
         ctx: &Ctx<'_>,
         owner: &str,
         handler: F,
+        confirmed: &mut tokio::time::Instant,
     ) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
         let config = &self.inner.config;
         let lease = config.processing_ttl();
-        let period = (lease / 3).max(Duration::from_millis(1));
+        let period = renewal_period(lease);
         let mut handler = pin!(handler);
         let mut tick = pin!(tokio::time::sleep(period));
         let mut renewal: Option<StoreCall<'_, bool>> = None;
+        let mut asked = tokio::time::Instant::now();
         let mut renewing = true;
         poll_fn(|cx| {
             match catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
@@ -904,6 +920,7 @@ impl Guard {
                         renewal = None;
                         match result {
                             Ok(true) => {
+                                *confirmed = asked;
                                 debug_decision!(ctx, "lease_renewed", "LEASE_RENEWED: Claim lease renewed");
                             }
                             Ok(false) => {
@@ -925,6 +942,12 @@ impl Guard {
                                     error = %err,
                                     "STORE_ERROR: Renewing the claim lease failed; will retry"
                                 );
+                                // Soon, not a period later: two failed renewals a period
+                                // apart would lose the claim to a fault of a third of it.
+                                tick.as_mut().reset(crate::store::saturating_deadline(
+                                    tokio::time::Instant::now(),
+                                    renewal_retry(period),
+                                ));
                             }
                         }
                     }
@@ -935,6 +958,7 @@ impl Guard {
                 tick.as_mut()
                     .reset(crate::store::saturating_deadline(tokio::time::Instant::now(), period));
                 if renewal.is_none() {
+                    asked = tokio::time::Instant::now();
                     renewal = Some(Box::pin(self.timed(
                         "extend",
                         self.inner.store.extend(ctx.key, owner, lease),
@@ -1061,6 +1085,19 @@ fn settle_in_background<F, L>(
     });
 }
 
+/// How often a claim is renewed while its handler runs: every third of the lease.
+pub(crate) fn renewal_period(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(1))
+}
+
+/// How soon a failed renewal is tried again: a tenth of the renewal period (a third of
+/// the lease), at most a second. A claim is then lost only when every renewal fails from
+/// a period after the last one that succeeded until the lease ends: a fault lasting most
+/// of the lease's last two thirds.
+pub(crate) fn renewal_retry(period: Duration) -> Duration {
+    (period / 10).clamp(Duration::from_millis(1), Duration::from_secs(1))
+}
+
 /// A boxed store call in flight.
 type StoreCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -1081,6 +1118,8 @@ struct PendingClaim {
     owner: String,
     ttl: Duration,
     on_drop: OnDrop,
+    /// When the claim's lease ends, as far as the guard knows.
+    until: tokio::time::Instant,
     guard: Arc<GuardInner>,
 }
 
@@ -1109,8 +1148,7 @@ impl Drop for PendingClaim {
                 owner,
                 ttl: self.ttl,
             };
-            let lease = self.guard.config.processing_ttl();
-            owed::owe(&self.guard, completion, lease, Some(&refused));
+            owed::owe(&self.guard, completion, self.until, Some(&refused));
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

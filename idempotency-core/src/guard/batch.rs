@@ -36,7 +36,8 @@ impl Guard {
     ///
     /// - The new events' handlers run concurrently in this task, at most
     ///   [`batch_concurrency`](crate::ConfigBuilder::batch_concurrency) at once; the claims
-    ///   of all of them are renewed together while any runs.
+    ///   of all of them (queued, running, and those that already succeeded, whose
+    ///   completion waits for the batch's end) are renewed together while any runs.
     /// - Then the successes are completed and the failures released, in one round trip
     ///   each, sent at once.
     /// - The same event twice in one batch runs once: the later copies answer `Duplicate`
@@ -147,6 +148,7 @@ impl Guard {
         let owner = new_owner();
         let keys: Vec<String> = unique.iter().map(|&i| key_of(i)).collect();
         let t = Instant::now();
+        let claimed = tokio::time::Instant::now();
         let claims = if keys.is_empty() {
             Ok(Vec::new())
         } else {
@@ -220,6 +222,7 @@ impl Guard {
                 .map(|&i| ctxs[i].as_ref().map(|c| c.ttl).unwrap_or_default())
                 .collect(),
             settle: vec![OnDrop::Release; acquired.len()],
+            confirmed: claimed,
         };
         let ended = self
             .drive_batch(envelopes, &acquired, &mut handler, &mut pending)
@@ -285,7 +288,9 @@ impl Guard {
                 let answers = err.answers(completions.len());
                 for (completion, answer) in completions.into_iter().zip(&answers) {
                     if answer.is_none() {
-                        self.owe(completion, config.processing_ttl(), Some(&err));
+                        let until =
+                            super::owed::lease_end(pending.confirmed, config.processing_ttl());
+                        self.owe(completion, until, Some(&err));
                     }
                 }
                 answers
@@ -355,13 +360,12 @@ impl Guard {
     {
         let config = &self.inner.config;
         let lease = config.processing_ttl();
-        let period = (lease / 3).max(Duration::from_millis(1));
+        let period = super::renewal_period(lease);
         let bound = config.batch_concurrency();
         let mut ended: Vec<Option<Ended<T, E>>> = acquired.iter().map(|_| None).collect();
         // Claims found lost (by a renewal, or by going a whole lease unconfirmed) before
         // their handler started: those handlers never start.
         let mut lost = vec![false; acquired.len()];
-        let mut confirmed = tokio::time::Instant::now();
         let mut queue = acquired.iter().enumerate();
         let mut running = FuturesUnordered::new();
         let mut tick = pin!(tokio::time::sleep(period));
@@ -371,7 +375,7 @@ impl Guard {
                 let Some((slot, &i)) = queue.next() else {
                     break;
                 };
-                let expiry = crate::store::saturating_deadline(confirmed, lease);
+                let expiry = crate::store::saturating_deadline(pending.confirmed, lease);
                 if !lost[slot] && tokio::time::Instant::now() >= expiry {
                     // No renewal has confirmed the claims for a whole lease: expired.
                     lost[slot] = true;
@@ -413,15 +417,25 @@ impl Guard {
                         period,
                     ));
                     if renewing {
+                        // Every claim still to complete: queued and running handlers',
+                        // and those of handlers that succeeded (their completion waits
+                        // for the batch's end, which a slower handler may put off for
+                        // longer than the lease).
                         let slots: Vec<usize> = (0..ended.len())
-                            .filter(|&s| ended[s].is_none() && !lost[s])
+                            .filter(|&s| !lost[s] && matches!(ended[s], None | Some(Ok(Ok(_)))))
                             .collect();
                         let keys: Vec<String> =
                             slots.iter().map(|&s| pending.keys[s].clone()).collect();
                         let asked = tokio::time::Instant::now();
                         let renewed = self.renew_batch(keys, &pending.owner, lease).await;
                         if renewed.iter().all(Option::is_some) {
-                            confirmed = asked;
+                            pending.confirmed = asked;
+                        } else {
+                            // A renewal failed: try again soon, not a period later.
+                            tick.as_mut().reset(crate::store::saturating_deadline(
+                                tokio::time::Instant::now(),
+                                super::renewal_retry(period),
+                            ));
                         }
                         for (&slot, renewed) in slots.iter().zip(renewed) {
                             if renewed == Some(false) {
@@ -586,6 +600,8 @@ struct PendingBatch {
     keys: Vec<String>,
     ttls: Vec<Duration>,
     settle: Vec<OnDrop>,
+    /// When the last claim or renewal of the batch that the store confirmed was sent.
+    confirmed: tokio::time::Instant,
 }
 
 impl Drop for PendingBatch {
@@ -612,9 +628,9 @@ impl Drop for PendingBatch {
             message: "the batch was dropped before its completions were written".into(),
             source: None,
         };
-        let lease = self.guard.config.processing_ttl();
+        let until = super::owed::lease_end(self.confirmed, self.guard.config.processing_ttl());
         for completion in completions.drain(..) {
-            super::owed::owe(&self.guard, completion, lease, Some(&refused));
+            super::owed::owe(&self.guard, completion, until, Some(&refused));
         }
         if releases.is_empty() {
             return;

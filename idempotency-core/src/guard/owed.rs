@@ -20,8 +20,15 @@ use crate::store::{saturating_deadline, Completion, RecordState};
 
 /// The first pause before retrying a completion the store did not take.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
-/// The longest pause between retries.
+/// The longest pause between retries (and at most a twentieth of the lease, so that the
+/// retries go on to the end of the lease).
 const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The first pause and the longest pause between retries under `lease`.
+fn retry_pauses(lease: Duration) -> (Duration, Duration) {
+    let max = RETRY_MAX.min(lease / 20).max(Duration::from_millis(1));
+    (RETRY_FIRST.min(max), max)
+}
 
 /// The owed completions and, for each, when its lease is over.
 #[derive(Default)]
@@ -86,7 +93,8 @@ impl Drop for Carried {
         queue.append(&mut self.owed);
         self.inner.owing.store(true, Ordering::Release);
         drop(queue);
-        schedule(&self.inner, RETRY_FIRST, false);
+        let first = retry_pauses(self.inner.config.processing_ttl()).0;
+        schedule(&self.inner, first, false);
     }
 }
 
@@ -94,23 +102,20 @@ fn lock(inner: &GuardInner) -> std::sync::MutexGuard<'_, OwedQueue> {
     inner.deferred.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// When a completion owed now is given up: its lease, renewed by the heartbeat at most a
-/// third of it ago, is then over and the claim may belong to another consumer.
-pub(super) fn lease_end(lease: Duration) -> Instant {
-    saturating_deadline(Instant::now(), lease - lease / 3)
+/// When a claim's lease ends: `lease` after the last claim or renewal the store confirmed
+/// was sent. A completion owed for it is given up then: the claim may belong to another
+/// consumer.
+pub(super) fn lease_end(confirmed: Instant, lease: Duration) -> Instant {
+    saturating_deadline(confirmed, lease)
 }
 
 impl Guard {
-    /// Queues a completion the store has not taken yet. `refused` is the error of a first
-    /// attempt (then it is retried soon and counted in `completions_retried`); `None` for
-    /// a deferred completion (written with the next claim or after the deferral delay).
-    pub(super) fn owe(
-        &self,
-        completion: Completion,
-        lease: Duration,
-        refused: Option<&StoreError>,
-    ) {
-        owe(&self.inner, completion, lease, refused);
+    /// Queues a completion the store has not taken yet, whose claim's lease ends at
+    /// `until` ([`lease_end`]). `refused` is the error of a first attempt (then it is
+    /// retried soon and counted in `completions_retried`); `None` for a deferred completion
+    /// (written with the next claim or after the deferral delay).
+    pub(super) fn owe(&self, completion: Completion, until: Instant, refused: Option<&StoreError>) {
+        owe(&self.inner, completion, until, refused);
     }
 
     /// The owed completions still inside their lease, taken out of the queue; those whose
@@ -212,8 +217,9 @@ impl Guard {
             if *done {
                 continue;
             }
+            // Bounded like every store call: this runs on the way to a claim.
             let recorded = matches!(
-                self.inner.store.get(&c.key).await,
+                self.timed("get", self.inner.store.get(&c.key)).await,
                 Ok(Some(record)) if record.state == RecordState::Completed
             );
             if recorded {
@@ -246,7 +252,7 @@ impl Guard {
 pub(super) fn owe(
     inner: &Arc<GuardInner>,
     completion: Completion,
-    lease: Duration,
+    until: Instant,
     refused: Option<&StoreError>,
 ) {
     if let Some(err) = refused {
@@ -261,28 +267,47 @@ pub(super) fn owe(
     }
     let len = {
         let mut queue = lock(inner);
-        queue.push(completion, lease_end(lease));
+        queue.push(completion, until);
         inner.owing.store(true, Ordering::Release);
         queue.len()
     };
+    let lease = inner.config.processing_ttl();
     match (refused, inner.config.deferred_completion()) {
-        (None, Some(delay)) => schedule(inner, delay, len >= MAX_DEFERRED),
-        _ => schedule(inner, RETRY_FIRST, false),
+        (None, Some(_)) if len >= MAX_DEFERRED => schedule(inner, Duration::ZERO, true),
+        (None, Some(delay)) => {
+            // Written no later than the claim's next renewal would have been due, so that
+            // two thirds of its lease are left to retry in, as for any completion.
+            let renewal_due = until
+                .checked_sub(lease - super::renewal_period(lease))
+                .unwrap_or_else(Instant::now);
+            let due = renewal_due.saturating_duration_since(Instant::now());
+            if due < delay {
+                schedule(inner, due, true);
+            } else {
+                schedule(inner, delay, false);
+            }
+        }
+        _ => schedule(inner, retry_pauses(lease).0, false),
     }
 }
 
 /// Makes sure a task will write the queue: after `delay`, then with backoff while the
-/// store fails, until the queue is empty (`now`: write at once, beside any timer).
-pub(super) fn schedule(inner: &Arc<GuardInner>, delay: Duration, now: bool) {
-    if !now && inner.flush_scheduled.swap(true, Ordering::AcqRel) {
+/// store fails, until the queue is empty (`once`: one write after `delay`, beside any
+/// timer).
+pub(super) fn schedule(inner: &Arc<GuardInner>, delay: Duration, once: bool) {
+    if !once && inner.flush_scheduled.swap(true, Ordering::AcqRel) {
         return; // a task is already on it
     }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return; // written by the next claim, by `flush`, or when the guard is dropped
     };
     let weak = Arc::downgrade(inner);
+    let (first, max) = retry_pauses(inner.config.processing_ttl());
     runtime.spawn(async move {
-        if now {
+        if once {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             if let Some(inner) = weak.upgrade() {
                 let guard = Guard { inner };
                 let _ = guard.write_carried(guard.take_owed()).await;
@@ -290,7 +315,7 @@ pub(super) fn schedule(inner: &Arc<GuardInner>, delay: Duration, now: bool) {
             return;
         }
         let mut delay = delay;
-        let mut backoff = RETRY_FIRST;
+        let mut backoff = first;
         loop {
             tokio::time::sleep(delay).await;
             // Not holding the guard while asleep: its last clone may go meanwhile.
@@ -300,7 +325,7 @@ pub(super) fn schedule(inner: &Arc<GuardInner>, delay: Duration, now: bool) {
             let guard = Guard { inner };
             if guard.write_carried(guard.take_owed()).await.is_err() {
                 delay = backoff;
-                backoff = (backoff * 2).min(RETRY_MAX);
+                backoff = (backoff * 2).min(max);
                 continue;
             }
             guard.inner.flush_scheduled.store(false, Ordering::Release);
@@ -308,12 +333,8 @@ pub(super) fn schedule(inner: &Arc<GuardInner>, delay: Duration, now: bool) {
             if !more || guard.inner.flush_scheduled.swap(true, Ordering::AcqRel) {
                 return;
             }
-            delay = guard
-                .inner
-                .config
-                .deferred_completion()
-                .unwrap_or(RETRY_FIRST);
-            backoff = RETRY_FIRST;
+            delay = guard.inner.config.deferred_completion().unwrap_or(first);
+            backoff = first;
         }
     });
 }
