@@ -2,9 +2,10 @@
 //! the seed decides (a fault window on this consumer or on all, else a transient fault):
 //! an error, a hang, an answer past the store timeout (the call dropped before it reaches
 //! the store, or applied and its answer lost), latency within the timeout, or a batch call
-//! that reaches the store for some keys only (`StoreError::Partial`). A crashed consumer's
-//! calls hang forever, so nothing it still sends reaches the store. Every call that
-//! reaches the store is logged for the oracle.
+//! that reaches the store for some keys only (`StoreError::Partial`). Without a fault a
+//! call takes up to 3 ms, before or after it reaches the store, so that a consumer may drop
+//! a run in the middle of one. A crashed consumer's calls hang forever, so nothing it still
+//! sends reaches the store. Every call that reaches the store is logged for the oracle.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -214,9 +214,15 @@ pub fn draw(seed: u64, p: &Params) -> Plan {
             slot: r.below(n),
             batch: batch.len() > 1 || r.chance(0.3),
             events: batch,
-            cancel_after: r
-                .chance(0.08)
-                .then(|| r.between(Duration::ZERO, p.lease / 3)),
+            // Dropped by the consumer (a timeout, a shutdown): soon (mid-claim, often) or
+            // any time in the run.
+            cancel_after: r.chance(0.08).then(|| {
+                if r.chance(0.5) {
+                    r.between(Duration::ZERO, 10 * MS)
+                } else {
+                    r.between(Duration::ZERO, p.lease / 3)
+                }
+            }),
         });
     }
 

@@ -309,13 +309,25 @@ impl World {
         lock(&self.black_holed).contains(&inc)
     }
 
-    /// The fault a call of consumer `slot` (incarnation `inc`) meets now.
+    /// The fault a call of consumer `slot` (incarnation `inc`) meets now; without one, a
+    /// network's few milliseconds (so that a consumer can drop a run in the middle of a
+    /// call).
     pub fn decide(&self, slot: usize, inc: u32, op: Op) -> Act {
         if self.is_black_holed(inc) {
             return Act::Hang;
         }
+        let latency = |w: &World| {
+            w.draw(|r| {
+                let d = r.between(Duration::ZERO, 3 * MS);
+                if r.chance(0.5) {
+                    Act::Before(d)
+                } else {
+                    Act::After(d)
+                }
+            })
+        };
         if self.faults_off.load(Ordering::SeqCst) {
-            return Act::Pass;
+            return latency(self);
         }
         let now = self.now();
         let timeout = self.p.store_timeout;
@@ -336,7 +348,7 @@ impl World {
                 };
             }
             if !r.chance(self.transient) {
-                return Act::Pass;
+                return Act::Pass; // latency below
             }
             match r.below(20) {
                 0..=7 => Act::Fail,
@@ -349,10 +361,11 @@ impl World {
                 _ => Act::Fail,
             }
         });
-        if !matches!(act, Act::Pass) {
-            self.state().stats.faulted_calls += 1;
-            self.trace(|| format!("consumer {slot}#{inc} {op:?}: {act:?}"));
+        if matches!(act, Act::Pass) {
+            return latency(self);
         }
+        self.state().stats.faulted_calls += 1;
+        self.trace(|| format!("consumer {slot}#{inc} {op:?}: {act:?}"));
         act
     }
 
