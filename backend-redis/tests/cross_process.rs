@@ -22,9 +22,9 @@ fn main() {
     let mut passed = 0;
     let single =
         std::env::var("EVENTONCE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    race("single", &single);
+    race_until_contended("single", &single);
     passed += 1;
-    race("cluster", &cluster_urls());
+    race_until_contended("cluster", &cluster_urls());
     passed += 1;
     println!("cross_process: {passed} passed, 0 failed");
 }
@@ -36,7 +36,23 @@ fn now_ms() -> u128 {
         .unwrap_or_default()
 }
 
-fn race(target: &str, urls: &str) {
+/// Runs the race until it was one (more than one process won keys), at most three times:
+/// which process's burst Redis serves first is up to the machine, and a race one process
+/// swept says nothing about concurrency. Every attempt must have one winner per key.
+fn race_until_contended(target: &str, urls: &str) {
+    let mut sweeps = Vec::new();
+    for _ in 0..3 {
+        let per_process = race(target, urls);
+        if per_process.iter().filter(|&&n| n > 0).count() > 1 {
+            return;
+        }
+        sweeps.push(per_process);
+    }
+    panic!("the race was not a race in three attempts: {sweeps:?}");
+}
+
+/// One race; returns how many keys each process won.
+fn race(target: &str, urls: &str) -> Vec<usize> {
     let run = format!(
         "huleedu:idempotency:race:{}:{}:{target}",
         std::process::id(),
@@ -98,10 +114,7 @@ fn race(target: &str, urls: &str) {
     );
     assert!(doubles.is_empty(), "keys won twice: {doubles:?}");
     assert_eq!(orphans, 0);
-    assert!(
-        per_process.iter().filter(|&&n| n > 0).count() > 1,
-        "the race was not a race: {per_process:?}"
-    );
+    per_process
 }
 
 fn child() {
@@ -127,8 +140,13 @@ fn child() {
         .expect("connect");
         let wait = start_at.saturating_sub(now_ms());
         tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        // Each process goes through the keys from its own starting point: Redis serves a
+        // client's pipelined burst a chunk at a time, so with one order for all, the
+        // process whose burst lands first could take every key and the race would not be
+        // one.
+        let offset = me.parse::<usize>().unwrap_or(0) * KEYS / PROCESSES;
         let mut tasks = Vec::new();
-        for k in 0..KEYS {
+        for k in (0..KEYS).map(|i| (i + offset) % KEYS) {
             let (store, key, owner) = (
                 store.clone(),
                 format!("{prefix}:{k}"),

@@ -991,17 +991,7 @@ impl Guard {
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let permit = self.inner.breaker.permit()?;
-        let timeout = self.inner.config.store_timeout();
-        let started = Instant::now();
-        let result = match tokio::time::timeout(timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout { operation, timeout }),
-        };
-        telemetry::store_call(&self.inner.config, operation, started.elapsed(), &result);
-        self.inner
-            .breaker
-            .record(permit, result.as_ref().map(|_| ()));
-        result
+        self.bounded(operation, call, permit).await
     }
 
     /// [`timed`](Self::timed) for a call that must be tried even while the breaker is open
@@ -1012,6 +1002,18 @@ impl Guard {
         operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.bounded(operation, call, crate::breaker::Permit::Call)
+            .await
+    }
+
+    /// Runs `call` within the store timeout, records it in the metrics and its result in
+    /// the breaker under `permit`.
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+        permit: crate::breaker::Permit,
+    ) -> Result<T, StoreError> {
         let timeout = self.inner.config.store_timeout();
         let started = Instant::now();
         let result = match tokio::time::timeout(timeout, call).await {
@@ -1021,7 +1023,7 @@ impl Guard {
         telemetry::store_call(&self.inner.config, operation, started.elapsed(), &result);
         self.inner
             .breaker
-            .record(crate::breaker::Permit::Call, result.as_ref().map(|_| ()));
+            .record(permit, result.as_ref().map(|_| ()));
         result
     }
 }
