@@ -16,7 +16,7 @@ use sqlx::AssertSqlSafe;
 ///
 /// Unset in CI (`CI=true`) the test fails: the broker must have been started by the test
 /// command. Unset elsewhere, the broker is started here with `scripts/kafka.sh start`
-/// (which builds it once, about 25 minutes cold) and left running for later runs; `make
+/// (which installs it once per machine, in seconds) and left running for later runs; `make
 /// kafka-stop` stops it.
 pub fn bootstrap() -> String {
     static BOOTSTRAP: OnceLock<String> = OnceLock::new();
