@@ -22,6 +22,7 @@ struct Faulty {
     fail_claims: Arc<AtomicBool>,
     fail_completes: Arc<AtomicBool>,
     hang_completes: Arc<AtomicBool>,
+    slow_completes: Arc<AtomicBool>,
     fail_extends: Arc<AtomicBool>,
     /// `complete` answers that the claim is not held (a claim lost).
     refuse_completes: Arc<AtomicBool>,
@@ -53,6 +54,9 @@ impl IdempotencyStore for Faulty {
         self.completes.fetch_add(1, Ordering::SeqCst);
         if self.hang_completes.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        if self.slow_completes.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if self.fail_completes.load(Ordering::SeqCst) {
             return Err(down("complete"));
@@ -460,4 +464,33 @@ async fn a_deferred_completion_is_written_before_its_claim_needs_renewing_and_re
         "retried until written within its lease"
     );
     assert_eq!(guard.stats().completions_abandoned, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn flush_returns_only_after_a_write_already_in_flight() {
+    let store = Faulty::default();
+    let config = builder()
+        .defer_completion(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let guard = Guard::new(store.clone(), config);
+    let e = event(50);
+    assert_eq!(
+        guard.run(&e, ok(())).await.ok(),
+        Some(Outcome::Processed(()))
+    );
+    // The deferral timer fires and its write is in flight (slow) when flush is called,
+    // as at a shutdown: flush must not return before that write has landed.
+    store.slow_completes.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1010)).await;
+    assert_eq!(
+        state(&store, &guard, &e).await,
+        Some(RecordState::Processing)
+    );
+    assert!(guard.flush().await.is_ok());
+    assert_eq!(
+        state(&store, &guard, &e).await,
+        Some(RecordState::Completed),
+        "flush returned while a write of the completion was still in flight"
+    );
 }

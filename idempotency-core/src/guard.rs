@@ -135,6 +135,9 @@ struct GuardInner {
     /// Whether `deferred` holds anything (read without its lock, so a claim with nothing
     /// to carry costs no lock).
     owing: std::sync::atomic::AtomicBool,
+    /// Held while owed completions are taken out and written by the background task or by
+    /// `flush`, so that `flush` returns only after a write already in flight has ended.
+    flushing: tokio::sync::Mutex<()>,
     /// Whether a task will write `deferred`.
     flush_scheduled: std::sync::atomic::AtomicBool,
 }
@@ -250,6 +253,7 @@ impl Guard {
                 breaker: Breaker::new(threshold, cooldown),
                 deferred: std::sync::Mutex::new(owed::OwedQueue::default()),
                 owing: std::sync::atomic::AtomicBool::new(false),
+                flushing: tokio::sync::Mutex::new(()),
                 flush_scheduled: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -976,6 +980,8 @@ impl Guard {
     /// their lease ends); a completion never written is not lost work, but a redelivery of
     /// its event after the lease runs the handler again.
     pub async fn flush(&self) -> Result<usize, StoreError> {
+        // After a background write in flight: what it could not write is back in the queue.
+        let _writing = self.inner.flushing.lock().await;
         self.write_carried(self.take_owed()).await
     }
 

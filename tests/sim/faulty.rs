@@ -282,6 +282,10 @@ impl IdempotencyStore for Faulty {
                     None
                 };
                 self.w.landed(Op::Extend, &[key], &[owner], &[answer]);
+                if let Some(renewed) = answer {
+                    // A key that reached the store was renewed like any other.
+                    self.w.confirmed(&[key], owner, &[renewed], asked);
+                }
                 answers.push(answer);
             }
             return partial(answers);

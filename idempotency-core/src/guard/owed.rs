@@ -310,6 +310,7 @@ pub(super) fn schedule(inner: &Arc<GuardInner>, delay: Duration, once: bool) {
             }
             if let Some(inner) = weak.upgrade() {
                 let guard = Guard { inner };
+                let _writing = guard.inner.flushing.lock().await;
                 let _ = guard.write_carried(guard.take_owed()).await;
             }
             return;
@@ -323,7 +324,11 @@ pub(super) fn schedule(inner: &Arc<GuardInner>, delay: Duration, once: bool) {
                 return; // the guard's drop made the final attempt
             };
             let guard = Guard { inner };
-            if guard.write_carried(guard.take_owed()).await.is_err() {
+            let written = {
+                let _writing = guard.inner.flushing.lock().await;
+                guard.write_carried(guard.take_owed()).await
+            };
+            if written.is_err() {
                 delay = backoff;
                 backoff = (backoff * 2).min(max);
                 continue;
