@@ -980,9 +980,7 @@ impl Guard {
     /// their lease ends); a completion never written is not lost work, but a redelivery of
     /// its event after the lease runs the handler again.
     pub async fn flush(&self) -> Result<usize, StoreError> {
-        // After a background write in flight: what it could not write is back in the queue.
-        let _writing = self.inner.flushing.lock().await;
-        self.write_carried(self.take_owed()).await
+        self.write_owed().await
     }
 
     /// Whether the circuit breaker currently refuses store calls.

@@ -118,13 +118,13 @@ impl Guard {
         owe(&self.inner, completion, until, refused);
     }
 
-    /// The owed completions still inside their lease, taken out of the queue; those whose
-    /// lease is over are dropped, counted and logged.
     /// Whether any completion is owed (a hint read without the queue's lock).
     pub(super) fn owes(&self) -> bool {
         self.inner.owing.load(Ordering::Acquire)
     }
 
+    /// The owed completions still inside their lease, taken out of the queue; those whose
+    /// lease is over are dropped, counted and logged.
     pub(super) fn take_owed(&self) -> Carried {
         let mut owed = {
             let mut queue = lock(&self.inner);
@@ -153,6 +153,14 @@ impl Guard {
             inner: Arc::clone(&self.inner),
             owed,
         }
+    }
+
+    /// Takes the owed completions out and writes them, after any such write already in
+    /// flight (the background task's, or another `flush`'s) has ended: what that one could
+    /// not write is back in the queue by then.
+    pub(super) async fn write_owed(&self) -> Result<usize, StoreError> {
+        let _writing = self.inner.flushing.lock().await;
+        self.write_carried(self.take_owed()).await
     }
 
     /// Writes `carried` in one call (not refused by an open breaker: a success there
@@ -309,9 +317,7 @@ pub(super) fn schedule(inner: &Arc<GuardInner>, delay: Duration, once: bool) {
                 tokio::time::sleep(delay).await;
             }
             if let Some(inner) = weak.upgrade() {
-                let guard = Guard { inner };
-                let _writing = guard.inner.flushing.lock().await;
-                let _ = guard.write_carried(guard.take_owed()).await;
+                let _ = Guard { inner }.write_owed().await;
             }
             return;
         }
@@ -324,11 +330,7 @@ pub(super) fn schedule(inner: &Arc<GuardInner>, delay: Duration, once: bool) {
                 return; // the guard's drop made the final attempt
             };
             let guard = Guard { inner };
-            let written = {
-                let _writing = guard.inner.flushing.lock().await;
-                guard.write_carried(guard.take_owed()).await
-            };
-            if written.is_err() {
+            if guard.write_owed().await.is_err() {
                 delay = backoff;
                 backoff = (backoff * 2).min(max);
                 continue;
