@@ -165,7 +165,6 @@ async fn coordinator(args: Args) -> Res<bool> {
     // what it acknowledged (without persistence a restart forgets completed events).
     let mut redis =
         RedisProcess::start_with(&["--appendonly", "yes", "--appendfsync", "always"], false);
-    let redis_url = redis.url();
     let pool = pool(&args.postgres, 4).await?;
     let schema = format!(
         "eventonce_soak_{}_{}",
@@ -174,17 +173,57 @@ async fn coordinator(args: Args) -> Res<bool> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs()
     );
-    exec(&pool, format!("CREATE SCHEMA \"{schema}\"")).await?;
-    exec(&pool, format!("CREATE TABLE \"{schema}\".deliveries (id bigserial PRIMARY KEY, event int NOT NULL, payload text NOT NULL, visible_at timestamptz NOT NULL DEFAULT now(), done bool NOT NULL DEFAULT false)")).await?;
+    create_schema(&pool, &schema).await?;
+    let (rows, resent) = stream(&args, &mut rng)?;
+    let total = rows.len();
+    load(&pool, &schema, &rows).await?;
+    let chaos = run_workers(&args, &mut rng, &pool, &schema, &mut redis, total).await?;
+    let verdict = verdict(&args, &pool, &schema, &chaos.killed).await?;
+    println!("eventonce soak: {} events, {} workers at a time, {} kills, Redis restarted {}, lease {} ms", args.events, args.workers, chaos.killed.len(), if chaos.redis_restarted { "once" } else { "never" }, args.lease_ms);
+    verdict.print(&args, total, resent, chaos.killed.len());
+    println!();
+    println!(
+        "elapsed {:.1} s; schema {schema}",
+        started.elapsed().as_secs_f64()
+    );
+    for (event, runs) in verdict.violations.iter().take(10) {
+        println!("VIOLATION: event {event} applied by {runs:?}");
+    }
+    let Verdict {
+        lost,
+        twice,
+        unfinished,
+        ..
+    } = verdict;
+    let ok = lost == 0 && twice == 0 && unfinished == 0;
+    if ok {
+        exec(&pool, format!("DROP SCHEMA \"{schema}\" CASCADE")).await?;
+        println!(
+            "soak: OK (no event lost, none processed twice outside an unprotected or crash window)"
+        );
+    } else {
+        println!("soak: FAILED (lost {lost}, processed twice {twice}, unfinished {unfinished}); schema {schema} kept for inspection");
+    }
+    drop(redis);
+    Ok(ok)
+}
+
+/// The queue (`deliveries`), the effects and every worker's outcomes.
+async fn create_schema(pool: &PgPool, schema: &str) -> Res<()> {
+    exec(pool, format!("CREATE SCHEMA \"{schema}\"")).await?;
+    exec(pool, format!("CREATE TABLE \"{schema}\".deliveries (id bigserial PRIMARY KEY, event int NOT NULL, payload text NOT NULL, visible_at timestamptz NOT NULL DEFAULT now(), done bool NOT NULL DEFAULT false)")).await?;
     exec(
-        &pool,
+        pool,
         format!("CREATE INDEX ON \"{schema}\".deliveries (visible_at) WHERE NOT done"),
     )
     .await?;
-    exec(&pool, format!("CREATE TABLE \"{schema}\".effects (id bigserial PRIMARY KEY, event int NOT NULL, worker int NOT NULL, unprotected bool NOT NULL DEFAULT false)")).await?;
-    exec(&pool, format!("CREATE TABLE \"{schema}\".outcomes (worker int NOT NULL, event int NOT NULL, kind text NOT NULL)")).await?;
+    exec(pool, format!("CREATE TABLE \"{schema}\".effects (id bigserial PRIMARY KEY, event int NOT NULL, worker int NOT NULL, unprotected bool NOT NULL DEFAULT false)")).await?;
+    exec(pool, format!("CREATE TABLE \"{schema}\".outcomes (worker int NOT NULL, event int NOT NULL, kind text NOT NULL)")).await
+}
 
-    // The stream: every event once, a share again (re-serialized: another key order).
+/// The stream: every event once, a share again (re-serialized: another key order).
+/// Returns the deliveries and how many were sent again.
+fn stream(args: &Args, rng: &mut Rng) -> Res<(Vec<(u32, String)>, u32)> {
     let mut rows: Vec<(u32, String)> = Vec::new();
     let mut resent = 0u32;
     for i in 0..args.events {
@@ -204,7 +243,10 @@ async fn coordinator(args: Args) -> Res<bool> {
             resent += 1;
         }
     }
-    let total = rows.len();
+    Ok((rows, resent))
+}
+
+async fn load(pool: &PgPool, schema: &str, rows: &[(u32, String)]) -> Res<()> {
     for chunk in rows.chunks(1000) {
         let mut q = sqlx::QueryBuilder::new(format!(
             "INSERT INTO \"{schema}\".deliveries (event, payload) "
@@ -212,24 +254,44 @@ async fn coordinator(args: Args) -> Res<bool> {
         q.push_values(chunk, |mut b, (event, payload)| {
             b.push_bind(*event as i32).push_bind(payload.clone());
         });
-        q.build().execute(&pool).await?;
+        q.build().execute(pool).await?;
     }
+    Ok(())
+}
 
+/// What the chaos did: the workers killed and whether Redis restarted.
+struct Chaos {
+    killed: Vec<u32>,
+    redis_restarted: bool,
+}
+
+/// The workers under chaos until every delivery is acknowledged (or the run gives up).
+async fn run_workers(
+    args: &Args,
+    rng: &mut Rng,
+    pool: &PgPool,
+    schema: &str,
+    redis: &mut RedisProcess,
+    total: usize,
+) -> Res<Chaos> {
+    let redis_url = redis.url();
     let mut workers: HashMap<u32, Child> = HashMap::new();
     let mut next_id = 0u32;
     for _ in 0..args.workers {
-        workers.insert(next_id, spawn_worker(&args, next_id, &schema, &redis_url)?);
+        workers.insert(next_id, spawn_worker(args, next_id, schema, &redis_url)?);
         next_id += 1;
     }
-    let mut killed: Vec<u32> = Vec::new();
-    let mut redis_restarted = false;
+    let mut chaos = Chaos {
+        killed: Vec::new(),
+        redis_restarted: false,
+    };
     let mut last_vacuum = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     let done_sql = format!("SELECT count(*) FROM \"{schema}\".deliveries WHERE done");
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let done: i64 = sqlx::query_scalar(AssertSqlSafe(done_sql.clone()))
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
         let progress = done as f64 / total as f64;
         if done as usize == total {
@@ -241,26 +303,26 @@ async fn coordinator(args: Args) -> Res<bool> {
         }
         // Kills spread over the first 80% of the run.
         let due = ((progress / 0.8) * f64::from(args.kills)).ceil() as u32;
-        if (killed.len() as u32) < due.min(args.kills) && !workers.is_empty() {
+        if (chaos.killed.len() as u32) < due.min(args.kills) && !workers.is_empty() {
             let ids: Vec<u32> = workers.keys().copied().collect();
             let victim = ids[rng.below(ids.len() as u64) as usize];
             if let Some(mut child) = workers.remove(&victim) {
                 let _ = child.kill();
                 let _ = child.wait();
-                killed.push(victim);
+                chaos.killed.push(victim);
             }
-            workers.insert(next_id, spawn_worker(&args, next_id, &schema, &redis_url)?);
+            workers.insert(next_id, spawn_worker(args, next_id, schema, &redis_url)?);
             next_id += 1;
         }
         // The queue's frequent updates leave dead rows faster than autovacuum clears them
         // on a small machine; vacuum it now and then so taking a delivery stays cheap.
         if last_vacuum.elapsed() > Duration::from_secs(5) {
-            exec(&pool, format!("VACUUM \"{schema}\".deliveries")).await?;
+            exec(pool, format!("VACUUM \"{schema}\".deliveries")).await?;
             last_vacuum = Instant::now();
         }
-        if !redis_restarted && progress >= 0.4 {
+        if !chaos.redis_restarted && progress >= 0.4 {
             redis.restart();
-            redis_restarted = true;
+            chaos.redis_restarted = true;
         }
         // A worker that exited by itself (it should not) is replaced.
         let exited: Vec<u32> = workers
@@ -269,7 +331,7 @@ async fn coordinator(args: Args) -> Res<bool> {
             .collect();
         for id in exited {
             workers.remove(&id);
-            workers.insert(next_id, spawn_worker(&args, next_id, &schema, &redis_url)?);
+            workers.insert(next_id, spawn_worker(args, next_id, schema, &redis_url)?);
             next_id += 1;
         }
     }
@@ -277,17 +339,32 @@ async fn coordinator(args: Args) -> Res<bool> {
         let _ = child.kill();
         let _ = child.wait();
     }
+    Ok(chaos)
+}
 
-    // The verdict, per event.
+/// The verdict, per event.
+struct Verdict {
+    once: usize,
+    lost: usize,
+    twice: usize,
+    twice_unprotected: usize,
+    twice_crash: usize,
+    unfinished: usize,
+    violations: Vec<(i32, Vec<(i32, bool)>)>,
+    /// Outcome kinds recorded by the workers, one per run.
+    outcomes: Vec<String>,
+}
+
+async fn verdict(args: &Args, pool: &PgPool, schema: &str, killed: &[u32]) -> Res<Verdict> {
     let effects: Vec<(i32, i32, bool)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT event, worker, unprotected FROM \"{schema}\".effects ORDER BY id"
     )))
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
     let outcomes: Vec<(i32, i32, String)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT worker, event, kind FROM \"{schema}\".outcomes"
     )))
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
     let mut by_event: HashMap<i32, Vec<(i32, bool)>> = HashMap::new();
     for (event, worker, unprotected) in effects {
@@ -301,80 +378,87 @@ async fn coordinator(args: Args) -> Res<bool> {
         .filter(|(_, _, k)| k == "processed" || k == "unprotected")
         .map(|(w, e, _)| (*w, *e))
         .collect();
-    let count = |kind: &str| outcomes.iter().filter(|(_, _, k)| k == kind).count();
-    let (mut once, mut lost, mut twice_unprotected, mut twice_crash, mut twice) = (0, 0, 0, 0, 0);
-    let mut violations = Vec::new();
     let unacknowledged: std::collections::HashSet<i32> = sqlx::query_scalar(AssertSqlSafe(
         format!("SELECT DISTINCT event FROM \"{schema}\".deliveries WHERE NOT done"),
     ))
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?
     .into_iter()
     .collect();
-    let mut unfinished = 0;
+    let mut v = Verdict {
+        once: 0,
+        lost: 0,
+        twice: 0,
+        twice_unprotected: 0,
+        twice_crash: 0,
+        unfinished: 0,
+        violations: Vec::new(),
+        outcomes: outcomes.into_iter().map(|(_, _, k)| k).collect(),
+    };
     for event in 0..args.events as i32 {
         let runs = by_event.get(&event).cloned().unwrap_or_default();
         match runs.len() {
-            0 if unacknowledged.contains(&event) => unfinished += 1,
-            0 => lost += 1,
-            1 => once += 1,
+            0 if unacknowledged.contains(&event) => v.unfinished += 1,
+            0 => v.lost += 1,
+            1 => v.once += 1,
             _ => {
                 if runs.iter().any(|(_, unprotected)| *unprotected) {
-                    twice_unprotected += 1;
+                    v.twice_unprotected += 1;
                 } else if runs[..runs.len() - 1]
                     .iter()
                     .all(|(w, _)| killed.contains(&(*w as u32)) && !finished.contains(&(*w, event)))
                 {
-                    twice_crash += 1;
+                    v.twice_crash += 1;
                 } else {
-                    twice += 1;
-                    violations.push((event, runs));
+                    v.twice += 1;
+                    v.violations.push((event, runs));
                 }
             }
         }
     }
-    let unprotected_runs = count("unprotected");
-    println!("eventonce soak: {} events, {} workers at a time, {} kills, Redis restarted {}, lease {} ms", args.events, args.workers, killed.len(), if redis_restarted { "once" } else { "never" }, args.lease_ms);
-    println!();
-    println!("| {:<44} | {:>9} |", "what", "count");
-    println!("|{:-<46}|{:->11}|", "", "");
-    for (what, n) in [
-        ("events", args.events as usize),
-        ("deliveries (incl. duplicates sent)", total),
-        ("duplicates sent by the producer", resent as usize),
-        ("processed once", once),
-        ("duplicates skipped", count("duplicate")),
-        ("retried (handler failed, redelivered)", count("failed")),
-        ("in progress elsewhere, redelivered", count("in_progress")),
-        ("lost (acknowledged, never applied)", lost),
-        ("not finished when the run gave up", unfinished),
-        ("processed twice", twice),
-        ("processed twice, first run unprotected", twice_unprotected),
-        ("processed twice, killed before completion", twice_crash),
-        ("unprotected runs", unprotected_runs),
-        ("workers SIGKILLed", killed.len()),
-    ] {
-        println!("| {what:<44} | {n:>9} |");
+    Ok(v)
+}
+
+impl Verdict {
+    fn count(&self, kind: &str) -> usize {
+        self.outcomes.iter().filter(|k| *k == kind).count()
     }
-    println!();
-    println!(
-        "elapsed {:.1} s; schema {schema}",
-        started.elapsed().as_secs_f64()
-    );
-    for (event, runs) in violations.iter().take(10) {
-        println!("VIOLATION: event {event} applied by {runs:?}");
+
+    fn print(&self, args: &Args, total: usize, resent: u32, killed: usize) {
+        println!();
+        println!("| {:<44} | {:>9} |", "what", "count");
+        println!("|{:-<46}|{:->11}|", "", "");
+        for (what, n) in [
+            ("events", args.events as usize),
+            ("deliveries (incl. duplicates sent)", total),
+            ("duplicates sent by the producer", resent as usize),
+            ("processed once", self.once),
+            ("duplicates skipped", self.count("duplicate")),
+            (
+                "retried (handler failed, redelivered)",
+                self.count("failed"),
+            ),
+            (
+                "in progress elsewhere, redelivered",
+                self.count("in_progress"),
+            ),
+            ("lost (acknowledged, never applied)", self.lost),
+            ("not finished when the run gave up", self.unfinished),
+            ("processed twice", self.twice),
+            (
+                "processed twice, first run unprotected",
+                self.twice_unprotected,
+            ),
+            (
+                "processed twice, killed before completion",
+                self.twice_crash,
+            ),
+            ("unprotected runs", self.count("unprotected")),
+            ("workers SIGKILLed", killed),
+        ] {
+            println!("| {what:<44} | {n:>9} |");
+        }
     }
-    let ok = lost == 0 && twice == 0 && unfinished == 0;
-    if ok {
-        exec(&pool, format!("DROP SCHEMA \"{schema}\" CASCADE")).await?;
-        println!(
-            "soak: OK (no event lost, none processed twice outside an unprotected or crash window)"
-        );
-    } else {
-        println!("soak: FAILED (lost {lost}, processed twice {twice}, unfinished {unfinished}); schema {schema} kept for inspection");
-    }
-    drop(redis);
-    Ok(ok)
 }
 
 async fn worker(args: Args, id: u32) -> Res<bool> {
@@ -383,17 +467,7 @@ async fn worker(args: Args, id: u32) -> Res<bool> {
     let mut rng = Rng(args.seed);
     let pool = pool(&args.postgres, 2).await?;
     let timeout = Duration::from_millis(200);
-    // A worker started while Redis restarts waits for it, as a consumer's start-up would.
-    let connect_until = Instant::now() + Duration::from_secs(30);
-    let store = loop {
-        match RedisStore::connect_with(&redis, RedisOptions::default().timeouts(timeout, timeout))
-            .await
-        {
-            Ok(store) => break store,
-            Err(e) if Instant::now() > connect_until => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+    let store = connect(&redis, timeout).await?;
     let config = IdempotencyConfig::builder("soak-consumer")
         .processing_ttl(Duration::from_millis(args.lease_ms))
         .store_timeout(timeout)
@@ -401,30 +475,13 @@ async fn worker(args: Args, id: u32) -> Res<bool> {
         .on_store_error(FailMode::Open)
         .build()?;
     let guard = Guard::new(store, config);
-    // A delivery taken by a worker that dies reappears a little after the lease, as a
-    // broker redelivers after a consumer's session times out.
-    let visibility = (args.lease_ms + 500) as f64 / 1000.0;
-    let take = format!(
-        "UPDATE \"{schema}\".deliveries SET visible_at = now() + make_interval(secs => {visibility})
-          WHERE id = (SELECT id FROM \"{schema}\".deliveries WHERE NOT done AND visible_at <= now()
-                      ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-          RETURNING id, event, payload"
-    );
-    let effect =
-        format!("INSERT INTO \"{schema}\".effects (event, worker) VALUES ($1, $2) RETURNING id");
-    let mark_unprotected =
-        format!("UPDATE \"{schema}\".effects SET unprotected = true WHERE id = $1");
-    let ack = format!("UPDATE \"{schema}\".deliveries SET done = true WHERE id = $1");
-    let again = format!("UPDATE \"{schema}\".deliveries SET visible_at = now() + make_interval(secs => $2::float8 / 1000) WHERE id = $1");
-    let outcome =
-        format!("INSERT INTO \"{schema}\".outcomes (worker, event, kind) VALUES ($1, $2, $3)");
-    let remaining = format!("SELECT count(*) FROM \"{schema}\".deliveries WHERE NOT done");
+    let sql = Statements::new(&schema, args.lease_ms);
     loop {
-        let row: Option<(i64, i32, String)> = sqlx::query_as(AssertSqlSafe(take.clone()))
+        let row: Option<(i64, i32, String)> = sqlx::query_as(AssertSqlSafe(sql.take.clone()))
             .fetch_optional(&pool)
             .await?;
         let Some((delivery, event, payload)) = row else {
-            let left: i64 = sqlx::query_scalar(AssertSqlSafe(remaining.clone()))
+            let left: i64 = sqlx::query_scalar(AssertSqlSafe(sql.remaining.clone()))
                 .fetch_one(&pool)
                 .await?;
             if left == 0 {
@@ -442,7 +499,7 @@ async fn worker(args: Args, id: u32) -> Res<bool> {
                 if fail {
                     return Err("injected handler failure".to_owned());
                 }
-                let id: i64 = sqlx::query_scalar(AssertSqlSafe(effect.clone()))
+                let id: i64 = sqlx::query_scalar(AssertSqlSafe(sql.effect.clone()))
                     .bind(event)
                     .bind(id as i32)
                     .fetch_one(&pool)
@@ -451,40 +508,117 @@ async fn worker(args: Args, id: u32) -> Res<bool> {
                 Ok(id)
             })
             .await;
-        let (kind, retry_ms) = match result {
+        let (kind, retry_ms) = sql.settle(&pool, result).await?;
+        sql.record(&pool, id, event, kind, delivery, retry_ms)
+            .await?;
+    }
+}
+
+/// A worker started while Redis restarts waits for it, as a consumer's start-up would.
+async fn connect(redis: &str, timeout: Duration) -> Res<RedisStore> {
+    let connect_until = Instant::now() + Duration::from_secs(30);
+    loop {
+        match RedisStore::connect_with(redis, RedisOptions::default().timeouts(timeout, timeout))
+            .await
+        {
+            Ok(store) => return Ok(store),
+            Err(e) if Instant::now() > connect_until => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A worker's statements on the queue, the effects and the outcomes.
+struct Statements {
+    take: String,
+    effect: String,
+    mark_unprotected: String,
+    ack: String,
+    again: String,
+    outcome: String,
+    remaining: String,
+}
+
+impl Statements {
+    fn new(schema: &str, lease_ms: u64) -> Statements {
+        // A delivery taken by a worker that dies reappears a little after the lease, as a
+        // broker redelivers after a consumer's session times out.
+        let visibility = (lease_ms + 500) as f64 / 1000.0;
+        Statements {
+            take: format!(
+                "UPDATE \"{schema}\".deliveries SET visible_at = now() + make_interval(secs => {visibility})
+          WHERE id = (SELECT id FROM \"{schema}\".deliveries WHERE NOT done AND visible_at <= now()
+                      ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+          RETURNING id, event, payload"
+            ),
+            effect: format!(
+                "INSERT INTO \"{schema}\".effects (event, worker) VALUES ($1, $2) RETURNING id"
+            ),
+            mark_unprotected: format!(
+                "UPDATE \"{schema}\".effects SET unprotected = true WHERE id = $1"
+            ),
+            ack: format!("UPDATE \"{schema}\".deliveries SET done = true WHERE id = $1"),
+            again: format!("UPDATE \"{schema}\".deliveries SET visible_at = now() + make_interval(secs => $2::float8 / 1000) WHERE id = $1"),
+            outcome: format!(
+                "INSERT INTO \"{schema}\".outcomes (worker, event, kind) VALUES ($1, $2, $3)"
+            ),
+            remaining: format!("SELECT count(*) FROM \"{schema}\".deliveries WHERE NOT done"),
+        }
+    }
+
+    /// The outcome's kind and, for a delivery to retry, its delay in milliseconds.
+    async fn settle(
+        &self,
+        pool: &PgPool,
+        result: Result<Outcome<i64>, GuardError<String>>,
+    ) -> Res<(&'static str, Option<f64>)> {
+        Ok(match result {
             Ok(Outcome::Processed(_)) => ("processed", None),
             Ok(Outcome::Duplicate) => ("duplicate", None),
             Ok(Outcome::Unprotected(effect_id)) => {
-                sqlx::query(AssertSqlSafe(mark_unprotected.clone()))
+                sqlx::query(AssertSqlSafe(self.mark_unprotected.clone()))
                     .bind(effect_id)
-                    .execute(&pool)
+                    .execute(pool)
                     .await?;
                 ("unprotected", None)
             }
             Err(GuardError::Handler(_)) => ("failed", Some(50.0)),
             Err(GuardError::InProgress) => ("in_progress", Some(200.0)),
             Err(other) => return Err(other.to_string().into()),
-        };
-        sqlx::query(AssertSqlSafe(outcome.clone()))
-            .bind(id as i32)
+        })
+    }
+
+    /// Records the outcome, then acknowledges the delivery or makes it visible again later.
+    async fn record(
+        &self,
+        pool: &PgPool,
+        worker: u32,
+        event: i32,
+        kind: &str,
+        delivery: i64,
+        retry_ms: Option<f64>,
+    ) -> Res<()> {
+        sqlx::query(AssertSqlSafe(self.outcome.clone()))
+            .bind(worker as i32)
             .bind(event)
             .bind(kind)
-            .execute(&pool)
+            .execute(pool)
             .await?;
         match retry_ms {
             None => {
-                sqlx::query(AssertSqlSafe(ack.clone()))
+                sqlx::query(AssertSqlSafe(self.ack.clone()))
                     .bind(delivery)
-                    .execute(&pool)
+                    .execute(pool)
                     .await?
             }
             Some(ms) => {
-                sqlx::query(AssertSqlSafe(again.clone()))
+                sqlx::query(AssertSqlSafe(self.again.clone()))
                     .bind(delivery)
                     .bind(ms)
-                    .execute(&pool)
+                    .execute(pool)
                     .await?
             }
         };
+        Ok(())
     }
 }

@@ -141,66 +141,96 @@ impl Matrix<'_> {
     }
 
     /// Runs every phase; `down` and `up` stop and restart the server behind the proxy.
-    pub async fn run(&self, mut down: impl FnMut(), mut up: impl FnMut()) -> Vec<String> {
-        let mut rows = Vec::new();
-        let mut next = 1_000u32;
-        let mut refused = Vec::new();
-        let fresh = |next: &mut u32, n: u32| {
-            let start = *next;
-            *next += n;
-            start..start + n
+    pub async fn run(&self, down: impl FnOnce(), up: impl FnOnce()) -> Vec<String> {
+        let mut run = Run {
+            m: self,
+            rows: Vec::new(),
+            next: 1_000,
+            refused: Vec::new(),
         };
+        run.healthy().await;
+        run.latency_under_timeout().await;
+        run.latency_over_timeout().await;
+        run.connections_dropped().await;
+        run.black_hole().await;
+        run.server_restart(down, up).await;
+        run.redeliver_refused().await;
+        run.rows
+    }
+}
 
-        // Baseline.
-        let events = fresh(&mut next, 10);
-        let a = self.deliver(self.open, events.clone()).await;
-        let b = self.deliver(self.closed, events).await;
+/// The state of one matrix run: its rows, the next fresh event number and the events the
+/// fail-closed guard refused (redelivered at the end).
+struct Run<'m, 'a> {
+    m: &'m Matrix<'a>,
+    rows: Vec<String>,
+    next: u32,
+    refused: Vec<u32>,
+}
+
+impl Run<'_, '_> {
+    fn fresh(&mut self, n: u32) -> std::ops::Range<u32> {
+        let start = self.next;
+        self.next += n;
+        start..start + n
+    }
+
+    /// Delivers `n` fresh events through each guard (the same events twice when `same`).
+    async fn pair(&mut self, n: u32, same: bool) -> (Tally, Tally) {
+        let events = self.fresh(n);
+        let a = self.m.deliver(self.m.open, events.clone()).await;
+        let other = if same { events } else { self.fresh(n) };
+        let b = self.m.deliver(self.m.closed, other).await;
+        (a, b)
+    }
+
+    fn rows(&mut self, phase: &str, a: &Tally, b: &Tally) {
+        self.rows.push(self.m.row(phase, "open", a));
+        self.rows.push(self.m.row(phase, "closed", b));
+    }
+
+    async fn recovered(&mut self, limit: Duration) {
+        let took = self.m.until_protected(&mut self.next, limit).await;
+        self.rows.push(format!("|          | recovered after {:>6.0} ms   |        |           |     |             |         |          |      |        |", took.as_secs_f64() * 1000.0));
+    }
+
+    async fn healthy(&mut self) {
+        let (a, b) = self.pair(10, true).await;
         assert_eq!((a.processed, b.duplicates), (10, 10), "{a:?} {b:?}");
-        rows.push(self.row("healthy", "open", &a));
-        rows.push(self.row("healthy", "closed", &b));
+        self.rows("healthy", &a, &b);
+    }
 
-        // Latency under the timeout: slower, still protected.
-        // Small enough that a fresh connection (several round trips) still fits the timeout.
-        let slow = self.timeout / 20;
-        self.proxy.set(ProxyMode::Latency(slow));
-        let events = fresh(&mut next, 10);
-        let a = self.deliver(self.open, events.clone()).await;
-        let b = self.deliver(self.closed, events).await;
+    /// Latency under the timeout: slower, still protected. Small enough that a fresh
+    /// connection (several round trips) still fits the timeout.
+    async fn latency_under_timeout(&mut self) {
+        let slow = self.m.timeout / 20;
+        self.m.proxy.set(ProxyMode::Latency(slow));
+        let (a, b) = self.pair(10, true).await;
         assert_eq!((a.processed, b.duplicates), (10, 10), "{a:?} {b:?}");
-        rows.push(self.row(&format!("latency {} ms", slow.as_millis()), "open", &a));
-        rows.push(self.row(&format!("latency {} ms", slow.as_millis()), "closed", &b));
+        self.rows(&format!("latency {} ms", slow.as_millis()), &a, &b);
+    }
 
-        // Latency over the timeout: one timeout, then the breaker answers at once.
-        self.proxy.set(ProxyMode::Latency(self.timeout * 3));
-        let a = self.deliver(self.open, fresh(&mut next, 20)).await;
-        let b = self.deliver(self.closed, fresh(&mut next, 20)).await;
+    /// Latency over the timeout: one timeout, then the breaker answers at once.
+    async fn latency_over_timeout(&mut self) {
+        let slow = self.m.timeout * 3;
+        self.m.proxy.set(ProxyMode::Latency(slow));
+        let (a, b) = self.pair(20, false).await;
         assert_eq!(a.unprotected, 20, "{a:?}");
         assert_eq!(b.refused, 20, "{b:?}");
         assert!(
             a.slow <= 1 && b.slow <= 1,
             "more than one timeout paid: {a:?} {b:?}"
         );
-        rows.push(self.row(
-            &format!("latency {} ms", (self.timeout * 3).as_millis()),
-            "open",
-            &a,
-        ));
-        rows.push(self.row(
-            &format!("latency {} ms", (self.timeout * 3).as_millis()),
-            "closed",
-            &b,
-        ));
-        refused.extend(b.refused_events);
-        self.proxy.set(ProxyMode::Pass);
-        let took = self
-            .until_protected(&mut next, Duration::from_secs(15))
-            .await;
-        rows.push(format!("|          | recovered after {:>6.0} ms   |        |           |     |             |         |          |      |        |", took.as_secs_f64() * 1000.0));
+        self.rows(&format!("latency {} ms", slow.as_millis()), &a, &b);
+        self.refused.extend(b.refused_events);
+        self.m.proxy.set(ProxyMode::Pass);
+        self.recovered(Duration::from_secs(15)).await;
+    }
 
-        // Every open connection dropped.
-        self.proxy.drop_connections();
-        let a = self.deliver(self.open, fresh(&mut next, 20)).await;
-        let b = self.deliver(self.closed, fresh(&mut next, 20)).await;
+    /// Every open connection dropped.
+    async fn connections_dropped(&mut self) {
+        self.m.proxy.drop_connections();
+        let (a, b) = self.pair(20, false).await;
         assert_eq!(a.processed + a.unprotected, 20, "{a:?}");
         assert_eq!(
             b.processed + b.refused + b.refused_events.len() as u32 - b.refused,
@@ -208,36 +238,30 @@ impl Matrix<'_> {
             "{b:?}"
         );
         assert!(a.slow <= 1 && b.slow <= 1, "{a:?} {b:?}");
-        rows.push(self.row("connections dropped", "open", &a));
-        rows.push(self.row("connections dropped", "closed", &b));
-        refused.extend(b.refused_events);
-        let took = self
-            .until_protected(&mut next, Duration::from_secs(15))
-            .await;
-        rows.push(format!("|          | recovered after {:>6.0} ms   |        |           |     |             |         |          |      |        |", took.as_secs_f64() * 1000.0));
+        self.rows("connections dropped", &a, &b);
+        self.refused.extend(b.refused_events);
+        self.recovered(Duration::from_secs(15)).await;
+    }
 
-        // A black hole: at most one timeout each, then at once.
-        self.proxy.set(ProxyMode::BlackHole);
-        self.proxy.drop_connections();
-        let a = self.deliver(self.open, fresh(&mut next, 20)).await;
-        let b = self.deliver(self.closed, fresh(&mut next, 20)).await;
+    /// A black hole: at most one timeout each, then at once.
+    async fn black_hole(&mut self) {
+        self.m.proxy.set(ProxyMode::BlackHole);
+        self.m.proxy.drop_connections();
+        let (a, b) = self.pair(20, false).await;
         assert_eq!(a.unprotected, 20, "{a:?}");
         assert_eq!(b.refused, 20, "{b:?}");
         assert!(a.slow <= 1 && b.slow <= 1, "{a:?} {b:?}");
         assert!(b.timeouts <= 1, "{b:?}");
-        rows.push(self.row("black hole", "open", &a));
-        rows.push(self.row("black hole", "closed", &b));
-        refused.extend(b.refused_events);
-        self.proxy.set(ProxyMode::Pass);
-        let took = self
-            .until_protected(&mut next, Duration::from_secs(15))
-            .await;
-        rows.push(format!("|          | recovered after {:>6.0} ms   |        |           |     |             |         |          |      |        |", took.as_secs_f64() * 1000.0));
+        self.rows("black hole", &a, &b);
+        self.refused.extend(b.refused_events);
+        self.m.proxy.set(ProxyMode::Pass);
+        self.recovered(Duration::from_secs(15)).await;
+    }
 
-        // The server restarts on the same port.
+    /// The server restarts on the same port.
+    async fn server_restart(&mut self, down: impl FnOnce(), up: impl FnOnce()) {
         down();
-        let a = self.deliver(self.open, fresh(&mut next, 20)).await;
-        let b = self.deliver(self.closed, fresh(&mut next, 20)).await;
+        let (a, b) = self.pair(20, false).await;
         assert_eq!(a.unprotected + a.processed, 20, "{a:?}");
         assert_eq!(b.processed + b.refused, 20, "{b:?}");
         assert!(
@@ -245,22 +269,20 @@ impl Matrix<'_> {
             "the server was down: {a:?} {b:?}"
         );
         assert!(a.slow <= 1 && b.slow <= 1, "{a:?} {b:?}");
-        rows.push(self.row("server down", "open", &a));
-        rows.push(self.row("server down", "closed", &b));
-        refused.extend(b.refused_events);
+        self.rows("server down", &a, &b);
+        self.refused.extend(b.refused_events);
         up();
-        let took = self
-            .until_protected(&mut next, Duration::from_secs(20))
-            .await;
-        rows.push(format!("|          | recovered after {:>6.0} ms   |        |           |     |             |         |          |      |        |", took.as_secs_f64() * 1000.0));
+        self.recovered(Duration::from_secs(20)).await;
+    }
 
-        // Nothing lost: every event the closed guard refused is processed on redelivery
-        // (after the lease, for a claim that reached the server while its reply was lost).
+    /// Nothing lost: every event the closed guard refused is processed on redelivery
+    /// (after the lease, for a claim that reached the server while its reply was lost).
+    async fn redeliver_refused(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut redelivered = Tally::default();
-        for n in refused.iter().copied() {
+        for n in self.refused.iter().copied() {
             loop {
-                let t = self.deliver(self.closed, [n]).await;
+                let t = self.m.deliver(self.m.closed, [n]).await;
                 if t.processed + t.duplicates == 1 {
                     redelivered.processed += t.processed;
                     redelivered.duplicates += t.duplicates;
@@ -276,14 +298,10 @@ impl Matrix<'_> {
         }
         assert_eq!(
             redelivered.processed as usize + redelivered.duplicates as usize,
-            refused.len(),
+            self.refused.len(),
             "{redelivered:?}"
         );
-        rows.push(self.row(
-            &format!("redelivery of {} refused", refused.len()),
-            "closed",
-            &redelivered,
-        ));
-        rows
+        let phase = format!("redelivery of {} refused", self.refused.len());
+        self.rows.push(self.m.row(&phase, "closed", &redelivered));
     }
 }
