@@ -301,38 +301,11 @@ pub fn summarize(
         let _ = writeln!(out, "  replay: {}", replay(r.seed));
     }
     if !failing.is_empty() {
-        // Each property the failing seeds broke: how many seeds, and the first few.
-        let mut by_property: Vec<(String, usize, Vec<u64>)> = Vec::new();
-        for r in &failing {
-            let mut seen: Vec<&str> = r
-                .violations
-                .iter()
-                .filter_map(|v| v.split_whitespace().find(|w| w.starts_with('P')))
-                .collect();
-            seen.sort();
-            seen.dedup();
-            for p in seen {
-                match by_property.iter_mut().find(|(q, _, _)| q == p) {
-                    Some((_, n, seeds)) => {
-                        *n += 1;
-                        if seeds.len() < 5 {
-                            seeds.push(r.seed);
-                        }
-                    }
-                    None => by_property.push((p.to_owned(), 1, vec![r.seed])),
-                }
-            }
-        }
-        by_property.sort();
-        let properties: Vec<String> = by_property
-            .iter()
-            .map(|(p, n, seeds)| format!("{p} in {n} (seeds {seeds:?})"))
-            .collect();
         let _ = writeln!(
             out,
             "sim[{store}]: {} failing seeds: {}",
             failing.len(),
-            properties.join(", ")
+            broken_properties(&failing)
         );
     }
     let t = &total;
@@ -358,4 +331,35 @@ pub fn summarize(
         elapsed.as_secs_f64()
     );
     (failing.is_empty(), out)
+}
+
+/// Each property the failing seeds broke: how many seeds, and the first few.
+fn broken_properties(failing: &[&Report]) -> String {
+    let mut by_property: Vec<(String, usize, Vec<u64>)> = Vec::new();
+    for r in failing {
+        let mut seen: Vec<&str> = r
+            .violations
+            .iter()
+            .filter_map(|v| v.split_whitespace().find(|w| w.starts_with('P')))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        for p in seen {
+            match by_property.iter_mut().find(|(q, _, _)| q == p) {
+                Some((_, n, seeds)) => {
+                    *n += 1;
+                    if seeds.len() < 5 {
+                        seeds.push(r.seed);
+                    }
+                }
+                None => by_property.push((p.to_owned(), 1, vec![r.seed])),
+            }
+        }
+    }
+    by_property.sort();
+    let properties: Vec<String> = by_property
+        .iter()
+        .map(|(p, n, seeds)| format!("{p} in {n} (seeds {seeds:?})"))
+        .collect();
+    properties.join(", ")
 }

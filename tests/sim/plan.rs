@@ -146,9 +146,31 @@ pub struct Plan {
 }
 
 pub fn draw(seed: u64, p: &Params) -> Plan {
+    // The draws happen in this order, always: a seed's plan never changes.
     let mut r = Rng::new(seed);
+    let consumers = draw_consumers(&mut r, p);
+    let n = consumers.len();
+    let events = r.range(p.events.0, p.events.1);
+    let late = p.chaos * 4 / 5;
+    let sends = draw_sends(&mut r, p, events, late);
+    let deliveries = draw_deliveries(&mut r, p, &sends, n);
+    let windows = draw_windows(&mut r, p, n);
+    let crashes = draw_crashes(&mut r, p, n, late);
+    let transient = [0.0, 0.01, 0.03, 0.08][r.below(4)];
+    Plan {
+        consumers,
+        events,
+        deliveries,
+        windows,
+        crashes,
+        transient,
+        rng: r.fork(),
+    }
+}
+
+fn draw_consumers(r: &mut Rng, p: &Params) -> Vec<ConsumerPlan> {
     let n = r.range(p.consumers.0, p.consumers.1);
-    let consumers: Vec<ConsumerPlan> = (0..n)
+    (0..n)
         .map(|_| ConsumerPlan {
             fail_mode: if r.chance(0.6) {
                 FailMode::Open
@@ -169,12 +191,12 @@ pub fn draw(seed: u64, p: &Params) -> Plan {
                 r.range(1, 5) as u32
             },
         })
-        .collect();
+        .collect()
+}
 
-    let events = r.range(p.events.0, p.events.1);
-    let late = p.chaos * 4 / 5;
-    // Each event once at a random time, some again (a producer retry, a redelivery after
-    // a rebalance): soon after (concurrently) or any time later.
+/// Each event once at a random time, some again (a producer retry, a redelivery after a
+/// rebalance): soon after (concurrently) or any time later. Sorted by time.
+fn draw_sends(r: &mut Rng, p: &Params, events: usize, late: Duration) -> Vec<(Duration, usize)> {
     let mut sends: Vec<(Duration, usize)> = Vec::new();
     for e in 0..events {
         let first = r.between(Duration::ZERO, late);
@@ -195,6 +217,16 @@ pub fn draw(seed: u64, p: &Params) -> Plan {
         }
     }
     sends.sort();
+    sends
+}
+
+/// The sends grouped into deliveries (single events or batches) to consumer slots.
+fn draw_deliveries(
+    r: &mut Rng,
+    p: &Params,
+    sends: &[(Duration, usize)],
+    n: usize,
+) -> Vec<DeliveryPlan> {
     let mut deliveries = Vec::new();
     let mut i = 0;
     while i < sends.len() {
@@ -225,7 +257,10 @@ pub fn draw(seed: u64, p: &Params) -> Plan {
             }),
         });
     }
+    deliveries
+}
 
+fn draw_windows(r: &mut Rng, p: &Params, n: usize) -> Vec<Window> {
     let mut windows = Vec::new();
     for _ in 0..r.range(0, 6) {
         let kind = match r.below(20) {
@@ -251,7 +286,10 @@ pub fn draw(seed: u64, p: &Params) -> Plan {
             end: (start + length).min(p.chaos),
         });
     }
+    windows
+}
 
+fn draw_crashes(r: &mut Rng, p: &Params, n: usize, late: Duration) -> Vec<CrashPlan> {
     let mut crashes = Vec::new();
     let count = match r.below(20) {
         0..=11 => 0,
@@ -266,17 +304,7 @@ pub fn draw(seed: u64, p: &Params) -> Plan {
         });
     }
     crashes.sort_by_key(|c| c.at);
-
-    let transient = [0.0, 0.01, 0.03, 0.08][r.below(4)];
-    Plan {
-        consumers,
-        events,
-        deliveries,
-        windows,
-        crashes,
-        transient,
-        rng: r.fork(),
-    }
+    crashes
 }
 
 impl Plan {

@@ -885,8 +885,54 @@ pub async fn simulate(
     service: String,
     trace: bool,
 ) -> Report {
-    let plan = plan::draw(seed, &p);
+    let mut plan = plan::draw(seed, &p);
     let described = plan.describe();
+    let deliveries = std::mem::take(&mut plan.deliveries);
+    let crashes = std::mem::take(&mut plan.crashes);
+    let w = world(seed, &p, plan, store, service, trace);
+    if trace {
+        LOG_SINK.with(|s| *s.borrow_mut() = Arc::downgrade(&w));
+    }
+    for slot in 0..w.consumers.len() {
+        w.start_incarnation(slot);
+    }
+    for delivery in deliveries {
+        w.spawn_delivery(delivery);
+    }
+    for crash in crashes {
+        tokio::spawn(Arc::clone(&w).crash(crash));
+    }
+    w.chaos_then_answers(&p).await;
+    let guards = w.reset_and_check(&p).await;
+
+    crate::oracle::check_reruns(&w);
+    let mut st = w.state();
+    for guard in &guards {
+        st.stats.add_guard(&guard.stats());
+    }
+    let report = Report {
+        seed,
+        violations: std::mem::take(&mut st.violations),
+        stats: st.stats.clone(),
+        plan: described,
+        trace: st.trace.take().unwrap_or_default(),
+    };
+    drop(st);
+    drop(guards);
+    // The consumers hold the world (through their stores): let them go.
+    lock(&w.slots).iter_mut().for_each(|s| *s = None);
+    report
+}
+
+/// The world of one seed: its events, their keys and the plan's consumers and faults.
+fn world(
+    seed: u64,
+    p: &Params,
+    plan: plan::Plan,
+    store: Arc<dyn IdempotencyStore>,
+    service: String,
+    trace: bool,
+) -> Arc<World> {
     let config = IdempotencyConfig::builder(service.clone())
         .build()
         .expect("a valid service name");
@@ -902,7 +948,7 @@ pub async fn simulate(
         keys.push(config.generate_key(event_type, &hash));
         envelopes.push(envelope);
     }
-    let w = Arc::new(World {
+    Arc::new(World {
         ns: config.service_namespace(),
         key_index: keys.iter().cloned().zip(0..).collect(),
         id_index: envelopes
@@ -937,83 +983,61 @@ pub async fn simulate(
         outstanding: AtomicUsize::new(0),
         t0: Instant::now(),
         p: p.clone(),
-    });
-    if trace {
-        LOG_SINK.with(|s| *s.borrow_mut() = Arc::downgrade(&w));
-    }
-    for slot in 0..w.consumers.len() {
-        w.start_incarnation(slot);
-    }
-    for delivery in plan.deliveries {
-        w.spawn_delivery(delivery);
-    }
-    for crash in plan.crashes {
-        tokio::spawn(Arc::clone(&w).crash(crash));
-    }
+    })
+}
 
-    // The chaos, then no more faults; every delivery is retried until its answer is final.
-    tokio::time::sleep(p.chaos).await;
-    w.faults_off.store(true, Ordering::SeqCst);
-    w.trace(|| "faults stop".to_owned());
-    let give_up = p.chaos + p.lease * 10 + p.long_work * 4;
-    while w.outstanding.load(Ordering::SeqCst) > 0 {
-        if w.now() > give_up {
-            w.violation(format!(
-                "P4 {} deliveries still had no final answer {:?} after the faults stopped",
-                w.outstanding.load(Ordering::SeqCst),
-                give_up - p.chaos
-            ));
-            break;
-        }
-        tokio::time::sleep(50 * MS).await;
-    }
-
-    // Every event once more (a consumer group reset): each must end processed and recorded.
-    // (After a breaker opened by a call timing out as the faults stopped has closed.)
-    tokio::time::sleep(p.store_timeout + p.cooldown).await;
-    for event in 0..w.keys.len() {
-        w.sweep(event).await;
-    }
-    let guards: Vec<Guard> = lock(&w.slots)
-        .iter()
-        .flatten()
-        .map(|c| c.guard.clone())
-        .collect();
-    for guard in &guards {
-        if let Err(err) = guard.flush().await {
-            w.violation(format!(
-                "P4 flush failed after the faults had stopped: {err}"
-            ));
-        }
-    }
-    for (event, key) in w.keys.iter().enumerate() {
-        let record = w.store.get(key).await;
-        let completed = matches!(&record, Ok(Some(r)) if r.state == RecordState::Completed);
-        if !completed {
-            w.violation(format!(
-                "P4 event {event} is not recorded completed at the end: {record:?}"
-            ));
-        }
-        if w.state().effects[event] == 0 {
-            w.violation(format!("P4 event {event} never ran"));
+impl World {
+    /// The chaos, then no more faults; every delivery is retried until its answer is final.
+    async fn chaos_then_answers(&self, p: &Params) {
+        tokio::time::sleep(p.chaos).await;
+        self.faults_off.store(true, Ordering::SeqCst);
+        self.trace(|| "faults stop".to_owned());
+        let give_up = p.chaos + p.lease * 10 + p.long_work * 4;
+        while self.outstanding.load(Ordering::SeqCst) > 0 {
+            if self.now() > give_up {
+                self.violation(format!(
+                    "P4 {} deliveries still had no final answer {:?} after the faults stopped",
+                    self.outstanding.load(Ordering::SeqCst),
+                    give_up - p.chaos
+                ));
+                break;
+            }
+            tokio::time::sleep(50 * MS).await;
         }
     }
 
-    crate::oracle::check_reruns(&w);
-    let mut st = w.state();
-    for guard in &guards {
-        st.stats.add_guard(&guard.stats());
+    /// Every event once more (a consumer group reset): each must end processed and
+    /// recorded. Returns the consumers' guards (flushed).
+    async fn reset_and_check(self: &Arc<Self>, p: &Params) -> Vec<Guard> {
+        // (After a breaker opened by a call timing out as the faults stopped has closed.)
+        tokio::time::sleep(p.store_timeout + p.cooldown).await;
+        for event in 0..self.keys.len() {
+            self.sweep(event).await;
+        }
+        let guards: Vec<Guard> = lock(&self.slots)
+            .iter()
+            .flatten()
+            .map(|c| c.guard.clone())
+            .collect();
+        for guard in &guards {
+            if let Err(err) = guard.flush().await {
+                self.violation(format!(
+                    "P4 flush failed after the faults had stopped: {err}"
+                ));
+            }
+        }
+        for (event, key) in self.keys.iter().enumerate() {
+            let record = self.store.get(key).await;
+            let completed = matches!(&record, Ok(Some(r)) if r.state == RecordState::Completed);
+            if !completed {
+                self.violation(format!(
+                    "P4 event {event} is not recorded completed at the end: {record:?}"
+                ));
+            }
+            if self.state().effects[event] == 0 {
+                self.violation(format!("P4 event {event} never ran"));
+            }
+        }
+        guards
     }
-    let report = Report {
-        seed,
-        violations: std::mem::take(&mut st.violations),
-        stats: st.stats.clone(),
-        plan: described,
-        trace: st.trace.take().unwrap_or_default(),
-    };
-    drop(st);
-    drop(guards);
-    // The consumers hold the world (through their stores): let them go.
-    lock(&w.slots).iter_mut().for_each(|s| *s = None);
-    report
 }
