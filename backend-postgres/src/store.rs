@@ -1,0 +1,340 @@
+//! The [`IdempotencyStore`] implementation: every method one statement on the pool.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use eventonce_core::{
+    check_arguments, check_batch, check_complete_then_claim, check_completions, Claim, Completion,
+    IdempotencyStore, Record, RecordState, StoreError,
+};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Postgres, Row};
+
+use crate::error::{describe, is_conflict};
+use crate::PostgresStore;
+
+/// How many single-key claims run at once when a batch claim falls back to them.
+const CLAIM_EACH_CONCURRENCY: usize = 8;
+
+pub(crate) fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl PostgresStore {
+    /// Runs the claim statement on the pool; a conflict with another transaction is an
+    /// answer (in progress), not a failure.
+    pub(crate) async fn claim_one(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let code = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.sql.claim)))
+            .bind(key)
+            .bind(owner)
+            .bind(millis(lease))
+            .fetch_optional(&self.pool)
+            .await;
+        match code {
+            Ok(code) => claim_from_code(key, code),
+            Err(err) if is_conflict(&err) => Ok(Claim::InProgress),
+            Err(err) => Err(self.db_error("PostgreSQL", err)),
+        }
+    }
+
+    /// Claims `keys` one statement each (a few at a time), for a batch whose statement met
+    /// a record another transaction holds: each such key answers in progress on its own.
+    async fn claim_each(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        // By index: a closure over `&String` would be higher-ranked, which the `Send`
+        // check of the trait's boxed future cannot prove.
+        stream::iter(0..keys.len())
+            .map(|i| self.claim_one(&keys[i], owner, lease))
+            .buffered(CLAIM_EACH_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    async fn execute(
+        &self,
+        sql: &Arc<str>,
+        key: &str,
+        owner: &str,
+        ms: Option<f64>,
+    ) -> Result<bool, StoreError> {
+        let mut q = sqlx::query(AssertSqlSafe(Arc::clone(sql)))
+            .bind(key)
+            .bind(owner);
+        if let Some(ms) = ms {
+            q = q.bind(ms);
+        }
+        let done = q
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Runs a batch statement returning the keys it touched, and maps them back onto
+    /// `keys` in order.
+    async fn touched<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+        keys: impl Iterator<Item = &'q str>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
+        let mut done = std::collections::HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let key: String = row.try_get(0).map_err(|e| self.db_error("PostgreSQL", e))?;
+            done.insert(key);
+        }
+        Ok(keys.map(|k| done.contains(k)).collect())
+    }
+}
+
+fn completion_columns(completions: &[Completion]) -> (Vec<String>, Vec<String>, Vec<f64>) {
+    (
+        completions.iter().map(|c| c.key.clone()).collect(),
+        completions.iter().map(|c| c.owner.clone()).collect(),
+        completions.iter().map(|c| millis(c.ttl)).collect(),
+    )
+}
+
+pub(crate) fn claim_from_code(key: &str, code: Option<i32>) -> Result<Claim, StoreError> {
+    match code {
+        Some(1) => Ok(Claim::Acquired),
+        Some(3) => Ok(Claim::Completed),
+        // No row: a record committed after the statement's snapshot, a fresh claim.
+        Some(2) | None => Ok(Claim::InProgress),
+        Some(other) => Err(StoreError::InvalidData {
+            key: key.to_owned(),
+            detail: format!("claim statement answered {other}"),
+        }),
+    }
+}
+
+pub(crate) fn record_from_row(row: &PgRow) -> Result<Record, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    let owner: String = row.try_get("owner")?;
+    let updated_ms: i64 = row.try_get("updated_ms")?;
+    let left_ms: i64 = row.try_get("left_ms")?;
+    Ok(Record {
+        state: if state == "completed" {
+            RecordState::Completed
+        } else {
+            RecordState::Processing
+        },
+        owner: Some(owner),
+        ttl_left: Some(Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))),
+        updated_at: UNIX_EPOCH.checked_add(Duration::from_millis(
+            u64::try_from(updated_ms).unwrap_or(0),
+        )),
+    })
+}
+
+#[async_trait]
+impl IdempotencyStore for PostgresStore {
+    async fn try_claim(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        check_arguments(key, owner, Some(lease))?;
+        self.claim_one(key, owner, lease).await
+    }
+
+    async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+        check_arguments(key, owner, Some(ttl))?;
+        self.execute(&self.sql.complete, key, owner, Some(millis(ttl)))
+            .await
+    }
+
+    async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
+        check_arguments(key, owner, None)?;
+        self.execute(&self.sql.release, key, owner, None).await
+    }
+
+    async fn extend(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
+        check_arguments(key, owner, Some(lease))?;
+        self.execute(&self.sql.extend, key, owner, Some(millis(lease)))
+            .await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        if key.is_empty() {
+            return Err(StoreError::InvalidArgument("key must not be empty".into()));
+        }
+        let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.get)))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
+        row.map(|r| record_from_row(&r))
+            .transpose()
+            .map_err(|e| self.db_error("PostgreSQL", e))
+    }
+
+    async fn try_claim_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        check_batch(keys, owner, Some(lease))?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let codes: Vec<i32> = match sqlx::query_scalar(AssertSqlSafe(Arc::clone(
+            &self.sql.claim_many,
+        )))
+        .bind(keys)
+        .bind(owner)
+        .bind(millis(lease))
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(codes) => codes,
+            Err(err) if is_conflict(&err) => {
+                // Another transaction's uncommitted record of one of the keys: nothing
+                // of the batch was claimed; claim key by key.
+                tracing::debug!(error = %describe(&err), keys = keys.len(), "BATCH_CLAIM_CONFLICT: A key of the batch is held by another transaction; claiming key by key");
+                return self.claim_each(keys, owner, lease).await;
+            }
+            Err(err) => return Err(self.db_error("PostgreSQL", err)),
+        };
+        if codes.len() != keys.len() {
+            return Err(StoreError::InvalidData {
+                key: keys[0].clone(),
+                detail: format!("{} codes for {} keys", codes.len(), keys.len()),
+            });
+        }
+        keys.iter()
+            .zip(codes)
+            .map(|(key, code)| claim_from_code(key, Some(code)))
+            .collect()
+    }
+
+    async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
+        check_completions(completions)?;
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (keys, owners, ttls) = completion_columns(completions);
+        let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_many)))
+            .bind(keys)
+            .bind(owners)
+            .bind(ttls);
+        self.touched(query, completions.iter().map(|c| c.key.as_str()))
+            .await
+    }
+
+    async fn release_many(&self, keys: &[String], owner: &str) -> Result<Vec<bool>, StoreError> {
+        check_batch(keys, owner, None)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.release_many)))
+            .bind(keys)
+            .bind(owner);
+        self.touched(query, keys.iter().map(String::as_str)).await
+    }
+
+    async fn extend_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        check_batch(keys, owner, Some(lease))?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.extend_many)))
+            .bind(keys)
+            .bind(owner)
+            .bind(millis(lease));
+        self.touched(query, keys.iter().map(String::as_str)).await
+    }
+
+    async fn complete_then_claim(
+        &self,
+        completions: &[Completion],
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
+        check_complete_then_claim(completions, key, owner, lease)?;
+        let (keys, owners, ttls) = completion_columns(completions);
+        let rows = match sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_then_claim)))
+            .bind(key)
+            .bind(owner)
+            .bind(millis(lease))
+            .bind(keys)
+            .bind(owners)
+            .bind(ttls)
+            .fetch_all(&self.pool)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(err) if is_conflict(&err) => {
+                // The claimed key is held by another transaction, and the statement (its
+                // completions too) was rolled back: complete, then answer the claim alone.
+                let done = if completions.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.complete_many(completions).await
+                };
+                return Ok((done, self.claim_one(key, owner, lease).await?));
+            }
+            Err(err) => return Err(self.db_error("PostgreSQL", err)),
+        };
+        let mut done = std::collections::HashSet::new();
+        let mut code = None;
+        for row in &rows {
+            let kind: String = row
+                .try_get("kind")
+                .map_err(|e| self.db_error("PostgreSQL", e))?;
+            if kind == "d" {
+                let k: String = row
+                    .try_get("key")
+                    .map_err(|e| self.db_error("PostgreSQL", e))?;
+                done.insert(k);
+            } else {
+                code = Some(
+                    row.try_get::<i32, _>("code")
+                        .map_err(|e| self.db_error("PostgreSQL", e))?,
+                );
+            }
+        }
+        let done = completions.iter().map(|c| done.contains(&c.key)).collect();
+        // One statement: the completions and the claim succeed or fail together.
+        Ok((Ok(done), claim_from_code(key, code)?))
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_claim_rows_read_as_in_progress() {
+        assert_eq!(claim_from_code("k", None).ok(), Some(Claim::InProgress));
+        assert_eq!(claim_from_code("k", Some(1)).ok(), Some(Claim::Acquired));
+        assert_eq!(claim_from_code("k", Some(3)).ok(), Some(Claim::Completed));
+        assert!(claim_from_code("k", Some(9)).is_err());
+    }
+}
