@@ -12,6 +12,10 @@
 //! `state`) is `"processing"`, which counts as another owner's claim. Scripts never
 //! complete, extend or delete such a value.
 
+use std::sync::LazyLock;
+
+use redis::Script;
+
 /// Lua helpers shared by every script.
 macro_rules! prelude {
     () => {
@@ -46,7 +50,7 @@ end
 /// Guarantee: atomically, if the key is absent (Redis drops expired keys on access) it is
 /// set to a processing claim of ARGV[1] with a TTL of the lease; otherwise it is left
 /// untouched and its state is reported in the same round trip.
-pub(crate) const CLAIM: &str = concat!(
+const CLAIM_LUA: &str = concat!(
     prelude!(),
     r#"
 if redis.call('SET', KEYS[1], 'p|' .. ARGV[3] .. '|' .. ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -64,7 +68,7 @@ return 2
 ///
 /// Guarantee: atomically, only if the key holds a processing claim of ARGV[1], it becomes
 /// a completed record with a TTL of ARGV[2]; anything else is left untouched.
-pub(crate) const COMPLETE: &str = concat!(
+const COMPLETE_LUA: &str = concat!(
     prelude!(),
     r#"
 if not held_by(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end
@@ -77,7 +81,7 @@ return 1
 ///
 /// Guarantee: atomically, only if the key holds a processing claim of ARGV[1], it is
 /// deleted; a completed record or another owner's claim is never deleted.
-pub(crate) const RELEASE: &str = concat!(
+const RELEASE_LUA: &str = concat!(
     prelude!(),
     r#"
 if not held_by(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end
@@ -91,7 +95,7 @@ return 1
 ///
 /// Guarantee: atomically, only if the key holds a processing claim of ARGV[1], its value
 /// is rewritten with the current time and its TTL set to ARGV[2].
-pub(crate) const EXTEND: &str = concat!(
+const EXTEND_LUA: &str = concat!(
     prelude!(),
     r#"
 if not held_by(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end
@@ -103,7 +107,7 @@ return 1
 /// `get`. KEYS[1] = key. Returns `{value, pttl}`, or nil when absent.
 ///
 /// Guarantee: the value and its remaining TTL are read at the same instant.
-pub(crate) const GET: &str = r#"
+const GET_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return nil end
 return {v, redis.call('PTTL', KEYS[1])}
@@ -119,7 +123,7 @@ return {v, redis.call('PTTL', KEYS[1])}
 /// Guarantee: atomically, each completion and then each claim is exactly what the
 /// single-key script does, in KEYS order. Runs on one Redis (or, in a cluster, only when
 /// every key is in one slot; the store sends cluster batches key by key).
-pub(crate) const SETTLE: &str = concat!(
+const SETTLE_LUA: &str = concat!(
     prelude!(),
     r#"
 local now = ARGV[1]
@@ -155,7 +159,7 @@ return out
 ///
 /// Guarantee: atomically, each key holding a processing claim of ARGV[1] is deleted;
 /// nothing else is touched.
-pub(crate) const RELEASE_MANY: &str = concat!(
+const RELEASE_MANY_LUA: &str = concat!(
     prelude!(),
     r#"
 local out = {}
@@ -176,7 +180,7 @@ return out
 ///
 /// Guarantee: atomically, each key holding a processing claim of ARGV[1] is rewritten
 /// with the current time and its TTL set to ARGV[2]; nothing else is touched.
-pub(crate) const EXTEND_MANY: &str = concat!(
+const EXTEND_MANY_LUA: &str = concat!(
     prelude!(),
     r#"
 local out = {}
@@ -197,7 +201,7 @@ return out
 ///
 /// Guarantee: each value and its remaining TTL are read at the same instant. Needs all
 /// keys on one node: listing is for a single server.
-pub(crate) const LIST: &str = r#"
+const LIST_LUA: &str = r#"
 local out = {}
 for i, k in ipairs(KEYS) do
   out[i] = false
@@ -214,7 +218,7 @@ return out
 /// Guarantee: atomically, only if the key still holds an eventonce record in state
 /// ARGV[1] written by ARGV[2] (the record the operator saw), it is deleted; any other
 /// value, an older writer's included, is left untouched.
-pub(crate) const REMOVE: &str = r#"
+const REMOVE_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local head = string.match(v, '^' .. ARGV[1] .. '|%d+|')
@@ -222,3 +226,15 @@ if head == nil or string.sub(v, #head + 1) ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 "#;
+
+// Each script is loaded once and run by EVALSHA (reloaded on NOSCRIPT).
+pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
+pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(COMPLETE_LUA));
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_LUA));
+pub(crate) static GET: LazyLock<Script> = LazyLock::new(|| Script::new(GET_LUA));
+pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
+pub(crate) static RELEASE_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_MANY_LUA));
+pub(crate) static EXTEND_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_MANY_LUA));
+pub(crate) static LIST: LazyLock<Script> = LazyLock::new(|| Script::new(LIST_LUA));
+pub(crate) static REMOVE: LazyLock<Script> = LazyLock::new(|| Script::new(REMOVE_LUA));
