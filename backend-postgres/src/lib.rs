@@ -24,8 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use eventonce_core::{
+use eventonce_core::backend::{
     check_arguments, check_batch, check_complete_then_claim, check_completions, redact_url,
+};
+use eventonce_core::{
     AdminStore, Claim, Completion, IdempotencyStore, ListedRecord, Record, RecordPage, RecordState,
     StoreError, TransactionalStore,
 };

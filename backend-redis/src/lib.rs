@@ -29,9 +29,12 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use eventonce_core::backend::{
+    check_arguments, check_batch, check_complete_then_claim, check_completions,
+};
 use eventonce_core::{
-    check_arguments, check_batch, check_complete_then_claim, check_completions, AdminStore, Claim,
-    Completion, IdempotencyStore, ListedRecord, Record, RecordPage, RecordState, StoreError,
+    AdminStore, Claim, Completion, IdempotencyStore, ListedRecord, Record, RecordPage, RecordState,
+    StoreError,
 };
 use futures_util::future::join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
@@ -39,7 +42,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 
-pub use eventonce_core::redact_url;
+pub use eventonce_core::backend::redact_url;
 use link::Link;
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::CLAIM));

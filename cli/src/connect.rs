@@ -24,7 +24,7 @@ pub struct StoreArgs {
     #[arg(long, value_name = "NAME", default_value = "eventonce_records")]
     pub pg_table: String,
     /// Key prefix of the records.
-    #[arg(long, value_name = "PREFIX", default_value = eventonce::DEFAULT_KEY_PREFIX)]
+    #[arg(long, value_name = "PREFIX", default_value = eventonce::config::defaults::DEFAULT_KEY_PREFIX)]
     pub prefix: String,
     /// How the consumers compute keys: `eventonce` (the default) or `python-v2` (the Python
     /// "idempotency v2" decorator's keys, as `KeyScheme::PythonV2`).

@@ -61,7 +61,7 @@ pub(crate) struct DemoArgs {
     #[arg(long, value_name = "NAME", default_value = "eventonce_records")]
     pg_table: String,
     /// Key prefix of the demo's records.
-    #[arg(long, value_name = "PREFIX", default_value = eventonce::DEFAULT_KEY_PREFIX)]
+    #[arg(long, value_name = "PREFIX", default_value = eventonce::config::defaults::DEFAULT_KEY_PREFIX)]
     prefix: String,
     /// TTL of the demo's completed records, in seconds (they stay in Redis or PostgreSQL
     /// for `eventonce keys` and `stats` to show).
