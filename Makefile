@@ -12,7 +12,7 @@ test:
 
 ## Build and run the demo on the embedded in-memory store.
 demo:
-	$(CARGO) run --release --quiet -- demo
+	$(CARGO) run --release --quiet -p eventonce-cli -- demo
 
 services:
 	bash scripts/services.sh ensure

@@ -30,31 +30,75 @@
 //! Backends are picked with cargo features: `memory` (the default, [`MemoryStore`]),
 //! `redis` (`RedisStore`: single server or Redis Cluster), `postgres` (`PostgresStore`, with
 //! exactly-once effects through [`Guard::run_in_transaction`]), `full` for all of them;
-//! `kafka` adds the Kafka consumer helper (`eventonce::kafka`, on rdkafka). The core types live in
-//! [`eventonce_core`] and are re-exported here.
+//! `kafka` adds the Kafka consumer helper (`eventonce::kafka`, on rdkafka).
+//!
+//! Where things are:
+//! - the root: the core's concepts ([`Guard`], [`IdempotencyConfig`], [`EventEnvelope`],
+//!   [`IdempotencyStore`], the errors, identity and key functions, the metric names) and
+//!   each backend's store type;
+//! - [`config::defaults`]: the defaults, the TTL tiers and the limits;
+//! - [`backend`]: the helpers a store implementation of your own calls;
+//! - `memory`, `redis`, `postgres`, `kafka`: everything each backend crate exports, one
+//!   module per feature.
+//!
+//! The core lives in [`eventonce_core`]; every public item of it and of the backends can be
+//! named from here.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// The shared conformance suite (feature `conformance`): the checks every backend passes,
+/// for a store of your own.
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub use eventonce_core::conformance;
 pub use eventonce_core::{
-    async_trait, canonical_json, canonical_number, deterministic_hash, escape_event_type,
-    python_json, python_number, python_v2_hash, redact_url, unescape_event_type, AdminStore,
+    async_trait, backend, canonical_json, canonical_number, config, deterministic_hash,
+    escape_event_type, python_json, python_number, python_v2_hash, unescape_event_type, AdminStore,
     BoxError, Claim, Completion, ConfigBuilder, ConfigError, EnvelopeError, EventEnvelope,
     FailMode, Guard, GuardError, GuardStats, IdempotencyConfig, IdempotencyStore, IdentityError,
     KeyParts, KeyScheme, ListedRecord, Outcome, Record, RecordPage, RecordState, StoreError,
-    DEFAULT_BATCH_CONCURRENCY, DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL,
-    DEFAULT_STORE_TIMEOUT, DEFAULT_TTL, MAX_TTL, MAX_WAIT, RUNS_TOTAL, RUN_DURATION_SECONDS,
-    STORE_OPERATION_DURATION_SECONDS, TTL_AGGREGATION, TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
+    TransactionalStore, RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS,
 };
 #[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use eventonce_memory::{CachedStore, MemoryStore};
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use eventonce_postgres::{PgTx, PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use eventonce_redis::{RedisOptions, RedisStore};
 
+/// The in-memory store on moka (feature `memory`, the default): [`MemoryStore`] for one
+/// process, [`CachedStore`] in front of a shared store. Everything `eventonce-memory`
+/// exports.
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub mod memory {
+    pub use eventonce_memory::*;
+}
+
+/// The Redis store (feature `redis`; `redis-tls` for `rediss://`): [`RedisStore`] on a
+/// single server or a Redis Cluster. Everything `eventonce-redis` exports.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis {
+    pub use eventonce_redis::*;
+}
+
+/// The PostgreSQL store (feature `postgres`): [`PostgresStore`], its transactional mode
+/// and the reaper of expired records. Everything `eventonce-postgres` exports.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres {
+    pub use eventonce_postgres::*;
+}
+
 /// Kafka consumers (feature `kafka`): messages to envelopes, [`Guard::run`], offsets
-/// committed only after the final outcome, and the demo against a broker.
+/// committed only after the final outcome. Everything `eventonce-kafka` exports.
 #[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub mod kafka {
     pub use eventonce_kafka::*;
 }

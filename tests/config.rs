@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use eventonce::{
-    ConfigError, FailMode, IdempotencyConfig, KeyScheme, DEFAULT_EVENT_TYPE_TTLS, TTL_AGGREGATION,
-    TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
+use eventonce::config::defaults::{
+    DEFAULT_EVENT_TYPE_TTLS, TTL_AGGREGATION, TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
 };
+use eventonce::{ConfigError, FailMode, IdempotencyConfig, KeyScheme};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -337,7 +337,7 @@ fn config_is_cheap_to_clone_and_shared() {
 
 #[test]
 fn build_rejects_durations_no_store_can_represent_and_names_the_setting() {
-    use eventonce::{MAX_TTL, MAX_WAIT};
+    use eventonce::config::defaults::{MAX_TTL, MAX_WAIT};
     let too_long = |b: eventonce::ConfigBuilder| match b.build() {
         Err(ConfigError::DurationTooLong { what, value, max }) => {
             assert!(value > max, "{what}: {value:?} > {max:?}");
@@ -394,7 +394,8 @@ fn build_rejects_durations_no_store_can_represent_and_names_the_setting() {
 
 #[tokio::test]
 async fn the_longest_settings_run_events_without_panicking() {
-    use eventonce::{EventEnvelope, Guard, MemoryStore, Outcome, MAX_TTL, MAX_WAIT};
+    use eventonce::config::defaults::{MAX_TTL, MAX_WAIT};
+    use eventonce::{EventEnvelope, Guard, MemoryStore, Outcome};
     let config = IdempotencyConfig::builder("svc")
         .default_ttl(MAX_TTL)
         .processing_ttl(MAX_TTL)

@@ -3,9 +3,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventonce_core::{
-    check_many, saturating_deadline, Claim, Completion, IdempotencyStore, Record, StoreError,
-};
+use eventonce_core::backend::{check_many, saturating_deadline};
+use eventonce_core::{Claim, Completion, IdempotencyStore, Record, StoreError};
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use moka::Expiry;

@@ -21,9 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use eventonce_core::{
-    check_arguments, saturating_deadline, Claim, IdempotencyStore, Record, RecordState, StoreError,
-};
+use eventonce_core::backend::{check_arguments, saturating_deadline};
+use eventonce_core::{Claim, IdempotencyStore, Record, RecordState, StoreError};
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use eventonce_core::{check_arguments, AdminStore, ListedRecord, Record, RecordPage, StoreError};
+use eventonce_core::backend::check_arguments;
+use eventonce_core::{AdminStore, ListedRecord, Record, RecordPage, StoreError};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::store::record_from_row;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventonce_core::{check_arguments, Claim, StoreError, TransactionalStore};
+use eventonce_core::backend::check_arguments;
+use eventonce_core::{Claim, StoreError, TransactionalStore};
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
 use crate::error::is_conflict;

@@ -2,9 +2,8 @@
 //! usage.
 
 use async_trait::async_trait;
-use eventonce_core::{
-    check_arguments, AdminStore, ListedRecord, Record, RecordPage, RecordState, StoreError,
-};
+use eventonce_core::backend::check_arguments;
+use eventonce_core::{AdminStore, ListedRecord, Record, RecordPage, RecordState, StoreError};
 
 use crate::connection::{Conn, RedisStore};
 use crate::record::record_of;

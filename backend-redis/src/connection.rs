@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventonce_core::{redact_url, StoreError};
+use eventonce_core::backend::redact_url;
+use eventonce_core::StoreError;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;

@@ -31,4 +31,4 @@ mod scripts;
 mod store;
 
 pub use connection::{ExistingConnection, RedisOptions, RedisStore, DEFAULT_TIMEOUT};
-pub use eventonce_core::redact_url;
+pub use eventonce_core::backend::redact_url;

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventonce_core::{
-    check_arguments, check_batch, check_complete_then_claim, check_completions, Claim, Completion,
-    IdempotencyStore, Record, StoreError,
+use eventonce_core::backend::{
+    check_arguments, check_batch, check_complete_then_claim, check_completions,
 };
+use eventonce_core::{Claim, Completion, IdempotencyStore, Record, StoreError};
 use futures_util::future::join_all;
 use redis::Script;
 

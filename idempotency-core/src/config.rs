@@ -1,77 +1,25 @@
 //! Configuration: service namespace, TTL per event type, lease, failure mode.
 //!
 //! Built once through [`IdempotencyConfig::builder`], validated by
-//! [`ConfigBuilder::build`], immutable afterwards.
+//! [`ConfigBuilder::build`], immutable afterwards. [`defaults`] holds the values a builder
+//! starts from (the TTL tiers among them) and the limits `build()` checks.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::store::MAX_TTL;
+pub mod defaults;
 
+use self::defaults::{
+    DEFAULT_BATCH_CONCURRENCY, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD,
+    DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT,
+    DEFAULT_TTL, MAX_TTL, MAX_WAIT,
+};
 use crate::envelope::EventEnvelope;
 use crate::error::{ConfigError, IdentityError};
 use crate::key;
 use crate::scheme::KeyScheme;
-
-/// The TTL of an event type without an entry of its own: 24 hours.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
-/// The default key prefix, the same as the Python "idempotency v2" decorator's.
-pub const DEFAULT_KEY_PREFIX: &str = "huleedu:idempotency:v2";
-/// The default claim lease: how long a claim lives without a heartbeat (5 minutes).
-pub const DEFAULT_PROCESSING_TTL: Duration = Duration::from_secs(300);
-/// The default time limit of one store operation.
-pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Consecutive store failures that open the circuit breaker (a timeout opens it at once).
-pub const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
-/// How long an open circuit breaker answers at once before it probes the store again.
-pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
-/// The longest store timeout, in-progress wait and circuit breaker cooldown `build()`
-/// accepts (one hour). TTLs and the lease may be up to [`MAX_TTL`](crate::MAX_TTL).
-pub const MAX_WAIT: Duration = Duration::from_secs(3_600);
-
-/// TTL tier for quick, high-volume events: 1 hour.
-pub const TTL_QUICK: Duration = Duration::from_secs(3_600);
-/// TTL tier for batch coordination events: 12 hours.
-pub const TTL_BATCH: Duration = Duration::from_secs(43_200);
-/// TTL tier for assessment and command events: 24 hours.
-pub const TTL_ASSESSMENT: Duration = Duration::from_secs(86_400);
-/// TTL tier for long-lived aggregation events: 72 hours.
-pub const TTL_AGGREGATION: Duration = Duration::from_secs(259_200);
-
-/// How many handlers of one batch run at once by default ([`ConfigBuilder::batch_concurrency`]).
-pub const DEFAULT_BATCH_CONCURRENCY: usize = 32;
-
-/// The pre-configured per-event-type TTLs a builder starts from (the tiers of the Python
-/// "idempotency v2" decorator).
-pub const DEFAULT_EVENT_TYPE_TTLS: &[(&str, Duration)] = &[
-    ("huleedu.essay.spellcheck.requested.v1", TTL_QUICK),
-    ("huleedu.essay.spellcheck.completed.v1", TTL_QUICK),
-    ("huleedu.file.essay.content.provisioned.v1", TTL_QUICK),
-    ("huleedu.file.essay.validation.failed.v1", TTL_QUICK),
-    ("huleedu.batch.essays.registered.v1", TTL_BATCH),
-    ("huleedu.els.batch.essays.ready.v1", TTL_BATCH),
-    ("huleedu.els.batch.phase.outcome.v1", TTL_BATCH),
-    ("huleedu.cj_assessment.completed.v1", TTL_ASSESSMENT),
-    (
-        "huleedu.batch.cj_assessment.initiate.command.v1",
-        TTL_ASSESSMENT,
-    ),
-    (
-        "huleedu.batch.spellcheck.initiate.command.v1",
-        TTL_ASSESSMENT,
-    ),
-    (
-        "huleedu.result_aggregator.batch.completed.v1",
-        TTL_AGGREGATION,
-    ),
-    (
-        "huleedu.result_aggregator.class.summary.updated.v1",
-        TTL_AGGREGATION,
-    ),
-];
 
 /// What the guard does when the store fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -450,7 +398,7 @@ impl ConfigBuilder {
     /// Rejects an empty service name or one holding `:`, whitespace, a glob or hash-tag
     /// character (`*?[]{}\`), a control or non-ASCII character; an empty key prefix or one
     /// holding such characters (`:` is allowed there); any TTL, lease or timeout under one
-    /// millisecond; a TTL or lease over [`MAX_TTL`](crate::MAX_TTL) (ten years); a store
+    /// millisecond; a TTL or lease over [`MAX_TTL`] (ten years); a store
     /// timeout, in-progress wait or breaker cooldown over [`MAX_WAIT`] (one hour); a
     /// deferred completion delay over half the lease; an empty event type.
     ///

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+/// The guard's timers use it too, by this path.
+pub(crate) use crate::backend::saturating_deadline;
+use crate::backend::{check_complete_then_claim, check_many};
 use crate::error::StoreError;
 
 /// What [`IdempotencyStore::try_claim`] found.
@@ -196,54 +199,6 @@ pub struct Completion {
     pub ttl: Duration,
 }
 
-/// Checks the arguments of a batch call on `keys`: each as [`check_arguments`] does, and
-/// that they are distinct ([`check_many`]).
-pub fn check_batch(keys: &[String], owner: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
-    for key in keys {
-        check_arguments(key, owner, ttl)?;
-    }
-    check_many(keys.iter().map(String::as_str))
-}
-
-/// Checks the completions of a batch call: each as [`check_arguments`] does, and that
-/// their keys are distinct ([`check_many`]).
-pub fn check_completions(completions: &[Completion]) -> Result<(), StoreError> {
-    for c in completions {
-        check_arguments(&c.key, &c.owner, Some(c.ttl))?;
-    }
-    check_many(completions.iter().map(|c| c.key.as_str()))
-}
-
-/// Checks the arguments of [`IdempotencyStore::complete_then_claim`]: the claim as
-/// [`check_arguments`] does, the completions as [`check_completions`] does, and that the
-/// claimed key is not one of theirs.
-pub fn check_complete_then_claim(
-    completions: &[Completion],
-    key: &str,
-    owner: &str,
-    lease: Duration,
-) -> Result<(), StoreError> {
-    check_arguments(key, owner, Some(lease))?;
-    check_completions(completions)?;
-    check_many(completions.iter().map(|c| c.key.as_str()).chain([key]))
-}
-
-/// Checks that the keys of a batch call are distinct: a key twice in one call has no
-/// well-defined answer (and one SQL statement cannot touch a row twice). Backends call it
-/// first so that they all reject the same input the same way.
-pub fn check_many<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<(), StoreError> {
-    // Sorting beats hashing here: keys are long, batches small, and no hasher is needed.
-    let mut sorted: Vec<&str> = keys.into_iter().collect();
-    sorted.sort_unstable();
-    match sorted.windows(2).find(|w| w[0] == w[1]) {
-        Some(twice) => Err(StoreError::InvalidArgument(format!(
-            "key {:?} appears twice in one batch",
-            twice[0]
-        ))),
-        None => Ok(()),
-    }
-}
-
 #[async_trait]
 impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
     async fn try_claim(
@@ -312,44 +267,6 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
     fn backend_name(&self) -> &'static str {
         (**self).backend_name()
     }
-}
-
-/// The longest TTL or lease a store accepts (ten years): every backend can represent it
-/// (Redis `PX`, a PostgreSQL interval, an in-process `Instant`), and no record needs more.
-pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
-
-/// `now + duration`, or the latest representable instant not before it: never panics.
-pub fn saturating_deadline(now: tokio::time::Instant, duration: Duration) -> tokio::time::Instant {
-    now.checked_add(duration)
-        .or_else(|| now.checked_add(MAX_TTL))
-        .unwrap_or(now)
-}
-
-/// Checks the arguments every store receives; backends call it first so that they reject
-/// the same inputs the same way.
-pub fn check_arguments(key: &str, owner: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
-    if key.is_empty() {
-        return Err(StoreError::InvalidArgument("key must not be empty".into()));
-    }
-    if owner.is_empty() {
-        return Err(StoreError::InvalidArgument(
-            "owner must not be empty".into(),
-        ));
-    }
-    if let Some(ttl) = ttl {
-        if ttl < Duration::from_millis(1) {
-            return Err(StoreError::InvalidArgument(format!(
-                "ttl must be at least one millisecond, got {ttl:?}"
-            )));
-        }
-        if ttl > MAX_TTL {
-            return Err(StoreError::InvalidArgument(format!(
-                "ttl must be at most {} days, got {ttl:?}",
-                MAX_TTL.as_secs() / 86_400
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// A store that can keep its record in the handler's own database transaction, so that

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use eventonce_core::{EventEnvelope, Guard, IdempotencyConfig};
-use eventonce_kafka::demo::create_topic;
+use eventonce_kafka::create_topic;
 use eventonce_kafka::{consumer_config, envelope_from_message, Delivery, KafkaGuard};
 use eventonce_redis::RedisStore;
 use rdkafka::config::ClientConfig;

@@ -31,15 +31,16 @@
 //! # }
 //! ```
 //!
-//! See [`KafkaGuard`] for how offsets and the guard interact, [`envelope_from_message`]
-//! for the headers, and [`demo`] for the whole flow against a broker.
+//! See [`KafkaGuard`] for how offsets and the guard interact, and [`envelope_from_message`]
+//! for the headers. `eventonce demo --kafka BOOTSTRAP` (the `eventonce-cli` crate) runs the
+//! whole flow against a broker.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod consumer;
-pub mod demo;
 mod message;
 mod plan;
+mod topic;
 
 pub use consumer::{commit_past, consumer_config, Delivery, KafkaGuard, KafkaGuardOptions, Retry};
 pub use message::{
@@ -48,3 +49,4 @@ pub use message::{
 };
 /// Re-exported so that a consumer needs no separate dependency on the same version.
 pub use rdkafka;
+pub use topic::{create_topic, TopicError};

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventonce_core::{Guard, IdempotencyConfig, IdempotencyStore, Outcome};
-use eventonce_kafka::demo::create_topic;
+use eventonce_kafka::create_topic;
 use eventonce_kafka::{
     commit_past, consumer_config, Delivery, KafkaGuard, KafkaGuardOptions, MessageError, Retry,
 };
@@ -460,44 +460,6 @@ async fn messages_that_cannot_be_identified_are_returned_and_not_committed() {
     );
     assert_eq!(errors.len(), 3);
     assert_eq!(ran, 1, "only the good event reached its handler");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_reports_every_side_effect_once() {
-    let report = eventonce_kafka::demo::run(
-        &support::bootstrap(),
-        eventonce_kafka::demo::DemoOptions {
-            events: 100,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("demo");
-    println!("{report}");
-    assert!(report.is_exactly_once(), "{report}");
-    assert_eq!(report.events, 100);
-    assert_eq!(report.duplicates_sent, 20);
-    assert_eq!(report.messages_sent, 120);
-    assert_eq!(report.processed, 100);
-    assert_eq!(report.duplicates_skipped, 20);
-    assert_eq!(report.handler_failures, 10);
-    // The demo deleted its topic.
-    let client: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", support::bootstrap())
-        .create()
-        .expect("client");
-    let metadata = client
-        .fetch_metadata(None, Duration::from_secs(10))
-        .expect("metadata");
-    let topics: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
-    assert!(
-        !topics.contains(&report.topic.as_str()),
-        "{} still listed: {topics:?}",
-        report.topic
-    );
-    let text = report.to_string();
-    assert!(text.contains("| duplicates skipped"), "{text}");
-    assert!(text.contains("exactly once"), "{text}");
 }
 
 /// The batch form: messages consumed in batches of up to 100 go through

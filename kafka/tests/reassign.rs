@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventonce_core::{Guard, IdempotencyConfig, Outcome};
-use eventonce_kafka::demo::create_topic;
+use eventonce_kafka::create_topic;
 use eventonce_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use eventonce_kafka::rdkafka::message::{Message, OwnedMessage};
 use eventonce_kafka::rdkafka::{Offset, TopicPartitionList};

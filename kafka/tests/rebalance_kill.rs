@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use eventonce_core::{Guard, IdempotencyConfig, Outcome};
-use eventonce_kafka::demo::create_topic;
+use eventonce_kafka::create_topic;
 use eventonce_kafka::rdkafka::client::ClientContext;
 use eventonce_kafka::rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer,

@@ -291,7 +291,7 @@ pub async fn invalid_arguments_are_refused(f: &impl StoreFactory) {
     assert_eq!(record(&s, &key).await, None);
 
     // Durations no store can represent are refused, never written nor a panic.
-    let too_long = crate::MAX_TTL + Duration::from_millis(1);
+    let too_long = crate::config::defaults::MAX_TTL + Duration::from_millis(1);
     for lease in [too_long, Duration::MAX] {
         assert!(invalid(s.try_claim(&key, "a", lease).await.map(|_| ())));
         let keys = [key.clone()];
@@ -323,7 +323,9 @@ pub async fn invalid_arguments_are_refused(f: &impl StoreFactory) {
         Some(RecordState::Processing)
     );
     assert_eq!(
-        s.complete(&key, "a", crate::MAX_TTL).await.ok(),
+        s.complete(&key, "a", crate::config::defaults::MAX_TTL)
+            .await
+            .ok(),
         Some(true),
         "the longest TTL allowed is written"
     );

@@ -197,20 +197,26 @@ async fn keys_lists_state_owner_age_and_ttl_and_filters_by_service_type_and_stat
     assert!(ttl > 3_500_000 && ttl <= 3_600_000, "{ttl}");
     assert!(entry["age_ms"].as_u64().expect("age") < 60_000);
 
-    let billing = on_redis("keys", &prefix, &["--service", "billing", "--json"], "");
+    the_filters_narrow_the_listing(&prefix, &claimed, &billing_b);
+    the_table_shows_the_limit_and_says_more_are_left_out(&prefix);
+}
+
+/// `keys` by service, event type and state, alone and together.
+fn the_filters_narrow_the_listing(prefix: &str, claimed: &str, billing_b: &str) {
+    let billing = on_redis("keys", prefix, &["--service", "billing", "--json"], "");
     assert_eq!(keys_in(&billing).len(), 3);
     let created = on_redis(
         "keys",
-        &prefix,
+        prefix,
         &["--event-type", "orders.created.v1", "--json"],
         "",
     );
     assert_eq!(keys_in(&created).len(), 3);
-    let processing = on_redis("keys", &prefix, &["--state", "processing", "--json"], "");
-    assert_eq!(keys_in(&processing), vec![claimed.clone()]);
+    let processing = on_redis("keys", prefix, &["--state", "processing", "--json"], "");
+    assert_eq!(keys_in(&processing), vec![claimed.to_owned()]);
     let one = on_redis(
         "keys",
-        &prefix,
+        prefix,
         &[
             "--service",
             "billing",
@@ -222,9 +228,12 @@ async fn keys_lists_state_owner_age_and_ttl_and_filters_by_service_type_and_stat
         ],
         "",
     );
-    assert_eq!(keys_in(&one), vec![billing_b.clone()]);
+    assert_eq!(keys_in(&one), vec![billing_b.to_owned()]);
+}
 
-    let table = on_redis("keys", &prefix, &["--limit", "2"], "");
+/// The table form: a header, `--limit` rows and a note that more were left out.
+fn the_table_shows_the_limit_and_says_more_are_left_out(prefix: &str) {
+    let table = on_redis("keys", prefix, &["--limit", "2"], "");
     assert_eq!(table.code, 0, "{}", table.stderr);
     assert!(
         table.stdout.starts_with("| key ")
@@ -319,10 +328,16 @@ async fn show_decodes_a_record_by_key_and_computes_the_key_from_an_event() {
         "the test's TTL is an hour: {ttl}"
     );
 
+    show_from_standard_input_finds_no_record_and_refuses_bad_json(&prefix, &data);
+}
+
+/// `show` with the data on standard input: another event id has no record; data that is
+/// not JSON is refused.
+fn show_from_standard_input_finds_no_record_and_refuses_bad_json(prefix: &str, data: &Value) {
     // The data from standard input, with another event id: no such record.
     let other = on_redis(
         "show",
-        &prefix,
+        prefix,
         &[
             "--service",
             "grader",
@@ -340,7 +355,7 @@ async fn show_decodes_a_record_by_key_and_computes_the_key_from_an_event() {
 
     let bad = on_redis(
         "show",
-        &prefix,
+        prefix,
         &[
             "--service",
             "grader",
@@ -417,40 +432,7 @@ async fn the_python_v2_key_scheme_finds_the_decorators_records() {
     assert_eq!(other.code, 1, "{}{}", other.stdout, other.stderr);
     assert_ne!(other.json()["key"], key.as_str());
 
-    let listed = on_redis(
-        "keys",
-        &prefix,
-        &[
-            "--service",
-            "grader",
-            "--event-type",
-            event_type,
-            "--key-scheme",
-            "python-v2",
-            "--json",
-        ],
-        "",
-    );
-    assert_eq!(keys_in(&listed), vec![key.clone()]);
-    let by_default = on_redis(
-        "keys",
-        &prefix,
-        &["--service", "grader", "--event-type", event_type, "--json"],
-        "",
-    );
-    assert!(keys_in(&by_default).is_empty(), "{}", by_default.stdout);
-
-    let stats = on_redis(
-        "stats",
-        &prefix,
-        &["--json", "--key-scheme", "python-v2"],
-        "",
-    )
-    .json();
-    assert_eq!(
-        stats["groups"][0]["event_type"], "huleedu_cj_assessment_completed_v1",
-        "{stats}"
-    );
+    keys_and_stats_use_the_python_v2_key(&prefix, event_type, &key);
 
     let refused = on_redis(
         "keys",
@@ -470,6 +452,45 @@ async fn the_python_v2_key_scheme_finds_the_decorators_records() {
     let unknown = on_redis("keys", &prefix, &["--key-scheme", "python-v3"], "");
     assert_eq!(unknown.code, 2, "{}", unknown.stderr);
     assert!(unknown.stderr.contains("python-v2"), "{}", unknown.stderr);
+}
+
+/// `keys` and `stats` with `--key-scheme python-v2` find the decorator's record; the
+/// default scheme does not.
+fn keys_and_stats_use_the_python_v2_key(prefix: &str, event_type: &str, key: &str) {
+    let listed = on_redis(
+        "keys",
+        prefix,
+        &[
+            "--service",
+            "grader",
+            "--event-type",
+            event_type,
+            "--key-scheme",
+            "python-v2",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(keys_in(&listed), vec![key.to_owned()]);
+    let by_default = on_redis(
+        "keys",
+        prefix,
+        &["--service", "grader", "--event-type", event_type, "--json"],
+        "",
+    );
+    assert!(keys_in(&by_default).is_empty(), "{}", by_default.stdout);
+
+    let stats = on_redis(
+        "stats",
+        prefix,
+        &["--json", "--key-scheme", "python-v2"],
+        "",
+    )
+    .json();
+    assert_eq!(
+        stats["groups"][0]["event_type"], "huleedu_cj_assessment_completed_v1",
+        "{stats}"
+    );
 }
 
 #[tokio::test]
@@ -824,20 +845,20 @@ fn fake_server(silent: bool) -> u16 {
     port
 }
 
-#[test]
-fn connection_failures_name_the_target_the_cause_and_what_to_check() {
-    let closed = closed_port();
-    let http = fake_server(false);
-    let silent = fake_server(true);
-    let redis_port = redis_url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.split('/').next())
-        .and_then(|p| p.parse::<u16>().ok())
-        .unwrap_or(6379);
-    let pw = "s3cret-pw";
-    // (flag, URL, words the message must hold, whether it must fail fast)
-    let cases: Vec<(&str, String, Vec<String>, bool)> = vec![
+/// A connection failure case: (flag, URL, words the message must hold, whether it must
+/// fail fast).
+type ConnectCase = (&'static str, String, Vec<String>, bool);
+
+/// The PostgreSQL URLs that cannot work: a closed port, a Redis URL, a Redis server, an
+/// HTTP server, a silent server, no URL at all, TLS required.
+fn postgres_cases(
+    closed: u16,
+    http: u16,
+    silent: u16,
+    redis_port: u16,
+    pw: &str,
+) -> Vec<ConnectCase> {
+    vec![
         (
             "--postgres",
             format!("postgres://postgres:{pw}@127.0.0.1:{closed}/test"),
@@ -901,6 +922,13 @@ fn connection_failures_name_the_target_the_cause_and_what_to_check() {
             vec!["sslmode=require".into(), "the URL requires TLS".into()],
             true,
         ),
+    ]
+}
+
+/// The Redis URLs that cannot work: a closed port, an HTTP server, a silent server, no URL
+/// at all, a bad port.
+fn redis_cases(closed: u16, http: u16, silent: u16, pw: &str) -> Vec<ConnectCase> {
+    vec![
         (
             "--redis",
             format!("redis://:{pw}@127.0.0.1:{closed}/0"),
@@ -949,7 +977,54 @@ fn connection_failures_name_the_target_the_cause_and_what_to_check() {
             ],
             true,
         ),
-    ];
+    ]
+}
+
+/// The command failed with exit code 2 and one line on stderr naming every word, never the
+/// password, in time.
+fn check_connection_failure(
+    case: &str,
+    words: &[String],
+    fast: bool,
+    run: &Run,
+    took: Duration,
+    pw: &str,
+) {
+    let shown = format!("{case}: exit {}, {took:?}\n{}", run.code, run.stderr);
+    println!("{shown}");
+    assert_eq!(run.code, 2, "{shown}");
+    assert!(run.stderr.starts_with("error: "), "{shown}");
+    assert_eq!(run.stderr.lines().count(), 1, "one line: {shown}");
+    for word in words {
+        assert!(
+            run.stderr.contains(word.as_str()),
+            "{word:?} missing: {shown}"
+        );
+    }
+    assert!(!run.stderr.contains(pw), "password shown: {shown}");
+    assert!(!run.stderr.contains("0ns"), "{shown}");
+    assert!(!run.stderr.contains("store unavailable"), "{shown}");
+    if fast {
+        assert!(took < Duration::from_secs(2), "not fast: {shown}");
+    } else {
+        assert!(took < Duration::from_secs(6), "{shown}");
+    }
+}
+
+#[test]
+fn connection_failures_name_the_target_the_cause_and_what_to_check() {
+    let closed = closed_port();
+    let http = fake_server(false);
+    let silent = fake_server(true);
+    let redis_port = redis_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(6379);
+    let pw = "s3cret-pw";
+    let mut cases = postgres_cases(closed, http, silent, redis_port, pw);
+    cases.extend(redis_cases(closed, http, silent, pw));
     // All at once: the silent ports take their 3 s each.
     let runs: Vec<_> = cases
         .into_iter()
@@ -963,25 +1038,7 @@ fn connection_failures_name_the_target_the_cause_and_what_to_check() {
         .collect();
     for handle in runs {
         let (flag, url, words, fast, run, took) = handle.join().expect("case");
-        let shown = format!("{flag} {url}: exit {}, {took:?}\n{}", run.code, run.stderr);
-        println!("{shown}");
-        assert_eq!(run.code, 2, "{shown}");
-        assert!(run.stderr.starts_with("error: "), "{shown}");
-        assert_eq!(run.stderr.lines().count(), 1, "one line: {shown}");
-        for word in &words {
-            assert!(
-                run.stderr.contains(word.as_str()),
-                "{word:?} missing: {shown}"
-            );
-        }
-        assert!(!run.stderr.contains(pw), "password shown: {shown}");
-        assert!(!run.stderr.contains("0ns"), "{shown}");
-        assert!(!run.stderr.contains("store unavailable"), "{shown}");
-        if fast {
-            assert!(took < Duration::from_secs(2), "not fast: {shown}");
-        } else {
-            assert!(took < Duration::from_secs(6), "{shown}");
-        }
+        check_connection_failure(&format!("{flag} {url}"), &words, fast, &run, took, pw);
     }
 }
 

@@ -16,7 +16,7 @@ fn bootstrap() -> String {
         !ci,
         "KAFKA_BOOTSTRAP is not set: this test needs the broker `make test` starts"
     );
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
     let out = Command::new("bash")
         .arg(&script)
         .arg("start")

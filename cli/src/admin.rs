@@ -574,14 +574,40 @@ pub async fn stats(args: StatsArgs) -> ExitCode {
         Err(err) => return fail(err),
     };
     let store = connected.store.as_ref();
-    let prefix = args.store.prefix.as_str();
-    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+    let groups = match count_groups(store, &args, &scope).await {
+        Ok(groups) => groups,
+        Err(err) => return fail(err),
+    };
+    let totals = Totals::of(&groups);
+    let report = StatsReport {
+        args: &args,
+        backend: Backend::for_admin(&args.store),
+        target: &connected.target,
+        scope: &scope,
+        measure: store.memory_measure(),
+    };
+    if args.json {
+        report.print_json(&groups, &totals);
+    } else {
+        report.print_table(&groups, &totals);
+    }
+    found(totals.processing + totals.completed > 0)
+}
+
+/// Records per (service, event type), each group's sample measured.
+type Groups = BTreeMap<(String, String), Group>;
+
+/// Lists every record under `scope` into its group, then measures each group's sample.
+async fn count_groups(
+    store: &dyn crate::connect::Store,
+    args: &StatsArgs,
+    scope: &str,
+) -> Result<Groups, StoreError> {
+    let (scheme, prefix) = (args.store.key_scheme, args.store.prefix.as_str());
+    let mut groups = Groups::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = match store.list_page(&scope, cursor.as_deref(), PAGE).await {
-            Ok(page) => page,
-            Err(err) => return fail(err),
-        };
+        let page = store.list_page(scope, cursor.as_deref(), PAGE).await?;
         for r in page.records {
             let name = KeyParts::parse_with(scheme, prefix, &r.key).map_or_else(
                 || ("(other keys)".to_owned(), "-".to_owned()),
@@ -602,24 +628,50 @@ pub async fn stats(args: StatsArgs) -> ExitCode {
         }
     }
     for group in groups.values_mut() {
-        match store.memory_usage(&group.sample).await {
-            Ok(sizes) => {
-                for size in sizes.into_iter().flatten() {
-                    group.sampled_bytes += size;
-                    group.measured += 1;
-                }
-            }
-            Err(err) => return fail(err),
+        for size in store
+            .memory_usage(&group.sample)
+            .await?
+            .into_iter()
+            .flatten()
+        {
+            group.sampled_bytes += size;
+            group.measured += 1;
         }
     }
-    let measure = store.memory_measure();
-    let sum = |f: &dyn Fn(&Group) -> u64| groups.values().map(f).sum::<u64>();
-    let (processing, completed) = (sum(&|g| g.processing), sum(&|g| g.completed));
-    let estimate = sum(&|g| g.estimate().unwrap_or(0));
-    let measured = sum(&|g| g.measured);
-    let backend = Backend::for_admin(&args.store);
+    Ok(groups)
+}
 
-    if args.json {
+/// The sums over every group.
+struct Totals {
+    processing: u64,
+    completed: u64,
+    estimate: u64,
+    measured: u64,
+}
+
+impl Totals {
+    fn of(groups: &Groups) -> Totals {
+        let sum = |f: &dyn Fn(&Group) -> u64| groups.values().map(f).sum::<u64>();
+        Totals {
+            processing: sum(&|g| g.processing),
+            completed: sum(&|g| g.completed),
+            estimate: sum(&|g| g.estimate().unwrap_or(0)),
+            measured: sum(&|g| g.measured),
+        }
+    }
+}
+
+/// What `stats` prints besides the groups.
+struct StatsReport<'a> {
+    args: &'a StatsArgs,
+    backend: Backend,
+    target: &'a str,
+    scope: &'a str,
+    measure: &'static str,
+}
+
+impl StatsReport<'_> {
+    fn print_json(&self, groups: &Groups, totals: &Totals) {
         let items: Vec<Value> = groups
             .iter()
             .map(|((service, event_type), g)| {
@@ -635,70 +687,72 @@ pub async fn stats(args: StatsArgs) -> ExitCode {
             })
             .collect();
         let out = json!({
-            "backend": backend.name(),
-            "target": connected.target,
-            "prefix": prefix,
-            "scope": scope,
+            "backend": self.backend.name(),
+            "target": self.target,
+            "prefix": self.args.store.prefix,
+            "scope": self.scope,
             "memory": {
-                "measure": measure,
+                "measure": self.measure,
                 "sampled": true,
-                "samples_per_group": args.samples,
-                "keys_sampled": measured,
+                "samples_per_group": self.args.samples,
+                "keys_sampled": totals.measured,
             },
             "groups": items,
             "total": {
-                "processing": processing,
-                "completed": completed,
-                "records": processing + completed,
-                "memory_bytes_estimate": estimate,
+                "processing": totals.processing,
+                "completed": totals.completed,
+                "records": totals.processing + totals.completed,
+                "memory_bytes_estimate": totals.estimate,
             },
         });
         println!("{out}");
-        return found(processing + completed > 0);
     }
-    println!(
-        "eventonce stats: {} {}, keys under {scope}",
-        backend.name(),
-        connected.target
-    );
-    println!();
-    let mut rows: Vec<Vec<String>> = groups
-        .iter()
-        .map(|((service, event_type), g)| {
-            vec![
-                service.clone(),
-                event_type.clone(),
-                g.processing.to_string(),
-                g.completed.to_string(),
-                g.estimate().map_or_else(|| "-".to_owned(), bytes),
-            ]
-        })
-        .collect();
-    rows.push(vec![
-        "total".into(),
-        String::new(),
-        processing.to_string(),
-        completed.to_string(),
-        bytes(estimate),
-    ]);
-    table(
-        &[
-            "service",
-            "event type",
-            "processing",
-            "completed",
-            "memory (est.)",
-        ],
-        &rows,
-        2,
-    );
-    println!();
-    println!(
-        "memory is sampled: {measure} of up to {} keys per service and event type ({measured} keys measured), \
-         averaged and multiplied by the group's count",
-        args.samples
-    );
-    found(processing + completed > 0)
+
+    fn print_table(&self, groups: &Groups, totals: &Totals) {
+        println!(
+            "eventonce stats: {} {}, keys under {}",
+            self.backend.name(),
+            self.target,
+            self.scope
+        );
+        println!();
+        let mut rows: Vec<Vec<String>> = groups
+            .iter()
+            .map(|((service, event_type), g)| {
+                vec![
+                    service.clone(),
+                    event_type.clone(),
+                    g.processing.to_string(),
+                    g.completed.to_string(),
+                    g.estimate().map_or_else(|| "-".to_owned(), bytes),
+                ]
+            })
+            .collect();
+        rows.push(vec![
+            "total".into(),
+            String::new(),
+            totals.processing.to_string(),
+            totals.completed.to_string(),
+            bytes(totals.estimate),
+        ]);
+        table(
+            &[
+                "service",
+                "event type",
+                "processing",
+                "completed",
+                "memory (est.)",
+            ],
+            &rows,
+            2,
+        );
+        println!();
+        println!(
+            "memory is sampled: {} of up to {} keys per service and event type ({} keys measured), \
+             averaged and multiplied by the group's count",
+            self.measure, self.args.samples, totals.measured
+        );
+    }
 }
 
 #[cfg(test)]

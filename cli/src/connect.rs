@@ -24,7 +24,7 @@ pub struct StoreArgs {
     #[arg(long, value_name = "NAME", default_value = "eventonce_records")]
     pub pg_table: String,
     /// Key prefix of the records.
-    #[arg(long, value_name = "PREFIX", default_value = eventonce::DEFAULT_KEY_PREFIX)]
+    #[arg(long, value_name = "PREFIX", default_value = eventonce::config::defaults::DEFAULT_KEY_PREFIX)]
     pub prefix: String,
     /// How the consumers compute keys: `eventonce` (the default) or `python-v2` (the Python
     /// "idempotency v2" decorator's keys, as `KeyScheme::PythonV2`).
@@ -137,7 +137,7 @@ async fn redis(url: &str) -> Result<Connected, String> {
 async fn redis(_url: &str) -> Result<Connected, String> {
     Err(concat!(
         "this eventonce binary was built without the `redis` feature; ",
-        "reinstall it with the feature: `cargo install --path . --features full` in a clone of the repository, or `cargo install --git https://github.com/eventonce/eventonce eventonce --features full`"
+        "reinstall it with the feature: `cargo install --path cli --features full` in a clone of the repository, or `cargo install --git https://github.com/eventonce/eventonce eventonce-cli --features full`"
     )
     .into())
 }
@@ -176,7 +176,7 @@ async fn postgres(
 ) -> Result<Connected, String> {
     Err(concat!(
         "this eventonce binary was built without the `postgres` feature; ",
-        "reinstall it with the feature: `cargo install --path . --features full` in a clone of the repository, or `cargo install --git https://github.com/eventonce/eventonce eventonce --features full`"
+        "reinstall it with the feature: `cargo install --path cli --features full` in a clone of the repository, or `cargo install --git https://github.com/eventonce/eventonce eventonce-cli --features full`"
     )
     .into())
 }

@@ -2,37 +2,28 @@
 //! share of them sent twice, one consumer in a fresh group running each message through
 //! [`KafkaGuard`] on the in-memory store, a handler that fails once on some events, and a
 //! report of what happened. `eventonce demo --kafka BOOTSTRAP` prints that report.
-//!
-//! ```no_run
-//! # async fn run() -> Result<(), eventonce_kafka::demo::DemoError> {
-//! let report = eventonce_kafka::demo::run("127.0.0.1:9092", Default::default()).await?;
-//! println!("{report}");
-//! assert!(report.is_exactly_once());
-//! # Ok(())
-//! # }
-//! ```
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use eventonce_core::{ConfigError, EventEnvelope, Guard, IdempotencyConfig, Outcome};
-use eventonce_memory::MemoryStore;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
+use eventonce::kafka::rdkafka::admin::{AdminClient, AdminOptions};
+use eventonce::kafka::rdkafka::client::DefaultClientContext;
+use eventonce::kafka::rdkafka::config::ClientConfig;
+use eventonce::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use eventonce::kafka::rdkafka::error::KafkaError;
+use eventonce::kafka::rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use eventonce::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use eventonce::kafka::{
+    consumer_config, create_topic, Delivery, KafkaGuard, KafkaGuardOptions, MessageError, Retry,
+    TopicError, EVENT_ID_HEADER, EVENT_TYPE_HEADER,
+};
+use eventonce::{ConfigError, EventEnvelope, Guard, IdempotencyConfig, MemoryStore, Outcome};
 use serde_json::json;
-
-use crate::{consumer_config, Delivery, KafkaGuard, KafkaGuardOptions, MessageError, Retry};
 
 /// What the demo does.
 #[derive(Debug, Clone)]
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     /// Distinct events. Default 200.
     pub events: u32,
     /// Every `resend_every`-th event is sent a second time (the same envelope, once with
@@ -63,18 +54,13 @@ impl Default for DemoOptions {
 
 /// Why the demo could not finish.
 #[derive(Debug, thiserror::Error)]
-pub enum DemoError {
+pub(crate) enum DemoError {
     /// The broker refused or could not be reached.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     /// The topic could not be created.
-    #[error("creating topic {topic}: {code}")]
-    CreateTopic {
-        /// The topic.
-        topic: String,
-        /// The broker's answer.
-        code: RDKafkaErrorCode,
-    },
+    #[error(transparent)]
+    Topic(#[from] TopicError),
     /// The guard's configuration was refused (a bug of the demo).
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
@@ -95,7 +81,7 @@ pub enum DemoError {
 
 /// What the demo saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     /// The broker.
     pub bootstrap: String,
     /// The demo topic.
@@ -130,7 +116,7 @@ pub struct Report {
 
 impl Report {
     /// Whether every event's side effect happened exactly once.
-    pub fn is_exactly_once(&self) -> bool {
+    pub(crate) fn is_exactly_once(&self) -> bool {
         self.effects_once == self.events && self.effects_twice == 0 && self.effects_missing == 0
     }
 }
@@ -177,22 +163,6 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// Creates `topic` with `partitions` partitions and replication factor 1, through the
-/// admin API. An existing topic is an error.
-pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), DemoError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics([&new], &options).await? {
-        if let Err((topic, code)) = result {
-            return Err(DemoError::CreateTopic { topic, code });
-        }
-    }
-    Ok(())
-}
-
 async fn delete_topic(bootstrap: &str, topic: &str) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -216,7 +186,7 @@ fn unique(prefix: &str) -> String {
 /// [`KafkaGuard`] on a [`MemoryStore`], with a handler that fails on its first run for
 /// every `fail_every`-th event, and counts each event's side effect. Deletes the topic at
 /// the end unless told not to.
-pub async fn run(bootstrap: &str, options: DemoOptions) -> Result<Report, DemoError> {
+pub(crate) async fn run(bootstrap: &str, options: DemoOptions) -> Result<Report, DemoError> {
     let topic = unique("eventonce-demo");
     create_topic(bootstrap, &topic, options.partitions.max(1)).await?;
     let result = run_on(bootstrap, &topic, &options).await;
@@ -228,14 +198,18 @@ pub async fn run(bootstrap: &str, options: DemoOptions) -> Result<Report, DemoEr
     result
 }
 
-async fn run_on(bootstrap: &str, topic: &str, options: &DemoOptions) -> Result<Report, DemoError> {
-    let started = Instant::now();
+/// The producer's side: every event once, every `resend_every`-th a second time (then with
+/// its id and type in headers too). Returns the messages sent and the second copies.
+async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    options: &DemoOptions,
+) -> Result<(u64, u64), DemoError> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("message.timeout.ms", "30000")
         .create()?;
     let resend_every = options.resend_every.max(1);
-    let fail_every = options.fail_every;
     let mut sent = 0u64;
     let mut duplicates_sent = 0u64;
     for i in 0..options.events {
@@ -254,11 +228,11 @@ async fn run_on(bootstrap: &str, topic: &str, options: &DemoOptions) -> Result<R
             // The same event again, this time with its id and type in headers too.
             let headers = OwnedHeaders::new()
                 .insert(Header {
-                    key: crate::EVENT_ID_HEADER,
+                    key: EVENT_ID_HEADER,
                     value: envelope.event_id.as_deref(),
                 })
                 .insert(Header {
-                    key: crate::EVENT_TYPE_HEADER,
+                    key: EVENT_TYPE_HEADER,
                     value: Some(envelope.event_type.as_str()),
                 });
             let record = FutureRecord::to(topic)
@@ -273,7 +247,90 @@ async fn run_on(bootstrap: &str, topic: &str, options: &DemoOptions) -> Result<R
             duplicates_sent += 1;
         }
     }
+    Ok((sent, duplicates_sent))
+}
 
+/// The handler's side effects: runs and applications per order.
+#[derive(Default)]
+struct Effects {
+    applied: Mutex<HashMap<u64, u64>>,
+    attempts: Mutex<HashMap<u64, u64>>,
+}
+
+impl Effects {
+    /// The demo's handler: fails on the first run of every `fail_every`-th order, else
+    /// applies the order's effect.
+    fn handle(&self, event: &EventEnvelope, fail_every: u32) -> Result<(), String> {
+        let order = event.data["order"].as_u64().unwrap_or(u64::MAX);
+        let attempt = {
+            let mut a = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+            let n = a.entry(order).or_default();
+            *n += 1;
+            *n
+        };
+        if fail_every > 0
+            && order % u64::from(fail_every) == 3 % u64::from(fail_every)
+            && attempt == 1
+        {
+            return Err(format!("order {order}: first attempt fails"));
+        }
+        *self
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(order)
+            .or_default() += 1;
+        Ok(())
+    }
+}
+
+/// What the consumer counted.
+#[derive(Default)]
+struct Counts {
+    finished: u64,
+    processed: u64,
+    duplicates: u64,
+    failures: u64,
+    in_progress: u64,
+    commit_failures: u64,
+}
+
+impl Counts {
+    /// Counts one delivery's result.
+    fn count(&mut self, delivery: Delivery<(), String>) {
+        let outcome = match delivery {
+            Delivery::Committed(outcome) => outcome,
+            Delivery::CommitFailed { outcome, .. } => {
+                self.commit_failures += 1;
+                outcome
+            }
+            Delivery::Redeliver(Retry::Handler(_)) => {
+                self.failures += 1;
+                return;
+            }
+            Delivery::Redeliver(Retry::InProgress) => {
+                self.in_progress += 1;
+                return;
+            }
+            Delivery::Redeliver(_) => return,
+        };
+        self.finished += 1;
+        match outcome {
+            Outcome::Processed(()) | Outcome::Unprotected(()) => self.processed += 1,
+            Outcome::Duplicate => self.duplicates += 1,
+        }
+    }
+}
+
+/// A consumer in a fresh group running every message through a [`KafkaGuard`] on a
+/// [`MemoryStore`] until `sent` messages have a final outcome or the deadline passes.
+async fn consume(
+    bootstrap: &str,
+    topic: &str,
+    options: &DemoOptions,
+    sent: u64,
+    started: Instant,
+) -> Result<(Counts, Effects), DemoError> {
     let consumer: StreamConsumer = consumer_config(bootstrap, &unique("eventonce-demo-group"))
         .set("session.timeout.ms", "10000")
         .create()?;
@@ -288,19 +345,16 @@ async fn run_on(bootstrap: &str, topic: &str, options: &DemoOptions) -> Result<R
             ..KafkaGuardOptions::default()
         },
     );
-    let effects: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
-    let attempts: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
-    let (mut finished, mut processed, mut duplicates, mut failures, mut in_progress) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut commit_failures = 0u64;
+    let effects = Effects::default();
+    let mut counts = Counts::default();
     let deadline = started + options.timeout;
-    while finished < sent {
+    while counts.finished < sent {
         let left = deadline.saturating_duration_since(Instant::now());
-        let message = match tokio::time::timeout(left, consumer.recv()).await {
+        let message: BorrowedMessage<'_> = match tokio::time::timeout(left, consumer.recv()).await {
             Ok(m) => m?,
             Err(_) => {
                 return Err(DemoError::Timeout {
-                    finished,
+                    finished: counts.finished,
                     sent,
                     elapsed: started.elapsed(),
                 })
@@ -308,55 +362,25 @@ async fn run_on(bootstrap: &str, topic: &str, options: &DemoOptions) -> Result<R
         };
         let delivery = kafka
             .process(&consumer, &message, |event| {
-                let effects = Arc::clone(&effects);
-                let attempts = Arc::clone(&attempts);
-                async move {
-                    let order = event.data["order"].as_u64().unwrap_or(u64::MAX);
-                    let attempt = {
-                        let mut a = attempts.lock().unwrap_or_else(|p| p.into_inner());
-                        let n = a.entry(order).or_default();
-                        *n += 1;
-                        *n
-                    };
-                    if fail_every > 0
-                        && order % u64::from(fail_every) == 3 % u64::from(fail_every)
-                        && attempt == 1
-                    {
-                        return Err(format!("order {order}: first attempt fails"));
-                    }
-                    *effects
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(order)
-                        .or_default() += 1;
-                    Ok(())
-                }
+                let effects = &effects;
+                async move { effects.handle(&event, options.fail_every) }
             })
             .await?;
-        let outcome = match delivery {
-            Delivery::Committed(outcome) => outcome,
-            Delivery::CommitFailed { outcome, .. } => {
-                commit_failures += 1;
-                outcome
-            }
-            Delivery::Redeliver(Retry::Handler(_)) => {
-                failures += 1;
-                continue;
-            }
-            Delivery::Redeliver(Retry::InProgress) => {
-                in_progress += 1;
-                continue;
-            }
-            Delivery::Redeliver(_) => continue,
-        };
-        finished += 1;
-        match outcome {
-            Outcome::Processed(()) | Outcome::Unprotected(()) => processed += 1,
-            Outcome::Duplicate => duplicates += 1,
-        }
+        counts.count(delivery);
     }
+    Ok((counts, effects))
+}
+
+async fn run_on(bootstrap: &str, topic: &str, options: &DemoOptions) -> Result<Report, DemoError> {
+    let started = Instant::now();
+    let (sent, duplicates_sent) = produce(bootstrap, topic, options).await?;
+    let (counts, effects) = consume(bootstrap, topic, options, sent, started).await?;
     let elapsed = started.elapsed();
-    let effects = effects.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let effects = effects
+        .applied
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let events = u64::from(options.events);
     let effects_once = (0..events).filter(|i| effects.get(i) == Some(&1)).count() as u64;
     let effects_twice = effects.values().filter(|&&n| n > 1).count() as u64;
@@ -368,14 +392,86 @@ async fn run_on(bootstrap: &str, topic: &str, options: &DemoOptions) -> Result<R
         events,
         messages_sent: sent,
         duplicates_sent,
-        processed,
-        duplicates_skipped: duplicates,
-        handler_failures: failures,
-        in_progress,
+        processed: counts.processed,
+        duplicates_skipped: counts.duplicates,
+        handler_failures: counts.failures,
+        in_progress: counts.in_progress,
         effects_once,
         effects_twice,
         effects_missing,
-        commit_failures,
+        commit_failures: counts.commit_failures,
         elapsed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eventonce::kafka::rdkafka::consumer::BaseConsumer;
+
+    /// The broker's address: `KAFKA_BOOTSTRAP` (`make test` starts the broker and sets it);
+    /// unset outside CI, the broker is started with `scripts/kafka.sh start`.
+    fn bootstrap() -> String {
+        if let Some(b) = std::env::var("KAFKA_BOOTSTRAP")
+            .ok()
+            .filter(|b| !b.trim().is_empty())
+        {
+            return b;
+        }
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+        assert!(
+            !ci,
+            "KAFKA_BOOTSTRAP is not set: this test needs the broker `make test` starts"
+        );
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .output()
+            .expect("scripts/kafka.sh start");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
+            .map(str::to_owned)
+            .expect("scripts/kafka.sh start prints KAFKA_BOOTSTRAP=...")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_demo_reports_every_side_effect_once() {
+        let bootstrap = bootstrap();
+        let report = run(
+            &bootstrap,
+            DemoOptions {
+                events: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("demo");
+        println!("{report}");
+        assert!(report.is_exactly_once(), "{report}");
+        assert_eq!(report.events, 100);
+        assert_eq!(report.duplicates_sent, 20);
+        assert_eq!(report.messages_sent, 120);
+        assert_eq!(report.processed, 100);
+        assert_eq!(report.duplicates_skipped, 20);
+        assert_eq!(report.handler_failures, 10);
+        // The demo deleted its topic.
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("client");
+        let metadata = client
+            .fetch_metadata(None, Duration::from_secs(10))
+            .expect("metadata");
+        let topics: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+        assert!(
+            !topics.contains(&report.topic.as_str()),
+            "{} still listed: {topics:?}",
+            report.topic
+        );
+        let text = report.to_string();
+        assert!(text.contains("| duplicates skipped"), "{text}");
+        assert!(text.contains("exactly once"), "{text}");
+    }
 }

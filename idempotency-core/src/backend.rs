@@ -1,0 +1,102 @@
+//! Helpers for store implementations: the argument checks every backend runs first, so
+//! that they all reject the same input the same way, and the small pieces they share.
+//!
+//! ```
+//! use std::time::Duration;
+//! use eventonce_core::backend::{check_arguments, check_many};
+//!
+//! assert!(check_arguments("k", "owner-1", Some(Duration::from_secs(60))).is_ok());
+//! assert!(check_arguments("", "owner-1", None).is_err());
+//! assert!(check_many(["a", "b", "a"]).is_err());
+//! ```
+
+use std::time::Duration;
+
+use crate::config::defaults::MAX_TTL;
+use crate::error::StoreError;
+pub use crate::redact::redact_url;
+use crate::store::Completion;
+#[cfg(doc)]
+use crate::store::IdempotencyStore;
+
+/// `now + duration`, or the latest representable instant not before it: never panics.
+pub fn saturating_deadline(now: tokio::time::Instant, duration: Duration) -> tokio::time::Instant {
+    now.checked_add(duration)
+        .or_else(|| now.checked_add(MAX_TTL))
+        .unwrap_or(now)
+}
+
+/// Checks the arguments every store receives; backends call it first so that they reject
+/// the same inputs the same way.
+pub fn check_arguments(key: &str, owner: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(StoreError::InvalidArgument("key must not be empty".into()));
+    }
+    if owner.is_empty() {
+        return Err(StoreError::InvalidArgument(
+            "owner must not be empty".into(),
+        ));
+    }
+    if let Some(ttl) = ttl {
+        if ttl < Duration::from_millis(1) {
+            return Err(StoreError::InvalidArgument(format!(
+                "ttl must be at least one millisecond, got {ttl:?}"
+            )));
+        }
+        if ttl > MAX_TTL {
+            return Err(StoreError::InvalidArgument(format!(
+                "ttl must be at most {} days, got {ttl:?}",
+                MAX_TTL.as_secs() / 86_400
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the arguments of a batch call on `keys`: each as [`check_arguments`] does, and
+/// that they are distinct ([`check_many`]).
+pub fn check_batch(keys: &[String], owner: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
+    for key in keys {
+        check_arguments(key, owner, ttl)?;
+    }
+    check_many(keys.iter().map(String::as_str))
+}
+
+/// Checks the completions of a batch call: each as [`check_arguments`] does, and that
+/// their keys are distinct ([`check_many`]).
+pub fn check_completions(completions: &[Completion]) -> Result<(), StoreError> {
+    for c in completions {
+        check_arguments(&c.key, &c.owner, Some(c.ttl))?;
+    }
+    check_many(completions.iter().map(|c| c.key.as_str()))
+}
+
+/// Checks the arguments of [`IdempotencyStore::complete_then_claim`]: the claim as
+/// [`check_arguments`] does, the completions as [`check_completions`] does, and that the
+/// claimed key is not one of theirs.
+pub fn check_complete_then_claim(
+    completions: &[Completion],
+    key: &str,
+    owner: &str,
+    lease: Duration,
+) -> Result<(), StoreError> {
+    check_arguments(key, owner, Some(lease))?;
+    check_completions(completions)?;
+    check_many(completions.iter().map(|c| c.key.as_str()).chain([key]))
+}
+
+/// Checks that the keys of a batch call are distinct: a key twice in one call has no
+/// well-defined answer (and one SQL statement cannot touch a row twice). Backends call it
+/// first so that they all reject the same input the same way.
+pub fn check_many<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<(), StoreError> {
+    // Sorting beats hashing here: keys are long, batches small, and no hasher is needed.
+    let mut sorted: Vec<&str> = keys.into_iter().collect();
+    sorted.sort_unstable();
+    match sorted.windows(2).find(|w| w[0] == w[1]) {
+        Some(twice) => Err(StoreError::InvalidArgument(format!(
+            "key {:?} appears twice in one batch",
+            twice[0]
+        ))),
+        None => Ok(()),
+    }
+}
