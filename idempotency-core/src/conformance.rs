@@ -696,7 +696,7 @@ pub async fn guard_releases_on_panic_and_resumes_it(f: &impl StoreFactory) {
 /// promptly instead of leaving it for the lease or the TTL.
 pub async fn guard_releases_when_the_run_future_is_dropped(f: &impl StoreFactory) {
     let service = unique_service("guard-drop");
-    let g = guard(f, config(&service).processing_ttl(LONG)).await;
+    let g = guard(f, config(&service).lease(LONG)).await;
     let e = event(6);
     let key = g.key_for(&e).expect("key");
     let started = Arc::new(tokio::sync::Notify::new());
@@ -758,7 +758,7 @@ pub async fn guard_processes_redelivery_after_a_dead_consumers_lease(f: &impl St
 /// completion still counts.
 pub async fn guard_renews_the_lease_of_a_slow_handler(f: &impl StoreFactory) {
     let service = unique_service("guard-heartbeat");
-    let builder = config(&service).processing_ttl(SHORT);
+    let builder = config(&service).lease(SHORT);
     let g = guard(f, builder.clone()).await;
     let other = guard(f, builder).await;
     let e = event(8);
@@ -1361,11 +1361,7 @@ pub async fn guard_batch_settles_then_resumes_a_panic(f: &impl StoreFactory) {
 /// Dropping a `run_batch` future mid-batch completes the events whose handlers had
 /// succeeded and releases the others.
 pub async fn guard_batch_settles_its_claims_when_dropped(f: &impl StoreFactory) {
-    let g = guard(
-        f,
-        config(&unique_service("batch-drop")).processing_ttl(LONG),
-    )
-    .await;
+    let g = guard(f, config(&unique_service("batch-drop")).lease(LONG)).await;
     let batch: Vec<EventEnvelope> = (400..402).map(event).collect();
     let first_done = Arc::new(tokio::sync::Notify::new());
     let run = g.run_batch(&batch, |e| {
@@ -1454,11 +1450,7 @@ pub async fn guard_batch_applies_the_fail_mode(f: &impl StoreFactory) {
 /// same batch that ended long before (its completion waits for the batch's end): the
 /// batch renews every claim it has not settled.
 pub async fn guard_batch_renews_the_leases_of_slow_handlers(f: &impl StoreFactory) {
-    let g = guard(
-        f,
-        config(&unique_service("batch-heartbeat")).processing_ttl(SHORT),
-    )
-    .await;
+    let g = guard(f, config(&unique_service("batch-heartbeat")).lease(SHORT)).await;
     let other = f.create().await;
     let batch: Vec<EventEnvelope> = (600..602).map(event).collect();
     let keys: Vec<String> = batch.iter().map(|e| g.key_for(e).expect("key")).collect();
@@ -1501,7 +1493,7 @@ pub async fn guard_defers_completion_to_the_next_claim(f: &impl StoreFactory) {
     let g = guard(
         f,
         config(&service)
-            .processing_ttl(Duration::from_secs(7200))
+            .lease(Duration::from_secs(7200))
             .defer_completion(Duration::from_secs(3600)),
     )
     .await;
@@ -1566,7 +1558,7 @@ pub async fn guard_defers_completion_to_the_next_claim(f: &impl StoreFactory) {
     let dropped = guard(
         f,
         config(&service)
-            .processing_ttl(Duration::from_secs(7200))
+            .lease(Duration::from_secs(7200))
             .defer_completion(Duration::from_secs(3600)),
     )
     .await;
@@ -1600,7 +1592,7 @@ pub async fn guard_deferred_completion_lost_in_a_crash_costs_a_rerun(f: &impl St
     let crashed = Guard::new(
         faulty,
         config(&service)
-            .processing_ttl(SHORT)
+            .lease(SHORT)
             .defer_completion(SHORT / 2)
             .build()
             .expect("valid config"),

@@ -279,7 +279,7 @@ async fn run_on(bootstrap: &str, topic: &str, options: &DemoOptions) -> Result<R
         .create()?;
     consumer.subscribe(&[topic])?;
     let config = IdempotencyConfig::builder("eventonce-demo")
-        .processing_ttl(Duration::from_secs(10))
+        .lease(Duration::from_secs(10))
         .build()?;
     let kafka = KafkaGuard::with_options(
         Guard::new(MemoryStore::new(), config),

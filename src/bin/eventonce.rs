@@ -433,7 +433,7 @@ async fn demo(args: DemoArgs) -> ExitCode {
     let lease = Duration::from_millis(args.lease_ms.max(1));
     let backend = args.backend();
     let mut builder = IdempotencyConfig::builder("demo-service")
-        .processing_ttl(lease)
+        .lease(lease)
         .key_prefix(args.prefix.clone())
         .debug_logging(args.log >= tracing_subscriber::filter::LevelFilter::DEBUG);
     if backend != Backend::Memory {
