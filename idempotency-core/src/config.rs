@@ -578,3 +578,20 @@ fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(deprecated)]
+    fn processing_ttl_is_the_lease_under_its_former_name() -> Result<(), ConfigError> {
+        let lease = Duration::from_secs(30);
+        let config = IdempotencyConfig::builder("billing-service")
+            .processing_ttl(lease)
+            .build()?;
+        assert_eq!(config.lease(), lease);
+        assert_eq!(config.processing_ttl(), lease);
+        Ok(())
+    }
+}

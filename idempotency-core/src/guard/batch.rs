@@ -472,21 +472,10 @@ impl Guard {
                     Ok(Outcome::Processed(value))
                 }
                 Some(Ok(Err(error))) => {
-                    let released = released.next().is_some_and(|r| self.released(ctx, r));
-                    self.observe(
-                        ctx,
-                        Decision::HandlerFailed {
-                            error: &error,
-                            released,
-                        },
-                    );
-                    Err(GuardError::Handler(error))
+                    self.released_after(ctx, Ok(error), released.next(), &mut panic)
                 }
                 Some(Err(payload)) => {
-                    let released = released.next().is_some_and(|r| self.released(ctx, r));
-                    self.observe(ctx, Decision::HandlerPanicked { released });
-                    panic.get_or_insert(payload);
-                    Err(GuardError::InProgress)
+                    self.released_after(ctx, Err(payload), released.next(), &mut panic)
                 }
                 // Never started: its claim was found lost first (observed then). It is
                 // another consumer's now; answered in progress, so it is redelivered.
@@ -495,6 +484,36 @@ impl Guard {
             answers[i] = Some(answer);
         }
         panic
+    }
+
+    /// Observes a handler of a batch that failed (`Ok(error)`) or panicked, with the
+    /// store's answer to the release of its claim; the first panic is kept in `panic`, its
+    /// event answered in progress.
+    fn released_after<T, E: std::fmt::Display>(
+        &self,
+        ctx: &Ctx<'_>,
+        failed: Result<E, Panic>,
+        release: Option<Result<bool, StoreError>>,
+        panic: &mut Option<Panic>,
+    ) -> BatchResult<T, E> {
+        let released = release.is_some_and(|r| self.released(ctx, r));
+        match failed {
+            Ok(error) => {
+                self.observe(
+                    ctx,
+                    Decision::HandlerFailed {
+                        error: &error,
+                        released,
+                    },
+                );
+                Err(GuardError::Handler(error))
+            }
+            Err(payload) => {
+                self.observe(ctx, Decision::HandlerPanicked { released });
+                panic.get_or_insert(payload);
+                Err(GuardError::InProgress)
+            }
+        }
     }
 
     /// Sends the completions (attempted even while the breaker is open: the effects have

@@ -12,7 +12,8 @@
 //! - `lease`: the heartbeat that renews a claim while its handler runs;
 //! - `deferred`: completions owed to the store, deferred or waiting for a retry;
 //! - `cancel`: what happens to claims when a run, a batch or the guard is dropped;
-//! - `outcome`: what a run answers, its decisions and the one place that records them.
+//! - `outcome`: what a run answers, its decisions and the one place that records them;
+//! - `stats`: the decision counters.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,10 +33,13 @@ mod deferred;
 mod lease;
 mod outcome;
 mod run;
+mod stats;
 mod transaction;
 
-use outcome::{Counters, Decision, Scope};
-pub use outcome::{GuardStats, Outcome};
+pub use outcome::Outcome;
+use outcome::{Decision, Scope};
+use stats::Counters;
+pub use stats::GuardStats;
 
 /// Runs event handlers at most once per event (per service, within the event type's TTL).
 ///
