@@ -91,7 +91,7 @@ const LEASE: Duration = Duration::from_secs(30);
 
 fn builder() -> eventonce::ConfigBuilder {
     IdempotencyConfig::builder("orders")
-        .processing_ttl(LEASE)
+        .lease(LEASE)
         .store_timeout(Duration::from_millis(200))
         .circuit_breaker(1, Duration::from_secs(1))
 }

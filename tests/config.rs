@@ -18,7 +18,7 @@ fn defaults_match_the_python_v2_decorator() {
     assert_eq!(c.default_ttl(), secs(86_400));
     assert_eq!(c.key_prefix(), "huleedu:idempotency:v2");
     assert!(!c.debug_logging());
-    assert_eq!(c.processing_ttl(), secs(300));
+    assert_eq!(c.lease(), secs(300));
     assert_eq!(c.on_store_error(), FailMode::Open);
     assert_eq!(c.in_progress_wait(), Duration::ZERO);
     assert!(c.store_timeout() < secs(1));
@@ -128,7 +128,7 @@ fn setters_are_reflected_by_getters() {
     let c = IdempotencyConfig::builder("svc")
         .key_prefix("acme:idem")
         .debug_logging(true)
-        .processing_ttl(secs(30))
+        .lease(secs(30))
         .on_store_error(FailMode::Closed)
         .store_timeout(Duration::from_millis(50))
         .in_progress_wait(secs(2))
@@ -136,7 +136,7 @@ fn setters_are_reflected_by_getters() {
         .expect("valid");
     assert_eq!(c.key_prefix(), "acme:idem");
     assert!(c.debug_logging());
-    assert_eq!(c.processing_ttl(), secs(30));
+    assert_eq!(c.lease(), secs(30));
     assert_eq!(c.on_store_error(), FailMode::Closed);
     assert_eq!(c.store_timeout(), Duration::from_millis(50));
     assert_eq!(c.in_progress_wait(), secs(2));
@@ -185,12 +185,8 @@ fn build_rejects_zero_durations() {
     let tiny = Duration::from_micros(999);
     let cases = [
         IdempotencyConfig::builder("svc").default_ttl(zero).build(),
-        IdempotencyConfig::builder("svc")
-            .processing_ttl(zero)
-            .build(),
-        IdempotencyConfig::builder("svc")
-            .processing_ttl(tiny)
-            .build(),
+        IdempotencyConfig::builder("svc").lease(zero).build(),
+        IdempotencyConfig::builder("svc").lease(tiny).build(),
         IdempotencyConfig::builder("svc")
             .store_timeout(zero)
             .build(),
@@ -311,7 +307,7 @@ fn one_ttl_for_every_event_type() {
         .expect("valid");
     assert_eq!(c.ttl_for_event_type("slow.v1"), secs(7200));
     assert_eq!(c.ttl_for_event_type("fast.v1"), secs(60));
-    assert_eq!(c.processing_ttl(), secs(300));
+    assert_eq!(c.lease(), secs(300));
     // The Python backward-compatible function's behaviour (its ttl_seconds reached only
     // types outside the tiers) is `default_ttl` on the ordinary builder.
     let tiers_kept = IdempotencyConfig::builder("svc")
@@ -347,10 +343,7 @@ fn build_rejects_durations_no_store_can_represent_and_names_the_setting() {
     };
     let b = || IdempotencyConfig::builder("svc");
     assert_eq!(too_long(b().default_ttl(Duration::MAX)), "default_ttl");
-    assert_eq!(
-        too_long(b().processing_ttl(Duration::MAX)),
-        "processing_ttl"
-    );
+    assert_eq!(too_long(b().lease(Duration::MAX)), "processing_ttl");
     assert_eq!(too_long(b().store_timeout(Duration::MAX)), "store_timeout");
     assert_eq!(
         too_long(b().in_progress_wait(Duration::MAX)),
@@ -366,7 +359,7 @@ fn build_rejects_durations_no_store_can_represent_and_names_the_setting() {
     );
     // The deferred completion must be written while the lease holds.
     let what = too_long(
-        b().processing_ttl(secs(10))
+        b().lease(secs(10))
             .defer_completion(Duration::from_millis(5001)),
     );
     assert!(what.contains("deferred completion delay"), "{what}");
@@ -380,7 +373,7 @@ fn build_rejects_durations_no_store_can_represent_and_names_the_setting() {
     // The bounds themselves are accepted.
     let config = b()
         .default_ttl(MAX_TTL)
-        .processing_ttl(MAX_TTL)
+        .lease(MAX_TTL)
         .store_timeout(MAX_WAIT)
         .in_progress_wait(MAX_WAIT)
         .circuit_breaker(3, MAX_WAIT)
@@ -398,7 +391,7 @@ async fn the_longest_settings_run_events_without_panicking() {
     use eventonce::{EventEnvelope, Guard, MemoryStore, Outcome};
     let config = IdempotencyConfig::builder("svc")
         .default_ttl(MAX_TTL)
-        .processing_ttl(MAX_TTL)
+        .lease(MAX_TTL)
         .in_progress_wait(MAX_WAIT)
         .circuit_breaker(1, MAX_WAIT)
         .build()

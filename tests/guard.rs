@@ -17,7 +17,7 @@ fn event(n: u32) -> EventEnvelope {
 
 fn config(lease: Duration) -> IdempotencyConfig {
     IdempotencyConfig::builder("orders")
-        .processing_ttl(lease)
+        .lease(lease)
         .store_timeout(Duration::from_secs(30))
         .build()
         .expect("config")

@@ -271,7 +271,7 @@ fn demo_config(
     lease: Duration,
 ) -> Result<IdempotencyConfig, eventonce::ConfigError> {
     let mut builder = IdempotencyConfig::builder("demo-service")
-        .processing_ttl(lease)
+        .lease(lease)
         .key_prefix(args.prefix.clone())
         .debug_logging(args.log >= tracing_subscriber::filter::LevelFilter::DEBUG);
     if *backend != Backend::Memory {

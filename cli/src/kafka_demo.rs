@@ -336,7 +336,7 @@ async fn consume(
         .create()?;
     consumer.subscribe(&[topic])?;
     let config = IdempotencyConfig::builder("eventonce-demo")
-        .processing_ttl(Duration::from_secs(10))
+        .lease(Duration::from_secs(10))
         .build()?;
     let kafka = KafkaGuard::with_options(
         Guard::new(MemoryStore::new(), config),

@@ -61,7 +61,7 @@ struct ConfigInner {
     default_ttl: Duration,
     key_prefix: String,
     debug_logging: bool,
-    processing_ttl: Duration,
+    lease: Duration,
     on_store_error: FailMode,
     store_timeout: Duration,
     in_progress_wait: Duration,
@@ -122,7 +122,7 @@ impl IdempotencyConfig {
             default_ttl: DEFAULT_TTL,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             debug_logging: false,
-            processing_ttl: DEFAULT_PROCESSING_TTL,
+            lease: DEFAULT_PROCESSING_TTL,
             on_store_error: FailMode::Open,
             store_timeout: DEFAULT_STORE_TIMEOUT,
             in_progress_wait: Duration::ZERO,
@@ -161,8 +161,14 @@ impl IdempotencyConfig {
 
     /// The claim lease: a claim not renewed within it expires, so a crashed consumer's event
     /// is processed again after at most this long.
+    pub fn lease(&self) -> Duration {
+        self.inner.lease
+    }
+
+    /// The claim lease, under its former name.
+    #[deprecated(note = "renamed to `lease`, the store trait's word for it")]
     pub fn processing_ttl(&self) -> Duration {
-        self.inner.processing_ttl
+        self.lease()
     }
 
     /// What the guard does when the store fails.
@@ -322,9 +328,15 @@ impl ConfigBuilder {
     }
 
     /// Sets the claim lease (default 300 s). A live handler renews it every third of it.
-    pub fn processing_ttl(mut self, lease: Duration) -> Self {
-        self.0.processing_ttl = lease;
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.0.lease = lease;
         self
+    }
+
+    /// Sets the claim lease, under its former name.
+    #[deprecated(note = "renamed to `lease`, the store trait's word for it")]
+    pub fn processing_ttl(self, lease: Duration) -> Self {
+        self.lease(lease)
     }
 
     /// Sets what happens when the store fails (default [`FailMode::Open`]).
@@ -413,8 +425,8 @@ impl ConfigBuilder {
         validate_prefix(&c.key_prefix)?;
         check_duration("default_ttl", c.default_ttl)?;
         check_at_most("default_ttl", c.default_ttl, MAX_TTL)?;
-        check_duration("processing_ttl", c.processing_ttl)?;
-        check_at_most("processing_ttl", c.processing_ttl, MAX_TTL)?;
+        check_duration("processing_ttl", c.lease)?;
+        check_at_most("processing_ttl", c.lease, MAX_TTL)?;
         check_duration("store_timeout", c.store_timeout)?;
         check_at_most("store_timeout", c.store_timeout, MAX_WAIT)?;
         check_at_most("in_progress_wait", c.in_progress_wait, MAX_WAIT)?;
@@ -427,7 +439,7 @@ impl ConfigBuilder {
             check_at_most(
                 "deferred completion delay (half the processing_ttl)",
                 delay,
-                c.processing_ttl / 2,
+                c.lease / 2,
             )?;
         }
         if c.breaker_threshold > 0 {
@@ -513,4 +525,21 @@ fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
         return Err(invalid("it has an empty ':'-separated segment"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(deprecated)]
+    fn processing_ttl_is_the_lease_under_its_former_name() -> Result<(), ConfigError> {
+        let lease = Duration::from_secs(30);
+        let config = IdempotencyConfig::builder("billing-service")
+            .processing_ttl(lease)
+            .build()?;
+        assert_eq!(config.lease(), lease);
+        assert_eq!(config.processing_ttl(), lease);
+        Ok(())
+    }
 }

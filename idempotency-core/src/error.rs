@@ -35,7 +35,7 @@ pub enum ConfigError {
     /// A duration is zero or shorter than a millisecond (stores count in milliseconds).
     #[error("{what} must be at least one millisecond, got {value:?}")]
     DurationTooShort {
-        /// Which setting: `default_ttl`, `processing_ttl`, `store_timeout`, or
+        /// Which setting: `default_ttl`, `processing_ttl` (the lease), `store_timeout`, or
         /// `ttl of event type "..."`.
         what: String,
         /// The rejected value.

@@ -141,7 +141,7 @@ pub enum Retry<E> {
 /// member after the rebalance); the store already records the event as completed, so the
 /// redelivery is a `Duplicate` and the handler does not run twice. A consumer that dies
 /// in the middle of the handler leaves a claim that expires after the lease
-/// (`processing_ttl`); until then the redelivery sees `InProgress` and is retried with
+/// (`lease`); until then the redelivery sees `InProgress` and is retried with
 /// `in_progress_backoff`, after it the event runs again.
 ///
 /// # Rebalances

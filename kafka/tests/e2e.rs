@@ -225,7 +225,7 @@ async fn two_thousand_events_with_resends_have_each_side_effect_once_on_redis() 
     let config = IdempotencyConfig::builder(service.as_str())
         // Records outlive the test only briefly in the shared Redis.
         .default_ttl(Duration::from_secs(600))
-        .processing_ttl(Duration::from_secs(30))
+        .lease(Duration::from_secs(30))
         .build()
         .expect("config");
     let kafka = KafkaGuard::new(Guard::new(store, config));
@@ -292,7 +292,7 @@ async fn failing_handlers_are_retried_on_redelivery_and_processed_once_on_postgr
     let config = IdempotencyConfig::builder("kafka-e2e-failing")
         // Records outlive the test only briefly in the shared Redis.
         .default_ttl(Duration::from_secs(600))
-        .processing_ttl(Duration::from_secs(30))
+        .lease(Duration::from_secs(30))
         .build()
         .expect("config");
     let guard = Guard::new(store.clone(), config);
@@ -498,7 +498,7 @@ async fn batches_with_resends_and_failures_have_each_side_effect_once() {
     let config = IdempotencyConfig::builder(support::unique("kafka-e2e-batch").as_str())
         // Records outlive the test only briefly in the shared Redis.
         .default_ttl(Duration::from_secs(600))
-        .processing_ttl(Duration::from_secs(30))
+        .lease(Duration::from_secs(30))
         .build()
         .expect("config");
     let kafka = KafkaGuard::with_options(

@@ -80,7 +80,7 @@ async fn child(name: String) {
     let config = IdempotencyConfig::builder(env("EVENTONCE_KAFKA_SERVICE"))
         // Records outlive the test only briefly in the shared Redis.
         .default_ttl(Duration::from_secs(600))
-        .processing_ttl(LEASE)
+        .lease(LEASE)
         .build()
         .expect("config");
     let kafka = KafkaGuard::with_options(

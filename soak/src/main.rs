@@ -469,7 +469,7 @@ async fn worker(args: Args, id: u32) -> Res<bool> {
     let timeout = Duration::from_millis(200);
     let store = connect(&redis, timeout).await?;
     let config = IdempotencyConfig::builder("soak-consumer")
-        .processing_ttl(Duration::from_millis(args.lease_ms))
+        .lease(Duration::from_millis(args.lease_ms))
         .store_timeout(timeout)
         .circuit_breaker(3, Duration::from_millis(300))
         .on_store_error(FailMode::Open)

@@ -19,7 +19,7 @@ where
         let config = eventonce_core::IdempotencyConfig::builder(service)
             .store_timeout(timeout)
             .circuit_breaker(3, cooldown)
-            .processing_ttl(Duration::from_secs(2))
+            .lease(Duration::from_secs(2))
             .on_store_error(mode)
             .build()
             .expect("config");

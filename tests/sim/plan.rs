@@ -16,7 +16,7 @@ const MS: Duration = Duration::from_millis(1);
 /// its chaos can be long; the real stores run on the real clock, so theirs are short.
 #[derive(Clone, Debug)]
 pub struct Params {
-    /// `processing_ttl`.
+    /// `lease`.
     pub lease: Duration,
     pub store_timeout: Duration,
     pub cooldown: Duration,

@@ -447,7 +447,7 @@ impl World {
         let plan = &self.consumers[slot];
         let mut builder = IdempotencyConfig::builder(self.service.clone())
             .default_ttl(Duration::from_secs(86_400))
-            .processing_ttl(self.p.lease)
+            .lease(self.p.lease)
             .store_timeout(self.p.store_timeout)
             .on_store_error(plan.fail_mode)
             .in_progress_wait(plan.in_progress_wait)

@@ -200,7 +200,7 @@ pub async fn guard_releases_on_panic_and_resumes_it(f: &impl StoreFactory) {
 /// promptly instead of leaving it for the lease or the TTL.
 pub async fn guard_releases_when_the_run_future_is_dropped(f: &impl StoreFactory) {
     let service = unique_service("guard-drop");
-    let g = guard(f, config(&service).processing_ttl(LONG)).await;
+    let g = guard(f, config(&service).lease(LONG)).await;
     let e = event(6);
     let key = g.key_for(&e).expect("key");
     let started = Arc::new(tokio::sync::Notify::new());
@@ -262,7 +262,7 @@ pub async fn guard_processes_redelivery_after_a_dead_consumers_lease(f: &impl St
 /// completion still counts.
 pub async fn guard_renews_the_lease_of_a_slow_handler(f: &impl StoreFactory) {
     let service = unique_service("guard-heartbeat");
-    let builder = config(&service).processing_ttl(SHORT);
+    let builder = config(&service).lease(SHORT);
     let g = guard(f, builder.clone()).await;
     let other = guard(f, builder).await;
     let e = event(8);

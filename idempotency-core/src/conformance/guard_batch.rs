@@ -195,11 +195,7 @@ pub async fn guard_batch_settles_then_resumes_a_panic(f: &impl StoreFactory) {
 /// Dropping a `run_batch` future mid-batch completes the events whose handlers had
 /// succeeded and releases the others.
 pub async fn guard_batch_settles_its_claims_when_dropped(f: &impl StoreFactory) {
-    let g = guard(
-        f,
-        config(&unique_service("batch-drop")).processing_ttl(LONG),
-    )
-    .await;
+    let g = guard(f, config(&unique_service("batch-drop")).lease(LONG)).await;
     let batch: Vec<EventEnvelope> = (400..402).map(event).collect();
     let first_done = Arc::new(tokio::sync::Notify::new());
     let run = g.run_batch(&batch, |e| {
@@ -288,11 +284,7 @@ pub async fn guard_batch_applies_the_fail_mode(f: &impl StoreFactory) {
 /// same batch that ended long before (its completion waits for the batch's end): the
 /// batch renews every claim it has not settled.
 pub async fn guard_batch_renews_the_leases_of_slow_handlers(f: &impl StoreFactory) {
-    let g = guard(
-        f,
-        config(&unique_service("batch-heartbeat")).processing_ttl(SHORT),
-    )
-    .await;
+    let g = guard(f, config(&unique_service("batch-heartbeat")).lease(SHORT)).await;
     let other = f.create().await;
     let batch: Vec<EventEnvelope> = (600..602).map(event).collect();
     let keys: Vec<String> = batch.iter().map(|e| g.key_for(e).expect("key")).collect();
@@ -335,7 +327,7 @@ pub async fn guard_defers_completion_to_the_next_claim(f: &impl StoreFactory) {
     let g = guard(
         f,
         config(&service)
-            .processing_ttl(Duration::from_secs(7200))
+            .lease(Duration::from_secs(7200))
             .defer_completion(Duration::from_secs(3600)),
     )
     .await;
@@ -416,7 +408,7 @@ async fn a_timer_or_a_drop_writes_the_deferred_completion(
     let dropped = guard(
         f,
         config(service)
-            .processing_ttl(Duration::from_secs(7200))
+            .lease(Duration::from_secs(7200))
             .defer_completion(Duration::from_secs(3600)),
     )
     .await;
@@ -449,7 +441,7 @@ pub async fn guard_deferred_completion_lost_in_a_crash_costs_a_rerun(f: &impl St
     let crashed = Guard::new(
         faulty,
         config(&service)
-            .processing_ttl(SHORT)
+            .lease(SHORT)
             .defer_completion(SHORT / 2)
             .build()
             .expect("valid config"),

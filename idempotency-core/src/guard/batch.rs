@@ -1,28 +1,38 @@
-//! `Guard::run_batch`: a whole batch of events in two store round trips.
+//! `Guard::run_batch`: a whole batch of events in two store round trips, in steps:
+//! identify (first copies of each key), claim (one call), drive (handlers and one lease
+//! renewal for all), settle (one completion call and one release call), observe.
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
-use tracing::{Instrument, Level};
+use tokio::time::Sleep;
+use tracing::Instrument;
 
-use super::{bump, new_owner, settle_in_background, Ctx, Guard, GuardInner, OnDrop, Outcome};
+use super::cancel::{OnDrop, PendingBatch};
+use super::deferred::lease_end;
+use super::lease::{renewal_period, renewal_retry, Ended};
+use super::outcome::{Ctx, Decision, Outcome, Scope};
+use super::{new_owner, Guard};
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, StoreError};
-use crate::store::{Claim, Completion};
+use crate::store::{saturating_deadline, Claim, Completion};
 use crate::telemetry;
 
 /// One event's answer in a batch.
 type BatchResult<T, E> = Result<Outcome<T>, GuardError<E>>;
 
-/// A handler's end: its result, or the panic it raised.
-type Ended<T, E> = Result<Result<T, E>, Box<dyn std::any::Any + Send>>;
+/// Each event's answer so far, in the order of the batch.
+type Answers<T, E> = [Option<BatchResult<T, E>>];
+
+/// A panic raised by a handler, resumed once the batch is settled.
+type Panic = Box<dyn std::any::Any + Send>;
 
 impl Guard {
     /// Runs `handler` for each event of `envelopes` that was not processed before, with two
@@ -70,6 +80,10 @@ impl Guard {
     ///
     /// Each call is one `tracing` span, `eventonce.run_batch` (with the batch's size), and,
     /// with the `metrics` feature, each event is counted as a `run` is.
+    ///
+    /// # Panics
+    ///
+    /// Resumes the first handler panic, after every claim of the batch is settled.
     pub async fn run_batch<'a, H, F, T, E>(
         &self,
         envelopes: &'a [EventEnvelope],
@@ -86,7 +100,7 @@ impl Guard {
             events = envelopes.len(),
         );
         let answers = self
-            .run_batch_once(envelopes, handler)
+            .run_batch_untraced(envelopes, handler)
             .instrument(span)
             .await;
         telemetry::batch_outcomes(&self.inner.config, envelopes, &answers);
@@ -94,7 +108,7 @@ impl Guard {
     }
 
     /// [`run_batch`](Self::run_batch) without its span and metrics.
-    async fn run_batch_once<'a, H, F, T, E>(
+    async fn run_batch_untraced<'a, H, F, T, E>(
         &self,
         envelopes: &'a [EventEnvelope],
         mut handler: H,
@@ -107,33 +121,8 @@ impl Guard {
         let started = Instant::now();
         let config = &self.inner.config;
         let mut answers: Vec<Option<BatchResult<T, E>>> = envelopes.iter().map(|_| None).collect();
-
-        // Identify every event; the first copy of each key is the one that runs.
-        let mut ids: Vec<Option<(String, String)>> = Vec::with_capacity(envelopes.len());
-        for (i, envelope) in envelopes.iter().enumerate() {
-            match self.identify::<E>(envelope) {
-                Ok(id) => ids.push(Some(id)),
-                Err(err) => {
-                    ids.push(None);
-                    answers[i] = Some(Err(err));
-                }
-            }
-        }
-        let mut first_of: HashMap<&str, usize, _> =
-            HashMap::with_capacity_and_hasher(envelopes.len(), crate::identity::seeded_hasher());
-        let mut unique = Vec::new();
-        let mut copies = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            if let Some((_, key)) = id {
-                match first_of.get(key.as_str()) {
-                    Some(&first) => copies.push((i, first)),
-                    None => {
-                        first_of.insert(key, i);
-                        unique.push(i);
-                    }
-                }
-            }
-        }
+        let ids = self.identify_batch(envelopes, &mut answers);
+        let (unique, copies) = first_copies(&ids);
         let mut ctxs: Vec<Option<Ctx<'_>>> = ids
             .iter()
             .zip(envelopes)
@@ -142,44 +131,13 @@ impl Guard {
                     .map(|(hash, key)| Ctx::new(config, envelope, hash, key, started))
             })
             .collect();
-        let key_of = |i: usize| ids[i].as_ref().map(|(_, k)| k.clone()).unwrap_or_default();
 
-        // One round trip claims the batch.
         let owner = new_owner();
-        let keys: Vec<String> = unique.iter().map(|&i| key_of(i)).collect();
-        let t = Instant::now();
         let claimed = tokio::time::Instant::now();
-        let claims = if keys.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.timed(
-                "try_claim_many",
-                self.inner
-                    .store
-                    .try_claim_many(&keys, &owner, config.processing_ttl()),
-            )
-            .await
-        };
-        let claim_time = t.elapsed();
-        for ctx in ctxs.iter_mut().flatten() {
-            ctx.store_time += claim_time;
-        }
-        let claims = match claims {
-            Ok(claims) if claims.len() == keys.len() => Some(claims),
-            Ok(claims) => {
-                let err = StoreError::InvalidData {
-                    key: keys[0].clone(),
-                    detail: format!("{} answers to {} claims", claims.len(), keys.len()),
-                };
-                self.batch_store_failed(err, &unique, &ctxs, &mut answers);
-                None
-            }
-            Err(err) => {
-                self.batch_store_failed(err, &unique, &ctxs, &mut answers);
-                None
-            }
-        };
-        let Some(claims) = claims else {
+        let acquired = self
+            .claim_batch(&unique, &mut ctxs, &owner, &mut answers)
+            .await;
+        let Some(acquired) = acquired else {
             // The store failed: FailMode::Open runs every handler unprotected (Closed has
             // answered them all already).
             let open: Vec<usize> = unique
@@ -193,30 +151,11 @@ impl Guard {
             return answers.into_iter().map(finish).collect();
         };
 
-        let mut acquired = Vec::new();
-        for (&i, claim) in unique.iter().zip(claims) {
-            let Some(ctx) = ctxs[i].as_ref() else {
-                continue;
-            };
-            match claim {
-                Claim::Acquired => {
-                    debug_decision!(
-                        ctx,
-                        "claimed",
-                        "CLAIM_ACQUIRED: Event claimed for processing"
-                    );
-                    acquired.push(i);
-                }
-                Claim::Completed => answers[i] = Some(Ok(self.duplicate(ctx))),
-                Claim::InProgress => answers[i] = Some(Err(self.in_progress(ctx))),
-            }
-        }
-
         // From here on the claims are ours: whatever happens, they are settled.
         let mut pending = PendingBatch {
             guard: Arc::clone(&self.inner),
             owner,
-            keys: acquired.iter().map(|&i| key_of(i)).collect(),
+            keys: acquired.iter().map(|&i| key_of(&ctxs, i)).collect(),
             ttls: acquired
                 .iter()
                 .map(|&i| ctxs[i].as_ref().map(|c| c.ttl).unwrap_or_default())
@@ -227,122 +166,115 @@ impl Guard {
         let ended = self
             .drive_batch(envelopes, &acquired, &mut handler, &mut pending)
             .await;
-
-        // One round trip completes the successes, one (sent at the same time) releases
-        // the failures.
-        let mut completions = Vec::new();
-        let mut releases = Vec::new();
-        for (slot, ended) in ended.iter().enumerate() {
-            let key = pending.keys[slot].clone();
-            match ended {
-                Some(Ok(Ok(_))) => completions.push(Completion {
-                    key,
-                    owner: pending.owner.clone(),
-                    ttl: pending.ttls[slot],
-                }),
-                Some(_) => releases.push(key),
-                None => {} // never started: the claim is not ours any more
-            }
-        }
-        let t = Instant::now();
-        let (completed, released) = futures_util::future::join(
-            async {
-                if completions.is_empty() {
-                    return Ok(Vec::new());
-                }
-                // Attempted even while the breaker is open: the effects have happened.
-                self.timed_ungated(
-                    "complete_many",
-                    self.inner.store.complete_many(&completions),
-                )
-                .await
-            },
-            async {
-                if releases.is_empty() {
-                    return Ok(Vec::new());
-                }
-                self.timed(
-                    "release_many",
-                    self.inner.store.release_many(&releases, &pending.owner),
-                )
-                .await
-            },
-        )
-        .await;
-        pending.settle.fill(OnDrop::Nothing);
-        let settle_time = t.elapsed();
-        for &i in &acquired {
-            if let Some(ctx) = ctxs[i].as_mut() {
-                ctx.store_time += settle_time;
-            }
-        }
-
-        // Completions the store did not take are owed: kept and retried until written or
-        // their lease ends.
-        // A partial failure (a cluster shard) answers for some keys: exactly the others
-        // are owed.
-        let mut completed = match completed {
-            Ok(flags) => flags.into_iter().map(Some).collect::<Vec<_>>(),
-            Err(err) => {
-                bump(&self.inner.counters.store_errors);
-                let answers = err.answers(completions.len());
-                for (completion, answer) in completions.into_iter().zip(&answers) {
-                    if answer.is_none() {
-                        let until =
-                            super::owed::lease_end(pending.confirmed, config.processing_ttl());
-                        self.owe(completion, until, Some(&err));
-                    }
-                }
-                answers
-            }
-        }
-        .into_iter();
-        let mut released = match released {
-            Ok(flags) => flags.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(err) => err
-                .answers(releases.len())
-                .into_iter()
-                .map(|a| a.ok_or_else(|| err.again()))
-                .collect(),
-        }
-        .into_iter();
-        let mut panic = None;
-        for (&i, ended) in acquired.iter().zip(ended) {
-            let Some(ctx) = ctxs[i].as_ref() else {
-                continue;
-            };
-            answers[i] = Some(match ended {
-                Some(Ok(Ok(value))) => {
-                    match completed.next() {
-                        Some(Some(done)) => self.log_completion(ctx, Some(Ok(done))),
-                        // Owed and logged above (or an answer missing: counted all the same).
-                        _ => bump(&self.inner.counters.processed),
-                    }
-                    Ok(Outcome::Processed(value))
-                }
-                Some(Ok(Err(err))) => {
-                    let released = self.log_release(ctx, released.next());
-                    self.handler_failed(ctx, &err, released);
-                    Err(GuardError::Handler(err))
-                }
-                Some(Err(payload)) => {
-                    let released = self.log_release(ctx, released.next());
-                    self.handler_panicked(ctx, released);
-                    panic.get_or_insert(payload);
-                    Err(GuardError::InProgress)
-                }
-                None => {
-                    // Never started: its claim was found lost first (logged then). It is
-                    // another consumer's now; answered in progress, so it is redelivered.
-                    Err(GuardError::InProgress)
-                }
-            });
-        }
+        let panic = self
+            .settle_batch(&acquired, ended, &mut ctxs, &mut pending, &mut answers)
+            .await;
         if let Some(payload) = panic {
             resume_unwind(payload);
         }
         self.answer_copies(&copies, &ctxs, &mut answers);
         answers.into_iter().map(finish).collect()
+    }
+
+    /// Every event's hash and key; an event that cannot be identified is answered (and
+    /// observed) alone.
+    fn identify_batch<T, E>(
+        &self,
+        envelopes: &[EventEnvelope],
+        answers: &mut Answers<T, E>,
+    ) -> Vec<Option<(String, String)>> {
+        let mut ids = Vec::with_capacity(envelopes.len());
+        for (i, envelope) in envelopes.iter().enumerate() {
+            match self.identify::<E>(envelope) {
+                Ok(id) => ids.push(Some(id)),
+                Err(err) => {
+                    ids.push(None);
+                    answers[i] = Some(Err(err));
+                }
+            }
+        }
+        ids
+    }
+
+    /// Claims the first copies (`unique`) in one round trip and observes each answer: the
+    /// events acquired, or `None` when the store failed (every event then answered per
+    /// the fail mode, or left unanswered for an unprotected run).
+    async fn claim_batch<T, E>(
+        &self,
+        unique: &[usize],
+        ctxs: &mut [Option<Ctx<'_>>],
+        owner: &str,
+        answers: &mut Answers<T, E>,
+    ) -> Option<Vec<usize>> {
+        let keys: Vec<String> = unique.iter().map(|&i| key_of(ctxs, i)).collect();
+        let t = Instant::now();
+        let claims = if keys.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let lease = self.inner.config.lease();
+            let claim = self.inner.store.try_claim_many(&keys, owner, lease);
+            self.store_call("try_claim_many", claim).await
+        };
+        let claim_time = t.elapsed();
+        for ctx in ctxs.iter_mut().flatten() {
+            ctx.store_time += claim_time;
+        }
+        let claims = match claims {
+            Ok(claims) if claims.len() == keys.len() => claims,
+            Ok(claims) => {
+                let err = StoreError::InvalidData {
+                    key: keys[0].clone(),
+                    detail: format!("{} answers to {} claims", claims.len(), keys.len()),
+                };
+                self.batch_store_failed(&err, unique, ctxs, answers);
+                return None;
+            }
+            Err(err) => {
+                self.batch_store_failed(&err, unique, ctxs, answers);
+                return None;
+            }
+        };
+        let mut acquired = Vec::new();
+        for (&i, claim) in unique.iter().zip(claims) {
+            let Some(ctx) = ctxs[i].as_ref() else {
+                continue;
+            };
+            match claim {
+                Claim::Acquired => {
+                    self.observe(ctx, Decision::Claimed);
+                    acquired.push(i);
+                }
+                Claim::Completed => {
+                    self.observe(ctx, Decision::Duplicate);
+                    answers[i] = Some(Ok(Outcome::Duplicate));
+                }
+                Claim::InProgress => {
+                    self.observe(ctx, Decision::InProgress);
+                    answers[i] = Some(Err(GuardError::InProgress));
+                }
+            }
+        }
+        Some(acquired)
+    }
+
+    /// The claim call of a batch failed: answers every event per the fail mode (those
+    /// `FailMode::Open` runs are left unanswered for [`Guard::run_unprotected`]).
+    fn batch_store_failed<T, E>(
+        &self,
+        err: &StoreError,
+        unique: &[usize],
+        ctxs: &[Option<Ctx<'_>>],
+        answers: &mut Answers<T, E>,
+    ) {
+        self.observe(Scope::Guard, Decision::StoreFailed);
+        for &i in unique {
+            let Some(ctx) = ctxs[i].as_ref() else {
+                continue;
+            };
+            if !self.fail_open(ctx, err) {
+                answers[i] = Some(Err(GuardError::Store(err.again())));
+            }
+        }
     }
 
     /// Polls the handlers of the claimed events, at most `batch_concurrency` at once, each
@@ -358,10 +290,9 @@ impl Guard {
         H: FnMut(&'a EventEnvelope) -> F,
         F: Future<Output = Result<T, E>>,
     {
-        let config = &self.inner.config;
-        let lease = config.processing_ttl();
-        let period = super::renewal_period(lease);
-        let bound = config.batch_concurrency();
+        let lease = self.inner.config.lease();
+        let period = renewal_period(lease);
+        let bound = self.inner.config.batch_concurrency();
         let mut ended: Vec<Option<Ended<T, E>>> = acquired.iter().map(|_| None).collect();
         // Claims found lost (by a renewal, or by going a whole lease unconfirmed) before
         // their handler started: those handlers never start.
@@ -375,14 +306,7 @@ impl Guard {
                 let Some((slot, &i)) = queue.next() else {
                     break;
                 };
-                let expiry = crate::store::saturating_deadline(pending.confirmed, lease);
-                if !lost[slot] && tokio::time::Instant::now() >= expiry {
-                    // No renewal has confirmed the claims for a whole lease: expired.
-                    lost[slot] = true;
-                    self.queued_claim_lost(&pending.keys[slot]);
-                }
-                if lost[slot] {
-                    pending.settle[slot] = OnDrop::Nothing;
+                if self.lost_before_start(slot, &mut lost, pending, lease) {
                     continue;
                 }
                 match catch_unwind(AssertUnwindSafe(|| handler(&envelopes[i]))) {
@@ -404,132 +328,244 @@ impl Guard {
                 Poll::Pending
             })
             .await;
-            match next {
-                Some((slot, result)) => {
-                    if matches!(result, Ok(Ok(_))) {
-                        pending.settle[slot] = OnDrop::Complete;
-                    }
-                    ended[slot] = Some(result);
+            if let Some((slot, result)) = next {
+                if matches!(result, Ok(Ok(_))) {
+                    pending.settle[slot] = OnDrop::Complete;
                 }
-                None => {
-                    tick.as_mut().reset(crate::store::saturating_deadline(
-                        tokio::time::Instant::now(),
-                        period,
-                    ));
-                    if renewing {
-                        // Every claim still to complete: queued and running handlers',
-                        // and those of handlers that succeeded (their completion waits
-                        // for the batch's end, which a slower handler may put off for
-                        // longer than the lease).
-                        let slots: Vec<usize> = (0..ended.len())
-                            .filter(|&s| !lost[s] && matches!(ended[s], None | Some(Ok(Ok(_)))))
-                            .collect();
-                        let keys: Vec<String> =
-                            slots.iter().map(|&s| pending.keys[s].clone()).collect();
-                        let asked = tokio::time::Instant::now();
-                        let renewed = self.renew_batch(keys, &pending.owner, lease).await;
-                        if renewed.iter().all(Option::is_some) {
-                            pending.confirmed = asked;
-                        } else {
-                            // A renewal failed: try again soon, not a period later.
-                            tick.as_mut().reset(crate::store::saturating_deadline(
-                                tokio::time::Instant::now(),
-                                super::renewal_retry(period),
-                            ));
-                        }
-                        for (&slot, renewed) in slots.iter().zip(renewed) {
-                            if renewed == Some(false) {
-                                lost[slot] = true;
-                            }
-                        }
-                        renewing = slots.iter().any(|&s| !lost[s]);
-                    }
-                }
+                ended[slot] = Some(result);
+                continue;
+            }
+            tick.as_mut()
+                .reset(saturating_deadline(tokio::time::Instant::now(), period));
+            if renewing {
+                // Every claim still to complete: queued and running handlers', and those
+                // of handlers that succeeded (their completion waits for the batch's end,
+                // which a slower handler may put off for longer than the lease).
+                let slots: Vec<usize> = (0..ended.len())
+                    .filter(|&s| !lost[s] && matches!(ended[s], None | Some(Ok(Ok(_)))))
+                    .collect();
+                renewing = self
+                    .renew_slots(slots, &mut lost, pending, tick.as_mut(), period)
+                    .await;
             }
         }
         ended
     }
 
-    /// Logs and counts a queued event whose claim was found lost before its handler
-    /// started.
-    fn queued_claim_lost(&self, key: &str) {
-        bump(&self.inner.counters.claims_lost);
-        tracing::error!(
-            service = self.inner.config.service_name(),
-            key,
-            action = "claim_lost",
-            "CLAIM_LOST: The claim of a queued event expired before its handler started; not starting it, redeliver it"
-        );
-    }
-
-    /// Renews the claims of the batch whose handlers have not ended: for each key, whether
-    /// it is still ours, or `None` where its renewal failed (nothing learned).
-    async fn renew_batch(
+    /// Whether the claim in `slot` was lost before its handler started (found so by a
+    /// renewal, or now, unconfirmed for a whole lease: then observed); a lost claim is
+    /// not ours to settle.
+    fn lost_before_start(
         &self,
-        keys: Vec<String>,
-        owner: &str,
+        slot: usize,
+        lost: &mut [bool],
+        pending: &mut PendingBatch,
         lease: Duration,
-    ) -> Vec<Option<bool>> {
-        if keys.is_empty() {
-            return Vec::new();
+    ) -> bool {
+        let expiry = saturating_deadline(pending.confirmed, lease);
+        if !lost[slot] && tokio::time::Instant::now() >= expiry {
+            // No renewal has confirmed the claims for a whole lease: expired.
+            lost[slot] = true;
+            self.observe(pending.keys[slot].as_str(), Decision::QueuedClaimLost);
         }
-        let renewed = self
-            .timed(
-                "extend_many",
-                self.inner.store.extend_many(&keys, owner, lease),
-            )
-            .await;
-        let service = self.inner.config.service_name();
-        let answers = match renewed {
-            Ok(flags) => flags.into_iter().map(Some).collect(),
-            Err(err) => {
-                bump(&self.inner.counters.store_errors);
-                tracing::warn!(
-                    service,
-                    keys = keys.len(),
-                    action = "lease_renewal_failed",
-                    error = %err,
-                    "STORE_ERROR: Renewing the batch's claim leases failed; will retry"
-                );
-                err.answers(keys.len())
-            }
-        };
-        for (key, renewed) in keys.iter().zip(&answers) {
-            if *renewed == Some(false) {
-                bump(&self.inner.counters.claims_lost);
-                tracing::error!(
-                    service,
-                    key = key.as_str(),
-                    action = "lease_lost",
-                    "LEASE_LOST: The claim expired while the handler ran; another consumer may process the event"
-                );
-            }
+        if lost[slot] {
+            pending.settle[slot] = OnDrop::Nothing;
         }
-        answers
+        lost[slot]
     }
 
-    /// The claim call of a batch failed: answers every event per the fail mode (those
-    /// `FailMode::Open` runs are left unanswered for [`Guard::run_unprotected`]).
-    fn batch_store_failed<T, E>(
+    /// Renews the claims in `slots` in one call; a failed renewal is tried again soon, not
+    /// a period later. Whether any claim is left to renew.
+    async fn renew_slots(
         &self,
-        err: StoreError,
-        unique: &[usize],
-        ctxs: &[Option<Ctx<'_>>],
-        answers: &mut [Option<BatchResult<T, E>>],
-    ) {
-        bump(&self.inner.counters.store_errors);
-        for &i in unique {
+        slots: Vec<usize>,
+        lost: &mut [bool],
+        pending: &mut PendingBatch,
+        tick: Pin<&mut Sleep>,
+        period: Duration,
+    ) -> bool {
+        let keys: Vec<String> = slots.iter().map(|&s| pending.keys[s].clone()).collect();
+        let asked = tokio::time::Instant::now();
+        let lease = self.inner.config.lease();
+        let renewed = self.renew_batch(keys, &pending.owner, lease).await;
+        if renewed.iter().all(Option::is_some) {
+            pending.confirmed = asked;
+        } else {
+            tick.reset(saturating_deadline(
+                tokio::time::Instant::now(),
+                renewal_retry(period),
+            ));
+        }
+        for (&slot, renewed) in slots.iter().zip(renewed) {
+            if renewed == Some(false) {
+                lost[slot] = true;
+            }
+        }
+        slots.iter().any(|&s| !lost[s])
+    }
+
+    /// Completes the successes and releases the failures, in one round trip each, sent at
+    /// once, then answers and observes every acquired event. Returns the first panic of a
+    /// handler, to resume.
+    async fn settle_batch<T, E>(
+        &self,
+        acquired: &[usize],
+        ended: Vec<Option<Ended<T, E>>>,
+        ctxs: &mut [Option<Ctx<'_>>],
+        pending: &mut PendingBatch,
+        answers: &mut Answers<T, E>,
+    ) -> Option<Panic>
+    where
+        E: std::fmt::Display,
+    {
+        let mut completions = Vec::new();
+        let mut releases = Vec::new();
+        for (slot, ended) in ended.iter().enumerate() {
+            let key = pending.keys[slot].clone();
+            match ended {
+                Some(Ok(Ok(_))) => completions.push(Completion {
+                    key,
+                    owner: pending.owner.clone(),
+                    ttl: pending.ttls[slot],
+                }),
+                Some(_) => releases.push(key),
+                None => {} // never started: the claim is not ours any more
+            }
+        }
+        let t = Instant::now();
+        let (completed, released) = self
+            .complete_and_release(&completions, &releases, &pending.owner)
+            .await;
+        pending.settle.fill(OnDrop::Nothing);
+        let settle_time = t.elapsed();
+        for &i in acquired {
+            if let Some(ctx) = ctxs[i].as_mut() {
+                ctx.store_time += settle_time;
+            }
+        }
+        let mut completed = self
+            .owe_unwritten(completions, completed, pending.confirmed)
+            .into_iter();
+        let mut released = match released {
+            Ok(flags) => flags.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(err) => err
+                .answers(releases.len())
+                .into_iter()
+                .map(|a| a.ok_or_else(|| err.again()))
+                .collect(),
+        }
+        .into_iter();
+        let mut panic = None;
+        for (&i, ended) in acquired.iter().zip(ended) {
             let Some(ctx) = ctxs[i].as_ref() else {
                 continue;
             };
-            match self.inner.config.on_store_error() {
-                crate::FailMode::Closed => {
-                    self.refused(ctx, &err);
-                    answers[i] = Some(Err(GuardError::Store(err.again())));
+            let answer = match ended {
+                Some(Ok(Ok(value))) => {
+                    let decision = match completed.next() {
+                        Some(Some(true)) => Decision::Completed,
+                        Some(Some(false)) => Decision::CompletionLost,
+                        // Owed and observed (or an answer missing: counted all the same).
+                        _ => Decision::CompletionOwed,
+                    };
+                    self.observe(ctx, decision);
+                    Ok(Outcome::Processed(value))
                 }
-                crate::FailMode::Open => self.unprotected(ctx, &err),
+                Some(Ok(Err(error))) => {
+                    self.released_after(ctx, Ok(error), released.next(), &mut panic)
+                }
+                Some(Err(payload)) => {
+                    self.released_after(ctx, Err(payload), released.next(), &mut panic)
+                }
+                // Never started: its claim was found lost first (observed then). It is
+                // another consumer's now; answered in progress, so it is redelivered.
+                None => Err(GuardError::InProgress),
+            };
+            answers[i] = Some(answer);
+        }
+        panic
+    }
+
+    /// Observes a handler of a batch that failed (`Ok(error)`) or panicked, with the
+    /// store's answer to the release of its claim; the first panic is kept in `panic`, its
+    /// event answered in progress.
+    fn released_after<T, E: std::fmt::Display>(
+        &self,
+        ctx: &Ctx<'_>,
+        failed: Result<E, Panic>,
+        release: Option<Result<bool, StoreError>>,
+        panic: &mut Option<Panic>,
+    ) -> BatchResult<T, E> {
+        let released = release.is_some_and(|r| self.released(ctx, r));
+        match failed {
+            Ok(error) => {
+                self.observe(
+                    ctx,
+                    Decision::HandlerFailed {
+                        error: &error,
+                        released,
+                    },
+                );
+                Err(GuardError::Handler(error))
+            }
+            Err(payload) => {
+                self.observe(ctx, Decision::HandlerPanicked { released });
+                panic.get_or_insert(payload);
+                Err(GuardError::InProgress)
             }
         }
+    }
+
+    /// Sends the completions (attempted even while the breaker is open: the effects have
+    /// happened) and the releases at once.
+    async fn complete_and_release(
+        &self,
+        completions: &[Completion],
+        releases: &[String],
+        owner: &str,
+    ) -> (Result<Vec<bool>, StoreError>, Result<Vec<bool>, StoreError>) {
+        let store = &self.inner.store;
+        futures_util::future::join(
+            async {
+                if completions.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let call = store.complete_many(completions);
+                self.store_call_ungated("complete_many", call).await
+            },
+            async {
+                if releases.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let call = store.release_many(releases, owner);
+                self.store_call("release_many", call).await
+            },
+        )
+        .await
+    }
+
+    /// The store's answer for each completion; those it did not take are owed: kept and
+    /// retried until written or their lease ends. A partial failure (a cluster shard)
+    /// answers for some keys: exactly the others are owed.
+    fn owe_unwritten(
+        &self,
+        completions: Vec<Completion>,
+        completed: Result<Vec<bool>, StoreError>,
+        confirmed: tokio::time::Instant,
+    ) -> Vec<Option<bool>> {
+        let err = match completed {
+            Ok(flags) => return flags.into_iter().map(Some).collect(),
+            Err(err) => err,
+        };
+        self.observe(Scope::Guard, Decision::StoreFailed);
+        let answers = err.answers(completions.len());
+        let until = lease_end(confirmed, self.inner.config.lease());
+        for (completion, answer) in completions.into_iter().zip(&answers) {
+            if answer.is_none() {
+                self.owe(completion, until, Some(&err));
+            }
+        }
+        answers
     }
 
     /// Runs the handlers of `open` without protection, at most `batch_concurrency` at once.
@@ -539,7 +575,7 @@ impl Guard {
         open: &[usize],
         ctxs: &[Option<Ctx<'_>>],
         handler: &mut H,
-        answers: &mut [Option<BatchResult<T, E>>],
+        answers: &mut Answers<T, E>,
     ) where
         H: FnMut(&'a EventEnvelope) -> F,
         F: Future<Output = Result<T, E>>,
@@ -556,11 +592,11 @@ impl Guard {
         for (i, result) in results {
             answers[i] = Some(match result {
                 Ok(value) => Ok(Outcome::Unprotected(value)),
-                Err(err) => {
+                Err(error) => {
                     if let Some(ctx) = ctxs[i].as_ref() {
-                        self.unprotected_failed(ctx, &err);
+                        self.observe(ctx, Decision::UnprotectedFailed { error: &error });
                     }
-                    Err(GuardError::Handler(err))
+                    Err(GuardError::Handler(error))
                 }
             });
         }
@@ -572,92 +608,58 @@ impl Guard {
         &self,
         copies: &[(usize, usize)],
         ctxs: &[Option<Ctx<'_>>],
-        answers: &mut [Option<BatchResult<T, E>>],
+        answers: &mut Answers<T, E>,
     ) {
         for &(copy, first) in copies {
             let Some(ctx) = ctxs[copy].as_ref() else {
                 continue;
             };
             answers[copy] = Some(match &answers[first] {
-                Some(Ok(_)) => Ok(self.duplicate(ctx)),
+                Some(Ok(_)) => {
+                    self.observe(ctx, Decision::Duplicate);
+                    Ok(Outcome::Duplicate)
+                }
                 Some(Err(GuardError::Store(err))) => Err(GuardError::Store(err.again())),
-                _ => Err(self.in_progress(ctx)),
+                _ => {
+                    self.observe(ctx, Decision::InProgress);
+                    Err(GuardError::InProgress)
+                }
             });
         }
     }
+}
+
+/// The first copy of each key (the one that runs) and the later copies, each with its
+/// first: `(unique, copies)`.
+fn first_copies(ids: &[Option<(String, String)>]) -> (Vec<usize>, Vec<(usize, usize)>) {
+    let mut first_of: HashMap<&str, usize, _> =
+        HashMap::with_capacity_and_hasher(ids.len(), crate::identity::seeded_hasher());
+    let mut unique = Vec::new();
+    let mut copies = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        if let Some((_, key)) = id {
+            match first_of.get(key.as_str()) {
+                Some(&first) => copies.push((i, first)),
+                None => {
+                    first_of.insert(key, i);
+                    unique.push(i);
+                }
+            }
+        }
+    }
+    (unique, copies)
+}
+
+/// The key of the event at `i`, empty for one without identity.
+fn key_of(ctxs: &[Option<Ctx<'_>>], i: usize) -> String {
+    ctxs[i]
+        .as_ref()
+        .map(|c| c.key.to_owned())
+        .unwrap_or_default()
 }
 
 /// Every slot of a finished batch holds an answer; an empty one would be a bug, answered
 /// as in progress (redeliver) rather than a panic.
 fn finish<T, E>(answer: Option<BatchResult<T, E>>) -> BatchResult<T, E> {
     answer.unwrap_or(Err(GuardError::InProgress))
-}
-
-/// The claims of a batch still to settle if its future is dropped.
-struct PendingBatch {
-    guard: Arc<GuardInner>,
-    owner: String,
-    keys: Vec<String>,
-    ttls: Vec<Duration>,
-    settle: Vec<OnDrop>,
-    /// When the last claim or renewal of the batch that the store confirmed was sent.
-    confirmed: tokio::time::Instant,
-}
-
-impl Drop for PendingBatch {
-    fn drop(&mut self) {
-        if self.settle.iter().all(|s| *s == OnDrop::Nothing) {
-            return;
-        }
-        bump(&self.guard.counters.cancelled);
-        let mut completions = Vec::new();
-        let mut releases = Vec::new();
-        for ((key, ttl), settle) in self.keys.drain(..).zip(&self.ttls).zip(&self.settle) {
-            match settle {
-                OnDrop::Complete => completions.push(Completion {
-                    key,
-                    owner: self.owner.clone(),
-                    ttl: *ttl,
-                }),
-                OnDrop::Release => releases.push(key),
-                OnDrop::Nothing => {}
-            }
-        }
-        // Succeeded handlers' completions are owed: kept and retried until written.
-        let refused = StoreError::Unavailable {
-            message: "the batch was dropped before its completions were written".into(),
-            source: None,
-        };
-        let until = super::owed::lease_end(self.confirmed, self.guard.config.processing_ttl());
-        for completion in completions.drain(..) {
-            super::owed::owe(&self.guard, completion, until, Some(&refused));
-        }
-        if releases.is_empty() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(
-                keys = releases.len(),
-                "RUN_CANCELLED: Batch dropped outside a runtime; its claims expire after the lease"
-            );
-            return;
-        };
-        tracing::warn!(
-            release = releases.len(),
-            "RUN_CANCELLED: Batch dropped mid-flight; releasing its unfinished claims in the background"
-        );
-        let store = Arc::clone(&self.guard.store);
-        let owner = std::mem::take(&mut self.owner);
-        settle_in_background(
-            &runtime,
-            self.guard.config.store_timeout(),
-            async move { store.release_many(&releases, &owner).await.map(drop) },
-            |err| {
-                tracing::error!(
-                    error = %err,
-                    "STORE_ERROR: Settling a cancelled batch's claims failed; they expire after the lease"
-                )
-            },
-        );
-    }
 }

@@ -14,9 +14,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{bump, Guard, GuardInner, MAX_DEFERRED};
+use super::outcome::{Decision, Scope};
+use super::{Guard, GuardInner};
 use crate::error::StoreError;
 use crate::store::{saturating_deadline, Completion, RecordState};
+
+/// How many deferred completions make the guard flush at once rather than wait.
+const MAX_DEFERRED: usize = 256;
 
 /// The first pause before retrying a completion the store did not take.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -93,7 +97,7 @@ impl Drop for Carried {
         queue.append(&mut self.owed);
         self.inner.owing.store(true, Ordering::Release);
         drop(queue);
-        let first = retry_pauses(self.inner.config.processing_ttl()).0;
+        let first = retry_pauses(self.inner.config.lease()).0;
         schedule(&self.inner, first, false);
     }
 }
@@ -138,13 +142,8 @@ impl Guard {
                 if until > now {
                     live.push(completion, until);
                 } else {
-                    bump(&self.inner.counters.completions_abandoned);
-                    tracing::error!(
-                        service = self.inner.config.service_name(),
-                        key = completion.key.as_str(),
-                        action = "complete_abandoned",
-                        "STORE_ERROR: Event processed, but its completion could not be written before its lease ended; a redelivery may process it again"
-                    );
+                    let key = completion.key.as_str();
+                    self.observe(key, Decision::CompletionAbandoned);
                 }
             }
             owed = live;
@@ -171,7 +170,7 @@ impl Guard {
             return Ok(0);
         }
         let done = self
-            .timed_ungated(
+            .store_call_ungated(
                 "complete_many",
                 self.inner.store.complete_many(carried.completions()),
             )
@@ -227,32 +226,20 @@ impl Guard {
             }
             // Bounded like every store call: this runs on the way to a claim.
             let recorded = matches!(
-                self.timed("get", self.inner.store.get(&c.key)).await,
+                self.store_call("get", self.inner.store.get(&c.key)).await,
                 Ok(Some(record)) if record.state == RecordState::Completed
             );
             if recorded {
                 continue;
             }
-            bump(&self.inner.counters.claims_lost);
-            tracing::error!(
-                service = self.inner.config.service_name(),
-                key = c.key.as_str(),
-                action = "claim_lost",
-                "CLAIM_LOST: Event processed, but its claim had expired before its completion was written; raise processing_ttl"
-            );
+            self.observe(c.key.as_str(), Decision::OwedClaimLost);
         }
     }
 
     /// Logs owed completions that a call failed to write (they are queued again).
     pub(super) fn log_unwritten(&self, completions: usize, err: &StoreError) {
-        bump(&self.inner.counters.store_errors);
-        tracing::warn!(
-            service = self.inner.config.service_name(),
-            completions,
-            action = "complete_retrying",
-            error = %err,
-            "STORE_ERROR: Writing completions failed; they are kept and retried until written or their lease ends"
-        );
+        let unwritten = Decision::CompletionsUnwritten { error: err };
+        self.observe(Scope::Claims(completions), unwritten);
     }
 }
 
@@ -263,15 +250,9 @@ pub(super) fn owe(
     until: Instant,
     refused: Option<&StoreError>,
 ) {
-    if let Some(err) = refused {
-        bump(&inner.counters.completions_retried);
-        tracing::warn!(
-            service = inner.config.service_name(),
-            key = completion.key.as_str(),
-            action = "complete_retrying",
-            error = %err,
-            "STORE_ERROR: Event processed, but marking it completed failed; retrying until written or the lease ends"
-        );
+    if let Some(error) = refused {
+        let key = completion.key.as_str();
+        inner.observe(key, Decision::CompletionRetrying { error });
     }
     let len = {
         let mut queue = lock(inner);
@@ -279,14 +260,14 @@ pub(super) fn owe(
         inner.owing.store(true, Ordering::Release);
         queue.len()
     };
-    let lease = inner.config.processing_ttl();
+    let lease = inner.config.lease();
     match (refused, inner.config.deferred_completion()) {
         (None, Some(_)) if len >= MAX_DEFERRED => schedule(inner, Duration::ZERO, true),
         (None, Some(delay)) => {
             // Written no later than the claim's next renewal would have been due, so that
             // two thirds of its lease are left to retry in, as for any completion.
             let renewal_due = until
-                .checked_sub(lease - super::renewal_period(lease))
+                .checked_sub(lease - super::lease::renewal_period(lease))
                 .unwrap_or_else(Instant::now);
             let due = renewal_due.saturating_duration_since(Instant::now());
             if due < delay {
@@ -310,7 +291,7 @@ pub(super) fn schedule(inner: &Arc<GuardInner>, delay: Duration, once: bool) {
         return; // written by the next claim, by `flush`, or when the guard is dropped
     };
     let weak = Arc::downgrade(inner);
-    let (first, max) = retry_pauses(inner.config.processing_ttl());
+    let (first, max) = retry_pauses(inner.config.lease());
     runtime.spawn(async move {
         if once {
             if !delay.is_zero() {

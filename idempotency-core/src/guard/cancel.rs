@@ -1,0 +1,236 @@
+//! Claims whose run is gone: a `run` or `run_batch` future dropped before it settled its
+//! claims, or a guard dropped with completions still owed. Their drop guards settle them
+//! in the background (or leave them to expire after the lease).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::deferred::{self, lease_end};
+use super::outcome::{Ctx, Decision, Scope};
+use super::GuardInner;
+use crate::error::StoreError;
+use crate::store::{Completion, IdempotencyStore};
+
+/// What to do with a claim if the `run` future is dropped before it finished with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnDrop {
+    /// The handler had not finished: release the claim.
+    Release,
+    /// The handler had succeeded: complete the claim.
+    Complete,
+    /// Already completed or released.
+    Nothing,
+}
+
+/// The claim of a run still to settle if its future is dropped.
+pub(super) struct PendingClaim {
+    store: Arc<dyn IdempotencyStore>,
+    key: String,
+    pub(super) owner: String,
+    ttl: Duration,
+    pub(super) on_drop: OnDrop,
+    /// When the claim's lease ends, as far as the guard knows.
+    pub(super) until: tokio::time::Instant,
+    guard: Arc<GuardInner>,
+}
+
+impl PendingClaim {
+    /// The claim `owner` just acquired for `ctx`'s event: released if dropped now.
+    pub(super) fn new(guard: &Arc<GuardInner>, ctx: &Ctx<'_>, owner: String) -> Self {
+        PendingClaim {
+            store: Arc::clone(&guard.store),
+            key: ctx.key.to_owned(),
+            owner,
+            ttl: ctx.ttl,
+            on_drop: OnDrop::Release,
+            until: lease_end(ctx.claimed, guard.config.lease()),
+            guard: Arc::clone(guard),
+        }
+    }
+}
+
+impl Drop for PendingClaim {
+    fn drop(&mut self) {
+        if self.on_drop == OnDrop::Nothing {
+            return;
+        }
+        self.guard.observe(Scope::Guard, Decision::Cancelled);
+        let key = std::mem::take(&mut self.key);
+        let owner = std::mem::take(&mut self.owner);
+        if self.on_drop == OnDrop::Complete {
+            // The handler succeeded: its completion is owed like any the store did not
+            // take yet, kept and retried until written or its lease ends.
+            tracing::warn!(
+                key = key.as_str(),
+                action = "complete",
+                "RUN_CANCELLED: Run dropped while completing; its completion is kept and retried"
+            );
+            let refused = StoreError::Unavailable {
+                message: "the run was dropped while its completion was in flight".into(),
+                source: None,
+            };
+            let completion = Completion {
+                key,
+                owner,
+                ttl: self.ttl,
+            };
+            deferred::owe(&self.guard, completion, self.until, Some(&refused));
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                key = key.as_str(),
+                "RUN_CANCELLED: Run dropped outside a runtime; the claim expires after the lease"
+            );
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        tracing::warn!(
+            key = key.as_str(),
+            action = "release",
+            "RUN_CANCELLED: Run dropped mid-flight; settling its claim in the background"
+        );
+        let logged_key = key.clone();
+        settle_in_background(
+            &runtime,
+            self.guard.config.store_timeout(),
+            async move { store.release(&key, &owner).await.map(drop) },
+            move |err| {
+                tracing::error!(
+                    key = logged_key.as_str(),
+                    error = %err,
+                    "STORE_ERROR: Settling a cancelled run's claim failed; it expires after the lease"
+                )
+            },
+        );
+    }
+}
+
+/// The claims of a batch still to settle if its future is dropped.
+pub(super) struct PendingBatch {
+    pub(super) guard: Arc<GuardInner>,
+    pub(super) owner: String,
+    pub(super) keys: Vec<String>,
+    pub(super) ttls: Vec<Duration>,
+    pub(super) settle: Vec<OnDrop>,
+    /// When the last claim or renewal of the batch that the store confirmed was sent.
+    pub(super) confirmed: tokio::time::Instant,
+}
+
+impl Drop for PendingBatch {
+    fn drop(&mut self) {
+        if self.settle.iter().all(|s| *s == OnDrop::Nothing) {
+            return;
+        }
+        self.guard.observe(Scope::Guard, Decision::Cancelled);
+        let mut releases = Vec::new();
+        // Succeeded handlers' completions are owed: kept and retried until written.
+        let refused = StoreError::Unavailable {
+            message: "the batch was dropped before its completions were written".into(),
+            source: None,
+        };
+        let until = lease_end(self.confirmed, self.guard.config.lease());
+        for ((key, ttl), settle) in self.keys.drain(..).zip(&self.ttls).zip(&self.settle) {
+            match settle {
+                OnDrop::Complete => {
+                    let owner = self.owner.clone();
+                    let completion = Completion {
+                        key,
+                        owner,
+                        ttl: *ttl,
+                    };
+                    deferred::owe(&self.guard, completion, until, Some(&refused));
+                }
+                OnDrop::Release => releases.push(key),
+                OnDrop::Nothing => {}
+            }
+        }
+        if releases.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                keys = releases.len(),
+                "RUN_CANCELLED: Batch dropped outside a runtime; its claims expire after the lease"
+            );
+            return;
+        };
+        tracing::warn!(
+            release = releases.len(),
+            "RUN_CANCELLED: Batch dropped mid-flight; releasing its unfinished claims in the background"
+        );
+        let store = Arc::clone(&self.guard.store);
+        let owner = std::mem::take(&mut self.owner);
+        settle_in_background(
+            &runtime,
+            self.guard.config.store_timeout(),
+            async move { store.release_many(&releases, &owner).await.map(drop) },
+            |err| {
+                tracing::error!(
+                    error = %err,
+                    "STORE_ERROR: Settling a cancelled batch's claims failed; they expire after the lease"
+                )
+            },
+        );
+    }
+}
+
+impl Drop for GuardInner {
+    /// Deferred completions still queued when the last clone of a guard goes are written
+    /// by a spawned task (or, without a runtime, left to expire after the lease).
+    fn drop(&mut self) {
+        let queue = match self.deferred.get_mut() {
+            Ok(queue) => queue.take_completions(),
+            Err(poisoned) => poisoned.into_inner().take_completions(),
+        };
+        if queue.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                completions = queue.len(),
+                "STORE_ERROR: Guard dropped outside a runtime with deferred completions; those claims expire after the lease"
+            );
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        settle_in_background(
+            &runtime,
+            self.config.store_timeout(),
+            async move { store.complete_many(&queue).await.map(drop) },
+            |err| {
+                tracing::error!(
+                    error = %err,
+                    "STORE_ERROR: Writing deferred completions at drop failed; those claims expire after the lease"
+                )
+            },
+        );
+    }
+}
+
+/// Settles claims whose run is gone (a dropped `run` or `run_batch` future, a dropped
+/// guard) in a task of its own: `settle`, bounded by the store timeout, and `failed`
+/// called with its error (the claims then expire after their lease).
+fn settle_in_background<F, L>(
+    runtime: &tokio::runtime::Handle,
+    timeout: Duration,
+    settle: F,
+    failed: L,
+) where
+    F: Future<Output = Result<(), StoreError>> + Send + 'static,
+    L: FnOnce(&StoreError) + Send + 'static,
+{
+    runtime.spawn(async move {
+        let result =
+            tokio::time::timeout(timeout, settle)
+                .await
+                .unwrap_or(Err(StoreError::Timeout {
+                    operation: "settle",
+                    timeout,
+                }));
+        if let Err(err) = result {
+            failed(&err);
+        }
+    });
+}

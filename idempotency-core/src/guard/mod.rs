@@ -1,0 +1,265 @@
+//! The guard: claim an event, run its handler once, complete or release the claim, and
+//! record the decision.
+//!
+//! A run is a pipeline: envelope → identity → key → store claim → handler (its lease kept
+//! alive) → store complete/release → [`observe`](GuardInner::observe) of the
+//! [`Decision`](outcome::Decision). By concern:
+//!
+//! - `run`: [`Guard::run`], one event;
+//! - `batch`: [`Guard::run_batch`], many events in two store round trips;
+//! - `transaction`: [`Guard::run_in_transaction`], the record committed with the handler's
+//!   writes;
+//! - `lease`: the heartbeat that renews a claim while its handler runs;
+//! - `deferred`: completions owed to the store, deferred or waiting for a retry;
+//! - `cancel`: what happens to claims when a run, a batch or the guard is dropped;
+//! - `outcome`: what a run answers, its decisions and the one place that records them;
+//! - `stats`: the decision counters.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use crate::breaker::{Breaker, Permit};
+use crate::config::IdempotencyConfig;
+use crate::envelope::EventEnvelope;
+use crate::error::{GuardError, IdentityError, StoreError};
+use crate::store::IdempotencyStore;
+use crate::telemetry;
+
+mod batch;
+mod cancel;
+mod deferred;
+mod lease;
+mod outcome;
+mod run;
+mod stats;
+mod transaction;
+
+pub use outcome::Outcome;
+use outcome::{Decision, Scope};
+use stats::Counters;
+pub use stats::GuardStats;
+
+/// Runs event handlers at most once per event (per service, within the event type's TTL).
+///
+/// Cheap to clone (it holds `Arc`s); use one guard from many tasks at once.
+///
+/// ```
+/// use eventonce_core::{EventEnvelope, Guard, GuardError, IdempotencyConfig, IdempotencyStore, Outcome};
+///
+/// async fn consume(store: impl IdempotencyStore + 'static, payload: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+///     let config = IdempotencyConfig::builder("billing-service").build()?;
+///     let guard = Guard::new(store, config);
+///     let event = EventEnvelope::from_slice(payload)?;
+///     match guard.run(&event, async { Ok::<_, std::io::Error>("charged") }).await {
+///         Ok(Outcome::Processed(_) | Outcome::Unprotected(_) | Outcome::Duplicate) => {} // commit
+///         Err(GuardError::InProgress | GuardError::Handler(_)) => {} // redeliver later
+///         Err(other) => return Err(other.into()),
+///     }
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Guard {
+    inner: Arc<GuardInner>,
+}
+
+struct GuardInner {
+    store: Arc<dyn IdempotencyStore>,
+    config: IdempotencyConfig,
+    counters: Counters,
+    breaker: Breaker,
+    /// Completions owed to the store: deferred ones waiting to travel with the next claim
+    /// (`defer_completion`), and ones the store did not take yet, waiting for a retry.
+    deferred: std::sync::Mutex<deferred::OwedQueue>,
+    /// Whether `deferred` holds anything (read without its lock, so a claim with nothing
+    /// to carry costs no lock).
+    owing: AtomicBool,
+    /// Held while owed completions are taken out and written by the background task or by
+    /// `flush`, so that `flush` returns only after a write already in flight has ended.
+    flushing: tokio::sync::Mutex<()>,
+    /// Whether a task will write `deferred`.
+    flush_scheduled: AtomicBool,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("store", &self.inner.store.backend_name())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Guard {
+    /// A guard over `store` with `config`.
+    pub fn new<S>(store: S, config: IdempotencyConfig) -> Self
+    where
+        S: IdempotencyStore + 'static,
+    {
+        Self::from_arc(Arc::new(store), config)
+    }
+
+    /// A guard over a store already shared behind an `Arc`.
+    pub fn from_arc(store: Arc<dyn IdempotencyStore>, config: IdempotencyConfig) -> Self {
+        let (threshold, cooldown) = config.circuit_breaker();
+        Guard {
+            inner: Arc::new(GuardInner {
+                store,
+                config,
+                counters: Counters::default(),
+                breaker: Breaker::new(threshold, cooldown),
+                deferred: std::sync::Mutex::new(deferred::OwedQueue::default()),
+                owing: AtomicBool::new(false),
+                flushing: tokio::sync::Mutex::new(()),
+                flush_scheduled: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IdempotencyConfig {
+        &self.inner.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn IdempotencyStore> {
+        &self.inner.store
+    }
+
+    /// The decision counters of this guard and its clones.
+    pub fn stats(&self) -> GuardStats {
+        self.inner.counters.stats()
+    }
+
+    /// The store key of an event under this guard's configuration (its
+    /// [key scheme](crate::KeyScheme) included): the key [`run`](Self::run) claims.
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError`] when the event cannot be identified (no usable `data`, or a key
+    /// the configuration cannot form).
+    pub fn key_for(&self, envelope: &EventEnvelope) -> Result<String, IdentityError> {
+        self.inner.config.event_key(envelope)
+    }
+
+    /// Writes the completions owed so far now (deferred ones, `defer_completion`, and
+    /// ones waiting for a retry), and returns how many were written. Call it before
+    /// shutting down. On an error they stay queued (and are retried until written or
+    /// their lease ends); a completion never written is not lost work, but a redelivery of
+    /// its event after the lease runs the handler again.
+    ///
+    /// # Errors
+    ///
+    /// The [`StoreError`] of the write when the store did not take every owed completion.
+    pub async fn flush(&self) -> Result<usize, StoreError> {
+        self.write_owed().await
+    }
+
+    /// Whether the circuit breaker currently refuses store calls.
+    pub fn circuit_open(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    /// Records `decision` about `scope` (see [`GuardInner::observe`]).
+    fn observe<'a>(&self, scope: impl Into<Scope<'a>>, decision: Decision<'_>) {
+        self.inner.observe(scope, decision);
+    }
+
+    /// The event's hash and key, or the observed refusal of an event without identity.
+    fn identify<E>(&self, envelope: &EventEnvelope) -> Result<(String, String), GuardError<E>> {
+        let config = &self.inner.config;
+        let identity = config.event_hash(envelope).and_then(|hash| {
+            let key = config.try_generate_key(&envelope.event_type, &hash)?;
+            Ok((hash, key))
+        });
+        identity.map_err(|error| {
+            self.observe(
+                Scope::Unidentified(envelope),
+                Decision::Invalid { error: &error },
+            );
+            GuardError::InvalidEvent(error)
+        })
+    }
+
+    /// A store call behind the circuit breaker, bounded by the store timeout and measured.
+    async fn store_call<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let permit = self.inner.breaker.permit()?;
+        self.store_call_with(operation, call, permit).await
+    }
+
+    /// [`store_call`](Self::store_call) for a call that must be tried even while the
+    /// breaker is open (writing the completion of a handler that succeeded); its success
+    /// closes the breaker, its failure is recorded like any call's.
+    async fn store_call_ungated<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.store_call_with(operation, call, Permit::Call).await
+    }
+
+    /// Runs `call` within the store timeout, records it in the metrics and its result in
+    /// the breaker under `permit`.
+    async fn store_call_with<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+        permit: Permit,
+    ) -> Result<T, StoreError> {
+        let timeout = self.inner.config.store_timeout();
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout { operation, timeout }),
+        };
+        telemetry::store_call(&self.inner.config, operation, started.elapsed(), &result);
+        self.inner
+            .breaker
+            .record(permit, result.as_ref().map(|_| ()));
+        result
+    }
+}
+
+/// The short type name of a store, for logs.
+fn store_name<S>() -> &'static str {
+    let full = std::any::type_name::<S>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+/// A token unique to one claim: process id, a per-process random nonce, a counter.
+fn new_owner() -> String {
+    use std::hash::BuildHasher;
+    static NONCE: OnceLock<(u32, u64)> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // Once per process: the pid (a system call) and the nonce.
+    let (pid, nonce) = *NONCE.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let pid = std::process::id();
+        let nonce = std::collections::hash_map::RandomState::new().hash_one((pid, now));
+        (pid, nonce)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{pid:x}-{nonce:016x}-{n:x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_tokens_are_unique() {
+        let a = new_owner();
+        let b = new_owner();
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!("{:x}-", std::process::id())));
+    }
+}

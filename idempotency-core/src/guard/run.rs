@@ -1,0 +1,315 @@
+//! `Guard::run`: identify, claim, run the handler once (its lease kept alive), complete or
+//! release, observe the decision.
+
+use std::future::Future;
+use std::panic::resume_unwind;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use super::cancel::{OnDrop, PendingClaim};
+use super::deferred::lease_end;
+use super::lease::Ended;
+use super::outcome::{Ctx, Decision, Outcome, Scope};
+use super::{new_owner, Guard};
+use crate::config::FailMode;
+use crate::envelope::EventEnvelope;
+use crate::error::{GuardError, StoreError};
+use crate::store::{Claim, Completion};
+use crate::telemetry::RunProbe;
+
+impl Guard {
+    /// Runs `handler` for `envelope` unless the event was processed before.
+    ///
+    /// - New event: claims it with a lease of [`lease`](crate::IdempotencyConfig::lease),
+    ///   polls `handler` to completion (renewing the lease every third of it; a failed
+    ///   renewal is retried every tenth of that, at most every second), marks it completed
+    ///   for the event type's TTL and returns [`Outcome::Processed`]. The completion is
+    ///   attempted even while the circuit breaker is open; if the store does not take it
+    ///   (an outage, a timeout, this future dropped while completing), `Processed` is still
+    ///   returned and the completion is kept and retried with backoff in the background
+    ///   until it is written or its lease ends (counted from the last renewal the store
+    ///   confirmed; [`GuardStats::completions_retried`](super::GuardStats::completions_retried)
+    ///   and [`GuardStats::completions_abandoned`](super::GuardStats::completions_abandoned);
+    ///   logged as `complete_retrying` and `complete_abandoned`). A completion abandoned
+    ///   that way leaves the claim to expire, and a redelivery after the lease runs the
+    ///   event again.
+    /// - Completed before: returns [`Outcome::Duplicate`]; `handler` is never polled.
+    /// - Claimed by another live owner: [`GuardError::InProgress`] (after waiting up to
+    ///   `in_progress_wait` for it to finish, if configured).
+    /// - `handler` returns `Err`: releases the claim (owner-checked) and returns
+    ///   [`GuardError::Handler`]; a redelivery runs it again, the guard never does.
+    /// - `handler` panics: releases the claim, then resumes the panic.
+    /// - This future is dropped while the handler runs: the claim is released by a spawned
+    ///   task (or, without a runtime, expires after the lease).
+    /// - The store fails: [`Outcome::Unprotected`] with `FailMode::Open`,
+    ///   [`GuardError::Store`] with `FailMode::Closed`.
+    /// - The event has no identity: [`GuardError::InvalidEvent`].
+    ///
+    /// Must run inside a Tokio runtime with time enabled.
+    ///
+    /// Each call is one `tracing` span, `eventonce.run`, with the decision in its fields
+    /// (`outcome`, `duplicate`, `handler_ran`), and, with the `metrics` feature, counted
+    /// and timed (see [`RUNS_TOTAL`](crate::RUNS_TOTAL)).
+    ///
+    /// # Errors
+    ///
+    /// [`GuardError::InProgress`], [`GuardError::Handler`], [`GuardError::Store`] and
+    /// [`GuardError::InvalidEvent`], as listed above.
+    ///
+    /// # Panics
+    ///
+    /// Resumes the handler's panic, after its claim is released.
+    pub async fn run<F, T, E>(
+        &self,
+        envelope: &EventEnvelope,
+        handler: F,
+    ) -> Result<Outcome<T>, GuardError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let probe = RunProbe::start(&self.inner.config, envelope);
+        let span = probe.span().clone();
+        let result = self.run_untraced(envelope, handler).instrument(span).await;
+        probe.finish(&result);
+        result
+    }
+
+    /// [`run`](Self::run) without its span and metrics.
+    async fn run_untraced<F, T, E>(
+        &self,
+        envelope: &EventEnvelope,
+        handler: F,
+    ) -> Result<Outcome<T>, GuardError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let started = Instant::now();
+        let (hash, key) = self.identify(envelope)?;
+        let mut ctx = Ctx::new(&self.inner.config, envelope, &hash, &key, started);
+        let owner = new_owner();
+        match self.claim(&mut ctx, &owner).await {
+            Ok(Claim::Acquired) => self.observe(&ctx, Decision::Claimed),
+            Ok(Claim::Completed) => {
+                self.observe(&ctx, Decision::Duplicate);
+                return Ok(Outcome::Duplicate);
+            }
+            Ok(Claim::InProgress) => {
+                self.observe(&ctx, Decision::InProgress);
+                return Err(GuardError::InProgress);
+            }
+            Err(err) => return self.store_failed(&ctx, err, handler).await,
+        }
+        // From here on the claim is ours: whatever happens, it is completed or released.
+        let mut pending = PendingClaim::new(&self.inner, &ctx, owner);
+        let mut confirmed = ctx.claimed;
+        let ended = self
+            .drive(&ctx, &pending.owner, handler, &mut confirmed)
+            .await;
+        // A completion not written at once is retried until the claim's lease ends.
+        pending.until = lease_end(confirmed, self.inner.config.lease());
+        self.settle(&mut ctx, &mut pending, ended).await
+    }
+
+    /// Settles a claim whose handler ended: completes it (or defers or owes the completion)
+    /// after a success, releases it after a failure or a panic.
+    async fn settle<T, E>(
+        &self,
+        ctx: &mut Ctx<'_>,
+        pending: &mut PendingClaim,
+        ended: Ended<T, E>,
+    ) -> Result<Outcome<T>, GuardError<E>>
+    where
+        E: std::fmt::Display,
+    {
+        match ended {
+            Ok(Ok(value)) => {
+                self.complete(ctx, pending).await;
+                Ok(Outcome::Processed(value))
+            }
+            Ok(Err(error)) => {
+                let released = self.release(ctx, &pending.owner).await;
+                pending.on_drop = OnDrop::Nothing;
+                let failed = Decision::HandlerFailed {
+                    error: &error,
+                    released,
+                };
+                self.observe(&*ctx, failed);
+                Err(GuardError::Handler(error))
+            }
+            Err(panic) => {
+                let released = self.release(ctx, &pending.owner).await;
+                pending.on_drop = OnDrop::Nothing;
+                self.observe(&*ctx, Decision::HandlerPanicked { released });
+                resume_unwind(panic)
+            }
+        }
+    }
+
+    /// Completes the claim of a handler that succeeded: deferred with `defer_completion`,
+    /// written now otherwise (attempted even while the breaker is open: the effect has
+    /// happened), owed and retried if the store does not take it.
+    async fn complete(&self, ctx: &mut Ctx<'_>, pending: &mut PendingClaim) {
+        let (key, ttl) = (ctx.key, ctx.ttl);
+        let completion = |pending: &mut PendingClaim| Completion {
+            key: key.to_owned(),
+            owner: std::mem::take(&mut pending.owner),
+            ttl,
+        };
+        if self.inner.config.deferred_completion().is_some() {
+            pending.on_drop = OnDrop::Nothing;
+            self.observe(&*ctx, Decision::CompletionDeferred);
+            self.owe(completion(pending), pending.until, None);
+            return;
+        }
+        pending.on_drop = OnDrop::Complete;
+        let t = Instant::now();
+        let store = &self.inner.store;
+        let done = self
+            .store_call_ungated("complete", store.complete(ctx.key, &pending.owner, ctx.ttl))
+            .await;
+        ctx.store_time += t.elapsed();
+        pending.on_drop = OnDrop::Nothing;
+        match done {
+            Ok(true) => self.observe(&*ctx, Decision::Completed),
+            Ok(false) => self.observe(&*ctx, Decision::CompletionLost),
+            Err(err) => {
+                self.observe(&*ctx, Decision::CompletionOwed);
+                self.observe(Scope::Guard, Decision::StoreFailed);
+                self.owe(completion(pending), pending.until, Some(&err));
+            }
+        }
+    }
+
+    /// Releases the claim (owner-checked): whether it was released; a failure is observed.
+    async fn release(&self, ctx: &mut Ctx<'_>, owner: &str) -> bool {
+        let t = Instant::now();
+        let released = self
+            .store_call("release", self.inner.store.release(ctx.key, owner))
+            .await;
+        ctx.store_time += t.elapsed();
+        self.released(ctx, released)
+    }
+
+    /// Whether a release happened; a failed one is observed.
+    pub(super) fn released(&self, ctx: &Ctx<'_>, released: Result<bool, StoreError>) -> bool {
+        released.unwrap_or_else(|error| {
+            self.observe(ctx, Decision::ReleaseFailed { error: &error });
+            false
+        })
+    }
+
+    /// The store failed before the claim: refuses the run (`FailMode::Closed`) or runs the
+    /// handler without protection (`FailMode::Open`).
+    async fn store_failed<F, T, E>(
+        &self,
+        ctx: &Ctx<'_>,
+        error: StoreError,
+        handler: F,
+    ) -> Result<Outcome<T>, GuardError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        self.observe(Scope::Guard, Decision::StoreFailed);
+        if !self.fail_open(ctx, &error) {
+            return Err(GuardError::Store(error));
+        }
+        match handler.await {
+            Ok(value) => Ok(Outcome::Unprotected(value)),
+            Err(error) => {
+                self.observe(ctx, Decision::UnprotectedFailed { error: &error });
+                Err(GuardError::Handler(error))
+            }
+        }
+    }
+
+    /// Observes the fail mode's decision for an event whose claim failed with `error`:
+    /// whether its handler runs unprotected (`FailMode::Open`).
+    pub(super) fn fail_open(&self, ctx: &Ctx<'_>, error: &StoreError) -> bool {
+        let store = self.inner.store.backend_name();
+        match self.inner.config.on_store_error() {
+            FailMode::Closed => {
+                self.observe(ctx, Decision::Refused { store, error });
+                false
+            }
+            FailMode::Open => {
+                self.observe(ctx, Decision::Unprotected { store, error });
+                true
+            }
+        }
+    }
+
+    /// `try_claim`, waiting for another owner's claim up to `in_progress_wait`; owed
+    /// completions travel with it.
+    async fn claim(&self, ctx: &mut Ctx<'_>, owner: &str) -> Result<Claim, StoreError> {
+        // Read the clock only when there is a wait to bound.
+        let wait = self.inner.config.in_progress_wait();
+        let deadline = (!wait.is_zero())
+            .then(|| crate::store::saturating_deadline(tokio::time::Instant::now(), wait));
+        let mut backoff = Duration::from_millis(10);
+        let mut carried = self.owes().then(|| self.take_owed());
+        if carried.as_ref().is_some_and(|c| c.holds(ctx.key)) {
+            // A redelivery of an event whose completion is still owed: complete first.
+            let t = Instant::now();
+            if let Some(owed) = carried.take() {
+                let _ = self.write_carried(owed).await;
+            }
+            ctx.store_time += t.elapsed();
+        }
+        loop {
+            let t = Instant::now();
+            ctx.claimed = tokio::time::Instant::now();
+            let owed = carried.take().filter(|c| !c.is_empty());
+            let claim = self.claim_once(ctx.key, owner, owed).await;
+            ctx.store_time += t.elapsed();
+            let Some(deadline) = deadline.filter(|_| matches!(claim, Ok(Claim::InProgress))) else {
+                return claim;
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return claim;
+            }
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// One claim attempt: `try_claim`, or `complete_then_claim` carrying `owed`.
+    async fn claim_once(
+        &self,
+        key: &str,
+        owner: &str,
+        owed: Option<super::deferred::Carried>,
+    ) -> Result<Claim, StoreError> {
+        let store = &self.inner.store;
+        let lease = self.inner.config.lease();
+        let Some(owed) = owed else {
+            return self
+                .store_call("try_claim", store.try_claim(key, owner, lease))
+                .await;
+        };
+        // Put back if this call fails or is dropped (`Carried`'s drop).
+        let answer = self
+            .store_call(
+                "complete_then_claim",
+                store.complete_then_claim(owed.completions(), key, owner, lease),
+            )
+            .await;
+        match answer {
+            Ok((done, claim)) => {
+                // The claim stands whatever became of the completions.
+                let _ = self.settle_carried(owed, done).await;
+                Ok(claim)
+            }
+            Err(err) => {
+                // Nothing known of the completions: all go back to the queue (a retry of
+                // one that was written finds it completed).
+                let _ = self.settle_carried(owed, Err(err.again())).await;
+                Err(err)
+            }
+        }
+    }
+}
