@@ -39,6 +39,7 @@
 mod consumer;
 pub mod demo;
 mod message;
+mod pipeline;
 mod plan;
 
 pub use consumer::{commit_past, consumer_config, Delivery, KafkaGuard, KafkaGuardOptions, Retry};
@@ -46,5 +47,6 @@ pub use message::{
     envelope_from_message, envelope_from_message_with, MessageError, MessagePosition,
     EVENT_ID_HEADER, EVENT_TYPE_HEADER,
 };
+pub use pipeline::BatchAnswers;
 /// Re-exported so that a consumer needs no separate dependency on the same version.
 pub use rdkafka;
