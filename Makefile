@@ -107,10 +107,12 @@ python-v2: services python-v2-venv
 	$(CARGO) test --quiet --test python_v2_oracle
 	$(CARGO) test --quiet -p eventonce-redis --test python_v2_fleet -- --nocapture
 
-## The Kafka path: a consumer loop through KafkaGuard::process_batch (Redis store) against
-## the same loop without the guard, alternating, on one topic of BENCH_KAFKA_EVENTS
-## (default 100,000) pre-produced events, against the project's broker (started here if
-## none runs, and stopped after). Writes target/criterion-latency/kafka/consumer.json.
+## The Kafka path: a consumer loop through KafkaGuard::process_batches (process_batch with
+## the next batch's claim overlapping the previous batch's completion; Redis store)
+## against the same loop without the guard, alternating, on one topic of
+## BENCH_KAFKA_EVENTS (default 100,000) pre-produced events, against the project's broker
+## (started here if none runs, and stopped after). Prints p50/p99 per batch and a summary
+## line; writes target/criterion-latency/kafka/consumer.json for benches/summary.py.
 bench-kafka: services
 	@if bash scripts/kafka.sh url >/dev/null 2>&1; then \
 	  export $$(bash scripts/kafka.sh url); $(CARGO) bench -p eventonce-kafka --bench consumer; \

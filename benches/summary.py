@@ -117,6 +117,32 @@ def load_paired():
     return out
 
 
+def kafka():
+    """The Kafka consumer bench (`make bench-kafka`), when it ran:
+    target/criterion-latency/kafka/consumer.json."""
+    try:
+        with open(os.path.join(LATENCY, "kafka", "consumer.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def kafka_table(k):
+    """The Kafka bench's rows: events/s (median of the runs) and p50/p99 per batch."""
+    loop = k.get("guarded_loop", "process_batch")
+    rows = [f"{k['events']:,} pre-produced events on one topic, batches of {k['batch']}, "
+            f"{k['rounds']} rounds alternating guarded and unguarded runs (`make bench-kafka`).",
+            "",
+            "| consumer loop | events/s (median) | runs | batch p50 | batch p99 |",
+            "|---|---:|---|---:|---:|"]
+    for name, side in (("without the guard", "unguarded"), (f"KafkaGuard::{loop}, Redis", "guarded")):
+        runs = ", ".join(f"{r:,.0f}" for r in k.get(f"{side}_runs", []))
+        ms = k[f"{side}_batch_ms"]
+        rows.append(f"| {name} | {k[f'{side}_events_per_s']:,.0f} | {runs} | "
+                    f"{ms['p50']:.2f} ms | {ms['p99']:.2f} ms |")
+    return "\n".join(rows)
+
+
 def targets(data, memory, pairs):
     """(target, measured, met) rows for the issue's targets. Ratios come from the paired
     comparisons (both sides alternating event by event) when there is one; criterion's
@@ -166,6 +192,11 @@ def targets(data, memory, pairs):
                 else:
                     how = " (separate run)" if "python" in peer or "powertools" in peer else ""
                     out.append((f"{group} {kind}: ahead of {peer}", f"{r:.2f}x as fast{how}", r > 1))
+    k = kafka()
+    if k:
+        out.append(("kafka consumer through the guard (Redis) >= 0.8x the loop without it",
+                    f"{k['ratio']:.2f}x ({k['guarded_events_per_s']:,.0f} vs "
+                    f"{k['unguarded_events_per_s']:,.0f} events/s)", k["ratio"] >= 0.8))
     if memory:
         r = memory["completed_key_bytes"] / memory["bare_key_bytes"]
         out.append(("redis completed key <= 1.5x a bare key (MEMORY USAGE)",
@@ -208,7 +239,12 @@ def main():
     for (group, name), row in sorted(pairs.items()):
         paired_rows.append(f"| {group} | {name} | {us(row['floor_p50_ns'])} | {us(row['ours_p50_ns'])} | {row['ratio']:.2f}x |")
     paired_table = "\n".join(paired_rows)
+    k = kafka()
+    kafka_section = ("## Kafka consumer\n\n" + kafka_table(k) + "\n\n") if k else ""
     print(table)
+    if k:
+        print()
+        print(kafka_table(k))
     print()
     print(paired_table)
     print()
@@ -236,7 +272,7 @@ def main():
                 "Each pair alternates the floor (or the peer) and the guard event by event, "
                 f"{2000} pairs, so both sides see the same moments of the machine; the ratio "
                 "is the floor's p50 over ours (above 1: we are faster).\n\n"
-                + paired_table + "\n\n## Targets\n\n" + goals + "\n")
+                + paired_table + "\n\n" + kafka_section + "## Targets\n\n" + goals + "\n")
 
 
 main()

@@ -175,6 +175,20 @@ pub struct KafkaGuard {
     rewinds: Mutex<Rewinds>,
 }
 
+/// A batch of [`KafkaGuard::process_batch`] between its preparation and its run's end.
+pub(crate) struct PreparedBatch<T, E> {
+    /// How many messages the batch has.
+    count: usize,
+    /// Each message's position, in order.
+    positions: Vec<MessagePosition>,
+    /// The indices of the messages of partitions still assigned.
+    live: Vec<usize>,
+    /// Per live message: its input when known before running (`None`: it runs).
+    known: Vec<Option<Input<T, E>>>,
+    /// The envelopes that run, in order.
+    pub(crate) to_run: Vec<EventEnvelope>,
+}
+
 impl KafkaGuard {
     /// A Kafka guard over `guard`, with the default options.
     pub fn new(guard: Guard) -> Self {
@@ -291,6 +305,26 @@ impl KafkaGuard {
         Fut: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
+        let prepared = self.prepare_batch(consumer, messages);
+        let results = self
+            .guard
+            .run_batch(&prepared.to_run, |envelope| handler(envelope.clone()))
+            .await;
+        self.finish_batch(consumer, prepared, results).await.0
+    }
+
+    /// The part of [`process_batch`](Self::process_batch) before running: the messages'
+    /// positions, which partitions are still assigned, and which messages run.
+    pub(crate) fn prepare_batch<K, C, M, T, E>(
+        &self,
+        consumer: &K,
+        messages: &[M],
+    ) -> PreparedBatch<T, E>
+    where
+        K: Consumer<C>,
+        C: ConsumerContext,
+        M: Message,
+    {
         let positions: Vec<MessagePosition> = messages.iter().map(MessagePosition::of).collect();
         let assigned = assignment(consumer);
         let owned = |p: &MessagePosition| {
@@ -330,11 +364,36 @@ impl KafkaGuard {
                 Err(error) => Some(Input::Unidentifiable(error)),
             })
             .collect();
-        let mut results = self
-            .guard
-            .run_batch(&to_run, |envelope| handler(envelope.clone()))
-            .await
-            .into_iter();
+        PreparedBatch {
+            count: messages.len(),
+            positions,
+            live,
+            known,
+            to_run,
+        }
+    }
+
+    /// The part of [`process_batch`](Self::process_batch) after running: the decisions,
+    /// the commit and the seeks, and each message's answer in order; `true` when a
+    /// partition was sought.
+    pub(crate) async fn finish_batch<K, C, T, E>(
+        &self,
+        consumer: &K,
+        prepared: PreparedBatch<T, E>,
+        results: Vec<Result<Outcome<T>, GuardError<E>>>,
+    ) -> (Vec<Result<Delivery<T, E>, MessageError>>, bool)
+    where
+        K: Consumer<C>,
+        C: ConsumerContext,
+    {
+        let PreparedBatch {
+            count,
+            positions,
+            live,
+            known,
+            to_run: _,
+        } = prepared;
+        let mut results = results.into_iter();
         let inputs: Vec<(&MessagePosition, Input<T, E>)> = live
             .iter()
             .zip(known)
@@ -348,11 +407,12 @@ impl KafkaGuard {
             .collect();
         let decided: Vec<&MessagePosition> = inputs.iter().map(|(p, _)| *p).collect();
         let plan = self.lock_rewinds().settle(inputs);
+        let sought = !plan.seeks.is_empty();
         let answers = self.carry_out(consumer, plan, &decided, true).await;
 
         let mut answers = answers.into_iter();
         let mut live = live.into_iter().peekable();
-        (0..messages.len())
+        let answers = (0..count)
             .map(|i| {
                 if live.peek() == Some(&i) {
                     live.next();
@@ -363,7 +423,13 @@ impl KafkaGuard {
                     Ok(Delivery::Redeliver(Retry::Revoked))
                 }
             })
-            .collect()
+            .collect();
+        (answers, sought)
+    }
+
+    /// Whether a partition waits for a redelivery.
+    pub(crate) fn redelivery_pending(&self) -> bool {
+        !self.lock_rewinds().is_empty()
     }
 
     fn lock_rewinds(&self) -> std::sync::MutexGuard<'_, Rewinds> {

@@ -39,6 +39,7 @@
 
 mod consumer;
 mod message;
+mod pipeline;
 mod plan;
 mod topic;
 
@@ -47,6 +48,7 @@ pub use message::{
     envelope_from_message, envelope_from_message_with, MessageError, MessagePosition,
     EVENT_ID_HEADER, EVENT_TYPE_HEADER,
 };
+pub use pipeline::BatchAnswers;
 /// Re-exported so that a consumer needs no separate dependency on the same version.
 pub use rdkafka;
 pub use topic::{create_topic, TopicError};

@@ -724,3 +724,166 @@ async fn a_batch_retries_a_failed_event_after_an_unidentifiable_message() {
     }
     assert_eq!(committed, Some(Offset::Offset(4)));
 }
+
+/// Produces `events` events over `partitions` partitions, every fifth re-sent; returns how
+/// many messages were sent.
+async fn produce_with_resends(bootstrap: &str, topic: &str, events: u32, partitions: i32) -> u64 {
+    let producer = support::producer(bootstrap, "e2e-batches");
+    let mut total = 0u64;
+    for i in 0..events {
+        let partition = Some((i % partitions as u32) as i32);
+        support::send(&producer, topic, partition, i, Form::Body).await;
+        total += 1;
+        if i % 5 == 0 {
+            support::send(&producer, topic, partition, i, Form::BodyAndHeaders).await;
+            total += 1;
+        }
+    }
+    total
+}
+
+/// What the overlapped loop saw: the messages with a final outcome, and per partition the
+/// offset its last batch committed.
+#[derive(Default)]
+struct Overlapped {
+    finals: std::collections::HashSet<(i32, i64)>,
+    committed: HashMap<i32, i64>,
+    rewinding: u64,
+}
+
+impl Overlapped {
+    /// Takes one batch's answers; asserts that no partition's commit goes back.
+    fn take(&mut self, batch: &[rdkafka::message::OwnedMessage], deliveries: Vec<BatchResult>) {
+        let mut commits: HashMap<i32, i64> = HashMap::new();
+        for (message, delivery) in batch.iter().zip(deliveries) {
+            let at = (
+                rdkafka::Message::partition(message),
+                rdkafka::Message::offset(message),
+            );
+            match delivery.expect("every message of this test is an identifiable event") {
+                Delivery::Committed(_) => {
+                    self.finals.insert(at);
+                    let c = commits.entry(at.0).or_insert(0);
+                    *c = (*c).max(at.1 + 1);
+                }
+                Delivery::CommitFailed { error, .. } => panic!("commit failed: {error}"),
+                Delivery::Redeliver(Retry::Rewinding) => self.rewinding += 1,
+                // A copy whose first copy still runs in the batch before: held by this
+                // consumer's own claim until then.
+                Delivery::Redeliver(Retry::Handler(_) | Retry::InProgress) => {}
+                Delivery::Redeliver(other) => panic!("unexpected: {other:?}"),
+            }
+        }
+        for (partition, offset) in commits {
+            let before = self.committed.insert(partition, offset).unwrap_or(0);
+            assert!(
+                offset >= before,
+                "partition {partition}: commit {offset} after {before}"
+            );
+        }
+    }
+}
+
+/// Batches of what arrives within 50 ms, up to 100 messages, until `total` messages are
+/// final.
+fn polled_batches<'a>(
+    c: &'a StreamConsumer,
+    seen: &'a std::cell::RefCell<Overlapped>,
+    total: u64,
+    deadline: Instant,
+) -> impl futures_util::Stream<Item = Vec<rdkafka::message::OwnedMessage>> + 'a {
+    futures_util::stream::unfold((), move |()| async move {
+        loop {
+            if seen.borrow().finals.len() as u64 >= total {
+                return None;
+            }
+            assert!(Instant::now() < deadline, "not all messages final in time");
+            let mut batch = Vec::new();
+            let window = Instant::now() + Duration::from_millis(50);
+            while batch.len() < 100 {
+                let left = window.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, c.recv()).await {
+                    Ok(message) => batch.push(message.expect("consume").detach()),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                return Some((batch, ()));
+            }
+        }
+    })
+}
+
+type BatchResult = Result<Delivery<(), String>, MessageError>;
+
+/// The overlapped form: `KafkaGuard::process_batches` (the next batch claimed while the
+/// previous one completes) over batches of up to 100, a fifth of the events re-sent,
+/// some handlers failing on their first run. Every event's side effect happens once, no
+/// partition's commit goes back, and every offset ends committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapped_batches_with_resends_and_failures_have_each_side_effect_once() {
+    const EVENTS: u32 = 600;
+    const PARTITIONS: i32 = 4;
+    let bootstrap = support::bootstrap();
+    let topic = support::unique("eventonce-e2e-overlap");
+    create_topic(&bootstrap, &topic, PARTITIONS)
+        .await
+        .expect("topic");
+    let pool = support::pool(4).await;
+    let schema = support::schema("overlap");
+    support::effects_schema(&pool, &schema).await;
+    let total = produce_with_resends(&bootstrap, &topic, EVENTS, PARTITIONS).await;
+    let store = RedisStore::connect(&support::redis_url())
+        .await
+        .expect("the tests need Redis");
+    let config = IdempotencyConfig::builder(support::unique("kafka-e2e-overlap").as_str())
+        .default_ttl(Duration::from_secs(600))
+        .lease(Duration::from_secs(30))
+        .build()
+        .expect("config");
+    let options = KafkaGuardOptions {
+        retry_backoff: Duration::from_millis(20),
+        ..KafkaGuardOptions::default()
+    };
+    let kafka = KafkaGuard::with_options(Guard::new(store, config), options);
+    let attempts: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let c = consumer(&support::unique("e2e-overlap"), &topic);
+    let seen = std::cell::RefCell::new(Overlapped::default());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let batches = polled_batches(&c, &seen, total, deadline);
+    let handler = |event: eventonce_core::EventEnvelope| {
+        let order = event.data["order"].as_u64().unwrap_or(u64::MAX) as u32;
+        let (pool, schema, attempts) = (pool.clone(), schema.clone(), Arc::clone(&attempts));
+        async move {
+            let attempt = {
+                let mut a = attempts.lock().expect("attempts");
+                let n = a.entry(order).or_default();
+                *n += 1;
+                *n
+            };
+            if order.is_multiple_of(13) && attempt == 1 {
+                return Err(format!("event {order} fails its first run"));
+            }
+            apply(&pool, &schema, order, "overlap").await
+        }
+    };
+    kafka
+        .process_batches(&c, batches, handler, |batch, deliveries| {
+            seen.borrow_mut().take(&batch, deliveries);
+            async { std::ops::ControlFlow::Continue(()) }
+        })
+        .await;
+    assert_all_committed(&c, &topic, PARTITIONS).await;
+    let counts = support::effect_counts(&pool, &schema, EVENTS).await;
+    assert!(counts.iter().all(|&n| n == 1), "every effect exactly once");
+    let ran_as_expected = {
+        let a = attempts.lock().expect("attempts");
+        (0..EVENTS).all(|i| a.get(&i) == Some(&if i % 13 == 0 { 2 } else { 1 }))
+    };
+    assert!(
+        ran_as_expected,
+        "each handler ran once, failing ones once more"
+    );
+    assert!(seen.borrow().rewinding > 0);
+    support::drop_schema(&pool, &schema).await;
+}

@@ -1,0 +1,114 @@
+//! [`KafkaGuard::process_batches`]: consecutive batches with their store round trips
+//! overlapped, decided and committed in order.
+
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::pin::pin;
+
+use eventonce_core::EventEnvelope;
+use futures_util::stream::{FuturesOrdered, Stream, StreamExt};
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::message::Message;
+
+use crate::consumer::{Delivery, KafkaGuard};
+use crate::message::MessageError;
+
+/// What became of each message of a batch, in order (as [`KafkaGuard::process_batch`]
+/// answers).
+pub type BatchAnswers<T, E> = Vec<Result<Delivery<T, E>, MessageError>>;
+
+/// How many batches [`KafkaGuard::process_batches`] runs at once: the oldest one's
+/// completion is in flight while the next one is claimed.
+const IN_FLIGHT: usize = 2;
+
+impl KafkaGuard {
+    /// Processes the batches `batches` yields (consecutive polls of `consumer`, in the
+    /// order the consumer yielded the messages), each as
+    /// [`process_batch`](Self::process_batch) would, with the next batch's store claim
+    /// sent while the previous batch's completion is still in flight: one batch's
+    /// store round trips overlap the next one's, instead of adding up.
+    ///
+    /// The guarantees of `process_batch` hold batch by batch: a batch's offsets are
+    /// committed only after its completions were written (its run has ended), and the
+    /// batches are decided, committed and sought in the order they were polled, one after
+    /// the other, so a partition's commit never goes back and never passes a message
+    /// waiting to be redelivered. `on_batch` gets each batch and its answers once that
+    /// batch is committed, in order, before the next batch is decided: route the
+    /// unidentifiable messages there (dead-letter and [`commit_past`](crate::commit_past))
+    /// as after `process_batch`. `ControlFlow::Break` stops: the batches still running
+    /// are dropped (their claims settled as for a dropped [`Guard::run_batch`]
+    /// (eventonce_core::Guard::run_batch)) and nothing more is committed.
+    ///
+    /// What the overlap adds to `process_batch`'s answers: the next batch has started
+    /// when a batch is decided, so a message after one that must come again (its handler
+    /// failed, it is in progress elsewhere, it could not be identified and `on_batch` has
+    /// not decided yet) may have run in the next batch; it is answered
+    /// `Redeliver(Retry::Rewinding)`, its offset not committed, and its redelivery is a
+    /// `Duplicate`, exactly as for a later message of the same batch. And a copy of an
+    /// event whose first copy is still running in the batch before is answered
+    /// `Redeliver(Retry::InProgress)` (this consumer's own claim), where `process_batch`
+    /// would have answered `Duplicate`; it comes again after `in_progress_backoff` and is
+    /// then a duplicate. After a batch that sought a partition back, the batch already
+    /// running is decided before the next poll, so that every later poll comes after the
+    /// seek.
+    pub async fn process_batches<K, C, M, S, F, Fut, T, E, A, AFut>(
+        &self,
+        consumer: &K,
+        batches: S,
+        handler: F,
+        mut on_batch: A,
+    ) where
+        K: Consumer<C>,
+        C: ConsumerContext,
+        M: Message,
+        S: Stream<Item = Vec<M>>,
+        F: Fn(EventEnvelope) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+        A: FnMut(Vec<M>, BatchAnswers<T, E>) -> AFut,
+        AFut: Future<Output = ControlFlow<()>>,
+    {
+        let handler = &handler;
+        let mut batches = pin!(batches.fuse());
+        let mut running = FuturesOrdered::new();
+        let mut ended = false;
+        // After a seek, the batches polled before it are settled before the next poll, as
+        // `process_batch` would settle a batch fetched ahead of a seek: each later poll
+        // then comes after every seek, and commits follow the order of the offsets. And
+        // while a redelivery is pending, a batch is admitted only once the batches before
+        // it are settled (one of them may end the wait), so that what it holds back is
+        // what its own decision holds back.
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                biased;
+                Some((messages, prepared, results)) = running.next(), if !running.is_empty() => {
+                    let (answers, sought) = self.finish_batch(consumer, prepared, results).await;
+                    draining = (draining || sought) && !running.is_empty();
+                    if on_batch(messages, answers).await.is_break() {
+                        return;
+                    }
+                }
+                next = batches.next(), if !ended
+                    && !draining
+                    && running.len() < IN_FLIGHT
+                    && (running.is_empty() || !self.redelivery_pending()) =>
+                {
+                    let Some(messages) = next else {
+                        ended = true;
+                        continue;
+                    };
+                    let prepared = self.prepare_batch(consumer, &messages);
+                    running.push_back(async move {
+                        let results = self
+                            .guard()
+                            .run_batch(&prepared.to_run, |envelope| handler(envelope.clone()))
+                            .await;
+                        (messages, prepared, results)
+                    });
+                }
+                else => return,
+            }
+        }
+    }
+}
