@@ -908,9 +908,12 @@ impl Guard {
         let lease = config.processing_ttl();
         let period = renewal_period(lease);
         let mut handler = pin!(handler);
-        let mut tick = pin!(tokio::time::sleep(period));
+        let mut tick = crate::guard_fast::LazyTick::new(crate::store::saturating_deadline(
+            ctx.claimed,
+            period,
+        ));
         let mut renewal: Option<StoreCall<'_, bool>> = None;
-        let mut asked = tokio::time::Instant::now();
+        let mut asked = ctx.claimed;
         let mut renewing = true;
         poll_fn(|cx| {
             match catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx))) {
@@ -948,7 +951,7 @@ impl Guard {
                                 );
                                 // Soon, not a period later: two failed renewals a period
                                 // apart would lose the claim to a fault of a third of it.
-                                tick.as_mut().reset(crate::store::saturating_deadline(
+                                tick.reset(crate::store::saturating_deadline(
                                     tokio::time::Instant::now(),
                                     renewal_retry(period),
                                 ));
@@ -956,11 +959,10 @@ impl Guard {
                         }
                     }
                 }
-                if !renewing || tick.as_mut().poll(cx).is_pending() {
+                if !renewing || tick.poll_tick(cx).is_pending() {
                     break;
                 }
-                tick.as_mut()
-                    .reset(crate::store::saturating_deadline(tokio::time::Instant::now(), period));
+                tick.reset(crate::store::saturating_deadline(tokio::time::Instant::now(), period));
                 if renewal.is_none() {
                     asked = tokio::time::Instant::now();
                     renewal = Some(Box::pin(self.timed(
@@ -1020,7 +1022,7 @@ impl Guard {
     ) -> Result<T, StoreError> {
         let timeout = self.inner.config.store_timeout();
         let started = Instant::now();
-        let result = match tokio::time::timeout(timeout, call).await {
+        let result = match crate::guard_fast::within(timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout { operation, timeout }),
         };
@@ -1208,7 +1210,7 @@ fn new_owner() -> String {
         (pid, nonce)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{pid:x}-{nonce:016x}-{n:x}")
+    crate::guard_fast::owner_token(pid, nonce, n)
 }
 
 #[cfg(test)]

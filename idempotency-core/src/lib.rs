@@ -17,6 +17,7 @@ pub mod conformance;
 mod envelope;
 mod error;
 mod guard;
+mod guard_fast;
 mod identity;
 mod key;
 mod redact;
