@@ -249,6 +249,15 @@ impl IdempotencyConfig {
         event_type: &str,
         deterministic_hash: &str,
     ) -> Result<String, IdentityError> {
+        if matches!(self.inner.key_scheme, KeyScheme::Eventonce) && !event_type.is_empty() {
+            // The segment escaped straight into the key: one allocation.
+            return Ok(key::build_key(
+                &self.inner.key_prefix,
+                &self.inner.service_name,
+                event_type,
+                deterministic_hash,
+            ));
+        }
         let segment = self.inner.key_scheme.event_type_segment(event_type)?;
         Ok(key::assemble(
             &self.inner.key_prefix,

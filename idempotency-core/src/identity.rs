@@ -39,7 +39,18 @@ pub fn deterministic_hash(event_id: Option<&str>, data: &Value) -> Result<String
         }
         None => write_canonical(&mut hasher, data, 0)?,
     }
-    Ok(format!("{:032x}", hasher.digest128()))
+    Ok(hex128(hasher.digest128()))
+}
+
+/// 32 lowercase hex digits of `v` (what `format!("{v:032x}")` writes), in one allocation
+/// and without the formatting machinery.
+pub(crate) fn hex128(v: u128) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(32);
+    for i in (0..32).rev() {
+        out.push(char::from(DIGITS[((v >> (i * 4)) & 0xf) as usize]));
+    }
+    out
 }
 
 /// The canonical encoding of a JSON value, as bytes (what [`deterministic_hash`] hashes).
@@ -93,19 +104,35 @@ fn write_canonical<S: Sink>(out: &mut S, value: &Value, depth: usize) -> Result<
             out.put(b"]");
         }
         Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
             out.put(b"{");
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.put(b",");
-                }
-                write_string(out, k);
-                out.put(b":");
-                write_canonical(out, v, depth + 1)?;
+            // A map already in byte order (serde_json's sorted map, or one built in order)
+            // is written as it is; only another order needs a sorted copy of its entries.
+            if map.keys().is_sorted_by(|a, b| a.as_bytes() <= b.as_bytes()) {
+                write_entries(out, map.iter(), depth)?;
+            } else {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                write_entries(out, entries.into_iter(), depth)?;
             }
             out.put(b"}");
         }
+    }
+    Ok(())
+}
+
+/// The `"key":value` pairs of an object, in the order given, comma-separated.
+fn write_entries<'a, S: Sink>(
+    out: &mut S,
+    entries: impl Iterator<Item = (&'a String, &'a Value)>,
+    depth: usize,
+) -> Result<(), IdentityError> {
+    for (i, (k, v)) in entries.enumerate() {
+        if i > 0 {
+            out.put(b",");
+        }
+        write_string(out, k);
+        out.put(b":");
+        write_canonical(out, v, depth + 1)?;
     }
     Ok(())
 }

@@ -45,7 +45,26 @@ fn needs_escape(b: u8) -> bool {
 /// ```
 pub fn escape_event_type(event_type: &str) -> String {
     let mut out = String::with_capacity(event_type.len() + 8);
-    let mut ends = Vec::new();
+    push_escaped_event_type(&mut out, event_type);
+    out
+}
+
+/// Appends the escaped segment of `event_type` to `out` (what [`escape_event_type`]
+/// returns). An event type with nothing to escape but its dots, the common case, is copied
+/// in one pass without allocating.
+pub(crate) fn push_escaped_event_type(out: &mut String, event_type: &str) {
+    if event_type.len() <= MAX_EVENT_TYPE_SEGMENT && !event_type.bytes().any(needs_escape) {
+        // All ASCII: one char per byte, the segment as long as the type.
+        out.extend(event_type.chars().map(|c| if c == '.' { '_' } else { c }));
+        return;
+    }
+    out.push_str(&escape_slow(event_type));
+}
+
+/// [`escape_event_type`] for a type with bytes to escape or too long a segment.
+fn escape_slow(event_type: &str) -> String {
+    let mut out = String::with_capacity(event_type.len() + 8);
+    let mut ends = Vec::with_capacity(event_type.len());
     for &b in event_type.as_bytes() {
         if b == b'.' {
             out.push('_');
@@ -126,8 +145,20 @@ fn escape_hash(hash: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// `{prefix}:{service}:{escaped event type}:{hash}`, written into one string.
 pub(crate) fn build_key(prefix: &str, service: &str, event_type: &str, hash: &str) -> String {
-    assemble(prefix, service, &escape_event_type(event_type), hash)
+    let hash = escape_hash(hash);
+    let mut key = String::with_capacity(
+        prefix.len() + service.len() + event_type.len() + hash.len() + SUFFIX_LEN + 3,
+    );
+    key.push_str(prefix);
+    key.push(':');
+    key.push_str(service);
+    key.push(':');
+    push_escaped_event_type(&mut key, event_type);
+    key.push(':');
+    key.push_str(&hash);
+    key
 }
 
 /// `{prefix}:{service}:{segment}:{hash}`, the hash escaped.

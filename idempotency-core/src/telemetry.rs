@@ -60,20 +60,22 @@ pub(crate) fn run_outcome<T, E>(result: &Result<Outcome<T>, GuardError<E>>) -> &
 
 /// The span and the metrics of one run. Dropped without [`finish`](RunProbe::finish), it
 /// records the run as `panicked` (while unwinding) or `cancelled` (its future dropped).
-pub(crate) struct RunProbe {
+pub(crate) struct RunProbe<'a> {
     span: Span,
     #[cfg(feature = "metrics")]
-    service: String,
+    config: &'a IdempotencyConfig,
     #[cfg(feature = "metrics")]
-    event_type: String,
+    event_type: &'a str,
     #[cfg(feature = "metrics")]
     started: Instant,
+    #[cfg(not(feature = "metrics"))]
+    _run: std::marker::PhantomData<&'a ()>,
     finished: bool,
 }
 
-impl RunProbe {
+impl<'a> RunProbe<'a> {
     /// Opens the span of a run of `envelope`.
-    pub(crate) fn start(config: &IdempotencyConfig, envelope: &EventEnvelope) -> RunProbe {
+    pub(crate) fn start(config: &'a IdempotencyConfig, envelope: &'a EventEnvelope) -> Self {
         let span = tracing::info_span!(
             "eventonce.run",
             service = config.service_name(),
@@ -88,11 +90,13 @@ impl RunProbe {
         RunProbe {
             span,
             #[cfg(feature = "metrics")]
-            service: config.service_name().to_owned(),
+            config,
             #[cfg(feature = "metrics")]
-            event_type: envelope.event_type.clone(),
+            event_type: &envelope.event_type,
             #[cfg(feature = "metrics")]
             started: Instant::now(),
+            #[cfg(not(feature = "metrics"))]
+            _run: std::marker::PhantomData,
             finished: false,
         }
     }
@@ -125,17 +129,29 @@ impl RunProbe {
             .record("otel.status_code", if failed { "ERROR" } else { "OK" });
         #[cfg(feature = "metrics")]
         {
-            let labels = [
-                ("service", self.service.clone()),
-                ("event_type", self.event_type.clone()),
-                ("outcome", outcome.to_owned()),
+            use metrics::{Key, Label};
+            // One label vector for both metrics (the names differ, the labels do not).
+            let labels = vec![
+                Label::new("service", self.config.service_name().to_owned()),
+                Label::new("event_type", self.event_type.to_owned()),
+                Label::from_static_parts("outcome", outcome),
             ];
-            metrics::counter!(RUNS_TOTAL, &labels).increment(1);
-            metrics::histogram!(RUN_DURATION_SECONDS, &labels)
-                .record(self.started.elapsed().as_secs_f64());
+            let elapsed = self.started.elapsed().as_secs_f64();
+            metrics::with_recorder(|recorder| {
+                let key = Key::from_parts(RUNS_TOTAL, labels);
+                recorder.register_counter(&key, &METADATA).increment(1);
+                let key = Key::from_parts(RUN_DURATION_SECONDS, key.into_parts().1);
+                recorder.register_histogram(&key, &METADATA).record(elapsed);
+            });
         }
     }
 }
+
+/// What the metrics of a run and of a store call are registered with (as `metrics`'
+/// macros would write it for this module).
+#[cfg(feature = "metrics")]
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 /// Records the answers of one `run_batch` call: one count per event, with the same
 /// labels as a `run` (the batch's duration is not split per event, so no run histogram).
@@ -158,7 +174,7 @@ pub(crate) fn batch_outcomes<T, E>(
     let _ = (config, envelopes, answers);
 }
 
-impl Drop for RunProbe {
+impl Drop for RunProbe<'_> {
     fn drop(&mut self) {
         if !self.finished {
             self.record(if std::thread::panicking() {
@@ -179,18 +195,23 @@ pub(crate) fn store_call<T>(
 ) {
     #[cfg(feature = "metrics")]
     {
+        use metrics::{Key, Label};
         let outcome = match result {
             Ok(_) => "ok",
             Err(StoreError::Timeout { .. }) => "timeout",
             Err(_) => "error",
         };
-        metrics::histogram!(
-            STORE_OPERATION_DURATION_SECONDS,
-            "service" => config.service_name().to_owned(),
-            "op" => op,
-            "outcome" => outcome,
-        )
-        .record(elapsed.as_secs_f64());
+        let labels = vec![
+            Label::new("service", config.service_name().to_owned()),
+            Label::from_static_parts("op", op),
+            Label::from_static_parts("outcome", outcome),
+        ];
+        let key = Key::from_parts(STORE_OPERATION_DURATION_SECONDS, labels);
+        metrics::with_recorder(|recorder| {
+            recorder
+                .register_histogram(&key, &METADATA)
+                .record(elapsed.as_secs_f64());
+        });
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (config, op, elapsed, result);

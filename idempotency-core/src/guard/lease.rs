@@ -7,8 +7,9 @@ use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
+use super::fast::LazyTick;
 use super::outcome::{Ctx, Decision, Scope};
 use super::Guard;
 use crate::error::StoreError;
@@ -35,7 +36,7 @@ pub(super) fn renewal_retry(period: Duration) -> Duration {
 
 /// The heartbeat of one claim: the renewal in flight and when the next is due.
 struct Heartbeat<'a> {
-    tick: Pin<&'a mut Sleep>,
+    tick: LazyTick,
     period: Duration,
     renewal: Option<StoreCall<'a, bool>>,
     /// When the renewal in flight was sent.
@@ -57,12 +58,12 @@ impl Guard {
     ) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
         let period = renewal_period(self.inner.config.lease());
         let mut handler = pin!(handler);
-        let tick = pin!(tokio::time::sleep(period));
+        let tick = LazyTick::new(saturating_deadline(ctx.claimed, period));
         let mut beat = Heartbeat {
             tick,
             period,
             renewal: None,
-            asked: Instant::now(),
+            asked: ctx.claimed,
             renewing: true,
         };
         poll_fn(|cx| {
@@ -93,11 +94,10 @@ impl Guard {
                     self.renewal_answered(ctx, result, beat, confirmed);
                 }
             }
-            if !beat.renewing || beat.tick.as_mut().poll(cx).is_pending() {
+            if !beat.renewing || beat.tick.poll_tick(cx).is_pending() {
                 return;
             }
             beat.tick
-                .as_mut()
                 .reset(saturating_deadline(Instant::now(), beat.period));
             if beat.renewal.is_none() {
                 beat.asked = Instant::now();
@@ -129,7 +129,7 @@ impl Guard {
                 self.observe(ctx, Decision::LeaseRenewalFailed { error: &error });
                 // Soon, not a period later: two failed renewals a period apart would lose
                 // the claim to a fault of a third of it.
-                beat.tick.as_mut().reset(saturating_deadline(
+                beat.tick.reset(saturating_deadline(
                     Instant::now(),
                     renewal_retry(beat.period),
                 ));

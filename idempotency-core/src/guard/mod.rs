@@ -30,6 +30,7 @@ use crate::telemetry;
 mod batch;
 mod cancel;
 mod deferred;
+mod fast;
 mod lease;
 mod outcome;
 mod run;
@@ -214,7 +215,7 @@ impl Guard {
     ) -> Result<T, StoreError> {
         let timeout = self.inner.config.store_timeout();
         let started = Instant::now();
-        let result = match tokio::time::timeout(timeout, call).await {
+        let result = match fast::within(timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout { operation, timeout }),
         };
@@ -248,7 +249,7 @@ fn new_owner() -> String {
         (pid, nonce)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{pid:x}-{nonce:016x}-{n:x}")
+    fast::owner_token(pid, nonce, n)
 }
 
 #[cfg(test)]
