@@ -19,6 +19,7 @@ pub(crate) struct Statements {
     pub(crate) release_many: Arc<str>,
     pub(crate) extend_many: Arc<str>,
     pub(crate) complete_then_claim: Arc<str>,
+    pub(crate) complete_one_then_claim: Arc<str>,
     pub(crate) list: Arc<str>,
     pub(crate) remove: Arc<str>,
     pub(crate) sizes: Arc<str>,
@@ -45,6 +46,7 @@ impl Statements {
             release_many: release_many(table),
             extend_many: extend_many(table),
             complete_then_claim: complete_then_claim(table, &wait, &claim_one),
+            complete_one_then_claim: complete_one_then_claim(table, &wait, &claim_one),
             list: list(table),
             remove: remove(table),
             sizes: sizes(table),
@@ -313,6 +315,30 @@ fn complete_then_claim(table: &str, wait: &str, claim_one: &str) -> Arc<str> {
     ))
 }
 
+/// Guarantee: [`complete_then_claim`] of one completion, $4 for $5 for $6 ms, with
+/// scalar parameters: PostgreSQL caches the plan of this statement (a generic plan, after
+/// a few executions), where it plans the array statement again at every execution. The
+/// completed row is the only one locked before the lock timeout is set, so nothing is
+/// locked out of key order. The same rows as [`complete_then_claim`].
+fn complete_one_then_claim(table: &str, wait: &str, claim_one: &str) -> Arc<str> {
+    Arc::from(format!(
+        "WITH done AS (
+                   UPDATE {table} SET state = 'completed', updated_at = now(),
+                          expires_at = now() + make_interval(secs => $6::float8 / 1000)
+                    WHERE key = $4 AND owner = $5 AND state = 'processing' AND expires_at > now()
+                   RETURNING key
+                 ), wait AS MATERIALIZED (
+                   SELECT {wait} AS lock_wait FROM (SELECT count(*) FROM done) AS d
+                 ), {claim_one}
+                 SELECT 'd' AS kind, key, 0::int4 AS code FROM done
+                 UNION ALL
+                 SELECT 'c', NULL, code FROM claim
+                 UNION ALL
+                 SELECT 'c', NULL, CASE WHEN state = 'completed' THEN 3 ELSE 2 END FROM {table}
+                  WHERE key = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM claim)"
+    ))
+}
+
 /// One page of live records in key order, after the cursor key: a range scan of the
 /// primary key. The scope is matched with starts_with, so its characters are never a
 /// LIKE pattern.
@@ -363,6 +389,7 @@ mod tests {
                 &sql.claim_tx,
                 &sql.claim_many,
                 &sql.complete_then_claim,
+                &sql.complete_one_then_claim,
             ] {
                 assert!(
                     statement.contains(&format!("set_config('lock_timeout', {text}, true)")),

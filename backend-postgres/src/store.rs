@@ -81,6 +81,36 @@ impl PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
+    /// The answer of a complete-then-claim statement: rows ('d', key) per completion
+    /// done, then ('c', code) for the claim (none: in progress).
+    fn completed_then_claimed(
+        &self,
+        rows: &[PgRow],
+        completions: &[Completion],
+        key: &str,
+    ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
+        let mut done = std::collections::HashSet::new();
+        let mut code = None;
+        for row in rows {
+            let kind: String = row
+                .try_get("kind")
+                .map_err(|e| self.db_error("PostgreSQL", e))?;
+            if kind == "d" {
+                let k: String = row
+                    .try_get("key")
+                    .map_err(|e| self.db_error("PostgreSQL", e))?;
+                done.insert(k);
+            } else {
+                code = Some(
+                    row.try_get::<i32, _>("code")
+                        .map_err(|e| self.db_error("PostgreSQL", e))?,
+                );
+            }
+        }
+        let done = completions.iter().map(|c| done.contains(&c.key)).collect();
+        Ok((Ok(done), claim_from_code(key, code)?))
+    }
+
     /// Runs a batch statement returning the keys it touched, and maps them back onto
     /// `keys` in order.
     async fn touched<'q>(
@@ -274,51 +304,41 @@ impl IdempotencyStore for PostgresStore {
         lease: Duration,
     ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
         check_complete_then_claim(completions, key, owner, lease)?;
-        let (keys, owners, ttls) = completion_columns(completions);
-        let rows = match sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_then_claim)))
-            .bind(key)
-            .bind(owner)
-            .bind(millis(lease))
-            .bind(keys)
-            .bind(owners)
-            .bind(ttls)
-            .fetch_all(&self.pool)
-            .await
-        {
-            Ok(rows) => rows,
+        let query = match completions {
+            // Nothing to complete: the claim statement.
+            [] => return Ok((Ok(Vec::new()), self.claim_one(key, owner, lease).await?)),
+            // One completion, the usual case of deferred completion: the statement with
+            // scalar parameters, whose plan PostgreSQL caches (it re-plans the array
+            // statement at every execution, estimating its arrays at many rows).
+            [one] => sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_one_then_claim)))
+                .bind(key)
+                .bind(owner)
+                .bind(millis(lease))
+                .bind(one.key.as_str())
+                .bind(one.owner.as_str())
+                .bind(millis(one.ttl)),
+            _ => {
+                let (keys, owners, ttls) = completion_columns(completions);
+                sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_then_claim)))
+                    .bind(key)
+                    .bind(owner)
+                    .bind(millis(lease))
+                    .bind(keys)
+                    .bind(owners)
+                    .bind(ttls)
+            }
+        };
+        match query.fetch_all(&self.pool).await {
+            // One statement: the completions and the claim succeed or fail together.
+            Ok(rows) => self.completed_then_claimed(&rows, completions, key),
             Err(err) if is_conflict(&err) => {
                 // The claimed key is held by another transaction, and the statement (its
                 // completions too) was rolled back: complete, then answer the claim alone.
-                let done = if completions.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    self.complete_many(completions).await
-                };
-                return Ok((done, self.claim_one(key, owner, lease).await?));
+                let done = self.complete_many(completions).await;
+                Ok((done, self.claim_one(key, owner, lease).await?))
             }
-            Err(err) => return Err(self.db_error("PostgreSQL", err)),
-        };
-        let mut done = std::collections::HashSet::new();
-        let mut code = None;
-        for row in &rows {
-            let kind: String = row
-                .try_get("kind")
-                .map_err(|e| self.db_error("PostgreSQL", e))?;
-            if kind == "d" {
-                let k: String = row
-                    .try_get("key")
-                    .map_err(|e| self.db_error("PostgreSQL", e))?;
-                done.insert(k);
-            } else {
-                code = Some(
-                    row.try_get::<i32, _>("code")
-                        .map_err(|e| self.db_error("PostgreSQL", e))?,
-                );
-            }
+            Err(err) => Err(self.db_error("PostgreSQL", err)),
         }
-        let done = completions.iter().map(|c| done.contains(&c.key)).collect();
-        // One statement: the completions and the claim succeed or fail together.
-        Ok((Ok(done), claim_from_code(key, code)?))
     }
 
     fn backend_name(&self) -> &'static str {

@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use eventonce_core::conformance::unique_key;
-use eventonce_core::{Claim, IdempotencyStore, StoreError};
+use eventonce_core::{Claim, Completion, IdempotencyStore, RecordState, StoreError};
 use eventonce_postgres::{PostgresOptions, PostgresStore};
 use sqlx::AssertSqlSafe;
 
@@ -197,4 +197,61 @@ async fn connection_errors_never_show_the_password() {
         .expect_err("nothing listens on port 1");
     let text = format!("{err} {err:?}");
     assert!(!text.contains("hunter2"), "{text}");
+}
+
+/// One completion goes through its own statement (scalar parameters, a cached plan):
+/// it answers as the batch statement does, for the completion and for the claim.
+#[tokio::test]
+async fn one_completion_then_claim_answers_as_the_batch_statement_does() {
+    let store = support::store(2).await;
+    let long = Duration::from_secs(60);
+    let (mine, theirs, next) = (
+        unique_key("one-mine"),
+        unique_key("one-theirs"),
+        unique_key("one-next"),
+    );
+    for (key, owner) in [(&mine, "a"), (&theirs, "b")] {
+        assert_eq!(
+            store.try_claim(key, owner, long).await.expect("claim"),
+            Claim::Acquired
+        );
+    }
+    let completion = |key: &str| Completion {
+        key: key.to_owned(),
+        owner: "a".to_owned(),
+        ttl: long,
+    };
+    // Repeated, so that the server's plan cache settles on its generic plan.
+    for round in 0..8 {
+        let key = format!("{next}:{round}");
+        let (done, claim) = store
+            .complete_then_claim(&[completion(&theirs)], &key, "a", long)
+            .await
+            .expect("not another's");
+        assert_eq!(
+            (done.ok(), claim),
+            (Some(vec![false]), Claim::Acquired),
+            "{round}"
+        );
+    }
+    let (done, claim) = store
+        .complete_then_claim(&[completion(&mine)], &theirs, "c", long)
+        .await
+        .expect("mine, then a live claim");
+    assert_eq!((done.ok(), claim), (Some(vec![true]), Claim::InProgress));
+    let (done, claim) = store
+        .complete_then_claim(&[completion(&format!("{next}:0"))], &mine, "c", long)
+        .await
+        .expect("a completed key");
+    assert_eq!((done.ok(), claim), (Some(vec![true]), Claim::Completed));
+    let record = store.get(&mine).await.expect("get").expect("live");
+    assert_eq!(
+        (record.state, record.owner.as_deref()),
+        (RecordState::Completed, Some("a"))
+    );
+    let record = store.get(&theirs).await.expect("get").expect("live");
+    assert_eq!(
+        (record.state, record.owner.as_deref()),
+        (RecordState::Processing, Some("b"))
+    );
 }
