@@ -53,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(Delivery::CommitFailed { error, .. }) => {
                 eprintln!(
                     "final, commit failed ({error}): it comes again, a duplicate once recorded"
-                )
+                );
             }
             // Not committed; the partition was sought back to the message.
             Ok(Delivery::Redeliver(Retry::Handler(e))) => eprintln!("failed, retrying: {e}"),

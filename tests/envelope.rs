@@ -19,7 +19,7 @@ fn a_full_envelope_parses_with_every_field() {
     assert_eq!(e.correlation_id.as_deref(), Some("c-1"));
     assert_eq!(e.schema_version, Some(1));
     assert_eq!(e.data["essay_id"], "e-1");
-    assert_eq!(e.metadata.as_ref().map(|m| m.len()), Some(1));
+    assert_eq!(e.metadata.as_ref().map(serde_json::Map::len), Some(1));
 }
 
 #[test]

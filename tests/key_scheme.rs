@@ -22,7 +22,7 @@ impl Recording {
     fn claimed(&self) -> Vec<String> {
         self.claimed
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 }
@@ -37,7 +37,7 @@ impl IdempotencyStore for Recording {
     ) -> Result<Claim, StoreError> {
         self.claimed
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(key.to_owned());
         self.inner.try_claim(key, owner, lease).await
     }
@@ -122,7 +122,9 @@ async fn event_types_leaving_the_namespace_are_refused_and_never_written() {
     let flag = Arc::clone(&polled);
     let err = guard
         .run(&bad, async move {
-            *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            *flag
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
             Ok::<_, std::io::Error>(())
         })
         .await
@@ -135,7 +137,9 @@ async fn event_types_leaving_the_namespace_are_refused_and_never_written() {
         "{err}"
     );
     assert!(!err.is_retryable());
-    assert!(!*polled.lock().unwrap_or_else(|e| e.into_inner()));
+    assert!(!*polled
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner));
     let mut batch = events();
     batch.insert(1, bad.clone());
     let results = guard

@@ -84,7 +84,9 @@ fn python() -> &'static Mutex<Python> {
 /// What CPython says for one event: its key and the JSON it hashed, or its exception.
 fn cpython(event_text: &str) -> Result<(String, String), String> {
     assert!(!event_text.contains('\n'), "one event per line");
-    let mut p = python().lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = python()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let p = &mut *p;
     writeln!(p.stdin, "{event_text}").expect("write to python3");
     p.stdin.flush().expect("flush python3's stdin");

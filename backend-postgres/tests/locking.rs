@@ -581,7 +581,7 @@ async fn transactional_runs_of_one_event_under_serializable_defaults_run_it_once
                     .await;
                 match out {
                     Err(GuardError::InProgress) => {
-                        tokio::time::sleep(Duration::from_millis(5)).await
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     other => return other,
                 }

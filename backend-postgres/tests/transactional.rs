@@ -186,7 +186,7 @@ async fn a_panicking_or_dropped_handler_rolls_everything_back() {
         match out {
             Ok(Outcome::Processed(())) => break,
             Err(GuardError::InProgress) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             other => panic!("{other:?}"),
         }
@@ -240,7 +240,7 @@ async fn two_hundred_concurrent_deliveries_of_fifty_events_leave_fifty_rows() {
                     .await;
                 match out {
                     Err(GuardError::InProgress) => {
-                        tokio::time::sleep(Duration::from_millis(5)).await
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     other => return other.expect("delivery"),
                 }

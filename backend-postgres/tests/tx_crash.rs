@@ -147,7 +147,7 @@ async fn parent() {
         match out {
             Ok(outcome) => break (outcome, t.elapsed()),
             Err(GuardError::InProgress) if killed_at.elapsed() < Duration::from_secs(30) => {
-                tokio::time::sleep(Duration::from_millis(20)).await
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("redelivery failed: {e}"),
         }

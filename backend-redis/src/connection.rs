@@ -39,7 +39,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("response_timeout", &self.response_timeout)
             .field(
                 "tls_root_cert",
-                &self.tls_root_cert.as_ref().map(|c| c.len()),
+                &self.tls_root_cert.as_ref().map(std::vec::Vec::len),
             )
             .finish()
     }

@@ -55,7 +55,10 @@ impl Link {
     }
 
     fn lock(&self) -> MutexGuard<'_, Slot> {
-        self.0.slot.lock().unwrap_or_else(|p| p.into_inner())
+        self.0
+            .slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The connection and its generation: the current one, else the attempt in flight,
@@ -119,7 +122,10 @@ impl Link {
 /// The end of attempt `id`: its connection becomes the current one, or, when it failed,
 /// nothing is kept.
 fn settle(inner: &Inner, id: u64, result: &RedisResult<MultiplexedConnection>) {
-    let mut slot = inner.slot.lock().unwrap_or_else(|p| p.into_inner());
+    let mut slot = inner
+        .slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if slot.generation == id && matches!(slot.state, State::Connecting(_)) {
         slot.state = match result {
             Ok(conn) => State::Ready(conn.clone()),

@@ -274,7 +274,9 @@ async fn a_failing_shard_fails_its_own_keys_only() {
                 // The shard fails once every handler has run.
                 if started.fetch_add(1, Ordering::SeqCst) == 63 {
                     let r = Refusing::start(&bad).await;
-                    *refusing.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                    *refusing
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
                 }
                 Ok::<_, String>(())
             }
@@ -291,7 +293,12 @@ async fn a_failing_shard_fails_its_own_keys_only() {
         stats.completions_retried, on_bad_shard as u64,
         "exactly the failing shard's completions are retried: {stats:?}"
     );
-    drop(refusing.lock().unwrap_or_else(|p| p.into_inner()).take());
+    drop(
+        refusing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(),
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let s = states(&store, &keys).await;

@@ -40,10 +40,10 @@ fn venv_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("the test binary's path");
-    exe.ancestors()
-        .nth(3)
-        .map(|target| target.join("python-v2-venv"))
-        .unwrap_or_else(|| workspace().join("target").join("python-v2-venv"))
+    exe.ancestors().nth(3).map_or_else(
+        || workspace().join("target").join("python-v2-venv"),
+        |target| target.join("python-v2-venv"),
+    )
 }
 
 fn run(what: &str, command: &mut Command) -> std::process::Output {

@@ -88,19 +88,19 @@ fn rows<S: IdempotencyStore>(
     g.bench_function("peer idempotent: new event", |b| {
         b.to_async(rt).iter(|| async {
             assert!(run_once(store, unique(), async { Ok(()) }).await);
-        })
+        });
     });
     let dup = u64::MAX;
     rt.block_on(run_once(store, dup, async { Ok(()) }));
     g.bench_function("peer idempotent: duplicate", |b| {
         b.to_async(rt).iter(|| async {
             assert!(!run_once(store, dup, async { Ok(()) }).await);
-        })
+        });
     });
     g.bench_function("peer idempotent: handler failure", |b| {
         b.to_async(rt).iter(|| async {
             assert!(run_once(store, unique(), async { Err("failed".to_owned()) }).await);
-        })
+        });
     });
     let dup_event = super::event(u64::MAX - super::unique());
     let _ = rt.block_on(guard.run(&dup_event, async { Ok::<_, String>(()) }));
@@ -134,7 +134,7 @@ fn rows<S: IdempotencyStore>(
 }
 
 /// Rows on the crate's in-memory store (`idempotent::store::memory::MemoryStore`).
-pub fn memory_rows(
+pub(crate) fn memory_rows(
     g: &mut BenchmarkGroup<'_, WallTime>,
     rt: &tokio::runtime::Runtime,
     guard: &eventonce::Guard,
@@ -150,7 +150,7 @@ pub fn memory_rows(
 /// Rows on the crate's Valkey/Redis store (`idempotent::store::valkey::ValkeyStore`) at
 /// `url`, under a key prefix of this run's own. Skipped with a message when it cannot
 /// connect.
-pub fn redis_rows(
+pub(crate) fn redis_rows(
     g: &mut BenchmarkGroup<'_, WallTime>,
     rt: &tokio::runtime::Runtime,
     url: &str,

@@ -20,7 +20,7 @@ use crate::{fail, EXIT_NO};
 const PAGE: usize = 500;
 
 #[derive(Args)]
-pub struct KeysArgs {
+pub(crate) struct KeysArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// Only this service's keys.
@@ -42,7 +42,7 @@ pub struct KeysArgs {
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("record").required(true).args(["key", "service"])))]
-pub struct ShowArgs {
+pub(crate) struct ShowArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// The key to show (under the prefix).
@@ -66,7 +66,7 @@ pub struct ShowArgs {
 }
 
 #[derive(Args)]
-pub struct ReleaseArgs {
+pub(crate) struct ReleaseArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// The key whose record to remove.
@@ -77,7 +77,7 @@ pub struct ReleaseArgs {
 }
 
 #[derive(Args)]
-pub struct StatsArgs {
+pub(crate) struct StatsArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// Only this service's records.
@@ -168,7 +168,7 @@ async fn collect(
 }
 
 /// A short human duration: `850ms`, `12.5s`, `4m05s`, `3h07m`, `2d05h`.
-pub fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0 => format!("{}ms", d.as_millis()),
@@ -233,7 +233,7 @@ fn state_of(name: Option<&str>) -> Option<RecordState> {
     }
 }
 
-pub async fn keys(args: KeysArgs) -> ExitCode {
+pub(crate) async fn keys(args: KeysArgs) -> ExitCode {
     let scheme = args.store.key_scheme;
     let scope = match scope(
         scheme,
@@ -408,7 +408,7 @@ fn print_record(scheme: KeyScheme, prefix: &str, key: &str, record: &Record) {
     println!("ttl left:   {}", or_dash(record.ttl_left));
 }
 
-pub async fn show(args: ShowArgs) -> ExitCode {
+pub(crate) async fn show(args: ShowArgs) -> ExitCode {
     let key = match show_key(&args) {
         Ok(key) => key,
         Err(err) => return fail(err),
@@ -454,7 +454,7 @@ fn consequence(state: RecordState) -> &'static str {
     }
 }
 
-pub async fn release(args: ReleaseArgs) -> ExitCode {
+pub(crate) async fn release(args: ReleaseArgs) -> ExitCode {
     let (scheme, prefix) = (args.store.key_scheme, &args.store.prefix);
     if let Err(err) = scope(scheme, prefix, None, None) {
         return fail(err);
@@ -563,7 +563,7 @@ fn bytes(n: u64) -> String {
     }
 }
 
-pub async fn stats(args: StatsArgs) -> ExitCode {
+pub(crate) async fn stats(args: StatsArgs) -> ExitCode {
     let scheme = args.store.key_scheme;
     let scope = match scope(scheme, &args.store.prefix, args.service.as_deref(), None) {
         Ok(scope) => scope,

@@ -9,7 +9,7 @@ use eventonce::{AdminStore, IdempotencyStore};
 
 /// Where an admin command finds the records.
 #[derive(Args, Clone, Debug)]
-pub struct StoreArgs {
+pub(crate) struct StoreArgs {
     /// Redis URL [default: $EVENTONCE_REDIS_URL, else redis://127.0.0.1:6379 when no
     /// PostgreSQL URL is given either].
     #[arg(long, value_name = "URL", conflicts_with = "postgres")]
@@ -35,7 +35,7 @@ pub struct StoreArgs {
 
 /// A backend chosen on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     /// The embedded in-memory store (the demo only).
     Memory,
     /// A Redis server.
@@ -51,7 +51,7 @@ pub enum Backend {
 impl Backend {
     /// The admin commands' choice: the flags, else `EVENTONCE_REDIS_URL`, else
     /// `EVENTONCE_POSTGRES_URL`, else the local Redis.
-    pub fn for_admin(args: &StoreArgs) -> Backend {
+    pub(crate) fn for_admin(args: &StoreArgs) -> Backend {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let postgres = |url| Backend::Postgres {
             url,
@@ -72,7 +72,7 @@ impl Backend {
     }
 
     /// `memory`, `redis` or `postgres`.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Backend::Memory => "memory",
             Backend::Redis(_) => "redis",
@@ -82,18 +82,18 @@ impl Backend {
 }
 
 /// A store that both the guard and the admin commands can use.
-pub trait Store: IdempotencyStore + AdminStore {}
+pub(crate) trait Store: IdempotencyStore + AdminStore {}
 impl<S: IdempotencyStore + AdminStore> Store for S {}
 
 /// A connected store and a description of it without credentials.
-pub struct Connected {
+pub(crate) struct Connected {
     pub store: Arc<dyn Store>,
     pub target: String,
 }
 
 /// Connects to `backend`. `migrate`: create the PostgreSQL table if missing (the demo
 /// does; the admin commands never write a schema).
-pub async fn connect(backend: &Backend, migrate: bool) -> Result<Connected, String> {
+pub(crate) async fn connect(backend: &Backend, migrate: bool) -> Result<Connected, String> {
     match backend {
         Backend::Memory => Err(
             "the in-memory store is private to one process; give --redis URL or --postgres URL"

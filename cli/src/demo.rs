@@ -535,7 +535,7 @@ fn progress_bar(len: u64) -> ProgressBar {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// `demo --kafka`: the flow through the user's own broker.

@@ -263,7 +263,10 @@ impl Effects {
     fn handle(&self, event: &EventEnvelope, fail_every: u32) -> Result<(), String> {
         let order = event.data["order"].as_u64().unwrap_or(u64::MAX);
         let attempt = {
-            let mut a = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+            let mut a = self
+                .attempts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let n = a.entry(order).or_default();
             *n += 1;
             *n
@@ -277,7 +280,7 @@ impl Effects {
         *self
             .applied
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(order)
             .or_default() += 1;
         Ok(())
@@ -379,7 +382,7 @@ async fn run_on(bootstrap: &str, topic: &str, options: &DemoOptions) -> Result<R
     let effects = effects
         .applied
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     let events = u64::from(options.events);
     let effects_once = (0..events).filter(|i| effects.get(i) == Some(&1)).count() as u64;
@@ -464,7 +467,11 @@ mod tests {
         let metadata = client
             .fetch_metadata(None, Duration::from_secs(10))
             .expect("metadata");
-        let topics: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+        let topics: Vec<&str> = metadata
+            .topics()
+            .iter()
+            .map(eventonce::kafka::rdkafka::metadata::MetadataTopic::name)
+            .collect();
         assert!(
             !topics.contains(&report.topic.as_str()),
             "{} still listed: {topics:?}",

@@ -792,7 +792,7 @@ fn admin_commands_take_their_store_from_the_environment() {
         .output()
         .expect("runs");
     // Nothing under a fresh prefix (exit 1), read from the Redis of the environment.
-    assert_eq!(run.status.code(), Some(1), "{:?}", run);
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
     let stats: Value = serde_json::from_slice(&run.stdout).expect("json");
     assert_eq!(stats["backend"], "redis");
 

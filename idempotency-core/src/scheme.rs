@@ -187,7 +187,7 @@ pub fn python_v2_hash(event_id: Option<&str>, data: &Value) -> Result<String, Id
     }
     let digest = Sha256::digest(text.as_bytes());
     let mut hex = String::with_capacity(64);
-    for b in digest.iter() {
+    for b in &digest {
         // Writing to a String cannot fail.
         let _ = write!(hex, "{b:02x}");
     }

@@ -434,7 +434,9 @@ impl KafkaGuard {
 
     fn lock_rewinds(&self) -> std::sync::MutexGuard<'_, Rewinds> {
         // The map is never left half-updated, so a poisoned lock is still consistent.
-        self.rewinds.lock().unwrap_or_else(|p| p.into_inner())
+        self.rewinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Forgets the redeliveries that no longer apply before `positions` are decided: those

@@ -153,8 +153,7 @@ async fn assert_all_committed(consumer: &StreamConsumer, topic: &str, partitions
                 .expect("watermarks");
             let at = committed
                 .find_partition(topic, p)
-                .map(|e| e.offset())
-                .unwrap_or(Offset::Invalid);
+                .map_or(Offset::Invalid, |e| e.offset());
             if at != Offset::Offset(high) {
                 behind.push((p, at, high));
             }

@@ -61,7 +61,7 @@ fn assigned(consumer: &StreamConsumer) -> Vec<i32> {
         .expect("assignment")
         .elements()
         .iter()
-        .map(|e| e.partition())
+        .map(rdkafka::topic_partition_list::TopicPartitionListElem::partition)
         .collect();
     partitions.sort_unstable();
     partitions

@@ -343,14 +343,13 @@ async fn parent() {
     let rerun_after = attempts
         .get(1)
         .zip(attempts.first())
-        .map(|(b, a)| b.1 - a.1)
-        .unwrap_or(f64::NAN);
+        .map_or(f64::NAN, |(b, a)| b.1 - a.1);
     println!(
         "kafka e2e rebalance_kill (Redis store): events {EVENTS}, processed {}, duplicates skipped {}, in-progress redeliveries {}, re-runs 1 (event {VICTIM}: first run by {victim} killed, re-run by {} {:.2} s after the first run, lease {} s), completed twice {completed_twice}, side effects once {once}, elapsed {:.2} s (kill at {:.2} s)",
         kind("processed"),
         kind("duplicate"),
         kind("in_progress"),
-        attempts.get(1).map(|a| a.0.as_str()).unwrap_or("nobody"),
+        attempts.get(1).map_or("nobody", |a| a.0.as_str()),
         rerun_after,
         LEASE.as_secs(),
         elapsed.as_secs_f64(),

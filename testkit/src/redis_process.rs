@@ -52,7 +52,7 @@ impl RedisProcess {
         let mut p = RedisProcess {
             port: free_port(),
             dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: extra.iter().map(std::string::ToString::to_string).collect(),
             tls,
             child: None,
         };

@@ -15,7 +15,7 @@ use eventonce::{async_trait, Claim, Completion, IdempotencyStore, Record, StoreE
 use crate::world::World;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     Claim,
     Complete,
     Release,
@@ -29,7 +29,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub fn batch(self) -> bool {
+    pub(crate) fn batch(self) -> bool {
         matches!(
             self,
             Op::ClaimMany
@@ -40,14 +40,14 @@ impl Op {
         )
     }
 
-    pub fn renews(self) -> bool {
+    pub(crate) fn renews(self) -> bool {
         matches!(self, Op::Extend | Op::ExtendMany)
     }
 }
 
 /// What happens to one call.
 #[derive(Clone, Copy, Debug)]
-pub enum Act {
+pub(crate) enum Act {
     Pass,
     Fail,
     Hang,
@@ -66,14 +66,14 @@ fn injected(what: &str) -> StoreError {
     }
 }
 
-pub struct Faulty {
+pub(crate) struct Faulty {
     w: Arc<World>,
     slot: usize,
     inc: u32,
 }
 
 impl Faulty {
-    pub fn new(w: Arc<World>, slot: usize, inc: u32) -> Self {
+    pub(crate) fn new(w: Arc<World>, slot: usize, inc: u32) -> Self {
         Faulty { w, slot, inc }
     }
 

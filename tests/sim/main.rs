@@ -219,12 +219,14 @@ fn run_memory(env: &Env) -> (bool, String) {
                 let report = memory_seed(seed, env.trace);
                 reports
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(report);
             });
         }
     });
-    let mut reports = reports.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut reports = reports
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     reports.sort_by_key(|r| r.seed);
     summarize("memory", &reports, started.elapsed(), |seed| {
         format!("SIM_SEED={seed} make sim")

@@ -101,7 +101,7 @@ fn explain(w: &World, st: &State, first: &Inv, second: &Inv) -> Result<Why, Stri
 }
 
 /// P1: every second protected run of an event is explained; counts the reruns by window.
-pub fn check_reruns(w: &World) {
+pub(crate) fn check_reruns(w: &World) {
     let mut st = w.state();
     let mut by_event: Vec<Vec<usize>> = vec![Vec::new(); st.effects.len()];
     for (i, inv) in st.invs.iter().enumerate() {

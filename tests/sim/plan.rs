@@ -15,7 +15,7 @@ const MS: Duration = Duration::from_millis(1);
 /// The scale of a run: the memory store runs on Tokio's paused clock, so its leases and
 /// its chaos can be long; the real stores run on the real clock, so theirs are short.
 #[derive(Clone, Debug)]
-pub struct Params {
+pub(crate) struct Params {
     /// `lease`.
     pub lease: Duration,
     pub store_timeout: Duration,
@@ -32,7 +32,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn memory() -> Params {
+    pub(crate) fn memory() -> Params {
         Params {
             lease: Duration::from_secs(6),
             store_timeout: 100 * MS,
@@ -45,7 +45,7 @@ impl Params {
         }
     }
 
-    pub fn real() -> Params {
+    pub(crate) fn real() -> Params {
         Params {
             lease: Duration::from_secs(5),
             store_timeout: 200 * MS,
@@ -63,21 +63,21 @@ impl Params {
     /// completion until the lease is over, so only a fault covering the last two thirds of a
     /// lease (less a retry, a store timeout and a breaker cooldown) can; half the lease is
     /// below that. Shorter faults must never cost a second run.
-    pub fn long_fault(&self) -> Duration {
+    pub(crate) fn long_fault(&self) -> Duration {
         self.lease / 2
     }
 
     /// Faults closer than this count as one: the guard's longest pause between retries
     /// (of a renewal: a thirtieth of the lease; of a completion: a twentieth), a store
     /// timeout and a breaker cooldown, so a retry may miss a shorter gap.
-    pub fn bridge(&self) -> Duration {
+    pub(crate) fn bridge(&self) -> Duration {
         self.lease / 20 + self.store_timeout + self.cooldown
     }
 }
 
 /// One consumer's settings (kept across its restarts).
 #[derive(Clone, Debug)]
-pub struct ConsumerPlan {
+pub(crate) struct ConsumerPlan {
     pub fail_mode: FailMode,
     pub deferred: Option<Duration>,
     pub cached: bool,
@@ -87,7 +87,7 @@ pub struct ConsumerPlan {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WindowKind {
+pub(crate) enum WindowKind {
     /// Every call fails at once.
     Fail,
     /// Every call hangs (never answers).
@@ -100,7 +100,7 @@ pub enum WindowKind {
 
 /// A fault on one consumer (`slot`) or on all of them (`None`), over `[start, end)`.
 #[derive(Clone, Debug)]
-pub struct Window {
+pub(crate) struct Window {
     pub slot: Option<usize>,
     pub kind: WindowKind,
     pub start: Duration,
@@ -108,7 +108,7 @@ pub struct Window {
 }
 
 impl Window {
-    pub fn hits(&self, slot: usize) -> bool {
+    pub(crate) fn hits(&self, slot: usize) -> bool {
         self.slot.is_none_or(|s| s == slot)
     }
 }
@@ -116,7 +116,7 @@ impl Window {
 /// A consumer process dying at `at` (its in-flight runs dropped, its guard gone with its
 /// owed completions, nothing it sends afterwards reaching the store), back after a while.
 #[derive(Clone, Debug)]
-pub struct CrashPlan {
+pub(crate) struct CrashPlan {
     pub slot: usize,
     pub at: Duration,
     pub restart_after: Duration,
@@ -125,7 +125,7 @@ pub struct CrashPlan {
 /// One delivery: `events` (several: a batch through `run_batch`; one: `run` or a batch
 /// of one) to consumer `slot` at `at`; dropped by the consumer after `cancel_after`.
 #[derive(Clone, Debug)]
-pub struct DeliveryPlan {
+pub(crate) struct DeliveryPlan {
     pub at: Duration,
     pub slot: usize,
     pub events: Vec<usize>,
@@ -133,7 +133,7 @@ pub struct DeliveryPlan {
     pub cancel_after: Option<Duration>,
 }
 
-pub struct Plan {
+pub(crate) struct Plan {
     pub consumers: Vec<ConsumerPlan>,
     pub events: usize,
     pub deliveries: Vec<DeliveryPlan>,
@@ -145,7 +145,7 @@ pub struct Plan {
     pub rng: Rng,
 }
 
-pub fn draw(seed: u64, p: &Params) -> Plan {
+pub(crate) fn draw(seed: u64, p: &Params) -> Plan {
     // The draws happen in this order, always: a seed's plan never changes.
     let mut r = Rng::new(seed);
     let consumers = draw_consumers(&mut r, p);
@@ -309,7 +309,7 @@ fn draw_crashes(r: &mut Rng, p: &Params, n: usize, late: Duration) -> Vec<CrashP
 
 impl Plan {
     /// The plan in a few lines, printed with a failing seed.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut s = String::new();
         for (i, c) in self.consumers.iter().enumerate() {
             let _ = writeln!(

@@ -15,7 +15,7 @@ use crate::{summarize, take_panics, Env};
 
 /// Runs the stores the features and `SIM_STORE` ask for, in parallel; each one's result
 /// and output.
-pub fn run(env: &Env) -> Vec<(bool, String)> {
+pub(crate) fn run(env: &Env) -> Vec<(bool, String)> {
     let mut jobs: Vec<(&'static str, Job)> = Vec::new();
     #[cfg(feature = "redis")]
     if env.runs("redis") {

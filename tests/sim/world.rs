@@ -34,7 +34,7 @@ thread_local! {
 }
 
 /// Writes the guard's log lines into the trace of this thread's world.
-pub struct LogWriter;
+pub(crate) struct LogWriter;
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -52,11 +52,11 @@ impl std::io::Write for LogWriter {
 }
 
 /// The payload of a handler's deliberate panic.
-pub struct SimPanic;
+pub(crate) struct SimPanic;
 
 /// A handler's deliberate failure.
 #[derive(Debug)]
-pub struct SimError(u64);
+pub(crate) struct SimError(u64);
 
 impl std::fmt::Display for SimError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,7 +66,7 @@ impl std::fmt::Display for SimError {
 
 /// How a handler run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// It applied its effect and returned `Ok`.
     Effect,
     Failed,
@@ -76,7 +76,7 @@ pub enum End {
 }
 
 /// One handler run, as the handler logged it.
-pub struct Inv {
+pub(crate) struct Inv {
     pub event: usize,
     pub slot: usize,
     pub inc: u32,
@@ -88,20 +88,20 @@ pub struct Inv {
 }
 
 impl Inv {
-    pub fn effect(&self) -> Option<Duration> {
+    pub(crate) fn effect(&self) -> Option<Duration> {
         match self.end {
             Some((t, End::Effect)) => Some(t),
             _ => None,
         }
     }
 
-    pub fn running_at(&self, t: Duration) -> bool {
+    pub(crate) fn running_at(&self, t: Duration) -> bool {
         self.start <= t && self.end.is_none_or(|(end, _)| end > t)
     }
 }
 
 /// A claim as the store holds it, from the calls that reached the store.
-pub struct Rec {
+pub(crate) struct Rec {
     pub exp: Duration,
     /// When the last claim or renewal whose success reached the guard was sent: the
     /// guard counts the lease from there (a renewal that reached the store but whose
@@ -156,7 +156,7 @@ impl Stats {
 }
 
 /// What the oracle learned during the run.
-pub struct State {
+pub(crate) struct State {
     pub invs: Vec<Inv>,
     /// (delivery, event) → the owner token of the claim that delivery was granted.
     granted: HashMap<(u64, usize), String>,
@@ -183,7 +183,7 @@ pub struct Report {
 
 /// One delivery's answer for one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     Processed(u64),
     Unprotected(u64),
     Duplicate,
@@ -225,7 +225,7 @@ struct Incarnation {
     tasks: Vec<AbortHandle>,
 }
 
-pub struct World {
+pub(crate) struct World {
     pub p: Params,
     t0: Instant,
     pub ns: String,
@@ -249,31 +249,31 @@ pub struct World {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl World {
-    pub fn now(&self) -> Duration {
+    pub(crate) fn now(&self) -> Duration {
         Instant::now().saturating_duration_since(self.t0)
     }
 
-    pub fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.st)
     }
 
-    pub fn violation(&self, message: String) {
+    pub(crate) fn violation(&self, message: String) {
         let at = self.now();
         self.state().violations.push(format!("[{at:?}] {message}"));
     }
 
-    pub fn trace(&self, line: impl FnOnce() -> String) {
+    pub(crate) fn trace(&self, line: impl FnOnce() -> String) {
         let at = self.now();
         if let Some(trace) = self.state().trace.as_mut() {
             trace.push(format!("{at:>10.3?} {}", line()));
         }
     }
 
-    pub fn event_of_key(&self, key: &str) -> Option<usize> {
+    pub(crate) fn event_of_key(&self, key: &str) -> Option<usize> {
         self.key_index.get(key).copied()
     }
 
@@ -286,7 +286,7 @@ impl World {
     }
 
     /// Every key a store call names must be one of this run's, inside its namespace.
-    pub fn check_keys(&self, keys: &[&str]) {
+    pub(crate) fn check_keys(&self, keys: &[&str]) {
         for key in keys {
             if !key.starts_with(&self.ns) {
                 self.violation(format!(
@@ -301,18 +301,18 @@ impl World {
         }
     }
 
-    pub fn draw<T>(&self, f: impl FnOnce(&mut Rng) -> T) -> T {
+    pub(crate) fn draw<T>(&self, f: impl FnOnce(&mut Rng) -> T) -> T {
         f(&mut lock(&self.rng))
     }
 
-    pub fn is_black_holed(&self, inc: u32) -> bool {
+    pub(crate) fn is_black_holed(&self, inc: u32) -> bool {
         lock(&self.black_holed).contains(&inc)
     }
 
     /// The fault a call of consumer `slot` (incarnation `inc`) meets now; without one, a
     /// network's few milliseconds (so that a consumer can drop a run in the middle of a
     /// call).
-    pub fn decide(&self, slot: usize, inc: u32, op: Op) -> Act {
+    pub(crate) fn decide(&self, slot: usize, inc: u32, op: Op) -> Act {
         if self.is_black_holed(inc) {
             return Act::Hang;
         }
@@ -370,7 +370,13 @@ impl World {
     }
 
     /// Claims that reached the store.
-    pub fn landed_claims(&self, keys: &[&str], owner: &str, lease: Duration, claims: &[Claim]) {
+    pub(crate) fn landed_claims(
+        &self,
+        keys: &[&str],
+        owner: &str,
+        lease: Duration,
+        claims: &[Claim],
+    ) {
         let now = self.now();
         let mut st = self.state();
         for (key, claim) in keys.iter().zip(claims) {
@@ -390,7 +396,7 @@ impl World {
 
     /// Completions (`Some(true)`: written), renewals (`lease`) or releases that reached
     /// the store.
-    pub fn landed(&self, op: Op, keys: &[&str], owners: &[&str], flags: &[Option<bool>]) {
+    pub(crate) fn landed(&self, op: Op, keys: &[&str], owners: &[&str], flags: &[Option<bool>]) {
         let now = self.now();
         let lease = self.p.lease;
         let mut st = self.state();
@@ -415,7 +421,7 @@ impl World {
 
     /// A claim answer (sent at `asked`) that reached the guard: its delivery now holds the
     /// claim.
-    pub fn granted(&self, keys: &[&str], owner: &str, claims: &[Claim], asked: Duration) {
+    pub(crate) fn granted(&self, keys: &[&str], owner: &str, claims: &[Claim], asked: Duration) {
         let delivery = DELIVERY.try_with(|d| *d).ok();
         let mut st = self.state();
         for (key, claim) in keys.iter().zip(claims) {
@@ -431,7 +437,7 @@ impl World {
     }
 
     /// Renewals (sent at `asked`) whose success reached the guard.
-    pub fn confirmed(&self, keys: &[&str], owner: &str, renewed: &[bool], asked: Duration) {
+    pub(crate) fn confirmed(&self, keys: &[&str], owner: &str, renewed: &[bool], asked: Duration) {
         let mut st = self.state();
         for (key, renewed) in keys.iter().zip(renewed) {
             if let (Some(e), true) = (self.event_of_key(key), renewed) {
@@ -657,7 +663,7 @@ impl World {
                 None => {
                     bad.push(format!(
                         "P2 delivery {delivery} was granted a claim on event {event} that never reached the store"
-                    ))
+                    ));
                 }
             }
         }
@@ -878,7 +884,7 @@ impl Attempt {
 }
 
 /// Runs one seed on `store` (shared by every consumer) under service `service`.
-pub async fn simulate(
+pub(crate) async fn simulate(
     seed: u64,
     p: Params,
     store: Arc<dyn IdempotencyStore>,

@@ -9,8 +9,8 @@ use eventonce::{
 };
 use serde_json::json;
 
-pub const SERVICE: &str = "telemetry-test";
-pub const TYPE: &str = "orders.created.v1";
+pub(crate) const SERVICE: &str = "telemetry-test";
+pub(crate) const TYPE: &str = "orders.created.v1";
 
 fn config(service: &str) -> IdempotencyConfig {
     IdempotencyConfig::builder(service)
@@ -58,7 +58,7 @@ async fn ok<T>(value: T) -> Result<T, std::io::Error> {
 
 /// Drives one run of every outcome through guards on a current-thread runtime (so that a
 /// thread-local recorder or subscriber sees everything).
-pub fn every_outcome() {
+pub(crate) fn every_outcome() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()

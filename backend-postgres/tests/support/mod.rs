@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use eventonce_postgres::{PostgresOptions, PostgresStore};
 
-pub fn url() -> String {
+pub(crate) fn url() -> String {
     std::env::var("EVENTONCE_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
@@ -20,13 +20,13 @@ fn epoch_secs() -> u64 {
 
 /// This run's schema: `eventonce_test_<epoch seconds>_<pid>`. Schemas of runs older than an
 /// hour are dropped by the first connection of a run.
-pub fn schema() -> &'static str {
+pub(crate) fn schema() -> &'static str {
     static SCHEMA: OnceLock<String> = OnceLock::new();
     SCHEMA.get_or_init(|| format!("eventonce_test_{}_{}", epoch_secs(), std::process::id()))
 }
 
 /// A store on this run's schema, with a pool of `connections`.
-pub async fn store(connections: u32) -> PostgresStore {
+pub(crate) async fn store(connections: u32) -> PostgresStore {
     let options = PostgresOptions::default()
         .schema(schema())
         .max_connections(connections);

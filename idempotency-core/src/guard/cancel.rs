@@ -101,7 +101,7 @@ impl Drop for PendingClaim {
                     key = logged_key.as_str(),
                     error = %err,
                     "STORE_ERROR: Settling a cancelled run's claim failed; it expires after the lease"
-                )
+                );
             },
         );
     }
@@ -170,7 +170,7 @@ impl Drop for PendingBatch {
                 tracing::error!(
                     error = %err,
                     "STORE_ERROR: Settling a cancelled batch's claims failed; they expire after the lease"
-                )
+                );
             },
         );
     }
@@ -203,7 +203,7 @@ impl Drop for GuardInner {
                 tracing::error!(
                     error = %err,
                     "STORE_ERROR: Writing deferred completions at drop failed; those claims expire after the lease"
-                )
+                );
             },
         );
     }

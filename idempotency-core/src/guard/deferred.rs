@@ -103,7 +103,10 @@ impl Drop for Carried {
 }
 
 fn lock(inner: &GuardInner) -> std::sync::MutexGuard<'_, OwedQueue> {
-    inner.deferred.lock().unwrap_or_else(|p| p.into_inner())
+    inner
+        .deferred
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// When a claim's lease ends: `lease` after the last claim or renewal the store confirmed

@@ -18,7 +18,7 @@ use sqlx::AssertSqlSafe;
 /// command. Unset elsewhere, the broker is started here with `scripts/kafka.sh start`
 /// (which installs it once per machine, in seconds) and left running for later runs; `make
 /// kafka-stop` stops it.
-pub fn bootstrap() -> String {
+pub(crate) fn bootstrap() -> String {
     static BOOTSTRAP: OnceLock<String> = OnceLock::new();
     BOOTSTRAP
         .get_or_init(|| {
@@ -49,25 +49,25 @@ pub fn bootstrap() -> String {
             stdout
                 .lines()
                 .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
-                .map(str::to_owned)
-                .unwrap_or_else(|| {
-                    panic!("scripts/kafka.sh start did not print KAFKA_BOOTSTRAP=...: {stdout}")
-                })
+                .map_or_else(
+                    || panic!("scripts/kafka.sh start did not print KAFKA_BOOTSTRAP=...: {stdout}"),
+                    str::to_owned,
+                )
         })
         .clone()
 }
 
-pub fn redis_url() -> String {
+pub(crate) fn redis_url() -> String {
     std::env::var("EVENTONCE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-pub fn postgres_url() -> String {
+pub(crate) fn postgres_url() -> String {
     std::env::var("EVENTONCE_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A name no other test or run shares: `{prefix}-{pid}-{nanos}`.
-pub fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -76,11 +76,11 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// A PostgreSQL schema name of this run (letters, digits, `_`).
-pub fn schema(prefix: &str) -> String {
+pub(crate) fn schema(prefix: &str) -> String {
     unique(&format!("eventonce_kafka_{prefix}")).replace('-', "_")
 }
 
-pub async fn pool(connections: u32) -> PgPool {
+pub(crate) async fn pool(connections: u32) -> PgPool {
     PgPoolOptions::new()
         .max_connections(connections)
         .connect(&postgres_url())
@@ -88,7 +88,7 @@ pub async fn pool(connections: u32) -> PgPool {
         .unwrap_or_else(|e| panic!("the tests need PostgreSQL at {}: {e}", postgres_url()))
 }
 
-pub async fn exec(pool: &PgPool, sql: String) {
+pub(crate) async fn exec(pool: &PgPool, sql: String) {
     sqlx::query(AssertSqlSafe(sql.clone()))
         .execute(pool)
         .await
@@ -96,7 +96,7 @@ pub async fn exec(pool: &PgPool, sql: String) {
 }
 
 /// A schema with the side-effect table: one row per handler run that reached its effect.
-pub async fn effects_schema(pool: &PgPool, schema: &str) {
+pub(crate) async fn effects_schema(pool: &PgPool, schema: &str) {
     exec(pool, format!("CREATE SCHEMA \"{schema}\"")).await;
     exec(
         pool,
@@ -116,12 +116,12 @@ pub async fn effects_schema(pool: &PgPool, schema: &str) {
     .await;
 }
 
-pub async fn drop_schema(pool: &PgPool, schema: &str) {
+pub(crate) async fn drop_schema(pool: &PgPool, schema: &str) {
     exec(pool, format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await;
 }
 
 /// Per event (0..events): how many times its side effect was applied.
-pub async fn effect_counts(pool: &PgPool, schema: &str, events: u32) -> Vec<i64> {
+pub(crate) async fn effect_counts(pool: &PgPool, schema: &str, events: u32) -> Vec<i64> {
     let rows: Vec<(i32, i64)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT event, count(*) FROM \"{schema}\".effects GROUP BY event"
     )))
@@ -137,7 +137,7 @@ pub async fn effect_counts(pool: &PgPool, schema: &str, events: u32) -> Vec<i64>
     counts
 }
 
-pub fn producer(bootstrap: &str, client_id: &str) -> FutureProducer {
+pub(crate) fn producer(bootstrap: &str, client_id: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("client.id", client_id)
@@ -148,7 +148,7 @@ pub fn producer(bootstrap: &str, client_id: &str) -> FutureProducer {
 }
 
 /// The envelope of event `i`.
-pub fn event(i: u32) -> EventEnvelope {
+pub(crate) fn event(i: u32) -> EventEnvelope {
     EventEnvelope::new(
         "kafka.order.placed.v1",
         serde_json::json!({"order": i, "lines": [i % 7, i % 11]}),
@@ -159,7 +159,7 @@ pub fn event(i: u32) -> EventEnvelope {
 
 /// How a message carries its event.
 #[derive(Debug, Clone, Copy)]
-pub enum Form {
+pub(crate) enum Form {
     /// The envelope as the body, compact.
     Body,
     /// The envelope pretty-printed (other whitespace, same event), id and type also in
@@ -170,7 +170,7 @@ pub enum Form {
 }
 
 /// Sends event `i` to `partition` (or by key when `None`) in `form`.
-pub async fn send(
+pub(crate) async fn send(
     producer: &FutureProducer,
     topic: &str,
     partition: Option<i32>,
@@ -214,7 +214,7 @@ pub async fn send(
     .await;
 }
 
-pub async fn send_raw(
+pub(crate) async fn send_raw(
     producer: &FutureProducer,
     topic: &str,
     partition: Option<i32>,
