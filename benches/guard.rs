@@ -4,6 +4,8 @@
 //!
 //! Groups: `memory` (bare moka insert vs `MemoryStore` through `Guard`), `redis` (raw
 //! `SET NX PX`; `SET NX PX` + an `EVALSHA` completion; one `EVALSHA` claiming 100 keys;
+//! one script claiming a batch of 100 or 1,000 keys and one completing them, paired with
+//! the guard's batches of the same sizes;
 //! the guard's new events, duplicates, failures, deferred completion, cached duplicates,
 //! batches of 10/100/1000, and `FailMode::Open` with its Redis down), `postgres` (raw
 //! `INSERT ... ON CONFLICT`; the guard's new events, duplicates, deferred completion and
@@ -196,6 +198,23 @@ fn paired<FA, FutA, FB, FutB>(
     rt: &tokio::runtime::Runtime,
     group: &str,
     name: &str,
+    floor: FA,
+    ours: FB,
+) where
+    FA: FnMut() -> FutA,
+    FutA: Future<Output = ()>,
+    FB: FnMut() -> FutB,
+    FutB: Future<Output = ()>,
+{
+    paired_n(rt, group, name, PAIRED_SAMPLES, floor, ours);
+}
+
+/// [`paired`] with `pairs` pairs (fewer for batches, each of which takes many events).
+fn paired_n<FA, FutA, FB, FutB>(
+    rt: &tokio::runtime::Runtime,
+    group: &str,
+    name: &str,
+    pairs: usize,
     mut floor: FA,
     mut ours: FB,
 ) where
@@ -209,7 +228,7 @@ fn paired<FA, FutA, FB, FutB>(
     }
     let (mut a, mut b) = rt.block_on(async {
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        for _ in 0..PAIRED_SAMPLES {
+        for _ in 0..pairs {
             let t = Instant::now();
             floor().await;
             a.push(t.elapsed().as_nanos() as f64);
@@ -225,7 +244,7 @@ fn paired<FA, FutA, FB, FutB>(
     write_extra(
         group,
         &format!("paired: {name}"),
-        json!({"name": name, "floor_p50_ns": fa, "ours_p50_ns": fb, "ratio": fa / fb, "pairs": PAIRED_SAMPLES}),
+        json!({"name": name, "floor_p50_ns": fa, "ours_p50_ns": fb, "ratio": fa / fb, "pairs": pairs}),
     );
 }
 
@@ -465,6 +484,7 @@ fn redis_group(c: &mut Criterion) {
     for size in [10, 100, 1000] {
         batch_row(&mut g, &rt, "redis", &guard, size);
     }
+    redis_batch_floors(&mut g, &rt, &raw, &run, &guard);
     g.throughput(Throughput::Elements(1));
     idempotent_crate::redis_rows(&mut g, &rt, &url, &guard);
 
@@ -499,6 +519,81 @@ fn redis_group(c: &mut Criterion) {
         &raw,
         &format!("huleedu:idempotency:bench:*{}-*", std::process::id()),
     );
+}
+
+/// The raw floor of a batch: one script claiming the `n` keys (`SET NX PX` each), then one
+/// script completing them with an owner check (`GET`, compare, `SET PX` each).
+async fn two_scripts(
+    raw: &mut redis::aio::MultiplexedConnection,
+    scripts: &(redis::Script, redis::Script),
+    keys: &[String],
+) {
+    let mut claim = scripts.0.prepare_invoke();
+    let mut complete = scripts.1.prepare_invoke();
+    for key in keys {
+        claim.key(key);
+        complete.key(key);
+    }
+    claim.arg("p|owner").arg(300_000);
+    complete.arg("p|owner").arg(86_400_000);
+    let claimed: Vec<i64> = claim.invoke_async(raw).await.expect("evalsha");
+    let completed: Vec<i64> = complete.invoke_async(raw).await.expect("evalsha");
+    assert!(claimed.iter().chain(&completed).all(|&c| c == 1));
+}
+
+/// The two-script floors of batches of 100 and 1,000 (criterion rows), and the guard's
+/// batches paired with them; the guard's events are built before the pairs are timed, as
+/// the floor's keys are built in its timing.
+fn redis_batch_floors(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    raw: &redis::aio::MultiplexedConnection,
+    run: &str,
+    guard: &Guard,
+) {
+    let scripts = (
+        redis::Script::new(
+            "local out = {} for i = 1, #KEYS do out[i] = redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0 end return out",
+        ),
+        redis::Script::new(
+            "local out = {} for i = 1, #KEYS do if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('SET', KEYS[i], 'c', 'PX', ARGV[2]) out[i] = 1 else out[i] = 0 end end return out",
+        ),
+    );
+    for size in [100, 1000] {
+        let name = format!("floor: 2 scripts, batch of {size} (claim, complete)");
+        let floor = || {
+            let mut raw = raw.clone();
+            let keys: Vec<String> = (0..size)
+                .map(|_| format!("huleedu:idempotency:bench:{run}:raw4:{}", unique()))
+                .collect();
+            let scripts = &scripts;
+            async move { two_scripts(&mut raw, scripts, &keys).await }
+        };
+        g.throughput(Throughput::Elements(size as u64));
+        g.bench_function(&name, |b| b.to_async(rt).iter(floor));
+        latency(rt, "redis", &name, size, floor);
+        let pairs = (PAIRED_SAMPLES * 10 / size).clamp(100, PAIRED_SAMPLES);
+        let batches = std::cell::RefCell::new((0..pairs).map(|_| batch(size)).collect::<Vec<_>>());
+        let ours = || {
+            let events = batches.borrow_mut().pop().unwrap_or_else(|| batch(size));
+            async move {
+                let answers = guard
+                    .run_batch(&events, |_| async { Ok::<_, String>(()) })
+                    .await;
+                assert!(answers
+                    .iter()
+                    .all(|a| matches!(a, Ok(o) if !o.is_duplicate())));
+            }
+        };
+        paired_n(
+            rt,
+            "redis",
+            &format!("guard: batch of {size} / 2 scripts"),
+            pairs,
+            floor,
+            ours,
+        );
+    }
 }
 
 /// Deletes the keys of `pattern` (`SCAN`, never `KEYS`): a run leaves a million records

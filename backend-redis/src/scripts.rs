@@ -3,8 +3,9 @@
 //! Record values stay small: `p|<ms>|<owner>` while processing, `c|<ms>|<owner>` once
 //! completed, where `<ms>` is the writer's wall clock in milliseconds (informational: the
 //! age an operator sees). The key's own TTL (`PX`) is the lease or the completed TTL, so
-//! expiry is judged by the Redis server's clock alone. The guard's scripts call only `GET`,
-//! `SET`, `DEL` and `PTTL`; the admin listing script adds `TYPE`. All of them are in
+//! expiry is judged by the Redis server's clock alone. A claim is one `SET ... NX GET` on
+//! Redis 7 and later (`SET NX` then `GET` on an older server). The guard's scripts call
+//! only `GET`, `SET`, `DEL` and `PTTL`; the admin listing script adds `TYPE`. All of them are in
 //! `@read` or `@write`, so an ACL user limited to `+@read +@write +@scripting` runs them.
 //!
 //! A value in any other form was written by an older writer (the Python decorator's `"1"`
@@ -14,10 +15,11 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 
-/// Lua helpers shared by every script.
-macro_rules! prelude {
+/// Lua helper: the state of a value.
+macro_rules! state_of {
     () => {
         r#"
 -- 'p': a claim of ours; 'c': completed (ours or an older writer's); 'l': an older
@@ -33,11 +35,43 @@ local function state_of(v)
   end
   return 'c'
 end
--- Whether `v` is a processing claim held by `owner`.
+"#
+    };
+}
+
+/// Lua helper: the claim of one key (needs `state_of!`).
+macro_rules! claim {
+    () => {
+        r#"
+-- Sets `key` to `value` with a TTL of `lease` unless it exists: 1 (acquired), 2 (in
+-- progress) or 3 (completed). Redis 7 does it in one SET ... NX GET, which answers the
+-- value it found (or nil once it set it); an older server refuses NX with GET, and then
+-- SET NX and GET go one after the other.
+local function claim(key, value, lease)
+  local v = redis.pcall('SET', key, value, 'NX', 'GET', 'PX', lease)
+  if type(v) == 'table' and v['err'] then
+    if redis.call('SET', key, value, 'NX', 'PX', lease) then return 1 end
+    v = redis.call('GET', key)
+    if not v then return 2 end
+  elseif not v then
+    return 1
+  end
+  if state_of(v) == 'c' then return 3 end
+  return 2
+end
+"#
+    };
+}
+
+/// Lua helper: whether a value is a processing claim of an owner.
+macro_rules! held_by {
+    () => {
+        r#"
+-- Whether `v` is a processing claim held by `owner` (compared in place, no copy).
 local function held_by(v, owner)
   if not v then return false end
   local head = string.match(v, '^p|%d+|')
-  return head ~= nil and string.sub(v, #head + 1) == owner
+  return head ~= nil and #v == #head + #owner and string.find(v, owner, #head + 1, true) == #head + 1
 end
 "#
     };
@@ -51,15 +85,10 @@ end
 /// set to a processing claim of ARGV[1] with a TTL of the lease; otherwise it is left
 /// untouched and its state is reported in the same round trip.
 const CLAIM_LUA: &str = concat!(
-    prelude!(),
+    state_of!(),
+    claim!(),
     r#"
-if redis.call('SET', KEYS[1], 'p|' .. ARGV[3] .. '|' .. ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 1
-end
-local v = redis.call('GET', KEYS[1])
-if not v then return 2 end
-if state_of(v) == 'c' then return 3 end
-return 2
+return claim(KEYS[1], 'p|' .. ARGV[3] .. '|' .. ARGV[1], ARGV[2])
 "#
 );
 
@@ -69,7 +98,7 @@ return 2
 /// Guarantee: atomically, only if the key holds a processing claim of ARGV[1], it becomes
 /// a completed record with a TTL of ARGV[2]; anything else is left untouched.
 const COMPLETE_LUA: &str = concat!(
-    prelude!(),
+    held_by!(),
     r#"
 if not held_by(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], 'c|' .. ARGV[3] .. '|' .. ARGV[1], 'PX', ARGV[2])
@@ -82,7 +111,7 @@ return 1
 /// Guarantee: atomically, only if the key holds a processing claim of ARGV[1], it is
 /// deleted; a completed record or another owner's claim is never deleted.
 const RELEASE_LUA: &str = concat!(
-    prelude!(),
+    held_by!(),
     r#"
 if not held_by(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
@@ -96,7 +125,7 @@ return 1
 /// Guarantee: atomically, only if the key holds a processing claim of ARGV[1], its value
 /// is rewritten with the current time and its TTL set to ARGV[2].
 const EXTEND_LUA: &str = concat!(
-    prelude!(),
+    held_by!(),
     r#"
 if not held_by(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], 'p|' .. ARGV[3] .. '|' .. ARGV[1], 'PX', ARGV[2])
@@ -115,84 +144,90 @@ return {v, redis.call('PTTL', KEYS[1])}
 
 /// The batch script: `complete_many`, `try_claim_many` and `complete_then_claim` in one
 /// round trip. KEYS[1..n] are completions, KEYS[n+1..] claims; ARGV[1] = now in ms,
-/// ARGV[2] = n, then for each completion i its owner (ARGV[2i+1]) and TTL in ms
-/// (ARGV[2i+2]), then, when there are claims, the claiming owner and the lease in ms.
-/// Returns one number per key, in order: for a completion 1 or 0 as `COMPLETE`, for a
-/// claim 1, 2 or 3 as `CLAIM`.
+/// ARGV[2] = n, ARGV[3] = m, the number of (owner, TTL in ms) pairs that follow: 1 when
+/// every completion has the same owner and TTL, else n (pair i for completion i); then,
+/// when there are claims, the claiming owner and the lease in ms. Returns one digit per
+/// key, in order, as one string: for a completion 1 or 0 as `COMPLETE`, for a claim 1, 2
+/// or 3 as `CLAIM`.
 ///
 /// Guarantee: atomically, each completion and then each claim is exactly what the
 /// single-key script does, in KEYS order. Runs on one Redis (or, in a cluster, only when
 /// every key is in one slot; the store sends cluster batches key by key).
 const SETTLE_LUA: &str = concat!(
-    prelude!(),
+    state_of!(),
+    claim!(),
+    held_by!(),
     r#"
 local now = ARGV[1]
 local n = tonumber(ARGV[2])
+local m = tonumber(ARGV[3])
 local out = {}
+local owner, ttl, done = ARGV[4], ARGV[5], nil
+if m == 1 then done = 'c|' .. now .. '|' .. owner end
 for i = 1, n do
-  local owner = ARGV[2 * i + 1]
+  if m ~= 1 then
+    owner, ttl = ARGV[2 * i + 2], ARGV[2 * i + 3]
+    done = 'c|' .. now .. '|' .. owner
+  end
   if held_by(redis.call('GET', KEYS[i]), owner) then
-    redis.call('SET', KEYS[i], 'c|' .. now .. '|' .. owner, 'PX', ARGV[2 * i + 2])
-    out[i] = 1
+    redis.call('SET', KEYS[i], done, 'PX', ttl)
+    out[i] = '1'
   else
-    out[i] = 0
+    out[i] = '0'
   end
 end
 if #KEYS > n then
-  local owner = ARGV[2 * n + 3]
-  local lease = ARGV[2 * n + 4]
-  local claim = 'p|' .. now .. '|' .. owner
+  local owner = ARGV[2 * m + 4]
+  local lease = ARGV[2 * m + 5]
+  local value = 'p|' .. now .. '|' .. owner
+  local digits = {'1', '2', '3'}
   for i = n + 1, #KEYS do
-    if redis.call('SET', KEYS[i], claim, 'NX', 'PX', lease) then
-      out[i] = 1
-    else
-      local v = redis.call('GET', KEYS[i])
-      if v and state_of(v) == 'c' then out[i] = 3 else out[i] = 2 end
-    end
+    out[i] = digits[claim(KEYS[i], value, lease)]
   end
 end
-return out
+return table.concat(out)
 "#
 );
 
-/// `release_many`. KEYS = keys; ARGV[1] = owner. Returns 1 or 0 per key, in order.
+/// `release_many`. KEYS = keys; ARGV[1] = owner. Returns 1 or 0 per key, in order, as
+/// one string of digits.
 ///
 /// Guarantee: atomically, each key holding a processing claim of ARGV[1] is deleted;
 /// nothing else is touched.
 const RELEASE_MANY_LUA: &str = concat!(
-    prelude!(),
+    held_by!(),
     r#"
 local out = {}
 for i = 1, #KEYS do
   if held_by(redis.call('GET', KEYS[i]), ARGV[1]) then
     redis.call('DEL', KEYS[i])
-    out[i] = 1
+    out[i] = '1'
   else
-    out[i] = 0
+    out[i] = '0'
   end
 end
-return out
+return table.concat(out)
 "#
 );
 
 /// `extend_many`. KEYS = keys; ARGV[1] = owner, ARGV[2] = lease in ms, ARGV[3] = now in
-/// ms. Returns 1 or 0 per key, in order.
+/// ms. Returns 1 or 0 per key, in order, as one string of digits.
 ///
 /// Guarantee: atomically, each key holding a processing claim of ARGV[1] is rewritten
 /// with the current time and its TTL set to ARGV[2]; nothing else is touched.
 const EXTEND_MANY_LUA: &str = concat!(
-    prelude!(),
+    held_by!(),
     r#"
 local out = {}
 for i = 1, #KEYS do
   if held_by(redis.call('GET', KEYS[i]), ARGV[1]) then
     redis.call('SET', KEYS[i], 'p|' .. ARGV[3] .. '|' .. ARGV[1], 'PX', ARGV[2])
-    out[i] = 1
+    out[i] = '1'
   else
-    out[i] = 0
+    out[i] = '0'
   end
 end
-return out
+return table.concat(out)
 "#
 );
 
@@ -238,3 +273,41 @@ pub(crate) static RELEASE_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(
 pub(crate) static EXTEND_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_MANY_LUA));
 pub(crate) static LIST: LazyLock<Script> = LazyLock::new(|| Script::new(LIST_LUA));
 pub(crate) static REMOVE: LazyLock<Script> = LazyLock::new(|| Script::new(REMOVE_LUA));
+
+/// One script call, built straight into one command buffer: `EVALSHA` with the script's
+/// hash, its keys and arguments, without an allocation per argument. On `NOSCRIPT` (a
+/// server that restarted or was flushed) the script is loaded and the call sent once more.
+pub(crate) struct Call {
+    script: &'static Script,
+    cmd: Cmd,
+}
+
+impl Call {
+    /// A call of `script` with `keys` keys, about `args` arguments in all (keys included)
+    /// and `bytes` bytes of them.
+    pub(crate) fn new(script: &'static Script, keys: usize, args: usize, bytes: usize) -> Self {
+        let mut cmd = Cmd::with_capacity(args + 3, bytes + 64);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
+        Call { script, cmd }
+    }
+
+    /// Appends a key or an argument (keys first, in order).
+    pub(crate) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    /// Sends the call; on `NOSCRIPT` loads the script and sends it again.
+    pub(crate) async fn invoke<T: FromRedisValue>(
+        &self,
+        conn: &mut impl ConnectionLike,
+    ) -> RedisResult<T> {
+        match self.cmd.query_async(conn).await {
+            Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script.prepare_invoke().load_async(conn).await?;
+                self.cmd.query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}

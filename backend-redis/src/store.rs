@@ -13,7 +13,9 @@ use redis::Script;
 
 use crate::connection::RedisStore;
 use crate::record::{millis, now_ms, record_of};
-use crate::scripts::{CLAIM, COMPLETE, EXTEND, EXTEND_MANY, GET, RELEASE, RELEASE_MANY, SETTLE};
+use crate::scripts::{
+    Call, CLAIM, COMPLETE, EXTEND, EXTEND_MANY, GET, RELEASE, RELEASE_MANY, SETTLE,
+};
 
 #[async_trait]
 impl IdempotencyStore for RedisStore {
@@ -24,15 +26,10 @@ impl IdempotencyStore for RedisStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
+        let mut call = Call::new(&CLAIM, 1, 4, key.len() + owner.len() + 40);
+        call.arg(key).arg(owner).arg(millis(lease)).arg(now_ms());
         let mut conn = self.connection().await?;
-        let code: i64 = CLAIM
-            .key(key)
-            .arg(owner)
-            .arg(millis(lease))
-            .arg(now_ms())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.error(e))?;
+        let code: i64 = call.invoke(&mut conn).await.map_err(|e| self.error(e))?;
         claim_from_code(key, code)
     }
 
@@ -55,12 +52,11 @@ impl IdempotencyStore for RedisStore {
         if key.is_empty() {
             return Err(StoreError::InvalidArgument("key must not be empty".into()));
         }
+        let mut call = Call::new(&GET, 1, 1, key.len());
+        call.arg(key);
         let mut conn = self.connection().await?;
-        let reply: Option<(Vec<u8>, i64)> = GET
-            .key(key)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.error(e))?;
+        let reply: Option<(Vec<u8>, i64)> =
+            call.invoke(&mut conn).await.map_err(|e| self.error(e))?;
         Ok(reply.map(|(value, pttl)| record_of(&value, pttl)))
     }
 
@@ -77,8 +73,7 @@ impl IdempotencyStore for RedisStore {
         if self.is_cluster() {
             return self.cluster_claim_many(keys, owner, lease).await;
         }
-        let claims: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let codes = self.settle(&[], &claims, owner, lease).await?;
+        let codes = self.settle(&[], keys, owner, lease).await?;
         keys.iter()
             .zip(codes)
             .map(|(key, code)| claim_from_code(key, code))
@@ -101,7 +96,9 @@ impl IdempotencyStore for RedisStore {
                 .await,
             );
         }
-        let codes = self.settle(completions, &[], "", Duration::ZERO).await?;
+        let codes = self
+            .settle::<&str>(completions, &[], "", Duration::ZERO)
+            .await?;
         Ok(codes.into_iter().map(|c| c == 1).collect())
     }
 
@@ -164,24 +161,23 @@ impl IdempotencyStore for RedisStore {
         "redis"
     }
 }
+
 impl RedisStore {
+    /// A single-key script answering 1 or 0 (`COMPLETE`, `RELEASE`, `EXTEND`).
     async fn flag(
         &self,
-        script: &Script,
+        script: &'static Script,
         key: &str,
         owner: &str,
         ms: Option<u64>,
     ) -> Result<bool, StoreError> {
-        let mut invocation = script.key(key);
-        invocation.arg(owner);
+        let mut call = Call::new(script, 1, 4, key.len() + owner.len() + 40);
+        call.arg(key).arg(owner);
         if let Some(ms) = ms {
-            invocation.arg(ms).arg(now_ms());
+            call.arg(ms).arg(now_ms());
         }
         let mut conn = self.connection().await?;
-        let result: i64 = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.error(e))?;
+        let result: i64 = call.invoke(&mut conn).await.map_err(|e| self.error(e))?;
         Ok(result == 1)
     }
 
@@ -214,71 +210,83 @@ impl RedisStore {
         )))
     }
 
-    /// One `SETTLE` call: completions, then claims, in one round trip.
-    async fn settle(
+    /// One `SETTLE` call: completions, then claims, in one round trip. The answer is one
+    /// code per key, in order. Completions that share one owner and TTL (a batch's) send
+    /// them once.
+    async fn settle<K: AsRef<str>>(
         &self,
         completions: &[Completion],
-        claims: &[&str],
+        claims: &[K],
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<i64>, StoreError> {
-        let mut invocation = SETTLE.prepare_invoke();
+        let keys = completions.len() + claims.len();
+        let shared = completions
+            .first()
+            .filter(|first| {
+                completions
+                    .iter()
+                    .all(|c| c.ttl == first.ttl && c.owner == first.owner)
+            })
+            .is_some();
+        let pairs = if shared { 1 } else { completions.len() };
+        let bytes = completions.iter().map(|c| c.key.len()).sum::<usize>()
+            + claims.iter().map(|k| k.as_ref().len()).sum::<usize>()
+            + (pairs + 1) * (owner.len().max(40) + 24);
+        let mut call = Call::new(&SETTLE, keys, keys + 2 * pairs + 5, bytes);
         for c in completions {
-            invocation.key(&c.key);
+            call.arg(&c.key);
         }
         for key in claims {
-            invocation.key(*key);
+            call.arg(key.as_ref());
         }
-        invocation.arg(now_ms()).arg(completions.len());
-        for c in completions {
-            invocation.arg(&c.owner).arg(millis(c.ttl));
+        call.arg(now_ms()).arg(completions.len()).arg(pairs);
+        for c in &completions[..pairs] {
+            call.arg(&c.owner).arg(millis(c.ttl));
         }
         if !claims.is_empty() {
-            invocation.arg(owner).arg(millis(lease));
+            call.arg(owner).arg(millis(lease));
         }
         let mut conn = self.connection().await?;
-        let codes: Vec<i64> = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.error(e))?;
-        if codes.len() != completions.len() + claims.len() {
+        let codes: Vec<u8> = call.invoke(&mut conn).await.map_err(|e| self.error(e))?;
+        if codes.len() != keys {
             return Err(StoreError::InvalidData {
                 key: claims
                     .first()
-                    .map(|k| (*k).to_owned())
+                    .map(|k| k.as_ref().to_owned())
                     .or_else(|| completions.first().map(|c| c.key.clone()))
                     .unwrap_or_default(),
                 detail: format!(
-                    "batch script answered {} codes for {} keys",
-                    codes.len(),
-                    completions.len() + claims.len()
+                    "batch script answered {} codes for {keys} keys",
+                    codes.len()
                 ),
             });
         }
-        Ok(codes)
+        Ok(codes
+            .into_iter()
+            .map(|c| i64::from(c) - i64::from(b'0'))
+            .collect())
     }
 
     /// A per-key batch script (`RELEASE_MANY`, `EXTEND_MANY`) in one round trip.
     async fn flags_many(
         &self,
-        script: &Script,
+        script: &'static Script,
         keys: &[String],
         owner: &str,
         lease: Option<Duration>,
     ) -> Result<Vec<bool>, StoreError> {
-        let mut invocation = script.prepare_invoke();
+        let bytes = keys.iter().map(String::len).sum::<usize>() + owner.len() + 48;
+        let mut call = Call::new(script, keys.len(), keys.len() + 3, bytes);
         for key in keys {
-            invocation.key(key);
+            call.arg(key);
         }
-        invocation.arg(owner);
+        call.arg(owner);
         if let Some(lease) = lease {
-            invocation.arg(millis(lease)).arg(now_ms());
+            call.arg(millis(lease)).arg(now_ms());
         }
         let mut conn = self.connection().await?;
-        let flags: Vec<i64> = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.error(e))?;
+        let flags: Vec<u8> = call.invoke(&mut conn).await.map_err(|e| self.error(e))?;
         if flags.len() != keys.len() {
             return Err(StoreError::InvalidData {
                 key: keys[0].clone(),
@@ -289,7 +297,7 @@ impl RedisStore {
                 ),
             });
         }
-        Ok(flags.into_iter().map(|f| f == 1).collect())
+        Ok(flags.into_iter().map(|f| f == b'1').collect())
     }
 }
 

@@ -96,12 +96,12 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     assert!(status.success(), "openssl {args:?}");
 }
 
+/// A throwaway CA (`ca.crt`) and a server certificate for 127.0.0.1 it signed
+/// (`server.crt`, `server.key`), in `dir`.
 #[cfg(feature = "tls")]
-#[tokio::test]
-async fn tls_with_a_throwaway_ca_works_and_an_unknown_ca_is_refused() {
-    let dir = RedisProcess::new_dir();
+fn throwaway_certificates(dir: &std::path::Path) {
     openssl(
-        &dir,
+        dir,
         &[
             "req",
             "-x509",
@@ -119,7 +119,7 @@ async fn tls_with_a_throwaway_ca_works_and_an_unknown_ca_is_refused() {
         ],
     );
     openssl(
-        &dir,
+        dir,
         &[
             "req",
             "-newkey",
@@ -135,7 +135,7 @@ async fn tls_with_a_throwaway_ca_works_and_an_unknown_ca_is_refused() {
     );
     std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext file");
     openssl(
-        &dir,
+        dir,
         &[
             "x509",
             "-req",
@@ -154,6 +154,13 @@ async fn tls_with_a_throwaway_ca_works_and_an_unknown_ca_is_refused() {
             "server.crt",
         ],
     );
+}
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_with_a_throwaway_ca_works_and_an_unknown_ca_is_refused() {
+    let dir = RedisProcess::new_dir();
+    throwaway_certificates(&dir);
     let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let (cert, key, ca) = (path("server.crt"), path("server.key"), path("ca.crt"));
     let server = RedisProcess::start_in(
