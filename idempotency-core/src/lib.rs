@@ -41,3 +41,19 @@ pub use key::{escape_event_type, unescape_event_type, KeyParts};
 pub use scheme::{python_json, python_number, python_v2_hash, KeyScheme};
 pub use store::{Claim, Completion, IdempotencyStore, Record, RecordState, TransactionalStore};
 pub use telemetry::{RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS};
+
+/// The first layout's paths of the names that moved to [`config::defaults`] and
+/// [`backend`], kept so that code written against them still compiles. Not part of the
+/// documented API: new code names the modules.
+#[doc(hidden)]
+pub use backend::{
+    check_arguments, check_batch, check_complete_then_claim, check_completions, check_many,
+    redact_url, saturating_deadline,
+};
+#[doc(hidden)]
+pub use config::defaults::{
+    DEFAULT_BATCH_CONCURRENCY, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD,
+    DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT,
+    DEFAULT_TTL, MAX_DEPTH, MAX_EVENT_TYPE_SEGMENT, MAX_TTL, MAX_WAIT, TTL_AGGREGATION,
+    TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
+};
