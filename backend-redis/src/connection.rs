@@ -277,11 +277,21 @@ impl RedisStore {
     /// masked), the cause and what to check: connection refused, no answer, not a Redis
     /// server, authentication, TLS, an invalid URL. Afterwards the connection is replaced
     /// whenever it breaks, as with [`connect_lazy`](Self::connect_lazy).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] if the URL is invalid, or if the first connection or its
+    /// `PING` fails (a timeout included), the message saying why with the password masked.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, RedisOptions::default()).await
     }
 
     /// [`connect`](Self::connect) with the given timeouts.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect): [`StoreError::Unavailable`] for an invalid URL or a
+    /// first connection that fails.
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         let store = Self::connect_lazy_with(url, options)?;
         if let Conn::Link(link) = &store.conn {
@@ -323,6 +333,12 @@ impl RedisStore {
     /// in the background; an attempt that fails leaves nothing behind, so the first call
     /// after Redis is back connects afresh instead of reporting an error of the outage.
     ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] if the URL is invalid (not a Redis scheme, no host, a
+    /// path that is not a database number, or refused by the client); nothing is
+    /// connected here.
+    ///
     /// ```no_run
     /// use eventonce_core::{FailMode, Guard, IdempotencyConfig};
     /// use eventonce_redis::RedisStore;
@@ -341,6 +357,11 @@ impl RedisStore {
     }
 
     /// [`connect_lazy`](Self::connect_lazy) with the given timeouts.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_lazy`](Self::connect_lazy): [`StoreError::Unavailable`] for an invalid
+    /// URL.
     pub fn connect_lazy_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         let target = redact_url(url);
         let password = password_of(url).map(str::to_owned);
@@ -399,6 +420,12 @@ impl RedisStore {
 
     /// Connects to a Redis Cluster through any of its nodes' URLs. MOVED and ASK
     /// redirections are followed (at most twice per call); nothing else is retried.
+    ///
+    /// # Errors
+    ///
+    /// - [`StoreError::InvalidArgument`] if `urls` is empty.
+    /// - [`StoreError::Unavailable`] if a URL is invalid, or if no connection to the
+    ///   cluster can be made; passwords are masked in the message.
     pub async fn connect_cluster<I, S>(urls: I) -> Result<Self, StoreError>
     where
         I: IntoIterator<Item = S>,
@@ -408,6 +435,11 @@ impl RedisStore {
     }
 
     /// Connects to a Redis Cluster with the given timeouts.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_cluster`](Self::connect_cluster): [`StoreError::InvalidArgument`] for
+    /// no URL, [`StoreError::Unavailable`] for an invalid URL or a failed connection.
     pub async fn connect_cluster_with<I, S>(
         urls: I,
         options: RedisOptions,

@@ -28,6 +28,11 @@ pub fn saturating_deadline(now: tokio::time::Instant, duration: Duration) -> tok
 
 /// Checks the arguments every store receives; backends call it first so that they reject
 /// the same inputs the same way.
+///
+/// # Errors
+///
+/// [`StoreError::InvalidArgument`] if `key` or `owner` is empty, or if `ttl` is shorter
+/// than one millisecond or longer than [`MAX_TTL`].
 pub fn check_arguments(key: &str, owner: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
     if key.is_empty() {
         return Err(StoreError::InvalidArgument("key must not be empty".into()));
@@ -55,6 +60,11 @@ pub fn check_arguments(key: &str, owner: &str, ttl: Option<Duration>) -> Result<
 
 /// Checks the arguments of a batch call on `keys`: each as [`check_arguments`] does, and
 /// that they are distinct ([`check_many`]).
+///
+/// # Errors
+///
+/// [`StoreError::InvalidArgument`] if any key fails [`check_arguments`] (with `owner` and
+/// `ttl`), or if a key appears twice.
 pub fn check_batch(keys: &[String], owner: &str, ttl: Option<Duration>) -> Result<(), StoreError> {
     for key in keys {
         check_arguments(key, owner, ttl)?;
@@ -64,6 +74,11 @@ pub fn check_batch(keys: &[String], owner: &str, ttl: Option<Duration>) -> Resul
 
 /// Checks the completions of a batch call: each as [`check_arguments`] does, and that
 /// their keys are distinct ([`check_many`]).
+///
+/// # Errors
+///
+/// [`StoreError::InvalidArgument`] if any completion fails [`check_arguments`] (its key,
+/// owner and ttl), or if a key appears twice.
 pub fn check_completions(completions: &[Completion]) -> Result<(), StoreError> {
     for c in completions {
         check_arguments(&c.key, &c.owner, Some(c.ttl))?;
@@ -74,6 +89,12 @@ pub fn check_completions(completions: &[Completion]) -> Result<(), StoreError> {
 /// Checks the arguments of [`IdempotencyStore::complete_then_claim`]: the claim as
 /// [`check_arguments`] does, the completions as [`check_completions`] does, and that the
 /// claimed key is not one of theirs.
+///
+/// # Errors
+///
+/// [`StoreError::InvalidArgument`] if the claim (`key`, `owner`, `lease`) or a completion
+/// fails [`check_arguments`], if two completions share a key, or if `key` is one of the
+/// completions' keys.
 pub fn check_complete_then_claim(
     completions: &[Completion],
     key: &str,
@@ -88,6 +109,11 @@ pub fn check_complete_then_claim(
 /// Checks that the keys of a batch call are distinct: a key twice in one call has no
 /// well-defined answer (and one SQL statement cannot touch a row twice). Backends call it
 /// first so that they all reject the same input the same way.
+///
+/// # Errors
+///
+/// [`StoreError::InvalidArgument`] naming the first repeated key (in sorted order) if a key
+/// appears more than once.
 pub fn check_many<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<(), StoreError> {
     // Sorting beats hashing here: keys are long, batches small, and no hasher is needed.
     let mut sorted: Vec<&str> = keys.into_iter().collect();

@@ -218,12 +218,22 @@ impl IdempotencyConfig {
     }
 
     /// The hash of `envelope` under this configuration's [key scheme](Self::key_scheme).
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`EventEnvelope::hash_with`]: an empty event type, an event with
+    /// neither an id nor data, or data that cannot be encoded.
     pub fn event_hash(&self, envelope: &EventEnvelope) -> Result<String, IdentityError> {
         envelope.hash_with(self.inner.key_scheme)
     }
 
     /// The store key of `envelope` under this configuration's [key scheme](Self::key_scheme):
     /// what [`Guard::key_for`](crate::Guard::key_for) returns and the guard claims.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`event_hash`](Self::event_hash), then those of
+    /// [`try_generate_key`](Self::try_generate_key) for the envelope's event type.
     ///
     /// ```
     /// use eventonce_core::{EventEnvelope, IdempotencyConfig, IdentityError, KeyScheme};
@@ -244,6 +254,13 @@ impl IdempotencyConfig {
     /// configuration's [key scheme](Self::key_scheme), or why the event type cannot be
     /// keyed in it ([`IdentityError::EventTypeOutsideNamespace`] under
     /// [`KeyScheme::PythonV2`], [`IdentityError::EmptyEventType`]).
+    ///
+    /// # Errors
+    ///
+    /// - [`IdentityError::EmptyEventType`] if `event_type` is empty.
+    /// - [`IdentityError::EventTypeOutsideNamespace`] under [`KeyScheme::PythonV2`] if
+    ///   `event_type` holds a character that scheme refuses (see
+    ///   [`KeyScheme::event_type_segment`]).
     pub fn try_generate_key(
         &self,
         event_type: &str,
@@ -422,6 +439,15 @@ impl ConfigBuilder {
     /// millisecond; a TTL or lease over [`MAX_TTL`] (ten years); a store
     /// timeout, in-progress wait or breaker cooldown over [`MAX_WAIT`] (one hour); a
     /// deferred completion delay over half the lease; an empty event type.
+    ///
+    /// # Errors
+    ///
+    /// - [`ConfigError::EmptyServiceName`] or [`ConfigError::InvalidServiceName`];
+    ///   [`ConfigError::EmptyKeyPrefix`] or [`ConfigError::InvalidKeyPrefix`].
+    /// - [`ConfigError::DurationTooShort`] for a duration under one millisecond,
+    ///   [`ConfigError::DurationTooLong`] for one over its limit.
+    /// - [`ConfigError::ZeroBatchConcurrency`] if `batch_concurrency` is zero.
+    /// - [`ConfigError::EmptyEventType`] if an event type given its own TTL is empty.
     ///
     /// ```
     /// use eventonce_core::{ConfigError, IdempotencyConfig};

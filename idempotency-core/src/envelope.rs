@@ -97,6 +97,17 @@ impl EventEnvelope {
     /// missing, empty or non-string `event_type` and a field of the wrong type each give
     /// their own [`EnvelopeError`]. Unknown fields are ignored. Never panics.
     ///
+    /// # Errors
+    ///
+    /// - [`EnvelopeError::Empty`] if `bytes` is empty or only whitespace.
+    /// - [`EnvelopeError::NotUtf8`] if `bytes` is not UTF-8.
+    /// - [`EnvelopeError::InvalidJson`] if it is not JSON, [`EnvelopeError::Malformed`] if a
+    ///   top-level field is given twice, [`EnvelopeError::NotAnObject`] if it is JSON but
+    ///   not an object.
+    /// - [`EnvelopeError::MissingField`] or [`EnvelopeError::EmptyField`] if `event_type` is
+    ///   missing (or `null`) or empty, [`EnvelopeError::WrongType`] if a known field has the
+    ///   wrong JSON type.
+    ///
     /// ```
     /// use eventonce_core::{EnvelopeError, EventEnvelope};
     /// assert_eq!(EventEnvelope::from_slice(b""), Err(EnvelopeError::Empty));
@@ -127,6 +138,12 @@ impl EventEnvelope {
 
     /// Builds an envelope from an already parsed JSON value, with the checks of
     /// [`from_slice`](Self::from_slice).
+    ///
+    /// # Errors
+    ///
+    /// [`EnvelopeError::NotAnObject`] if `value` is not an object; otherwise the field
+    /// errors of [`from_slice`](Self::from_slice): [`EnvelopeError::MissingField`],
+    /// [`EnvelopeError::EmptyField`] or [`EnvelopeError::WrongType`].
     pub fn from_value(value: Value) -> Result<Self, EnvelopeError> {
         match value {
             Value::Object(fields) => Self::from_map(fields),
@@ -187,6 +204,10 @@ impl EventEnvelope {
     /// The event's deterministic hash: xxh3-128, hex, over the canonical encoding of
     /// `{"data", "event_id"}`, or of `data` alone when the id is absent or empty.
     ///
+    /// # Errors
+    ///
+    /// The errors of [`hash_with`](Self::hash_with).
+    ///
     /// ```
     /// use eventonce_core::EventEnvelope;
     /// let a = EventEnvelope::from_slice(br#"{"event_type":"t","data":{"a":1,"b":[1,2]}}"#)?;
@@ -203,6 +224,14 @@ impl EventEnvelope {
     /// [`KeyScheme::PythonV2`] (see [`python_v2_hash`](crate::python_v2_hash)). Either way
     /// an empty id counts as none, and an event with neither an id nor data is
     /// [`IdentityError::Unidentifiable`].
+    ///
+    /// # Errors
+    ///
+    /// - [`IdentityError::EmptyEventType`] if the event type is empty.
+    /// - [`IdentityError::Unidentifiable`] if the event has neither a non-empty id nor data.
+    /// - [`IdentityError::TooDeep`], [`IdentityError::BadNumber`] or
+    ///   [`IdentityError::NumberOutOfRange`] if `data` cannot be encoded for the hash (see
+    ///   [`KeyScheme::hash`]).
     pub fn hash_with(&self, scheme: KeyScheme) -> Result<String, IdentityError> {
         if self.event_type.is_empty() {
             return Err(IdentityError::EmptyEventType);

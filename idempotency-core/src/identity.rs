@@ -18,6 +18,12 @@ pub const MAX_DEPTH: usize = 512;
 /// xxh3-128, as 32 lowercase hex digits, over the canonical encoding of
 /// `{"data": data, "event_id": id}`, or of `data` alone when `event_id` is `None`.
 ///
+/// # Errors
+///
+/// - [`IdentityError::TooDeep`] if `data` is nested 512 levels deep or more.
+/// - [`IdentityError::BadNumber`] or [`IdentityError::NumberOutOfRange`] if a number in
+///   `data` cannot be written canonically (see [`canonical_number`]).
+///
 /// ```
 /// use eventonce_core::deterministic_hash;
 /// use serde_json::json;
@@ -54,6 +60,12 @@ pub(crate) fn hex128(v: u128) -> String {
 }
 
 /// The canonical encoding of a JSON value, as bytes (what [`deterministic_hash`] hashes).
+///
+/// # Errors
+///
+/// The errors of [`deterministic_hash`]: [`IdentityError::TooDeep`] for a value nested
+/// 512 levels deep or more, [`IdentityError::BadNumber`] or
+/// [`IdentityError::NumberOutOfRange`] for a number that cannot be written canonically.
 ///
 /// ```
 /// use eventonce_core::canonical_json;
@@ -151,6 +163,13 @@ fn write_entries<'a, S: Sink>(
 /// - anything else: one digit, the rest after a point, and the exponent: `1e-7`,
 ///   `1.2345e80`, `1.23456789012345678901e-30`.
 ///
+/// # Errors
+///
+/// - [`IdentityError::BadNumber`] if `literal` is not a decimal number: an optional `-`,
+///   digits, optionally `.` and more digits, optionally `e` or `E`, a sign and digits.
+/// - [`IdentityError::NumberOutOfRange`] if the number is not zero and its exponent is
+///   2^48 or more in magnitude.
+///
 /// ```
 /// use eventonce_core::canonical_number;
 /// assert_eq!(canonical_number("1.50e1").unwrap(), "15");
@@ -160,9 +179,6 @@ fn write_entries<'a, S: Sink>(
 /// assert!(canonical_number("1 ").is_err());
 /// ```
 pub fn canonical_number(literal: &str) -> Result<String, IdentityError> {
-    let bad = || IdentityError::BadNumber {
-        literal: literal.chars().take(64).collect(),
-    };
     let (negative, rest) = match literal.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, literal),
@@ -175,55 +191,72 @@ pub fn canonical_number(literal: &str) -> Result<String, IdentityError> {
         Some((i, f)) => (i, f),
         None => (mantissa, ""),
     };
-    let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if int_part.is_empty()
         || !digits_only(int_part)
         || (mantissa.contains('.') && frac_part.is_empty())
         || !digits_only(frac_part)
     {
-        return Err(bad());
+        return Err(bad_number(literal));
     }
     // value = 0.{significant} x 10^point, `significant` without leading or trailing zeros.
     let all = [int_part, frac_part].concat();
     let leading = all.len() - all.trim_start_matches('0').len();
     let significant = all.trim_matches('0');
-    // The exponent as written; its magnitude is bounded so the arithmetic below is exact.
-    const EXPONENT_LIMIT: i64 = 1 << 48;
-    let written_exponent: i64 = match exponent {
+    let written_exponent = match exponent {
         None => 0,
-        Some(e) => {
-            let (minus, digits) = match e.as_bytes().first() {
-                Some(b'-') => (true, &e[1..]),
-                Some(b'+') => (false, &e[1..]),
-                _ => (false, e),
-            };
-            if digits.is_empty() || !digits_only(digits) {
-                return Err(bad());
-            }
-            let digits = digits.trim_start_matches('0');
-            let magnitude: i64 = if digits.is_empty() {
-                0
-            } else if digits.len() > 15 {
-                EXPONENT_LIMIT
-            } else {
-                digits.parse().map_err(|_| bad())?
-            };
-            if magnitude >= EXPONENT_LIMIT && !significant.is_empty() {
-                return Err(IdentityError::NumberOutOfRange {
-                    literal: literal.chars().take(64).collect(),
-                });
-            }
-            if minus {
-                -magnitude
-            } else {
-                magnitude
-            }
-        }
+        Some(e) => written_exponent(literal, e, !significant.is_empty())?,
     };
     if significant.is_empty() {
         return Ok("0".to_owned());
     }
     let point = written_exponent + int_part.len() as i64 - leading as i64;
+    Ok(spell_decimal(negative, significant, point))
+}
+
+/// Whether `s` holds ASCII digits only (the empty string does).
+fn digits_only(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// [`IdentityError::BadNumber`] for `literal` (at most 64 characters of it).
+fn bad_number(literal: &str) -> IdentityError {
+    IdentityError::BadNumber {
+        literal: literal.chars().take(64).collect(),
+    }
+}
+
+/// The exponent `e` (what follows the `e` or `E` of `literal`) as written, with its sign.
+/// Its magnitude is bounded so that the arithmetic on it is exact: a magnitude of 2^48 or
+/// more is an error when the number is not zero (`nonzero`), and reads as 2^48 when it is.
+fn written_exponent(literal: &str, e: &str, nonzero: bool) -> Result<i64, IdentityError> {
+    const EXPONENT_LIMIT: i64 = 1 << 48;
+    let (minus, digits) = match e.as_bytes().first() {
+        Some(b'-') => (true, &e[1..]),
+        Some(b'+') => (false, &e[1..]),
+        _ => (false, e),
+    };
+    if digits.is_empty() || !digits_only(digits) {
+        return Err(bad_number(literal));
+    }
+    let digits = digits.trim_start_matches('0');
+    let magnitude: i64 = if digits.is_empty() {
+        0
+    } else if digits.len() > 15 {
+        EXPONENT_LIMIT
+    } else {
+        digits.parse().map_err(|_| bad_number(literal))?
+    };
+    if magnitude >= EXPONENT_LIMIT && nonzero {
+        return Err(IdentityError::NumberOutOfRange {
+            literal: literal.chars().take(64).collect(),
+        });
+    }
+    Ok(if minus { -magnitude } else { magnitude })
+}
+
+/// The canonical spelling of the non-zero value `0.{significant} x 10^point` (negated when
+/// `negative`), `significant` being its digits without leading or trailing zeros.
+fn spell_decimal(negative: bool, significant: &str, point: i64) -> String {
     let n = significant.len() as i64;
     let mut out = String::with_capacity(significant.len() + 24);
     if negative {
@@ -252,7 +285,7 @@ pub fn canonical_number(literal: &str) -> Result<String, IdentityError> {
         out.push('e');
         out.push_str(&(point - 1).to_string());
     }
-    Ok(out)
+    out
 }
 
 /// Writes a number's canonical spelling: an integer already in it (no sign on zero, no

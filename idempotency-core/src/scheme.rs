@@ -82,6 +82,12 @@ impl KeyScheme {
     }
 
     /// The hash of an event with this `event_id` (`None` or empty: none) and `data`.
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError::TooDeep`] if `data` is nested 512 levels deep or more;
+    /// [`IdentityError::BadNumber`] (or, for [`KeyScheme::Eventonce`],
+    /// [`IdentityError::NumberOutOfRange`]) if a number in `data` cannot be written.
     pub fn hash(self, event_id: Option<&str>, data: &Value) -> Result<String, IdentityError> {
         let event_id = event_id.filter(|id| !id.is_empty());
         match self {
@@ -91,6 +97,13 @@ impl KeyScheme {
     }
 
     /// The event-type segment of a key, or why the event type cannot have one.
+    ///
+    /// # Errors
+    ///
+    /// - [`IdentityError::EmptyEventType`] if `event_type` is empty.
+    /// - [`IdentityError::EventTypeOutsideNamespace`] under [`KeyScheme::PythonV2`] if
+    ///   `event_type` holds `:`, a glob or hash-tag character (`*?[]{}\`), whitespace or a
+    ///   control character.
     ///
     /// ```
     /// use eventonce_core::KeyScheme;
@@ -162,6 +175,10 @@ fn outside_namespace(c: char) -> Option<&'static str> {
 /// `json.dumps({"event_id": event_id, "data": data}, sort_keys=True)` when `event_id` is
 /// given and non-empty, else of `json.dumps(data, sort_keys=True)` (see [`python_json`]).
 ///
+/// # Errors
+///
+/// The errors of [`python_json`] for `data`.
+///
 /// ```
 /// use eventonce_core::python_v2_hash;
 /// use serde_json::json;
@@ -199,6 +216,11 @@ pub fn python_v2_hash(event_id: Option<&str>, data: &Value) -> Result<String, Id
 /// point, `ensure_ascii` (every character outside printable ASCII written `\uXXXX` in
 /// lowercase hex, characters outside the Basic Multilingual Plane as a UTF-16 surrogate
 /// pair), and numbers as in [`python_number`].
+///
+/// # Errors
+///
+/// [`IdentityError::TooDeep`] if `value` is nested 512 levels deep or more;
+/// [`IdentityError::BadNumber`] if a number in it is not a JSON number literal.
 ///
 /// ```
 /// use eventonce_core::python_json;
@@ -290,6 +312,10 @@ fn write_python_str(out: &mut String, s: &str) {
 ///   exponent digits (`1e+16`, `1e-05`, `1.5e+300`); `-0.0` stays `-0.0`; a literal beyond
 ///   the float range (`1E400`) is `Infinity` or `-Infinity`, as `json.dumps` writes an
 ///   infinite float; one below it is `0.0` or `-0.0`.
+///
+/// # Errors
+///
+/// [`IdentityError::BadNumber`] if `literal` does not follow the JSON number grammar.
 ///
 /// ```
 /// use eventonce_core::python_number;

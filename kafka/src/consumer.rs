@@ -221,6 +221,13 @@ impl KafkaGuard {
     /// identifiable event, which the caller must route (dead-letter and [`commit_past`])
     /// or stop on. Seeking and committing block the calling thread briefly (librdkafka
     /// calls, at most `seek_timeout`).
+    ///
+    /// # Errors
+    ///
+    /// A [`MessageError`] if the message is not an identifiable event: it has no value, is
+    /// not a valid envelope or has a bad or mismatched `event_id` or `event_type` header
+    /// (see [`envelope_from_message_with`]), or the guard cannot key it
+    /// ([`MessageError::Unidentifiable`]). Its offset is not committed.
     pub async fn process<K, C, M, F, Fut, T, E>(
         &self,
         consumer: &K,
@@ -680,6 +687,11 @@ where
 /// Commits the offset after `position`: for a message the caller has dealt with itself,
 /// such as one that [`KafkaGuard::process`] could not identify and the caller wrote to a
 /// dead-letter topic.
+///
+/// # Errors
+///
+/// The [`KafkaError`] of building the offset list or of the consumer's commit (for
+/// example, when the partition is no longer assigned or the broker cannot be reached).
 pub fn commit_past<K, C>(
     consumer: &K,
     position: &MessagePosition,

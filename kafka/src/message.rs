@@ -211,6 +211,17 @@ fn merge(
 /// [`KafkaGuard`](crate::KafkaGuard) reads with its guard's scheme through
 /// [`envelope_from_message_with`].
 ///
+/// # Errors
+///
+/// - [`MessageError::InvalidHeader`] if an `event_id` or `event_type` header has no
+///   value, an empty one or one that is not UTF-8.
+/// - [`MessageError::NoPayload`] if the message has no value or an empty one.
+/// - [`MessageError::Envelope`] if the value is not a valid envelope.
+/// - [`MessageError::HeaderMismatch`] if a header disagrees with the body or with another
+///   header of the same name.
+/// - [`MessageError::Unidentifiable`] if the merged envelope has no identity (an empty
+///   event type, or neither an id nor data) or its data cannot be encoded.
+///
 /// ```
 /// use eventonce_kafka::envelope_from_message;
 /// use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
@@ -237,6 +248,14 @@ pub fn envelope_from_message(message: &impl Message) -> Result<EventEnvelope, Me
 /// message whose event type the scheme refuses (`:`, a glob or hash-tag character,
 /// whitespace, a control character) is [`MessageError::Unidentifiable`], like one
 /// without identity.
+///
+/// # Errors
+///
+/// With [`KeyScheme::Eventonce`], those of [`envelope_from_message`]. With
+/// [`KeyScheme::PythonV2`]: [`MessageError::NoPayload`] if the message has no value or an
+/// empty one, [`MessageError::Envelope`] if the value is not a valid envelope, and
+/// [`MessageError::Unidentifiable`] if the envelope has no identity, its data cannot be
+/// encoded or the scheme refuses its event type.
 ///
 /// ```
 /// use eventonce_core::KeyScheme;
