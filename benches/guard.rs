@@ -347,6 +347,10 @@ async fn set_nx_px(raw: &mut redis::aio::MultiplexedConnection, key: &str) {
         .expect("set");
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark group, read top to bottom"
+)]
 fn redis_group(c: &mut Criterion) {
     let rt = runtime();
     let url =

@@ -34,6 +34,7 @@ fn an_envelope_round_trips_through_serde() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines, reason = "a table of cases")]
 fn each_bad_input_gets_its_own_error() {
     use EnvelopeError::*;
     let cases: Vec<(&[u8], EnvelopeError)> = vec![

@@ -75,33 +75,7 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut model = Model::default();
     for op in ops {
         match op {
-            Op::Claim { key, owner, ms } => {
-                let got = store
-                    .try_claim(
-                        &key_name(key),
-                        &owner_name(owner),
-                        Duration::from_millis(ms),
-                    )
-                    .await
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let want = match model.live(key) {
-                    Some(e) if e.completed => Claim::Completed,
-                    Some(_) => Claim::InProgress,
-                    None => {
-                        let expires_at = model.now + ms;
-                        model.entries.insert(
-                            key,
-                            ModelEntry {
-                                completed: false,
-                                owner,
-                                expires_at,
-                            },
-                        );
-                        Claim::Acquired
-                    }
-                };
-                prop_assert_eq!(got, want, "{:?}", op);
-            }
+            Op::Claim { key, owner, ms } => check_claim(&store, &mut model, key, owner, ms).await?,
             Op::Complete { key, owner, ms } => {
                 let got = store
                     .complete(
@@ -153,32 +127,72 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 prop_assert_eq!(got, want, "{:?}", op);
             }
-            Op::Get { key } => {
-                let got = store
-                    .get(&key_name(key))
-                    .await
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let want = model.live(key);
-                prop_assert_eq!(got.is_some(), want.is_some(), "{:?}", op);
-                if let (Some(r), Some(e)) = (got, want) {
-                    let state = if e.completed {
-                        RecordState::Completed
-                    } else {
-                        RecordState::Processing
-                    };
-                    prop_assert_eq!(r.state, state);
-                    prop_assert_eq!(r.owner, Some(owner_name(e.owner)));
-                    prop_assert_eq!(
-                        r.ttl_left,
-                        Some(Duration::from_millis(e.expires_at - model.now))
-                    );
-                }
-            }
+            Op::Get { key } => check_get(&store, &model, key).await?,
             Op::Advance { ms } => {
                 tokio::time::advance(Duration::from_millis(ms)).await;
                 model.now += ms;
             }
         }
+    }
+    Ok(())
+}
+
+/// A claim of `key` by `owner` for `ms`: the store's answer is the model's.
+async fn check_claim(
+    store: &MemoryStore,
+    model: &mut Model,
+    key: u8,
+    owner: u8,
+    ms: u64,
+) -> Result<(), TestCaseError> {
+    let got = store
+        .try_claim(
+            &key_name(key),
+            &owner_name(owner),
+            Duration::from_millis(ms),
+        )
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let want = match model.live(key) {
+        Some(e) if e.completed => Claim::Completed,
+        Some(_) => Claim::InProgress,
+        None => {
+            let expires_at = model.now + ms;
+            model.entries.insert(
+                key,
+                ModelEntry {
+                    completed: false,
+                    owner,
+                    expires_at,
+                },
+            );
+            Claim::Acquired
+        }
+    };
+    prop_assert_eq!(got, want, "claim {} by {} for {}ms", key, owner, ms);
+    Ok(())
+}
+
+/// A read of `key`: the record the store gives is the model's live entry.
+async fn check_get(store: &MemoryStore, model: &Model, key: u8) -> Result<(), TestCaseError> {
+    let got = store
+        .get(&key_name(key))
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let want = model.live(key);
+    prop_assert_eq!(got.is_some(), want.is_some(), "get {}", key);
+    if let (Some(r), Some(e)) = (got, want) {
+        let state = if e.completed {
+            RecordState::Completed
+        } else {
+            RecordState::Processing
+        };
+        prop_assert_eq!(r.state, state);
+        prop_assert_eq!(r.owner, Some(owner_name(e.owner)));
+        prop_assert_eq!(
+            r.ttl_left,
+            Some(Duration::from_millis(e.expires_at - model.now))
+        );
     }
     Ok(())
 }

@@ -78,6 +78,44 @@ async fn child(schema: String) {
         .await;
 }
 
+/// Starts the consumer (this executable in its child role) and waits until it reports
+/// its insert, made in the transaction that holds the claim.
+fn spawn_consumer(schema: &str) -> std::process::Child {
+    let exe = std::env::current_exe().expect("own executable");
+    let mut child = Command::new(exe)
+        .env("EVENTONCE_TX_CHILD", schema)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the consumer");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "INSERTED", "the consumer reports its insert");
+    child
+}
+
+/// While the consumer lives, its transaction holds the claim: a redelivery answers
+/// InProgress (after the store's short lock wait) and its handler does not run.
+async fn redelivery_waits_while_the_consumer_lives(g: &Guard, store: &PostgresStore) {
+    let ran = std::sync::atomic::AtomicBool::new(false);
+    let meanwhile = tokio::time::timeout(
+        Duration::from_secs(5),
+        g.run_in_transaction(store, &event(), |tx| async {
+            ran.store(true, std::sync::atomic::Ordering::SeqCst);
+            (tx, Ok::<_, sqlx::Error>(()))
+        }),
+    )
+    .await;
+    assert!(
+        matches!(meanwhile, Ok(Err(GuardError::InProgress))),
+        "a redelivery while the first consumer lives is in progress: {meanwhile:?}"
+    );
+    assert!(
+        !ran.load(std::sync::atomic::Ordering::SeqCst),
+        "a redelivery must not run while the first consumer lives"
+    );
+}
+
 async fn parent() {
     let store = support::store(4).await;
     let schema = support::schema();
@@ -95,38 +133,10 @@ async fn parent() {
             .expect("count")
     };
 
-    let exe = std::env::current_exe().expect("own executable");
-    let mut child = Command::new(exe)
-        .env("EVENTONCE_TX_CHILD", schema)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn the consumer");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read");
-    assert_eq!(line.trim(), "INSERTED", "the consumer reports its insert");
-
-    // While the consumer lives, its transaction holds the claim: a redelivery answers
-    // InProgress (after the store's short lock wait) and its handler does not run.
+    let mut child = spawn_consumer(schema);
     let g = guard(&store);
     let key = g.key_for(&event()).expect("key");
-    let ran = std::sync::atomic::AtomicBool::new(false);
-    let meanwhile = tokio::time::timeout(
-        Duration::from_secs(5),
-        g.run_in_transaction(&store, &event(), |tx| async {
-            ran.store(true, std::sync::atomic::Ordering::SeqCst);
-            (tx, Ok::<_, sqlx::Error>(()))
-        }),
-    )
-    .await;
-    assert!(
-        matches!(meanwhile, Ok(Err(GuardError::InProgress))),
-        "a redelivery while the first consumer lives is in progress: {meanwhile:?}"
-    );
-    assert!(
-        !ran.load(std::sync::atomic::Ordering::SeqCst),
-        "a redelivery must not run while the first consumer lives"
-    );
+    redelivery_waits_while_the_consumer_lives(&g, &store).await;
 
     child.kill().expect("SIGKILL");
     let status = child.wait().expect("reaped");

@@ -146,6 +146,7 @@ const LEASE: Duration = Duration::from_secs(300);
 const TTL: Duration = Duration::from_secs(600);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn a_failing_shard_fails_its_own_keys_only() {
     let urls = cluster_urls();
     let store = RedisStore::connect_cluster(&urls).await.expect("cluster");

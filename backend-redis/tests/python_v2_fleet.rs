@@ -198,6 +198,7 @@ async fn run_counted(guard: &Guard, event: &str, runs: &Arc<AtomicUsize>) -> Out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn python_and_rust_consumers_on_one_redis_process_nothing_twice() {
     const N: usize = 24;
     let python = python();

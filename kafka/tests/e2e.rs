@@ -256,6 +256,7 @@ async fn two_thousand_events_with_resends_have_each_side_effect_once_on_redis() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn failing_handlers_are_retried_on_redelivery_and_processed_once_on_postgres() {
     const EVENTS: u32 = 300;
     const PARTITIONS: i32 = 4;
@@ -369,6 +370,7 @@ async fn failing_handlers_are_retried_on_redelivery_and_processed_once_on_postgr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn messages_that_cannot_be_identified_are_returned_and_not_committed() {
     let bootstrap = support::bootstrap();
     let topic = support::unique("eventonce-e2e-bad");
@@ -466,6 +468,7 @@ async fn messages_that_cannot_be_identified_are_returned_and_not_committed() {
 /// some handlers fail on their first run. Every event's side effect happens once, every
 /// offset is committed, and nothing is committed past a message that must come again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn batches_with_resends_and_failures_have_each_side_effect_once() {
     const EVENTS: u32 = 600;
     const PARTITIONS: i32 = 4;
@@ -601,6 +604,7 @@ async fn batches_with_resends_and_failures_have_each_side_effect_once() {
 /// documented: @2 is retried and processed, as `process` does message by message, and the
 /// group's offset ends after @3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn a_batch_retries_a_failed_event_after_an_unidentifiable_message() {
     let bootstrap = support::bootstrap();
     let topic = support::unique("eventonce-e2e-batch-bad");

@@ -95,6 +95,7 @@ fn effect(effects: &Effects, event: u32) {
 /// group's offset never goes back below 10, and no event runs twice (the completed
 /// records have expired by then, so a replay would run them again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn a_redelivery_pending_when_the_partition_moved_is_dropped() {
     let started = Instant::now();
     let bootstrap = support::bootstrap();
@@ -228,6 +229,7 @@ async fn a_redelivery_pending_when_the_partition_moved_is_dropped() {
 /// batch, processed afterwards, commits only the partition A still owns: the one it lost
 /// stays at B's 10, its messages are answered `Retry::Revoked` and left to B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn a_batch_commits_only_partitions_still_assigned() {
     let started = Instant::now();
     let bootstrap = support::bootstrap();

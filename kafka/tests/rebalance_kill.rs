@@ -71,6 +71,7 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn child(name: String) {
     let schema = env("EVENTONCE_KAFKA_SCHEMA");
     let pool = support::pool(2).await;
@@ -182,6 +183,7 @@ impl Drop for Consumers {
     }
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn parent() {
     let started = Instant::now();
     let bootstrap = support::bootstrap();

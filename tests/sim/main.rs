@@ -77,6 +77,10 @@ fn take_panics() -> Vec<String> {
         .collect()
 }
 
+/// The run's settings, read from the environment: `SIM_SEED` (replay one seed, traced, on
+/// the memory store unless `SIM_STORE` says otherwise), `SIM_SEEDS` and `SIM_FIRST` (how
+/// many seeds, from which), `SIM_REAL_SEEDS` (seeds on the real servers), `SIM_STORE` (a
+/// comma-separated list of stores), `SIM_TRACE=1` and `SIM_THREADS`.
 pub struct Env {
     seed: Option<u64>,
     seeds: u64,

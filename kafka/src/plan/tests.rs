@@ -312,6 +312,10 @@ impl Run {
 /// dead-lettering and committing past each unidentifiable message after the call, as
 /// documented. Checks on the way that commits never go back and never pass a message
 /// that has not been answered finally.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one consumer loop, read top to bottom"
+)]
 fn consume(logs: &[Vec<Msg>], batches: &[usize], ahead: i64, purge: bool) -> Run {
     let mut consumer = Consumer::new(logs, ahead, purge);
     let mut rewinds = Rewinds::default();
