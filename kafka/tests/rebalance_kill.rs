@@ -71,10 +71,8 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
-async fn child(name: String) {
-    let schema = env("EVENTONCE_KAFKA_SCHEMA");
-    let pool = support::pool(2).await;
+/// The consumer's Kafka guard: Redis records, the short lease of the test.
+async fn child_guard() -> KafkaGuard {
     let store = RedisStore::connect(&support::redis_url())
         .await
         .expect("the tests need Redis");
@@ -84,13 +82,18 @@ async fn child(name: String) {
         .lease(LEASE)
         .build()
         .expect("config");
-    let kafka = KafkaGuard::with_options(
+    KafkaGuard::with_options(
         Guard::new(store, config),
         KafkaGuardOptions {
             in_progress_backoff: Duration::from_millis(200),
             ..KafkaGuardOptions::default()
         },
-    );
+    )
+}
+
+/// The consumer, in the test's group and subscribed to its topic, with a short session
+/// so that a killed consumer's partitions move on quickly.
+fn child_consumer() -> StreamConsumer<Announce> {
     let consumer: StreamConsumer<Announce> =
         consumer_config(&support::bootstrap(), &env("EVENTONCE_KAFKA_GROUP"))
             .set("session.timeout.ms", "6000")
@@ -100,6 +103,29 @@ async fn child(name: String) {
     consumer
         .subscribe(&[env("EVENTONCE_KAFKA_TOPIC").as_str()])
         .expect("subscribe");
+    consumer
+}
+
+/// What became of a message, as the `outcomes` table records it.
+fn outcome_kind(delivery: &Delivery<(), String>) -> &'static str {
+    match delivery {
+        Delivery::Committed(Outcome::Processed(())) => "processed",
+        Delivery::Committed(Outcome::Duplicate) => "duplicate",
+        Delivery::Committed(Outcome::Unprotected(())) => "unprotected",
+        Delivery::CommitFailed { .. } => "commit_failed",
+        Delivery::Redeliver(Retry::InProgress) => "in_progress",
+        Delivery::Redeliver(Retry::Handler(_)) => "failed",
+        Delivery::Redeliver(Retry::Store(_)) => "store_failed",
+        Delivery::Redeliver(Retry::Rewinding) => "rewinding",
+        Delivery::Redeliver(_) => "other",
+    }
+}
+
+async fn child(name: String) {
+    let schema = env("EVENTONCE_KAFKA_SCHEMA");
+    let pool = support::pool(2).await;
+    let kafka = child_guard().await;
+    let consumer = child_consumer();
     let committed = AtomicU64::new(0);
     let attempt_sql = format!(
         "WITH a AS (INSERT INTO \"{schema}\".attempts (event, worker) VALUES ($1, $2) RETURNING event)
@@ -148,17 +174,7 @@ async fn child(name: String) {
             .ok()
             .and_then(|e| e.data["order"].as_u64())
             .unwrap_or(u64::MAX) as i32;
-        let kind = match &delivery {
-            Delivery::Committed(Outcome::Processed(())) => "processed",
-            Delivery::Committed(Outcome::Duplicate) => "duplicate",
-            Delivery::Committed(Outcome::Unprotected(())) => "unprotected",
-            Delivery::CommitFailed { .. } => "commit_failed",
-            Delivery::Redeliver(Retry::InProgress) => "in_progress",
-            Delivery::Redeliver(Retry::Handler(_)) => "failed",
-            Delivery::Redeliver(Retry::Store(_)) => "store_failed",
-            Delivery::Redeliver(Retry::Rewinding) => "rewinding",
-            Delivery::Redeliver(_) => "other",
-        };
+        let kind = outcome_kind(&delivery);
         if matches!(delivery, Delivery::Committed(_)) {
             committed.fetch_add(1, Ordering::Relaxed);
         }
