@@ -255,8 +255,50 @@ async fn two_thousand_events_with_resends_have_each_side_effect_once_on_redis() 
     support::drop_schema(&pool, &schema).await;
 }
 
+/// The failing-handlers test's store (PostgreSQL, in `schema`), its guard, and the Kafka
+/// guard over it with a short retry backoff.
+async fn failing_handlers_guard(schema: &str) -> (PostgresStore, Guard, KafkaGuard) {
+    let store = PostgresStore::connect_with(
+        &support::postgres_url(),
+        PostgresOptions::default().schema(schema.to_owned()),
+    )
+    .await
+    .expect("the tests need PostgreSQL");
+    let config = IdempotencyConfig::builder("kafka-e2e-failing")
+        // Records outlive the test only briefly in the shared Redis.
+        .default_ttl(Duration::from_secs(600))
+        .lease(Duration::from_secs(30))
+        .build()
+        .expect("config");
+    let guard = Guard::new(store.clone(), config);
+    let kafka = KafkaGuard::with_options(
+        guard.clone(),
+        KafkaGuardOptions {
+            retry_backoff: Duration::from_millis(20),
+            ..KafkaGuardOptions::default()
+        },
+    );
+    (store, guard, kafka)
+}
+
+/// The records of `events` are completed.
+async fn assert_completed(
+    guard: &Guard,
+    store: &PostgresStore,
+    events: impl IntoIterator<Item = u32>,
+) {
+    for i in events {
+        let key = guard.key_for(&support::event(i)).expect("key");
+        let record = store.get(&key).await.expect("get").expect("a record");
+        assert_eq!(
+            record.state,
+            eventonce_core::RecordState::Completed,
+            "event {i}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn failing_handlers_are_retried_on_redelivery_and_processed_once_on_postgres() {
     const EVENTS: u32 = 300;
     const PARTITIONS: i32 = 4;
@@ -283,26 +325,7 @@ async fn failing_handlers_are_retried_on_redelivery_and_processed_once_on_postgr
     };
     let expected_failures: u64 = (0..EVENTS).map(|i| u64::from(failures_wanted(i))).sum();
 
-    let store = PostgresStore::connect_with(
-        &support::postgres_url(),
-        PostgresOptions::default().schema(schema.clone()),
-    )
-    .await
-    .expect("the tests need PostgreSQL");
-    let config = IdempotencyConfig::builder("kafka-e2e-failing")
-        // Records outlive the test only briefly in the shared Redis.
-        .default_ttl(Duration::from_secs(600))
-        .lease(Duration::from_secs(30))
-        .build()
-        .expect("config");
-    let guard = Guard::new(store.clone(), config);
-    let kafka = KafkaGuard::with_options(
-        guard.clone(),
-        KafkaGuardOptions {
-            retry_backoff: Duration::from_millis(20),
-            ..KafkaGuardOptions::default()
-        },
-    );
+    let (store, guard, kafka) = failing_handlers_guard(&schema).await;
     let attempts: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
     let c = consumer(&support::unique("e2e-failing"), &topic);
     let tally = consume(
@@ -357,20 +380,11 @@ async fn failing_handlers_are_retried_on_redelivery_and_processed_once_on_postgr
     assert_eq!(tally.processed, u64::from(EVENTS));
     assert_eq!(tally.duplicates, 0);
     // Every record is completed.
-    for i in [0, 7, 35, 299] {
-        let key = guard.key_for(&support::event(i)).expect("key");
-        let record = store.get(&key).await.expect("get").expect("a record");
-        assert_eq!(
-            record.state,
-            eventonce_core::RecordState::Completed,
-            "event {i}"
-        );
-    }
+    assert_completed(&guard, &store, [0, 7, 35, 299]).await;
     support::drop_schema(&pool, &schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn messages_that_cannot_be_identified_are_returned_and_not_committed() {
     let bootstrap = support::bootstrap();
     let topic = support::unique("eventonce-e2e-bad");
@@ -438,6 +452,13 @@ async fn messages_that_cannot_be_identified_are_returned_and_not_committed() {
         }
     }
     println!("kafka e2e: unidentifiable messages returned: {errors:?}");
+    assert_the_three_refusals(&errors);
+    assert_eq!(ran, 1, "only the good event reached its handler");
+}
+
+/// The errors of the three bad messages, in order: not JSON, no value, a mismatched
+/// `event_id` header.
+fn assert_the_three_refusals(errors: &[MessageError]) {
     assert!(
         matches!(errors[0], MessageError::Envelope { .. }),
         "{:?}",
@@ -460,7 +481,6 @@ async fn messages_that_cannot_be_identified_are_returned_and_not_committed() {
         errors[2]
     );
     assert_eq!(errors.len(), 3);
-    assert_eq!(ran, 1, "only the good event reached its handler");
 }
 
 /// The batch form: messages consumed in batches of up to 100 go through
