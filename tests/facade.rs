@@ -53,7 +53,10 @@ fn the_first_layouts_paths_still_name_the_same_items() {
     assert_eq!(eventonce::TTL_QUICK, TTL_QUICK);
     assert_eq!(eventonce::MAX_TTL, MAX_TTL);
     assert_eq!(eventonce::DEFAULT_KEY_PREFIX, DEFAULT_KEY_PREFIX);
-    assert_eq!(eventonce_core::MAX_WAIT, eventonce::config::defaults::MAX_WAIT);
+    assert_eq!(
+        eventonce_core::MAX_WAIT,
+        eventonce::config::defaults::MAX_WAIT
+    );
     assert_eq!(
         eventonce::redact_url("redis://u:secret@h:1"),
         eventonce::backend::redact_url("redis://u:secret@h:1")
