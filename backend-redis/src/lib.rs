@@ -1,4 +1,4 @@
-//! A Redis [`IdempotencyStore`] for eventonce: the production store for consumers that
+//! A Redis [`IdempotencyStore`](eventonce_core::IdempotencyStore) for eventonce: the production store for consumers that
 //! share a topic.
 //!
 //! Every transition is one round trip: a Lua script, loaded once and run by `EVALSHA`

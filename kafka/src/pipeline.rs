@@ -36,7 +36,7 @@ impl KafkaGuard {
     /// batch is committed, in order, before the next batch is decided: route the
     /// unidentifiable messages there (dead-letter and [`commit_past`](crate::commit_past))
     /// as after `process_batch`. `ControlFlow::Break` stops: the batches still running
-    /// are dropped (their claims settled as for a dropped [`Guard::run_batch`]
+    /// are dropped (their claims settled as for a dropped [`Guard::run_batch`](eventonce_core::Guard::run_batch)
     /// (eventonce_core::Guard::run_batch)) and nothing more is committed.
     ///
     /// What the overlap adds to `process_batch`'s answers: the next batch has started
