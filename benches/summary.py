@@ -285,7 +285,9 @@ def main():
                 "Each pair alternates the floor (or the peer) and the guard event by event, "
                 "2000 pairs (a batch of 100: 200, of 1,000: 100), so both sides see the same moments of the machine; the ratio "
                 "is the floor's p50 over ours (above 1: we are faster).\n\n"
-                + paired_table + "\n\n" + kafka_section + "## Targets\n\n" + goals + "\n")
+                + paired_table + "\n\n" + kafka_section + "## Targets\n\n"
+                "Each target not met is explained, with the profile or count behind it, in "
+                "benches/PROFILES.md.\n\n" + goals + "\n")
 
 
 main()
