@@ -412,31 +412,8 @@ mod tests {
     use super::*;
     use eventonce::kafka::rdkafka::consumer::BaseConsumer;
 
-    /// The broker's address: `KAFKA_BOOTSTRAP` (`make test` starts the broker and sets it);
-    /// unset outside CI, the broker is started with `scripts/kafka.sh start`.
     fn bootstrap() -> String {
-        if let Some(b) = std::env::var("KAFKA_BOOTSTRAP")
-            .ok()
-            .filter(|b| !b.trim().is_empty())
-        {
-            return b;
-        }
-        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-        assert!(
-            !ci,
-            "KAFKA_BOOTSTRAP is not set: this test needs the broker `make test` starts"
-        );
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .output()
-            .expect("scripts/kafka.sh start");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
-            .map(str::to_owned)
-            .expect("scripts/kafka.sh start prints KAFKA_BOOTSTRAP=...")
+        eventonce_testkit::kafka_bootstrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

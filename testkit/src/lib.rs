@@ -12,8 +12,10 @@
 )]
 
 pub mod faults;
+pub mod kafka;
 pub mod proxy;
 pub mod redis_process;
 
+pub use kafka::kafka_bootstrap;
 pub use proxy::{FaultProxy, ProxyMode};
 pub use redis_process::RedisProcess;

@@ -2,7 +2,6 @@
 //! `scripts/kafka.sh`, Redis and PostgreSQL on loopback, and names no other test shares.
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eventonce_core::EventEnvelope;
@@ -19,42 +18,7 @@ use sqlx::AssertSqlSafe;
 /// (which installs it once per machine, in seconds) and left running for later runs; `make
 /// kafka-stop` stops it.
 pub(crate) fn bootstrap() -> String {
-    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
-    BOOTSTRAP
-        .get_or_init(|| {
-            if let Some(b) = std::env::var("KAFKA_BOOTSTRAP")
-                .ok()
-                .filter(|b| !b.trim().is_empty())
-            {
-                return b;
-            }
-            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-            assert!(
-                !ci,
-                "KAFKA_BOOTSTRAP is not set: the Kafka end-to-end tests need the broker that \
-                 `make test` starts (scripts/kafka.sh start prints KAFKA_BOOTSTRAP=...)"
-            );
-            let script =
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh");
-            eprintln!(
-                "KAFKA_BOOTSTRAP is not set: starting the broker with scripts/kafka.sh start"
-            );
-            let out = std::process::Command::new("bash")
-                .arg(&script)
-                .arg("start")
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
-                .map_or_else(
-                    || panic!("scripts/kafka.sh start did not print KAFKA_BOOTSTRAP=...: {stdout}"),
-                    str::to_owned,
-                )
-        })
-        .clone()
+    eventonce_testkit::kafka_bootstrap()
 }
 
 pub(crate) fn redis_url() -> String {
