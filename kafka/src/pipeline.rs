@@ -36,8 +36,8 @@ impl KafkaGuard {
     /// batch is committed, in order, before the next batch is decided: route the
     /// unidentifiable messages there (dead-letter and [`commit_past`](crate::commit_past))
     /// as after `process_batch`. `ControlFlow::Break` stops: the batches still running
-    /// are dropped (their claims settled as for a dropped [`Guard::run_batch`](eventonce_core::Guard::run_batch)
-    /// (eventonce_core::Guard::run_batch)) and nothing more is committed.
+    /// are dropped (their claims settled as for a dropped
+    /// [`Guard::run_batch`](eventonce_core::Guard::run_batch)) and nothing more is committed.
     ///
     /// What the overlap adds to `process_batch`'s answers: the next batch has started
     /// when a batch is decided, so a message after one that must come again (its handler
