@@ -96,6 +96,13 @@ fn builder() -> eventonce::ConfigBuilder {
         .circuit_breaker(1, Duration::from_secs(1))
 }
 
+/// A guard configured by `config` over a fresh fault-injecting store, and the store.
+fn guarded(config: eventonce::ConfigBuilder) -> (Faulty, Guard) {
+    let store = Faulty::default();
+    let guard = Guard::new(store.clone(), config.build().unwrap());
+    (store, guard)
+}
+
 async fn state(store: &Faulty, guard: &Guard, e: &EventEnvelope) -> Option<RecordState> {
     let key = guard.key_for(e).expect("key");
     store.inner.get(&key).await.expect("get").map(|r| r.state)
@@ -108,11 +115,7 @@ async fn ok<T>(v: T) -> Result<T, String> {
 #[tokio::test(start_paused = true)]
 async fn a_completion_refused_by_an_open_breaker_is_retried_until_written() {
     for mode in [FailMode::Open, FailMode::Closed] {
-        let store = Faulty::default();
-        let guard = Guard::new(
-            store.clone(),
-            builder().on_store_error(mode).build().unwrap(),
-        );
+        let (store, guard) = guarded(builder().on_store_error(mode));
         let e = event(1);
         // The handler finishes while the store refuses writes and the breaker opens.
         let answer = guard
@@ -150,8 +153,7 @@ async fn a_completion_refused_by_an_open_breaker_is_retried_until_written() {
 
 #[tokio::test(start_paused = true)]
 async fn a_completion_that_cannot_be_written_within_its_lease_is_counted_and_given_up() {
-    let store = Faulty::default();
-    let guard = Guard::new(store.clone(), builder().build().unwrap());
+    let (store, guard) = guarded(builder());
     let e = event(2);
     store.fail_completes.store(true, Ordering::SeqCst);
     let answer = guard.run(&e, ok(())).await;
@@ -169,12 +171,7 @@ async fn a_completion_that_cannot_be_written_within_its_lease_is_counted_and_giv
 
 #[tokio::test(start_paused = true)]
 async fn deferred_completions_survive_a_failed_carrier() {
-    let store = Faulty::default();
-    let config = builder()
-        .defer_completion(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let guard = Guard::new(store.clone(), config);
+    let (store, guard) = guarded(builder().defer_completion(Duration::from_secs(5)));
     let first = event(10);
     assert_eq!(
         guard.run(&first, ok(1)).await.ok(),
@@ -203,13 +200,11 @@ async fn deferred_completions_survive_a_failed_carrier() {
 
 #[tokio::test(start_paused = true)]
 async fn deferred_completions_survive_a_dropped_carrier() {
-    let store = Faulty::default();
-    let config = builder()
-        .defer_completion(Duration::from_secs(5))
-        .store_timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let guard = Guard::new(store.clone(), config);
+    let (store, guard) = guarded(
+        builder()
+            .defer_completion(Duration::from_secs(5))
+            .store_timeout(Duration::from_secs(60)),
+    );
     let first = event(20);
     assert_eq!(
         guard.run(&first, ok(1)).await.ok(),
@@ -232,12 +227,7 @@ async fn deferred_completions_survive_a_dropped_carrier() {
 
 #[tokio::test(start_paused = true)]
 async fn flush_failing_keeps_the_completions_for_later() {
-    let store = Faulty::default();
-    let config = builder()
-        .defer_completion(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let guard = Guard::new(store.clone(), config);
+    let (store, guard) = guarded(builder().defer_completion(Duration::from_secs(5)));
     let e = event(30);
     assert_eq!(
         guard.run(&e, ok(())).await.ok(),
@@ -259,13 +249,11 @@ async fn flush_failing_keeps_the_completions_for_later() {
 
 #[tokio::test(start_paused = true)]
 async fn a_batch_never_starts_a_handler_on_a_claim_it_knows_is_lost() {
-    let store = Faulty::default();
-    let config = builder()
-        .batch_concurrency(1)
-        .circuit_breaker(0, Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let guard = Guard::new(store.clone(), config);
+    let (store, guard) = guarded(
+        builder()
+            .batch_concurrency(1)
+            .circuit_breaker(0, Duration::from_secs(1)),
+    );
     let (a, b) = (event(40), event(41));
     let key_b = guard.key_for(&b).expect("key");
     let batch = [a.clone(), b.clone()];
@@ -320,12 +308,7 @@ const RENEWALS_DOWN: (Duration, Duration) = (Duration::from_secs(9), Duration::f
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_renewal_is_retried_before_the_lease_ends() {
-    let store = Faulty::default();
-    let config = builder()
-        .circuit_breaker(0, Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let guard = Guard::new(store.clone(), config);
+    let (store, guard) = guarded(builder().circuit_breaker(0, Duration::from_secs(1)));
     let e = event(50);
     let key = guard.key_for(&e).expect("key");
     fault_between(&store.fail_extends, RENEWALS_DOWN.0, RENEWALS_DOWN.1);
@@ -348,12 +331,7 @@ async fn a_failed_renewal_is_retried_before_the_lease_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn a_batch_retries_a_failed_renewal_before_the_lease_ends() {
-    let store = Faulty::default();
-    let config = builder()
-        .circuit_breaker(0, Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let guard = Guard::new(store.clone(), config);
+    let (store, guard) = guarded(builder().circuit_breaker(0, Duration::from_secs(1)));
     let batch = [event(51), event(52)];
     let keys: Vec<String> = batch.iter().map(|e| guard.key_for(e).unwrap()).collect();
     fault_between(&store.fail_extends, RENEWALS_DOWN.0, RENEWALS_DOWN.1);
@@ -378,12 +356,7 @@ async fn a_batch_retries_a_failed_renewal_before_the_lease_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn checking_a_completion_the_store_refused_is_bounded_by_the_store_timeout() {
-    let store = Faulty::default();
-    let config = builder()
-        .defer_completion(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let guard = Guard::new(store.clone(), config);
+    let (store, guard) = guarded(builder().defer_completion(Duration::from_secs(5)));
     assert_eq!(
         guard.run(&event(60), ok(1)).await.ok(),
         Some(Outcome::Processed(1))
@@ -401,8 +374,7 @@ async fn checking_a_completion_the_store_refused_is_bounded_by_the_store_timeout
 
 #[tokio::test(start_paused = true)]
 async fn a_completion_is_retried_until_its_claims_lease_ends() {
-    let store = Faulty::default();
-    let guard = Guard::new(store.clone(), builder().build().unwrap());
+    let (store, guard) = guarded(builder());
     let e = event(70);
     // The handler runs 25 s (renewed at 10 s and 20 s: its lease ends at 50 s); the store
     // refuses completions from its end until 45 s.
@@ -427,9 +399,7 @@ async fn a_completion_is_retried_until_its_claims_lease_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn a_deferred_completion_is_written_before_its_claim_needs_renewing_and_retried_to_the_end() {
-    let store = Faulty::default();
-    let config = builder().defer_completion(LEASE / 2).build().unwrap();
-    let guard = Guard::new(store.clone(), config);
+    let (store, guard) = guarded(builder().defer_completion(LEASE / 2));
     let e = event(80);
     // Claimed at 0 s, its lease ends at 30 s; the store refuses completions from 12 s
     // to 26 s. Deferred by up to 15 s, the completion is first tried by 10 s, when the
@@ -468,12 +438,7 @@ async fn a_deferred_completion_is_written_before_its_claim_needs_renewing_and_re
 
 #[tokio::test(start_paused = true)]
 async fn flush_returns_only_after_a_write_already_in_flight() {
-    let store = Faulty::default();
-    let config = builder()
-        .defer_completion(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let guard = Guard::new(store.clone(), config);
+    let (store, guard) = guarded(builder().defer_completion(Duration::from_secs(1)));
     let e = event(50);
     assert_eq!(
         guard.run(&e, ok(())).await.ok(),

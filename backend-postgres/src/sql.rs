@@ -259,16 +259,25 @@ fn complete_many(table: &str) -> Arc<str> {
     ))
 }
 
-/// Guarantee: only live processing claims of $2 are deleted (locked in key order
-/// first); returns their keys.
-fn release_many(table: &str) -> Arc<str> {
-    Arc::from(format!(
-        "WITH held AS (
+/// The `held` CTE of the batch transitions: the live processing claims of $2 among the
+/// keys of $1, locked in key order.
+fn held_by_owner(table: &str) -> String {
+    format!(
+        "held AS (
                    SELECT key FROM {table}
                     WHERE key = ANY($1::text[]) AND owner = $2 AND state = 'processing'
                       AND expires_at > now()
                     ORDER BY key FOR UPDATE
-                 )
+                 )"
+    )
+}
+
+/// Guarantee: only live processing claims of $2 are deleted (locked in key order
+/// first); returns their keys.
+fn release_many(table: &str) -> Arc<str> {
+    let held = held_by_owner(table);
+    Arc::from(format!(
+        "WITH {held}
                  DELETE FROM {table} AS r USING held h
                   WHERE r.key = h.key AND r.owner = $2 AND r.state = 'processing'
                     AND r.expires_at > now()
@@ -279,13 +288,9 @@ fn release_many(table: &str) -> Arc<str> {
 /// Guarantee: only live processing claims of $2 are renewed (locked in key order
 /// first); returns their keys.
 fn extend_many(table: &str) -> Arc<str> {
+    let held = held_by_owner(table);
     Arc::from(format!(
-        "WITH held AS (
-                   SELECT key FROM {table}
-                    WHERE key = ANY($1::text[]) AND owner = $2 AND state = 'processing'
-                      AND expires_at > now()
-                    ORDER BY key FOR UPDATE
-                 )
+        "WITH {held}
                  UPDATE {table} AS r SET updated_at = now(),
                         expires_at = now() + make_interval(secs => $3::float8 / 1000)
                    FROM held h

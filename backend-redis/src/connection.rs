@@ -140,13 +140,9 @@ impl ConnectionLike for Active<'_> {
                 conn,
                 link,
                 generation,
-            } => Box::pin(async move {
-                let result = conn.send_packed_command(cmd).await;
-                if let Err(err) = &result {
-                    link.failed(*generation, err);
-                }
-                result
-            }),
+            } => Box::pin(
+                async move { link.noted(*generation, conn.send_packed_command(cmd).await) },
+            ),
             Active::Manager(c) => c.req_packed_command(cmd),
             Active::Multiplexed(c) => c.req_packed_command(cmd),
             Active::Cluster(c) => c.req_packed_command(cmd),
@@ -166,10 +162,7 @@ impl ConnectionLike for Active<'_> {
                 generation,
             } => Box::pin(async move {
                 let result = conn.send_packed_commands(pipeline, offset, count).await;
-                if let Err(err) = &result {
-                    link.failed(*generation, err);
-                }
-                result
+                link.noted(*generation, result)
             }),
             Active::Manager(c) => c.req_packed_commands(pipeline, offset, count),
             Active::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),

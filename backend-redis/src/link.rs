@@ -107,7 +107,7 @@ impl Link {
     /// A command on connection `id` failed with `err`. When the error means the
     /// connection is gone (dropped, reset, a garbled reply), the connection is dropped and
     /// a new attempt starts at once in the background.
-    pub(crate) fn failed(&self, id: u64, err: &RedisError) {
+    fn failed(&self, id: u64, err: &RedisError) {
         if !err.is_unrecoverable_error() {
             return;
         }
@@ -116,6 +116,15 @@ impl Link {
             // Driven by its task; the next call waits for it.
             let _ = self.start(&mut slot);
         }
+    }
+
+    /// `result` of a command on connection `id`, after [`failed`](Self::failed) has seen
+    /// its error.
+    pub(crate) fn noted<T>(&self, id: u64, result: Result<T, RedisError>) -> Result<T, RedisError> {
+        if let Err(err) = &result {
+            self.failed(id, err);
+        }
+        result
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Kafka-protocol broker of the end-to-end tests.
 
 use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The broker's address: `KAFKA_BOOTSTRAP` (`make test` starts the broker and sets it).
 /// Unset outside CI, the broker is started once per process with `scripts/kafka.sh start`;
@@ -39,4 +40,14 @@ fn start_or_read() -> String {
             || panic!("scripts/kafka.sh start did not print KAFKA_BOOTSTRAP=...: {stdout}"),
             str::to_owned,
         )
+}
+
+/// A name no earlier run used: `prefix`, the process id and the time in nanoseconds (a
+/// topic or consumer group of its own for each test or bench run).
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{nanos}", std::process::id())
 }

@@ -16,6 +16,6 @@ pub mod kafka;
 pub mod proxy;
 pub mod redis_process;
 
-pub use kafka::kafka_bootstrap;
+pub use kafka::{kafka_bootstrap, unique_name};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use redis_process::RedisProcess;

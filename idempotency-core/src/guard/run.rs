@@ -69,9 +69,20 @@ impl Guard {
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
+        self.traced(envelope, self.run_untraced(envelope, handler))
+            .await
+    }
+
+    /// Runs `run` (a run of `envelope`) inside the run's span, then records its answer on
+    /// the span and in the metrics: what [`run`](Self::run) and
+    /// [`run_in_transaction`](Self::run_in_transaction) add to their untraced forms.
+    pub(super) async fn traced<T, E>(
+        &self,
+        envelope: &EventEnvelope,
+        run: impl Future<Output = Result<Outcome<T>, GuardError<E>>>,
+    ) -> Result<Outcome<T>, GuardError<E>> {
         let probe = RunProbe::start(&self.inner.config, envelope);
-        let span = probe.span().clone();
-        let result = self.run_untraced(envelope, handler).instrument(span).await;
+        let result = run.instrument(probe.span().clone()).await;
         probe.finish(&result);
         result
     }

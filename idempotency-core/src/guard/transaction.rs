@@ -4,14 +4,11 @@
 use std::future::Future;
 use std::time::Instant;
 
-use tracing::Instrument;
-
 use super::outcome::{Ctx, Decision, Outcome};
 use super::{new_owner, store_name, Guard};
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, StoreError};
 use crate::store::{Claim, TransactionalStore};
-use crate::telemetry::RunProbe;
 
 impl Guard {
     /// Runs `handler` inside a transaction of `store`, and records the event as completed
@@ -60,14 +57,11 @@ impl Guard {
         F: Future<Output = (S::Tx, Result<T, E>)>,
         E: std::fmt::Display,
     {
-        let probe = RunProbe::start(&self.inner.config, envelope);
-        let span = probe.span().clone();
-        let result = self
-            .run_in_transaction_untraced(store, envelope, handler)
-            .instrument(span)
-            .await;
-        probe.finish(&result);
-        result
+        self.traced(
+            envelope,
+            self.run_in_transaction_untraced(store, envelope, handler),
+        )
+        .await
     }
 
     /// [`run_in_transaction`](Self::run_in_transaction) without its span and metrics.

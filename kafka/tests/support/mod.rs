@@ -2,7 +2,7 @@
 //! `scripts/kafka.sh`, Redis and PostgreSQL on loopback, and names no other test shares.
 #![allow(dead_code)]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use eventonce_core::EventEnvelope;
 use rdkafka::config::ClientConfig;
@@ -31,13 +31,7 @@ pub(crate) fn postgres_url() -> String {
 }
 
 /// A name no other test or run shares: `{prefix}-{pid}-{nanos}`.
-pub(crate) fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
+pub(crate) use eventonce_testkit::unique_name as unique;
 
 /// A PostgreSQL schema name of this run (letters, digits, `_`).
 pub(crate) fn schema(prefix: &str) -> String {
