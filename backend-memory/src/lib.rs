@@ -1,15 +1,18 @@
-//! An in-memory [`IdempotencyStore`] on [moka](https://docs.rs/moka): the embedded
-//! default of eventonce, for a single consumer process, tests and development.
+//! An in-memory [`IdempotencyStore`]: the embedded default of eventonce, for a single
+//! consumer process, tests and development.
 //!
-//! Records live in one bounded, concurrent cache with a TTL per entry (moka's synchronous
-//! cache: its operations never wait on I/O, so they need no future of their own). A claim
-//! of an absent or expired key is one atomic compute on its key (moka's `and_compute_with`
-//! serialises calls on the same key, for the microsecond a compute takes), so concurrent
-//! claims of one key produce exactly one [`Claim::Acquired`]. Each record sits behind a
-//! small lock of its own: a live record answers a claim from a plain read, and the owner's
-//! completion, renewal and release change it under that lock. A completion or a renewal
-//! therefore writes nothing to the cache: it changes the record in place, and the next read
-//! hands moka the record's new expiry.
+//! Records live in a bounded map split into shards, each an LRU list of records
+//! ([hashlink](https://docs.rs/hashlink)'s `LruCache`) behind a lock of its own. Every call
+//! takes one shard's lock for the few hundred nanoseconds it needs and never waits on I/O,
+//! so a call is atomic on its key: concurrent claims of one key produce exactly one
+//! [`Claim::Acquired`], and a completion, a renewal or a release by the owner is checked and
+//! applied in one step. A claim of a key allocates the key once; a duplicate allocates
+//! nothing.
+//!
+//! Each record carries its own expiry: a record past it answers as absent, and a claim
+//! takes its place. Expired records are dropped as new claims pass by (the least recently
+//! used end of a shard is checked on each insert) and, when a shard is full, its least
+//! recently used record is evicted.
 //!
 //! The store follows Tokio's clock (`tokio::time::Instant`), so tests can pause time to
 //! check leases. Records are not shared between processes and vanish with the process:
@@ -21,22 +24,30 @@ mod cached;
 
 pub use cached::CachedStore;
 
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use eventonce_core::backend::{check_arguments, saturating_deadline};
 use eventonce_core::{Claim, IdempotencyStore, Record, RecordState, StoreError};
-use moka::ops::compute::Op;
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
-use moka::Expiry;
+use hashlink::LruCache;
 use tokio::time::Instant;
 use xxhash_rust::xxh3::Xxh3Builder;
 
 /// The number of records [`MemoryStore::new`] keeps before it evicts the least recently
 /// used ones.
 pub const DEFAULT_CAPACITY: u64 = 1_000_000;
+
+/// The most shards a store is split into.
+const MAX_SHARDS: usize = 64;
+
+/// The fewest records per shard before a store is split: small stores keep one exact LRU
+/// order.
+const MIN_SHARD_CAPACITY: u64 = 4096;
+
+/// How many expired records at a shard's least recently used end one insert drops.
+const SWEEP_PER_INSERT: usize = 4;
 
 /// An in-memory idempotency store. Cheap to clone: clones share the records.
 ///
@@ -57,37 +68,27 @@ pub const DEFAULT_CAPACITY: u64 = 1_000_000;
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: Cache<String, Arc<Slot>, Xxh3Builder>,
-    capacity: u64,
+    inner: Arc<Shards>,
 }
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("capacity", &self.capacity)
-            .field("entries", &self.cache.entry_count())
+            .field("capacity", &self.inner.capacity)
+            .field("shards", &self.inner.shards.len())
+            .field("entries", &self.approximate_len())
             .finish()
     }
 }
 
-/// One record, shared by the cache and whoever read it, changed under its lock.
-struct Slot(Mutex<Entry>);
-
-impl Slot {
-    fn new(entry: Entry) -> Arc<Slot> {
-        Arc::new(Slot(Mutex::new(entry)))
-    }
-
-    /// The record (a panic never happens under the lock, but a poisoned one is still
-    /// consistent: every change is a plain store of fields).
-    fn lock(&self) -> MutexGuard<'_, Entry> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn expires_at(&self) -> Instant {
-        self.lock().expires_at
-    }
+/// The shards, and the hasher that picks a key's shard.
+struct Shards {
+    shards: Box<[Mutex<Shard>]>,
+    pick: Xxh3Builder,
+    capacity: u64,
 }
+
+type Shard = LruCache<Box<str>, Entry, Xxh3Builder>;
 
 struct Entry {
     state: RecordState,
@@ -110,6 +111,15 @@ impl Entry {
         match self.state {
             RecordState::Completed => Claim::Completed,
             RecordState::Processing => Claim::InProgress,
+        }
+    }
+
+    fn claimed(owner: &str, lease: Duration, now: Instant) -> Entry {
+        Entry {
+            state: RecordState::Processing,
+            owner: Owner::new(owner),
+            expires_at: saturating_deadline(now, lease),
+            updated_at: SystemTime::now(),
         }
     }
 }
@@ -157,52 +167,6 @@ impl Owner {
     }
 }
 
-/// Each entry expires when its record does. A completion or a renewal moves a record's
-/// expiry without a write to the cache, so a read hands moka the later expiry.
-struct EntryExpiry;
-
-/// How far past a record's expiry moka is told to keep an entry whose record was renewed
-/// or completed in place: the record is dead at its own expiry whatever moka does, and
-/// the margin lets later reads find moka's expiry already late enough (no change to
-/// reschedule on every read).
-const READ_EXPIRY_MARGIN: Duration = Duration::from_secs(1);
-
-impl Expiry<String, Arc<Slot>> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<Slot>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.expires_at().saturating_duration_since(Instant::now()))
-    }
-
-    fn expire_after_read(
-        &self,
-        _key: &String,
-        value: &Arc<Slot>,
-        _read_at: std::time::Instant,
-        duration_until_expiry: Option<Duration>,
-        _last_modified_at: std::time::Instant,
-    ) -> Option<Duration> {
-        let left = value.expires_at().saturating_duration_since(Instant::now());
-        match duration_until_expiry {
-            Some(current) if current >= left => Some(current),
-            _ => Some(left.saturating_add(READ_EXPIRY_MARGIN)),
-        }
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Arc<Slot>,
-        _updated_at: std::time::Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.expires_at().saturating_duration_since(Instant::now()))
-    }
-}
-
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
@@ -215,73 +179,91 @@ impl MemoryStore {
         Self::with_capacity(DEFAULT_CAPACITY)
     }
 
-    /// A store holding up to `capacity` records. Past it, the least recently used records
-    /// are evicted: an evicted completed record lets a late duplicate through, so size it
-    /// above the number of events a TTL spans.
+    /// A store holding up to `capacity` records (a capacity of 0 is taken as 1). Past it,
+    /// the least recently used records are evicted (in a store above 4,096 records, the
+    /// least recently used of the key's shard): an evicted completed record lets a late
+    /// duplicate through, so size it above the number of events a TTL spans.
     pub fn with_capacity(capacity: u64) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(capacity)
-            .eviction_policy(EvictionPolicy::lru())
-            .expire_after(EntryExpiry)
-            .build_with_hasher(seeded_hasher());
-        MemoryStore { cache, capacity }
+        let capacity = capacity.max(1);
+        let wanted = usize::try_from(capacity / MIN_SHARD_CAPACITY).unwrap_or(MAX_SHARDS);
+        let count = wanted.clamp(1, MAX_SHARDS);
+        // Round down to a power of two, so a shard is picked with a mask.
+        let count = 1usize << count.ilog2();
+        let per_shard = usize::try_from(capacity.div_ceil(count as u64)).unwrap_or(usize::MAX);
+        let seed = seed();
+        let shards = (0..count)
+            .map(|i| {
+                let hasher = Xxh3Builder::new().with_seed(seed ^ (i as u64 + 1));
+                Mutex::new(LruCache::with_hasher(per_shard, hasher))
+            })
+            .collect();
+        let pick = Xxh3Builder::new().with_seed(seed.rotate_left(32));
+        MemoryStore {
+            inner: Arc::new(Shards {
+                shards,
+                pick,
+                capacity,
+            }),
+        }
     }
 
     /// The capacity this store was built with.
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.inner.capacity
     }
 
-    /// An estimate of the number of records held (expired ones may linger until moka's
-    /// housekeeping runs).
+    /// The number of records held (expired ones are counted until a claim passes them by
+    /// or the capacity evicts them).
     pub fn approximate_len(&self) -> u64 {
-        self.cache.entry_count()
+        self.inner
+            .shards
+            .iter()
+            .map(|shard| lock(shard).len() as u64)
+            .sum()
     }
 
-    /// Changes the live record held by `owner` in place with `f`. Returns whether the
+    /// The shard holding `key`, locked.
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let shards = &self.inner.shards;
+        // The mask keeps the index below the count, a power of two.
+        let index = (self.inner.pick.hash_one(key) as usize) & (shards.len() - 1);
+        lock(&shards[index])
+    }
+
+    /// Changes the live record of `key` held by `owner` with `f`. Returns whether the
     /// owner held the claim.
-    ///
-    /// The change is made under the record's lock, so it is atomic with every other call
-    /// on the key: a claim replaces a record only once it has expired, which a record
-    /// held by `owner` has not. The second read hands moka the record's new expiry
-    /// ([`EntryExpiry::expire_after_read`]); if moka dropped the entry meanwhile (its old
-    /// expiry passed, or it was evicted), the changed record is put back, unless another
-    /// claim took the key in between (then the owner's claim was lost).
-    fn change_in_place(&self, key: &str, owner: &str, f: impl FnOnce(&mut Entry, Instant)) -> bool {
-        let Some(slot) = self.cache.get(key) else {
-            return false;
-        };
-        {
-            let mut entry = slot.lock();
-            let now = Instant::now();
-            if !entry.held_by(owner, now) {
-                return false;
+    fn change_held(&self, key: &str, owner: &str, f: impl FnOnce(&mut Entry, Instant)) -> bool {
+        let mut shard = self.shard(key);
+        let now = Instant::now();
+        match shard.get_mut(key) {
+            Some(entry) if entry.held_by(owner, now) => {
+                f(entry, now);
+                true
             }
-            f(&mut entry, now);
-        }
-        match self.cache.get(key) {
-            Some(current) if Arc::ptr_eq(&current, &slot) => true,
-            _ => self.reinstate(key, slot),
+            _ => false,
         }
     }
+}
 
-    /// Puts `slot` back under `key` if no other record took its place.
-    fn reinstate(&self, key: &str, slot: Arc<Slot>) -> bool {
-        let mut kept = false;
-        self.cache
-            .entry_by_ref(key)
-            .and_compute_with(|existing| match existing {
-                None => {
-                    kept = true;
-                    Op::Put(slot)
-                }
-                Some(current) => {
-                    kept = Arc::ptr_eq(current.value(), &slot);
-                    Op::Nop
-                }
-            });
-        kept
+/// A shard's records. No call panics while holding the lock, but a poisoned one is still
+/// consistent: every change is a plain store of fields or one map operation.
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Inserts a new record for `key`, first dropping up to [`SWEEP_PER_INSERT`] expired
+/// records from the shard's least recently used end; a full shard then evicts its least
+/// recently used record.
+fn insert(shard: &mut Shard, key: &str, entry: Entry, now: Instant) {
+    for _ in 0..SWEEP_PER_INSERT {
+        match shard.iter().next() {
+            Some((_, oldest)) if !oldest.is_live(now) => {
+                shard.remove_lru();
+            }
+            _ => break,
+        }
     }
+    shard.insert(key.into(), entry);
 }
 
 #[async_trait]
@@ -293,37 +275,23 @@ impl IdempotencyStore for MemoryStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        // A live record answers from a plain read (duplicates, claims held elsewhere): no
-        // write lock. Only an absent or expired one needs the atomic compute below.
-        if let Some(slot) = self.cache.get(key) {
-            let entry = slot.lock();
-            if entry.is_live(Instant::now()) {
+        let mut shard = self.shard(key);
+        let now = Instant::now();
+        if let Some(entry) = shard.get_mut(key) {
+            if entry.is_live(now) {
                 return Ok(entry.claim_answer());
             }
+            // Expired: the claim takes the record's place.
+            *entry = Entry::claimed(owner, lease, now);
+            return Ok(Claim::Acquired);
         }
-        let mut claim = Claim::Acquired;
-        self.cache.entry_by_ref(key).and_compute_with(|existing| {
-            let now = Instant::now();
-            if let Some(existing) = existing {
-                let entry = existing.value().lock();
-                if entry.is_live(now) {
-                    claim = entry.claim_answer();
-                    return Op::Nop;
-                }
-            }
-            Op::Put(Slot::new(Entry {
-                state: RecordState::Processing,
-                owner: Owner::new(owner),
-                expires_at: saturating_deadline(now, lease),
-                updated_at: SystemTime::now(),
-            }))
-        });
-        Ok(claim)
+        insert(&mut shard, key, Entry::claimed(owner, lease, now), now);
+        Ok(Claim::Acquired)
     }
 
     async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         check_arguments(key, owner, Some(ttl))?;
-        Ok(self.change_in_place(key, owner, |entry, now| {
+        Ok(self.change_held(key, owner, |entry, now| {
             entry.state = RecordState::Completed;
             entry.expires_at = saturating_deadline(now, ttl);
             entry.updated_at = SystemTime::now();
@@ -332,24 +300,19 @@ impl IdempotencyStore for MemoryStore {
 
     async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
         check_arguments(key, owner, None)?;
-        let mut held = false;
-        self.cache.entry_by_ref(key).and_compute_with(|existing| {
-            if let Some(existing) = existing {
-                let entry = existing.value().lock();
-                held = entry.held_by(owner, Instant::now());
-            }
-            if held {
-                Op::Remove
-            } else {
-                Op::Nop
-            }
-        });
+        let mut shard = self.shard(key);
+        let held = shard
+            .peek(key)
+            .is_some_and(|entry| entry.held_by(owner, Instant::now()));
+        if held {
+            shard.remove(key);
+        }
         Ok(held)
     }
 
     async fn extend(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        Ok(self.change_in_place(key, owner, |entry, now| {
+        Ok(self.change_held(key, owner, |entry, now| {
             entry.expires_at = saturating_deadline(now, lease);
             entry.updated_at = SystemTime::now();
         }))
@@ -359,17 +322,17 @@ impl IdempotencyStore for MemoryStore {
         if key.is_empty() {
             return Err(StoreError::InvalidArgument("key must not be empty".into()));
         }
-        let Some(slot) = self.cache.get(key) else {
-            return Ok(None);
-        };
-        let entry = slot.lock();
+        let shard = self.shard(key);
         let now = Instant::now();
-        Ok(entry.is_live(now).then(|| Record {
-            state: entry.state,
-            owner: Some(entry.owner.to_owned_string()),
-            ttl_left: Some(entry.expires_at.saturating_duration_since(now)),
-            updated_at: Some(entry.updated_at),
-        }))
+        Ok(shard
+            .peek(key)
+            .filter(|entry| entry.is_live(now))
+            .map(|entry| Record {
+                state: entry.state,
+                owner: Some(entry.owner.to_owned_string()),
+                ttl_left: Some(entry.expires_at.saturating_duration_since(now)),
+                updated_at: Some(entry.updated_at),
+            }))
     }
 
     fn backend_name(&self) -> &'static str {
@@ -377,10 +340,8 @@ impl IdempotencyStore for MemoryStore {
     }
 }
 
-/// xxh3 for the cache's hash table (SipHash, moka's default, was a tenth of a guarded
-/// event's time), seeded per process so that crafted keys cannot aim at one bucket.
-fn seeded_hasher() -> Xxh3Builder {
-    use std::hash::BuildHasher;
-    let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
-    Xxh3Builder::new().with_seed(seed)
+/// A seed for the hashers, per process, so that crafted keys cannot aim at one shard or
+/// one bucket.
+fn seed() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
 }

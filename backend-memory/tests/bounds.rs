@@ -1,0 +1,165 @@
+//! `MemoryStore`'s bounds: its capacity (least recently used records evicted), expired
+//! records dropped as new claims pass by, and one winner per key under concurrent claims
+//! from many threads.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventonce_core::{Claim, IdempotencyStore};
+use eventonce_memory::MemoryStore;
+
+const LEASE: Duration = Duration::from_secs(30);
+const TTL: Duration = Duration::from_secs(3600);
+
+#[tokio::test]
+async fn a_full_store_evicts_its_least_recently_used_record() {
+    let store = MemoryStore::with_capacity(3);
+    for key in ["a", "b", "c"] {
+        assert_eq!(
+            store.try_claim(key, "o", LEASE).await.unwrap(),
+            Claim::Acquired
+        );
+        assert!(store.complete(key, "o", TTL).await.unwrap());
+    }
+    // A duplicate of "a" makes it the most recently used: "b" is now the oldest.
+    assert_eq!(
+        store.try_claim("a", "p", LEASE).await.unwrap(),
+        Claim::Completed
+    );
+    assert_eq!(
+        store.try_claim("d", "o", LEASE).await.unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(store.approximate_len(), 3);
+    assert!(store.get("b").await.unwrap().is_none(), "b was evicted");
+    for key in ["a", "c", "d"] {
+        assert!(store.get(key).await.unwrap().is_some(), "{key} is kept");
+    }
+    // The evicted event is new again: a late duplicate gets through, as documented.
+    assert_eq!(
+        store.try_claim("b", "p", LEASE).await.unwrap(),
+        Claim::Acquired
+    );
+}
+
+#[tokio::test]
+async fn a_large_store_never_holds_more_than_its_capacity() {
+    let capacity = 20_000;
+    let store = MemoryStore::with_capacity(capacity);
+    for n in 0..100_000u32 {
+        let key = format!("svc:t:{n}");
+        assert_eq!(
+            store.try_claim(&key, "o", LEASE).await.unwrap(),
+            Claim::Acquired
+        );
+    }
+    let held = store.approximate_len();
+    assert!(held <= capacity, "{held} records held, capacity {capacity}");
+    // Sharded, each shard fills to its share: nearly the whole capacity is used.
+    assert!(
+        held >= capacity * 9 / 10,
+        "{held} records held, capacity {capacity}"
+    );
+    // The newest records are the ones kept.
+    assert!(store.get("svc:t:99999").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_capacity_of_zero_is_taken_as_one() {
+    let store = MemoryStore::with_capacity(0);
+    assert_eq!(store.capacity(), 1);
+    assert_eq!(
+        store.try_claim("a", "o", LEASE).await.unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(
+        store.try_claim("a", "p", LEASE).await.unwrap(),
+        Claim::InProgress
+    );
+    assert_eq!(
+        store.try_claim("b", "o", LEASE).await.unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(store.approximate_len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_records_are_dropped_as_new_claims_pass_by() {
+    let store = MemoryStore::with_capacity(1_000);
+    for n in 0..100 {
+        let key = format!("old:{n}");
+        assert_eq!(
+            store
+                .try_claim(&key, "o", Duration::from_secs(1))
+                .await
+                .unwrap(),
+            Claim::Acquired
+        );
+    }
+    assert_eq!(store.approximate_len(), 100);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    for n in 0..30 {
+        let key = format!("new:{n}");
+        assert_eq!(
+            store.try_claim(&key, "o", LEASE).await.unwrap(),
+            Claim::Acquired
+        );
+    }
+    // Each insert dropped expired records from the least recently used end.
+    assert_eq!(store.approximate_len(), 30);
+    assert!(store.get("old:0").await.unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_record_answers_as_absent_and_its_claim_takes_its_place() {
+    let store = MemoryStore::with_capacity(10);
+    assert_eq!(
+        store
+            .try_claim("k", "a", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(store.get("k").await.unwrap().is_none());
+    assert!(
+        !store.complete("k", "a", TTL).await.unwrap(),
+        "a's lease ended"
+    );
+    assert_eq!(
+        store.try_claim("k", "b", LEASE).await.unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(store.approximate_len(), 1);
+    assert!(store.complete("k", "b", TTL).await.unwrap());
+}
+
+#[test]
+fn concurrent_claims_from_many_threads_have_one_winner_per_key() {
+    let store = MemoryStore::with_capacity(1_000_000);
+    let won = Arc::new(AtomicUsize::new(0));
+    let keys = 2_000;
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let (store, won) = (store.clone(), Arc::clone(&won));
+            scope.spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    for n in 0..keys {
+                        let key = format!("k:{n}");
+                        let owner = format!("t{t}");
+                        if store.try_claim(&key, &owner, LEASE).await.unwrap() == Claim::Acquired {
+                            won.fetch_add(1, Ordering::Relaxed);
+                            assert!(store.complete(&key, &owner, TTL).await.unwrap());
+                        }
+                    }
+                });
+            });
+        }
+    });
+    assert_eq!(won.load(Ordering::Relaxed), keys);
+}
