@@ -24,7 +24,7 @@ mod cached;
 
 pub use cached::CachedStore;
 
-use std::hash::BuildHasher;
+use std::hash::BuildHasher as _;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -33,7 +33,7 @@ use eventonce_core::backend::{check_arguments, saturating_deadline};
 use eventonce_core::{Claim, IdempotencyStore, Record, RecordState, StoreError};
 use hashlink::LruCache;
 use tokio::time::Instant;
-use xxhash_rust::xxh3::Xxh3Builder;
+use foldhash::quality::RandomState;
 
 /// The number of records [`MemoryStore::new`] keeps before it evicts the least recently
 /// used ones.
@@ -81,14 +81,15 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
-/// The shards, and the hasher that picks a key's shard.
+/// The shards, and the hasher that picks a key's shard. The hashers (foldhash, randomly
+/// seeded per store) keep crafted keys from aiming at one shard or one bucket.
 struct Shards {
     shards: Box<[Mutex<Shard>]>,
-    pick: Xxh3Builder,
+    pick: RandomState,
     capacity: u64,
 }
 
-type Shard = LruCache<Box<str>, Entry, Xxh3Builder>;
+type Shard = LruCache<Box<str>, Entry, RandomState>;
 
 struct Entry {
     state: RecordState,
@@ -190,14 +191,10 @@ impl MemoryStore {
         // Round down to a power of two, so a shard is picked with a mask.
         let count = 1usize << count.ilog2();
         let per_shard = usize::try_from(capacity.div_ceil(count as u64)).unwrap_or(usize::MAX);
-        let seed = seed();
         let shards = (0..count)
-            .map(|i| {
-                let hasher = Xxh3Builder::new().with_seed(seed ^ (i as u64 + 1));
-                Mutex::new(LruCache::with_hasher(per_shard, hasher))
-            })
+            .map(|_| Mutex::new(LruCache::with_hasher(per_shard, RandomState::default())))
             .collect();
-        let pick = Xxh3Builder::new().with_seed(seed.rotate_left(32));
+        let pick = RandomState::default();
         MemoryStore {
             inner: Arc::new(Shards {
                 shards,
@@ -338,10 +335,4 @@ impl IdempotencyStore for MemoryStore {
     fn backend_name(&self) -> &'static str {
         "memory"
     }
-}
-
-/// A seed for the hashers, per process, so that crafted keys cannot aim at one shard or
-/// one bucket.
-fn seed() -> u64 {
-    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
 }
