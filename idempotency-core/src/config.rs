@@ -56,7 +56,8 @@ pub struct IdempotencyConfig {
 
 #[derive(Debug, Clone)]
 struct ConfigInner {
-    service_name: String,
+    /// Shared, so a metric label of it is a reference count, not a copy.
+    service_name: Arc<str>,
     event_type_ttls: HashMap<String, Duration>,
     default_ttl: Duration,
     key_prefix: String,
@@ -114,7 +115,7 @@ impl IdempotencyConfig {
 
     fn builder_inner(service_name: String) -> ConfigBuilder {
         ConfigBuilder(ConfigInner {
-            service_name,
+            service_name: service_name.into(),
             event_type_ttls: DEFAULT_EVENT_TYPE_TTLS
                 .iter()
                 .map(|(t, d)| ((*t).to_owned(), *d))
@@ -137,6 +138,12 @@ impl IdempotencyConfig {
     /// The service whose keys this configuration namespaces.
     pub fn service_name(&self) -> &str {
         &self.inner.service_name
+    }
+
+    /// The service's name, shared (for metric labels).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn service_label(&self) -> metrics::SharedString {
+        metrics::SharedString::from_shared(Arc::clone(&self.inner.service_name))
     }
 
     /// The per-event-type TTLs.

@@ -7,7 +7,7 @@
 //! in, and two events whose numbers differ in any digit hash differently.
 
 use serde_json::Value;
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::IdentityError;
 
@@ -34,18 +34,46 @@ pub const MAX_DEPTH: usize = 512;
 /// # Ok::<(), eventonce_core::IdentityError>(())
 /// ```
 pub fn deterministic_hash(event_id: Option<&str>, data: &Value) -> Result<String, IdentityError> {
-    let mut hasher = Xxh3::new();
-    match event_id {
+    // The encoding is written into a buffer kept per thread and hashed in one call: xxh3's
+    // one-shot form is several times cheaper than feeding its streaming state piece by
+    // piece, and gives the same digest.
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buf) => hash_encoding(&mut buf, event_id, data),
+        // Only reached if encoding ever re-entered this function: a buffer of its own.
+        Err(_) => hash_encoding(&mut Vec::new(), event_id, data),
+    })
+}
+
+/// The largest buffer a thread keeps between two hashes (a bigger one is freed after use).
+const SCRATCH_KEPT: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`deterministic_hash`] with `buf` (emptied first) for the encoding.
+fn hash_encoding(
+    buf: &mut Vec<u8>,
+    event_id: Option<&str>,
+    data: &Value,
+) -> Result<String, IdentityError> {
+    buf.clear();
+    let written = match event_id {
         Some(id) => {
-            hasher.update(b"{\"data\":");
-            write_canonical(&mut hasher, data, 0)?;
-            hasher.update(b",\"event_id\":");
-            write_string(&mut hasher, id);
-            hasher.update(b"}");
+            buf.put(b"{\"data\":");
+            let written = write_canonical(buf, data, 0);
+            buf.put(b",\"event_id\":");
+            write_string(buf, id);
+            buf.put(b"}");
+            written
         }
-        None => write_canonical(&mut hasher, data, 0)?,
+        None => write_canonical(buf, data, 0),
+    };
+    let digest = written.map(|()| xxh3_128(buf));
+    if buf.capacity() > SCRATCH_KEPT {
+        *buf = Vec::new();
     }
-    Ok(hex128(hasher.digest128()))
+    Ok(hex128(digest?))
 }
 
 /// 32 lowercase hex digits of `v` (what `format!("{v:032x}")` writes), in one allocation
@@ -81,12 +109,6 @@ pub fn canonical_json(value: &Value) -> Result<Vec<u8>, IdentityError> {
 
 trait Sink {
     fn put(&mut self, bytes: &[u8]);
-}
-
-impl Sink for Xxh3 {
-    fn put(&mut self, bytes: &[u8]) {
-        self.update(bytes);
-    }
 }
 
 impl Sink for Vec<u8> {
@@ -323,21 +345,46 @@ fn write_string<S: Sink>(out: &mut S, s: &str) {
     }
 }
 
-/// A hasher for in-process maps keyed by store keys: xxh3 (SipHash showed in the batch
-/// profile), seeded per process so that crafted keys cannot aim at one bucket.
-pub(crate) fn seeded_hasher() -> xxhash_rust::xxh3::Xxh3Builder {
-    use std::hash::BuildHasher;
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let seed = *SEED.get_or_init(|| {
-        std::collections::hash_map::RandomState::new().hash_one(std::process::id())
-    });
-    xxhash_rust::xxh3::Xxh3Builder::new().with_seed(seed)
+/// A hasher for in-process maps keyed by store keys: foldhash (SipHash showed in the batch
+/// profile, and xxh3's streaming `Hasher` costs several times more on short keys), randomly
+/// seeded so that crafted keys cannot aim at one bucket.
+pub(crate) fn seeded_hasher() -> foldhash::quality::RandomState {
+    foldhash::quality::RandomState::default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The digest is xxh3-128 of the canonical encoding, whichever way it is fed: the
+    /// one-shot call over the buffer gives what the streaming state gave (keys already in
+    /// stores stay valid), pinned for one event.
+    #[test]
+    fn the_hash_is_xxh3_128_of_the_encoding_and_pinned() {
+        let data = json!({"y": [1, 2.5, "s\"q"], "x": {"b": null, "a": true}});
+        let mut streamed = xxhash_rust::xxh3::Xxh3::new();
+        streamed.update(b"{\"data\":");
+        streamed.update(&canonical_json(&data).unwrap());
+        streamed.update(b",\"event_id\":\"e-1\"}");
+        let hash = deterministic_hash(Some("e-1"), &data).unwrap();
+        assert_eq!(hash, hex128(streamed.digest128()));
+        let mut alone = xxhash_rust::xxh3::Xxh3::new();
+        alone.update(&canonical_json(&data).unwrap());
+        assert_eq!(deterministic_hash(None, &data).unwrap(), hex128(alone.digest128()));
+        assert_eq!(hash, "b506e531c22b10129c088605b318d1ca");
+    }
+
+    #[test]
+    fn a_large_encoding_is_hashed_whole_and_its_buffer_not_kept() {
+        let big = json!({"blob": "x".repeat(200_000)});
+        let a = deterministic_hash(Some("e"), &big).unwrap();
+        SCRATCH.with(|s| assert!(s.borrow().capacity() <= SCRATCH_KEPT));
+        let mut other = big.clone();
+        other["blob"] = json!(format!("{}y", "x".repeat(199_999)));
+        assert_ne!(a, deterministic_hash(Some("e"), &other).unwrap());
+        assert_eq!(a, deterministic_hash(Some("e"), &big).unwrap());
+    }
 
     #[test]
     fn id_and_data_hash_differs_from_data_alone() {

@@ -132,7 +132,7 @@ impl<'a> RunProbe<'a> {
             use metrics::{Key, Label};
             // One label vector for both metrics (the names differ, the labels do not).
             let labels = vec![
-                Label::new("service", self.config.service_name().to_owned()),
+                Label::new("service", self.config.service_label()),
                 Label::new("event_type", self.event_type.to_owned()),
                 Label::from_static_parts("outcome", outcome),
             ];
@@ -164,7 +164,7 @@ pub(crate) fn batch_outcomes<T, E>(
     for (envelope, answer) in envelopes.iter().zip(answers) {
         metrics::counter!(
             RUNS_TOTAL,
-            "service" => config.service_name().to_owned(),
+            "service" => config.service_label(),
             "event_type" => envelope.event_type.clone(),
             "outcome" => run_outcome(answer),
         )
@@ -202,7 +202,7 @@ pub(crate) fn store_call<T>(
             Err(_) => "error",
         };
         let labels = vec![
-            Label::new("service", config.service_name().to_owned()),
+            Label::new("service", config.service_label()),
             Label::from_static_parts("op", op),
             Label::from_static_parts("outcome", outcome),
         ];
