@@ -81,7 +81,7 @@ pub use eventonce_postgres::{PgTx, PostgresOptions, PostgresStore};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use eventonce_redis::{RedisOptions, RedisStore};
 
-/// The in-memory store on moka (feature `memory`, the default): [`MemoryStore`] for one
+/// The in-memory store (feature `memory`, the default): [`MemoryStore`] for one
 /// process, [`CachedStore`] in front of a shared store. Everything `eventonce-memory`
 /// exports.
 #[cfg(feature = "memory")]
