@@ -31,9 +31,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use eventonce_core::backend::{check_arguments, saturating_deadline};
 use eventonce_core::{Claim, IdempotencyStore, Record, RecordState, StoreError};
+use foldhash::quality::RandomState;
 use hashlink::LruCache;
 use tokio::time::Instant;
-use foldhash::quality::RandomState;
 
 /// The number of records [`MemoryStore::new`] keeps before it evicts the least recently
 /// used ones.

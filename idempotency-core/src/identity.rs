@@ -371,7 +371,10 @@ mod tests {
         assert_eq!(hash, hex128(streamed.digest128()));
         let mut alone = xxhash_rust::xxh3::Xxh3::new();
         alone.update(&canonical_json(&data).unwrap());
-        assert_eq!(deterministic_hash(None, &data).unwrap(), hex128(alone.digest128()));
+        assert_eq!(
+            deterministic_hash(None, &data).unwrap(),
+            hex128(alone.digest128())
+        );
         assert_eq!(hash, "b506e531c22b10129c088605b318d1ca");
     }
 
