@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use eventonce_core::backend::{check_arguments, saturating_deadline};
-use eventonce_core::{Claim, IdempotencyStore, Record, RecordState, StoreError};
+use eventonce_core::backend::{check_arguments, check_many, saturating_deadline};
+use eventonce_core::{Claim, Completion, IdempotencyStore, Record, RecordState, StoreError};
 use foldhash::quality::RandomState;
 use hashlink::LruCache;
 use tokio::time::Instant;
@@ -227,6 +227,31 @@ impl MemoryStore {
         lock(&shards[index])
     }
 
+    /// Claims `key` for `owner` (arguments checked by the caller).
+    fn claim(&self, key: &str, owner: &str, lease: Duration) -> Claim {
+        let mut shard = self.shard(key);
+        let now = Instant::now();
+        if let Some(entry) = shard.get_mut(key) {
+            if entry.is_live(now) {
+                return entry.claim_answer();
+            }
+            // Expired: the claim takes the record's place.
+            *entry = Entry::claimed(owner, lease, now);
+            return Claim::Acquired;
+        }
+        insert(&mut shard, key, Entry::claimed(owner, lease, now), now);
+        Claim::Acquired
+    }
+
+    /// Completes `owner`'s claim on `key` for `ttl` (arguments checked by the caller).
+    fn complete_held(&self, key: &str, owner: &str, ttl: Duration) -> bool {
+        self.change_held(key, owner, |entry, now| {
+            entry.state = RecordState::Completed;
+            entry.expires_at = saturating_deadline(now, ttl);
+            entry.updated_at = SystemTime::now();
+        })
+    }
+
     /// Changes the live record of `key` held by `owner` with `f`. Returns whether the
     /// owner held the claim.
     fn change_held(&self, key: &str, owner: &str, f: impl FnOnce(&mut Entry, Instant)) -> bool {
@@ -272,27 +297,37 @@ impl IdempotencyStore for MemoryStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        let mut shard = self.shard(key);
-        let now = Instant::now();
-        if let Some(entry) = shard.get_mut(key) {
-            if entry.is_live(now) {
-                return Ok(entry.claim_answer());
-            }
-            // Expired: the claim takes the record's place.
-            *entry = Entry::claimed(owner, lease, now);
-            return Ok(Claim::Acquired);
-        }
-        insert(&mut shard, key, Entry::claimed(owner, lease, now), now);
-        Ok(Claim::Acquired)
+        Ok(self.claim(key, owner, lease))
     }
 
     async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         check_arguments(key, owner, Some(ttl))?;
-        Ok(self.change_held(key, owner, |entry, now| {
-            entry.state = RecordState::Completed;
-            entry.expires_at = saturating_deadline(now, ttl);
-            entry.updated_at = SystemTime::now();
-        }))
+        Ok(self.complete_held(key, owner, ttl))
+    }
+
+    // The batch calls do their work in place, key after key: no future per key.
+    async fn try_claim_many(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        check_many(keys.iter().map(String::as_str))?;
+        for key in keys {
+            check_arguments(key, owner, Some(lease))?;
+        }
+        Ok(keys.iter().map(|key| self.claim(key, owner, lease)).collect())
+    }
+
+    async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
+        check_many(completions.iter().map(|c| c.key.as_str()))?;
+        for c in completions {
+            check_arguments(&c.key, &c.owner, Some(c.ttl))?;
+        }
+        Ok(completions
+            .iter()
+            .map(|c| self.complete_held(&c.key, &c.owner, c.ttl))
+            .collect())
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
