@@ -2,7 +2,8 @@
 //! done with the raw client. `make bench` runs it and prints medians, p50/p99 per event and
 //! ratios (`benches/summary.py`, also written to `benches/RESULTS.md`).
 //!
-//! Groups: `memory` (bare moka insert vs `MemoryStore` through `Guard`), `redis` (raw
+//! Groups: `memory` (`MemoryStore`'s claim and completion called bare vs through `Guard`;
+//! the `idempotent` crate's memory store), `redis` (raw
 //! `SET NX PX`; `SET NX PX` + an `EVALSHA` completion; one `EVALSHA` claiming 100 keys;
 //! one script claiming a batch of 100 or 1,000 keys and one completing them, paired with
 //! the guard's batches of the same sizes;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use eventonce::IdempotencyStore as _;
 use eventonce::{
     CachedStore, EventEnvelope, FailMode, Guard, IdempotencyConfig, MemoryStore, PostgresOptions,
     PostgresStore, RedisStore,
@@ -314,14 +316,14 @@ fn batch_row(
 fn memory(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("memory");
-    // The cache MemoryStore is built on: moka's sync cache, bounded, LRU.
-    let cache: moka::sync::Cache<String, u64> = moka::sync::Cache::builder()
-        .max_capacity(10_000_000)
-        .eviction_policy(moka::policy::EvictionPolicy::lru())
-        .build();
-    row(&mut g, &rt, "memory", "floor: moka insert", || async {
-        let n = unique();
-        cache.insert(format!("huleedu:idempotency:bench:svc:t:{n:032x}"), n);
+    // The store alone: a claim and a completion of a new key, without the guard's work.
+    let bare = MemoryStore::with_capacity(10_000_000);
+    row(&mut g, &rt, "memory", "floor: MemoryStore claim + complete", || async {
+        let key = format!("huleedu:idempotency:bench:svc:t:{:032x}", unique());
+        let claim = bare.try_claim(&key, "owner", Duration::from_secs(30)).await;
+        assert_eq!(claim.ok(), Some(eventonce::Claim::Acquired));
+        let done = bare.complete(&key, "owner", Duration::from_secs(86_400)).await;
+        assert_eq!(done.ok(), Some(true));
     });
     let guard = guard_on(
         MemoryStore::with_capacity(10_000_000),

@@ -22,7 +22,7 @@ TWO_RT = "floor: SET NX PX + EVALSHA (2 round trips)"
 PG_FLOOR = "floor: INSERT ON CONFLICT (1 statement)"
 # Rows compared with the one-round-trip floor (one round trip is all they can need); the
 # rest of a group is compared with its main floor.
-FLOORS = {"memory": "floor: moka insert", "redis": TWO_RT, "postgres": PG_FLOOR}
+FLOORS = {"memory": "floor: MemoryStore claim + complete", "redis": TWO_RT, "postgres": PG_FLOOR}
 
 
 def slug(name):
