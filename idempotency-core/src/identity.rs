@@ -325,13 +325,44 @@ fn write_string<S: Sink>(out: &mut S, s: &str) {
 
 /// A hasher for in-process maps keyed by store keys: xxh3 (SipHash showed in the batch
 /// profile), seeded per process so that crafted keys cannot aim at one bucket.
-pub(crate) fn seeded_hasher() -> xxhash_rust::xxh3::Xxh3Builder {
+pub(crate) fn seeded_hasher() -> KeyHasher {
     use std::hash::BuildHasher;
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let seed = *SEED.get_or_init(|| {
         std::collections::hash_map::RandomState::new().hash_one(std::process::id())
     });
-    xxhash_rust::xxh3::Xxh3Builder::new().with_seed(seed)
+    KeyHasher { seed, state: 0 }
+}
+
+/// Seeded one-shot xxh3 over each piece written: a key (its bytes and the terminator
+/// `Hash` adds) costs two calls of `xxh3_64_with_seed`, where xxhash's own streaming
+/// builder derives a fresh 192-byte secret and fills a 0.5 KB state for every key.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyHasher {
+    seed: u64,
+    state: u64,
+}
+
+impl std::hash::BuildHasher for KeyHasher {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher {
+            seed: self.seed,
+            state: 0,
+        }
+    }
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Each piece is hashed under the seed mixed with what came before.
+        self.state = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.seed ^ self.state);
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
+    }
 }
 
 #[cfg(test)]
@@ -511,5 +542,27 @@ mod tests {
         assert!(h
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    }
+}
+
+#[cfg(test)]
+mod key_hasher_tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn keys_hash_by_their_bytes_under_the_process_seed() {
+        let hasher = seeded_hasher();
+        let a = "prefix:service:type:0123456789abcdef0123456789abcdef";
+        assert_eq!(hasher.hash_one(a), hasher.hash_one(a.to_owned()));
+        assert_ne!(hasher.hash_one(a), hasher.hash_one(&a[1..]));
+        // The pieces are chained: ("ab", "c") and ("a", "bc") differ.
+        assert_ne!(hasher.hash_one(("ab", "c")), hasher.hash_one(("a", "bc")));
+        let other = KeyHasher {
+            seed: hasher.seed ^ 1,
+            state: 0,
+        };
+        assert_ne!(hasher.hash_one(a), other.hash_one(a));
     }
 }

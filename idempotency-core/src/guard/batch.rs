@@ -137,7 +137,7 @@ impl Guard {
         let acquired = self
             .claim_batch(&unique, &mut ctxs, &owner, &mut answers)
             .await;
-        let Some(acquired) = acquired else {
+        let Some((acquired, keys)) = acquired else {
             // The store failed: FailMode::Open runs every handler unprotected (Closed has
             // answered them all already).
             let open: Vec<usize> = unique
@@ -155,7 +155,7 @@ impl Guard {
         let mut pending = PendingBatch {
             guard: Arc::clone(&self.inner),
             owner,
-            keys: acquired.iter().map(|&i| key_of(&ctxs, i)).collect(),
+            keys,
             ttls: acquired
                 .iter()
                 .map(|&i| ctxs[i].as_ref().map(|c| c.ttl).unwrap_or_default())
@@ -197,7 +197,7 @@ impl Guard {
     }
 
     /// Claims the first copies (`unique`) in one round trip and observes each answer: the
-    /// events acquired, or `None` when the store failed (every event then answered per
+    /// events acquired and their keys, or `None` when the store failed (every event then answered per
     /// the fail mode, or left unanswered for an unprotected run).
     async fn claim_batch<T, E>(
         &self,
@@ -205,7 +205,7 @@ impl Guard {
         ctxs: &mut [Option<Ctx<'_>>],
         owner: &str,
         answers: &mut Answers<T, E>,
-    ) -> Option<Vec<usize>> {
+    ) -> Option<(Vec<usize>, Vec<String>)> {
         let keys: Vec<String> = unique.iter().map(|&i| key_of(ctxs, i)).collect();
         let t = Instant::now();
         let claims = if keys.is_empty() {
@@ -235,7 +235,8 @@ impl Guard {
             }
         };
         let mut acquired = Vec::new();
-        for (&i, claim) in unique.iter().zip(claims) {
+        let mut acquired_keys = Vec::new();
+        for ((&i, claim), key) in unique.iter().zip(claims).zip(keys) {
             let Some(ctx) = ctxs[i].as_ref() else {
                 continue;
             };
@@ -243,6 +244,7 @@ impl Guard {
                 Claim::Acquired => {
                     self.observe(ctx, Decision::Claimed);
                     acquired.push(i);
+                    acquired_keys.push(key);
                 }
                 Claim::Completed => {
                     self.observe(ctx, Decision::Duplicate);
@@ -254,7 +256,7 @@ impl Guard {
                 }
             }
         }
-        Some(acquired)
+        Some((acquired, acquired_keys))
     }
 
     /// The claim call of a batch failed: answers every event per the fail mode (those
