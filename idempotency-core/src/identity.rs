@@ -86,8 +86,8 @@ pub(crate) fn hex128(v: u128) -> String {
     for (i, digit) in out.iter_mut().enumerate() {
         *digit = DIGITS[((v >> ((31 - i) * 4)) & 0xf) as usize];
     }
-    // Hex digits are ASCII.
-    String::from_utf8_lossy(&out).into_owned()
+    // Hex digits are ASCII: never the empty fallback.
+    std::str::from_utf8(&out).unwrap_or_default().to_owned()
 }
 
 /// The canonical encoding of a JSON value, as bytes (what [`deterministic_hash`] hashes).
