@@ -318,13 +318,21 @@ fn memory(c: &mut Criterion) {
     let mut g = c.benchmark_group("memory");
     // The store alone: a claim and a completion of a new key, without the guard's work.
     let bare = MemoryStore::with_capacity(10_000_000);
-    row(&mut g, &rt, "memory", "floor: MemoryStore claim + complete", || async {
-        let key = format!("huleedu:idempotency:bench:svc:t:{:032x}", unique());
-        let claim = bare.try_claim(&key, "owner", Duration::from_secs(30)).await;
-        assert_eq!(claim.ok(), Some(eventonce::Claim::Acquired));
-        let done = bare.complete(&key, "owner", Duration::from_secs(86_400)).await;
-        assert_eq!(done.ok(), Some(true));
-    });
+    row(
+        &mut g,
+        &rt,
+        "memory",
+        "floor: MemoryStore claim + complete",
+        || async {
+            let key = format!("huleedu:idempotency:bench:svc:t:{:032x}", unique());
+            let claim = bare.try_claim(&key, "owner", Duration::from_secs(30)).await;
+            assert_eq!(claim.ok(), Some(eventonce::Claim::Acquired));
+            let done = bare
+                .complete(&key, "owner", Duration::from_secs(86_400))
+                .await;
+            assert_eq!(done.ok(), Some(true));
+        },
+    );
     let guard = guard_on(
         MemoryStore::with_capacity(10_000_000),
         config("bench-memory"),

@@ -459,3 +459,39 @@ async fn flush_returns_only_after_a_write_already_in_flight() {
         "flush returned while a write of the completion was still in flight"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_dropped_while_settling_still_completes_its_successes() {
+    let (store, guard) = guarded(builder().store_timeout(Duration::from_secs(60)));
+    let batch = [event(50), event(51)];
+    // The completion call hangs in the store and the caller gives up on the batch: its
+    // future is dropped while the completion and the release are in flight.
+    let cut = tokio::time::timeout(
+        Duration::from_millis(100),
+        guard.run_batch(&batch, |e| {
+            let fail = e.event_id.as_deref() == Some("o-51");
+            store.hang_completes.store(true, Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err("failed".to_owned())
+                } else {
+                    Ok(())
+                }
+            }
+        }),
+    )
+    .await;
+    assert!(
+        cut.is_err(),
+        "the batch was dropped while its completion hung"
+    );
+    store.hang_completes.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        state(&store, &guard, &batch[0]).await,
+        Some(RecordState::Completed),
+        "the completion in flight was owed and written"
+    );
+    assert_eq!(state(&store, &guard, &batch[1]).await, None, "released");
+    assert_eq!(guard.stats().cancelled, 1);
+}

@@ -135,3 +135,68 @@ fn prometheus_text_counts_runs_per_service_event_type_and_outcome_and_times_the_
         assert!(!text.contains(unbounded), "{unbounded} in\n{text}");
     }
 }
+
+/// `run_batch` counts every event under its own labels, however many label pairs the
+/// batch holds: here 12 event types (more than the pairs counted at once) in three
+/// outcomes, each type's events interleaved with the others'.
+#[test]
+fn a_batch_counts_each_event_under_its_type_and_outcome() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let config = eventonce::IdempotencyConfig::builder("batch-metrics")
+                .key_prefix("eventonce:batch-metrics-test")
+                .build()
+                .expect("config");
+            let guard = eventonce::Guard::new(eventonce::MemoryStore::new(), config);
+            // Event i: type i % 12; the first 60 succeed, the next 60 fail, then the
+            // first 24 again (duplicates).
+            let events: Vec<eventonce::EventEnvelope> = (0..120)
+                .map(|i| {
+                    eventonce::EventEnvelope::new(format!("type.{}", i % 12), serde_json::json!(i))
+                        .with_event_id(format!("id-{i}"))
+                })
+                .collect();
+            let answers = guard
+                .run_batch(&events, |e| {
+                    let fail = e.data.as_i64() >= Some(60);
+                    async move {
+                        if fail {
+                            Err("failed")
+                        } else {
+                            Ok(())
+                        }
+                    }
+                })
+                .await;
+            assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 60);
+            let again = guard
+                .run_batch(&events[..24], |_| async { Ok::<_, &str>(()) })
+                .await;
+            assert!(again.iter().all(|a| matches!(a, Ok(o) if o.is_duplicate())));
+        });
+    });
+    let text = handle.render();
+    let samples = parse(&text);
+    let count = |event_type: &str, outcome: &str| {
+        samples
+            .iter()
+            .find(|s| {
+                s.name == eventonce::RUNS_TOTAL
+                    && s.labels.get("event_type").map(String::as_str) == Some(event_type)
+                    && s.labels.get("outcome").map(String::as_str) == Some(outcome)
+            })
+            .map(|s| s.value)
+    };
+    for t in 0..12 {
+        let event_type = format!("type.{t}");
+        assert_eq!(count(&event_type, "processed"), Some(5.0), "{text}");
+        assert_eq!(count(&event_type, "handler_failed"), Some(5.0), "{text}");
+        assert_eq!(count(&event_type, "duplicate"), Some(2.0), "{text}");
+    }
+}

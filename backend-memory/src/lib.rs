@@ -316,7 +316,10 @@ impl IdempotencyStore for MemoryStore {
         for key in keys {
             check_arguments(key, owner, Some(lease))?;
         }
-        Ok(keys.iter().map(|key| self.claim(key, owner, lease)).collect())
+        Ok(keys
+            .iter()
+            .map(|key| self.claim(key, owner, lease))
+            .collect())
     }
 
     async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {

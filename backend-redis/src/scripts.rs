@@ -77,6 +77,25 @@ end
     };
 }
 
+/// Lua helper for the batch scripts: `held_by` of each key's value, checked once per
+/// distinct value and owner (needs `held_by!`).
+macro_rules! held_by_last {
+    () => {
+        r#"
+-- The keys of a batch were claimed together and hold one same value, and Lua interns its
+-- strings: comparing with the last value and owner is a pointer comparison, so the form
+-- of a value is matched once, not once per key.
+local last_v, last_owner, last_held
+local function held_by_last(v, owner)
+  if v ~= last_v or owner ~= last_owner then
+    last_v, last_owner, last_held = v, owner, held_by(v, owner)
+  end
+  return last_held
+end
+"#
+    };
+}
+
 /// `try_claim`. KEYS[1] = key; ARGV[1] = owner, ARGV[2] = lease in ms, ARGV[3] = now in
 /// ms.
 /// Returns 1 (acquired), 2 (in progress) or 3 (completed).
@@ -157,6 +176,7 @@ const SETTLE_LUA: &str = concat!(
     state_of!(),
     claim!(),
     held_by!(),
+    held_by_last!(),
     r#"
 local now = ARGV[1]
 local n = tonumber(ARGV[2])
@@ -169,7 +189,7 @@ for i = 1, n do
     owner, ttl = ARGV[2 * i + 2], ARGV[2 * i + 3]
     done = 'c|' .. now .. '|' .. owner
   end
-  if held_by(redis.call('GET', KEYS[i]), owner) then
+  if held_by_last(redis.call('GET', KEYS[i]), owner) then
     redis.call('SET', KEYS[i], done, 'PX', ttl)
     out[i] = '1'
   else
@@ -196,10 +216,11 @@ return table.concat(out)
 /// nothing else is touched.
 const RELEASE_MANY_LUA: &str = concat!(
     held_by!(),
+    held_by_last!(),
     r#"
 local out = {}
 for i = 1, #KEYS do
-  if held_by(redis.call('GET', KEYS[i]), ARGV[1]) then
+  if held_by_last(redis.call('GET', KEYS[i]), ARGV[1]) then
     redis.call('DEL', KEYS[i])
     out[i] = '1'
   else
@@ -217,10 +238,11 @@ return table.concat(out)
 /// with the current time and its TTL set to ARGV[2]; nothing else is touched.
 const EXTEND_MANY_LUA: &str = concat!(
     held_by!(),
+    held_by_last!(),
     r#"
 local out = {}
 for i = 1, #KEYS do
-  if held_by(redis.call('GET', KEYS[i]), ARGV[1]) then
+  if held_by_last(redis.call('GET', KEYS[i]), ARGV[1]) then
     redis.call('SET', KEYS[i], 'p|' .. ARGV[3] .. '|' .. ARGV[1], 'PX', ARGV[2])
     out[i] = '1'
   else

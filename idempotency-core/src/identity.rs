@@ -80,11 +80,12 @@ fn hash_encoding(
 /// and without the formatting machinery.
 pub(crate) fn hex128(v: u128) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(32);
-    for i in (0..32).rev() {
-        out.push(char::from(DIGITS[((v >> (i * 4)) & 0xf) as usize]));
+    let mut out = [0u8; 32];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = DIGITS[((v >> ((31 - i) * 4)) & 0xf) as usize];
     }
-    out
+    // Hex digits are ASCII: never the empty fallback.
+    std::str::from_utf8(&out).unwrap_or_default().to_owned()
 }
 
 /// The canonical encoding of a JSON value, as bytes (what [`deterministic_hash`] hashes).
@@ -561,5 +562,51 @@ mod tests {
         assert!(h
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    }
+}
+
+#[cfg(test)]
+mod one_shot_tests {
+    use serde_json::json;
+    use xxhash_rust::xxh3::Xxh3;
+
+    use super::*;
+
+    /// The hash as it was first written: the canonical pieces streamed into a hasher.
+    fn streamed(event_id: Option<&str>, data: &Value) -> String {
+        let mut hasher = Xxh3::new();
+        match event_id {
+            Some(id) => {
+                hasher.update(b"{\"data\":");
+                hasher.update(&canonical_json(data).expect("canonical"));
+                hasher.update(b",\"event_id\":");
+                hasher.update(&serde_json::to_vec(id).expect("id"));
+                hasher.update(b"}");
+            }
+            None => hasher.update(&canonical_json(data).expect("canonical")),
+        }
+        format!("{:032x}", hasher.digest128())
+    }
+
+    #[test]
+    fn the_one_shot_hash_is_the_streamed_hash() {
+        let long = "x".repeat(100_000);
+        let values = [
+            json!(null),
+            json!({"order": 1, "lines": [1, 2, 3]}),
+            json!({"b": [1.5, {"d": "\u{e9}\n", "c": 2}], "a": null}),
+            json!({"text": "y".repeat(300)}),
+            json!({"big": long}),
+        ];
+        for data in &values {
+            for id in [None, Some("evt-1"), Some("with \"quotes\"")] {
+                assert_eq!(deterministic_hash(id, data).ok(), Some(streamed(id, data)));
+            }
+        }
+        // The buffer kept after a large event is dropped, and the next hash is unaffected.
+        assert_eq!(
+            deterministic_hash(None, &values[1]).ok(),
+            Some(streamed(None, &values[1]))
+        );
     }
 }

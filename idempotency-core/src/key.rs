@@ -17,14 +17,27 @@ pub const MAX_EVENT_TYPE_SEGMENT: usize = 200;
 const SUFFIX_LEN: usize = 1 + 32;
 
 fn needs_escape(b: u8) -> bool {
-    !b.is_ascii()
-        || b.is_ascii_control()
-        || b.is_ascii_whitespace()
-        || matches!(
-            b,
-            b'%' | b'_' | b'~' | b':' | b'*' | b'?' | b'[' | b']' | b'{' | b'}' | b'\\' | b' '
-        )
+    ESCAPED[usize::from(b)]
 }
+
+/// [`needs_escape`] of every byte, computed once at compile time: a key is built for each
+/// event, and its segments are checked byte by byte.
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = !c.is_ascii()
+            || c.is_ascii_control()
+            || c.is_ascii_whitespace()
+            || matches!(
+                c,
+                b'%' | b'_' | b'~' | b':' | b'*' | b'?' | b'[' | b']' | b'{' | b'}' | b'\\' | b' '
+            );
+        b += 1;
+    }
+    table
+};
 
 /// Escapes an event type for use as a key segment.
 ///
@@ -54,8 +67,13 @@ pub fn escape_event_type(event_type: &str) -> String {
 /// in one pass without allocating.
 pub(crate) fn push_escaped_event_type(out: &mut String, event_type: &str) {
     if event_type.len() <= MAX_EVENT_TYPE_SEGMENT && !event_type.bytes().any(needs_escape) {
-        // All ASCII: one char per byte, the segment as long as the type.
-        out.extend(event_type.chars().map(|c| if c == '.' { '_' } else { c }));
+        // All ASCII: the segment as long as the type, its dots written as `_`.
+        for (i, part) in event_type.split('.').enumerate() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push_str(part);
+        }
         return;
     }
     out.push_str(&escape_slow(event_type));

@@ -2,6 +2,7 @@
 //! identify (first copies of each key), claim (one call), drive (handlers and one lease
 //! renewal for all), settle (one completion call and one release call), observe.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -123,12 +124,13 @@ impl Guard {
         let mut answers: Vec<Option<BatchResult<T, E>>> = envelopes.iter().map(|_| None).collect();
         let ids = self.identify_batch(envelopes, &mut answers);
         let (unique, copies) = first_copies(&ids);
+        let now = tokio::time::Instant::now();
         let mut ctxs: Vec<Option<Ctx<'_>>> = ids
             .iter()
             .zip(envelopes)
             .map(|(id, envelope)| {
                 id.as_ref()
-                    .map(|(hash, key)| Ctx::new(config, envelope, hash, key, started))
+                    .map(|(hash, key)| Ctx::at(config, envelope, (hash, key), started, now))
             })
             .collect();
 
@@ -137,7 +139,7 @@ impl Guard {
         let acquired = self
             .claim_batch(&unique, &mut ctxs, &owner, &mut answers)
             .await;
-        let Some(acquired) = acquired else {
+        let Some((acquired, keys)) = acquired else {
             // The store failed: FailMode::Open runs every handler unprotected (Closed has
             // answered them all already).
             let open: Vec<usize> = unique
@@ -155,13 +157,15 @@ impl Guard {
         let mut pending = PendingBatch {
             guard: Arc::clone(&self.inner),
             owner,
-            keys: acquired.iter().map(|&i| key_of(&ctxs, i)).collect(),
+            keys,
             ttls: acquired
                 .iter()
                 .map(|&i| ctxs[i].as_ref().map(|c| c.ttl).unwrap_or_default())
                 .collect(),
             settle: vec![OnDrop::Release; acquired.len()],
             confirmed: claimed,
+            completing: Vec::new(),
+            releasing: Vec::new(),
         };
         let ended = self
             .drive_batch(envelopes, &acquired, &mut handler, &mut pending)
@@ -197,7 +201,7 @@ impl Guard {
     }
 
     /// Claims the first copies (`unique`) in one round trip and observes each answer: the
-    /// events acquired, or `None` when the store failed (every event then answered per
+    /// events acquired and their keys, or `None` when the store failed (every event then answered per
     /// the fail mode, or left unanswered for an unprotected run).
     async fn claim_batch<T, E>(
         &self,
@@ -205,7 +209,7 @@ impl Guard {
         ctxs: &mut [Option<Ctx<'_>>],
         owner: &str,
         answers: &mut Answers<T, E>,
-    ) -> Option<Vec<usize>> {
+    ) -> Option<(Vec<usize>, Vec<String>)> {
         let keys: Vec<String> = unique.iter().map(|&i| key_of(ctxs, i)).collect();
         let t = Instant::now();
         let claims = if keys.is_empty() {
@@ -235,7 +239,8 @@ impl Guard {
             }
         };
         let mut acquired = Vec::new();
-        for (&i, claim) in unique.iter().zip(claims) {
+        let mut acquired_keys = Vec::new();
+        for ((&i, claim), key) in unique.iter().zip(claims).zip(keys) {
             let Some(ctx) = ctxs[i].as_ref() else {
                 continue;
             };
@@ -243,6 +248,7 @@ impl Guard {
                 Claim::Acquired => {
                     self.observe(ctx, Decision::Claimed);
                     acquired.push(i);
+                    acquired_keys.push(key);
                 }
                 Claim::Completed => {
                     self.observe(ctx, Decision::Duplicate);
@@ -254,7 +260,7 @@ impl Guard {
                 }
             }
         }
-        Some(acquired)
+        Some((acquired, acquired_keys))
     }
 
     /// The claim call of a batch failed: answers every event per the fail mode (those
@@ -418,24 +424,13 @@ impl Guard {
     where
         E: std::fmt::Display,
     {
-        let mut completions = Vec::new();
-        let mut releases = Vec::new();
-        for (slot, ended) in ended.iter().enumerate() {
-            let key = pending.keys[slot].clone();
-            match ended {
-                Some(Ok(Ok(_))) => completions.push(Completion {
-                    key,
-                    owner: pending.owner.clone(),
-                    ttl: pending.ttls[slot],
-                }),
-                Some(_) => releases.push(key),
-                None => {} // never started: the claim is not ours any more
-            }
-        }
+        stage_settlements(&ended, pending);
         let t = Instant::now();
         let (completed, released) = self
-            .complete_and_release(&completions, &releases, &pending.owner)
+            .complete_and_release(&pending.completing, &pending.releasing, &pending.owner)
             .await;
+        let completions = std::mem::take(&mut pending.completing);
+        let releases = std::mem::take(&mut pending.releasing);
         pending.settle.fill(OnDrop::Nothing);
         let settle_time = t.elapsed();
         for &i in acquired {
@@ -638,16 +633,39 @@ fn first_copies(ids: &[Option<(String, String)>]) -> (Vec<usize>, Vec<(usize, us
     let mut copies = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         if let Some((_, key)) = id {
-            match first_of.get(key.as_str()) {
-                Some(&first) => copies.push((i, first)),
-                None => {
-                    first_of.insert(key, i);
+            match first_of.entry(key.as_str()) {
+                Entry::Occupied(first) => copies.push((i, *first.get())),
+                Entry::Vacant(slot) => {
+                    slot.insert(i);
                     unique.push(i);
                 }
             }
         }
     }
     (unique, copies)
+}
+
+/// Moves the keys of the ended handlers' claims out of `pending` into its settlements in
+/// flight: completions for the successes, releases for the failures (a batch dropped while
+/// they are sent settles them from there). A claim whose handler never started is not ours
+/// any more and stays out.
+fn stage_settlements<T, E>(ended: &[Option<Ended<T, E>>], pending: &mut PendingBatch) {
+    for (slot, ended) in ended.iter().enumerate() {
+        let Some(ended) = ended else {
+            continue;
+        };
+        let key = std::mem::take(&mut pending.keys[slot]);
+        if matches!(ended, Ok(Ok(_))) {
+            pending.completing.push(Completion {
+                key,
+                owner: pending.owner.clone(),
+                ttl: pending.ttls[slot],
+            });
+        } else {
+            pending.releasing.push(key);
+        }
+        pending.settle[slot] = OnDrop::Nothing;
+    }
 }
 
 /// The key of the event at `i`, empty for one without identity.

@@ -116,21 +116,33 @@ pub(super) struct PendingBatch {
     pub(super) settle: Vec<OnDrop>,
     /// When the last claim or renewal of the batch that the store confirmed was sent.
     pub(super) confirmed: tokio::time::Instant,
+    /// The completions being sent (their keys moved out of `keys`, their `settle` then
+    /// `Nothing`): owed if the batch is dropped before the store answers.
+    pub(super) completing: Vec<Completion>,
+    /// The releases being sent, likewise: sent again if the batch is dropped.
+    pub(super) releasing: Vec<String>,
 }
 
 impl Drop for PendingBatch {
     fn drop(&mut self) {
-        if self.settle.iter().all(|s| *s == OnDrop::Nothing) {
+        let completing = std::mem::take(&mut self.completing);
+        let mut releases = std::mem::take(&mut self.releasing);
+        if completing.is_empty()
+            && releases.is_empty()
+            && self.settle.iter().all(|s| *s == OnDrop::Nothing)
+        {
             return;
         }
         self.guard.observe(Scope::Guard, Decision::Cancelled);
-        let mut releases = Vec::new();
         // Succeeded handlers' completions are owed: kept and retried until written.
         let refused = StoreError::Unavailable {
             message: "the batch was dropped before its completions were written".into(),
             source: None,
         };
         let until = lease_end(self.confirmed, self.guard.config.lease());
+        for completion in completing {
+            deferred::owe(&self.guard, completion, until, Some(&refused));
+        }
         for ((key, ttl), settle) in self.keys.drain(..).zip(&self.ttls).zip(&self.settle) {
             match settle {
                 OnDrop::Complete => {

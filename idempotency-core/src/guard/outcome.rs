@@ -536,6 +536,24 @@ impl<'a> Ctx<'a> {
         key: &'a str,
         started: Instant,
     ) -> Self {
+        Self::at(
+            config,
+            envelope,
+            (hash, key),
+            started,
+            tokio::time::Instant::now(),
+        )
+    }
+
+    /// [`Ctx::new`] with the claim's instant given: a batch reads the clock once for all
+    /// its events.
+    pub(super) fn at(
+        config: &'a IdempotencyConfig,
+        envelope: &'a EventEnvelope,
+        (hash, key): (&'a str, &'a str),
+        started: Instant,
+        claimed: tokio::time::Instant,
+    ) -> Self {
         Ctx {
             envelope,
             hash,
@@ -543,7 +561,7 @@ impl<'a> Ctx<'a> {
             ttl: config.ttl_for_event_type(&envelope.event_type),
             started,
             store_time: Duration::ZERO,
-            claimed: tokio::time::Instant::now(),
+            claimed,
         }
     }
 
