@@ -297,6 +297,11 @@ impl Call {
         self
     }
 
+    /// The `EVALSHA` command, for a pipeline (which must answer `NOSCRIPT` itself).
+    pub(crate) fn into_command(self) -> Cmd {
+        self.cmd
+    }
+
     /// Sends the call; on `NOSCRIPT` loads the script and sends it again.
     pub(crate) async fn invoke<T: FromRedisValue>(
         &self,

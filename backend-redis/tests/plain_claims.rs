@@ -104,6 +104,51 @@ async fn a_claim_is_one_plain_set_and_a_carried_completion_one_script_beside_it(
 }
 
 #[tokio::test]
+async fn a_carried_completion_whose_script_was_flushed_is_sent_again() {
+    let server = RedisProcess::start();
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    let mut admin = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin");
+    for round in 0..2 {
+        // A fresh server, then one whose scripts were flushed: NOSCRIPT either way.
+        if round == 1 {
+            let _: () = redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async(&mut admin)
+                .await
+                .expect("flush");
+        }
+        let (held, next) = (unique_key("flushed-held"), unique_key("flushed-next"));
+        assert_eq!(
+            store.try_claim(&held, "a", LEASE).await.expect("claim"),
+            Claim::Acquired
+        );
+        let done = [Completion {
+            key: held.clone(),
+            owner: "a".into(),
+            ttl: LEASE,
+        }];
+        let (written, claim) = store
+            .complete_then_claim(&done, &next, "b", LEASE)
+            .await
+            .expect("complete then claim");
+        assert_eq!(
+            (written.expect("written"), claim),
+            (vec![true], Claim::Acquired)
+        );
+        let record = store.get(&held).await.expect("get").expect("record");
+        assert_eq!(record.state, eventonce_core::RecordState::Completed);
+        assert_eq!(
+            store.try_claim(&next, "c", LEASE).await.expect("claim"),
+            Claim::InProgress
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_key_of_another_type_is_refused_as_the_script_refuses_it() {
     let store = RedisStore::connect(&url()).await.expect("connect");
     let mut raw = redis::Client::open(url())
