@@ -228,6 +228,66 @@ async fn a_server_refusing_nx_with_get_is_claimed_by_script_from_then_on() {
     assert_eq!(refused.load(Ordering::Relaxed), 1);
 }
 
+#[tokio::test]
+async fn the_plain_claim_reads_every_value_as_the_claim_script_reads_it() {
+    let upstream = url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = old_server(upstream, Arc::new(AtomicUsize::new(0))).await;
+    let by_script = RedisStore::connect(&format!("redis://{proxy}"))
+        .await
+        .expect("connect through the proxy");
+    let plain = RedisStore::connect(&url()).await.expect("connect");
+    let mut raw = redis::Client::open(url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw");
+    let values: &[&[u8]] = &[
+        b"p|1764640000000|owner",
+        b"p|1||",
+        b"c|1764640000000|owner",
+        b"c|0|",
+        b"p||owner",
+        b"p|12",
+        b"p|x1|owner",
+        b"P|1|owner",
+        b"1",
+        b"completed",
+        b"",
+        b"\xff\xfe",
+        br#"{"status": "processing", "started_at": 1732712345.1}"#,
+        br#"{"state":"processing"}"#,
+        br#"{"status": "completed"}"#,
+        br#"["processing"]"#,
+        b"{",
+    ];
+    for value in values {
+        let key = unique_key("plain-equal");
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(*value)
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut raw)
+            .await
+            .expect("set");
+        let scripted = by_script
+            .try_claim(&key, "me", LEASE)
+            .await
+            .expect("script");
+        let direct = plain.try_claim(&key, "me", LEASE).await.expect("plain");
+        assert_eq!(direct, scripted, "{:?}", String::from_utf8_lossy(value));
+        let still: Vec<u8> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut raw)
+            .await
+            .expect("get");
+        assert_eq!(still, *value, "the value was rewritten");
+    }
+}
+
 /// A proxy to `upstream` that answers `SET ... NX ... GET` as a server before Redis 7 does
 /// (`ERR syntax error`) and forwards every other command, one at a time. Counts refusals.
 async fn old_server(upstream: String, refused: Arc<AtomicUsize>) -> String {
