@@ -2,6 +2,7 @@
 //! or to a Redis Cluster, an application's existing connection, and the connection one
 //! call runs on.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,6 +102,9 @@ pub(crate) struct Endpoint {
     pub(crate) tls: bool,
     pub(crate) connection_timeout: Duration,
     pub(crate) response_timeout: Duration,
+    /// Whether claims go out as one plain `SET ... NX GET` (see `plain`); cleared for good
+    /// once the server refuses that form (before Redis 7, or an ACL without `SET`).
+    pub(crate) plain_claims: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -385,6 +389,7 @@ impl RedisStore {
                 tls: matches!(parsed.scheme(), "rediss" | "valkeys"),
                 connection_timeout: options.connection_timeout,
                 response_timeout: options.response_timeout,
+                plain_claims: AtomicBool::new(true),
             }),
         })
     }
@@ -407,6 +412,7 @@ impl RedisStore {
                 tls: false,
                 connection_timeout: Duration::ZERO,
                 response_timeout: Duration::ZERO,
+                plain_claims: AtomicBool::new(true),
             }),
         }
     }
@@ -487,6 +493,7 @@ impl RedisStore {
                 .any(|u| u.starts_with("rediss://") || u.starts_with("valkeys://")),
             connection_timeout: options.connection_timeout,
             response_timeout: options.response_timeout,
+            plain_claims: AtomicBool::new(true),
         });
         let conn = client
             .get_async_connection()

@@ -2,8 +2,10 @@
 //! share a topic.
 //!
 //! Every transition is one round trip: a Lua script, loaded once and run by `EVALSHA`
-//! (reloaded on `NOSCRIPT`), that checks the owner token and writes atomically. There is
-//! no unconditional `SET` or `DEL`. Expiry is judged by the Redis server's clock (`PX`
+//! (reloaded on `NOSCRIPT`), that checks the owner token and writes atomically; a claim on
+//! Redis 7 and later is the plain `SET ... NX GET` (set if absent, answering what was
+//! there), the `CLAIM` script on an older server. There is no unconditional `SET` or
+//! `DEL`. Expiry is judged by the Redis server's clock (`PX`
 //! TTLs). Keys written by an older writer (a bare `"1"`, `"completed"`, JSON metadata)
 //! count as completed, except a JSON object whose `status` (or `state`) is `"processing"`,
 //! which counts as another consumer's claim; so a service can switch to eventonce on a
@@ -26,6 +28,7 @@ mod admin;
 mod connection;
 mod error;
 mod link;
+mod plain;
 mod record;
 mod scripts;
 mod store;

@@ -4,7 +4,8 @@
 //! completed, where `<ms>` is the writer's wall clock in milliseconds (informational: the
 //! age an operator sees). The key's own TTL (`PX`) is the lease or the completed TTL, so
 //! expiry is judged by the Redis server's clock alone. A claim is one `SET ... NX GET` on
-//! Redis 7 and later (`SET NX` then `GET` on an older server). The guard's scripts call
+//! Redis 7 and later (`SET NX` then `GET` on an older server); the store sends that `SET`
+//! without the script where it can (see `plain`). The guard's scripts call
 //! only `GET`, `SET`, `DEL` and `PTTL`; the admin listing script adds `TYPE`. All of them are in
 //! `@read` or `@write`, so an ACL user limited to `+@read +@write +@scripting` runs them.
 //!
@@ -317,6 +318,11 @@ impl Call {
     pub(crate) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
         self.cmd.arg(arg);
         self
+    }
+
+    /// The `EVALSHA` command, for a pipeline (which must answer `NOSCRIPT` itself).
+    pub(crate) fn into_command(self) -> Cmd {
+        self.cmd
     }
 
     /// Sends the call; on `NOSCRIPT` loads the script and sends it again.

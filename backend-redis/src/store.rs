@@ -1,6 +1,7 @@
 //! The [`IdempotencyStore`] implementation: one script call per transition, batches in
 //! one round trip on a single server and key by key on a cluster.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,9 +10,10 @@ use eventonce_core::backend::{
 };
 use eventonce_core::{Claim, Completion, IdempotencyStore, Record, StoreError};
 use futures_util::future::join_all;
-use redis::Script;
+use redis::{ErrorKind, Script, ServerErrorKind};
 
-use crate::connection::RedisStore;
+use crate::connection::{Active, RedisStore};
+use crate::plain;
 use crate::record::{millis, now_ms, record_of};
 use crate::scripts::{
     Call, CLAIM, COMPLETE, EXTEND, EXTEND_MANY, GET, RELEASE, RELEASE_MANY, SETTLE,
@@ -26,11 +28,16 @@ impl IdempotencyStore for RedisStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        let mut call = Call::new(&CLAIM, 1, 4, key.len() + owner.len() + 40);
-        call.arg(key).arg(owner).arg(millis(lease)).arg(now_ms());
+        let (lease_ms, now) = (millis(lease), now_ms());
         let mut conn = self.connection().await?;
-        let code: i64 = call.invoke(&mut conn).await.map_err(|e| self.error(e))?;
-        claim_from_code(key, code)
+        if self.plain_claims() {
+            let cmd = plain::claim_command(key, owner, lease_ms, now);
+            if let Some(claim) = self.plain_answer(cmd.query_async(&mut conn).await)? {
+                return Ok(claim);
+            }
+        }
+        self.claim_by_script(&mut conn, key, owner, lease_ms, now)
+            .await
     }
 
     async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -138,6 +145,9 @@ impl IdempotencyStore for RedisStore {
         lease: Duration,
     ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
         check_complete_then_claim(completions, key, owner, lease)?;
+        if let ([one], false, true) = (completions, self.is_cluster(), self.plain_claims()) {
+            return self.complete_one_then_claim(one, key, owner, lease).await;
+        }
         if self.is_cluster() {
             // Different slots: the completions and the claim go out at once, on their
             // own nodes; the claim's key is not among the completions, so order is moot.
@@ -163,6 +173,90 @@ impl IdempotencyStore for RedisStore {
 }
 
 impl RedisStore {
+    /// Whether claims go out as the plain `SET ... NX GET` (see `plain`).
+    fn plain_claims(&self) -> bool {
+        self.endpoint.plain_claims.load(Ordering::Relaxed)
+    }
+
+    /// The claim the plain `SET ... NX GET` answered, or `None` when the `CLAIM` script is
+    /// to answer instead: a value only it can judge, or a refusal by the server (after
+    /// which a server that refused the form for good is claimed by script only).
+    fn plain_answer(
+        &self,
+        answer: redis::RedisResult<Option<Vec<u8>>>,
+    ) -> Result<Option<Claim>, StoreError> {
+        match answer {
+            Ok(found) => Ok(plain::claim_of(found.as_deref())),
+            Err(err) if plain::is_refusal(&err) => {
+                if plain::refused_for_good(&err) {
+                    self.endpoint.plain_claims.store(false, Ordering::Relaxed);
+                }
+                Ok(None)
+            }
+            Err(err) => Err(self.error(err)),
+        }
+    }
+
+    /// The claim by the `CLAIM` script.
+    async fn claim_by_script(
+        &self,
+        conn: &mut Active<'_>,
+        key: &str,
+        owner: &str,
+        lease_ms: u64,
+        now: u64,
+    ) -> Result<Claim, StoreError> {
+        let mut call = Call::new(&CLAIM, 1, 4, key.len() + owner.len() + 40);
+        call.arg(key).arg(owner).arg(lease_ms).arg(now);
+        let code: i64 = call.invoke(conn).await.map_err(|e| self.error(e))?;
+        claim_from_code(key, code)
+    }
+
+    /// `complete_then_claim` of one deferred completion on one server: its `COMPLETE`
+    /// script and the plain claim in one pipeline (one write, one read), which costs the
+    /// server less than one `SETTLE` script doing both. The claim's key is not the
+    /// completion's, so the two need not be atomic together. Each answer stands on its own:
+    /// the completion's script unknown to the server (`NOSCRIPT`) is sent again on its
+    /// own, a claim the plain form could not answer goes to the `CLAIM` script.
+    async fn complete_one_then_claim(
+        &self,
+        done: &Completion,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
+        let (lease_ms, now) = (millis(lease), now_ms());
+        let mut complete = Call::new(&COMPLETE, 1, 4, done.key.len() + done.owner.len() + 40);
+        complete
+            .arg(&done.key)
+            .arg(&done.owner)
+            .arg(millis(done.ttl))
+            .arg(now);
+        let mut pipe = redis::Pipeline::with_capacity(2);
+        pipe.add_command(complete.into_command())
+            .add_command(plain::claim_command(key, owner, lease_ms, now))
+            .ignore_errors();
+        let mut conn = self.connection().await?;
+        let (written, claimed): (redis::RedisResult<i64>, redis::RedisResult<Option<Vec<u8>>>) =
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(|e| self.error(e))?;
+        let claim = match self.plain_answer(claimed)? {
+            Some(claim) => claim,
+            None => {
+                self.claim_by_script(&mut conn, key, owner, lease_ms, now)
+                    .await?
+            }
+        };
+        let written = match written {
+            Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.complete(&done.key, &done.owner, done.ttl).await
+            }
+            other => other.map(|n| n == 1).map_err(|e| self.error(e)),
+        };
+        Ok((written.map(|w| vec![w]), claim))
+    }
+
     /// A single-key script answering 1 or 0 (`COMPLETE`, `RELEASE`, `EXTEND`).
     async fn flag(
         &self,
