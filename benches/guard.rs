@@ -348,13 +348,27 @@ fn memory(c: &mut Criterion) {
 async fn set_nx_px(raw: &mut redis::aio::MultiplexedConnection, key: &str) {
     let _: Option<String> = redis::cmd("SET")
         .arg(key)
-        .arg("p|owner")
+        .arg(FLOOR_CLAIMED)
         .arg("NX")
         .arg("PX")
         .arg(300_000)
         .query_async(raw)
         .await
         .expect("set");
+}
+
+/// The floors' values, as long as the guard's (`p|<ms>|<owner token>` and `c|...`): the
+/// floors write the same bytes as the guard, only without its work.
+const FLOOR_CLAIMED: &str = "p|1764633600000|1a2b-0123456789abcdef-3c4d";
+const FLOOR_COMPLETED: &str = "c|1764633600000|1a2b-0123456789abcdef-3c4d";
+
+/// A floor's key: distinct per call, as long as the guard's keys (`len` bytes; the guard's
+/// keys carry the service, the event type and a 32-digit hash).
+fn floor_key(run: &str, tag: &str, len: usize) -> String {
+    let mut key = format!("huleedu:idempotency:bench:{run}:{tag}:{}:", unique());
+    let pad = len.saturating_sub(key.len());
+    key.extend(std::iter::repeat_n('x', pad));
+    key
 }
 
 #[allow(
@@ -378,8 +392,14 @@ fn redis_group(c: &mut Criterion) {
         return;
     };
     let run = run_id();
+    let service = format!("bench-redis-{run}");
+    let key_len = config(&service)
+        .build()
+        .ok()
+        .and_then(|c| c.event_key(&event(0)).ok())
+        .map_or(0, |k| k.len());
     let complete = redis::Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], 'c', 'PX', ARGV[2]) and 1 end return 0",
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2]) and 1 end return 0",
     );
     let claim_many = redis::Script::new(
         "local out = {} for i = 1, #KEYS do out[i] = redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0 end return out",
@@ -388,19 +408,20 @@ fn redis_group(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(5));
     let floor_1rt = || {
         let mut raw = raw.clone();
-        let key = format!("huleedu:idempotency:bench:{run}:raw:{}", unique());
+        let key = floor_key(&run, "raw", key_len);
         async move { set_nx_px(&mut raw, &key).await }
     };
     let floor_2rt = || {
         let mut raw = raw.clone();
-        let key = format!("huleedu:idempotency:bench:{run}:raw2:{}", unique());
+        let key = floor_key(&run, "raw2", key_len);
         let complete = &complete;
         async move {
             set_nx_px(&mut raw, &key).await;
             let _: i64 = complete
                 .key(&key)
-                .arg("p|owner")
+                .arg(FLOOR_CLAIMED)
                 .arg(86_400_000)
+                .arg(FLOOR_COMPLETED)
                 .invoke_async(&mut raw)
                 .await
                 .expect("evalsha");
@@ -425,9 +446,9 @@ fn redis_group(c: &mut Criterion) {
         let mut raw = raw.clone();
         let mut invocation = claim_many.prepare_invoke();
         for _ in 0..100 {
-            invocation.key(format!("huleedu:idempotency:bench:{run}:raw3:{}", unique()));
+            invocation.key(floor_key(&run, "raw3", key_len));
         }
-        invocation.arg("p|owner").arg(300_000);
+        invocation.arg(FLOOR_CLAIMED).arg(300_000);
         async move {
             let _: Vec<i64> = invocation.invoke_async(&mut raw).await.expect("evalsha");
         }
@@ -436,7 +457,6 @@ fn redis_group(c: &mut Criterion) {
     g.bench_function(name, |b| b.to_async(&rt).iter(call));
     latency(&rt, "redis", name, 100, call);
 
-    let service = format!("bench-redis-{run}");
     let guard = guard_on(store.clone(), config(&service));
     guard_rows(&mut g, &rt, "redis", &guard);
     let deferred = guard_on(
@@ -536,7 +556,8 @@ fn redis_group(c: &mut Criterion) {
 }
 
 /// The raw floor of a batch: one script claiming the `n` keys (`SET NX PX` each), then one
-/// script completing them with an owner check (`GET`, compare, `SET PX` each).
+/// script completing them with an owner check (`GET`, compare, `SET PX` each), keys and
+/// values as long as the guard's.
 async fn two_scripts(
     raw: &mut redis::aio::MultiplexedConnection,
     scripts: &(redis::Script, redis::Script),
@@ -548,8 +569,11 @@ async fn two_scripts(
         claim.key(key);
         complete.key(key);
     }
-    claim.arg("p|owner").arg(300_000);
-    complete.arg("p|owner").arg(86_400_000);
+    claim.arg(FLOOR_CLAIMED).arg(300_000);
+    complete
+        .arg(FLOOR_CLAIMED)
+        .arg(86_400_000)
+        .arg(FLOOR_COMPLETED);
     let claimed: Vec<i64> = claim.invoke_async(raw).await.expect("evalsha");
     let completed: Vec<i64> = complete.invoke_async(raw).await.expect("evalsha");
     assert!(claimed.iter().chain(&completed).all(|&c| c == 1));
@@ -565,21 +589,20 @@ fn redis_batch_floors(
     run: &str,
     guard: &Guard,
 ) {
+    let key_len = guard.key_for(&event(0)).map_or(0, |k| k.len());
     let scripts = (
         redis::Script::new(
             "local out = {} for i = 1, #KEYS do out[i] = redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0 end return out",
         ),
         redis::Script::new(
-            "local out = {} for i = 1, #KEYS do if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('SET', KEYS[i], 'c', 'PX', ARGV[2]) out[i] = 1 else out[i] = 0 end end return out",
+            "local out = {} for i = 1, #KEYS do if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('SET', KEYS[i], ARGV[3], 'PX', ARGV[2]) out[i] = 1 else out[i] = 0 end end return out",
         ),
     );
     for size in [100, 1000] {
         let name = format!("floor: 2 scripts, batch of {size} (claim, complete)");
         let floor = || {
             let mut raw = raw.clone();
-            let keys: Vec<String> = (0..size)
-                .map(|_| format!("huleedu:idempotency:bench:{run}:raw4:{}", unique()))
-                .collect();
+            let keys: Vec<String> = (0..size).map(|_| floor_key(run, "raw4", key_len)).collect();
             let scripts = &scripts;
             async move { two_scripts(&mut raw, scripts, &keys).await }
         };
