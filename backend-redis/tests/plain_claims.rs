@@ -59,19 +59,7 @@ async fn a_claim_is_one_plain_set_and_a_carried_completion_one_script_beside_it(
         .await
         .expect("resetstat");
 
-    assert_eq!(
-        store.try_claim(&new, "a", LEASE).await.expect("store"),
-        Claim::Acquired
-    );
-    assert_eq!(
-        store.try_claim(&new, "b", LEASE).await.expect("store"),
-        Claim::InProgress
-    );
-    assert!(store.complete(&new, "a", LEASE).await.expect("store"));
-    assert_eq!(
-        store.try_claim(&new, "b", LEASE).await.expect("store"),
-        Claim::Completed
-    );
+    claimed_held_completed(&store, &new).await;
     // Three claims: three SETs, and the completion's script (its GET and SET inside).
     assert_eq!(
         calls(&mut admin).await,
@@ -194,19 +182,7 @@ async fn a_server_refusing_nx_with_get_is_claimed_by_script_from_then_on() {
         unique_key("old-held"),
         unique_key("old-next"),
     );
-    assert_eq!(
-        store.try_claim(&key, "a", LEASE).await.expect("store"),
-        Claim::Acquired
-    );
-    assert_eq!(
-        store.try_claim(&key, "b", LEASE).await.expect("store"),
-        Claim::InProgress
-    );
-    assert!(store.complete(&key, "a", LEASE).await.expect("store"));
-    assert_eq!(
-        store.try_claim(&key, "b", LEASE).await.expect("store"),
-        Claim::Completed
-    );
+    claimed_held_completed(&store, &key).await;
     assert_eq!(
         store.try_claim(&held, "a", LEASE).await.expect("store"),
         Claim::Acquired
@@ -375,4 +351,21 @@ async fn reply(r: &mut BufReader<impl AsyncReadExt + Unpin>) -> Vec<u8> {
         }
     }
     raw
+}
+
+/// `key` claimed by "a", held against "b", completed by "a", then a duplicate for "b".
+async fn claimed_held_completed(store: &RedisStore, key: &str) {
+    assert_eq!(
+        store.try_claim(key, "a", LEASE).await.expect("store"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        store.try_claim(key, "b", LEASE).await.expect("store"),
+        Claim::InProgress
+    );
+    assert!(store.complete(key, "a", LEASE).await.expect("store"));
+    assert_eq!(
+        store.try_claim(key, "b", LEASE).await.expect("store"),
+        Claim::Completed
+    );
 }
