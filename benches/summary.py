@@ -275,8 +275,9 @@ def main():
         "events/s of the row divided by events/s of its floor, the same work with the raw "
         "client: new events and failures against the two-round-trip floor, duplicates and "
         "fail-open against the one-round-trip floor, Redis batches of 100 and 1,000 against "
-        "one script claiming the keys plus one completing them; for PostgreSQL the floor is one "
-        "statement. Rows named `peer` are other libraries doing the same work for one event.\n"
+        "one script claiming the keys plus one completing them (Redis floors write keys and values "
+        "as long as the guard's); for PostgreSQL the floor is one statement; for memory it is "
+        "`MemoryStore`'s claim and completion called bare. Rows named `peer` are other libraries doing the same work for one event.\n"
         f"{peer_note}\n\n"
     )
     with open(os.path.join(ROOT, "benches", "RESULTS.md"), "w") as f:
