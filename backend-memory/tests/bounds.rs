@@ -84,6 +84,17 @@ async fn a_capacity_of_zero_is_taken_as_one() {
     assert_eq!(store.approximate_len(), 1);
 }
 
+#[tokio::test]
+async fn the_largest_capacity_reserves_nothing_up_front() {
+    let store = MemoryStore::with_capacity(u64::MAX);
+    assert_eq!(store.capacity(), u64::MAX);
+    assert_eq!(
+        store.try_claim("a", "o", LEASE).await.unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(store.approximate_len(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn expired_records_are_dropped_as_new_claims_pass_by() {
     let store = MemoryStore::with_capacity(1_000);
