@@ -190,9 +190,13 @@ impl MemoryStore {
         let count = wanted.clamp(1, MAX_SHARDS);
         // Round down to a power of two, so a shard is picked with a mask.
         let count = 1usize << count.ilog2();
-        let per_shard = usize::try_from(capacity.div_ceil(count as u64)).unwrap_or(usize::MAX);
-        let shards = (0..count)
-            .map(|_| Mutex::new(LruCache::with_hasher(per_shard, RandomState::default())))
+        // The capacity split exactly: the shards' shares add up to it.
+        let (share, rest) = (capacity / count as u64, capacity % count as u64);
+        let shards = (0..count as u64)
+            .map(|i| {
+                let cap = usize::try_from(share + u64::from(i < rest)).unwrap_or(usize::MAX);
+                Mutex::new(LruCache::with_hasher(cap, RandomState::default()))
+            })
             .collect();
         let pick = RandomState::default();
         MemoryStore {

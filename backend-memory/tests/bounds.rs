@@ -45,7 +45,8 @@ async fn a_full_store_evicts_its_least_recently_used_record() {
 
 #[tokio::test]
 async fn a_large_store_never_holds_more_than_its_capacity() {
-    let capacity = 20_000;
+    // Not a multiple of the shard count: the shards' shares still add up to it.
+    let capacity = 20_003;
     let store = MemoryStore::with_capacity(capacity);
     for n in 0..100_000u32 {
         let key = format!("svc:t:{n}");
@@ -54,13 +55,8 @@ async fn a_large_store_never_holds_more_than_its_capacity() {
             Claim::Acquired
         );
     }
-    let held = store.approximate_len();
-    assert!(held <= capacity, "{held} records held, capacity {capacity}");
-    // Sharded, each shard fills to its share: nearly the whole capacity is used.
-    assert!(
-        held >= capacity * 9 / 10,
-        "{held} records held, capacity {capacity}"
-    );
+    // Each shard fills to its share, and the shares add up to the capacity.
+    assert_eq!(store.approximate_len(), capacity);
     // The newest records are the ones kept.
     assert!(store.get("svc:t:99999").await.unwrap().is_some());
 }
