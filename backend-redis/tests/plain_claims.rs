@@ -110,23 +110,7 @@ async fn a_carried_completion_whose_script_was_flushed_is_sent_again() {
                 .expect("flush");
         }
         let (held, next) = (unique_key("flushed-held"), unique_key("flushed-next"));
-        assert_eq!(
-            store.try_claim(&held, "a", LEASE).await.expect("claim"),
-            Claim::Acquired
-        );
-        let done = [Completion {
-            key: held.clone(),
-            owner: "a".into(),
-            ttl: LEASE,
-        }];
-        let (written, claim) = store
-            .complete_then_claim(&done, &next, "b", LEASE)
-            .await
-            .expect("complete then claim");
-        assert_eq!(
-            (written.expect("written"), claim),
-            (vec![true], Claim::Acquired)
-        );
+        claimed_then_carried(&store, &held, &next, "b").await;
         let record = store.get(&held).await.expect("get").expect("record");
         assert_eq!(record.state, eventonce_core::RecordState::Completed);
         assert_eq!(
@@ -183,23 +167,7 @@ async fn a_server_refusing_nx_with_get_is_claimed_by_script_from_then_on() {
         unique_key("old-next"),
     );
     claimed_held_completed(&store, &key).await;
-    assert_eq!(
-        store.try_claim(&held, "a", LEASE).await.expect("store"),
-        Claim::Acquired
-    );
-    let done = [Completion {
-        key: held,
-        owner: "a".into(),
-        ttl: LEASE,
-    }];
-    let (written, claim) = store
-        .complete_then_claim(&done, &next, "a", LEASE)
-        .await
-        .expect("complete then claim");
-    assert_eq!(
-        (written.expect("written"), claim),
-        (vec![true], Claim::Acquired)
-    );
+    claimed_then_carried(&store, &held, &next, "a").await;
     // Refused once: every later claim went to the script at once.
     assert_eq!(refused.load(Ordering::Relaxed), 1);
 }
@@ -367,5 +335,27 @@ async fn claimed_held_completed(store: &RedisStore, key: &str) {
     assert_eq!(
         store.try_claim(key, "b", LEASE).await.expect("store"),
         Claim::Completed
+    );
+}
+
+/// `held` claimed by "a", then its completion carried by `claimer`'s claim of `next`: both
+/// answered (completed, acquired).
+async fn claimed_then_carried(store: &RedisStore, held: &str, next: &str, claimer: &str) {
+    assert_eq!(
+        store.try_claim(held, "a", LEASE).await.expect("claim"),
+        Claim::Acquired
+    );
+    let done = [Completion {
+        key: held.to_owned(),
+        owner: "a".into(),
+        ttl: LEASE,
+    }];
+    let (written, claim) = store
+        .complete_then_claim(&done, next, claimer, LEASE)
+        .await
+        .expect("complete then claim");
+    assert_eq!(
+        (written.expect("written"), claim),
+        (vec![true], Claim::Acquired)
     );
 }
