@@ -42,13 +42,7 @@ async fn calls(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64
 
 #[tokio::test]
 async fn a_claim_is_one_plain_set_and_a_carried_completion_one_script_beside_it() {
-    let server = RedisProcess::start();
-    let store = RedisStore::connect(&server.url()).await.expect("connect");
-    let mut admin = redis::Client::open(server.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("admin");
+    let (_server, store, mut admin) = private_server().await;
     let (new, held) = (unique_key("plain-new"), unique_key("plain-held"));
     // Loads the completion script (a fresh server answers NOSCRIPT once).
     let warm = unique_key("plain-warm");
@@ -93,13 +87,7 @@ async fn a_claim_is_one_plain_set_and_a_carried_completion_one_script_beside_it(
 
 #[tokio::test]
 async fn a_carried_completion_whose_script_was_flushed_is_sent_again() {
-    let server = RedisProcess::start();
-    let store = RedisStore::connect(&server.url()).await.expect("connect");
-    let mut admin = redis::Client::open(server.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("admin");
+    let (_server, store, mut admin) = private_server().await;
     for round in 0..2 {
         // A fresh server, then one whose scripts were flushed: NOSCRIPT either way.
         if round == 1 {
@@ -358,4 +346,17 @@ async fn claimed_then_carried(store: &RedisStore, held: &str, next: &str, claime
         (written.expect("written"), claim),
         (vec![true], Claim::Acquired)
     );
+}
+
+/// A private `redis-server` (its command counts are this test's alone), the store on it and
+/// a plain connection to read its counts.
+async fn private_server() -> (RedisProcess, RedisStore, redis::aio::MultiplexedConnection) {
+    let server = RedisProcess::start();
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    let admin = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin");
+    (server, store, admin)
 }
