@@ -29,7 +29,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use eventonce_core::backend::{check_arguments, check_many, saturating_deadline};
+use eventonce_core::backend::{
+    check_arguments, check_batch, check_completions, saturating_deadline,
+};
 use eventonce_core::{Claim, Completion, IdempotencyStore, Record, RecordState, StoreError};
 use foldhash::quality::RandomState;
 use hashlink::LruCache;
@@ -316,10 +318,7 @@ impl IdempotencyStore for MemoryStore {
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
-        check_many(keys.iter().map(String::as_str))?;
-        for key in keys {
-            check_arguments(key, owner, Some(lease))?;
-        }
+        check_batch(keys, owner, Some(lease))?;
         Ok(keys
             .iter()
             .map(|key| self.claim(key, owner, lease))
@@ -327,10 +326,7 @@ impl IdempotencyStore for MemoryStore {
     }
 
     async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
-        check_many(completions.iter().map(|c| c.key.as_str()))?;
-        for c in completions {
-            check_arguments(&c.key, &c.owner, Some(c.ttl))?;
-        }
+        check_completions(completions)?;
         Ok(completions
             .iter()
             .map(|c| self.complete_held(&c.key, &c.owner, c.ttl))
