@@ -276,6 +276,16 @@ async fn guard_fail(guard: &Guard) {
         .await;
 }
 
+/// `events`, all new, through `guard.run_batch`: each is processed.
+async fn guard_batch(guard: &Guard, events: &[EventEnvelope]) {
+    let answers = guard
+        .run_batch(events, |_| async { Ok::<_, String>(()) })
+        .await;
+    assert!(answers
+        .iter()
+        .all(|a| matches!(a, Ok(o) if !o.is_duplicate())));
+}
+
 /// The guard's rows every group has: new events, the same event again, a failing handler.
 fn guard_rows(
     g: &mut BenchmarkGroup<'_, WallTime>,
@@ -299,15 +309,7 @@ fn batch_row(
     size: usize,
 ) {
     let name = format!("guard: batch of {size}");
-    let call = || async {
-        let events = batch(size);
-        let answers = guard
-            .run_batch(&events, |_| async { Ok::<_, String>(()) })
-            .await;
-        assert!(answers
-            .iter()
-            .all(|a| matches!(a, Ok(o) if !o.is_duplicate())));
-    };
+    let call = || async { guard_batch(guard, &batch(size)).await };
     g.throughput(Throughput::Elements(size as u64));
     g.bench_function(&name, |b| b.to_async(rt).iter(call));
     latency(rt, group, &name, size, call);
@@ -613,14 +615,7 @@ fn redis_batch_floors(
         let batches = std::cell::RefCell::new((0..pairs).map(|_| batch(size)).collect::<Vec<_>>());
         let ours = || {
             let events = batches.borrow_mut().pop().unwrap_or_else(|| batch(size));
-            async move {
-                let answers = guard
-                    .run_batch(&events, |_| async { Ok::<_, String>(()) })
-                    .await;
-                assert!(answers
-                    .iter()
-                    .all(|a| matches!(a, Ok(o) if !o.is_duplicate())));
-            }
+            async move { guard_batch(guard, &events).await }
         };
         paired_n(
             rt,
