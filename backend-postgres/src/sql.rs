@@ -306,18 +306,12 @@ fn extend_many(table: &str) -> Arc<str> {
 /// as `complete_many` does, and the claim's row is the last one locked. Rows: ('d',
 /// key) per completion done, then ('c', code) for the claim (none: in progress).
 fn complete_then_claim(table: &str, wait: &str, claim_one: &str) -> Arc<str> {
-    Arc::from(format!(
-        "WITH {}, wait AS MATERIALIZED (
-                   SELECT {wait} AS lock_wait FROM (SELECT count(*) FROM done) AS d
-                 ), {claim_one}
-                 SELECT 'd' AS kind, key, 0::int4 AS code FROM done
-                 UNION ALL
-                 SELECT 'c', NULL, code FROM claim
-                 UNION ALL
-                 SELECT 'c', NULL, CASE WHEN state = 'completed' THEN 3 ELSE 2 END FROM {table}
-                  WHERE key = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM claim)",
-        complete_rows(table, "$4", "$5", "$6")
-    ))
+    done_then_claim(
+        table,
+        &complete_rows(table, "$4", "$5", "$6"),
+        wait,
+        claim_one,
+    )
 }
 
 /// Guarantee: [`complete_then_claim`] of one completion, $4 for $5 for $6 ms, with
@@ -326,13 +320,22 @@ fn complete_then_claim(table: &str, wait: &str, claim_one: &str) -> Arc<str> {
 /// completed row is the only one locked before the lock timeout is set, so nothing is
 /// locked out of key order. The same rows as [`complete_then_claim`].
 fn complete_one_then_claim(table: &str, wait: &str, claim_one: &str) -> Arc<str> {
-    Arc::from(format!(
-        "WITH done AS (
+    let done = format!(
+        "done AS (
                    UPDATE {table} SET state = 'completed', updated_at = now(),
                           expires_at = now() + make_interval(secs => $6::float8 / 1000)
                     WHERE key = $4 AND owner = $5 AND state = 'processing' AND expires_at > now()
                    RETURNING key
-                 ), wait AS MATERIALIZED (
+                 )"
+    );
+    done_then_claim(table, &done, wait, claim_one)
+}
+
+/// The statement of [`complete_then_claim`] around its `done` CTE (the completions): the
+/// lock timeout set once they are done, the claim of $1, and the rows both answer.
+fn done_then_claim(table: &str, done: &str, wait: &str, claim_one: &str) -> Arc<str> {
+    Arc::from(format!(
+        "WITH {done}, wait AS MATERIALIZED (
                    SELECT {wait} AS lock_wait FROM (SELECT count(*) FROM done) AS d
                  ), {claim_one}
                  SELECT 'd' AS kind, key, 0::int4 AS code FROM done
