@@ -169,6 +169,33 @@ async fn assert_all_committed(consumer: &StreamConsumer, topic: &str, partitions
     }
 }
 
+/// What an end-to-end scenario starts from: the broker's address, a fresh topic of its own,
+/// a pool on PostgreSQL and a fresh schema with the effects table.
+struct Scene {
+    bootstrap: String,
+    topic: String,
+    pool: PgPool,
+    schema: String,
+}
+
+/// A [`Scene`] named after `name`, its topic with `partitions` partitions.
+async fn scene(name: &str, partitions: i32) -> Scene {
+    let bootstrap = support::bootstrap();
+    let topic = support::unique(&format!("eventonce-e2e-{name}"));
+    create_topic(&bootstrap, &topic, partitions)
+        .await
+        .expect("topic");
+    let pool = support::pool(4).await;
+    let schema = support::schema(name);
+    support::effects_schema(&pool, &schema).await;
+    Scene {
+        bootstrap,
+        topic,
+        pool,
+        schema,
+    }
+}
+
 async fn send_all(sends: Vec<(&FutureProducer, Option<i32>, u32, Form)>, topic: &str) {
     for (producer, partition, i, form) in sends {
         support::send(producer, topic, partition, i, form).await;
@@ -179,14 +206,12 @@ async fn send_all(sends: Vec<(&FutureProducer, Option<i32>, u32, Form)>, topic: 
 async fn two_thousand_events_with_resends_have_each_side_effect_once_on_redis() {
     const EVENTS: u32 = 2000;
     const PARTITIONS: i32 = 4;
-    let bootstrap = support::bootstrap();
-    let topic = support::unique("eventonce-e2e-resends");
-    create_topic(&bootstrap, &topic, PARTITIONS)
-        .await
-        .expect("topic");
-    let pool = support::pool(4).await;
-    let schema = support::schema("resends");
-    support::effects_schema(&pool, &schema).await;
+    let Scene {
+        bootstrap,
+        topic,
+        pool,
+        schema,
+    } = scene("resends", PARTITIONS).await;
 
     // Every event once; every fifth again, later in its partition: half of those by a
     // second producer with the id and type in headers too, half by the first producer
@@ -302,14 +327,12 @@ async fn assert_completed(
 async fn failing_handlers_are_retried_on_redelivery_and_processed_once_on_postgres() {
     const EVENTS: u32 = 300;
     const PARTITIONS: i32 = 4;
-    let bootstrap = support::bootstrap();
-    let topic = support::unique("eventonce-e2e-failing");
-    create_topic(&bootstrap, &topic, PARTITIONS)
-        .await
-        .expect("topic");
-    let pool = support::pool(4).await;
-    let schema = support::schema("failing");
-    support::effects_schema(&pool, &schema).await;
+    let Scene {
+        bootstrap,
+        topic,
+        pool,
+        schema,
+    } = scene("failing", PARTITIONS).await;
     let producer = support::producer(&bootstrap, "e2e-failing");
     let started = Instant::now();
     for i in 0..EVENTS {
@@ -492,14 +515,12 @@ fn assert_the_three_refusals(errors: &[MessageError]) {
 async fn batches_with_resends_and_failures_have_each_side_effect_once() {
     const EVENTS: u32 = 600;
     const PARTITIONS: i32 = 4;
-    let bootstrap = support::bootstrap();
-    let topic = support::unique("eventonce-e2e-batch");
-    create_topic(&bootstrap, &topic, PARTITIONS)
-        .await
-        .expect("topic");
-    let pool = support::pool(4).await;
-    let schema = support::schema("batch");
-    support::effects_schema(&pool, &schema).await;
+    let Scene {
+        bootstrap,
+        topic,
+        pool,
+        schema,
+    } = scene("batch", PARTITIONS).await;
     let producer = support::producer(&bootstrap, "e2e-batch");
     let mut total = 0u64;
     let mut resent = 0u64;
@@ -847,14 +868,12 @@ type BatchResult = Result<Delivery<(), String>, MessageError>;
 async fn overlapped_batches_with_resends_and_failures_have_each_side_effect_once() {
     const EVENTS: u32 = 600;
     const PARTITIONS: i32 = 4;
-    let bootstrap = support::bootstrap();
-    let topic = support::unique("eventonce-e2e-overlap");
-    create_topic(&bootstrap, &topic, PARTITIONS)
-        .await
-        .expect("topic");
-    let pool = support::pool(4).await;
-    let schema = support::schema("overlap");
-    support::effects_schema(&pool, &schema).await;
+    let Scene {
+        bootstrap,
+        topic,
+        pool,
+        schema,
+    } = scene("overlap", PARTITIONS).await;
     let total = produce_with_resends(&bootstrap, &topic, EVENTS, PARTITIONS).await;
     let store = RedisStore::connect(&support::redis_url())
         .await
