@@ -92,28 +92,24 @@ const MAX_EVENTS: usize = 1_000_000;
 const MAX_WORKERS: usize = 1024;
 /// `--events`: a whole number from 1 to [`MAX_EVENTS`].
 fn events_arg(value: &str) -> Result<usize, String> {
-    value
-        .parse::<usize>()
-        .ok()
-        .filter(|n| (1..=MAX_EVENTS).contains(n))
-        .ok_or_else(|| {
-            format!(
-                "must be a whole number from 1 to {} (the demo's maximum)",
-                thousands(MAX_EVENTS as u64)
-            )
-        })
+    whole_number(value, MAX_EVENTS, " (the demo's maximum)")
 }
 
 /// `--workers`: a whole number from 1 to [`MAX_WORKERS`].
 fn workers_arg(value: &str) -> Result<usize, String> {
+    whole_number(value, MAX_WORKERS, "")
+}
+
+/// `value` as a whole number from 1 to `max`, or the error that says so (`note` after it).
+fn whole_number(value: &str, max: usize, note: &str) -> Result<usize, String> {
     value
         .parse::<usize>()
         .ok()
-        .filter(|n| (1..=MAX_WORKERS).contains(n))
+        .filter(|n| (1..=max).contains(n))
         .ok_or_else(|| {
             format!(
-                "must be a whole number from 1 to {}",
-                thousands(MAX_WORKERS as u64)
+                "must be a whole number from 1 to {}{note}",
+                thousands(max as u64)
             )
         })
 }
