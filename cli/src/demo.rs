@@ -587,6 +587,25 @@ mod tests {
     }
 
     #[test]
+    fn counts_are_whole_numbers_within_their_bounds() {
+        assert_eq!(events_arg("1"), Ok(1));
+        assert_eq!(events_arg("1000000"), Ok(MAX_EVENTS));
+        assert_eq!(workers_arg("1024"), Ok(MAX_WORKERS));
+        for bad in ["0", "1000001", "-1", "1.5", "x", ""] {
+            assert_eq!(
+                events_arg(bad),
+                Err("must be a whole number from 1 to 1,000,000 (the demo's maximum)".into())
+            );
+        }
+        for bad in ["0", "1025", "many"] {
+            assert_eq!(
+                workers_arg(bad),
+                Err("must be a whole number from 1 to 1,024".into())
+            );
+        }
+    }
+
+    #[test]
     fn the_in_memory_store_remembers_every_event_of_the_largest_demo() {
         assert!(MemoryStore::new().capacity() >= MAX_EVENTS as u64);
     }
