@@ -116,7 +116,7 @@ pub fn check_complete_then_claim(
 /// [`StoreError::InvalidArgument`] naming the first repeated key (in sorted order) if a key
 /// appears more than once.
 pub fn check_many<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<(), StoreError> {
-    // Hashing each key once (seeded one-shot xxh3) beats sorting: keys share long
+    // Hashing each key once (foldhash, randomly seeded) beats sorting: keys share long
     // prefixes, and sorting 1,000 of them compared each prefix some 10,000 times.
     let keys: Vec<&str> = keys.into_iter().collect();
     let mut seen = std::collections::HashSet::with_capacity_and_hasher(keys.len(), seeded_hasher());
