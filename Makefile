@@ -10,8 +10,11 @@ CARGO ?= cargo
 test:
 	CARGO=$(CARGO) bash scripts/test.sh
 
-## Build and run the demo on the embedded in-memory store.
+## Build and run the demo on the embedded in-memory store. The first run compiles the
+## CLI (a minute or two on a fresh clone): cargo's progress shows while it does.
 demo:
+	@echo "make demo: building the eventonce CLI (release); cargo shows its progress"
+	$(CARGO) build --release -p eventonce-cli
 	$(CARGO) run --release --quiet -p eventonce-cli -- demo
 
 services:

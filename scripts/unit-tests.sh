@@ -27,7 +27,7 @@ echo "$kafka"
 export KAFKA_BOOTSTRAP="${kafka#KAFKA_BOOTSTRAP=}"
 
 mkdir -p target
-"$CARGO" test --workspace --all-features 2>&1 | tee target/test.log
+"$CARGO" test --workspace --all-features --no-fail-fast 2>&1 | tee target/test.log
 status=${PIPESTATUS[0]}
 awk '/^test result:/ {p += $4; f += $6}
      /^[a-z_]+: [0-9]+ passed, [0-9]+ failed$/ {p += $2; f += $4}

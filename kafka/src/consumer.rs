@@ -705,12 +705,21 @@ where
 }
 
 /// A consumer configuration for [`KafkaGuard`]: `bootstrap.servers`, `group.id`, no
-/// automatic commit or offset store, and `auto.offset.reset=earliest` so that a new group
-/// starts at the beginning. Add your own settings (security, timeouts) to it.
+/// automatic commit or offset store, `auto.offset.reset=earliest` so that a new group
+/// starts at the beginning, and `session.timeout.ms=10000`. Add your own settings
+/// (security, timeouts) to it.
+///
+/// The session timeout is Kafka's default before 3.0 (librdkafka's is 45 s): a consumer
+/// that died hands its partitions on within 10 s, and a new group gets its first
+/// assignment within seconds (the project's test broker holds the first join for half the
+/// session timeout: 23 s at 45 s, 5 s at 10 s). librdkafka heartbeats from its own thread,
+/// so a slow handler does not lose its partitions; raise it (`config.set(..)`) where the
+/// network between consumers and brokers is slow.
 ///
 /// ```
 /// let config = eventonce_kafka::consumer_config("127.0.0.1:9092", "billing");
 /// assert_eq!(config.get("enable.auto.commit"), Some("false"));
+/// assert_eq!(config.get("session.timeout.ms"), Some("10000"));
 /// ```
 pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -719,7 +728,8 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000");
     config
 }
 
