@@ -119,3 +119,13 @@ pub mod kafka {
 #[cfg(all(doctest, feature = "full", feature = "kafka"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The guide's examples (docs/guide.md), compiled and run as doctests.
+#[cfg(all(doctest, feature = "full", feature = "kafka"))]
+#[doc = include_str!("../docs/guide.md")]
+pub struct GuideDoctests;
+
+/// The Kafka page's examples (docs/kafka.md), compiled as doctests.
+#[cfg(all(doctest, feature = "full", feature = "kafka"))]
+#[doc = include_str!("../docs/kafka.md")]
+pub struct KafkaDoctests;
