@@ -52,6 +52,10 @@
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub use eventonce_core::conformance;
+/// Runs the whole conformance suite against a store factory (feature `conformance`).
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub use eventonce_core::conformance_tests;
 pub use eventonce_core::{
     async_trait, backend, canonical_json, canonical_number, config, deterministic_hash,
     escape_event_type, python_json, python_number, python_v2_hash, unescape_event_type, AdminStore,

@@ -17,7 +17,10 @@ async fn the_quickstart_charges_each_order_once_and_starts_within_seconds() {
     println!("{summary:?}");
     assert_eq!(summary.consumed, 2 * quickstart::ORDERS as usize);
     assert_eq!(summary.charged.len(), quickstart::ORDERS as usize);
-    assert!(summary.charged.values().all(|&runs| runs == 1), "{summary:?}");
+    assert!(
+        summary.charged.values().all(|&runs| runs == 1),
+        "{summary:?}"
+    );
     assert_eq!(summary.duplicates, quickstart::ORDERS as usize);
     // The documented configuration joins a new group in seconds (23 s with librdkafka's
     // 45 s session timeout on this broker); generous for a busy machine.

@@ -21,11 +21,12 @@ use tokio::time::Instant;
 /// event) is still answered `Completed` for up to `max_ttl`: keep it short.
 ///
 /// ```
+/// # mod eventonce { pub use eventonce_core::*; pub mod memory { pub use eventonce_memory::*; } }
 /// use std::time::Duration;
-/// use eventonce_core::{Claim, IdempotencyStore};
-/// use eventonce_memory::{CachedStore, MemoryStore};
+/// use eventonce::{Claim, IdempotencyStore};
+/// use eventonce::memory::{CachedStore, MemoryStore};
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), eventonce_core::StoreError> {
+/// # async fn main() -> Result<(), eventonce::StoreError> {
 /// let store = CachedStore::new(MemoryStore::new(), 100_000, Duration::from_secs(600));
 /// assert_eq!(store.try_claim("k", "a", Duration::from_secs(30)).await?, Claim::Acquired);
 /// assert!(store.complete("k", "a", Duration::from_secs(3600)).await?);

@@ -54,11 +54,12 @@ const SWEEP_PER_INSERT: usize = 4;
 /// An in-memory idempotency store. Cheap to clone: clones share the records.
 ///
 /// ```
+/// # mod eventonce { pub use eventonce_core::*; pub mod memory { pub use eventonce_memory::*; } }
 /// use std::time::{Duration, SystemTime};
-/// use eventonce_core::{Claim, IdempotencyStore};
-/// use eventonce_memory::MemoryStore;
+/// use eventonce::{Claim, IdempotencyStore};
+/// use eventonce::memory::MemoryStore;
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), eventonce_core::StoreError> {
+/// # async fn main() -> Result<(), eventonce::StoreError> {
 /// let store = MemoryStore::new();
 /// let lease = Duration::from_secs(30);
 /// assert_eq!(store.try_claim("k", "owner-a", lease).await?, Claim::Acquired);

@@ -23,8 +23,9 @@ const MIGRATION_0001: &str = include_str!("../migrations/0001_create_records.sql
 /// A PostgreSQL idempotency store. Cheap to clone: clones share the pool.
 ///
 /// ```no_run
-/// use eventonce_core::{EventEnvelope, Guard, IdempotencyConfig};
-/// use eventonce_postgres::PostgresStore;
+/// # mod eventonce { pub use eventonce_core::*; pub mod postgres { pub use eventonce_postgres::*; } }
+/// use eventonce::{EventEnvelope, Guard, IdempotencyConfig};
+/// use eventonce::postgres::PostgresStore;
 /// # async fn run(envelope: EventEnvelope) -> Result<(), Box<dyn std::error::Error>> {
 /// let store = PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
 /// let guard = Guard::new(store.clone(), IdempotencyConfig::builder("billing").build()?);
@@ -90,8 +91,9 @@ impl PostgresStore {
     /// Failures are told as [`connect_with`](Self::connect_with) tells them.
     ///
     /// ```no_run
-    /// use eventonce_core::AdminStore;
-    /// use eventonce_postgres::{PostgresOptions, PostgresStore};
+    /// # mod eventonce { pub use eventonce_core::*; pub mod postgres { pub use eventonce_postgres::*; } }
+    /// use eventonce::AdminStore;
+    /// use eventonce::postgres::{PostgresOptions, PostgresStore};
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let store = PostgresStore::connect_existing(
     ///     "postgres://ops@127.0.0.1/app",

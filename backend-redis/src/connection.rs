@@ -75,8 +75,9 @@ impl RedisOptions {
 /// connection, which multiplexes concurrent calls.
 ///
 /// ```no_run
-/// use eventonce_core::{Guard, IdempotencyConfig};
-/// use eventonce_redis::RedisStore;
+/// # mod eventonce { pub use eventonce_core::*; pub mod redis { pub use eventonce_redis::*; } }
+/// use eventonce::{Guard, IdempotencyConfig};
+/// use eventonce::redis::RedisStore;
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = RedisStore::connect("redis://:secret@127.0.0.1:6379/0").await?;
 /// let guard = Guard::new(store, IdempotencyConfig::builder("billing").build()?);
@@ -337,8 +338,9 @@ impl RedisStore {
     /// connected here.
     ///
     /// ```no_run
-    /// use eventonce_core::{FailMode, Guard, IdempotencyConfig};
-    /// use eventonce_redis::RedisStore;
+    /// # mod eventonce { pub use eventonce_core::*; pub mod redis { pub use eventonce_redis::*; } }
+    /// use eventonce::{FailMode, Guard, IdempotencyConfig};
+    /// use eventonce::redis::RedisStore;
     /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// // Starts even when Redis is down; events run unprotected until it is up.
     /// let store = RedisStore::connect_lazy("redis://127.0.0.1:6379/0")?;

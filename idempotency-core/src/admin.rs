@@ -31,7 +31,8 @@ pub struct RecordPage {
 /// [`remove_if_unchanged`](AdminStore::remove_if_unchanged).
 ///
 /// ```
-/// use eventonce_core::{AdminStore, ListedRecord, StoreError};
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::{AdminStore, ListedRecord, StoreError};
 ///
 /// /// Every live record under `scope`, page by page.
 /// async fn all(store: &dyn AdminStore, scope: &str) -> Result<Vec<ListedRecord>, StoreError> {

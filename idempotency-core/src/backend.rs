@@ -2,8 +2,9 @@
 //! that they all reject the same input the same way, and the small pieces they share.
 //!
 //! ```
+//! # mod eventonce { pub use eventonce_core::*; }
 //! use std::time::Duration;
-//! use eventonce_core::backend::{check_arguments, check_many};
+//! use eventonce::backend::{check_arguments, check_many};
 //!
 //! assert!(check_arguments("k", "owner-1", Some(Duration::from_secs(60))).is_ok());
 //! assert!(check_arguments("", "owner-1", None).is_err());

@@ -35,8 +35,9 @@ pub enum FailMode {
 /// A validated, immutable configuration. Cheap to clone (it holds an `Arc`).
 ///
 /// ```
+/// # mod eventonce { pub use eventonce_core::*; }
 /// use std::time::Duration;
-/// use eventonce_core::IdempotencyConfig;
+/// use eventonce::IdempotencyConfig;
 ///
 /// let config = IdempotencyConfig::builder("essay-lifecycle-service")
 ///     .event_type_ttl("huleedu.essay.spellcheck.requested.v1", Duration::from_secs(3600))
@@ -47,7 +48,7 @@ pub enum FailMode {
 ///     config.generate_key("huleedu.essay.spellcheck.requested.v1", "abc123"),
 ///     "huleedu:idempotency:v2:essay-lifecycle-service:huleedu_essay_spellcheck_requested_v1:abc123"
 /// );
-/// # Ok::<(), eventonce_core::ConfigError>(())
+/// # Ok::<(), eventonce::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct IdempotencyConfig {
@@ -98,13 +99,14 @@ impl IdempotencyConfig {
     /// `.event_type_ttl(..)` still adds exceptions.
     ///
     /// ```
+    /// # mod eventonce { pub use eventonce_core::*; }
     /// use std::time::Duration;
-    /// use eventonce_core::IdempotencyConfig;
+    /// use eventonce::IdempotencyConfig;
     /// let config = IdempotencyConfig::builder_with_ttl("billing", Duration::from_secs(60)).build()?;
     /// assert_eq!(config.ttl_for_event_type("huleedu.essay.spellcheck.completed.v1"), Duration::from_secs(60));
     /// assert_eq!(config.ttl_for_event_type("anything.else.v1"), Duration::from_secs(60));
     /// assert!(config.event_type_ttls().is_empty());
-    /// # Ok::<(), eventonce_core::ConfigError>(())
+    /// # Ok::<(), eventonce::ConfigError>(())
     /// ```
     pub fn builder_with_ttl(service_name: impl Into<String>, ttl: Duration) -> ConfigBuilder {
         let mut builder = Self::builder_inner(service_name.into());
@@ -243,7 +245,8 @@ impl IdempotencyConfig {
     /// [`try_generate_key`](Self::try_generate_key) for the envelope's event type.
     ///
     /// ```
-    /// use eventonce_core::{EventEnvelope, IdempotencyConfig, IdentityError, KeyScheme};
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::{EventEnvelope, IdempotencyConfig, IdentityError, KeyScheme};
     /// let config = IdempotencyConfig::builder("billing").key_scheme(KeyScheme::PythonV2).build()?;
     /// let refused = EventEnvelope::new("orders:*", serde_json::json!({"n": 1}));
     /// assert!(matches!(
@@ -457,7 +460,8 @@ impl ConfigBuilder {
     /// - [`ConfigError::EmptyEventType`] if an event type given its own TTL is empty.
     ///
     /// ```
-    /// use eventonce_core::{ConfigError, IdempotencyConfig};
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::{ConfigError, IdempotencyConfig};
     /// let err = IdempotencyConfig::builder("billing:prod").build().unwrap_err();
     /// assert!(matches!(err, ConfigError::InvalidServiceName { .. }));
     /// ```

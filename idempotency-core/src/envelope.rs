@@ -12,13 +12,14 @@ use crate::scheme::KeyScheme;
 /// the field that is wrong; or build one with [`EventEnvelope::new`].
 ///
 /// ```
-/// use eventonce_core::EventEnvelope;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::EventEnvelope;
 /// let envelope = EventEnvelope::from_slice(
 ///     br#"{"event_id":"e-1","event_type":"orders.created.v1","data":{"order":42}}"#,
 /// )?;
 /// assert_eq!(envelope.event_type, "orders.created.v1");
 /// assert_eq!(envelope.data["order"], 42);
-/// # Ok::<(), eventonce_core::EnvelopeError>(())
+/// # Ok::<(), eventonce::EnvelopeError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventEnvelope {
@@ -52,7 +53,8 @@ impl EventEnvelope {
     /// An envelope with a type and data, and every optional field empty.
     ///
     /// ```
-    /// use eventonce_core::EventEnvelope;
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::EventEnvelope;
     /// let e = EventEnvelope::new("orders.created.v1", serde_json::json!({"order": 42}))
     ///     .with_event_id("e-1");
     /// assert_eq!(e.event_id.as_deref(), Some("e-1"));
@@ -109,7 +111,8 @@ impl EventEnvelope {
     ///   wrong JSON type.
     ///
     /// ```
-    /// use eventonce_core::{EnvelopeError, EventEnvelope};
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::{EnvelopeError, EventEnvelope};
     /// assert_eq!(EventEnvelope::from_slice(b""), Err(EnvelopeError::Empty));
     /// assert_eq!(
     ///     EventEnvelope::from_slice(b"[1]"),
@@ -209,7 +212,8 @@ impl EventEnvelope {
     /// The errors of [`hash_with`](Self::hash_with).
     ///
     /// ```
-    /// use eventonce_core::EventEnvelope;
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::EventEnvelope;
     /// let a = EventEnvelope::from_slice(br#"{"event_type":"t","data":{"a":1,"b":[1,2]}}"#)?;
     /// let b = EventEnvelope::from_slice(br#"{ "data": { "b": [1, 2], "a": 1 }, "event_type": "t" }"#)?;
     /// assert_eq!(a.deterministic_hash()?, b.deterministic_hash()?);

@@ -267,7 +267,8 @@ impl StoreError {
     /// Wraps a client error as [`StoreError::Unavailable`].
     ///
     /// ```
-    /// use eventonce_core::StoreError;
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::StoreError;
     /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
     /// let err = StoreError::unavailable(io);
     /// assert!(err.to_string().contains("refused"));

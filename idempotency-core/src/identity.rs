@@ -25,13 +25,14 @@ pub const MAX_DEPTH: usize = 512;
 ///   `data` cannot be written canonically (see [`canonical_number`]).
 ///
 /// ```
-/// use eventonce_core::deterministic_hash;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::deterministic_hash;
 /// use serde_json::json;
 /// let a = deterministic_hash(Some("e-1"), &json!({"x": 1, "y": 2}))?;
 /// let b = deterministic_hash(Some("e-1"), &json!({"y": 2, "x": 1}))?;
 /// assert_eq!(a, b);
 /// assert_eq!(a.len(), 32);
-/// # Ok::<(), eventonce_core::IdentityError>(())
+/// # Ok::<(), eventonce::IdentityError>(())
 /// ```
 pub fn deterministic_hash(event_id: Option<&str>, data: &Value) -> Result<String, IdentityError> {
     // The encoding is written into a buffer kept per thread and hashed in one call: xxh3's
@@ -97,7 +98,8 @@ pub(crate) fn hex128(v: u128) -> String {
 /// [`IdentityError::NumberOutOfRange`] for a number that cannot be written canonically.
 ///
 /// ```
-/// use eventonce_core::canonical_json;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::canonical_json;
 /// let v: serde_json::Value = serde_json::from_str(r#"{ "b": [1, {"d": 1, "c": 2}], "a": null }"#)?;
 /// assert_eq!(canonical_json(&v).unwrap(), br#"{"a":null,"b":[1,{"c":2,"d":1}]}"#);
 /// # Ok::<(), serde_json::Error>(())
@@ -194,7 +196,8 @@ fn write_entries<'a, S: Sink>(
 ///   2^48 or more in magnitude.
 ///
 /// ```
-/// use eventonce_core::canonical_number;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::canonical_number;
 /// assert_eq!(canonical_number("1.50e1").unwrap(), "15");
 /// assert_eq!(canonical_number("-0.0").unwrap(), "0");
 /// assert_eq!(canonical_number("0.000001").unwrap(), "1e-6");

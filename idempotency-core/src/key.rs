@@ -50,7 +50,8 @@ static ESCAPED: [bool; 256] = {
 /// `~` + the 32 hex digits of the whole type's xxh3-128, so distinct types stay distinct.
 ///
 /// ```
-/// use eventonce_core::escape_event_type;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::escape_event_type;
 /// assert_eq!(escape_event_type("huleedu.essay.spellcheck.requested.v1"),
 ///            "huleedu_essay_spellcheck_requested_v1");
 /// assert_eq!(escape_event_type("orders.created:*"), "orders_created%3A%2A");
@@ -115,7 +116,8 @@ fn escape_slow(event_type: &str) -> String {
 /// escape or that was shortened (its tail is only a hash).
 ///
 /// ```
-/// use eventonce_core::{escape_event_type, unescape_event_type};
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::{escape_event_type, unescape_event_type};
 /// let t = "weird type: [ünïcode] {tag}.v1";
 /// assert_eq!(unescape_event_type(&escape_event_type(t)).as_deref(), Some(t));
 /// ```
@@ -212,7 +214,8 @@ impl KeyParts {
     /// outside `{prefix}:` or of another shape.
     ///
     /// ```
-    /// use eventonce_core::{IdempotencyConfig, KeyParts};
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::{IdempotencyConfig, KeyParts};
     /// let config = IdempotencyConfig::builder("billing").build()?;
     /// let key = config.generate_key("orders.created.v1", "ab12");
     /// let parts = KeyParts::parse(config.key_prefix(), &key).expect("our key");
@@ -220,7 +223,7 @@ impl KeyParts {
     /// assert_eq!(parts.event_type.as_deref(), Some("orders.created.v1"));
     /// assert_eq!(parts.hash, "ab12");
     /// assert_eq!(KeyParts::parse("other:prefix", &key), None);
-    /// # Ok::<(), eventonce_core::ConfigError>(())
+    /// # Ok::<(), eventonce::ConfigError>(())
     /// ```
     pub fn parse(prefix: &str, key: &str) -> Option<KeyParts> {
         Self::parse_with(crate::KeyScheme::Eventonce, prefix, key)
@@ -232,14 +235,15 @@ impl KeyParts {
     /// segment itself when it holds no `_`, else `None`.
     ///
     /// ```
-    /// use eventonce_core::{IdempotencyConfig, KeyParts, KeyScheme};
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::{IdempotencyConfig, KeyParts, KeyScheme};
     /// let config = IdempotencyConfig::builder("billing").key_scheme(KeyScheme::PythonV2).build()?;
     /// let key = config.generate_key("orders.created.v1", "ab12");
     /// let parts = KeyParts::parse_with(KeyScheme::PythonV2, config.key_prefix(), &key).expect("our key");
     /// assert_eq!(parts.event_type_segment, "orders_created_v1");
     /// assert_eq!(parts.event_type, None);
     /// assert_eq!(parts.event_type_display(), "orders_created_v1");
-    /// # Ok::<(), eventonce_core::ConfigError>(())
+    /// # Ok::<(), eventonce::ConfigError>(())
     /// ```
     pub fn parse_with(scheme: crate::KeyScheme, prefix: &str, key: &str) -> Option<KeyParts> {
         let rest = key.strip_prefix(prefix)?.strip_prefix(':')?;

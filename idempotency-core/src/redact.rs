@@ -10,7 +10,8 @@
 /// hold a password (no `@`, `:` or `=` in it), else as `<unparsable url>`.
 ///
 /// ```
-/// use eventonce_core::backend::redact_url;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::backend::redact_url;
 /// assert_eq!(redact_url("redis://:s3cret@h:6379/0"), "redis://:***@h:6379/0");
 /// assert_eq!(redact_url("postgres://app:pw@db:5432/app"), "postgres://app:***@db:5432/app");
 /// assert_eq!(redact_url("postgres://app@db/app?password=pw"), "postgres://app@db/app?password=***");

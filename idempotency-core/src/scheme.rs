@@ -27,7 +27,8 @@ use crate::key;
 /// the guard, `run_batch`, the Kafka helper and the admin commands compute follows it.
 ///
 /// ```
-/// use eventonce_core::{EventEnvelope, IdempotencyConfig, KeyScheme};
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::{EventEnvelope, IdempotencyConfig, KeyScheme};
 /// let config = IdempotencyConfig::builder("essay-lifecycle-service")
 ///     .key_scheme(KeyScheme::PythonV2)
 ///     .build()?;
@@ -106,11 +107,12 @@ impl KeyScheme {
     ///   control character.
     ///
     /// ```
-    /// use eventonce_core::KeyScheme;
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::KeyScheme;
     /// assert_eq!(KeyScheme::PythonV2.event_type_segment("a.cj_x.v1")?, "a_cj_x_v1");
     /// assert_eq!(KeyScheme::Eventonce.event_type_segment("a.cj_x.v1")?, "a_cj%5Fx_v1");
     /// assert!(KeyScheme::PythonV2.event_type_segment("a:b").is_err());
-    /// # Ok::<(), eventonce_core::IdentityError>(())
+    /// # Ok::<(), eventonce::IdentityError>(())
     /// ```
     pub fn event_type_segment(self, event_type: &str) -> Result<Cow<'_, str>, IdentityError> {
         if event_type.is_empty() {
@@ -180,14 +182,15 @@ fn outside_namespace(c: char) -> Option<&'static str> {
 /// The errors of [`python_json`] for `data`.
 ///
 /// ```
-/// use eventonce_core::python_v2_hash;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::python_v2_hash;
 /// use serde_json::json;
 /// // hashlib.sha256(b'{"a": 1}').hexdigest()
 /// assert_eq!(
 ///     python_v2_hash(None, &json!({"a": 1}))?,
 ///     "f9d86028c6e0d64e225186f96acb69338b2c59764df79162107f5c4bb34d1310"
 /// );
-/// # Ok::<(), eventonce_core::IdentityError>(())
+/// # Ok::<(), eventonce::IdentityError>(())
 /// ```
 pub fn python_v2_hash(event_id: Option<&str>, data: &Value) -> Result<String, IdentityError> {
     let mut text = String::new();
@@ -223,7 +226,8 @@ pub fn python_v2_hash(event_id: Option<&str>, data: &Value) -> Result<String, Id
 /// [`IdentityError::BadNumber`] if a number in it is not a JSON number literal.
 ///
 /// ```
-/// use eventonce_core::python_json;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::python_json;
 /// let v: serde_json::Value = serde_json::from_str(r#"{"b": [1E400, -0, 1e16], "a": "é😀"}"#)?;
 /// assert_eq!(
 ///     python_json(&v).unwrap(),
@@ -318,7 +322,8 @@ fn write_python_str(out: &mut String, s: &str) {
 /// [`IdentityError::BadNumber`] if `literal` does not follow the JSON number grammar.
 ///
 /// ```
-/// use eventonce_core::python_number;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::python_number;
 /// assert_eq!(python_number("1e16").unwrap(), "1e+16");
 /// assert_eq!(python_number("0.00001").unwrap(), "1e-05");
 /// assert_eq!(python_number("0.0001").unwrap(), "0.0001");

@@ -717,7 +717,8 @@ where
 /// network between consumers and brokers is slow.
 ///
 /// ```
-/// let config = eventonce_kafka::consumer_config("127.0.0.1:9092", "billing");
+/// # mod eventonce { pub use eventonce_core::*; pub mod kafka { pub use eventonce_kafka::*; } pub mod memory { pub use eventonce_memory::*; } }
+/// let config = eventonce::kafka::consumer_config("127.0.0.1:9092", "billing");
 /// assert_eq!(config.get("enable.auto.commit"), Some("false"));
 /// assert_eq!(config.get("session.timeout.ms"), Some("10000"));
 /// ```

@@ -4,10 +4,11 @@
 //! is final.
 //!
 //! ```no_run
-//! use eventonce_core::{Guard, IdempotencyConfig};
-//! use eventonce_kafka::{consumer_config, Delivery, KafkaGuard};
-//! use eventonce_memory::MemoryStore;
-//! use rdkafka::consumer::{Consumer, StreamConsumer};
+//! # mod eventonce { pub use eventonce_core::*; pub mod kafka { pub use eventonce_kafka::*; } pub mod memory { pub use eventonce_memory::*; } }
+//! use eventonce::{Guard, IdempotencyConfig};
+//! use eventonce::kafka::{consumer_config, Delivery, KafkaGuard};
+//! use eventonce::memory::MemoryStore;
+//! use eventonce::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let consumer: StreamConsumer = consumer_config("127.0.0.1:9092", "billing").create()?;

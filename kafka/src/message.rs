@@ -223,8 +223,9 @@ fn merge(
 ///   event type, or neither an id nor data) or its data cannot be encoded.
 ///
 /// ```
-/// use eventonce_kafka::envelope_from_message;
-/// use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+/// # mod eventonce { pub use eventonce_core::*; pub mod kafka { pub use eventonce_kafka::*; } pub mod memory { pub use eventonce_memory::*; } }
+/// use eventonce::kafka::envelope_from_message;
+/// use eventonce::kafka::rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
 ///
 /// let body = br#"{"event_type":"orders.created.v1","data":{"order":42}}"#.to_vec();
 /// let headers = OwnedHeaders::new().insert(Header { key: "event_id", value: Some("e-42") });
@@ -233,7 +234,7 @@ fn merge(
 /// );
 /// let envelope = envelope_from_message(&message)?;
 /// assert_eq!(envelope.event_id.as_deref(), Some("e-42"));
-/// # Ok::<(), eventonce_kafka::MessageError>(())
+/// # Ok::<(), eventonce::kafka::MessageError>(())
 /// ```
 pub fn envelope_from_message(message: &impl Message) -> Result<EventEnvelope, MessageError> {
     envelope_from_message_with(message, KeyScheme::Eventonce)
@@ -258,9 +259,10 @@ pub fn envelope_from_message(message: &impl Message) -> Result<EventEnvelope, Me
 /// encoded or the scheme refuses its event type.
 ///
 /// ```
-/// use eventonce_core::KeyScheme;
-/// use eventonce_kafka::envelope_from_message_with;
-/// use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+/// # mod eventonce { pub use eventonce_core::*; pub mod kafka { pub use eventonce_kafka::*; } pub mod memory { pub use eventonce_memory::*; } }
+/// use eventonce::KeyScheme;
+/// use eventonce::kafka::envelope_from_message_with;
+/// use eventonce::kafka::rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
 ///
 /// let body = br#"{"event_type":"orders.created.v1","data":{"order":42}}"#.to_vec();
 /// let headers = OwnedHeaders::new().insert(Header { key: "event_id", value: Some("e-42") });
@@ -269,7 +271,7 @@ pub fn envelope_from_message(message: &impl Message) -> Result<EventEnvelope, Me
 /// );
 /// let envelope = envelope_from_message_with(&message, KeyScheme::PythonV2)?;
 /// assert_eq!(envelope.event_id, None);
-/// # Ok::<(), eventonce_kafka::MessageError>(())
+/// # Ok::<(), eventonce::kafka::MessageError>(())
 /// ```
 pub fn envelope_from_message_with(
     message: &impl Message,

@@ -3,7 +3,8 @@
 //! stores check.
 //!
 //! ```
-//! use eventonce_core::config::defaults::{DEFAULT_EVENT_TYPE_TTLS, TTL_QUICK};
+//! # mod eventonce { pub use eventonce_core::*; }
+//! use eventonce::config::defaults::{DEFAULT_EVENT_TYPE_TTLS, TTL_QUICK};
 //!
 //! assert!(DEFAULT_EVENT_TYPE_TTLS.contains(&("huleedu.essay.spellcheck.requested.v1", TTL_QUICK)));
 //! ```

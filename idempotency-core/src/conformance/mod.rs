@@ -8,11 +8,11 @@
 //! A backend's test file runs the whole suite with one macro call:
 //!
 //! ```text
-//! fn factory() -> impl eventonce_core::conformance::StoreFactory {
+//! fn factory() -> impl eventonce::conformance::StoreFactory {
 //!     let store = MyStore::new();
 //!     move || { let s = store.clone(); async move { s } }
 //! }
-//! eventonce_core::conformance_tests!(factory);
+//! eventonce::conformance_tests!(factory); // eventonce_core::conformance_tests! inside the workspace
 //! ```
 //!
 //! Lease and TTL checks run in real time (real servers keep real time) with short leases

@@ -61,7 +61,8 @@ impl Guard {
     ///   `InProgress` at once.
     ///
     /// ```
-    /// use eventonce_core::{EventEnvelope, Guard, IdempotencyConfig, IdempotencyStore, Outcome};
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::{EventEnvelope, Guard, IdempotencyConfig, IdempotencyStore, Outcome};
     ///
     /// async fn consume(guard: &Guard, batch: &[EventEnvelope]) {
     ///     let answers = guard

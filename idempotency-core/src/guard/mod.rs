@@ -47,7 +47,8 @@ pub use stats::GuardStats;
 /// Cheap to clone (it holds `Arc`s); use one guard from many tasks at once.
 ///
 /// ```
-/// use eventonce_core::{EventEnvelope, Guard, GuardError, IdempotencyConfig, IdempotencyStore, Outcome};
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::{EventEnvelope, Guard, GuardError, IdempotencyConfig, IdempotencyStore, Outcome};
 ///
 /// async fn consume(store: impl IdempotencyStore + 'static, payload: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
 ///     let config = IdempotencyConfig::builder("billing-service").build()?;
