@@ -23,19 +23,19 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a quickstart run saw.
 #[derive(Debug, Default)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// From subscribing to the first message consumed.
-    pub first_message_after: Duration,
+    pub(crate) first_message_after: Duration,
     /// Messages consumed (every copy).
-    pub consumed: usize,
+    pub(crate) consumed: usize,
     /// Handler runs per order.
-    pub charged: BTreeMap<u64, usize>,
+    pub(crate) charged: BTreeMap<u64, usize>,
     /// Copies answered `Duplicate`.
-    pub duplicates: usize,
+    pub(crate) duplicates: usize,
 }
 
 /// The number of orders the quickstart produces (each one twice).
-pub const ORDERS: u64 = 5;
+pub(crate) const ORDERS: u64 = 5;
 
 /// Creates `topic`, produces the orders with their duplicates and consumes them once.
 ///
@@ -43,7 +43,7 @@ pub const ORDERS: u64 = 5;
 ///
 /// The broker cannot be reached, the topic exists already, a message is not final within
 /// 60 seconds, or an event cannot be identified.
-pub async fn run(bootstrap: &str, topic: &str, group: &str) -> Result<Summary, Error> {
+pub(crate) async fn run(bootstrap: &str, topic: &str, group: &str) -> Result<Summary, Error> {
     create_topic(bootstrap, topic, 1).await?;
     produce(bootstrap, topic).await?;
 

@@ -62,7 +62,8 @@ pub use eventonce_core::{
     BoxError, Claim, Completion, ConfigBuilder, ConfigError, EnvelopeError, EventEnvelope,
     FailMode, Guard, GuardError, GuardStats, IdempotencyConfig, IdempotencyStore, IdentityError,
     KeyParts, KeyScheme, ListedRecord, Outcome, Record, RecordPage, RecordState, StoreError,
-    TransactionalStore, RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS,
+    TransactionalStore, DISABLED_ENV, RUNS_TOTAL, RUN_DURATION_SECONDS,
+    STORE_OPERATION_DURATION_SECONDS,
 };
 /// The first layout's paths of the names that moved to [`config::defaults`] and
 /// [`backend`], kept so that code written against them still compiles. Not part of the

@@ -72,6 +72,7 @@ struct ConfigInner {
     batch_concurrency: usize,
     deferred_completion: Option<Duration>,
     key_scheme: KeyScheme,
+    disabled: bool,
 }
 
 impl fmt::Debug for IdempotencyConfig {
@@ -134,6 +135,7 @@ impl IdempotencyConfig {
             batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
             deferred_completion: None,
             key_scheme: KeyScheme::Eventonce,
+            disabled: false,
         })
     }
 
@@ -224,6 +226,12 @@ impl IdempotencyConfig {
     /// How keys are computed (default [`KeyScheme::Eventonce`]).
     pub fn key_scheme(&self) -> KeyScheme {
         self.inner.key_scheme
+    }
+
+    /// Whether the guard is switched off ([`ConfigBuilder::disabled`] or
+    /// `EVENTONCE_DISABLED`): every handler runs unprotected and the store is never called.
+    pub fn disabled(&self) -> bool {
+        self.inner.disabled
     }
 
     /// The hash of `envelope` under this configuration's [key scheme](Self::key_scheme).
@@ -441,6 +449,33 @@ impl ConfigBuilder {
         self
     }
 
+    /// Switches the guard off (default `false`): a guard built with a disabled
+    /// configuration runs every delivery's handler and answers [`Outcome::Unprotected`],
+    /// never calls its store, and logs one WARN when it is created. For tests and staged
+    /// rollouts; [`Guard::connect`] does not even create the store then.
+    ///
+    /// The environment variable [`DISABLED_ENV`] (`EVENTONCE_DISABLED`), read by
+    /// [`build`](Self::build), overrides this when it is set: `1`, `true`, `yes`, `on`
+    /// disable the guard and `0`, `false`, `no`, `off` enable it (any case, surrounding
+    /// whitespace ignored); unset or empty, this setting stands.
+    ///
+    /// ```
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::IdempotencyConfig;
+    /// let config = IdempotencyConfig::builder("billing").disabled(true).build()?;
+    /// # if std::env::var_os("EVENTONCE_DISABLED").is_none() {
+    /// assert!(config.disabled());
+    /// # }
+    /// # Ok::<(), eventonce::ConfigError>(())
+    /// ```
+    ///
+    /// [`Outcome::Unprotected`]: crate::Outcome::Unprotected
+    /// [`Guard::connect`]: crate::Guard::connect
+    pub fn disabled(mut self, disabled: bool) -> Self {
+        self.0.disabled = disabled;
+        self
+    }
+
     /// Validates and builds the configuration.
     ///
     /// Rejects an empty service name or one holding `:`, whitespace, a glob or hash-tag
@@ -458,6 +493,8 @@ impl ConfigBuilder {
     ///   [`ConfigError::DurationTooLong`] for one over its limit.
     /// - [`ConfigError::ZeroBatchConcurrency`] if `batch_concurrency` is zero.
     /// - [`ConfigError::EmptyEventType`] if an event type given its own TTL is empty.
+    /// - [`ConfigError::InvalidEnvironment`] if `EVENTONCE_DISABLED` is set to a value that
+    ///   is neither a yes nor a no (see [`disabled`](Self::disabled)).
     ///
     /// ```
     /// # mod eventonce { pub use eventonce_core::*; }
@@ -466,7 +503,11 @@ impl ConfigBuilder {
     /// assert!(matches!(err, ConfigError::InvalidServiceName { .. }));
     /// ```
     pub fn build(self) -> Result<IdempotencyConfig, ConfigError> {
-        let c = self.0;
+        let mut c = self.0;
+        let from_env = std::env::var_os(DISABLED_ENV);
+        if let Some(disabled) = switch_value(DISABLED_ENV, from_env.as_deref())? {
+            c.disabled = disabled;
+        }
         validate_service_name(&c.service_name)?;
         validate_prefix(&c.key_prefix)?;
         check_duration("default_ttl", c.default_ttl)?;
@@ -500,6 +541,33 @@ impl ConfigBuilder {
             check_at_most(&format!("ttl of event type {event_type:?}"), *ttl, MAX_TTL)?;
         }
         Ok(IdempotencyConfig { inner: Arc::new(c) })
+    }
+}
+
+/// The environment variable that switches the guard off or on, read by
+/// [`ConfigBuilder::build`] (see [`ConfigBuilder::disabled`]).
+pub const DISABLED_ENV: &str = "EVENTONCE_DISABLED";
+
+/// The yes or no of a switch variable `name` whose value is `value`: `None` when it is
+/// unset or empty (blank), an error naming the variable and the value when it is neither.
+fn switch_value(
+    name: &'static str,
+    value: Option<&std::ffi::OsStr>,
+) -> Result<Option<bool>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let invalid = || ConfigError::InvalidEnvironment {
+        variable: name,
+        value: value.to_string_lossy().chars().take(64).collect(),
+        expected: "1, true, yes, on or 0, false, no, off (any case)",
+    };
+    let text = value.to_str().ok_or_else(invalid)?.trim();
+    match text.to_ascii_lowercase().as_str() {
+        "" => Ok(None),
+        "1" | "true" | "yes" | "on" => Ok(Some(true)),
+        "0" | "false" | "no" | "off" => Ok(Some(false)),
+        _ => Err(invalid()),
     }
 }
 

@@ -58,6 +58,16 @@ pub enum ConfigError {
     /// `batch_concurrency` is zero: no handler of a batch could ever run.
     #[error("batch concurrency must be at least 1")]
     ZeroBatchConcurrency,
+    /// An environment variable the configuration reads holds a value it does not accept.
+    #[error("environment variable {variable}={value:?} is invalid: expected {expected}")]
+    InvalidEnvironment {
+        /// The variable.
+        variable: &'static str,
+        /// Its value (at most 64 characters of it).
+        value: String,
+        /// The values it accepts.
+        expected: &'static str,
+    },
 }
 
 /// Why [`EventEnvelope::from_slice`](crate::EventEnvelope::from_slice) could not read a payload.

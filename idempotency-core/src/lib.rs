@@ -32,7 +32,7 @@ mod telemetry;
 pub use admin::{AdminStore, ListedRecord, RecordPage};
 /// Re-exported so that a store implementation needs no extra dependency.
 pub use async_trait::async_trait;
-pub use config::{ConfigBuilder, FailMode, IdempotencyConfig};
+pub use config::{ConfigBuilder, FailMode, IdempotencyConfig, DISABLED_ENV};
 pub use envelope::EventEnvelope;
 pub use error::{BoxError, ConfigError, EnvelopeError, GuardError, IdentityError, StoreError};
 pub use guard::{Guard, GuardStats, Outcome};

@@ -30,6 +30,7 @@ use crate::telemetry;
 mod batch;
 mod cancel;
 mod deferred;
+mod disabled;
 mod fast;
 mod lease;
 mod outcome;
@@ -106,6 +107,13 @@ impl Guard {
     /// A guard over a store already shared behind an `Arc`.
     pub fn from_arc(store: Arc<dyn IdempotencyStore>, config: IdempotencyConfig) -> Self {
         let (threshold, cooldown) = config.circuit_breaker();
+        if config.disabled() {
+            tracing::warn!(
+                service = config.service_name(),
+                "eventonce is switched off (EVENTONCE_DISABLED or ConfigBuilder::disabled): \
+                 every handler runs unprotected and the store is never called"
+            );
+        }
         Guard {
             inner: Arc::new(GuardInner {
                 store,

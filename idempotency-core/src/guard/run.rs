@@ -97,6 +97,9 @@ impl Guard {
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
+        if self.inner.config.disabled() {
+            return Self::run_disabled(handler).await;
+        }
         let started = Instant::now();
         let (hash, key) = self.identify(envelope)?;
         let mut ctx = Ctx::new(&self.inner.config, envelope, &hash, &key, started);

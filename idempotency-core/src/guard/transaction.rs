@@ -77,6 +77,9 @@ impl Guard {
         F: Future<Output = (S::Tx, Result<T, E>)>,
         E: std::fmt::Display,
     {
+        if self.inner.config.disabled() {
+            return Self::run_in_transaction_disabled(store, handler).await;
+        }
         let started = Instant::now();
         let (hash, key) = self.identify(envelope)?;
         let mut ctx = Ctx::new(&self.inner.config, envelope, &hash, &key, started);
