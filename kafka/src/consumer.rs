@@ -187,6 +187,8 @@ pub(crate) struct PreparedBatch<T, E> {
     known: Vec<Option<Input<T, E>>>,
     /// The envelopes that run, in order.
     pub(crate) to_run: Vec<EventEnvelope>,
+    /// When it was admitted (see `Rewinds::epoch`).
+    epoch: u64,
 }
 
 impl KafkaGuard {
@@ -350,13 +352,14 @@ impl KafkaGuard {
             .iter()
             .map(|&i| envelope_from_message_with(&messages[i], self.guard.config().key_scheme()))
             .collect();
-        let admitted = {
+        let (admitted, epoch) = {
             let asked: Vec<(&MessagePosition, bool)> = live
                 .iter()
                 .zip(&envelopes)
                 .map(|(&i, e)| (&positions[i], e.is_ok()))
                 .collect();
-            self.lock_rewinds().admit(&asked)
+            let rewinds = self.lock_rewinds();
+            (rewinds.admit(&asked), rewinds.epoch())
         };
         let mut to_run = Vec::new();
         let known: Vec<Option<Input<T, E>>> = envelopes
@@ -377,6 +380,7 @@ impl KafkaGuard {
             live,
             known,
             to_run,
+            epoch,
         }
     }
 
@@ -399,6 +403,7 @@ impl KafkaGuard {
             live,
             known,
             to_run: _,
+            epoch,
         } = prepared;
         let mut results = results.into_iter();
         let inputs: Vec<(&MessagePosition, Input<T, E>)> = live
@@ -413,7 +418,7 @@ impl KafkaGuard {
             })
             .collect();
         let decided: Vec<&MessagePosition> = inputs.iter().map(|(p, _)| *p).collect();
-        let plan = self.lock_rewinds().settle(inputs);
+        let plan = self.lock_rewinds().settle_admitted_at(epoch, inputs);
         let sought = !plan.seeks.is_empty();
         let answers = self.carry_out(consumer, plan, &decided, true).await;
 

@@ -1,11 +1,13 @@
 //! [`KafkaGuard::process_batches`]: consecutive batches with their store round trips
 //! overlapped, decided and committed in order.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::pin::pin;
 
 use eventonce_core::EventEnvelope;
+use futures_util::future::{Fuse, FusedFuture, FutureExt};
 use futures_util::stream::{FuturesOrdered, Stream, StreamExt};
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::message::Message;
@@ -71,6 +73,13 @@ impl KafkaGuard {
         let handler = &handler;
         let mut batches = pin!(batches.fuse());
         let mut running = FuturesOrdered::new();
+        // Batches whose run has ended, waiting to be decided, oldest first.
+        let mut ran = VecDeque::new();
+        // The batch being decided (committed, sought) and then `on_batch`'s future: both
+        // polled alongside the batches still running, so that their handlers and lease
+        // renewals go on meanwhile.
+        let mut settling = pin!(Fuse::terminated());
+        let mut answering = pin!(Fuse::<AFut>::terminated());
         let mut ended = false;
         // After a seek, the batches polled before it are settled before the next poll, as
         // `process_batch` would settle a batch fetched ahead of a seek: each later poll
@@ -80,16 +89,35 @@ impl KafkaGuard {
         // what its own decision holds back.
         let mut draining = false;
         loop {
+            if settling.is_terminated() && answering.is_terminated() {
+                if let Some((messages, prepared, results)) = ran.pop_front() {
+                    settling.set(
+                        async move {
+                            let (answers, sought) =
+                                self.finish_batch(consumer, prepared, results).await;
+                            (messages, answers, sought)
+                        }
+                        .fuse(),
+                    );
+                }
+            }
+            // Nothing is polled while a batch is being decided or answered: a poll comes
+            // after every decision (and seek) of the batches before it.
+            let quiet = settling.is_terminated() && answering.is_terminated() && ran.is_empty();
             tokio::select! {
                 biased;
-                Some((messages, prepared, results)) = running.next(), if !running.is_empty() => {
-                    let (answers, sought) = self.finish_batch(consumer, prepared, results).await;
-                    draining = (draining || sought) && !running.is_empty();
-                    if on_batch(messages, answers).await.is_break() {
+                flow = &mut answering, if !answering.is_terminated() => {
+                    if flow.is_break() {
                         return;
                     }
                 }
-                next = batches.next(), if !ended
+                (messages, answers, sought) = &mut settling, if !settling.is_terminated() => {
+                    draining = (draining || sought) && !(running.is_empty() && ran.is_empty());
+                    answering.set(on_batch(messages, answers).fuse());
+                }
+                Some(done) = running.next(), if !running.is_empty() => ran.push_back(done),
+                next = batches.next(), if quiet
+                    && !ended
                     && !draining
                     && running.len() < IN_FLIGHT
                     && (running.is_empty() || !self.redelivery_pending()) =>
