@@ -842,22 +842,21 @@ fn run(scenario: Scenario) -> World {
             (0..members).map(|m| member(Arc::clone(&world), store.clone(), m)),
         );
         tokio::join!(all, driver(Arc::clone(&world)));
+        let mut w = lock(&world);
+        let runs: BTreeMap<u32, usize> = w.runs.iter().fold(BTreeMap::new(), |mut m, r| {
+            *m.entry(r.event).or_default() += 1;
+            m
+        });
+        let committed = w.committed.clone();
+        w.note(format!(
+            "handler runs per event: {runs:?}; committed {committed:?}"
+        ));
     });
-    let mut w = Arc::try_unwrap(world)
-        .map(|m| {
-            m.into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        })
-        .unwrap_or_else(|_| panic!("the world is still shared"));
-    let runs: BTreeMap<u32, usize> = w.runs.iter().fold(BTreeMap::new(), |mut m, r| {
-        *m.entry(r.event).or_default() += 1;
-        m
-    });
-    w.note(format!(
-        "handler runs per event: {runs:?}; committed {:?}",
-        w.committed
-    ));
-    w
+    let w = Arc::try_unwrap(world)
+        .ok()
+        .expect("the run is over: nothing else holds the world");
+    w.into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn env(name: &str, default: u64) -> u64 {
