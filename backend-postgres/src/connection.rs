@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventonce_core::backend::redact_url;
+use eventonce_core::backend::{password_of, redact_unparsable_url, redact_url, unescaped_password};
 use eventonce_core::StoreError;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -238,6 +238,9 @@ const URL_FORM: &str =
 /// parser's complaint, a scheme that is not PostgreSQL's (a Redis URL, for one), or an
 /// invalid setting.
 fn parse_url(url: &str) -> Result<PgConnectOptions, String> {
+    if let Some(why) = unescaped_password(url) {
+        return Err(format!("{why}; {URL_FORM}"));
+    }
     let parsed = url::Url::parse(url).map_err(|e| format!("{e}; {URL_FORM}"))?;
     match parsed.scheme() {
         "postgres" | "postgresql" => {}
@@ -262,7 +265,9 @@ fn parse_url(url: &str) -> Result<PgConnectOptions, String> {
 /// and decoded, to mask in messages.
 fn passwords_of(url: &str) -> Vec<String> {
     let Ok(parsed) = url::Url::parse(url) else {
-        return Vec::new();
+        // The parser's split cannot be trusted; the user information's password as
+        // written, up to its last `@`, is masked (and the URL shown without it).
+        return password_of(url).map(str::to_owned).into_iter().collect();
     };
     let mut found: Vec<String> = parsed.password().map(str::to_owned).into_iter().collect();
     found.extend(
@@ -361,7 +366,10 @@ async fn first_connection(url: &str, timeout: Duration) -> Result<PgConnectOptio
     let passwords = passwords_of(url);
     let connect_options = parse_url(url).map_err(|why| StoreError::Unavailable {
         message: scrub(
-            format!("invalid PostgreSQL URL {target}: {why}"),
+            format!(
+                "invalid PostgreSQL URL {}: {why}",
+                redact_unparsable_url(url)
+            ),
             &passwords,
         ),
         source: None,

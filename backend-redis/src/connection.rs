@@ -6,14 +6,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventonce_core::backend::redact_url;
+use eventonce_core::backend::{password_of, redact_unparsable_url, redact_url, unescaped_password};
 use eventonce_core::StoreError;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
-use crate::error::{connect_error, password_of, scrubbed, unavailable};
+use crate::error::{connect_error, scrubbed, unavailable};
 use crate::link::Link;
 
 /// How long connecting and each command may take at most, by default. The guard's own
@@ -231,6 +231,9 @@ const URL_FORM: &str =
 /// scheme that is not Redis', a missing host, or the client's own checks (database
 /// number, TLS support).
 fn check_url(url: &str, options: &RedisOptions) -> Result<(url::Url, redis::Client), String> {
+    if let Some(why) = unescaped_password(url) {
+        return Err(format!("{why}; {URL_FORM}"));
+    }
     let parsed = url::Url::parse(url).map_err(|e| format!("{e}; {URL_FORM}"))?;
     let scheme = parsed.scheme();
     if !SCHEMES.contains(&scheme) {
@@ -365,7 +368,7 @@ impl RedisStore {
         let (parsed, client) = check_url(url, &options).map_err(|why| {
             scrubbed(
                 StoreError::Unavailable {
-                    message: format!("invalid Redis URL {target}: {why}"),
+                    message: format!("invalid Redis URL {}: {why}", redact_unparsable_url(url)),
                     source: None,
                 },
                 password.as_deref(),
@@ -460,7 +463,7 @@ impl RedisStore {
         for url in &urls {
             if let Err(why) = check_url(url, &options) {
                 return Err(scrub_all(StoreError::Unavailable {
-                    message: format!("invalid Redis URL {}: {why}", redact_url(url)),
+                    message: format!("invalid Redis URL {}: {why}", redact_unparsable_url(url)),
                     source: None,
                 }));
             }

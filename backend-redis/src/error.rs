@@ -32,17 +32,6 @@ pub(crate) fn unavailable(context: &str, err: RedisError, timeout: Duration) -> 
     }
 }
 
-/// The password of a URL, if it has one.
-pub(crate) fn password_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
-    let userinfo = authority.rsplit_once('@')?.0;
-    userinfo
-        .split_once(':')
-        .map(|(_, p)| p)
-        .filter(|p| !p.is_empty())
-}
-
 /// `err` with every occurrence of `password` masked.
 pub(crate) fn scrubbed(err: StoreError, password: Option<&str>) -> StoreError {
     let Some(password) = password else {
@@ -146,6 +135,7 @@ fn first_line(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use eventonce_core::backend::password_of;
 
     #[test]
     fn errors_are_scrubbed_of_the_password() {
