@@ -14,7 +14,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::error::{connect_error, scrubbed, unavailable};
-use crate::link::Link;
+use crate::link::{Link, Vet};
+use crate::server::{self, Evictions, ServerReport};
 
 /// How long connecting and each command may take at most, by default. The guard's own
 /// store timeout (default 500 ms) usually answers first.
@@ -31,6 +32,11 @@ pub struct RedisOptions {
     /// For `rediss://`: a PEM certificate authority to trust instead of the system's roots
     /// (the `tls` feature).
     pub tls_root_cert: Option<Vec<u8>>,
+    /// Accept a server whose `maxmemory-policy` evicts keys (anything but `noeviction`),
+    /// with a WARN log at each connection instead of a refusal. Off by default: an evicted
+    /// record lets a completed event run again, an evicted claim lets a second consumer
+    /// run a held one.
+    pub allow_eviction: bool,
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -42,6 +48,7 @@ impl std::fmt::Debug for RedisOptions {
                 "tls_root_cert",
                 &self.tls_root_cert.as_ref().map(std::vec::Vec::len),
             )
+            .field("allow_eviction", &self.allow_eviction)
             .finish()
     }
 }
@@ -52,6 +59,7 @@ impl Default for RedisOptions {
             connection_timeout: DEFAULT_TIMEOUT,
             response_timeout: DEFAULT_TIMEOUT,
             tls_root_cert: None,
+            allow_eviction: false,
         }
     }
 }
@@ -61,6 +69,15 @@ impl RedisOptions {
     pub fn timeouts(mut self, connection: Duration, response: Duration) -> Self {
         self.connection_timeout = connection;
         self.response_timeout = response;
+        self
+    }
+
+    /// Accepts a server that evicts keys under memory pressure, with a WARN log instead
+    /// of the refusal (see [`allow_eviction`](Self::allow_eviction)). Only for a server whose
+    /// memory is known never to fill up: each eviction of a record or a claim can run an
+    /// event twice.
+    pub fn allow_eviction(mut self) -> Self {
+        self.allow_eviction = true;
         self
     }
 
@@ -105,6 +122,8 @@ pub(crate) struct Endpoint {
     /// Whether claims go out as one plain `SET ... NX GET` (see `plain`); cleared for good
     /// once the server refuses that form (before Redis 7, or an ACL without `SET`).
     pub(crate) plain_claims: AtomicBool,
+    /// The server's eviction count as last seen.
+    pub(crate) evictions: Arc<Evictions>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -383,8 +402,10 @@ impl RedisStore {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(options.connection_timeout))
             .set_response_timeout(Some(options.response_timeout));
+        let evictions = Evictions::new();
+        let vet = vet_each_connection(options.allow_eviction, &evictions, &target);
         Ok(RedisStore {
-            conn: Conn::Link(Link::new(client, config)),
+            conn: Conn::Link(Link::new(client, config, vet)),
             endpoint: Arc::new(Endpoint {
                 target,
                 address,
@@ -393,6 +414,7 @@ impl RedisStore {
                 connection_timeout: options.connection_timeout,
                 response_timeout: options.response_timeout,
                 plain_claims: AtomicBool::new(true),
+                evictions,
             }),
         })
     }
@@ -416,6 +438,7 @@ impl RedisStore {
                 connection_timeout: Duration::ZERO,
                 response_timeout: Duration::ZERO,
                 plain_claims: AtomicBool::new(true),
+                evictions: Evictions::new(),
             }),
         }
     }
@@ -497,11 +520,21 @@ impl RedisStore {
             connection_timeout: options.connection_timeout,
             response_timeout: options.response_timeout,
             plain_claims: AtomicBool::new(true),
+            evictions: Evictions::new(),
         });
-        let conn = client
+        let mut conn = client
             .get_async_connection()
             .await
             .map_err(|err| scrub_all(connect_error(&endpoint, err)))?;
+        // INFO goes to every primary: each one must be fit.
+        server::vet(
+            &mut conn,
+            options.allow_eviction,
+            &endpoint.evictions,
+            &endpoint.target,
+        )
+        .await
+        .map_err(|err| scrub_all(connect_error(&endpoint, err)))?;
         Ok(RedisStore {
             conn: Conn::Cluster(conn),
             endpoint,
@@ -544,6 +577,25 @@ impl RedisStore {
         )
     }
 
+    /// What the server (every primary of a cluster) says now about its memory policy, its
+    /// role and the keys it evicted: for a health check. Growth of the eviction count since
+    /// the last look (a connection, or this call) is logged at ERROR (`REDIS_EVICTING`) and
+    /// counted in [`EVICTED_KEYS_TOTAL`](crate::EVICTED_KEYS_TOTAL) (the `metrics` feature).
+    /// One `INFO` call.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] or [`StoreError::Timeout`] when no connection can be
+    /// made. A server that refuses `INFO` is not an error: the report's fields are `None`.
+    pub async fn server_report(&self) -> Result<ServerReport, StoreError> {
+        let mut conn = self.connection().await?;
+        let report = server::report(&mut conn).await;
+        if let Some(n) = report.evicted_keys {
+            self.endpoint.evictions.observe(n, &self.endpoint.target);
+        }
+        Ok(report)
+    }
+
     /// Where this store points, with any password masked.
     pub fn target(&self) -> &str {
         &self.endpoint.target
@@ -554,6 +606,21 @@ impl RedisStore {
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self.conn, Conn::Cluster(_))
     }
+}
+
+/// The check every connection of a store opened by URL passes (see `server`).
+fn vet_each_connection(allow_eviction: bool, evictions: &Arc<Evictions>, target: &str) -> Vet {
+    let evictions = Arc::clone(evictions);
+    let target: Arc<str> = Arc::from(target);
+    Arc::new(move |mut conn: MultiplexedConnection| {
+        let evictions = Arc::clone(&evictions);
+        let target = Arc::clone(&target);
+        Box::pin(async move {
+            server::vet(&mut conn, allow_eviction, &evictions, &target)
+                .await
+                .map(|_| ())
+        })
+    })
 }
 
 #[cfg(feature = "tls")]

@@ -7,6 +7,7 @@ use eventonce_core::StoreError;
 use redis::RedisError;
 
 use crate::connection::Endpoint;
+use crate::server::UNFIT;
 
 /// A client error as a store error, without anything that could hold credentials. A
 /// response timeout stays a timeout, so that the guard's circuit breaker opens at once.
@@ -113,11 +114,15 @@ fn explain_connect(err: &RedisError, endpoint: &Endpoint) -> String {
 /// A failed connection attempt as a store error: the target, the cause in words and what
 /// to check, with the password masked.
 pub(crate) fn connect_error(endpoint: &Endpoint, err: RedisError) -> StoreError {
-    let message = format!(
-        "cannot connect to Redis at {}: {}",
-        endpoint.target,
-        explain_connect(&err, endpoint)
-    );
+    let unfit = err.kind() == redis::ErrorKind::Client && err.to_string().starts_with(UNFIT);
+    let message = match err.detail() {
+        Some(why) if unfit => format!("refusing the Redis server at {}: {why}", endpoint.target),
+        _ => format!(
+            "cannot connect to Redis at {}: {}",
+            endpoint.target,
+            explain_connect(&err, endpoint)
+        ),
+    };
     scrubbed(
         StoreError::Unavailable {
             message,
