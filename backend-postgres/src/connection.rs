@@ -358,6 +358,27 @@ fn explain_connect(err: &sqlx::Error, address: &str) -> String {
     }
 }
 
+/// Why a session cannot hold records, if so: it is read-only (`transaction_read_only`),
+/// on a standby or by `default_transaction_read_only` (of the role, the database, or the
+/// URL's `options`), so every claim would fail and each event run unprotected. A server
+/// that does not answer these is left to the first call.
+async fn read_only(conn: &mut PgConnection) -> Result<Option<&'static str>, sqlx::Error> {
+    let value: String = sqlx::query_scalar("SHOW transaction_read_only")
+        .fetch_one(&mut *conn)
+        .await?;
+    if value != "on" {
+        return Ok(None);
+    }
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Some(if standby {
+        "the server is a standby (a read-only replica): every claim would fail; point the URL at the primary"
+    } else {
+        "the session is read-only (transaction_read_only is on, from default_transaction_read_only of the role, the database or the URL's options): every claim would fail; connect as a role, or to a database, that can write"
+    }))
+}
+
 /// Opens one connection by itself, bounded by `timeout`, so that the cause of a failure is
 /// reported: the pool retries a refused connection until its acquire timeout and then
 /// reports only that timeout. Returns the options to open the pool with.
@@ -384,10 +405,17 @@ async fn first_connection(url: &str, timeout: Duration) -> Result<PgConnectOptio
     };
     let (why, source): (String, Option<eventonce_core::BoxError>) =
         match tokio::time::timeout(timeout, PgConnection::connect_with(&connect_options)).await {
-            Ok(Ok(conn)) => {
+            Ok(Ok(mut conn)) => {
+                let read_only = tokio::time::timeout(timeout, read_only(&mut conn)).await;
                 // Terminate politely; a server that hangs now is the pool's concern.
                 let _ = tokio::time::timeout(timeout, conn.close()).await;
-                return Ok(connect_options);
+                return match read_only {
+                    Ok(Ok(Some(why))) => Err(StoreError::Unavailable {
+                        message: format!("refusing PostgreSQL at {target}: {why}"),
+                        source: None,
+                    }),
+                    _ => Ok(connect_options),
+                };
             }
             Ok(Err(err)) => {
                 let why = explain_connect(&err, &address);
