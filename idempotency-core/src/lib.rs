@@ -15,6 +15,7 @@
 
 mod admin;
 pub mod backend;
+mod bound;
 mod breaker;
 pub mod config;
 #[cfg(feature = "conformance")]
@@ -30,6 +31,7 @@ mod store;
 mod telemetry;
 
 pub use admin::{AdminStore, ListedRecord, RecordPage};
+pub use bound::{bounded, Bounded, MAX_FIELD_CHARS};
 /// Re-exported so that a store implementation needs no extra dependency.
 pub use async_trait::async_trait;
 pub use config::{ConfigBuilder, FailMode, IdempotencyConfig};

@@ -25,6 +25,7 @@ use std::time::Instant;
 use tracing::field::Empty;
 use tracing::Span;
 
+use crate::bound::bounded;
 use crate::config::IdempotencyConfig;
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, StoreError};
@@ -79,9 +80,9 @@ impl<'a> RunProbe<'a> {
         let span = tracing::info_span!(
             "eventonce.run",
             service = config.service_name(),
-            event_type = envelope.event_type.as_str(),
-            event_id = envelope.event_id.as_deref(),
-            correlation_id = envelope.correlation_id.as_deref(),
+            event_type = bounded(&envelope.event_type).as_ref(),
+            event_id = envelope.event_id.as_deref().map(bounded).as_deref(),
+            correlation_id = envelope.correlation_id.as_deref().map(bounded).as_deref(),
             outcome = Empty,
             duplicate = Empty,
             handler_ran = Empty,
