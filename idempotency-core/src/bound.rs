@@ -116,7 +116,10 @@ mod tests {
         let text = Bounded(Pieces).to_string();
         assert_eq!(
             text,
-            format!("{}…[truncated: 300 bytes]", "abc".repeat(67).split_at(200).0)
+            format!(
+                "{}…[truncated: 300 bytes]",
+                "abc".repeat(67).split_at(200).0
+            )
         );
     }
 }

@@ -485,8 +485,18 @@ impl GuardInner {
                 service,
                 event_type = bounded(&ctx.envelope.event_type).as_ref(),
                 event_id = ctx.envelope.event_id.as_deref().map(bounded).as_deref(),
-                correlation_id = ctx.envelope.correlation_id.as_deref().map(bounded).as_deref(),
-                source_service = ctx.envelope.source_service.as_deref().map(bounded).as_deref(),
+                correlation_id = ctx
+                    .envelope
+                    .correlation_id
+                    .as_deref()
+                    .map(bounded)
+                    .as_deref(),
+                source_service = ctx
+                    .envelope
+                    .source_service
+                    .as_deref()
+                    .map(bounded)
+                    .as_deref(),
                 deterministic_hash = ctx.hash,
                 key = ctx.key,
                 ttl_seconds = ctx.ttl.as_secs(),
