@@ -103,19 +103,16 @@ fn merge_info(report: &mut ServerReport, info: &str) {
             continue;
         };
         match field {
-            "maxmemory_policy" => {
+            "maxmemory_policy"
                 if report
                     .eviction_policy
                     .as_deref()
-                    .is_none_or(|p| p == NO_EVICTION)
-                {
-                    report.eviction_policy = Some(value.to_owned());
-                }
+                    .is_none_or(|p| p == NO_EVICTION) =>
+            {
+                report.eviction_policy = Some(value.to_owned());
             }
-            "role" => {
-                if report.role.as_deref().is_none_or(|r| r == "master") {
-                    report.role = Some(value.to_owned());
-                }
+            "role" if report.role.as_deref().is_none_or(|r| r == "master") => {
+                report.role = Some(value.to_owned());
             }
             "evicted_keys" => {
                 if let Ok(n) = value.parse::<u64>() {
