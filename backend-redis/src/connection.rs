@@ -300,7 +300,10 @@ impl RedisStore {
     /// # Errors
     ///
     /// [`StoreError::Unavailable`] if the URL is invalid, or if the first connection or its
-    /// `PING` fails (a timeout included), the message saying why with the password masked.
+    /// `PING` fails (a timeout included), the message saying why with the password masked;
+    /// also when the server is a replica, or evicts keys (`maxmemory-policy` other than
+    /// `noeviction`) and [`RedisOptions::allow_eviction`] was not given. Every later
+    /// connection is checked the same way.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, RedisOptions::default()).await
     }
