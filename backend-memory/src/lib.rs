@@ -30,10 +30,11 @@
 //!
 //! Expired records are found where they gather: live claims are kept in the order their
 //! lease was last set, which is the order they expire in under one lease per store (a
-//! guard's `processing_ttl`); completed records in least recently used order, of which the
-//! first eight are checked for an expired one. A completed record that expired behind a
-//! more recently used one (a shorter TTL, a duplicate that touched its neighbour) may
-//! outstay a live completed record that is evicted first.
+//! guard's `processing_ttl`); completed records in least recently used order. Making room
+//! checks the first eight of each for an expired one, so in a shard of up to eight claims
+//! and eight completed records every expired record goes before a live one. In a larger
+//! shard, a completed record that expired behind eight more recently used live ones (a
+//! shorter TTL than theirs) may outstay a live completed record that is evicted first.
 //!
 //! The store follows Tokio's clock (`tokio::time::Instant`), so tests can pause time to
 //! check leases. Records are not shared between processes and vanish with the process:

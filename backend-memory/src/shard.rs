@@ -10,8 +10,8 @@
 //! - `completed`: `completed` records, least recently used first (a duplicate's claim moves
 //!   its record to the back).
 //!
-//! Every operation is a constant number of hash-map operations; making room looks at a
-//! bounded number of records at each map's front.
+//! Every operation is a constant number of hash-map operations; making room looks at most
+//! at the first [`EXPIRED_LOOKAHEAD`] records of each map.
 
 use std::time::{Duration, SystemTime};
 
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 /// leave as new claims pass by.
 const SWEEP_PER_INSERT: usize = 4;
 
-/// How many completed records at the front are looked at for an expired one before a live
+/// How many records at each map's front are looked at for an expired one before a live
 /// completed record is evicted.
 const EXPIRED_LOOKAHEAD: usize = 8;
 
@@ -165,21 +165,13 @@ impl Shard {
             + drop_expired_front(&mut self.completed, now, SWEEP_PER_INSERT)
     }
 
-    /// Removes one record to make room, never a live claim: an expired claim at the front
-    /// of the claims, else an expired completed record among the first
-    /// [`EXPIRED_LOOKAHEAD`] completed ones, else the least recently used completed record.
+    /// Removes one record to make room, never a live claim: an expired record among the
+    /// first [`EXPIRED_LOOKAHEAD`] of each map, else the least recently used completed
+    /// record.
     pub(crate) fn make_room(&mut self, now: Instant) -> Removed {
-        if drop_expired_front(&mut self.claims, now, 1) == 1 {
-            return Removed::Expired;
-        }
-        let expired = self
-            .completed
-            .iter()
-            .take(EXPIRED_LOOKAHEAD)
-            .find(|(_, entry)| !entry.is_live(now))
-            .map(|(key, _)| key.clone());
-        if let Some(key) = expired {
-            self.completed.remove(&key);
+        if drop_expired_near_front(&mut self.claims, now)
+            || drop_expired_near_front(&mut self.completed, now)
+        {
             return Removed::Expired;
         }
         match self.completed.pop_front() {
@@ -187,6 +179,17 @@ impl Shard {
             None => Removed::Nothing,
         }
     }
+}
+
+/// Drops the first expired record among the first [`EXPIRED_LOOKAHEAD`] of `records`.
+/// Returns whether there was one.
+fn drop_expired_near_front(records: &mut Records, now: Instant) -> bool {
+    let expired = records
+        .iter()
+        .take(EXPIRED_LOOKAHEAD)
+        .find(|(_, entry)| !entry.is_live(now))
+        .map(|(key, _)| key.clone());
+    expired.is_some_and(|key| records.remove(&key).is_some())
 }
 
 /// Drops up to `most` expired records from the front of `records`; returns how many.

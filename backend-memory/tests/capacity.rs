@@ -56,7 +56,10 @@ async fn a_slow_handler_keeps_its_claim_while_short_lived_events_pass_a_small_st
             tokio::time::sleep(Duration::from_secs(1)).await;
             let other = event(n);
             let answer = guard.run(&other, async { Ok::<_, std::convert::Infallible>(n) });
-            assert!(matches!(answer.await, Ok(Outcome::Processed(_))), "event {n}");
+            assert!(
+                matches!(answer.await, Ok(Outcome::Processed(_))),
+                "event {n}"
+            );
             if n == 15 || n == 35 {
                 redelivered.push(guard.run(&slow_event, slow(Rc::clone(&slow_runs))).await);
             }
@@ -96,7 +99,10 @@ async fn a_full_store_evicts_a_completed_record_before_a_live_claim() {
         store.try_claim("d", "o", LEASE).await.unwrap(),
         Claim::Acquired
     );
-    assert!(store.get("a").await.unwrap().is_some(), "the live claim is kept");
+    assert!(
+        store.get("a").await.unwrap().is_some(),
+        "the live claim is kept"
+    );
     assert!(store.get("b").await.unwrap().is_none(), "b was evicted");
     assert!(store.complete("a", "o", TTL).await.unwrap(), "a still held");
     assert_eq!(store.stats().evictions, 1);
@@ -124,7 +130,11 @@ async fn expired_records_anywhere_in_a_full_store_go_before_a_live_record() {
     for key in ["a", "d", "e", "f"] {
         assert!(store.get(key).await.unwrap().is_some(), "{key} is kept");
     }
-    assert_eq!(store.stats().evictions, 0, "only expired records were dropped");
+    assert_eq!(
+        store.stats().evictions,
+        0,
+        "only expired records were dropped"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -180,6 +190,53 @@ async fn a_store_below_its_capacity_never_evicts_inside_one_full_shard() {
             lost += 1;
         }
     }
-    assert_eq!(lost, 0, "{lost} of {load} live claims evicted below capacity");
+    assert_eq!(
+        lost, 0,
+        "{lost} of {load} live claims evicted below capacity"
+    );
     assert_eq!(store.stats().evictions, 0);
+}
+
+/// What a test's tracing subscriber wrote.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn evictions_are_counted_each_and_warned_about_once_a_minute() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let store = MemoryStore::with_capacity(1);
+    for key in ["a", "b", "c"] {
+        completed(&store, key, TTL).await;
+    }
+    assert_eq!(store.stats().evictions, 2);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    completed(&store, "d", TTL).await;
+    assert_eq!(store.stats().evictions, 3);
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("MEMORY_STORE_EVICTION"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{log}");
+    assert!(warnings[0].contains("WARN"), "{log}");
+    assert!(warnings[0].contains("evicted=1"), "{log}");
+    // The second warning covers both evictions since the first.
+    assert!(warnings[1].contains("evicted=2"), "{log}");
+    assert!(warnings[1].contains("evictions_total=3"), "{log}");
 }
