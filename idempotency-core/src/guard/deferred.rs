@@ -130,6 +130,18 @@ impl Guard {
         self.inner.owing.load(Ordering::Acquire)
     }
 
+    /// Whether a completion of any of `keys` is owed (at most [`MAX_DEFERRED`] deferred
+    /// completions and the retried ones are looked up, each once).
+    pub(super) fn owes_any(&self, keys: &[String]) -> bool {
+        if !self.owes() {
+            return false;
+        }
+        let queue = lock(&self.inner);
+        let owed: std::collections::HashSet<&str> =
+            queue.completions.iter().map(|c| c.key.as_str()).collect();
+        keys.iter().any(|key| owed.contains(key.as_str()))
+    }
+
     /// The owed completions still inside their lease, taken out of the queue; those whose
     /// lease is over are dropped, counted and logged.
     pub(super) fn take_owed(&self) -> Carried {
