@@ -495,3 +495,44 @@ async fn a_batch_dropped_while_settling_still_completes_its_successes() {
     assert_eq!(state(&store, &guard, &batch[1]).await, None, "released");
     assert_eq!(guard.stats().cancelled, 1);
 }
+
+/// A guard dropped while its queue owes one key twice (an expired owner's completion put
+/// back after a write that outlasted its lease, beside the completion of the redelivery
+/// that claimed the key after it) still writes the live completion at drop.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_guard_writes_its_live_completion_beside_an_expired_one_of_the_same_key() {
+    let lease = Duration::from_secs(6);
+    let (store, guard) = guarded(
+        builder()
+            .lease(lease)
+            .store_timeout(Duration::from_secs(5))
+            .defer_completion(Duration::from_secs(3)),
+    );
+    let a = event(90);
+    store.hang_completes.store(true, Ordering::SeqCst);
+    assert_eq!(guard.run(&a, ok(1)).await.ok(), Some(Outcome::Processed(1)));
+    // The deferred completion is written at 2 s (before a renewal would be due) and hangs
+    // until the store timeout, at 7 s; the first claim's lease ends at 6 s.
+    tokio::time::sleep(Duration::from_millis(6_100)).await;
+    assert_eq!(
+        guard.run(&a, ok(2)).await.ok(),
+        Some(Outcome::Processed(2)),
+        "the redelivery claims the lapsed key"
+    );
+    // At 7 s the hung write gives up and puts the first completion back: the queue owes
+    // the key twice, once for an expired claim.
+    tokio::time::sleep(Duration::from_millis(950)).await;
+    store.hang_completes.store(false, Ordering::SeqCst);
+    drop(guard);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let key = IdempotencyConfig::builder("orders")
+        .build()
+        .unwrap()
+        .generate_key(&a.event_type, &a.deterministic_hash().unwrap());
+    let record = store.inner.get(&key).await.unwrap();
+    assert_eq!(
+        record.as_ref().map(|r| r.state),
+        Some(RecordState::Completed),
+        "the live completion was written at drop: {record:?}"
+    );
+}
