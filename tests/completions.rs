@@ -24,6 +24,8 @@ struct Faulty {
     hang_completes: Arc<AtomicBool>,
     slow_completes: Arc<AtomicBool>,
     fail_extends: Arc<AtomicBool>,
+    /// `extend` takes 100 ms (a remote store's round trip).
+    slow_extends: Arc<AtomicBool>,
     /// `complete` answers that the claim is not held (a claim lost).
     refuse_completes: Arc<AtomicBool>,
     hang_gets: Arc<AtomicBool>,
@@ -72,6 +74,9 @@ impl IdempotencyStore for Faulty {
     async fn extend(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
         if self.fail_extends.load(Ordering::SeqCst) {
             return Err(down("extend"));
+        }
+        if self.slow_extends.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.inner.extend(key, owner, lease).await
     }
@@ -535,4 +540,28 @@ async fn a_dropped_guard_writes_its_live_completion_beside_an_expired_one_of_the
         Some(RecordState::Completed),
         "the live completion was written at drop: {record:?}"
     );
+}
+
+/// A batch of slow handlers on a store without a batch renewal of its own (the trait's
+/// `extend_many` renews key after key): the renewals of eight claims, 100 ms each, fit in
+/// one 200 ms store timeout, so no claim is lost.
+#[tokio::test(start_paused = true)]
+async fn a_batch_renewal_on_a_store_without_extend_many_is_not_the_sum_of_its_keys() {
+    let (store, guard) = guarded(builder().batch_concurrency(8));
+    store.slow_extends.store(true, Ordering::SeqCst);
+    let events: Vec<EventEnvelope> = (0..8).map(|n| event(300 + n)).collect();
+    let answers = guard
+        .run_batch(&events, |_| async {
+            tokio::time::sleep(LEASE * 2).await;
+            Ok::<_, String>(())
+        })
+        .await;
+    let stats = guard.stats();
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Ok(Outcome::Processed(())))),
+        "{answers:?}; {stats:?}"
+    );
+    assert_eq!(stats.claims_lost, 0, "{stats:?}");
 }
