@@ -64,9 +64,10 @@ stage fmt "$CARGO" fmt --all -- --check
 stage build "$CARGO" test --workspace --all-features --no-run --quiet
 stage lint "$CARGO" clippy --workspace --all-targets --all-features --quiet -- -D warnings
 stage doc env RUSTDOCFLAGS="-D warnings" "$CARGO" doc --workspace --all-features --no-deps --quiet
-# The publishable crates' manifests and contents, as crates.io would take them (the
-# contents are compiled by the stages above, so not again here).
-stage package "$CARGO" publish --workspace --dry-run --no-verify --allow-dirty --quiet
+# The publishable crates as crates.io would take them: packaged, and each package built
+# on its own from its packaged sources (verification), so that a file left out of a
+# crate's package fails here and not at publishing time.
+stage package "$CARGO" publish --workspace --dry-run --allow-dirty --quiet
 stage fuzz bash scripts/fuzz.sh 20
 stage tests tests
 report
