@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
-# A second PostgreSQL server on loopback with TLS on (`ssl=on`), for the `postgres-tls`
-# tests: its own data directory under target/, a free port, and a certificate authority
-# and server certificate made here with openssl (plus a second, unrelated authority for
-# the wrong-CA case).
+# Two more PostgreSQL servers on loopback for the TLS tests (the `postgres-tls` feature):
+# one with TLS on (`ssl=on`, a certificate authority and a server certificate made here
+# with openssl, plus a second, unrelated authority for the wrong-CA case), and one with
+# TLS off (`ssl=off`: the usual local server may well have it on). Each has its own data
+# directory under target/ and a free loopback port.
 #
-#   scripts/postgres-tls.sh start   # starts it (or finds it running), prints its settings
-#   scripts/postgres-tls.sh stop    # stops it and removes its files
-#   scripts/postgres-tls.sh url     # prints the settings of the running server
+#   scripts/postgres-tls.sh start   # starts them (or finds them running), prints the settings
+#   scripts/postgres-tls.sh stop    # stops them and removes their files
+#   scripts/postgres-tls.sh url     # prints the settings of the running servers
 #
 # The settings, one per line:
-#   POSTGRES_TLS_URL=postgres://postgres@127.0.0.1:PORT/postgres   (trust auth, no sslmode)
-#   POSTGRES_TLS_CA=.../ca.crt          the authority that signed the server's certificate
+#   POSTGRES_TLS_URL=postgres://postgres@localhost:PORT/postgres   (trust auth, no sslmode)
+#   POSTGRES_TLS_CA=.../ca.crt               the authority that signed the server's certificate
 #   POSTGRES_TLS_WRONG_CA=.../wrong-ca.crt   an authority that signed nothing of it
-# The certificate names 127.0.0.1 and localhost. Run as root, the server runs as the
-# `postgres` user (initdb refuses root). Safe to run again and from several processes.
+#   POSTGRES_PLAIN_URL=postgres://postgres@127.0.0.1:PORT/postgres  (ssl=off)
+# The servers listen on 127.0.0.1; the certificate names `localhost` only (so verify-full
+# to 127.0.0.1 fails on the name and verify-ca does not). Run as root, the servers run as
+# the `postgres` user (initdb refuses root). Safe to run again, and from several processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DIR="${EVENTONCE_PG_TLS_DIR:-$PWD/target/postgres-tls}"
-DATA="$DIR/data"
 
 bindir() {
   local dir
@@ -37,7 +39,7 @@ bindir() {
   return 1
 }
 
-# as_server CMD...: runs CMD as the user that owns the data directory.
+# as_server CMD...: runs CMD as the user that owns the data directories.
 as_server() {
   if [ "$(id -u)" -eq 0 ]; then
     runuser -u postgres -- "$@"
@@ -47,15 +49,19 @@ as_server() {
 }
 
 settings() {
-  echo "POSTGRES_TLS_URL=postgres://postgres@127.0.0.1:$(cat "$DIR/port")/postgres"
+  echo "POSTGRES_TLS_URL=postgres://postgres@localhost:$(cat "$DIR/tls/port")/postgres"
   echo "POSTGRES_TLS_CA=$DIR/ca.crt"
   echo "POSTGRES_TLS_WRONG_CA=$DIR/wrong-ca.crt"
+  echo "POSTGRES_PLAIN_URL=postgres://postgres@127.0.0.1:$(cat "$DIR/plain/port")/postgres"
 }
 
-running() {
-  [ -f "$DIR/port" ] && [ -f "$DATA/postmaster.pid" ] &&
-    "$(bindir)/pg_isready" -q -h 127.0.0.1 -p "$(cat "$DIR/port")" -t 2
+# up NAME: whether the server NAME (tls or plain) answers.
+up() {
+  [ -f "$DIR/$1/port" ] && [ -f "$DIR/$1/data/postmaster.pid" ] &&
+    "$(bindir)/pg_isready" -q -h 127.0.0.1 -p "$(cat "$DIR/$1/port")" -t 2
 }
+
+running() { up tls && up plain; }
 
 free_port() {
   local port
@@ -76,11 +82,48 @@ certificates() {
     -keyout "$DIR/ca.key" -out "$DIR/ca.crt" 2>/dev/null
   openssl req -x509 -newkey rsa:2048 -nodes -days "$days" -subj "/CN=eventonce unrelated CA" \
     -keyout "$DIR/wrong-ca.key" -out "$DIR/wrong-ca.crt" 2>/dev/null
-  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
     -keyout "$DIR/server.key" -out "$DIR/server.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$DIR/server.ext"
+  printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$DIR/server.ext"
   openssl x509 -req -in "$DIR/server.csr" -CA "$DIR/ca.crt" -CAkey "$DIR/ca.key" \
     -CAcreateserial -days "$days" -extfile "$DIR/server.ext" -out "$DIR/server.crt" 2>/dev/null
+}
+
+# server NAME SSL: makes and starts the server NAME with `ssl = SSL` (on or off).
+server() {
+  local name=$1 ssl=$2 bin dir="$DIR/$1"
+  bin=$(bindir)
+  mkdir -p "$dir/data"
+  free_port >"$dir/port"
+  if [ "$(id -u)" -eq 0 ]; then
+    chown -R postgres: "$DIR"
+  fi
+  as_server "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync \
+    >"$dir/initdb.log" 2>&1 || {
+    cat "$dir/initdb.log" >&2
+    echo "postgres-tls: initdb of the $name server failed" >&2
+    return 1
+  }
+  {
+    echo "listen_addresses = '127.0.0.1'"
+    echo "port = $(cat "$dir/port")"
+    echo "unix_socket_directories = ''"
+    echo "ssl = $ssl"
+    echo "fsync = off"
+    echo "max_connections = 40"
+  } >>"$dir/data/postgresql.conf"
+  if [ "$ssl" = on ]; then
+    as_server cp "$DIR/server.crt" "$DIR/server.key" "$dir/data/"
+    chmod 600 "$dir/data/server.key"
+    printf "ssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n" >>"$dir/data/postgresql.conf"
+  fi
+  printf 'host all all 127.0.0.1/32 trust\n' >"$dir/data/pg_hba.conf"
+  # The server must not inherit the lock's descriptor (fd 9): it would hold the lock.
+  as_server "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start >/dev/null 9>&- || {
+    cat "$dir/server.log" >&2
+    echo "postgres-tls: the $name server did not start" >&2
+    return 1
+  }
 }
 
 start_locked() {
@@ -88,40 +131,11 @@ start_locked() {
     settings
     return 0
   fi
-  local bin
-  bin=$(bindir)
   stop_quietly
   mkdir -p "$DIR"
   certificates
-  free_port >"$DIR/port"
-  mkdir -p "$DATA"
-  if [ "$(id -u)" -eq 0 ]; then
-    chown -R postgres: "$DIR"
-  fi
-  as_server "$bin/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --no-sync >"$DIR/initdb.log" 2>&1 || {
-    cat "$DIR/initdb.log" >&2
-    echo "postgres-tls: initdb failed" >&2
-    return 1
-  }
-  as_server cp "$DIR/server.crt" "$DIR/server.key" "$DATA/"
-  chmod 600 "$DATA/server.key"
-  cat >>"$DATA/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $(cat "$DIR/port")
-unix_socket_directories = ''
-ssl = on
-ssl_cert_file = 'server.crt'
-ssl_key_file = 'server.key'
-fsync = off
-max_connections = 40
-EOF
-  printf 'host all all 127.0.0.1/32 trust\n' >"$DATA/pg_hba.conf"
-  # The server must not inherit the lock's descriptor (fd 9): it would hold the lock.
-  as_server "$bin/pg_ctl" -D "$DATA" -l "$DIR/server.log" -w -t 30 start >/dev/null 9>&- || {
-    cat "$DIR/server.log" >&2
-    echo "postgres-tls: the server did not start" >&2
-    return 1
-  }
+  server tls on
+  server plain off
   for _ in $(seq 1 100); do
     if running; then
       settings
@@ -129,18 +143,21 @@ EOF
     fi
     sleep 0.1
   done
-  echo "postgres-tls: the server did not become ready" >&2
+  echo "postgres-tls: the servers did not become ready" >&2
   return 1
 }
 
 stop_quietly() {
-  if [ -f "$DATA/postmaster.pid" ]; then
-    as_server "$(bindir)/pg_ctl" -D "$DATA" -m immediate -w stop >/dev/null 2>&1 || true
-  fi
+  local name
+  for name in tls plain; do
+    if [ -f "$DIR/$name/data/postmaster.pid" ]; then
+      as_server "$(bindir)/pg_ctl" -D "$DIR/$name/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+  done
   rm -rf "$DIR"
 }
 
-# One caller at a time (tests of several processes may start it together).
+# One caller at a time (tests of several processes may start them together).
 locked() {
   mkdir -p "$(dirname "$DIR")"
   exec 9>"$DIR.lock"

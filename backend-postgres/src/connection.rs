@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use eventonce_core::backend::redact_url;
 use eventonce_core::StoreError;
@@ -110,7 +109,7 @@ impl PostgresStore {
     pub async fn connect_existing(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         // The names first: a bad one needs no connection to be refused.
         Self::check_names(&options)?;
-        let connect_options = first_connection(url, options.acquire_timeout).await?;
+        let connect_options = first_connection(url, &options).await?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -231,8 +230,7 @@ fn valid_identifier(name: &str) -> bool {
 }
 
 /// The form of a PostgreSQL URL, for messages about one.
-const URL_FORM: &str =
-    "expected postgres://[user[:password]@]host[:port]/database[?sslmode=disable|prefer|require]";
+const URL_FORM: &str = "expected postgres://[user[:password]@]host[:port]/database[?sslmode=disable|prefer|require|verify-ca|verify-full[&sslrootcert=FILE]]";
 
 /// Reads `url` as PostgreSQL connection options, or says what is wrong with it: the
 /// parser's complaint, a scheme that is not PostgreSQL's (a Redis URL, for one), or an
@@ -252,10 +250,53 @@ fn parse_url(url: &str) -> Result<PgConnectOptions, String> {
             ))
         }
     }
+    check_root_cert_file(&parsed)?;
     PgConnectOptions::from_str(url).map_err(|e| match e {
         sqlx::Error::Configuration(why) => format!("{why}; {URL_FORM}"),
         other => describe(&other),
     })
+}
+
+/// A certificate authority file named in the URL (`sslrootcert=`, as sqlx also reads
+/// `ssl-root-cert=` and `ssl-ca=`) that cannot be read, said before connecting: the
+/// handshake would report only an i/o error.
+fn check_root_cert_file(url: &url::Url) -> Result<(), String> {
+    for (name, value) in url.query_pairs() {
+        if matches!(name.as_ref(), "sslrootcert" | "ssl-root-cert" | "ssl-ca")
+            && !value.trim_start().starts_with("-----BEGIN")
+        {
+            if let Err(e) = std::fs::metadata(value.as_ref()) {
+                return Err(format!(
+                    "the certificate authority file {name}={value} cannot be read ({e}); give the path of a PEM file"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `parsed` trusting `options`' certificate authority, if it names one.
+#[cfg(feature = "tls")]
+fn with_root_cert(
+    parsed: PgConnectOptions,
+    options: &PostgresOptions,
+) -> Result<PgConnectOptions, String> {
+    Ok(match &options.tls_root_cert {
+        Some(pem) => parsed.ssl_root_cert_from_pem(pem.clone()),
+        None => parsed,
+    })
+}
+
+/// Without TLS support a certificate authority cannot be used: say so rather than ignore it.
+#[cfg(not(feature = "tls"))]
+fn with_root_cert(
+    parsed: PgConnectOptions,
+    options: &PostgresOptions,
+) -> Result<PgConnectOptions, String> {
+    match options.tls_root_cert {
+        Some(_) => Err("PostgresOptions::tls_root_cert needs TLS support, which this build of eventonce-postgres lacks (its `tls` feature; `postgres-tls` of eventonce)".to_owned()),
+        None => Ok(parsed),
+    }
 }
 
 /// The passwords in `url` (the user information's and a `password` parameter's), raw
@@ -295,6 +336,9 @@ fn scrub(mut message: String, passwords: &[String]) -> String {
 /// Why the first connection failed, in words, and what to check.
 fn explain_connect(err: &sqlx::Error, address: &str) -> String {
     use std::io::ErrorKind;
+    if let Some(why) = explain_tls(err, address) {
+        return why;
+    }
     match err {
         sqlx::Error::Io(io) if io.kind() == ErrorKind::ConnectionRefused => format!(
             "connection refused: nothing listens on {address}; check that PostgreSQL is running there and that the host and port are right"
@@ -337,7 +381,7 @@ fn explain_connect(err: &sqlx::Error, address: &str) -> String {
         sqlx::Error::Tls(tls) => {
             let text = tls.to_string();
             if text.contains("without TLS support") {
-                "the URL requires TLS (sslmode=require, verify-ca or verify-full), but this build of eventonce-postgres has no TLS support; connect without TLS (sslmode=disable or prefer) or through a TLS tunnel".to_owned()
+                "the URL requires TLS (sslmode=require, verify-ca or verify-full), but this build of eventonce-postgres has no TLS support; build with the `postgres-tls` feature of eventonce (`tls` of eventonce-postgres), or connect without TLS (sslmode=disable or prefer)".to_owned()
             } else if text.contains("does not support TLS") {
                 format!(
                     "the URL requires TLS (sslmode=require, verify-ca or verify-full), but the server at {address} does not offer it ({text}); enable ssl on the server or change sslmode"
@@ -353,19 +397,66 @@ fn explain_connect(err: &sqlx::Error, address: &str) -> String {
     }
 }
 
+/// A TLS handshake that rustls refused, in words: which check the server's certificate
+/// failed and what to change. The handshake's error comes as an i/o error wrapping
+/// rustls' own.
+#[cfg(feature = "tls")]
+fn explain_tls(err: &sqlx::Error, address: &str) -> Option<String> {
+    use rustls::CertificateError as Cert;
+    let sqlx::Error::Io(io) = err else {
+        return None;
+    };
+    let tls = io.get_ref()?.downcast_ref::<rustls::Error>()?;
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    let why = match tls {
+        rustls::Error::InvalidCertificate(Cert::UnknownIssuer) => format!(
+            "the server's certificate is not signed by a trusted authority ({tls}); give the authority that signed it (sslrootcert=FILE in the URL, or PostgresOptions::tls_root_cert), or sslmode=require to encrypt without checking the certificate"
+        ),
+        rustls::Error::InvalidCertificate(
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. },
+        ) => format!(
+            "the server's certificate is not valid for the host {host} ({tls}); connect by a name the certificate holds, or use sslmode=verify-ca to check the authority but not the name"
+        ),
+        rustls::Error::InvalidCertificate(
+            Cert::Expired
+            | Cert::ExpiredContext { .. }
+            | Cert::NotValidYet
+            | Cert::NotValidYetContext { .. },
+        ) => format!(
+            "the server's certificate is outside its validity period ({tls}); renew it, or check this machine's clock"
+        ),
+        other => format!(
+            "{other}; check the server's certificate and the URL's sslmode and sslrootcert"
+        ),
+    };
+    Some(format!("TLS handshake failed: {why}"))
+}
+
+/// Without TLS support no handshake is made.
+#[cfg(not(feature = "tls"))]
+fn explain_tls(_err: &sqlx::Error, _address: &str) -> Option<String> {
+    None
+}
+
 /// Opens one connection by itself, bounded by `timeout`, so that the cause of a failure is
 /// reported: the pool retries a refused connection until its acquire timeout and then
 /// reports only that timeout. Returns the options to open the pool with.
-async fn first_connection(url: &str, timeout: Duration) -> Result<PgConnectOptions, StoreError> {
+async fn first_connection(
+    url: &str,
+    options: &PostgresOptions,
+) -> Result<PgConnectOptions, StoreError> {
+    let timeout = options.acquire_timeout;
     let target = redact_url(url);
     let passwords = passwords_of(url);
-    let connect_options = parse_url(url).map_err(|why| StoreError::Unavailable {
-        message: scrub(
-            format!("invalid PostgreSQL URL {target}: {why}"),
-            &passwords,
-        ),
-        source: None,
-    })?;
+    let connect_options = parse_url(url)
+        .and_then(|parsed| with_root_cert(parsed, options))
+        .map_err(|why| StoreError::Unavailable {
+            message: scrub(
+                format!("invalid PostgreSQL URL {target}: {why}"),
+                &passwords,
+            ),
+            source: None,
+        })?;
     let address = match connect_options.get_socket() {
         Some(dir) => format!("{}/.s.PGSQL.{}", dir.display(), connect_options.get_port()),
         None => format!(

@@ -211,7 +211,12 @@ async fn invalid_urls_say_what_is_wrong_with_them() {
 
 #[tokio::test]
 async fn sslmode_require_against_a_server_without_tls_says_why() {
-    let url = format!("{}?sslmode=require", support::url());
+    // With TLS support, the usual local server may offer TLS: a server with ssl=off then.
+    #[cfg(feature = "tls")]
+    let server = eventonce_testkit::postgres_tls().plain_url.clone();
+    #[cfg(not(feature = "tls"))]
+    let server = support::url();
+    let url = format!("{server}?sslmode=require");
     let (text, took) = refused(&url, Duration::from_secs(5)).await;
     assert_words(
         &text,
