@@ -27,16 +27,21 @@ async fn round_trip(url: &str, options: PostgresOptions) {
     let key = eventonce_testkit::unique_name("eventonce:tls-test");
     let lease = Duration::from_secs(60);
     assert_eq!(
-        store.try_claim(&key, "tls-owner", lease).await.expect("claim"),
+        store
+            .try_claim(&key, "tls-owner", lease)
+            .await
+            .expect("claim"),
         Claim::Acquired
     );
-    assert!(store.complete(&key, "tls-owner", lease).await.expect("complete"));
+    assert!(store
+        .complete(&key, "tls-owner", lease)
+        .await
+        .expect("complete"));
     assert!(store.get(&key).await.expect("get").is_some());
-    let ssl: bool =
-        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .fetch_one(store.pool())
-            .await
-            .expect("pg_stat_ssl");
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(store.pool())
+        .await
+        .expect("pg_stat_ssl");
     assert!(ssl, "the connection to {url} is not encrypted");
 }
 
@@ -111,11 +116,7 @@ async fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
     let by_address = s.url.replace("@localhost:", "@127.0.0.1:");
     assert_ne!(by_address, s.url, "the script's URL names localhost");
     let ca = format!("sslrootcert={}", s.ca);
-    let text = refused(
-        &format!("{by_address}?sslmode=verify-full&{ca}"),
-        options(),
-    )
-    .await;
+    let text = refused(&format!("{by_address}?sslmode=verify-full&{ca}"), options()).await;
     assert_words(
         &text,
         &[
