@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use eventonce_core::backend::redact_url;
 use eventonce_core::StoreError;
@@ -236,7 +237,16 @@ const URL_FORM: &str = "expected postgres://[user[:password]@]host[:port]/databa
 /// parser's complaint, a scheme that is not PostgreSQL's (a Redis URL, for one), or an
 /// invalid setting.
 fn parse_url(url: &str) -> Result<PgConnectOptions, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("{e}; {URL_FORM}"))?;
+    let parsed = url::Url::parse(url);
+    // `localhost:5432/app` reads as the scheme `localhost`, `127.0.0.1:5432/app` as
+    // nothing: a URL typed without its scheme (a PostgreSQL URL always has `://`).
+    if !url.contains("://") && !url.is_empty() && !url.contains(char::is_whitespace) {
+        return Err(format!(
+            "no scheme (did you mean `postgres://{}`?); {URL_FORM}",
+            shown_url(url)
+        ));
+    }
+    let parsed = parsed.map_err(|e| format!("{e}; {URL_FORM}"))?;
     match parsed.scheme() {
         "postgres" | "postgresql" => {}
         scheme @ ("redis" | "rediss" | "valkey" | "valkeys") => {
@@ -297,6 +307,18 @@ fn with_root_cert(
         Some(_) => Err("PostgresOptions::tls_root_cert needs TLS support, which this build of eventonce-postgres lacks (its `tls` feature; `postgres-tls` of eventonce)".to_owned()),
         None => Ok(parsed),
     }
+}
+
+/// `url` as typed, for messages, its password masked: also when it has no scheme, which
+/// [`redact_url`] cannot read.
+fn shown_url(url: &str) -> String {
+    if url.contains("://") {
+        return redact_url(url);
+    }
+    let shown = redact_url(&format!("postgres://{url}"));
+    shown
+        .strip_prefix("postgres://")
+        .map_or(shown.clone(), str::to_owned)
 }
 
 /// The passwords in `url` (the user information's and a `password` parameter's), raw
@@ -438,6 +460,51 @@ fn explain_tls(_err: &sqlx::Error, _address: &str) -> Option<String> {
     None
 }
 
+/// What the first connection came to.
+enum FirstConnection {
+    Connected(PgConnection),
+    Failed(sqlx::Error),
+    /// A Redis server answered the probe with this line.
+    Redis(String),
+    NoAnswer,
+}
+
+/// Opens the first connection within `timeout`. When the server has not answered after
+/// [`PROBE_AFTER`](crate::probe::PROBE_AFTER), the port is probed alongside: a Redis
+/// server there (which would wait out the timeout) is recognised at once.
+async fn connect_or_recognise(options: &PgConnectOptions, timeout: Duration) -> FirstConnection {
+    use futures_util::future::{select, Either};
+    let connect = std::pin::pin!(tokio::time::timeout(
+        timeout,
+        PgConnection::connect_with(options)
+    ));
+    let tcp = options.get_socket().is_none();
+    let probe = std::pin::pin!(async {
+        tokio::time::sleep(crate::probe::PROBE_AFTER).await;
+        if tcp {
+            crate::probe::redis_answer(options.get_host(), options.get_port()).await
+        } else {
+            None
+        }
+    });
+    let probed = match select(connect, probe).await {
+        Either::Left((connected, _)) => return first_result(connected),
+        Either::Right((Some(answer), _)) => return FirstConnection::Redis(answer),
+        Either::Right((None, connect)) => connect,
+    };
+    first_result(probed.await)
+}
+
+fn first_result(
+    connected: Result<Result<PgConnection, sqlx::Error>, tokio::time::error::Elapsed>,
+) -> FirstConnection {
+    match connected {
+        Ok(Ok(conn)) => FirstConnection::Connected(conn),
+        Ok(Err(err)) => FirstConnection::Failed(err),
+        Err(_) => FirstConnection::NoAnswer,
+    }
+}
+
 /// Opens one connection by itself, bounded by `timeout`, so that the cause of a failure is
 /// reported: the pool retries a refused connection until its acquire timeout and then
 /// reports only that timeout. Returns the options to open the pool with.
@@ -446,7 +513,7 @@ async fn first_connection(
     options: &PostgresOptions,
 ) -> Result<PgConnectOptions, StoreError> {
     let timeout = options.acquire_timeout;
-    let target = redact_url(url);
+    let target = shown_url(url);
     let passwords = passwords_of(url);
     let connect_options = parse_url(url)
         .and_then(|parsed| with_root_cert(parsed, options))
@@ -466,18 +533,24 @@ async fn first_connection(
         ),
     };
     let (why, source): (String, Option<eventonce_core::BoxError>) =
-        match tokio::time::timeout(timeout, PgConnection::connect_with(&connect_options)).await {
-            Ok(Ok(conn)) => {
+        match connect_or_recognise(&connect_options, timeout).await {
+            FirstConnection::Connected(conn) => {
                 // Terminate politely; a server that hangs now is the pool's concern.
                 let _ = tokio::time::timeout(timeout, conn.close()).await;
                 return Ok(connect_options);
             }
-            Ok(Err(err)) => {
+            FirstConnection::Failed(err) => {
                 let why = explain_connect(&err, &address);
                 let source = scrub(err.to_string(), &passwords);
                 (why, Some(source.into()))
             }
-            Err(_) => (
+            FirstConnection::Redis(answer) => (
+                format!(
+                    "not a PostgreSQL server: {address} answered as a Redis server does ({answer}); is this the right port? (PostgreSQL listens on 5432 by default, Redis on 6379)"
+                ),
+                None,
+            ),
+            FirstConnection::NoAnswer => (
                 format!(
                     "no answer within {timeout:?} (the connection was not accepted, or nothing answered on it); check the host and port, and that {address} is a PostgreSQL server"
                 ),

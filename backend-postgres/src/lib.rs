@@ -23,6 +23,7 @@ mod admin;
 mod connection;
 mod error;
 mod options;
+mod probe;
 mod reaper;
 mod sql;
 mod store;
