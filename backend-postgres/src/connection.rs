@@ -71,8 +71,16 @@ impl PostgresStore {
     ///
     /// The first connection is opened by itself, within `options.acquire_timeout`, so that
     /// a failure says what was tried (the URL, password masked), what happened and what to
-    /// check: connection refused (at once), no answer, not a PostgreSQL server, a refusal
-    /// by the server (password, database, `pg_hba.conf`), TLS, an invalid URL.
+    /// check: connection refused (at once), no answer, not a PostgreSQL server (a Redis
+    /// server is recognised by a `PING` probe once the port has been silent for 250 ms), a
+    /// refusal by the server (password, database, `pg_hba.conf`), TLS (which certificate
+    /// check failed), an invalid URL.
+    ///
+    /// TLS (the `tls` feature) follows the URL's `sslmode`: `require` encrypts without
+    /// checking the certificate, `verify-ca` checks that a trusted authority signed it,
+    /// `verify-full` also that it names the URL's host. The trusted authorities are the
+    /// system's roots and the URL's `sslrootcert=FILE` or
+    /// [`PostgresOptions::tls_root_cert`].
     ///
     /// # Errors
     ///
