@@ -3,7 +3,7 @@
 # one with TLS on (`ssl=on`, a certificate authority and a server certificate made here
 # with openssl, plus a second, unrelated authority for the wrong-CA case), and one with
 # TLS off (`ssl=off`: the usual local server may well have it on). Each has its own data
-# directory under target/ and a free loopback port.
+# directory under target/ (or a temporary one, see DIR) and a free loopback port.
 #
 #   scripts/postgres-tls.sh start   # starts them (or finds them running), prints the settings
 #   scripts/postgres-tls.sh stop    # stops them and removes their files
@@ -20,7 +20,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The servers' files: under this clone's target/, or, when run as root in a clone the
+# `postgres` user cannot reach (under /root, say), in a temporary directory of this clone's.
 DIR="${EVENTONCE_PG_TLS_DIR:-$PWD/target/postgres-tls}"
+if [ -z "${EVENTONCE_PG_TLS_DIR:-}" ] && [ "$(id -u)" -eq 0 ] &&
+  ! runuser -u postgres -- test -x "$PWD" 2>/dev/null; then
+  DIR="${TMPDIR:-/tmp}/eventonce-postgres-tls-$(printf '%s' "$PWD" | cksum | cut -d' ' -f1)"
+fi
 
 bindir() {
   local dir
@@ -42,7 +48,8 @@ bindir() {
 # as_server CMD...: runs CMD as the user that owns the data directories.
 as_server() {
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u postgres -- "$@"
+    # From /: the clone itself may be out of the `postgres` user's reach.
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi
