@@ -170,9 +170,7 @@ async fn a_redis_url_or_a_postgresql_url_aimed_at_redis_is_named_as_such() {
         &text,
         &[
             &format!("cannot connect to PostgreSQL at {aimed}"),
-            &format!(
-                "not a PostgreSQL server: 127.0.0.1:{port} answered as a Redis server does ("
-            ),
+            &format!("not a PostgreSQL server: 127.0.0.1:{port} answered as a Redis server does ("),
             "is this the right port?",
         ],
     );

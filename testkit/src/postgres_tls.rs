@@ -47,7 +47,8 @@ fn from_env() -> Option<PostgresTls> {
 }
 
 fn start() -> PostgresTls {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres-tls.sh");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres-tls.sh");
     let out = std::process::Command::new("bash")
         .arg(&script)
         .arg("start")
