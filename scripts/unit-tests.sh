@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace with all features against the real services: Redis and
-# PostgreSQL on loopback (scripts/services.sh), and a Redis Cluster and a Kafka-protocol
-# broker (KAFKA_BOOTSTRAP) started here and stopped afterwards. Prints a total line at the end.
+# PostgreSQL on loopback (scripts/services.sh), and a Redis Cluster, two PostgreSQL servers
+# for the TLS tests (POSTGRES_TLS_URL, ...) and a Kafka-protocol broker (KAFKA_BOOTSTRAP)
+# started here and stopped afterwards. Prints a total line at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARGO="${CARGO:-cargo}"
@@ -9,7 +10,16 @@ CARGO="${CARGO:-cargo}"
 cluster=$(bash scripts/redis-cluster.sh start) || { echo "$cluster"; exit 1; }
 echo "$cluster"
 export REDIS_CLUSTER_URL="${cluster#REDIS_CLUSTER_URL=}"
-cleanup() { bash scripts/redis-cluster.sh stop >/dev/null 2>&1; }
+# The two PostgreSQL servers of the TLS tests (ssl=on with a CA of its own, and ssl=off).
+pgtls=$(bash scripts/postgres-tls.sh start) || { echo "$pgtls"; bash scripts/redis-cluster.sh stop >/dev/null 2>&1; exit 1; }
+echo "$pgtls"
+while IFS= read -r setting; do
+  export "${setting?}"
+done <<<"$pgtls"
+cleanup() {
+  bash scripts/redis-cluster.sh stop >/dev/null 2>&1
+  bash scripts/postgres-tls.sh stop >/dev/null 2>&1
+}
 trap cleanup EXIT
 
 # The Kafka-protocol broker of the end-to-end tests (built once per machine, then
@@ -20,6 +30,7 @@ else
   kafka=$(bash scripts/kafka.sh start) || { echo "$kafka"; exit 1; }
   cleanup() {
     bash scripts/redis-cluster.sh stop >/dev/null 2>&1
+    bash scripts/postgres-tls.sh stop >/dev/null 2>&1
     bash scripts/kafka.sh stop >/dev/null 2>&1
   }
 fi

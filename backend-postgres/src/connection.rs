@@ -72,8 +72,16 @@ impl PostgresStore {
     ///
     /// The first connection is opened by itself, within `options.acquire_timeout`, so that
     /// a failure says what was tried (the URL, password masked), what happened and what to
-    /// check: connection refused (at once), no answer, not a PostgreSQL server, a refusal
-    /// by the server (password, database, `pg_hba.conf`), TLS, an invalid URL.
+    /// check: connection refused (at once), no answer, not a PostgreSQL server (a Redis
+    /// server is recognised by a `PING` probe once the port has been silent for 250 ms), a
+    /// refusal by the server (password, database, `pg_hba.conf`), TLS (which certificate
+    /// check failed), an invalid URL.
+    ///
+    /// TLS (the `tls` feature) follows the URL's `sslmode`: `require` encrypts without
+    /// checking the certificate, `verify-ca` checks that a trusted authority signed it,
+    /// `verify-full` also that it names the URL's host. The trusted authorities are the
+    /// system's roots and the URL's `sslrootcert=FILE` or
+    /// [`PostgresOptions::tls_root_cert`].
     ///
     /// # Errors
     ///
@@ -112,7 +120,7 @@ impl PostgresStore {
     pub async fn connect_existing(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         // The names first: a bad one needs no connection to be refused.
         Self::check_names(&options)?;
-        let connect_options = first_connection(url, options.acquire_timeout).await?;
+        let connect_options = first_connection(url, &options).await?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -233,13 +241,20 @@ fn valid_identifier(name: &str) -> bool {
 }
 
 /// The form of a PostgreSQL URL, for messages about one.
-const URL_FORM: &str =
-    "expected postgres://[user[:password]@]host[:port]/database[?sslmode=disable|prefer|require]";
+const URL_FORM: &str = "expected postgres://[user[:password]@]host[:port]/database[?sslmode=disable|prefer|require|verify-ca|verify-full[&sslrootcert=FILE]]";
 
 /// Reads `url` as PostgreSQL connection options, or says what is wrong with it: the
 /// parser's complaint, a scheme that is not PostgreSQL's (a Redis URL, for one), or an
 /// invalid setting.
 fn parse_url(url: &str) -> Result<PgConnectOptions, String> {
+    // `localhost:5432/app` reads as the scheme `localhost`, `127.0.0.1:5432/app` as
+    // nothing: a URL typed without its scheme (a PostgreSQL URL always has `://`).
+    if !url.contains("://") && !url.is_empty() && !url.contains(char::is_whitespace) {
+        return Err(format!(
+            "no scheme (did you mean `postgres://{}`?); {URL_FORM}",
+            shown_url(url)
+        ));
+    }
     if let Some(why) = unescaped_password(url) {
         return Err(format!("{why}; {URL_FORM}"));
     }
@@ -257,10 +272,69 @@ fn parse_url(url: &str) -> Result<PgConnectOptions, String> {
             ))
         }
     }
+    check_root_cert_file(&parsed)?;
     PgConnectOptions::from_str(url).map_err(|e| match e {
         sqlx::Error::Configuration(why) => format!("{why}; {URL_FORM}"),
         other => describe(&other),
     })
+}
+
+/// A certificate authority file named in the URL (`sslrootcert=`, as sqlx also reads
+/// `ssl-root-cert=` and `ssl-ca=`) that cannot be read, said before connecting: the
+/// handshake would report only an i/o error.
+fn check_root_cert_file(url: &url::Url) -> Result<(), String> {
+    for (name, value) in url.query_pairs() {
+        if matches!(name.as_ref(), "sslrootcert" | "ssl-root-cert" | "ssl-ca")
+            && !value.trim_start().starts_with("-----BEGIN")
+        {
+            if let Err(e) = std::fs::metadata(value.as_ref()) {
+                return Err(format!(
+                    "the certificate authority file {name}={value} cannot be read ({e}); give the path of a PEM file"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `parsed` trusting `options`' certificate authority, if it names one.
+#[cfg(feature = "tls")]
+fn with_root_cert(
+    parsed: PgConnectOptions,
+    options: &PostgresOptions,
+) -> Result<PgConnectOptions, String> {
+    Ok(match &options.tls_root_cert {
+        Some(pem) => parsed.ssl_root_cert_from_pem(pem.clone()),
+        None => parsed,
+    })
+}
+
+/// Without TLS support a certificate authority cannot be used: say so rather than ignore it.
+#[cfg(not(feature = "tls"))]
+fn with_root_cert(
+    parsed: PgConnectOptions,
+    options: &PostgresOptions,
+) -> Result<PgConnectOptions, String> {
+    match options.tls_root_cert {
+        Some(_) => Err("PostgresOptions::tls_root_cert needs TLS support, which this build of eventonce-postgres lacks (its `tls` feature; `postgres-tls` of eventonce)".to_owned()),
+        None => Ok(parsed),
+    }
+}
+
+/// `url` as typed, for messages, its password masked: also when it has no scheme, which
+/// [`redact_url`] cannot read.
+fn shown_url(url: &str) -> String {
+    if url.contains("://") {
+        // A URL the parser refuses is shown without its user information at all.
+        return match url::Url::parse(url) {
+            Ok(_) => redact_url(url),
+            Err(_) => redact_unparsable_url(url),
+        };
+    }
+    let shown = redact_url(&format!("postgres://{url}"));
+    shown
+        .strip_prefix("postgres://")
+        .map_or(shown.clone(), str::to_owned)
 }
 
 /// The passwords in `url` (the user information's and a `password` parameter's), raw
@@ -302,6 +376,9 @@ fn scrub(mut message: String, passwords: &[String]) -> String {
 /// Why the first connection failed, in words, and what to check.
 fn explain_connect(err: &sqlx::Error, address: &str) -> String {
     use std::io::ErrorKind;
+    if let Some(why) = explain_tls(err, address) {
+        return why;
+    }
     match err {
         sqlx::Error::Io(io) if io.kind() == ErrorKind::ConnectionRefused => format!(
             "connection refused: nothing listens on {address}; check that PostgreSQL is running there and that the host and port are right"
@@ -344,7 +421,7 @@ fn explain_connect(err: &sqlx::Error, address: &str) -> String {
         sqlx::Error::Tls(tls) => {
             let text = tls.to_string();
             if text.contains("without TLS support") {
-                "the URL requires TLS (sslmode=require, verify-ca or verify-full), but this build of eventonce-postgres has no TLS support; connect without TLS (sslmode=disable or prefer) or through a TLS tunnel".to_owned()
+                "the URL requires TLS (sslmode=require, verify-ca or verify-full), but this build of eventonce-postgres has no TLS support; build with the `postgres-tls` feature of eventonce (`tls` of eventonce-postgres), or connect without TLS (sslmode=disable or prefer)".to_owned()
             } else if text.contains("does not support TLS") {
                 format!(
                     "the URL requires TLS (sslmode=require, verify-ca or verify-full), but the server at {address} does not offer it ({text}); enable ssl on the server or change sslmode"
@@ -381,22 +458,111 @@ async fn read_only(conn: &mut PgConnection) -> Result<Option<&'static str>, sqlx
     }))
 }
 
+/// A TLS handshake that rustls refused, in words: which check the server's certificate
+/// failed and what to change. The handshake's error comes as an i/o error wrapping
+/// rustls' own.
+#[cfg(feature = "tls")]
+fn explain_tls(err: &sqlx::Error, address: &str) -> Option<String> {
+    use rustls::CertificateError as Cert;
+    let sqlx::Error::Io(io) = err else {
+        return None;
+    };
+    let tls = io.get_ref()?.downcast_ref::<rustls::Error>()?;
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    let why = match tls {
+        rustls::Error::InvalidCertificate(Cert::UnknownIssuer) => format!(
+            "the server's certificate is not signed by a trusted authority ({tls}); give the authority that signed it (sslrootcert=FILE in the URL, or PostgresOptions::tls_root_cert), or sslmode=require to encrypt without checking the certificate"
+        ),
+        rustls::Error::InvalidCertificate(
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. },
+        ) => format!(
+            "the server's certificate is not valid for the host {host} ({tls}); connect by a name the certificate holds, or use sslmode=verify-ca to check the authority but not the name"
+        ),
+        rustls::Error::InvalidCertificate(
+            Cert::Expired
+            | Cert::ExpiredContext { .. }
+            | Cert::NotValidYet
+            | Cert::NotValidYetContext { .. },
+        ) => format!(
+            "the server's certificate is outside its validity period ({tls}); renew it, or check this machine's clock"
+        ),
+        other => format!(
+            "{other}; check the server's certificate and the URL's sslmode and sslrootcert"
+        ),
+    };
+    Some(format!("TLS handshake failed: {why}"))
+}
+
+/// Without TLS support no handshake is made.
+#[cfg(not(feature = "tls"))]
+fn explain_tls(_err: &sqlx::Error, _address: &str) -> Option<String> {
+    None
+}
+
+/// What the first connection came to.
+enum FirstConnection {
+    Connected(PgConnection),
+    Failed(sqlx::Error),
+    /// A Redis server answered the probe with this line.
+    Redis(String),
+    NoAnswer,
+}
+
+/// Opens the first connection within `timeout`. When the server has not answered after
+/// [`PROBE_AFTER`](crate::probe::PROBE_AFTER), the port is probed alongside: a Redis
+/// server there (which would wait out the timeout) is recognised at once.
+async fn connect_or_recognise(options: &PgConnectOptions, timeout: Duration) -> FirstConnection {
+    use futures_util::future::{select, Either};
+    let connect = std::pin::pin!(tokio::time::timeout(
+        timeout,
+        PgConnection::connect_with(options)
+    ));
+    let tcp = options.get_socket().is_none();
+    let probe = std::pin::pin!(async {
+        tokio::time::sleep(crate::probe::PROBE_AFTER).await;
+        if tcp {
+            crate::probe::redis_answer(options.get_host(), options.get_port()).await
+        } else {
+            None
+        }
+    });
+    let probed = match select(connect, probe).await {
+        Either::Left((connected, _)) => return first_result(connected),
+        Either::Right((Some(answer), _)) => return FirstConnection::Redis(answer),
+        Either::Right((None, connect)) => connect,
+    };
+    first_result(probed.await)
+}
+
+fn first_result(
+    connected: Result<Result<PgConnection, sqlx::Error>, tokio::time::error::Elapsed>,
+) -> FirstConnection {
+    match connected {
+        Ok(Ok(conn)) => FirstConnection::Connected(conn),
+        Ok(Err(err)) => FirstConnection::Failed(err),
+        Err(_) => FirstConnection::NoAnswer,
+    }
+}
+
 /// Opens one connection by itself, bounded by `timeout`, so that the cause of a failure is
 /// reported: the pool retries a refused connection until its acquire timeout and then
 /// reports only that timeout. Returns the options to open the pool with.
-async fn first_connection(url: &str, timeout: Duration) -> Result<PgConnectOptions, StoreError> {
-    let target = redact_url(url);
+async fn first_connection(
+    url: &str,
+    options: &PostgresOptions,
+) -> Result<PgConnectOptions, StoreError> {
+    let timeout = options.acquire_timeout;
+    let target = shown_url(url);
     let passwords = passwords_of(url);
-    let connect_options = parse_url(url).map_err(|why| StoreError::Unavailable {
-        message: scrub(
-            format!(
-                "invalid PostgreSQL URL {}: {why}",
-                redact_unparsable_url(url)
+    let connect_options = parse_url(url)
+        .and_then(|parsed| with_root_cert(parsed, options))
+        .map_err(|why| StoreError::Unavailable {
+            message: scrub(
+                format!("invalid PostgreSQL URL {target}: {why}"),
+                &passwords,
             ),
-            &passwords,
-        ),
-        source: None,
-    })?;
+            source: None,
+        })?;
     let address = match connect_options.get_socket() {
         Some(dir) => format!("{}/.s.PGSQL.{}", dir.display(), connect_options.get_port()),
         None => format!(
@@ -406,8 +572,8 @@ async fn first_connection(url: &str, timeout: Duration) -> Result<PgConnectOptio
         ),
     };
     let (why, source): (String, Option<eventonce_core::BoxError>) =
-        match tokio::time::timeout(timeout, PgConnection::connect_with(&connect_options)).await {
-            Ok(Ok(mut conn)) => {
+        match connect_or_recognise(&connect_options, timeout).await {
+            FirstConnection::Connected(mut conn) => {
                 let read_only = tokio::time::timeout(timeout, read_only(&mut conn)).await;
                 // Terminate politely; a server that hangs now is the pool's concern.
                 let _ = tokio::time::timeout(timeout, conn.close()).await;
@@ -419,12 +585,18 @@ async fn first_connection(url: &str, timeout: Duration) -> Result<PgConnectOptio
                     _ => Ok(connect_options),
                 };
             }
-            Ok(Err(err)) => {
+            FirstConnection::Failed(err) => {
                 let why = explain_connect(&err, &address);
                 let source = scrub(err.to_string(), &passwords);
                 (why, Some(source.into()))
             }
-            Err(_) => (
+            FirstConnection::Redis(answer) => (
+                format!(
+                    "not a PostgreSQL server: {address} answered as a Redis server does ({answer}); is this the right port? (PostgreSQL listens on 5432 by default, Redis on 6379)"
+                ),
+                None,
+            ),
+            FirstConnection::NoAnswer => (
                 format!(
                     "no answer within {timeout:?} (the connection was not accepted, or nothing answered on it); check the host and port, and that {address} is a PostgreSQL server"
                 ),

@@ -16,6 +16,11 @@
 //! claim inside `Guard::run_in_transaction`, a batch being completed): after at most
 //! [`PostgresOptions::lock_wait`] it answers `InProgress` for that key, and a batch claim
 //! answers its other keys as usual.
+//!
+//! The `tls` feature (`postgres-tls` of `eventonce`) connects over TLS through rustls:
+//! `sslmode=require`, `verify-ca` or `verify-full` in the URL, trusting the system's roots
+//! and a private authority given as `sslrootcert=FILE` or
+//! [`PostgresOptions::tls_root_cert`].
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -23,6 +28,7 @@ mod admin;
 mod connection;
 mod error;
 mod options;
+mod probe;
 mod reaper;
 mod sql;
 mod store;

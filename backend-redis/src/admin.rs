@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use eventonce_core::backend::check_arguments;
 use eventonce_core::{AdminStore, ListedRecord, Record, RecordPage, RecordState, StoreError};
 
-use crate::connection::{Conn, RedisStore};
+use crate::connection::RedisStore;
 use crate::record::record_of;
 use crate::scripts::{LIST, REMOVE};
 
@@ -34,7 +34,7 @@ impl AdminStore for RedisStore {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<RecordPage, StoreError> {
-        if matches!(self.conn, Conn::Cluster(_)) {
+        if self.is_cluster() {
             return Err(StoreError::InvalidArgument(
                 "listing walks one server with SCAN; run it against each cluster master".into(),
             ));

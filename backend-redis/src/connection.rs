@@ -13,6 +13,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
+use crate::cluster_link::ClusterLink;
 use crate::error::{connect_error, scrubbed, unavailable};
 use crate::link::{Link, Vet};
 use crate::server::{self, Evictions, ServerReport};
@@ -113,9 +114,9 @@ pub(crate) struct Endpoint {
     pub(crate) target: String,
     /// `host:port` (or the socket path) for hints; empty when unknown.
     pub(crate) address: String,
-    /// The URL's password, masked in every message (client errors should never hold it;
-    /// this makes sure).
-    pub(crate) password: Option<String>,
+    /// The URLs' passwords, masked in every message (client errors should never hold
+    /// them; this makes sure).
+    pub(crate) passwords: Vec<String>,
     /// Whether the URL asks for TLS (`rediss://`).
     pub(crate) tls: bool,
     pub(crate) connection_timeout: Duration,
@@ -143,6 +144,8 @@ pub(crate) enum Conn {
     Manager(ConnectionManager),
     Multiplexed(MultiplexedConnection),
     Cluster(ClusterConnection),
+    /// Opened from URLs by the store, on first use (see `cluster_link`).
+    ClusterLink(ClusterLink),
 }
 
 /// The connection one call runs on.
@@ -251,10 +254,20 @@ const URL_FORM: &str =
 /// scheme that is not Redis', a missing host, or the client's own checks (database
 /// number, TLS support).
 fn check_url(url: &str, options: &RedisOptions) -> Result<(url::Url, redis::Client), String> {
+    let parsed = url::Url::parse(url);
+    // `localhost:6379` reads as the scheme `localhost`, `127.0.0.1:6379` as nothing: a
+    // URL typed without its scheme.
+    let schemeless = !url.contains("://") && !url.is_empty() && !url.contains(char::is_whitespace);
+    if schemeless && !parsed.as_ref().is_ok_and(|p| SCHEMES.contains(&p.scheme())) {
+        return Err(format!(
+            "no scheme (did you mean `redis://{}`?); {URL_FORM}",
+            shown_url(url)
+        ));
+    }
     if let Some(why) = unescaped_password(url) {
         return Err(format!("{why}; {URL_FORM}"));
     }
-    let parsed = url::Url::parse(url).map_err(|e| format!("{e}; {URL_FORM}"))?;
+    let parsed = parsed.map_err(|e| format!("{e}; {URL_FORM}"))?;
     let scheme = parsed.scheme();
     if !SCHEMES.contains(&scheme) {
         let hint = match scheme {
@@ -286,6 +299,30 @@ fn check_url(url: &str, options: &RedisOptions) -> Result<(url::Url, redis::Clie
             .to_owned(),
     })?;
     Ok((parsed, client))
+}
+
+/// `host:port` of a parsed Redis URL (the socket path of a Unix one), for hints.
+fn address_of(parsed: &url::Url) -> String {
+    match parsed.host_str() {
+        Some(host) if !host.is_empty() => format!("{host}:{}", parsed.port().unwrap_or(6379)),
+        _ => parsed.path().to_owned(),
+    }
+}
+
+/// `url` as typed, for messages, its password masked: also when it has no scheme, which
+/// [`redact_url`] cannot read (it would show `<unparsable url>`).
+fn shown_url(url: &str) -> String {
+    if url.contains("://") {
+        // A URL the parser refuses is shown without its user information at all.
+        return match url::Url::parse(url) {
+            Ok(_) => redact_url(url),
+            Err(_) => redact_unparsable_url(url),
+        };
+    }
+    let shown = redact_url(&format!("redis://{url}"));
+    shown
+        .strip_prefix("redis://")
+        .map_or(shown.clone(), str::to_owned)
 }
 
 impl RedisStore {
@@ -392,18 +429,13 @@ impl RedisStore {
         let (parsed, client) = check_url(url, &options).map_err(|why| {
             scrubbed(
                 StoreError::Unavailable {
-                    message: format!("invalid Redis URL {}: {why}", redact_unparsable_url(url)),
+                    message: format!("invalid Redis URL {}: {why}", shown_url(url)),
                     source: None,
                 },
                 password.as_deref(),
             )
         })?;
-        let address = match parsed.host_str() {
-            Some(host) if !host.is_empty() => {
-                format!("{host}:{}", parsed.port().unwrap_or(6379))
-            }
-            _ => parsed.path().to_owned(),
-        };
+        let address = address_of(&parsed);
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(options.connection_timeout))
             .set_response_timeout(Some(options.response_timeout));
@@ -414,7 +446,7 @@ impl RedisStore {
             endpoint: Arc::new(Endpoint {
                 target,
                 address,
-                password,
+                passwords: password.into_iter().collect(),
                 tls: matches!(parsed.scheme(), "rediss" | "valkeys"),
                 connection_timeout: options.connection_timeout,
                 response_timeout: options.response_timeout,
@@ -438,7 +470,7 @@ impl RedisStore {
             endpoint: Arc::new(Endpoint {
                 target: target.to_owned(),
                 address: String::new(),
-                password: None,
+                passwords: Vec::new(),
                 tls: false,
                 connection_timeout: Duration::ZERO,
                 response_timeout: Duration::ZERO,
@@ -450,6 +482,10 @@ impl RedisStore {
 
     /// Connects to a Redis Cluster through any of its nodes' URLs. MOVED and ASK
     /// redirections are followed (at most twice per call); nothing else is retried.
+    ///
+    /// Fails at once when no connection to the cluster can be made, with the nodes'
+    /// addresses (passwords masked), the cause and what to check, as
+    /// [`connect`](Self::connect) does for one server.
     ///
     /// # Errors
     ///
@@ -478,22 +514,90 @@ impl RedisStore {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        let store = Self::connect_cluster_lazy_with(urls, options)?;
+        if let Conn::ClusterLink(link) = &store.conn {
+            link.get()
+                .await
+                .map_err(|err| connect_error(&store.endpoint, err))?;
+        }
+        Ok(store)
+    }
+
+    /// A store for a Redis Cluster that does not connect yet: only the URLs are checked
+    /// here (an invalid one is refused as [`connect_cluster`](Self::connect_cluster)
+    /// refuses it), so it returns at once, even when the cluster is down. The first call
+    /// connects; while no node answers, each call fails fast with
+    /// [`StoreError::Unavailable`] naming the nodes and the cause (connection refused), or
+    /// [`StoreError::Timeout`] (no answer within the connection timeout): a guard with
+    /// `FailMode::Open` runs its events `Unprotected` until the cluster answers.
+    ///
+    /// ```no_run
+    /// use eventonce_core::{FailMode, Guard, IdempotencyConfig};
+    /// use eventonce_redis::RedisStore;
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::connect_cluster_lazy([
+    ///     "redis://10.0.0.1:6379",
+    ///     "redis://10.0.0.2:6379",
+    ///     "redis://10.0.0.3:6379",
+    /// ])?;
+    /// let config = IdempotencyConfig::builder("billing")
+    ///     .on_store_error(FailMode::Open)
+    ///     .build()?;
+    /// let guard = Guard::new(store, config);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidArgument`] if `urls` is empty; [`StoreError::Unavailable`] if
+    /// a URL is invalid. Nothing is connected here.
+    pub fn connect_cluster_lazy<I, S>(urls: I) -> Result<Self, StoreError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::connect_cluster_lazy_with(urls, RedisOptions::default())
+    }
+
+    /// [`connect_cluster_lazy`](Self::connect_cluster_lazy) with the given timeouts.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_cluster_lazy`](Self::connect_cluster_lazy).
+    pub fn connect_cluster_lazy_with<I, S>(
+        urls: I,
+        options: RedisOptions,
+    ) -> Result<Self, StoreError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
         if urls.is_empty() {
             return Err(StoreError::InvalidArgument(
                 "no cluster node url given".into(),
             ));
         }
+        let passwords: Vec<String> = urls
+            .iter()
+            .filter_map(|u| password_of(u).map(str::to_owned))
+            .collect();
         let scrub_all = |err: StoreError| {
-            urls.iter()
-                .fold(err, |err, url| scrubbed(err, password_of(url)))
+            passwords
+                .iter()
+                .fold(err, |err, password| scrubbed(err, Some(password)))
         };
+        let mut addresses = Vec::with_capacity(urls.len());
         for url in &urls {
-            if let Err(why) = check_url(url, &options) {
-                return Err(scrub_all(StoreError::Unavailable {
-                    message: format!("invalid Redis URL {}: {why}", redact_unparsable_url(url)),
-                    source: None,
-                }));
+            match check_url(url, &options) {
+                Ok((parsed, _)) => addresses.push(address_of(&parsed)),
+                Err(why) => {
+                    return Err(scrub_all(StoreError::Unavailable {
+                        message: format!("invalid Redis URL {}: {why}", shown_url(url)),
+                        source: None,
+                    }))
+                }
             }
         }
         let target = format!(
@@ -515,34 +619,23 @@ impl RedisStore {
                     Duration::ZERO,
                 ))
             })?;
-        let endpoint = Arc::new(Endpoint {
-            target,
-            address: String::new(),
-            password: None,
-            tls: urls
-                .iter()
-                .any(|u| u.starts_with("rediss://") || u.starts_with("valkeys://")),
-            connection_timeout: options.connection_timeout,
-            response_timeout: options.response_timeout,
-            plain_claims: AtomicBool::new(true),
-            evictions: Evictions::new(),
-        });
-        let mut conn = client
-            .get_async_connection()
-            .await
-            .map_err(|err| scrub_all(connect_error(&endpoint, err)))?;
-        // INFO goes to every primary: each one must be fit.
-        server::vet(
-            &mut conn,
-            options.allow_eviction,
-            &endpoint.evictions,
-            &endpoint.target,
-        )
-        .await
-        .map_err(|err| scrub_all(connect_error(&endpoint, err)))?;
+        let evictions = Evictions::new();
+        // INFO goes to every primary when the link first connects: each one must be fit.
+        let vet = (options.allow_eviction, Arc::clone(&evictions), target.clone());
         Ok(RedisStore {
-            conn: Conn::Cluster(conn),
-            endpoint,
+            conn: Conn::ClusterLink(ClusterLink::new(client, vet)),
+            endpoint: Arc::new(Endpoint {
+                target,
+                address: addresses.join(","),
+                passwords,
+                tls: urls
+                    .iter()
+                    .any(|u| u.starts_with("rediss://") || u.starts_with("valkeys://")),
+                connection_timeout: options.connection_timeout,
+                response_timeout: options.response_timeout,
+                plain_claims: AtomicBool::new(true),
+                evictions,
+            }),
         })
     }
 
@@ -568,6 +661,16 @@ impl RedisStore {
                     generation,
                 }
             }
+            Conn::ClusterLink(link) => Active::Cluster(link.get().await.map_err(|err| {
+                if err.is_timeout() {
+                    StoreError::Timeout {
+                        operation: "redis cluster connect",
+                        timeout: self.endpoint.connection_timeout,
+                    }
+                } else {
+                    connect_error(&self.endpoint, err)
+                }
+            })?),
             Conn::Manager(c) => Active::Manager(c.clone()),
             Conn::Multiplexed(c) => Active::Multiplexed(c.clone()),
             Conn::Cluster(c) => Active::Cluster(c.clone()),
@@ -609,7 +712,7 @@ impl RedisStore {
     /// Whether the store runs on a Redis Cluster, where a script may only touch keys of
     /// one slot: batches are then sent key by key, concurrently.
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self.conn, Conn::Cluster(_))
+        matches!(self.conn, Conn::Cluster(_) | Conn::ClusterLink(_))
     }
 }
 

@@ -68,7 +68,9 @@ fn explain_connect(err: &RedisError, endpoint: &Endpoint) -> String {
     };
     let text = first_line(&err.to_string()).to_owned();
     let lower = text.to_ascii_lowercase();
-    if err.is_connection_refusal() {
+    // A cluster client wraps the refusal of its nodes ("Failed to create initial
+    // connections - Io: Connection refused").
+    if err.is_connection_refusal() || lower.contains("connection refused") {
         return format!(
             "connection refused: nothing listens on {address}; check that Redis is running there and that the host and port are right"
         );
@@ -123,13 +125,14 @@ pub(crate) fn connect_error(endpoint: &Endpoint, err: RedisError) -> StoreError 
             explain_connect(&err, endpoint)
         ),
     };
-    scrubbed(
-        StoreError::Unavailable {
-            message,
-            source: Some(Box::new(err)),
-        },
-        endpoint.password.as_deref(),
-    )
+    let err = StoreError::Unavailable {
+        message,
+        source: Some(Box::new(err)),
+    };
+    endpoint
+        .passwords
+        .iter()
+        .fold(err, |err, password| scrubbed(err, Some(password)))
 }
 
 /// The first line of a client error (a parse error goes on to list every unexpected byte).

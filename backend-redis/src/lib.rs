@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod cluster_link;
 mod connection;
 mod error;
 mod link;

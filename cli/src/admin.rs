@@ -377,8 +377,17 @@ fn show_key(args: &ShowArgs) -> Result<String, String> {
     } else {
         std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?
     };
-    let data: Value = serde_json::from_str(&text)
-        .map_err(|e| format!("the data in {} is not JSON: {e}", file.display()))?;
+    let data: Value = serde_json::from_str(&text).map_err(|e| {
+        let source = if file.as_os_str() == "-" {
+            "standard input".to_owned()
+        } else {
+            file.display().to_string()
+        };
+        format!(
+            "the data in {source} is not JSON: {}",
+            json_error(&text, &e)
+        )
+    })?;
     let mut envelope = EventEnvelope::new(event_type.clone(), data);
     if let Some(id) = &args.event_id {
         envelope = envelope.with_event_id(id.clone());
@@ -389,6 +398,25 @@ fn show_key(args: &ShowArgs) -> Result<String, String> {
         .build()
         .map_err(|e| e.to_string())?;
     config.event_key(&envelope).map_err(|e| e.to_string())
+}
+
+/// Where and why `text` is not JSON: `line L, column C: cause; the line reads: ...`.
+fn json_error(text: &str, err: &serde_json::Error) -> String {
+    let (line, column) = (err.line(), err.column());
+    // serde_json's words end with " at line L column C": given separately here.
+    let full = err.to_string();
+    let cause = full
+        .rsplit_once(" at line ")
+        .map_or(full.as_str(), |(cause, _)| cause);
+    let context = match text.lines().nth(line.saturating_sub(1)) {
+        _ if text.trim().is_empty() => "the input is empty".to_owned(),
+        Some(l) => format!(
+            "the line reads: {}",
+            l.chars().take(120).collect::<String>()
+        ),
+        None => "at the end of the input".to_owned(),
+    };
+    format!("line {line}, column {column}: {cause}; {context}")
 }
 
 fn describe(scheme: KeyScheme, prefix: &str, key: &str, record: &Record) -> Value {
@@ -425,6 +453,52 @@ fn print_record(scheme: KeyScheme, prefix: &str, key: &str, record: &Record) {
     println!("ttl left:   {}", or_dash(record.ttl_left));
 }
 
+/// Whether `key` is a whole key of `scheme` under `prefix`: service, event type and a hash
+/// of the scheme's length in lowercase hex (a key cut short anywhere is not).
+fn whole_key(scheme: KeyScheme, prefix: &str, key: &str) -> bool {
+    let Some(parts) = KeyParts::parse_with(scheme, prefix, key) else {
+        return false;
+    };
+    // The scheme's hash length, from a key it makes.
+    let sample = IdempotencyConfig::builder("s")
+        .key_scheme(scheme)
+        .build()
+        .ok()
+        .and_then(|config| config.event_key(&EventEnvelope::new("t", json!({}))).ok())
+        .and_then(|k| {
+            KeyParts::parse_with(scheme, eventonce::config::defaults::DEFAULT_KEY_PREFIX, &k)
+        });
+    sample.is_none_or(|sample| {
+        parts.hash.len() == sample.hash.len()
+            && parts
+                .hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Prints that `key` holds no record, and, when it is not a whole key of the form the
+/// consumers write (a shortened or mistyped one), says so: it can never hold one.
+fn absent(scheme: KeyScheme, prefix: &str, key: &str, json: bool) {
+    let form = (!whole_key(scheme, prefix, key))
+        .then(|| format!("the key is not of the form {prefix}:<service>:<event type>:<hash>"));
+    if json {
+        let mut out = json!({"key": key, "state": "absent"});
+        if let Some(note) = form {
+            out["note"] = json!(note);
+        }
+        println!("{out}");
+        return;
+    }
+    println!("key:        {key}");
+    println!("state:      absent (never processed, or expired)");
+    if let Some(note) = form {
+        println!(
+            "({note}: a shortened or mistyped key finds nothing; copy it whole from `eventonce keys`)"
+        );
+    }
+}
+
 pub(crate) async fn show(args: ShowArgs) -> ExitCode {
     let key = match show_key(&args) {
         Ok(key) => key,
@@ -442,13 +516,8 @@ pub(crate) async fn show(args: ShowArgs) -> ExitCode {
     match (record, args.json) {
         (Some(record), true) => println!("{}", describe(scheme, prefix, &key, &record)),
         (Some(record), false) => print_record(scheme, prefix, &key, &record),
-        (None, true) => {
-            println!("{}", json!({"key": key, "state": "absent"}));
-            return ExitCode::from(EXIT_NO);
-        }
-        (None, false) => {
-            println!("key:        {key}");
-            println!("state:      absent (never processed, or expired)");
+        (None, json) => {
+            absent(scheme, prefix, &key, json);
             return ExitCode::from(EXIT_NO);
         }
     }

@@ -161,10 +161,42 @@ async fn postgres(
         PostgresStore::connect_existing(url, options).await
     }
     .map_err(|e| connect_failure("PostgreSQL", e))?;
+    if !migrate {
+        check_table(&store, url, schema, table).await?;
+    }
     Ok(Connected {
         target: format!("table {}", store.table()),
         store: Arc::new(store),
     })
+}
+
+/// The admin commands never create the records table: when it is missing (another
+/// schema or table, or no consumer has run the migration yet), say which flags name it
+/// and what creates it, instead of the database's "relation does not exist".
+#[cfg(feature = "postgres")]
+async fn check_table(
+    store: &eventonce::PostgresStore,
+    url: &str,
+    schema: &str,
+    table: &str,
+) -> Result<(), String> {
+    let Err(err) = store.get("eventonce:table-check").await else {
+        return Ok(());
+    };
+    // 42P01 undefined_table; other failures are the command's to report.
+    if !err.to_string().contains("42P01") {
+        return Ok(());
+    }
+    let defaults = eventonce::PostgresOptions::default();
+    Err(format!(
+        "there is no records table {schema}.{table} in {}: give the schema and table your \
+         consumers use (--pg-schema, --pg-table; the defaults are {}.{}, as \
+         PostgresOptions::default()), or create the table by running the migration (a \
+         consumer's PostgresStore::connect runs it, PostgresStore::migrate on its own)",
+        eventonce::backend::redact_url(url),
+        defaults.schema,
+        defaults.table
+    ))
 }
 
 #[cfg(not(feature = "postgres"))]
@@ -179,4 +211,28 @@ async fn postgres(
         "reinstall it with the feature: `cargo install --path cli --features full` in a clone of the repository, or `cargo install --git https://github.com/eventonce/eventonce eventonce-cli --features full`"
     )
     .into())
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        store: super::StoreArgs,
+    }
+
+    #[test]
+    fn the_pg_schema_and_table_defaults_are_the_librarys() {
+        let flags = Flags::parse_from(["eventonce"]);
+        let library = eventonce::PostgresOptions::default();
+        assert_eq!(
+            (
+                flags.store.pg_schema.as_str(),
+                flags.store.pg_table.as_str()
+            ),
+            (library.schema.as_str(), library.table.as_str())
+        );
+    }
 }

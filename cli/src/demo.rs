@@ -65,7 +65,7 @@ pub(crate) struct DemoArgs {
     prefix: String,
     /// TTL of the demo's completed records, in seconds (they stay in Redis or PostgreSQL
     /// for `eventonce keys` and `stats` to show).
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = ttl_arg)]
     ttl_secs: u64,
 }
 
@@ -112,6 +112,16 @@ fn whole_number(value: &str, max: usize, note: &str) -> Result<usize, String> {
                 thousands(max as u64)
             )
         })
+}
+
+/// `--ttl-secs`: a whole number of seconds, at least 1 (a record kept for no time at all
+/// would not be a record).
+fn ttl_arg(value: &str) -> Result<u64, String> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| "must be a whole number of seconds, at least 1".to_owned())
 }
 
 /// `--duplicate-rate`: a share from 0.0 to 1.0.
@@ -275,7 +285,7 @@ fn demo_config(
         // round trips room.
         builder = builder
             .event_type_ttls(Vec::<(String, Duration)>::new())
-            .default_ttl(Duration::from_secs(args.ttl_secs.max(1)))
+            .default_ttl(Duration::from_secs(args.ttl_secs))
             .store_timeout(Duration::from_secs(5));
     }
     builder.build()
@@ -309,7 +319,7 @@ fn print_header(args: &DemoArgs, backend: &Backend, target: &str, lease: Duratio
         println!(
             "run {} : event ids evt-{run_id}*, records kept {} s under {}:demo-service:",
             run_id.trim_end_matches('-'),
-            args.ttl_secs.max(1),
+            args.ttl_secs,
             args.prefix
         );
     }

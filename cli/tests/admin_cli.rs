@@ -884,10 +884,10 @@ fn postgres_cases(
             format!("postgres://postgres@127.0.0.1:{redis_port}/test"),
             vec![
                 format!("cannot connect to PostgreSQL at postgres://postgres@127.0.0.1:{redis_port}/test"),
-                "no answer within 3s".into(),
-                format!("127.0.0.1:{redis_port} is a PostgreSQL server"),
+                format!("not a PostgreSQL server: 127.0.0.1:{redis_port} answered as a Redis server does ("),
+                "is this the right port?".into(),
             ],
-            false,
+            true,
         ),
         (
             "--postgres",
@@ -918,11 +918,21 @@ fn postgres_cases(
         ),
         (
             "--postgres",
-            format!("{}?sslmode=require", postgres_url()),
+            format!("{}?sslmode=require", plain_postgres_url()),
             vec!["sslmode=require".into(), "the URL requires TLS".into()],
             true,
         ),
     ]
+}
+
+/// A PostgreSQL server without TLS: with TLS support built in, the usual local server may
+/// offer TLS, so the one with `ssl=off` that scripts/postgres-tls.sh starts.
+fn plain_postgres_url() -> String {
+    if cfg!(feature = "postgres-tls") {
+        eventonce_testkit::postgres_tls().plain_url.clone()
+    } else {
+        postgres_url()
+    }
 }
 
 /// The Redis URLs that cannot work: a closed port, an HTTP server, a silent server, no URL
@@ -1231,4 +1241,115 @@ async fn keys_and_stats_on_postgres_list_only_their_namespace() {
         eventonce(&all, "")
     };
     only_the_namespace_is_listed(run, &own, &foreign);
+}
+
+#[test]
+fn a_url_typed_without_its_scheme_is_shown_as_typed_with_the_fix() {
+    for (flag, typed, printed) in [
+        (
+            "--redis",
+            "localhost:6379",
+            "error: invalid Redis URL localhost:6379: no scheme (did you mean `redis://localhost:6379`?); expected redis://[[user]:password@]host[:port][/db], or rediss://... for TLS",
+        ),
+        (
+            "--redis",
+            ":s3cret-pw@127.0.0.1:6379/0",
+            "error: invalid Redis URL :***@127.0.0.1:6379/0: no scheme (did you mean `redis://:***@127.0.0.1:6379/0`?); expected redis://[[user]:password@]host[:port][/db], or rediss://... for TLS",
+        ),
+        (
+            "--postgres",
+            "app:s3cret-pw@localhost:5432/app",
+            "error: invalid PostgreSQL URL app:***@localhost:5432/app: no scheme (did you mean `postgres://app:***@localhost:5432/app`?); expected postgres://[user[:password]@]host[:port]/database[?sslmode=disable|prefer|require|verify-ca|verify-full[&sslrootcert=FILE]]",
+        ),
+    ] {
+        let run = eventonce(&["keys", flag, typed], "");
+        println!("{}", run.stderr);
+        assert_eq!(run.code, 2, "{typed}: {}", run.stderr);
+        assert_eq!(run.stderr.trim_end(), printed, "{typed}");
+    }
+}
+
+#[test]
+fn a_missing_records_table_names_the_flags_and_the_migration() {
+    let schema = unique_schema("missing");
+    let url = postgres_url();
+    let run = eventonce(&["keys", "--postgres", &url, "--pg-schema", &schema], "");
+    println!("{}", run.stderr);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.stderr.trim_end(),
+        format!(
+            "error: there is no records table {schema}.eventonce_records in {url}: give the \
+             schema and table your consumers use (--pg-schema, --pg-table; the defaults are \
+             public.eventonce_records, as PostgresOptions::default()), or create the table by \
+             running the migration (a consumer's PostgresStore::connect runs it, \
+             PostgresStore::migrate on its own)"
+        )
+    );
+    assert!(!run.stderr.contains("42P01"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn show_of_a_key_not_of_the_form_says_so_also_when_nothing_is_there() {
+    let prefix = unique_prefix("show-short");
+    let whole = key_of(&prefix, "svc", "t.v1", "1");
+    let truncated = &whole[..whole.len() - 6];
+    let no_hash = format!("{prefix}:svc:t_v1");
+    for short in [truncated, no_hash.as_str()] {
+        let run = on_redis("show", &prefix, &[short], "");
+        println!("{}", run.stdout);
+        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+        assert_eq!(
+            run.stdout,
+            format!(
+                "key:        {short}\n\
+                 state:      absent (never processed, or expired)\n\
+                 (the key is not of the form {prefix}:<service>:<event type>:<hash>: a shortened \
+                 or mistyped key finds nothing; copy it whole from `eventonce keys`)\n"
+            )
+        );
+    }
+    let json = on_redis("show", &prefix, &[truncated, "--json"], "");
+    assert_eq!(json.code, 1, "{}", json.stderr);
+    assert_eq!(
+        json.json(),
+        json!({
+            "key": truncated,
+            "state": "absent",
+            "note": format!("the key is not of the form {prefix}:<service>:<event type>:<hash>"),
+        })
+    );
+    // A whole key that holds nothing: absent, without the note.
+    let run = on_redis("show", &prefix, &[&whole], "");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!run.stdout.contains("not of the form"), "{}", run.stdout);
+}
+
+#[test]
+fn data_that_is_not_json_is_refused_with_the_line_the_column_and_the_cause() {
+    let prefix = unique_prefix("bad-json");
+    for (input, printed) in [
+        (
+            "{\"a\": 1,,}",
+            "error: the data in standard input is not JSON: line 1, column 9: key must be a string; the line reads: {\"a\": 1,,}",
+        ),
+        (
+            "{\n  \"a\": 1\n  \"b\": 2\n}",
+            "error: the data in standard input is not JSON: line 3, column 3: expected `,` or `}`; the line reads:   \"b\": 2",
+        ),
+        (
+            "",
+            "error: the data in standard input is not JSON: line 1, column 0: EOF while parsing a value; the input is empty",
+        ),
+    ] {
+        let run = on_redis(
+            "show",
+            &prefix,
+            &["--service", "svc", "--event-type", "t.v1", "--data-file", "-"],
+            input,
+        );
+        println!("{}", run.stderr);
+        assert_eq!(run.code, 2, "{input:?}: {}{}", run.stdout, run.stderr);
+        assert_eq!(run.stderr.trim_end(), printed, "{input:?}");
+    }
 }

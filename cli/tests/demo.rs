@@ -100,6 +100,12 @@ fn demo_rejects_nonsense_arguments_naming_the_flag_the_value_and_the_range() {
             "0.0 to 1.0",
         ),
         (["--workers", "0"], "--workers", "'0'", "1 to 1,024"),
+        (
+            ["--ttl-secs", "0"],
+            "--ttl-secs",
+            "'0'",
+            "a whole number of seconds, at least 1",
+        ),
     ] {
         let (code, stdout, stderr) = run(&args);
         assert_eq!(code, Some(2), "{args:?}: {stdout}{stderr}");

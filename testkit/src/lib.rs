@@ -13,9 +13,11 @@
 
 pub mod faults;
 pub mod kafka;
+pub mod postgres_tls;
 pub mod proxy;
 pub mod redis_process;
 
 pub use kafka::{kafka_bootstrap, unique_name};
+pub use postgres_tls::{postgres_tls, PostgresTls};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use redis_process::RedisProcess;
