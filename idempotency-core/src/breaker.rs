@@ -103,7 +103,7 @@ impl Breaker {
         let mut state = self.lock();
         let failed = match result {
             Ok(()) => false,
-            Err(err) => counts_as_outage(err),
+            Err(err) => err.is_outage(),
         };
         if !failed {
             // A success closes the breaker; a refused argument says nothing about health.
@@ -134,14 +134,6 @@ impl Breaker {
     /// Whether calls are currently refused.
     pub(crate) fn is_open(&self) -> bool {
         !matches!(*self.lock(), State::Closed { .. })
-    }
-}
-
-fn counts_as_outage(err: &StoreError) -> bool {
-    match err {
-        StoreError::Unavailable { .. } | StoreError::Timeout { .. } => true,
-        StoreError::Partial { error, .. } => counts_as_outage(error),
-        _ => false,
     }
 }
 

@@ -442,7 +442,9 @@ impl ConfigBuilder {
     ///
     /// Rejects an empty service name or one holding `:`, whitespace, a glob or hash-tag
     /// character (`*?[]{}\`), a control or non-ASCII character; an empty key prefix or one
-    /// holding such characters (`:` is allowed there); any TTL, lease or timeout under one
+    /// holding such characters (`:` is allowed there); a service name or prefix over
+    /// [`MAX_NAME_BYTES`](defaults::MAX_NAME_BYTES) (200 bytes, so that every key fits
+    /// every store); any TTL, lease or timeout under one
     /// millisecond; a TTL or lease over [`MAX_TTL`] (ten years); a store
     /// timeout, in-progress wait or breaker cooldown over [`MAX_WAIT`] (one hour); a
     /// deferred completion delay over half the lease; an empty event type.
@@ -546,6 +548,9 @@ fn validate_service_name(name: &str) -> Result<(), ConfigError> {
     if name.contains(':') {
         return Err(invalid("it contains ':', the key separator"));
     }
+    if name.len() > crate::key::MAX_NAME_BYTES {
+        return Err(invalid("it is longer than 200 bytes"));
+    }
     if let Some(reason) = name.chars().find_map(forbidden) {
         return Err(invalid(reason));
     }
@@ -562,6 +567,9 @@ fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
     };
     if let Some(reason) = prefix.chars().find_map(forbidden) {
         return Err(invalid(reason));
+    }
+    if prefix.len() > crate::key::MAX_NAME_BYTES {
+        return Err(invalid("it is longer than 200 bytes"));
     }
     if prefix.starts_with(':') || prefix.ends_with(':') || prefix.contains("::") {
         return Err(invalid("it has an empty ':'-separated segment"));

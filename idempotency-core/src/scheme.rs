@@ -104,6 +104,11 @@ impl KeyScheme {
     /// - [`IdentityError::EventTypeOutsideNamespace`] under [`KeyScheme::PythonV2`] if
     ///   `event_type` holds `:`, a glob or hash-tag character (`*?[]{}\`), whitespace or a
     ///   control character.
+    /// - [`IdentityError::EventTypeTooLong`] under [`KeyScheme::PythonV2`] if `event_type`
+    ///   is longer than
+    ///   [`MAX_PYTHON_V2_EVENT_TYPE`](crate::config::defaults::MAX_PYTHON_V2_EVENT_TYPE)
+    ///   bytes (that scheme cannot shorten it; [`KeyScheme::Eventonce`] shortens any type
+    ///   over 200 bytes with a hash suffix).
     ///
     /// ```
     /// use eventonce_core::KeyScheme;
@@ -123,6 +128,12 @@ impl KeyScheme {
                     return Err(IdentityError::EventTypeOutsideNamespace {
                         event_type: event_type.chars().take(200).collect(),
                         reason,
+                    });
+                }
+                if event_type.len() > key::MAX_PYTHON_V2_EVENT_TYPE {
+                    return Err(IdentityError::EventTypeTooLong {
+                        length: event_type.len(),
+                        limit: key::MAX_PYTHON_V2_EVENT_TYPE,
                     });
                 }
                 if event_type.contains('.') {

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 pub use crate::identity::MAX_DEPTH;
-pub use crate::key::MAX_EVENT_TYPE_SEGMENT;
+pub use crate::key::{MAX_EVENT_TYPE_SEGMENT, MAX_NAME_BYTES, MAX_PYTHON_V2_EVENT_TYPE};
 
 /// The longest TTL or lease a store accepts (ten years): every backend can represent it
 /// (Redis `PX`, a PostgreSQL interval, an in-process `Instant`), and no record needs more.

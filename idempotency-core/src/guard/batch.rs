@@ -223,16 +223,22 @@ impl Guard {
         for ctx in ctxs.iter_mut().flatten() {
             ctx.store_time += claim_time;
         }
-        let claims = match claims {
-            Ok(claims) if claims.len() == keys.len() => claims,
+        let claims: Vec<Result<Claim, StoreError>> = match claims {
+            Ok(claims) if claims.len() == keys.len() => claims.into_iter().map(Ok).collect(),
             Ok(claims) => {
-                let err = StoreError::InvalidData {
-                    key: keys[0].clone(),
-                    detail: format!("{} answers to {} claims", claims.len(), keys.len()),
+                let err = StoreError::Unavailable {
+                    message: format!(
+                        "the store answered {} claims to {} keys",
+                        claims.len(),
+                        keys.len()
+                    ),
+                    source: None,
                 };
                 self.batch_store_failed(&err, unique, ctxs, answers);
                 return None;
             }
+            // The store refused the call for some key's data: find which, one key at a time.
+            Err(err) if !err.is_outage() && keys.len() > 1 => self.claim_each(&keys, owner).await,
             Err(err) => {
                 self.batch_store_failed(&err, unique, ctxs, answers);
                 return None;
@@ -245,26 +251,54 @@ impl Guard {
                 continue;
             };
             match claim {
-                Claim::Acquired => {
+                Ok(Claim::Acquired) => {
                     self.observe(ctx, Decision::Claimed);
                     acquired.push(i);
                     acquired_keys.push(key);
                 }
-                Claim::Completed => {
+                Ok(Claim::Completed) => {
                     self.observe(ctx, Decision::Duplicate);
                     answers[i] = Some(Ok(Outcome::Duplicate));
                 }
-                Claim::InProgress => {
+                Ok(Claim::InProgress) => {
                     self.observe(ctx, Decision::InProgress);
                     answers[i] = Some(Err(GuardError::InProgress));
+                }
+                Err(err) if !err.is_outage() => {
+                    answers[i] = Some(Err(self.refused_by_store(ctx, &err)));
+                }
+                Err(err) => {
+                    // An outage met while claiming one key at a time: refused, never run
+                    // unprotected (a part of the batch may hold claims).
+                    self.observe(Scope::Guard, Decision::StoreFailed);
+                    let store = self.inner.store.backend_name();
+                    self.observe(ctx, Decision::Refused { store, error: &err });
+                    answers[i] = Some(Err(GuardError::Store(err)));
                 }
             }
         }
         Some((acquired, acquired_keys))
     }
 
+    /// Claims each of `keys` alone, after a batch claim the store refused for some key's
+    /// data, so that a refusal answers only its own event. The keys the refused call may
+    /// have claimed before it stopped are released first (owner-checked: `owner` is this
+    /// batch's own token).
+    async fn claim_each(&self, keys: &[String], owner: &str) -> Vec<Result<Claim, StoreError>> {
+        let store = &self.inner.store;
+        let lease = self.inner.config.lease();
+        let mut claims = Vec::with_capacity(keys.len());
+        for key in keys {
+            let _ = self.store_call("release", store.release(key, owner)).await;
+            let claim = self.store_call("try_claim", store.try_claim(key, owner, lease));
+            claims.push(claim.await);
+        }
+        claims
+    }
+
     /// The claim call of a batch failed: answers every event per the fail mode (those
-    /// `FailMode::Open` runs are left unanswered for [`Guard::run_unprotected`]).
+    /// `FailMode::Open` runs are left unanswered for [`Guard::run_unprotected`]); an error
+    /// that is not an outage answers every event `InvalidEvent` (it runs none).
     fn batch_store_failed<T, E>(
         &self,
         err: &StoreError,
@@ -272,6 +306,14 @@ impl Guard {
         ctxs: &[Option<Ctx<'_>>],
         answers: &mut Answers<T, E>,
     ) {
+        if !err.is_outage() {
+            for &i in unique {
+                if let Some(ctx) = ctxs[i].as_ref() {
+                    answers[i] = Some(Err(self.refused_by_store(ctx, err)));
+                }
+            }
+            return;
+        }
         self.observe(Scope::Guard, Decision::StoreFailed);
         for &i in unique {
             let Some(ctx) = ctxs[i].as_ref() else {

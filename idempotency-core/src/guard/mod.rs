@@ -184,6 +184,18 @@ impl Guard {
         })
     }
 
+    /// Observes and answers an event whose claim the store refused with an error that is
+    /// not an outage ([`StoreError::is_outage`]): the event's own data, never run, never
+    /// counted against the store.
+    fn refused_by_store<E>(&self, ctx: &outcome::Ctx<'_>, error: &StoreError) -> GuardError<E> {
+        let error = IdentityError::StoreRefused {
+            key: crate::error::bounded(ctx.key, 300),
+            reason: crate::error::bounded(&error.to_string(), 300),
+        };
+        self.observe(ctx, Decision::Invalid { error: &error });
+        GuardError::InvalidEvent(error)
+    }
+
     /// A store call behind the circuit breaker, bounded by the store timeout and measured.
     async fn store_call<T>(
         &self,
