@@ -170,6 +170,12 @@ impl IdempotencyStore for RedisStore {
     fn backend_name(&self) -> &'static str {
         "redis"
     }
+
+    /// 1,000 keys: one claim or completion script over 1,000 keys took 1.5–4.7 ms on
+    /// Redis 7 on loopback (10,000: 20–49 ms, every other client waiting meanwhile).
+    fn max_batch_chunk(&self) -> usize {
+        1_000
+    }
 }
 
 impl RedisStore {

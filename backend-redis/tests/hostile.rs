@@ -147,3 +147,25 @@ async fn the_store_classifies_a_foreign_value_as_refused_data() {
     assert!(matches!(err, StoreError::Rejected { .. }), "{err:?}");
     assert!(!err.is_outage());
 }
+
+/// 100,000 events in one `run_batch` under a 100 ms store timeout: split into chunks, each
+/// claim and completion call stays short, so every event runs once over two deliveries,
+/// none unprotected, and no claim is left processing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_is_claimed_in_chunks_and_runs_each_event_once() {
+    let service = unique_service("large-batch");
+    let tally = eventonce_testkit::large_batch::deliver_twice(
+        store().await,
+        &service,
+        100_000,
+        Duration::from_millis(100),
+    )
+    .await;
+    let expected = eventonce_testkit::large_batch::LargeBatch {
+        processed: 100_000,
+        duplicates: 100_000,
+        runs: 100_000,
+        ..Default::default()
+    };
+    assert_eq!(tally, expected);
+}

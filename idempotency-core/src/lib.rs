@@ -39,7 +39,10 @@ pub use guard::{Guard, GuardStats, Outcome};
 pub use identity::{canonical_json, canonical_number, deterministic_hash};
 pub use key::{escape_event_type, unescape_event_type, KeyParts};
 pub use scheme::{python_json, python_number, python_v2_hash, KeyScheme};
-pub use store::{Claim, Completion, IdempotencyStore, Record, RecordState, TransactionalStore};
+pub use store::{
+    Claim, Completion, IdempotencyStore, Record, RecordState, TransactionalStore,
+    DEFAULT_BATCH_CHUNK,
+};
 pub use telemetry::{RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS};
 
 /// The first layout's paths of the names that moved to [`config::defaults`] and

@@ -13,6 +13,7 @@
 
 pub mod faults;
 pub mod kafka;
+pub mod large_batch;
 pub mod proxy;
 pub mod redis_process;
 

@@ -338,4 +338,8 @@ impl IdempotencyStore for Faulty {
     fn backend_name(&self) -> &'static str {
         self.w.store.backend_name()
     }
+
+    fn max_batch_chunk(&self) -> usize {
+        self.w.store.max_batch_chunk()
+    }
 }

@@ -35,6 +35,15 @@ type Answers<T, E> = [Option<BatchResult<T, E>>];
 /// A panic raised by a handler, resumed once the batch is settled.
 type Panic = Box<dyn std::any::Any + Send>;
 
+/// What the claims of a batch gave: the events acquired (their indexes and keys, in the
+/// same order), and those to run unprotected (`FailMode::Open` after an outage).
+#[derive(Default)]
+struct Claimed {
+    acquired: Vec<usize>,
+    keys: Vec<String>,
+    open: Vec<usize>,
+}
+
 impl Guard {
     /// Runs `handler` for each event of `envelopes` that was not processed before, with two
     /// store round trips for the whole batch (one claim call, one completion call), and
@@ -136,22 +145,13 @@ impl Guard {
 
         let owner = new_owner();
         let claimed = tokio::time::Instant::now();
-        let acquired = self
+        let Claimed {
+            acquired,
+            keys,
+            open,
+        } = self
             .claim_batch(&unique, &mut ctxs, &owner, &mut answers)
             .await;
-        let Some((acquired, keys)) = acquired else {
-            // The store failed: FailMode::Open runs every handler unprotected (Closed has
-            // answered them all already).
-            let open: Vec<usize> = unique
-                .iter()
-                .copied()
-                .filter(|&i| answers[i].is_none())
-                .collect();
-            self.run_unprotected(envelopes, &open, &ctxs, &mut handler, &mut answers)
-                .await;
-            self.answer_copies(&copies, &ctxs, &mut answers);
-            return answers.into_iter().map(finish).collect();
-        };
 
         // From here on the claims are ours: whatever happens, they are settled.
         let mut pending = PendingBatch {
@@ -176,6 +176,10 @@ impl Guard {
         if let Some(payload) = panic {
             resume_unwind(payload);
         }
+        // The events whose claim met an outage under FailMode::Open run last, unprotected,
+        // once every claim of the batch is settled.
+        self.run_unprotected(envelopes, &open, &ctxs, &mut handler, &mut answers)
+            .await;
         self.answer_copies(&copies, &ctxs, &mut answers);
         answers.into_iter().map(finish).collect()
     }
@@ -200,52 +204,27 @@ impl Guard {
         ids
     }
 
-    /// Claims the first copies (`unique`) in one round trip and observes each answer: the
-    /// events acquired and their keys, or `None` when the store failed (every event then answered per
-    /// the fail mode, or left unanswered for an unprotected run).
+    /// Claims the first copies (`unique`), in chunks of at most the store's
+    /// [`max_batch_chunk`](crate::IdempotencyStore::max_batch_chunk) keys (one store call
+    /// each), and observes each answer: the events acquired and their keys, and the events
+    /// whose chunk met an outage under `FailMode::Open`, left unanswered for an unprotected
+    /// run (under `FailMode::Closed` they are answered `Store`).
     async fn claim_batch<T, E>(
         &self,
         unique: &[usize],
         ctxs: &mut [Option<Ctx<'_>>],
         owner: &str,
         answers: &mut Answers<T, E>,
-    ) -> Option<(Vec<usize>, Vec<String>)> {
+    ) -> Claimed {
         let keys: Vec<String> = unique.iter().map(|&i| key_of(ctxs, i)).collect();
         let t = Instant::now();
-        let claims = if keys.is_empty() {
-            Ok(Vec::new())
-        } else {
-            let lease = self.inner.config.lease();
-            let claim = self.inner.store.try_claim_many(&keys, owner, lease);
-            self.store_call("try_claim_many", claim).await
-        };
+        let claims = self.claim_chunks(&keys, owner).await;
         let claim_time = t.elapsed();
         for ctx in ctxs.iter_mut().flatten() {
             ctx.store_time += claim_time;
         }
-        let claims: Vec<Result<Claim, StoreError>> = match claims {
-            Ok(claims) if claims.len() == keys.len() => claims.into_iter().map(Ok).collect(),
-            Ok(claims) => {
-                let err = StoreError::Unavailable {
-                    message: format!(
-                        "the store answered {} claims to {} keys",
-                        claims.len(),
-                        keys.len()
-                    ),
-                    source: None,
-                };
-                self.batch_store_failed(&err, unique, ctxs, answers);
-                return None;
-            }
-            // The store refused the call for some key's data: find which, one key at a time.
-            Err(err) if !err.is_outage() && keys.len() > 1 => self.claim_each(&keys, owner).await,
-            Err(err) => {
-                self.batch_store_failed(&err, unique, ctxs, answers);
-                return None;
-            }
-        };
-        let mut acquired = Vec::new();
-        let mut acquired_keys = Vec::new();
+        let mut claimed = Claimed::default();
+        let mut outage_seen = false;
         for ((&i, claim), key) in unique.iter().zip(claims).zip(keys) {
             let Some(ctx) = ctxs[i].as_ref() else {
                 continue;
@@ -253,8 +232,8 @@ impl Guard {
             match claim {
                 Ok(Claim::Acquired) => {
                     self.observe(ctx, Decision::Claimed);
-                    acquired.push(i);
-                    acquired_keys.push(key);
+                    claimed.acquired.push(i);
+                    claimed.keys.push(key);
                 }
                 Ok(Claim::Completed) => {
                     self.observe(ctx, Decision::Duplicate);
@@ -268,16 +247,53 @@ impl Guard {
                     answers[i] = Some(Err(self.refused_by_store(ctx, &err)));
                 }
                 Err(err) => {
-                    // An outage met while claiming one key at a time: refused, never run
-                    // unprotected (a part of the batch may hold claims).
-                    self.observe(Scope::Guard, Decision::StoreFailed);
-                    let store = self.inner.store.backend_name();
-                    self.observe(ctx, Decision::Refused { store, error: &err });
-                    answers[i] = Some(Err(GuardError::Store(err)));
+                    if !std::mem::replace(&mut outage_seen, true) {
+                        self.observe(Scope::Guard, Decision::StoreFailed);
+                    }
+                    if self.fail_open(ctx, &err) {
+                        claimed.open.push(i);
+                    } else {
+                        answers[i] = Some(Err(GuardError::Store(err)));
+                    }
                 }
             }
         }
-        Some((acquired, acquired_keys))
+        claimed
+    }
+
+    /// Each key's claim, chunk by chunk. A chunk the store refused for some key's data
+    /// (not an outage) is claimed again one key at a time, so that the refusal answers
+    /// only its own event; an outage answers every key of its chunk.
+    async fn claim_chunks(&self, keys: &[String], owner: &str) -> Vec<Result<Claim, StoreError>> {
+        let store = &self.inner.store;
+        let lease = self.inner.config.lease();
+        let mut claims = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(store.max_batch_chunk().max(1)) {
+            let call = store.try_claim_many(chunk, owner, lease);
+            match self.store_call("try_claim_many", call).await {
+                Ok(answers) if answers.len() == chunk.len() => {
+                    claims.extend(answers.into_iter().map(Ok));
+                }
+                Ok(answers) => {
+                    let err = StoreError::Unavailable {
+                        message: format!(
+                            "the store answered {} claims to {} keys",
+                            answers.len(),
+                            chunk.len()
+                        ),
+                        source: None,
+                    };
+                    claims.extend(chunk.iter().map(|_| Err(err.again())));
+                }
+                Err(err) if !err.is_outage() && chunk.len() > 1 => {
+                    claims.extend(self.claim_each(chunk, owner).await);
+                }
+                Err(err) => {
+                    claims.extend(chunk.iter().map(|_| Err(err.again())));
+                }
+            }
+        }
+        claims
     }
 
     /// Claims each of `keys` alone, after a batch claim the store refused for some key's
@@ -294,35 +310,6 @@ impl Guard {
             claims.push(claim.await);
         }
         claims
-    }
-
-    /// The claim call of a batch failed: answers every event per the fail mode (those
-    /// `FailMode::Open` runs are left unanswered for [`Guard::run_unprotected`]); an error
-    /// that is not an outage answers every event `InvalidEvent` (it runs none).
-    fn batch_store_failed<T, E>(
-        &self,
-        err: &StoreError,
-        unique: &[usize],
-        ctxs: &[Option<Ctx<'_>>],
-        answers: &mut Answers<T, E>,
-    ) {
-        if !err.is_outage() {
-            for &i in unique {
-                if let Some(ctx) = ctxs[i].as_ref() {
-                    answers[i] = Some(Err(self.refused_by_store(ctx, err)));
-                }
-            }
-            return;
-        }
-        self.observe(Scope::Guard, Decision::StoreFailed);
-        for &i in unique {
-            let Some(ctx) = ctxs[i].as_ref() else {
-                continue;
-            };
-            if !self.fail_open(ctx, err) {
-                answers[i] = Some(Err(GuardError::Store(err.again())));
-            }
-        }
     }
 
     /// Polls the handlers of the claimed events, at most `batch_concurrency` at once, each
@@ -567,15 +554,19 @@ impl Guard {
                 if completions.is_empty() {
                     return Ok(Vec::new());
                 }
-                let call = store.complete_many(completions);
-                self.store_call_ungated("complete_many", call).await
+                self.chunked("complete_many", completions, true, |chunk| {
+                    store.complete_many(chunk)
+                })
+                .await
             },
             async {
                 if releases.is_empty() {
                     return Ok(Vec::new());
                 }
-                let call = store.release_many(releases, owner);
-                self.store_call("release_many", call).await
+                self.chunked("release_many", releases, false, |chunk| {
+                    store.release_many(chunk, owner)
+                })
+                .await
             },
         )
         .await

@@ -217,6 +217,67 @@ impl Guard {
         self.store_call_with(operation, call, Permit::Call).await
     }
 
+    /// A batch call (`complete_many`, `release_many`, `extend_many`) over `items`, split
+    /// into chunks of at most the store's
+    /// [`max_batch_chunk`](IdempotencyStore::max_batch_chunk): one store call per chunk in
+    /// turn, each within the store timeout, behind the breaker unless `ungated`. Each item's
+    /// answer in order; when a chunk failed, a [`StoreError::Partial`] with the answers of
+    /// the others and the first failure.
+    async fn chunked<'a, I, Fut>(
+        &self,
+        operation: &'static str,
+        items: &'a [I],
+        ungated: bool,
+        mut call: impl FnMut(&'a [I]) -> Fut,
+    ) -> Result<Vec<bool>, StoreError>
+    where
+        Fut: Future<Output = Result<Vec<bool>, StoreError>>,
+    {
+        let size = self.inner.store.max_batch_chunk().max(1);
+        let mut answers: Vec<Option<bool>> = Vec::with_capacity(items.len());
+        let mut failure = None;
+        for chunk in items.chunks(size) {
+            let permit = if ungated {
+                Ok(Permit::Call)
+            } else {
+                self.inner.breaker.permit()
+            };
+            let result = match permit {
+                Ok(permit) => self.store_call_with(operation, call(chunk), permit).await,
+                Err(open) => Err(open),
+            };
+            match result {
+                Ok(flags) if items.len() <= size => return Ok(flags),
+                Ok(flags) if flags.len() == chunk.len() => {
+                    answers.extend(flags.into_iter().map(Some));
+                }
+                Ok(flags) => {
+                    answers.extend(std::iter::repeat_n(None, chunk.len()));
+                    failure.get_or_insert(StoreError::Unavailable {
+                        message: format!(
+                            "`{operation}` answered {} of {} keys",
+                            flags.len(),
+                            chunk.len()
+                        ),
+                        source: None,
+                    });
+                }
+                Err(err) if items.len() <= size => return Err(err),
+                Err(err) => {
+                    answers.extend(err.answers(chunk.len()));
+                    failure.get_or_insert(err);
+                }
+            }
+        }
+        match failure {
+            None => Ok(answers.into_iter().flatten().collect()),
+            Some(error) => Err(StoreError::Partial {
+                answers,
+                error: Box::new(error),
+            }),
+        }
+    }
+
     /// Runs `call` within the store timeout, records it in the metrics and its result in
     /// the breaker under `permit`.
     async fn store_call_with<T>(
