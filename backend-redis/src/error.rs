@@ -51,9 +51,13 @@ pub(crate) fn is_data_error(err: &RedisError) -> bool {
     }
     let text = err.to_string();
     err.code() == Some("ERR")
-        && ["exceeds maximum allowed size", "invalid bulk length", "too large"]
-            .iter()
-            .any(|limit| text.contains(limit))
+        && [
+            "exceeds maximum allowed size",
+            "invalid bulk length",
+            "too large",
+        ]
+        .iter()
+        .any(|limit| text.contains(limit))
 }
 
 /// The password of a URL, if it has one.

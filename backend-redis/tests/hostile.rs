@@ -17,7 +17,9 @@ fn url() -> String {
 }
 
 async fn store() -> RedisStore {
-    RedisStore::connect(&url()).await.expect("the tests need Redis")
+    RedisStore::connect(&url())
+        .await
+        .expect("the tests need Redis")
 }
 
 /// Writes a list at `key`: a value no script of the store reads.
@@ -87,7 +89,9 @@ async fn a_foreign_value_at_an_events_key_is_that_events_error_not_an_outage() {
         ran.load(Ordering::SeqCst)
     );
     assert!(
-        answers.iter().all(|a| a.starts_with("Err(InvalidEvent(StoreRefused")),
+        answers
+            .iter()
+            .all(|a| a.starts_with("Err(InvalidEvent(StoreRefused")),
         "{summary}"
     );
     assert_eq!(
@@ -138,7 +142,10 @@ async fn a_foreign_value_in_a_batch_fails_only_its_own_event() {
 #[tokio::test]
 async fn the_store_classifies_a_foreign_value_as_refused_data() {
     let s = store().await;
-    let key = format!("huleedu:idempotency:v2:{}:t:h", unique_service("wrongtype-store"));
+    let key = format!(
+        "huleedu:idempotency:v2:{}:t:h",
+        unique_service("wrongtype-store")
+    );
     plant_list(&key).await;
     let err = s
         .try_claim(&key, "owner", Duration::from_secs(5))

@@ -58,6 +58,9 @@ pub enum ConfigError {
     /// `batch_concurrency` is zero: no handler of a batch could ever run.
     #[error("batch concurrency must be at least 1")]
     ZeroBatchConcurrency,
+    /// `max_payload_bytes` is zero: every payload would be refused.
+    #[error("max_payload_bytes must be at least 1")]
+    ZeroPayloadLimit,
 }
 
 /// Why [`EventEnvelope::from_slice`](crate::EventEnvelope::from_slice) could not read a payload.
@@ -67,6 +70,18 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnvelopeError {
+    /// The payload is longer than the limit (by default
+    /// [`DEFAULT_MAX_PAYLOAD_BYTES`](crate::config::defaults::DEFAULT_MAX_PAYLOAD_BYTES),
+    /// else the configuration's
+    /// [`max_payload_bytes`](crate::ConfigBuilder::max_payload_bytes)): refused before
+    /// any parsing, so it costs neither time nor memory. Dead-letter it.
+    #[error("event payload is {size} bytes, over the limit of {limit} bytes (max_payload_bytes); not parsed")]
+    TooLarge {
+        /// The payload's length in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The payload has no bytes at all (a Kafka tombstone carries no value, too).
     #[error("event payload is empty")]
     Empty,

@@ -39,7 +39,10 @@ pub async fn hostile_event_types_never_open_the_breaker_nor_run_twice(f: &impl S
     .await;
     let ran = AtomicUsize::new(0);
     let mut answers = Vec::new();
-    for (n, len) in [2_600_usize, 3_000, 20_000, 1_000_000].into_iter().enumerate() {
+    for (n, len) in [2_600_usize, 3_000, 20_000, 1_000_000]
+        .into_iter()
+        .enumerate()
+    {
         let hostile = EventEnvelope::new(incompressible(len, n as u64 + 7), json!({"n": n}));
         let answer = g
             .run(&hostile, async {
@@ -48,10 +51,9 @@ pub async fn hostile_event_types_never_open_the_breaker_nor_run_twice(f: &impl S
             })
             .await;
         answers.push(match answer {
-            Err(GuardError::InvalidEvent(e)) => format!("InvalidEvent({e})")
-                .chars()
-                .take(160)
-                .collect(),
+            Err(GuardError::InvalidEvent(e)) => {
+                format!("InvalidEvent({e})").chars().take(160).collect()
+            }
             other => format!("{other:?}").chars().take(160).collect::<String>(),
         });
     }
@@ -75,7 +77,11 @@ pub async fn hostile_event_types_never_open_the_breaker_nor_run_twice(f: &impl S
         answers.iter().all(|a| a.starts_with("InvalidEvent")),
         "{summary}"
     );
-    assert_eq!((hostile_runs, breaker_open, honest_runs), (0, false, 1), "{summary}");
+    assert_eq!(
+        (hostile_runs, breaker_open, honest_runs),
+        (0, false, 1),
+        "{summary}"
+    );
 
     // The longest type the scheme keeps is kept whole, and stored.
     let fits = EventEnvelope::new(
