@@ -223,6 +223,38 @@ mod tests {
         assert_eq!(b.permit().expect("a new probe"), Permit::Probe);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn errors_of_the_events_data_never_open_it() {
+        let b = Breaker::new(1, Duration::from_secs(1));
+        let refused = [
+            StoreError::Rejected {
+                message: "54000: index row too large".into(),
+                source: None,
+            },
+            StoreError::InvalidData {
+                key: "k".into(),
+                detail: "WRONGTYPE".into(),
+            },
+            StoreError::InvalidArgument("empty key".into()),
+            StoreError::Partial {
+                answers: vec![Some(true), None],
+                error: Box::new(StoreError::Rejected {
+                    message: "too large".into(),
+                    source: None,
+                }),
+            },
+        ];
+        for err in &refused {
+            assert!(!err.is_outage(), "{err}");
+            let p = b.permit().expect("closed");
+            b.record(p, Err(err));
+        }
+        assert!(!b.is_open());
+        let p = b.permit().expect("closed");
+        b.record(p, Err(&unavailable()));
+        assert!(b.is_open(), "an outage still opens it");
+    }
+
     #[test]
     fn a_zero_threshold_disables_it() {
         let b = Breaker::new(0, Duration::from_secs(1));

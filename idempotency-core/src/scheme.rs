@@ -583,6 +583,28 @@ mod tests {
     }
 
     #[test]
+    fn python_v2_keeps_types_up_to_its_bound_and_refuses_longer_ones() {
+        let longest = "a.".repeat(key::MAX_PYTHON_V2_EVENT_TYPE / 2);
+        let segment = KeyScheme::PythonV2
+            .event_type_segment(&longest)
+            .expect("within the bound");
+        assert_eq!(segment, longest.replace('.', "_"));
+        let longer = format!("{longest}b");
+        assert_eq!(
+            KeyScheme::PythonV2.event_type_segment(&longer),
+            Err(IdentityError::EventTypeTooLong {
+                length: key::MAX_PYTHON_V2_EVENT_TYPE + 1,
+                limit: key::MAX_PYTHON_V2_EVENT_TYPE
+            })
+        );
+        // The default scheme shortens instead.
+        let shortened = KeyScheme::Eventonce
+            .event_type_segment(&longer)
+            .expect("shortened");
+        assert!(shortened.len() <= key::MAX_EVENT_TYPE_SEGMENT);
+    }
+
+    #[test]
     fn scheme_names_parse_back() {
         for s in [KeyScheme::Eventonce, KeyScheme::PythonV2] {
             assert_eq!(s.name().parse::<KeyScheme>(), Ok(s));

@@ -227,7 +227,7 @@ impl KafkaGuard {
     ///
     /// A [`MessageError`] if the message is not an identifiable event: it has no value, is
     /// not a valid envelope or has a bad or mismatched `event_id` or `event_type` header
-    /// (see [`envelope_from_message_with`]), or the guard cannot key it
+    /// (see [`envelope_from_message_within`]), or the guard cannot key it
     /// ([`MessageError::Unidentifiable`]). Its offset is not committed.
     pub async fn process<K, C, M, F, Fut, T, E>(
         &self,

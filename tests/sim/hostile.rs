@@ -152,9 +152,15 @@ fn event_type(rng: &mut Rng, n: usize) -> String {
     t
 }
 
-/// The violations of P10 for `seed`, on a paused clock.
-pub(crate) async fn check(seed: u64) -> Vec<String> {
-    let mut rng = Rng::new(seed ^ 0x4057_11e5);
+/// A seed's guard, its store and its events.
+struct Setup {
+    scheme: KeyScheme,
+    store: Arc<Refusing>,
+    guard: Guard,
+    events: Vec<Hostile>,
+}
+
+fn setup(seed: u64, rng: &mut Rng) -> Setup {
     let scheme = if rng.chance(0.5) {
         KeyScheme::PythonV2
     } else {
@@ -165,19 +171,17 @@ pub(crate) async fn check(seed: u64) -> Vec<String> {
         foreign: Mutex::new(HashSet::new()),
         too_long: Mutex::new(Vec::new()),
     });
+    let failures = u32::try_from(rng.range(1, 4)).unwrap_or(1);
     let config = IdempotencyConfig::builder(format!("hostile-{seed}"))
         .key_scheme(scheme)
         .on_store_error(FailMode::Open)
-        .circuit_breaker(
-            u32::try_from(rng.range(1, 4)).unwrap_or(1),
-            Duration::from_secs(60),
-        )
+        .circuit_breaker(failures, Duration::from_secs(60))
         .build()
         .unwrap_or_else(|e| panic!("config: {e}"));
     let guard = Guard::from_arc(store.clone(), config);
     let events: Vec<Hostile> = (0..rng.range(4, 12))
         .map(|n| Hostile {
-            envelope: EventEnvelope::new(event_type(&mut rng, n), json!({ "n": n }))
+            envelope: EventEnvelope::new(event_type(rng, n), json!({ "n": n }))
                 .with_event_id(format!("{seed}-{n}")),
             foreign: rng.chance(0.2),
         })
@@ -191,14 +195,28 @@ pub(crate) async fn check(seed: u64) -> Vec<String> {
                 .insert(key);
         }
     }
-    let runs: Vec<AtomicUsize> = events.iter().map(|_| AtomicUsize::new(0)).collect();
-    let mut answers: Vec<Vec<String>> = events.iter().map(|_| Vec::new()).collect();
-    let mut violations = Vec::new();
-    let deliveries = rng.range(2, 4);
-    for delivery in 0..deliveries {
+    Setup {
+        scheme,
+        store,
+        guard,
+        events,
+    }
+}
+
+/// Delivers every event two or three times, one by one or as one batch; each event's
+/// answers and handler runs, and a violation each time the breaker was found open.
+async fn deliver(
+    rng: &mut Rng,
+    s: &Setup,
+    violations: &mut Vec<String>,
+) -> (Vec<Vec<String>>, Vec<usize>) {
+    let runs: Vec<AtomicUsize> = s.events.iter().map(|_| AtomicUsize::new(0)).collect();
+    let mut answers: Vec<Vec<String>> = s.events.iter().map(|_| Vec::new()).collect();
+    for delivery in 0..rng.range(2, 4) {
         if rng.chance(0.5) {
-            for (i, e) in events.iter().enumerate() {
-                let answer = guard
+            for (i, e) in s.events.iter().enumerate() {
+                let answer = s
+                    .guard
                     .run(&e.envelope, async {
                         runs[i].fetch_add(1, Ordering::SeqCst);
                         Ok::<_, std::io::Error>(())
@@ -207,8 +225,9 @@ pub(crate) async fn check(seed: u64) -> Vec<String> {
                 answers[i].push(shown(&answer));
             }
         } else {
-            let batch: Vec<EventEnvelope> = events.iter().map(|e| e.envelope.clone()).collect();
-            let results = guard
+            let batch: Vec<EventEnvelope> = s.events.iter().map(|e| e.envelope.clone()).collect();
+            let results = s
+                .guard
                 .run_batch(&batch, |envelope| {
                     let i = batch.iter().position(|b| std::ptr::eq(b, envelope));
                     let runs = &runs;
@@ -224,17 +243,27 @@ pub(crate) async fn check(seed: u64) -> Vec<String> {
                 answers[i].push(shown(answer));
             }
         }
-        if guard.circuit_open() {
+        if s.guard.circuit_open() {
             violations.push(format!(
                 "P10 the circuit breaker opened after delivery {} with no outage",
                 delivery + 1
             ));
         }
     }
-    for (i, e) in events.iter().enumerate() {
-        let refused = e.foreign || guard.key_for(&e.envelope).is_err();
-        let ran = runs[i].load(Ordering::SeqCst);
-        let all = &answers[i];
+    let runs = runs.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+    (answers, runs)
+}
+
+/// The violations of P10 for `seed`, on a paused clock.
+pub(crate) async fn check(seed: u64) -> Vec<String> {
+    let mut rng = Rng::new(seed ^ 0x4057_11e5);
+    let s = setup(seed, &mut rng);
+    let mut violations = Vec::new();
+    let (answers, runs) = deliver(&mut rng, &s, &mut violations).await;
+    let scheme = s.scheme;
+    for (i, e) in s.events.iter().enumerate() {
+        let refused = e.foreign || s.guard.key_for(&e.envelope).is_err();
+        let (ran, all) = (runs[i], &answers[i]);
         let what = format!(
             "P10 event {i} (type of {} bytes, {scheme}, {})",
             e.envelope.event_type.len(),
@@ -256,7 +285,8 @@ pub(crate) async fn check(seed: u64) -> Vec<String> {
             violations.push(format!("{what}: ran unprotected with no outage; {all:?}"));
         }
     }
-    let too_long = store
+    let too_long = s
+        .store
         .too_long
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
