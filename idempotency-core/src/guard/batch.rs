@@ -1,6 +1,8 @@
-//! `Guard::run_batch`: a whole batch of events in two store round trips, in steps:
-//! identify (first copies of each key), claim (one call), drive (handlers and one lease
-//! renewal for all), settle (one completion call and one release call), observe.
+//! `Guard::run_batch`: a whole batch of events in two store round trips per chunk of the
+//! store's `max_batch_chunk` keys, in steps: identify (first copies of each key), claim
+//! (one call per chunk), drive (handlers and one lease renewal for all), settle (one
+//! completion call and one release call per chunk), observe, then the unprotected runs of
+//! events whose chunk met an outage under `FailMode::Open`.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -46,20 +48,27 @@ struct Claimed {
 
 impl Guard {
     /// Runs `handler` for each event of `envelopes` that was not processed before, with two
-    /// store round trips for the whole batch (one claim call, one completion call), and
+    /// store round trips per chunk of the batch (one claim call, one completion call), and
     /// returns each event's answer in the order of `envelopes`.
     ///
     /// Each event gets what [`Guard::run`] would give it: `Processed`, `Duplicate`,
     /// `Unprotected` (store down, `FailMode::Open`), or an error (`InProgress`, `Handler`,
-    /// `Store`, `InvalidEvent`). An event that cannot be identified fails alone; the rest
-    /// of the batch goes on.
+    /// `Store`, `InvalidEvent`). An event that cannot be identified, or whose record the
+    /// store refuses for its data, fails alone; the rest of the batch goes on.
+    ///
+    /// A batch of any size is accepted. Its store calls (claims, renewals, completions,
+    /// releases) carry at most the store's
+    /// [`max_batch_chunk`](crate::IdempotencyStore::max_batch_chunk) keys each (1,000 on
+    /// Redis and PostgreSQL), one chunk after another, each within the store timeout; a
+    /// chunk that meets an outage answers its own events per the fail mode (those run
+    /// unprotected run after the rest of the batch is settled).
     ///
     /// - The new events' handlers run concurrently in this task, at most
     ///   [`batch_concurrency`](crate::ConfigBuilder::batch_concurrency) at once; the claims
     ///   of all of them (queued, running, and those that already succeeded, whose
     ///   completion waits for the batch's end) are renewed together while any runs.
-    /// - Then the successes are completed and the failures released, in one round trip
-    ///   each, sent at once.
+    /// - Then the successes are completed and the failures released, one round trip each
+    ///   per chunk, the two sent at once.
     /// - The same event twice in one batch runs once: the later copies answer `Duplicate`
     ///   when the first was processed, `InProgress` when it was not (redeliver them).
     /// - A handler that panics has its claim released; the other events are settled, then
@@ -439,9 +448,9 @@ impl Guard {
         slots.iter().any(|&s| !lost[s])
     }
 
-    /// Completes the successes and releases the failures, in one round trip each, sent at
-    /// once, then answers and observes every acquired event. Returns the first panic of a
-    /// handler, to resume.
+    /// Completes the successes and releases the failures, in one round trip each per chunk,
+    /// the two sent at once, then answers and observes every acquired event. Returns the
+    /// first panic of a handler, to resume.
     async fn settle_batch<T, E>(
         &self,
         acquired: &[usize],

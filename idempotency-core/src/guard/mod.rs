@@ -6,7 +6,7 @@
 //! [`Decision`](outcome::Decision). By concern:
 //!
 //! - `run`: [`Guard::run`], one event;
-//! - `batch`: [`Guard::run_batch`], many events in two store round trips;
+//! - `batch`: [`Guard::run_batch`], many events in two store round trips per chunk;
 //! - `transaction`: [`Guard::run_in_transaction`], the record committed with the handler's
 //!   writes;
 //! - `lease`: the heartbeat that renews a claim while its handler runs;
