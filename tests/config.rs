@@ -407,3 +407,28 @@ async fn the_longest_settings_run_events_without_panicking() {
         .await;
     assert!(matches!(second, Ok(Outcome::Duplicate)), "{second:?}");
 }
+
+#[test]
+fn service_names_and_prefixes_over_200_bytes_are_refused() {
+    let at = "s".repeat(200);
+    assert!(IdempotencyConfig::builder(at.clone())
+        .key_prefix(at.clone())
+        .build()
+        .is_ok());
+    let over = "s".repeat(201);
+    let err = IdempotencyConfig::builder(over.clone())
+        .build()
+        .expect_err("too long");
+    assert!(
+        matches!(err, ConfigError::InvalidServiceName { reason, .. } if reason.contains("200 bytes")),
+        "{err:?}"
+    );
+    let err = IdempotencyConfig::builder("billing")
+        .key_prefix(over)
+        .build()
+        .expect_err("too long");
+    assert!(
+        matches!(err, ConfigError::InvalidKeyPrefix { reason, .. } if reason.contains("200 bytes")),
+        "{err:?}"
+    );
+}

@@ -180,3 +180,71 @@ proptest! {
         }
     }
 }
+
+/// A payload of exactly `n` bytes: a JSON envelope whose data is an array of small
+/// numbers (the costliest shape per byte to parse), padded with whitespace.
+fn numbers_payload(n: usize) -> Vec<u8> {
+    let mut p = br#"{"event_type":"big.v1","data":["#.to_vec();
+    while p.len() + 4 < n {
+        p.extend_from_slice(b"1,");
+    }
+    p.extend_from_slice(b"1]}");
+    p.resize(n.max(p.len()), b' ');
+    p
+}
+
+#[test]
+fn a_payload_over_the_default_limit_is_refused_before_parsing() {
+    let limit = eventonce::config::defaults::DEFAULT_MAX_PAYLOAD_BYTES;
+    let at_limit = numbers_payload(limit);
+    assert_eq!(at_limit.len(), limit);
+    assert!(EventEnvelope::from_slice(&at_limit).is_ok());
+    // 50 MB took seconds and a gigabyte of heap to parse; refused, it takes neither.
+    let huge = numbers_payload(50_000_000);
+    let started = std::time::Instant::now();
+    let refused = EventEnvelope::from_slice(&huge);
+    let took = started.elapsed();
+    assert_eq!(
+        refused,
+        Err(EnvelopeError::TooLarge {
+            size: huge.len(),
+            limit
+        })
+    );
+    assert!(took < std::time::Duration::from_millis(50), "{took:?}");
+    let text = format!("{}", refused.expect_err("refused"));
+    assert!(
+        text.contains("50000000") && text.contains(&limit.to_string()),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_configured_payload_limit_applies_to_parsing() {
+    let config = eventonce::IdempotencyConfig::builder("payload-limit")
+        .max_payload_bytes(1_000)
+        .build()
+        .expect("config");
+    assert_eq!(config.max_payload_bytes(), 1_000);
+    let small = numbers_payload(1_000);
+    assert!(config.parse_envelope(&small).is_ok());
+    let big = numbers_payload(1_001);
+    assert_eq!(
+        config.parse_envelope(&big),
+        Err(EnvelopeError::TooLarge {
+            size: 1_001,
+            limit: 1_000
+        })
+    );
+    assert_eq!(
+        EventEnvelope::from_slice_within(&big, 1_000),
+        Err(EnvelopeError::TooLarge {
+            size: 1_001,
+            limit: 1_000
+        })
+    );
+    let zero = eventonce::IdempotencyConfig::builder("payload-limit")
+        .max_payload_bytes(0)
+        .build();
+    assert!(zero.is_err());
+}

@@ -250,4 +250,8 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
     fn backend_name(&self) -> &'static str {
         self.inner.backend_name()
     }
+
+    fn max_batch_chunk(&self) -> usize {
+        self.inner.max_batch_chunk()
+    }
 }

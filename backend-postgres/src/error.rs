@@ -13,6 +13,10 @@ pub(crate) fn db_error(context: &str, err: sqlx::Error, acquire_timeout: Duratio
             operation: "acquire a connection",
             timeout: acquire_timeout,
         },
+        err if is_data_error(&err) => StoreError::Rejected {
+            message: format!("{context}: {}", describe(&err)),
+            source: Some(Box::new(err)),
+        },
         err => StoreError::Unavailable {
             message: format!("{context}: {}", describe(&err)),
             source: Some(Box::new(err)),
@@ -20,13 +24,35 @@ pub(crate) fn db_error(context: &str, err: sqlx::Error, acquire_timeout: Duratio
     }
 }
 
+/// Whether the database refused a statement for the data it was given, not for its own
+/// health: SQLSTATE class 22 (data exception: a value too long, a character it cannot
+/// store, ...) and class 54 (program limit exceeded: an index row over the B-tree limit,
+/// as a key over about 2,700 bytes). The same data meets the same refusal again, so it is
+/// the event's error, never an outage. Everything else (connection errors, class 08;
+/// insufficient resources, 53; operator intervention, 57; system errors, 58 and XX; a
+/// read-only transaction, 25006; missing privileges or tables, 42) stays an outage: it
+/// concerns every event.
+pub(crate) fn is_data_error(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("54")),
+        _ => false,
+    }
+}
+
 /// Whether a claim statement failed because of another transaction rather than the
-/// store: a row it holds for longer than the lock timeout (55P03 lock_not_available), or a
+/// store: a row it holds for longer than the lock timeout (55P03 lock_not_available), a
 /// serialization failure (40001, only under a stricter isolation default than READ
-/// COMMITTED). Nothing was claimed, so the claim answers `InProgress`: the caller retries.
+/// COMMITTED), or a statement cancelled by a `statement_timeout` shorter than the lock
+/// wait (57014 query_canceled: the claim's wait for the row is its only wait that long).
+/// Nothing was claimed, so the claim answers `InProgress`: the caller retries, and the
+/// handler never runs unprotected because of another consumer's transaction.
 pub(crate) fn is_conflict(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("55P03" | "40001")),
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("55P03" | "40001" | "57014"))
+        }
         _ => false,
     }
 }

@@ -230,6 +230,7 @@ impl IdempotencyStore for PostgresStore {
         .bind(keys)
         .bind(owner)
         .bind(millis(lease))
+        .persistent(false)
         .fetch_all(&self.pool)
         .await
         {
@@ -343,6 +344,12 @@ impl IdempotencyStore for PostgresStore {
 
     fn backend_name(&self) -> &'static str {
         "postgres"
+    }
+
+    /// 1,000 keys: one claim or completion statement over 1,000 keys took 20–50 ms on
+    /// PostgreSQL 15 on loopback (5,000: 120–330 ms, close to the default store timeout).
+    fn max_batch_chunk(&self) -> usize {
+        1_000
     }
 }
 

@@ -18,6 +18,12 @@ pub(crate) fn unavailable(context: &str, err: RedisError, timeout: Duration) -> 
             timeout,
         };
     }
+    if is_data_error(&err) {
+        return StoreError::Rejected {
+            message: format!("{context}: {err}"),
+            source: Some(Box::new(err)),
+        };
+    }
     let hint = match err.code() {
         Some("NOAUTH") => {
             "; the server wants a password: give it in the URL (redis://[user]:PASSWORD@host:port)"
@@ -31,6 +37,28 @@ pub(crate) fn unavailable(context: &str, err: RedisError, timeout: Duration) -> 
         message: format!("{context}: {err}{hint}"),
         source: Some(Box::new(err)),
     }
+}
+
+/// Whether the server refused a command for the data it was given or found at the key,
+/// not for its own health: `WRONGTYPE` (a value of another kind at the key, written by
+/// something else), or a string or argument over the server's size limits
+/// (`proto-max-bulk-len`, 512 MB by default). The same event meets the same refusal again,
+/// so it is that event's error, never an outage. `OOM` (out of memory), `READONLY`,
+/// `LOADING`, `BUSY`, `MASTERDOWN`, `CLUSTERDOWN`, connection errors and timeouts stay
+/// outages.
+pub(crate) fn is_data_error(err: &RedisError) -> bool {
+    if err.code() == Some("WRONGTYPE") {
+        return true;
+    }
+    let text = err.to_string();
+    err.code() == Some("ERR")
+        && [
+            "exceeds maximum allowed size",
+            "invalid bulk length",
+            "too large",
+        ]
+        .iter()
+        .any(|limit| text.contains(limit))
 }
 
 /// `err` with every occurrence of `password` masked.

@@ -170,6 +170,12 @@ impl IdempotencyStore for RedisStore {
     fn backend_name(&self) -> &'static str {
         "redis"
     }
+
+    /// 1,000 keys: one claim or completion script over 1,000 keys took 1.5–4.7 ms on
+    /// Redis 7 on loopback (10,000: 20–49 ms, every other client waiting meanwhile).
+    fn max_batch_chunk(&self) -> usize {
+        1_000
+    }
 }
 
 impl RedisStore {
@@ -298,10 +304,19 @@ impl RedisStore {
         // Owner-checked: only this call's own claims go. One that cannot be released (its
         // node failed meanwhile) expires after the lease.
         join_all(acquired.into_iter().map(|k| self.release(k, owner))).await;
-        let mut failures = results.into_iter().filter_map(Result::err);
-        Err(failures.next().unwrap_or(StoreError::InvalidArgument(
-            "no failure in a failed batch".into(),
-        )))
+        // A refusal of some key's data is reported before an outage of another node: the
+        // guard then claims the keys one by one, so the refused event answers alone and
+        // never runs unprotected with the keys of the failed node.
+        let mut failures: Vec<StoreError> = results.into_iter().filter_map(Result::err).collect();
+        let first = failures
+            .iter()
+            .position(|e| !e.is_outage())
+            .unwrap_or_default();
+        Err(if failures.is_empty() {
+            StoreError::InvalidArgument("no failure in a failed batch".into())
+        } else {
+            failures.swap_remove(first)
+        })
     }
 
     /// One `SETTLE` call: completions, then claims, in one round trip. The answer is one

@@ -89,3 +89,52 @@ async fn every_primary_is_checked_at_connect() {
     assert_eq!(report.role.as_deref(), Some("master"));
     assert!(report.evicted_keys.is_some(), "{report:?}");
 }
+
+/// A value of another kind at one key of a batch spread over the three masters: only its
+/// event answers `InvalidEvent`; the others run once, nothing unprotected, the breaker
+/// stays closed.
+#[tokio::test]
+async fn a_foreign_value_in_a_batch_fails_only_its_own_event_on_a_cluster() {
+    use eventonce_core::{EventEnvelope, FailMode, Guard, GuardError, IdempotencyConfig, Outcome};
+    let urls = cluster_urls();
+    let store = RedisStore::connect_cluster(&urls).await.expect("cluster");
+    let config = IdempotencyConfig::builder(eventonce_core::conformance::unique_service(
+        "cluster-wrongtype",
+    ))
+    .on_store_error(FailMode::Open)
+    .circuit_breaker(1, std::time::Duration::from_secs(30))
+    .build()
+    .expect("config");
+    let guard = Guard::new(store, config);
+    let events: Vec<EventEnvelope> = (0..30)
+        .map(|n| EventEnvelope::new("hostile.v1", serde_json::json!({ "n": n })))
+        .collect();
+    let foreign = guard.key_for(&events[11]).expect("key");
+    let mut raw = redis::cluster::ClusterClient::new(urls.clone())
+        .expect("client")
+        .get_async_connection()
+        .await
+        .expect("connect");
+    let _: () = redis::cmd("RPUSH")
+        .arg(&foreign)
+        .arg("foreign")
+        .query_async(&mut raw)
+        .await
+        .expect("rpush");
+    let answers = guard
+        .run_batch(&events, |_| async { Ok::<_, std::io::Error>(()) })
+        .await;
+    let _: () = redis::cmd("DEL")
+        .arg(&foreign)
+        .query_async(&mut raw)
+        .await
+        .expect("del");
+    for (i, a) in answers.iter().enumerate() {
+        if i == 11 {
+            assert!(matches!(a, Err(GuardError::InvalidEvent(_))), "{a:?}");
+        } else {
+            assert!(matches!(a, Ok(Outcome::Processed(()))), "{i}: {a:?}");
+        }
+    }
+    assert!(!guard.circuit_open());
+}

@@ -103,7 +103,7 @@ impl Breaker {
         let mut state = self.lock();
         let failed = match result {
             Ok(()) => false,
-            Err(err) => counts_as_outage(err),
+            Err(err) => err.is_outage(),
         };
         if !failed {
             // A success closes the breaker; a refused argument says nothing about health.
@@ -134,14 +134,6 @@ impl Breaker {
     /// Whether calls are currently refused.
     pub(crate) fn is_open(&self) -> bool {
         !matches!(*self.lock(), State::Closed { .. })
-    }
-}
-
-fn counts_as_outage(err: &StoreError) -> bool {
-    match err {
-        StoreError::Unavailable { .. } | StoreError::Timeout { .. } => true,
-        StoreError::Partial { error, .. } => counts_as_outage(error),
-        _ => false,
     }
 }
 
@@ -229,6 +221,38 @@ mod tests {
         assert!(b.permit().is_err());
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(b.permit().expect("a new probe"), Permit::Probe);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_of_the_events_data_never_open_it() {
+        let b = Breaker::new(1, Duration::from_secs(1));
+        let refused = [
+            StoreError::Rejected {
+                message: "54000: index row too large".into(),
+                source: None,
+            },
+            StoreError::InvalidData {
+                key: "k".into(),
+                detail: "WRONGTYPE".into(),
+            },
+            StoreError::InvalidArgument("empty key".into()),
+            StoreError::Partial {
+                answers: vec![Some(true), None],
+                error: Box::new(StoreError::Rejected {
+                    message: "too large".into(),
+                    source: None,
+                }),
+            },
+        ];
+        for err in &refused {
+            assert!(!err.is_outage(), "{err}");
+            let p = b.permit().expect("closed");
+            b.record(p, Err(err));
+        }
+        assert!(!b.is_open());
+        let p = b.permit().expect("closed");
+        b.record(p, Err(&unavailable()));
+        assert!(b.is_open(), "an outage still opens it");
     }
 
     #[test]

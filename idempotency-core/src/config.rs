@@ -73,6 +73,7 @@ struct ConfigInner {
     deferred_completion: Option<Duration>,
     key_scheme: KeyScheme,
     disabled: bool,
+    max_payload_bytes: usize,
 }
 
 impl fmt::Debug for IdempotencyConfig {
@@ -133,6 +134,7 @@ impl IdempotencyConfig {
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
+            max_payload_bytes: defaults::DEFAULT_MAX_PAYLOAD_BYTES,
             deferred_completion: None,
             key_scheme: KeyScheme::Eventonce,
             disabled: false,
@@ -242,6 +244,32 @@ impl IdempotencyConfig {
     /// neither an id nor data, or data that cannot be encoded.
     pub fn event_hash(&self, envelope: &EventEnvelope) -> Result<String, IdentityError> {
         envelope.hash_with(self.inner.key_scheme)
+    }
+
+    /// The largest event payload parsed, in bytes (see
+    /// [`ConfigBuilder::max_payload_bytes`]).
+    pub fn max_payload_bytes(&self) -> usize {
+        self.inner.max_payload_bytes
+    }
+
+    /// Parses an event payload as [`EventEnvelope::from_slice`] does, refusing one over
+    /// [`max_payload_bytes`](Self::max_payload_bytes) before parsing.
+    ///
+    /// # Errors
+    ///
+    /// [`EnvelopeError::TooLarge`](crate::EnvelopeError::TooLarge) for a payload over the
+    /// limit; otherwise the errors of [`EventEnvelope::from_slice`].
+    ///
+    /// ```
+    /// use eventonce_core::{EnvelopeError, IdempotencyConfig};
+    /// let config = IdempotencyConfig::builder("billing").max_payload_bytes(64).build()?;
+    /// assert!(config.parse_envelope(br#"{"event_type":"a.v1","data":1}"#).is_ok());
+    /// let big = format!(r#"{{"event_type":"a.v1","data":"{}"}}"#, "x".repeat(64));
+    /// assert!(matches!(config.parse_envelope(big.as_bytes()), Err(EnvelopeError::TooLarge { .. })));
+    /// # Ok::<(), eventonce_core::ConfigError>(())
+    /// ```
+    pub fn parse_envelope(&self, bytes: &[u8]) -> Result<EventEnvelope, crate::EnvelopeError> {
+        EventEnvelope::from_slice_within(bytes, self.inner.max_payload_bytes)
     }
 
     /// The store key of `envelope` under this configuration's [key scheme](Self::key_scheme):
@@ -440,6 +468,17 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets the largest event payload, in bytes, that
+    /// [`IdempotencyConfig::parse_envelope`] (and the Kafka helper) parses (default
+    /// [`DEFAULT_MAX_PAYLOAD_BYTES`](defaults::DEFAULT_MAX_PAYLOAD_BYTES), 10 MiB; at
+    /// least 1). A larger payload is refused before parsing with
+    /// [`EnvelopeError::TooLarge`](crate::EnvelopeError::TooLarge): route it to a
+    /// dead-letter topic, as an event the guard answers `InvalidEvent`.
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.0.max_payload_bytes = bytes;
+        self
+    }
+
     /// Sets how keys are computed (default [`KeyScheme::Eventonce`]).
     /// [`KeyScheme::PythonV2`] gives the Python "idempotency v2" decorator's keys byte for
     /// byte, so that Python and Rust consumers share their records on one Redis; see the
@@ -480,7 +519,9 @@ impl ConfigBuilder {
     ///
     /// Rejects an empty service name or one holding `:`, whitespace, a glob or hash-tag
     /// character (`*?[]{}\`), a control or non-ASCII character; an empty key prefix or one
-    /// holding such characters (`:` is allowed there); any TTL, lease or timeout under one
+    /// holding such characters (`:` is allowed there); a service name or prefix over
+    /// [`MAX_NAME_BYTES`](defaults::MAX_NAME_BYTES) (200 bytes, so that every key fits
+    /// every store); any TTL, lease or timeout under one
     /// millisecond; a TTL or lease over [`MAX_TTL`] (ten years); a store
     /// timeout, in-progress wait or breaker cooldown over [`MAX_WAIT`] (one hour); a
     /// deferred completion delay over half the lease; an empty event type.
@@ -492,6 +533,7 @@ impl ConfigBuilder {
     /// - [`ConfigError::DurationTooShort`] for a duration under one millisecond,
     ///   [`ConfigError::DurationTooLong`] for one over its limit.
     /// - [`ConfigError::ZeroBatchConcurrency`] if `batch_concurrency` is zero.
+    /// - [`ConfigError::ZeroPayloadLimit`] if `max_payload_bytes` is zero.
     /// - [`ConfigError::EmptyEventType`] if an event type given its own TTL is empty.
     /// - [`ConfigError::InvalidEnvironment`] if `EVENTONCE_DISABLED` is set to a value that
     ///   is neither a yes nor a no (see [`disabled`](Self::disabled)).
@@ -519,6 +561,9 @@ impl ConfigBuilder {
         check_at_most("in_progress_wait", c.in_progress_wait, MAX_WAIT)?;
         if c.batch_concurrency == 0 {
             return Err(ConfigError::ZeroBatchConcurrency);
+        }
+        if c.max_payload_bytes == 0 {
+            return Err(ConfigError::ZeroPayloadLimit);
         }
         if let Some(delay) = c.deferred_completion {
             check_duration("deferred completion delay", delay)?;
@@ -618,6 +663,9 @@ fn validate_service_name(name: &str) -> Result<(), ConfigError> {
     if name.contains(':') {
         return Err(invalid("it contains ':', the key separator"));
     }
+    if name.len() > crate::key::MAX_NAME_BYTES {
+        return Err(invalid("it is longer than 200 bytes"));
+    }
     if let Some(reason) = name.chars().find_map(forbidden) {
         return Err(invalid(reason));
     }
@@ -634,6 +682,9 @@ fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
     };
     if let Some(reason) = prefix.chars().find_map(forbidden) {
         return Err(invalid(reason));
+    }
+    if prefix.len() > crate::key::MAX_NAME_BYTES {
+        return Err(invalid("it is longer than 200 bytes"));
     }
     if prefix.starts_with(':') || prefix.ends_with(':') || prefix.contains("::") {
         return Err(invalid("it has an empty ':'-separated segment"));

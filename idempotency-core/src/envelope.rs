@@ -95,12 +95,17 @@ impl EventEnvelope {
 
     /// Parses a payload (a Kafka message value, say), checking every field.
     ///
-    /// Empty input, bytes that are not UTF-8, invalid JSON, JSON that is not an object, a
+    /// A payload over
+    /// [`DEFAULT_MAX_PAYLOAD_BYTES`](crate::config::defaults::DEFAULT_MAX_PAYLOAD_BYTES)
+    /// (10 MiB) is refused before parsing; [`from_slice_within`](Self::from_slice_within)
+    /// and [`IdempotencyConfig::parse_envelope`](crate::IdempotencyConfig::parse_envelope)
+    /// take another limit. Empty input, bytes that are not UTF-8, invalid JSON, JSON that is not an object, a
     /// missing, empty or non-string `event_type` and a field of the wrong type each give
     /// their own [`EnvelopeError`]. Unknown fields are ignored. Never panics.
     ///
     /// # Errors
     ///
+    /// - [`EnvelopeError::TooLarge`] if `bytes` is longer than 10 MiB.
     /// - [`EnvelopeError::Empty`] if `bytes` is empty or only whitespace.
     /// - [`EnvelopeError::NotUtf8`] if `bytes` is not UTF-8.
     /// - [`EnvelopeError::InvalidJson`] if it is not JSON, [`EnvelopeError::Malformed`] if a
@@ -124,6 +129,34 @@ impl EventEnvelope {
     /// );
     /// ```
     pub fn from_slice(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        Self::from_slice_within(bytes, crate::config::defaults::DEFAULT_MAX_PAYLOAD_BYTES)
+    }
+
+    /// [`from_slice`](Self::from_slice) with a payload limit of `limit` bytes: a longer
+    /// payload is refused before parsing. Use the configuration's limit through
+    /// [`IdempotencyConfig::parse_envelope`](crate::IdempotencyConfig::parse_envelope).
+    ///
+    /// # Errors
+    ///
+    /// [`EnvelopeError::TooLarge`] if `bytes` is longer than `limit`; otherwise those of
+    /// [`from_slice`](Self::from_slice).
+    ///
+    /// ```
+    /// use eventonce_core::{EnvelopeError, EventEnvelope};
+    /// let payload = br#"{"event_type":"a.v1","data":[1,2,3]}"#;
+    /// assert!(EventEnvelope::from_slice_within(payload, 64).is_ok());
+    /// assert_eq!(
+    ///     EventEnvelope::from_slice_within(payload, 16),
+    ///     Err(EnvelopeError::TooLarge { size: payload.len(), limit: 16 })
+    /// );
+    /// ```
+    pub fn from_slice_within(bytes: &[u8], limit: usize) -> Result<Self, EnvelopeError> {
+        if bytes.len() > limit {
+            return Err(EnvelopeError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
         if bytes.is_empty() {
             return Err(EnvelopeError::Empty);
         }

@@ -70,6 +70,9 @@ pub enum ConfigError {
         /// The values it accepts.
         expected: &'static str,
     },
+    /// `max_payload_bytes` is zero: every payload would be refused.
+    #[error("max_payload_bytes must be at least 1")]
+    ZeroPayloadLimit,
 }
 
 /// Why [`EventEnvelope::from_slice`](crate::EventEnvelope::from_slice) could not read a payload.
@@ -79,6 +82,18 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnvelopeError {
+    /// The payload is longer than the limit (by default
+    /// [`DEFAULT_MAX_PAYLOAD_BYTES`](crate::config::defaults::DEFAULT_MAX_PAYLOAD_BYTES),
+    /// else the configuration's
+    /// [`max_payload_bytes`](crate::ConfigBuilder::max_payload_bytes)): refused before
+    /// any parsing, so it costs neither time nor memory. Dead-letter it.
+    #[error("event payload is {size} bytes, over the limit of {limit} bytes (max_payload_bytes); not parsed")]
+    TooLarge {
+        /// The payload's length in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The payload has no bytes at all (a Kafka tombstone carries no value, too).
     #[error("event payload is empty")]
     Empty,
@@ -186,6 +201,42 @@ pub enum IdentityError {
         /// Which character is the problem.
         reason: &'static str,
     },
+    /// Under [`KeyScheme::PythonV2`](crate::KeyScheme::PythonV2), the event type is longer
+    /// than the scheme keys: that scheme writes the type's bytes into the key unshortened,
+    /// and a longer key would be refused by a store (see
+    /// [`MAX_PYTHON_V2_EVENT_TYPE`](crate::config::defaults::MAX_PYTHON_V2_EVENT_TYPE)).
+    /// The event is refused and nothing is written.
+    #[error(
+        "event type is {length} bytes long, more than the {limit} the python-v2 key scheme \
+         keys (it writes the type unshortened into the key); nothing was written"
+    )]
+    EventTypeTooLong {
+        /// The event type's length in bytes.
+        length: usize,
+        /// The longest type the scheme keys.
+        limit: usize,
+    },
+    /// The store refused this event's record because of its data, not because of its own
+    /// health: a key or value longer than it holds, a record of another kind at the key
+    /// (Redis `WRONGTYPE`), a value it cannot read, a data exception (PostgreSQL SQLSTATE
+    /// class 22, 54). A redelivery meets the same refusal, so the event cannot be
+    /// protected: its handler did not run (not even with `FailMode::Open`), and the
+    /// refusal never counts toward the circuit breaker.
+    #[error("the store refused the record of key {key:?}: {reason}; the handler did not run")]
+    StoreRefused {
+        /// The key (at most 300 characters of it).
+        key: String,
+        /// The store's error (at most 300 characters of it).
+        reason: String,
+    },
+}
+
+/// At most `max` characters of `text`, `…` marking a cut.
+pub(crate) fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((at, _)) => format!("{}…", &text[..at]),
+    }
 }
 
 /// A store operation failed. The guard turns this into `Outcome::Unprotected` with
@@ -224,6 +275,20 @@ pub enum StoreError {
         /// What is wrong with the value.
         detail: String,
     },
+    /// The store refused the operation because of the data it was given or found at a key,
+    /// not because of its own health: a key or value longer than it holds, a record of
+    /// another kind at the key (Redis `WRONGTYPE`), a data exception or a program limit
+    /// (PostgreSQL SQLSTATE classes 22 and 54). Not an outage (see
+    /// [`is_outage`](StoreError::is_outage)): the guard answers the event
+    /// [`GuardError::InvalidEvent`] and the circuit breaker does not count it.
+    #[error("store refused the data: {message}")]
+    Rejected {
+        /// What the store said (never credentials).
+        message: String,
+        /// The client library's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The caller passed an argument the store cannot accept (an empty key or owner, a zero
     /// lease).
     #[error("invalid store argument: {0}")]
@@ -261,10 +326,41 @@ impl StoreError {
                 detail: detail.clone(),
             },
             StoreError::InvalidArgument(m) => StoreError::InvalidArgument(m.clone()),
+            StoreError::Rejected { message, .. } => StoreError::Rejected {
+                message: message.clone(),
+                source: None,
+            },
             StoreError::Partial { answers, error } => StoreError::Partial {
                 answers: answers.clone(),
                 error: Box::new(error.again()),
             },
+        }
+    }
+
+    /// Whether this error says the store is unreachable or out of capacity (an outage):
+    /// [`Unavailable`](StoreError::Unavailable), [`Timeout`](StoreError::Timeout),
+    /// [`CircuitOpen`](StoreError::CircuitOpen), or a [`Partial`](StoreError::Partial)
+    /// failure of that kind. Only outages count toward the circuit breaker and let
+    /// `FailMode::Open` run a handler unprotected; every other error is the event's own
+    /// (its data, or the record at its key) and answers it
+    /// [`GuardError::InvalidEvent`].
+    ///
+    /// ```
+    /// use eventonce_core::StoreError;
+    /// let refused = StoreError::Rejected { message: "key too long".into(), source: None };
+    /// assert!(!refused.is_outage());
+    /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    /// assert!(StoreError::unavailable(io).is_outage());
+    /// ```
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Unavailable { .. }
+            | StoreError::Timeout { .. }
+            | StoreError::CircuitOpen { .. } => true,
+            StoreError::Partial { error, .. } => error.is_outage(),
+            StoreError::InvalidData { .. }
+            | StoreError::Rejected { .. }
+            | StoreError::InvalidArgument(_) => false,
         }
     }
 
@@ -312,7 +408,9 @@ pub enum GuardError<E> {
     /// The store failed and the configuration is `FailMode::Closed`: the handler did not run.
     #[error("idempotency store failed: {0}")]
     Store(#[source] StoreError),
-    /// The event cannot be identified, so it cannot be protected; the handler did not run.
+    /// The event cannot be identified, or the store refused its record
+    /// ([`IdentityError::StoreRefused`]), so it cannot be protected; the handler did not
+    /// run. Route it to a dead-letter topic: a redelivery meets the same refusal.
     #[error("event cannot be identified: {0}")]
     InvalidEvent(#[source] IdentityError),
 }
@@ -327,7 +425,8 @@ impl<E> GuardError<E> {
     }
 
     /// Whether redelivering the event later can succeed (the handler failed, another
-    /// consumer holds it, or the store failed); `false` for an event that cannot be identified.
+    /// consumer holds it, or the store failed); `false` for an event that cannot be
+    /// identified or whose record the store refused.
     pub fn is_retryable(&self) -> bool {
         !matches!(self, GuardError::InvalidEvent(_))
     }

@@ -41,7 +41,10 @@ pub use guard::{Guard, GuardStats, Outcome};
 pub use identity::{canonical_json, canonical_number, deterministic_hash};
 pub use key::{escape_event_type, unescape_event_type, KeyParts};
 pub use scheme::{python_json, python_number, python_v2_hash, KeyScheme};
-pub use store::{Claim, Completion, IdempotencyStore, Record, RecordState, TransactionalStore};
+pub use store::{
+    Claim, Completion, IdempotencyStore, Record, RecordState, TransactionalStore,
+    DEFAULT_BATCH_CHUNK,
+};
 pub use telemetry::{
     MAX_EVENT_TYPE_LABELS, OTHER_EVENT_TYPES, RUNS_TOTAL, RUN_DURATION_SECONDS,
     STORE_OPERATION_DURATION_SECONDS,
@@ -58,7 +61,7 @@ pub use backend::{
 #[doc(hidden)]
 pub use config::defaults::{
     DEFAULT_BATCH_CONCURRENCY, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD,
-    DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_PROCESSING_TTL, DEFAULT_STORE_TIMEOUT,
-    DEFAULT_TTL, MAX_DEPTH, MAX_EVENT_TYPE_SEGMENT, MAX_TTL, MAX_WAIT, TTL_AGGREGATION,
-    TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
+    DEFAULT_EVENT_TYPE_TTLS, DEFAULT_KEY_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PROCESSING_TTL,
+    DEFAULT_STORE_TIMEOUT, DEFAULT_TTL, MAX_DEPTH, MAX_EVENT_TYPE_SEGMENT, MAX_TTL, MAX_WAIT,
+    TTL_AGGREGATION, TTL_ASSESSMENT, TTL_BATCH, TTL_QUICK,
 };

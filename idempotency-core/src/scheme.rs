@@ -105,6 +105,11 @@ impl KeyScheme {
     /// - [`IdentityError::EventTypeOutsideNamespace`] under [`KeyScheme::PythonV2`] if
     ///   `event_type` holds `:`, a glob or hash-tag character (`*?[]{}\`), whitespace or a
     ///   control character.
+    /// - [`IdentityError::EventTypeTooLong`] under [`KeyScheme::PythonV2`] if `event_type`
+    ///   is longer than
+    ///   [`MAX_PYTHON_V2_EVENT_TYPE`](crate::config::defaults::MAX_PYTHON_V2_EVENT_TYPE)
+    ///   bytes (that scheme cannot shorten it; [`KeyScheme::Eventonce`] shortens any type
+    ///   over 200 bytes with a hash suffix).
     ///
     /// ```
     /// # mod eventonce { pub use eventonce_core::*; }
@@ -125,6 +130,12 @@ impl KeyScheme {
                     return Err(IdentityError::EventTypeOutsideNamespace {
                         event_type: event_type.chars().take(200).collect(),
                         reason,
+                    });
+                }
+                if event_type.len() > key::MAX_PYTHON_V2_EVENT_TYPE {
+                    return Err(IdentityError::EventTypeTooLong {
+                        length: event_type.len(),
+                        limit: key::MAX_PYTHON_V2_EVENT_TYPE,
                     });
                 }
                 if event_type.contains('.') {
@@ -574,6 +585,28 @@ mod tests {
             );
         }
         assert_eq!(s.event_type_segment(""), Err(IdentityError::EmptyEventType));
+    }
+
+    #[test]
+    fn python_v2_keeps_types_up_to_its_bound_and_refuses_longer_ones() {
+        let longest = "a.".repeat(key::MAX_PYTHON_V2_EVENT_TYPE / 2);
+        let segment = KeyScheme::PythonV2
+            .event_type_segment(&longest)
+            .expect("within the bound");
+        assert_eq!(segment, longest.replace('.', "_"));
+        let longer = format!("{longest}b");
+        assert_eq!(
+            KeyScheme::PythonV2.event_type_segment(&longer),
+            Err(IdentityError::EventTypeTooLong {
+                length: key::MAX_PYTHON_V2_EVENT_TYPE + 1,
+                limit: key::MAX_PYTHON_V2_EVENT_TYPE
+            })
+        );
+        // The default scheme shortens instead.
+        let shortened = KeyScheme::Eventonce
+            .event_type_segment(&longer)
+            .expect("shortened");
+        assert!(shortened.len() <= key::MAX_EVENT_TYPE_SEGMENT);
     }
 
     #[test]

@@ -182,7 +182,20 @@ pub trait IdempotencyStore: Send + Sync {
     fn backend_name(&self) -> &'static str {
         "store"
     }
+
+    /// The most keys the guard sends in one batch call (`try_claim_many`, `complete_many`,
+    /// `release_many`, `extend_many`): [`Guard::run_batch`](crate::Guard::run_batch)
+    /// splits a larger batch into chunks of this size, one store call each, so that each
+    /// call finishes well inside the store timeout and keeps the server (a single-threaded
+    /// Redis above all) busy for milliseconds, not for the whole batch. Each backend
+    /// measures its own; the default is [`DEFAULT_BATCH_CHUNK`].
+    fn max_batch_chunk(&self) -> usize {
+        DEFAULT_BATCH_CHUNK
+    }
 }
+
+/// The default of [`IdempotencyStore::max_batch_chunk`]: 1,000 keys per batch call.
+pub const DEFAULT_BATCH_CHUNK: usize = 1_000;
 
 /// One completion of a batch or of deferred completion: mark `key` completed for `ttl`,
 /// only if `owner` still holds its claim.
@@ -263,6 +276,10 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
 
     fn backend_name(&self) -> &'static str {
         (**self).backend_name()
+    }
+
+    fn max_batch_chunk(&self) -> usize {
+        (**self).max_batch_chunk()
     }
 }
 

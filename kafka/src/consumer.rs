@@ -14,7 +14,7 @@ use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::message::{envelope_from_message_with, MessageError, MessagePosition};
+use crate::message::{envelope_from_message_within, MessageError, MessagePosition};
 use crate::plan::{Answer, Input, Partition, Plan, Rewinds};
 
 /// How [`KafkaGuard`] commits and redelivers.
@@ -126,8 +126,9 @@ pub enum Retry<E> {
 ///
 /// For each message, [`process`](Self::process):
 ///
-/// 1. turns it into an [`EventEnvelope`] ([`envelope_from_message_with`] the guard's
-///    [key scheme](eventonce_core::KeyScheme): under `PythonV2` the value alone, headers
+/// 1. turns it into an [`EventEnvelope`] ([`envelope_from_message_within`] with the
+///    guard's payload limit and [key scheme](eventonce_core::KeyScheme): a value over
+///    the limit is refused unparsed; under `PythonV2` the value alone, headers
 ///    unread, as the Python decorator reads it); a message that is not an identifiable
 ///    event is returned as [`MessageError`], nothing committed;
 /// 2. runs the handler through [`Guard::run`];
@@ -232,7 +233,7 @@ impl KafkaGuard {
     ///
     /// A [`MessageError`] if the message is not an identifiable event: it has no value, is
     /// not a valid envelope or has a bad or mismatched `event_id` or `event_type` header
-    /// (see [`envelope_from_message_with`]), or the guard cannot key it
+    /// (see [`envelope_from_message_within`]), or the guard cannot key it
     /// ([`MessageError::Unidentifiable`]). Its offset is not committed.
     pub async fn process<K, C, M, F, Fut, T, E>(
         &self,
@@ -250,7 +251,9 @@ impl KafkaGuard {
     {
         let position = MessagePosition::of(message);
         self.forget_stale(consumer, std::slice::from_ref(&position), None);
-        let envelope = envelope_from_message_with(message, self.guard.config().key_scheme());
+        let config = self.guard.config();
+        let envelope =
+            envelope_from_message_within(message, config.key_scheme(), config.max_payload_bytes());
         let admitted = self
             .lock_rewinds()
             .admit(&[(&position, envelope.is_ok())])
@@ -354,7 +357,14 @@ impl KafkaGuard {
             .collect();
         let envelopes: Vec<Result<EventEnvelope, MessageError>> = live
             .iter()
-            .map(|&i| envelope_from_message_with(&messages[i], self.guard.config().key_scheme()))
+            .map(|&i| {
+                let config = self.guard.config();
+                envelope_from_message_within(
+                    &messages[i],
+                    config.key_scheme(),
+                    config.max_payload_bytes(),
+                )
+            })
             .collect();
         let (admitted, epoch) = {
             let asked: Vec<(&MessagePosition, bool)> = live

@@ -46,8 +46,8 @@ mod topic;
 
 pub use consumer::{commit_past, consumer_config, Delivery, KafkaGuard, KafkaGuardOptions, Retry};
 pub use message::{
-    envelope_from_message, envelope_from_message_with, MessageError, MessagePosition,
-    EVENT_ID_HEADER, EVENT_TYPE_HEADER,
+    envelope_from_message, envelope_from_message_with, envelope_from_message_within, MessageError,
+    MessagePosition, EVENT_ID_HEADER, EVENT_TYPE_HEADER,
 };
 pub use pipeline::BatchAnswers;
 /// Re-exported so that a consumer needs no separate dependency on the same version.

@@ -1,6 +1,7 @@
 //! A consumed Kafka message turned into an [`EventEnvelope`]: the body, and the `event_id`
 //! and `event_type` headers when present.
 
+use eventonce_core::config::defaults::DEFAULT_MAX_PAYLOAD_BYTES;
 use eventonce_core::{EnvelopeError, EventEnvelope, IdentityError, KeyScheme};
 use rdkafka::message::{Headers, Message};
 
@@ -277,9 +278,26 @@ pub fn envelope_from_message_with(
     message: &impl Message,
     scheme: KeyScheme,
 ) -> Result<EventEnvelope, MessageError> {
+    envelope_from_message_within(message, scheme, DEFAULT_MAX_PAYLOAD_BYTES)
+}
+
+/// [`envelope_from_message_with`] with a payload limit of `max_payload_bytes` (the
+/// guard's [`max_payload_bytes`](eventonce_core::IdempotencyConfig::max_payload_bytes);
+/// [`KafkaGuard`](crate::KafkaGuard) passes it): a longer value is
+/// [`MessageError::Envelope`] with
+/// [`EnvelopeError::TooLarge`], refused before parsing.
+///
+/// # Errors
+///
+/// Those of [`envelope_from_message_with`].
+pub fn envelope_from_message_within(
+    message: &impl Message,
+    scheme: KeyScheme,
+    max_payload_bytes: usize,
+) -> Result<EventEnvelope, MessageError> {
     let position = MessagePosition::of(message);
     if scheme == KeyScheme::PythonV2 {
-        return body_alone(message, position, scheme);
+        return body_alone(message, position, scheme, max_payload_bytes);
     }
     let header_id = header_value(message, EVENT_ID_HEADER, &position)?;
     let header_type = header_value(message, EVENT_TYPE_HEADER, &position)?;
@@ -287,7 +305,7 @@ pub fn envelope_from_message_with(
         Some(p) if !p.is_empty() => p,
         _ => return Err(MessageError::NoPayload { position }),
     };
-    let parsed = match EventEnvelope::from_slice(payload) {
+    let parsed = match EventEnvelope::from_slice_within(payload, max_payload_bytes) {
         Ok(envelope) => Ok(envelope),
         // The type may come from the header alone: parse again with it filled in.
         Err(EnvelopeError::MissingField {
@@ -333,12 +351,13 @@ fn body_alone(
     message: &impl Message,
     position: MessagePosition,
     scheme: KeyScheme,
+    max_payload_bytes: usize,
 ) -> Result<EventEnvelope, MessageError> {
     let payload = match message.payload() {
         Some(p) if !p.is_empty() => p,
         _ => return Err(MessageError::NoPayload { position }),
     };
-    let envelope = match EventEnvelope::from_slice(payload) {
+    let envelope = match EventEnvelope::from_slice_within(payload, max_payload_bytes) {
         Ok(envelope) => envelope,
         Err(source) => return Err(MessageError::Envelope { position, source }),
     };
@@ -520,6 +539,28 @@ mod tests {
         let e = envelope_from_message(&message(Some(FULL), &[("traceparent", Some(b"00-x"))]))
             .expect("envelope");
         assert_eq!(e.event_id.as_deref(), Some("e-1"));
+    }
+
+    #[test]
+    fn a_value_over_the_payload_limit_is_refused_unparsed_under_both_schemes() {
+        for scheme in [KeyScheme::Eventonce, KeyScheme::PythonV2] {
+            let limit = FULL.len() - 1;
+            let err = envelope_from_message_within(&message(Some(FULL), &[]), scheme, limit)
+                .expect_err("over the limit");
+            assert!(
+                matches!(
+                    err,
+                    MessageError::Envelope {
+                        source: EnvelopeError::TooLarge { size, limit: l },
+                        ..
+                    } if size == FULL.len() && l == limit
+                ),
+                "{err:?}"
+            );
+            let within =
+                envelope_from_message_within(&message(Some(FULL), &[]), scheme, FULL.len());
+            assert!(within.is_ok(), "{within:?}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 pub mod faults;
 pub mod kafka;
 pub mod postgres_tls;
+pub mod large_batch;
 pub mod proxy;
 pub mod redis_process;
 

@@ -338,4 +338,10 @@ impl IdempotencyStore for Faulty {
     fn backend_name(&self) -> &'static str {
         self.w.store.backend_name()
     }
+
+    /// Small chunks (2 to 4 keys, by consumer), so that a batch spans several store calls
+    /// and a fault can hit one chunk of it and not the others.
+    fn max_batch_chunk(&self) -> usize {
+        2 + self.slot % 3
+    }
 }

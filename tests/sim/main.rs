@@ -22,7 +22,11 @@
 //! - P7 no panic but the handlers' own;
 //! - P8 every answer is borne out by the handler runs (`Processed` carries a protected
 //!   run's effect, `Unprotected` an unprotected one's);
-//! - P9 one delivery runs an event's handler at most once.
+//! - P9 one delivery runs an event's handler at most once;
+//! - P10 (memory seeds, `hostile.rs`) event types of every length and records of another
+//!   kind at an event's key, which the store refuses as data: such an event is answered
+//!   `InvalidEvent` and never runs, every other event runs once, nothing runs unprotected
+//!   and the circuit breaker never opens.
 //!
 //! A fifth of the memory seeds run on a small store (a capacity of 4 to 16 records, below
 //! their events; completed records kept a few leases; more and longer handlers): P1 also
@@ -41,6 +45,7 @@
 //! trace), `SIM_THREADS`.
 
 mod faulty;
+mod hostile;
 mod oracle;
 mod plan;
 #[cfg(any(feature = "redis", feature = "postgres"))]
@@ -257,14 +262,18 @@ fn memory_seed(seed: u64, trace: bool) -> Report {
         let capacity = plan::draw_store(seed, &params).capacity;
         let memory = MemoryStore::with_capacity(capacity.unwrap_or(100_000));
         let store: Arc<dyn IdempotencyStore> = Arc::new(memory.clone());
-        runtime.block_on(world::simulate(
+        let mut report = runtime.block_on(world::simulate(
             seed,
             params,
             store,
             Some(memory),
             "sim".into(),
             trace,
-        ))
+        ));
+        report
+            .violations
+            .extend(runtime.block_on(hostile::check(seed)));
+        report
     }));
     let mut report = run.unwrap_or_else(|_| Report {
         seed,

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 pub use crate::identity::MAX_DEPTH;
-pub use crate::key::MAX_EVENT_TYPE_SEGMENT;
+pub use crate::key::{MAX_EVENT_TYPE_SEGMENT, MAX_NAME_BYTES, MAX_PYTHON_V2_EVENT_TYPE};
 
 /// The longest TTL or lease a store accepts (ten years): every backend can represent it
 /// (Redis `PX`, a PostgreSQL interval, an in-process `Instant`), and no record needs more.
@@ -24,6 +24,14 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_KEY_PREFIX: &str = "huleedu:idempotency:v2";
 /// The default claim lease: how long a claim lives without a heartbeat (5 minutes).
 pub const DEFAULT_PROCESSING_TTL: Duration = Duration::from_secs(300);
+/// The default largest event payload parsed: 10 MiB. Larger payloads are refused before
+/// any parsing ([`EnvelopeError::TooLarge`](crate::EnvelopeError::TooLarge)): a JSON
+/// array of numbers costs about 22 bytes of heap per byte of input, so 10 MiB stays within
+/// about 230 MB and a fraction of a second, while every message a Kafka broker with its
+/// default `message.max.bytes` (1 MB), or one raised tenfold, delivers is accepted. Set
+/// your own with [`ConfigBuilder::max_payload_bytes`](super::ConfigBuilder::max_payload_bytes).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 10 * 1024 * 1024;
+
 /// The default time limit of one store operation.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
 

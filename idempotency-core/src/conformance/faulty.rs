@@ -149,4 +149,7 @@ impl<S: IdempotencyStore + 'static> IdempotencyStore for FaultyStore<S> {
     fn backend_name(&self) -> &'static str {
         self.inner.backend_name()
     }
+    fn max_batch_chunk(&self) -> usize {
+        self.inner.max_batch_chunk()
+    }
 }

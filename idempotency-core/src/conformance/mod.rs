@@ -29,6 +29,7 @@ mod batch;
 mod faulty;
 mod guard;
 mod guard_batch;
+mod hostile;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,7 @@ pub use batch::*;
 pub use faulty::{Fault, FaultControl, FaultyStore};
 pub use guard::*;
 pub use guard_batch::*;
+pub use hostile::*;
 pub use store::*;
 
 #[doc(hidden)]
@@ -184,6 +186,7 @@ macro_rules! conformance_tests {
             guard_defers_completion_to_the_next_claim,
             guard_batch_answers_duplicate_for_its_own_deferred_completion,
             guard_deferred_completion_lost_in_a_crash_costs_a_rerun,
+            hostile_event_types_never_open_the_breaker_nor_run_twice,
         );
     };
     (@each $factory:path; $($check:ident),* $(,)?) => {

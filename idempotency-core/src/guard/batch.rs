@@ -1,6 +1,8 @@
-//! `Guard::run_batch`: a whole batch of events in two store round trips, in steps:
-//! identify (first copies of each key), claim (one call), drive (handlers and one lease
-//! renewal for all), settle (one completion call and one release call), observe.
+//! `Guard::run_batch`: a whole batch of events in two store round trips per chunk of the
+//! store's `max_batch_chunk` keys, in steps: identify (first copies of each key), claim
+//! (one call per chunk), drive (handlers and one lease renewal for all), settle (one
+//! completion call and one release call per chunk), observe, then the unprotected runs of
+//! events whose chunk met an outage under `FailMode::Open`.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -35,22 +37,38 @@ type Answers<T, E> = [Option<BatchResult<T, E>>];
 /// A panic raised by a handler, resumed once the batch is settled.
 type Panic = Box<dyn std::any::Any + Send>;
 
+/// What the claims of a batch gave: the events acquired (their indexes and keys, in the
+/// same order), and those to run unprotected (`FailMode::Open` after an outage).
+#[derive(Default)]
+struct Claimed {
+    acquired: Vec<usize>,
+    keys: Vec<String>,
+    open: Vec<usize>,
+}
+
 impl Guard {
     /// Runs `handler` for each event of `envelopes` that was not processed before, with two
-    /// store round trips for the whole batch (one claim call, one completion call), and
+    /// store round trips per chunk of the batch (one claim call, one completion call), and
     /// returns each event's answer in the order of `envelopes`.
     ///
     /// Each event gets what [`Guard::run`] would give it: `Processed`, `Duplicate`,
     /// `Unprotected` (store down, `FailMode::Open`), or an error (`InProgress`, `Handler`,
-    /// `Store`, `InvalidEvent`). An event that cannot be identified fails alone; the rest
-    /// of the batch goes on.
+    /// `Store`, `InvalidEvent`). An event that cannot be identified, or whose record the
+    /// store refuses for its data, fails alone; the rest of the batch goes on.
+    ///
+    /// A batch of any size is accepted. Its store calls (claims, renewals, completions,
+    /// releases) carry at most the store's
+    /// [`max_batch_chunk`](crate::IdempotencyStore::max_batch_chunk) keys each (1,000 on
+    /// Redis and PostgreSQL), one chunk after another, each within the store timeout; a
+    /// chunk that meets an outage answers its own events per the fail mode (those run
+    /// unprotected run after the rest of the batch is settled).
     ///
     /// - The new events' handlers run concurrently in this task, at most
     ///   [`batch_concurrency`](crate::ConfigBuilder::batch_concurrency) at once; the claims
     ///   of all of them (queued, running, and those that already succeeded, whose
     ///   completion waits for the batch's end) are renewed together while any runs.
-    /// - Then the successes are completed and the failures released, in one round trip
-    ///   each, sent at once.
+    /// - Then the successes are completed and the failures released, one round trip each
+    ///   per chunk, the two sent at once.
     /// - The same event twice in one batch runs once: the later copies answer `Duplicate`
     ///   when the first was processed, `InProgress` when it was not (redeliver them).
     /// - A handler that panics has its claim released; the other events are settled, then
@@ -143,22 +161,13 @@ impl Guard {
 
         let owner = new_owner();
         let claimed = tokio::time::Instant::now();
-        let acquired = self
+        let Claimed {
+            acquired,
+            keys,
+            open,
+        } = self
             .claim_batch(&unique, &mut ctxs, &owner, &mut answers)
             .await;
-        let Some((acquired, keys)) = acquired else {
-            // The store failed: FailMode::Open runs every handler unprotected (Closed has
-            // answered them all already).
-            let open: Vec<usize> = unique
-                .iter()
-                .copied()
-                .filter(|&i| answers[i].is_none())
-                .collect();
-            self.run_unprotected(envelopes, &open, &ctxs, &mut handler, &mut answers)
-                .await;
-            self.answer_copies(&copies, &ctxs, &mut answers);
-            return answers.into_iter().map(finish).collect();
-        };
 
         // From here on the claims are ours: whatever happens, they are settled.
         let mut pending = PendingBatch {
@@ -183,6 +192,10 @@ impl Guard {
         if let Some(payload) = panic {
             resume_unwind(payload);
         }
+        // The events whose claim met an outage under FailMode::Open run last, unprotected,
+        // once every claim of the batch is settled.
+        self.run_unprotected(envelopes, &open, &ctxs, &mut handler, &mut answers)
+            .await;
         self.answer_copies(&copies, &ctxs, &mut answers);
         answers.into_iter().map(finish).collect()
     }
@@ -207,16 +220,18 @@ impl Guard {
         ids
     }
 
-    /// Claims the first copies (`unique`) in one round trip and observes each answer: the
-    /// events acquired and their keys, or `None` when the store failed (every event then answered per
-    /// the fail mode, or left unanswered for an unprotected run).
+    /// Claims the first copies (`unique`), in chunks of at most the store's
+    /// [`max_batch_chunk`](crate::IdempotencyStore::max_batch_chunk) keys (one store call
+    /// each), and observes each answer: the events acquired and their keys, and the events
+    /// whose chunk met an outage under `FailMode::Open`, left unanswered for an unprotected
+    /// run (under `FailMode::Closed` they are answered `Store`).
     async fn claim_batch<T, E>(
         &self,
         unique: &[usize],
         ctxs: &mut [Option<Ctx<'_>>],
         owner: &str,
         answers: &mut Answers<T, E>,
-    ) -> Option<(Vec<usize>, Vec<String>)> {
+    ) -> Claimed {
         let keys: Vec<String> = unique.iter().map(|&i| key_of(ctxs, i)).collect();
         let t = Instant::now();
         if self.owes_any(&keys) {
@@ -226,75 +241,98 @@ impl Guard {
             // in progress.
             let _ = self.write_owed().await;
         }
-        let claims = if keys.is_empty() {
-            Ok(Vec::new())
-        } else {
-            let lease = self.inner.config.lease();
-            let claim = self.inner.store.try_claim_many(&keys, owner, lease);
-            self.store_call("try_claim_many", claim).await
-        };
+        let claims = self.claim_chunks(&keys, owner).await;
         let claim_time = t.elapsed();
         for ctx in ctxs.iter_mut().flatten() {
             ctx.store_time += claim_time;
         }
-        let claims = match claims {
-            Ok(claims) if claims.len() == keys.len() => claims,
-            Ok(claims) => {
-                let err = StoreError::InvalidData {
-                    key: keys[0].clone(),
-                    detail: format!("{} answers to {} claims", claims.len(), keys.len()),
-                };
-                self.batch_store_failed(&err, unique, ctxs, answers);
-                return None;
-            }
-            Err(err) => {
-                self.batch_store_failed(&err, unique, ctxs, answers);
-                return None;
-            }
-        };
-        let mut acquired = Vec::new();
-        let mut acquired_keys = Vec::new();
+        let mut claimed = Claimed::default();
+        let mut outage_seen = false;
         for ((&i, claim), key) in unique.iter().zip(claims).zip(keys) {
             let Some(ctx) = ctxs[i].as_ref() else {
                 continue;
             };
             match claim {
-                Claim::Acquired => {
+                Ok(Claim::Acquired) => {
                     self.observe(ctx, Decision::Claimed);
-                    acquired.push(i);
-                    acquired_keys.push(key);
+                    claimed.acquired.push(i);
+                    claimed.keys.push(key);
                 }
-                Claim::Completed => {
+                Ok(Claim::Completed) => {
                     self.observe(ctx, Decision::Duplicate);
                     answers[i] = Some(Ok(Outcome::Duplicate));
                 }
-                Claim::InProgress => {
+                Ok(Claim::InProgress) => {
                     self.observe(ctx, Decision::InProgress);
                     answers[i] = Some(Err(GuardError::InProgress));
                 }
+                Err(err) if !err.is_outage() => {
+                    answers[i] = Some(Err(self.refused_by_store(ctx, &err)));
+                }
+                Err(err) => {
+                    if !std::mem::replace(&mut outage_seen, true) {
+                        self.observe(Scope::Guard, Decision::StoreFailed);
+                    }
+                    if self.fail_open(ctx, &err) {
+                        claimed.open.push(i);
+                    } else {
+                        answers[i] = Some(Err(GuardError::Store(err)));
+                    }
+                }
             }
         }
-        Some((acquired, acquired_keys))
+        claimed
     }
 
-    /// The claim call of a batch failed: answers every event per the fail mode (those
-    /// `FailMode::Open` runs are left unanswered for [`Guard::run_unprotected`]).
-    fn batch_store_failed<T, E>(
-        &self,
-        err: &StoreError,
-        unique: &[usize],
-        ctxs: &[Option<Ctx<'_>>],
-        answers: &mut Answers<T, E>,
-    ) {
-        self.observe(Scope::Guard, Decision::StoreFailed);
-        for &i in unique {
-            let Some(ctx) = ctxs[i].as_ref() else {
-                continue;
-            };
-            if !self.fail_open(ctx, err) {
-                answers[i] = Some(Err(GuardError::Store(err.again())));
+    /// Each key's claim, chunk by chunk. A chunk the store refused for some key's data
+    /// (not an outage) is claimed again one key at a time, so that the refusal answers
+    /// only its own event; an outage answers every key of its chunk.
+    async fn claim_chunks(&self, keys: &[String], owner: &str) -> Vec<Result<Claim, StoreError>> {
+        let store = &self.inner.store;
+        let lease = self.inner.config.lease();
+        let mut claims = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(store.max_batch_chunk().max(1)) {
+            let call = store.try_claim_many(chunk, owner, lease);
+            match self.store_call("try_claim_many", call).await {
+                Ok(answers) if answers.len() == chunk.len() => {
+                    claims.extend(answers.into_iter().map(Ok));
+                }
+                Ok(answers) => {
+                    let err = StoreError::Unavailable {
+                        message: format!(
+                            "the store answered {} claims to {} keys",
+                            answers.len(),
+                            chunk.len()
+                        ),
+                        source: None,
+                    };
+                    claims.extend(chunk.iter().map(|_| Err(err.again())));
+                }
+                Err(err) if !err.is_outage() && chunk.len() > 1 => {
+                    claims.extend(self.claim_each(chunk, owner).await);
+                }
+                Err(err) => {
+                    claims.extend(chunk.iter().map(|_| Err(err.again())));
+                }
             }
         }
+        claims
+    }
+
+    /// Claims each of `keys` alone, after a batch claim the store refused for some key's
+    /// data, so that a refusal answers only its own event. The keys the refused call may
+    /// have claimed before it stopped are released first (owner-checked: `owner` is this
+    /// batch's own token).
+    async fn claim_each(&self, keys: &[String], owner: &str) -> Vec<Result<Claim, StoreError>> {
+        let store = &self.inner.store;
+        let lease = self.inner.config.lease();
+        let mut claims = Vec::with_capacity(keys.len());
+        for key in keys {
+            let _ = self.store_call("release", store.release(key, owner)).await;
+            let claim = self.store_call("try_claim", store.try_claim(key, owner, lease));
+            claims.push(claim.await);
+        }
+        claims
     }
 
     /// Polls the handlers of the claimed events, at most `batch_concurrency` at once, each
@@ -424,9 +462,9 @@ impl Guard {
         slots.iter().any(|&s| !lost[s])
     }
 
-    /// Completes the successes and releases the failures, in one round trip each, sent at
-    /// once, then answers and observes every acquired event. Returns the first panic of a
-    /// handler, to resume.
+    /// Completes the successes and releases the failures, in one round trip each per chunk,
+    /// the two sent at once, then answers and observes every acquired event. Returns the
+    /// first panic of a handler, to resume.
     async fn settle_batch<T, E>(
         &self,
         acquired: &[usize],
@@ -539,15 +577,19 @@ impl Guard {
                 if completions.is_empty() {
                     return Ok(Vec::new());
                 }
-                let call = store.complete_many(completions);
-                self.store_call_ungated("complete_many", call).await
+                self.chunked("complete_many", completions, true, |chunk| {
+                    store.complete_many(chunk)
+                })
+                .await
             },
             async {
                 if releases.is_empty() {
                     return Ok(Vec::new());
                 }
-                let call = store.release_many(releases, owner);
-                self.store_call("release_many", call).await
+                self.chunked("release_many", releases, false, |chunk| {
+                    store.release_many(chunk, owner)
+                })
+                .await
             },
         )
         .await

@@ -174,10 +174,16 @@ impl Drop for PendingBatch {
         );
         let store = Arc::clone(&self.guard.store);
         let owner = std::mem::take(&mut self.owner);
+        let (chunk, timeout) = chunking(&*store, releases.len(), &self.guard.config);
         settle_in_background(
             &runtime,
-            self.guard.config.store_timeout(),
-            async move { store.release_many(&releases, &owner).await.map(drop) },
+            timeout,
+            async move {
+                for keys in releases.chunks(chunk) {
+                    store.release_many(keys, &owner).await?;
+                }
+                Ok(())
+            },
             |err| {
                 tracing::error!(
                     error = %err,
@@ -217,10 +223,16 @@ impl Drop for GuardInner {
             return;
         };
         let store = Arc::clone(&self.store);
+        let (chunk, timeout) = chunking(&*store, queue.len(), &self.config);
         settle_in_background(
             &runtime,
-            self.config.store_timeout(),
-            async move { store.complete_many(&queue).await.map(drop) },
+            timeout,
+            async move {
+                for completions in queue.chunks(chunk) {
+                    store.complete_many(completions).await?;
+                }
+                Ok(())
+            },
             |err| {
                 tracing::error!(
                     error = %err,
@@ -229,6 +241,18 @@ impl Drop for GuardInner {
             },
         );
     }
+}
+
+/// The chunk size of `store` for a background settlement of `n` keys, and the time it is
+/// given: one store timeout per chunk.
+fn chunking(
+    store: &dyn crate::IdempotencyStore,
+    n: usize,
+    config: &crate::IdempotencyConfig,
+) -> (usize, Duration) {
+    let chunk = store.max_batch_chunk().max(1);
+    let chunks = u32::try_from(n.div_ceil(chunk)).unwrap_or(u32::MAX).max(1);
+    (chunk, config.store_timeout().saturating_mul(chunks))
 }
 
 /// Settles claims whose run is gone (a dropped `run` or `run_batch` future, a dropped

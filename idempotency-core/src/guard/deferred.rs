@@ -207,11 +207,11 @@ impl Guard {
         if carried.is_empty() {
             return Ok(0);
         }
+        let store = &self.inner.store;
         let done = self
-            .store_call_ungated(
-                "complete_many",
-                self.inner.store.complete_many(carried.completions()),
-            )
+            .chunked("complete_many", carried.completions(), true, |chunk| {
+                store.complete_many(chunk)
+            })
             .await;
         self.settle_carried(carried, done).await
     }

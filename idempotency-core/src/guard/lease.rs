@@ -148,11 +148,11 @@ impl Guard {
         if keys.is_empty() {
             return Vec::new();
         }
+        let store = &self.inner.store;
         let renewed = self
-            .store_call(
-                "extend_many",
-                self.inner.store.extend_many(&keys, owner, lease),
-            )
+            .chunked("extend_many", &keys, false, |chunk| {
+                store.extend_many(chunk, owner, lease)
+            })
             .await;
         let answers = match renewed {
             Ok(flags) => flags.into_iter().map(Some).collect(),

@@ -6,7 +6,7 @@
 //! [`Decision`](outcome::Decision). By concern:
 //!
 //! - `run`: [`Guard::run`], one event;
-//! - `batch`: [`Guard::run_batch`], many events in two store round trips;
+//! - `batch`: [`Guard::run_batch`], many events in two store round trips per chunk;
 //! - `transaction`: [`Guard::run_in_transaction`], the record committed with the handler's
 //!   writes;
 //! - `lease`: the heartbeat that renews a claim while its handler runs;
@@ -193,6 +193,18 @@ impl Guard {
         })
     }
 
+    /// Observes and answers an event whose claim the store refused with an error that is
+    /// not an outage ([`StoreError::is_outage`]): the event's own data, never run, never
+    /// counted against the store.
+    fn refused_by_store<E>(&self, ctx: &outcome::Ctx<'_>, error: &StoreError) -> GuardError<E> {
+        let error = IdentityError::StoreRefused {
+            key: crate::error::cut(ctx.key, 300),
+            reason: crate::error::cut(&error.to_string(), 300),
+        };
+        self.observe(ctx, Decision::Invalid { error: &error });
+        GuardError::InvalidEvent(error)
+    }
+
     /// A store call behind the circuit breaker, bounded by the store timeout and measured.
     async fn store_call<T>(
         &self,
@@ -212,6 +224,67 @@ impl Guard {
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         self.store_call_with(operation, call, Permit::Call).await
+    }
+
+    /// A batch call (`complete_many`, `release_many`, `extend_many`) over `items`, split
+    /// into chunks of at most the store's
+    /// [`max_batch_chunk`](IdempotencyStore::max_batch_chunk): one store call per chunk in
+    /// turn, each within the store timeout, behind the breaker unless `ungated`. Each item's
+    /// answer in order; when a chunk failed, a [`StoreError::Partial`] with the answers of
+    /// the others and the first failure.
+    async fn chunked<'a, I, Fut>(
+        &self,
+        operation: &'static str,
+        items: &'a [I],
+        ungated: bool,
+        mut call: impl FnMut(&'a [I]) -> Fut,
+    ) -> Result<Vec<bool>, StoreError>
+    where
+        Fut: Future<Output = Result<Vec<bool>, StoreError>>,
+    {
+        let size = self.inner.store.max_batch_chunk().max(1);
+        let mut answers: Vec<Option<bool>> = Vec::with_capacity(items.len());
+        let mut failure = None;
+        for chunk in items.chunks(size) {
+            let permit = if ungated {
+                Ok(Permit::Call)
+            } else {
+                self.inner.breaker.permit()
+            };
+            let result = match permit {
+                Ok(permit) => self.store_call_with(operation, call(chunk), permit).await,
+                Err(open) => Err(open),
+            };
+            match result {
+                Ok(flags) if items.len() <= size => return Ok(flags),
+                Ok(flags) if flags.len() == chunk.len() => {
+                    answers.extend(flags.into_iter().map(Some));
+                }
+                Ok(flags) => {
+                    answers.extend(std::iter::repeat_n(None, chunk.len()));
+                    failure.get_or_insert(StoreError::Unavailable {
+                        message: format!(
+                            "`{operation}` answered {} of {} keys",
+                            flags.len(),
+                            chunk.len()
+                        ),
+                        source: None,
+                    });
+                }
+                Err(err) if items.len() <= size => return Err(err),
+                Err(err) => {
+                    answers.extend(err.answers(chunk.len()));
+                    failure.get_or_insert(err);
+                }
+            }
+        }
+        match failure {
+            None => Ok(answers.into_iter().flatten().collect()),
+            Some(error) => Err(StoreError::Partial {
+                answers,
+                error: Box::new(error),
+            }),
+        }
     }
 
     /// Runs `call` within the store timeout, records it in the metrics and its result in

@@ -42,9 +42,11 @@ impl Guard {
     /// - `handler` panics: releases the claim, then resumes the panic.
     /// - This future is dropped while the handler runs: the claim is released by a spawned
     ///   task (or, without a runtime, expires after the lease).
-    /// - The store fails: [`Outcome::Unprotected`] with `FailMode::Open`,
-    ///   [`GuardError::Store`] with `FailMode::Closed`.
-    /// - The event has no identity: [`GuardError::InvalidEvent`].
+    /// - The store fails (an outage, [`StoreError::is_outage`]): [`Outcome::Unprotected`]
+    ///   with `FailMode::Open`, [`GuardError::Store`] with `FailMode::Closed`.
+    /// - The event has no identity, or the store refuses its record for its data (a key
+    ///   too long, a record of another kind at its key): [`GuardError::InvalidEvent`],
+    ///   whatever the fail mode; such a refusal never counts toward the circuit breaker.
     ///
     /// Must run inside a Tokio runtime with time enabled.
     ///
@@ -227,6 +229,10 @@ impl Guard {
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
+        if !error.is_outage() {
+            // The event's own data: no fail mode applies, it never runs unprotected.
+            return Err(self.refused_by_store(ctx, &error));
+        }
         self.observe(Scope::Guard, Decision::StoreFailed);
         if !self.fail_open(ctx, &error) {
             return Err(GuardError::Store(error));

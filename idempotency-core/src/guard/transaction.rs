@@ -105,6 +105,7 @@ impl Guard {
                     _ => Err(GuardError::InProgress),
                 };
             }
+            Err(err) if !err.is_outage() => return Err(self.refused_by_store(&ctx, &err)),
             Err(err) => return Err(self.refuse_transaction::<S, E>(&ctx, err)),
         };
         let (tx, result) = handler(tx).await;
