@@ -115,3 +115,12 @@ mod tests {
         }
     }
 }
+
+/// `text` cut to at most `max` characters, with a marker of what was cut, for fields of
+/// errors and logs that come from events.
+pub(crate) fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}… ({} bytes in all)", &text[..end], text.len()),
+    }
+}

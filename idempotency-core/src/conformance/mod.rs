@@ -29,6 +29,7 @@ mod batch;
 mod faulty;
 mod guard;
 mod guard_batch;
+mod identity;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,7 @@ pub use batch::*;
 pub use faulty::{Fault, FaultControl, FaultyStore};
 pub use guard::*;
 pub use guard_batch::*;
+pub use identity::*;
 pub use store::*;
 
 #[doc(hidden)]
@@ -183,6 +185,10 @@ macro_rules! conformance_tests {
             guard_batch_renews_the_leases_of_slow_handlers,
             guard_defers_completion_to_the_next_claim,
             guard_deferred_completion_lost_in_a_crash_costs_a_rerun,
+            guard_runs_identities_once_and_refuses_changed_payloads,
+            guard_refuses_a_changed_payload_while_the_first_claim_is_live,
+            guard_keys_by_event_id_and_refuses_changed_data,
+            guard_batch_refuses_changed_payloads_per_event,
         );
     };
     (@each $factory:path; $($check:ident),* $(,)?) => {

@@ -15,6 +15,7 @@ use super::{new_owner, Guard};
 use crate::config::FailMode;
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, StoreError};
+use crate::identify::{owner_with, Identify};
 use crate::store::{Claim, Completion};
 use crate::telemetry::RunProbe;
 
@@ -60,16 +61,14 @@ impl Guard {
     /// # Panics
     ///
     /// Resumes the handler's panic, after its claim is released.
-    pub async fn run<F, T, E>(
-        &self,
-        envelope: &EventEnvelope,
-        handler: F,
-    ) -> Result<Outcome<T>, GuardError<E>>
+    pub async fn run<I, F, T, E>(&self, event: &I, handler: F) -> Result<Outcome<T>, GuardError<E>>
     where
+        I: Identify + ?Sized,
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
-        self.traced(envelope, self.run_untraced(envelope, handler))
+        let view = event.view();
+        self.traced(&view, self.run_untraced(event, &view, handler))
             .await
     }
 
@@ -88,12 +87,14 @@ impl Guard {
     }
 
     /// [`run`](Self::run) without its span and metrics.
-    async fn run_untraced<F, T, E>(
+    pub(super) async fn run_untraced<I, F, T, E>(
         &self,
+        event: &I,
         envelope: &EventEnvelope,
         handler: F,
     ) -> Result<Outcome<T>, GuardError<E>>
     where
+        I: Identify + ?Sized,
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
@@ -101,16 +102,25 @@ impl Guard {
             return Self::run_disabled(handler).await;
         }
         let started = Instant::now();
-        let (hash, key) = self.identify(envelope)?;
-        let mut ctx = Ctx::new(&self.inner.config, envelope, &hash, &key, started);
-        let owner = new_owner();
+        let resolved = self.identify(event, envelope)?;
+        self.check_age(envelope, &resolved)?;
+        let (hash, key) = (&resolved.hash, &resolved.key);
+        let mut ctx = Ctx::new(&self.inner.config, envelope, hash, key, started);
+        let fingerprint = resolved.fingerprint.as_deref();
+        let owner = owner_with(new_owner(), fingerprint);
         match self.claim(&mut ctx, &owner).await {
             Ok(Claim::Acquired) => self.observe(&ctx, Decision::Claimed),
             Ok(Claim::Completed) => {
+                if let Some(conflict) = self.conflict(&mut ctx, fingerprint).await {
+                    return Err(conflict);
+                }
                 self.observe(&ctx, Decision::Duplicate);
                 return Ok(Outcome::Duplicate);
             }
             Ok(Claim::InProgress) => {
+                if let Some(conflict) = self.conflict(&mut ctx, fingerprint).await {
+                    return Err(conflict);
+                }
                 self.observe(&ctx, Decision::InProgress);
                 return Err(GuardError::InProgress);
             }
