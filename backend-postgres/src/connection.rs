@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventonce_core::backend::redact_url;
+use eventonce_core::backend::{password_of, redact_unparsable_url, redact_url, unescaped_password};
 use eventonce_core::StoreError;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -240,6 +240,9 @@ const URL_FORM: &str =
 /// parser's complaint, a scheme that is not PostgreSQL's (a Redis URL, for one), or an
 /// invalid setting.
 fn parse_url(url: &str) -> Result<PgConnectOptions, String> {
+    if let Some(why) = unescaped_password(url) {
+        return Err(format!("{why}; {URL_FORM}"));
+    }
     let parsed = url::Url::parse(url).map_err(|e| format!("{e}; {URL_FORM}"))?;
     match parsed.scheme() {
         "postgres" | "postgresql" => {}
@@ -264,7 +267,9 @@ fn parse_url(url: &str) -> Result<PgConnectOptions, String> {
 /// and decoded, to mask in messages.
 fn passwords_of(url: &str) -> Vec<String> {
     let Ok(parsed) = url::Url::parse(url) else {
-        return Vec::new();
+        // The parser's split cannot be trusted; the user information's password as
+        // written, up to its last `@`, is masked (and the URL shown without it).
+        return password_of(url).map(str::to_owned).into_iter().collect();
     };
     let mut found: Vec<String> = parsed.password().map(str::to_owned).into_iter().collect();
     found.extend(
@@ -355,6 +360,27 @@ fn explain_connect(err: &sqlx::Error, address: &str) -> String {
     }
 }
 
+/// Why a session cannot hold records, if so: it is read-only (`transaction_read_only`),
+/// on a standby or by `default_transaction_read_only` (of the role, the database, or the
+/// URL's `options`), so every claim would fail and each event run unprotected. A server
+/// that does not answer these is left to the first call.
+async fn read_only(conn: &mut PgConnection) -> Result<Option<&'static str>, sqlx::Error> {
+    let value: String = sqlx::query_scalar("SHOW transaction_read_only")
+        .fetch_one(&mut *conn)
+        .await?;
+    if value != "on" {
+        return Ok(None);
+    }
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Some(if standby {
+        "the server is a standby (a read-only replica): every claim would fail; point the URL at the primary"
+    } else {
+        "the session is read-only (transaction_read_only is on, from default_transaction_read_only of the role, the database or the URL's options): every claim would fail; connect as a role, or to a database, that can write"
+    }))
+}
+
 /// Opens one connection by itself, bounded by `timeout`, so that the cause of a failure is
 /// reported: the pool retries a refused connection until its acquire timeout and then
 /// reports only that timeout. Returns the options to open the pool with.
@@ -363,7 +389,10 @@ async fn first_connection(url: &str, timeout: Duration) -> Result<PgConnectOptio
     let passwords = passwords_of(url);
     let connect_options = parse_url(url).map_err(|why| StoreError::Unavailable {
         message: scrub(
-            format!("invalid PostgreSQL URL {target}: {why}"),
+            format!(
+                "invalid PostgreSQL URL {}: {why}",
+                redact_unparsable_url(url)
+            ),
             &passwords,
         ),
         source: None,
@@ -378,10 +407,17 @@ async fn first_connection(url: &str, timeout: Duration) -> Result<PgConnectOptio
     };
     let (why, source): (String, Option<eventonce_core::BoxError>) =
         match tokio::time::timeout(timeout, PgConnection::connect_with(&connect_options)).await {
-            Ok(Ok(conn)) => {
+            Ok(Ok(mut conn)) => {
+                let read_only = tokio::time::timeout(timeout, read_only(&mut conn)).await;
                 // Terminate politely; a server that hangs now is the pool's concern.
                 let _ = tokio::time::timeout(timeout, conn.close()).await;
-                return Ok(connect_options);
+                return match read_only {
+                    Ok(Ok(Some(why))) => Err(StoreError::Unavailable {
+                        message: format!("refusing PostgreSQL at {target}: {why}"),
+                        source: None,
+                    }),
+                    _ => Ok(connect_options),
+                };
             }
             Ok(Err(err)) => {
                 let why = explain_connect(&err, &address);

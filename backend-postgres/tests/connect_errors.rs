@@ -189,7 +189,7 @@ async fn invalid_urls_say_what_is_wrong_with_them() {
         (
             format!("postgres://postgres:{PASSWORD}@127.0.0.1:notaport/test"),
             vec![
-                "invalid PostgreSQL URL postgres://postgres:***@",
+                "invalid PostgreSQL URL postgres://***@",
                 "invalid port number",
             ],
         ),

@@ -6,15 +6,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventonce_core::backend::redact_url;
+use eventonce_core::backend::{password_of, redact_unparsable_url, redact_url, unescaped_password};
 use eventonce_core::StoreError;
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
-use crate::error::{connect_error, password_of, scrubbed, unavailable};
-use crate::link::Link;
+use crate::error::{connect_error, scrubbed, unavailable};
+use crate::link::{Link, Vet};
+use crate::server::{self, Evictions, ServerReport};
 
 /// How long connecting and each command may take at most, by default. The guard's own
 /// store timeout (default 500 ms) usually answers first.
@@ -31,6 +32,11 @@ pub struct RedisOptions {
     /// For `rediss://`: a PEM certificate authority to trust instead of the system's roots
     /// (the `tls` feature).
     pub tls_root_cert: Option<Vec<u8>>,
+    /// Accept a server whose `maxmemory-policy` evicts keys (anything but `noeviction`),
+    /// with a WARN log at each connection instead of a refusal. Off by default: an evicted
+    /// record lets a completed event run again, an evicted claim lets a second consumer
+    /// run a held one.
+    pub allow_eviction: bool,
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -42,6 +48,7 @@ impl std::fmt::Debug for RedisOptions {
                 "tls_root_cert",
                 &self.tls_root_cert.as_ref().map(std::vec::Vec::len),
             )
+            .field("allow_eviction", &self.allow_eviction)
             .finish()
     }
 }
@@ -52,6 +59,7 @@ impl Default for RedisOptions {
             connection_timeout: DEFAULT_TIMEOUT,
             response_timeout: DEFAULT_TIMEOUT,
             tls_root_cert: None,
+            allow_eviction: false,
         }
     }
 }
@@ -61,6 +69,15 @@ impl RedisOptions {
     pub fn timeouts(mut self, connection: Duration, response: Duration) -> Self {
         self.connection_timeout = connection;
         self.response_timeout = response;
+        self
+    }
+
+    /// Accepts a server that evicts keys under memory pressure, with a WARN log instead
+    /// of the refusal (see [`allow_eviction`](Self::allow_eviction)). Only for a server whose
+    /// memory is known never to fill up: each eviction of a record or a claim can run an
+    /// event twice.
+    pub fn allow_eviction(mut self) -> Self {
+        self.allow_eviction = true;
         self
     }
 
@@ -106,6 +123,8 @@ pub(crate) struct Endpoint {
     /// Whether claims go out as one plain `SET ... NX GET` (see `plain`); cleared for good
     /// once the server refuses that form (before Redis 7, or an ACL without `SET`).
     pub(crate) plain_claims: AtomicBool,
+    /// The server's eviction count as last seen.
+    pub(crate) evictions: Arc<Evictions>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -232,6 +251,9 @@ const URL_FORM: &str =
 /// scheme that is not Redis', a missing host, or the client's own checks (database
 /// number, TLS support).
 fn check_url(url: &str, options: &RedisOptions) -> Result<(url::Url, redis::Client), String> {
+    if let Some(why) = unescaped_password(url) {
+        return Err(format!("{why}; {URL_FORM}"));
+    }
     let parsed = url::Url::parse(url).map_err(|e| format!("{e}; {URL_FORM}"))?;
     let scheme = parsed.scheme();
     if !SCHEMES.contains(&scheme) {
@@ -279,7 +301,10 @@ impl RedisStore {
     /// # Errors
     ///
     /// [`StoreError::Unavailable`] if the URL is invalid, or if the first connection or its
-    /// `PING` fails (a timeout included), the message saying why with the password masked.
+    /// `PING` fails (a timeout included), the message saying why with the password masked;
+    /// also when the server is a replica, or evicts keys (`maxmemory-policy` other than
+    /// `noeviction`) and [`RedisOptions::allow_eviction`] was not given. Every later
+    /// connection is checked the same way.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, RedisOptions::default()).await
     }
@@ -367,7 +392,7 @@ impl RedisStore {
         let (parsed, client) = check_url(url, &options).map_err(|why| {
             scrubbed(
                 StoreError::Unavailable {
-                    message: format!("invalid Redis URL {target}: {why}"),
+                    message: format!("invalid Redis URL {}: {why}", redact_unparsable_url(url)),
                     source: None,
                 },
                 password.as_deref(),
@@ -382,8 +407,10 @@ impl RedisStore {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(options.connection_timeout))
             .set_response_timeout(Some(options.response_timeout));
+        let evictions = Evictions::new();
+        let vet = vet_each_connection(options.allow_eviction, &evictions, &target);
         Ok(RedisStore {
-            conn: Conn::Link(Link::new(client, config)),
+            conn: Conn::Link(Link::new(client, config, vet)),
             endpoint: Arc::new(Endpoint {
                 target,
                 address,
@@ -392,6 +419,7 @@ impl RedisStore {
                 connection_timeout: options.connection_timeout,
                 response_timeout: options.response_timeout,
                 plain_claims: AtomicBool::new(true),
+                evictions,
             }),
         })
     }
@@ -415,6 +443,7 @@ impl RedisStore {
                 connection_timeout: Duration::ZERO,
                 response_timeout: Duration::ZERO,
                 plain_claims: AtomicBool::new(true),
+                evictions: Evictions::new(),
             }),
         }
     }
@@ -462,7 +491,7 @@ impl RedisStore {
         for url in &urls {
             if let Err(why) = check_url(url, &options) {
                 return Err(scrub_all(StoreError::Unavailable {
-                    message: format!("invalid Redis URL {}: {why}", redact_url(url)),
+                    message: format!("invalid Redis URL {}: {why}", redact_unparsable_url(url)),
                     source: None,
                 }));
             }
@@ -496,11 +525,21 @@ impl RedisStore {
             connection_timeout: options.connection_timeout,
             response_timeout: options.response_timeout,
             plain_claims: AtomicBool::new(true),
+            evictions: Evictions::new(),
         });
-        let conn = client
+        let mut conn = client
             .get_async_connection()
             .await
             .map_err(|err| scrub_all(connect_error(&endpoint, err)))?;
+        // INFO goes to every primary: each one must be fit.
+        server::vet(
+            &mut conn,
+            options.allow_eviction,
+            &endpoint.evictions,
+            &endpoint.target,
+        )
+        .await
+        .map_err(|err| scrub_all(connect_error(&endpoint, err)))?;
         Ok(RedisStore {
             conn: Conn::Cluster(conn),
             endpoint,
@@ -543,6 +582,25 @@ impl RedisStore {
         )
     }
 
+    /// What the server (every primary of a cluster) says now about its memory policy, its
+    /// role and the keys it evicted: for a health check. Growth of the eviction count since
+    /// the last look (a connection, or this call) is logged at ERROR (`REDIS_EVICTING`) and
+    /// counted in [`EVICTED_KEYS_TOTAL`](crate::EVICTED_KEYS_TOTAL) (the `metrics` feature).
+    /// One `INFO` call.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] or [`StoreError::Timeout`] when no connection can be
+    /// made. A server that refuses `INFO` is not an error: the report's fields are `None`.
+    pub async fn server_report(&self) -> Result<ServerReport, StoreError> {
+        let mut conn = self.connection().await?;
+        let report = server::report(&mut conn).await;
+        if let Some(n) = report.evicted_keys {
+            self.endpoint.evictions.observe(n, &self.endpoint.target);
+        }
+        Ok(report)
+    }
+
     /// Where this store points, with any password masked.
     pub fn target(&self) -> &str {
         &self.endpoint.target
@@ -553,6 +611,21 @@ impl RedisStore {
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self.conn, Conn::Cluster(_))
     }
+}
+
+/// The check every connection of a store opened by URL passes (see `server`).
+fn vet_each_connection(allow_eviction: bool, evictions: &Arc<Evictions>, target: &str) -> Vet {
+    let evictions = Arc::clone(evictions);
+    let target: Arc<str> = Arc::from(target);
+    Arc::new(move |mut conn: MultiplexedConnection| {
+        let evictions = Arc::clone(&evictions);
+        let target = Arc::clone(&target);
+        Box::pin(async move {
+            server::vet(&mut conn, allow_eviction, &evictions, &target)
+                .await
+                .map(|_| ())
+        })
+    })
 }
 
 #[cfg(feature = "tls")]

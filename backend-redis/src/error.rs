@@ -7,6 +7,7 @@ use eventonce_core::StoreError;
 use redis::RedisError;
 
 use crate::connection::Endpoint;
+use crate::server::UNFIT;
 
 /// A client error as a store error, without anything that could hold credentials. A
 /// response timeout stays a timeout, so that the guard's circuit breaker opens at once.
@@ -30,17 +31,6 @@ pub(crate) fn unavailable(context: &str, err: RedisError, timeout: Duration) -> 
         message: format!("{context}: {err}{hint}"),
         source: Some(Box::new(err)),
     }
-}
-
-/// The password of a URL, if it has one.
-pub(crate) fn password_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
-    let userinfo = authority.rsplit_once('@')?.0;
-    userinfo
-        .split_once(':')
-        .map(|(_, p)| p)
-        .filter(|p| !p.is_empty())
 }
 
 /// `err` with every occurrence of `password` masked.
@@ -124,11 +114,15 @@ fn explain_connect(err: &RedisError, endpoint: &Endpoint) -> String {
 /// A failed connection attempt as a store error: the target, the cause in words and what
 /// to check, with the password masked.
 pub(crate) fn connect_error(endpoint: &Endpoint, err: RedisError) -> StoreError {
-    let message = format!(
-        "cannot connect to Redis at {}: {}",
-        endpoint.target,
-        explain_connect(&err, endpoint)
-    );
+    let unfit = err.kind() == redis::ErrorKind::Client && err.to_string().starts_with(UNFIT);
+    let message = match err.detail() {
+        Some(why) if unfit => format!("refusing the Redis server at {}: {why}", endpoint.target),
+        _ => format!(
+            "cannot connect to Redis at {}: {}",
+            endpoint.target,
+            explain_connect(&err, endpoint)
+        ),
+    };
     scrubbed(
         StoreError::Unavailable {
             message,
@@ -146,6 +140,7 @@ fn first_line(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use eventonce_core::backend::password_of;
 
     #[test]
     fn errors_are_scrubbed_of_the_password() {

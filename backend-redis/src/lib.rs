@@ -31,7 +31,9 @@ mod link;
 mod plain;
 mod record;
 mod scripts;
+mod server;
 mod store;
 
 pub use connection::{ExistingConnection, RedisOptions, RedisStore, DEFAULT_TIMEOUT};
 pub use eventonce_core::backend::redact_url;
+pub use server::{ServerReport, EVICTED_KEYS_TOTAL, NO_EVICTION};

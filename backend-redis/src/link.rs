@@ -16,6 +16,11 @@ use redis::{AsyncConnectionConfig, Client, RedisError, RedisResult};
 
 type Attempt = Shared<BoxFuture<'static, RedisResult<MultiplexedConnection>>>;
 
+/// The check of every new connection before any call uses it (see `server`): its error
+/// is the attempt's.
+pub(crate) type Vet =
+    Arc<dyn Fn(MultiplexedConnection) -> BoxFuture<'static, RedisResult<()>> + Send + Sync>;
+
 /// A lazily opened, replaceable connection. Cheap to clone: clones share it.
 #[derive(Clone)]
 pub(crate) struct Link(Arc<Inner>);
@@ -23,6 +28,7 @@ pub(crate) struct Link(Arc<Inner>);
 struct Inner {
     client: Client,
     config: AsyncConnectionConfig,
+    vet: Vet,
     slot: Mutex<Slot>,
 }
 
@@ -42,11 +48,13 @@ enum State {
 }
 
 impl Link {
-    /// A link that has not connected yet (no I/O here).
-    pub(crate) fn new(client: Client, config: AsyncConnectionConfig) -> Self {
+    /// A link that has not connected yet (no I/O here); every connection it opens passes
+    /// `vet` first.
+    pub(crate) fn new(client: Client, config: AsyncConnectionConfig, vet: Vet) -> Self {
         Link(Arc::new(Inner {
             client,
             config,
+            vet,
             slot: Mutex::new(Slot {
                 generation: 0,
                 state: State::Idle,
@@ -85,10 +93,13 @@ impl Link {
         let id = slot.generation;
         let client = self.0.client.clone();
         let config = self.0.config.clone();
+        let vet = Arc::clone(&self.0.vet);
         let attempt: Attempt = async move {
-            client
+            let conn = client
                 .get_multiplexed_async_connection_with_config(&config)
-                .await
+                .await?;
+            vet(conn.clone()).await?;
+            Ok(conn)
         }
         .boxed()
         .shared();

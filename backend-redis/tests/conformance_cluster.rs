@@ -76,3 +76,16 @@ async fn keys_spread_over_every_master() {
         "64 keys all landed on {masters_used:?}"
     );
 }
+
+/// Connecting to a cluster reads `INFO` from every primary: a cluster of `noeviction`
+/// primaries is accepted, and the report sums their evictions.
+#[tokio::test]
+async fn every_primary_is_checked_at_connect() {
+    let store = RedisStore::connect_cluster(&cluster_urls())
+        .await
+        .expect("cluster");
+    let report = store.server_report().await.expect("report");
+    assert_eq!(report.eviction_policy.as_deref(), Some("noeviction"));
+    assert_eq!(report.role.as_deref(), Some("master"));
+    assert!(report.evicted_keys.is_some(), "{report:?}");
+}

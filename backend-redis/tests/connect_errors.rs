@@ -137,8 +137,16 @@ async fn invalid_urls_say_what_is_wrong_with_them() {
         (
             "redis://:s3cret-pw@127.0.0.1:notaport",
             vec![
-                "invalid Redis URL redis://:***@127.0.0.1:notaport",
+                "invalid Redis URL redis://***@127.0.0.1:notaport",
                 "invalid port number",
+            ],
+        ),
+        (
+            "redis://default:s3cret-pw/Ab?c#d@127.0.0.1:6379",
+            vec![
+                "invalid Redis URL redis://***@127.0.0.1:6379",
+                "the password holds `/`, `?` or `#` unescaped",
+                "percent-encode them in the URL (%2F, %3F, %23)",
             ],
         ),
         (

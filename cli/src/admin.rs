@@ -133,6 +133,20 @@ fn scope(
     Ok(scope)
 }
 
+/// The parts of `key` when it belongs to the namespace listed: of the key form under
+/// `prefix` (as `release` requires) and, when `service` is given, of that service. Listing
+/// goes by the literal beginning `{prefix}:{service}:`, which a key of another prefix can
+/// share (prefix `P:x`, service `s` gives `P:x:s:...`, under `P:x:`): it is left out.
+fn own_parts(
+    scheme: KeyScheme,
+    prefix: &str,
+    service: Option<&str>,
+    key: &str,
+) -> Option<KeyParts> {
+    KeyParts::parse_with(scheme, prefix, key)
+        .filter(|parts| service.is_none_or(|service| parts.service == service))
+}
+
 async fn open(args: &StoreArgs) -> Result<Connected, String> {
     connect(&Backend::for_admin(args), false).await
 }
@@ -255,11 +269,14 @@ pub(crate) async fn keys(args: KeysArgs) -> ExitCode {
         .event_type
         .as_deref()
         .and_then(|t| scheme.event_type_segment(t).ok());
+    let service = args.service.as_deref();
     let listed = collect(connected.store.as_ref(), &scope, args.limit, |r| {
-        let type_ok = segment.as_deref().is_none_or(|want| {
-            KeyParts::parse_with(scheme, prefix, &r.key)
-                .is_some_and(|p| p.event_type_segment == want)
-        });
+        let Some(parts) = own_parts(scheme, prefix, service, &r.key) else {
+            return false;
+        };
+        let type_ok = segment
+            .as_deref()
+            .is_none_or(|want| parts.event_type_segment == want);
         type_ok && want_state.is_none_or(|s| r.record.state == s)
     })
     .await;
@@ -609,11 +626,11 @@ async fn count_groups(
     loop {
         let page = store.list_page(scope, cursor.as_deref(), PAGE).await?;
         for r in page.records {
-            let name = KeyParts::parse_with(scheme, prefix, &r.key).map_or_else(
-                || ("(other keys)".to_owned(), "-".to_owned()),
-                |p| (p.service.clone(), p.event_type_display().to_owned()),
-            );
-            let group = groups.entry(name).or_default();
+            let Some(parts) = own_parts(scheme, prefix, args.service.as_deref(), &r.key) else {
+                continue;
+            };
+            let event_type = parts.event_type_display().to_owned();
+            let group = groups.entry((parts.service, event_type)).or_default();
             match r.record.state {
                 RecordState::Processing => group.processing += 1,
                 RecordState::Completed => group.completed += 1,

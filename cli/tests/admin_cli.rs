@@ -873,7 +873,7 @@ fn postgres_cases(
             "--postgres",
             format!("redis://:{pw}@127.0.0.1:{redis_port}"),
             vec![
-                format!("invalid PostgreSQL URL redis://:***@127.0.0.1:{redis_port}"),
+                format!("invalid PostgreSQL URL redis://***@127.0.0.1:{redis_port}"),
                 "Redis'".into(),
                 "expected postgres://".into(),
             ],
@@ -972,7 +972,7 @@ fn redis_cases(closed: u16, http: u16, silent: u16, pw: &str) -> Vec<ConnectCase
             "--redis",
             format!("redis://:{pw}@127.0.0.1:port/0"),
             vec![
-                "invalid Redis URL redis://:***@127.0.0.1:port/0".into(),
+                "invalid Redis URL redis://***@127.0.0.1:port/0".into(),
                 "invalid port number".into(),
             ],
             true,
@@ -1155,4 +1155,80 @@ fn the_demo_exits_2_when_its_store_cannot_be_reached() {
     );
     assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
     assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+}
+
+/// The keys of one namespace, and the key of a record of prefix `{prefix}:x`, service `s`
+/// (whose key starts with `{prefix}:x:` too), written through `store`.
+async fn own_and_foreign_keys(store: &dyn IdempotencyStore, prefix: &str) -> (String, String) {
+    let own = key_of(prefix, "x", "orders.created.v1", "own");
+    let foreign = key_of(&format!("{prefix}:x"), "s", "orders.created.v1", "foreign");
+    for key in [&own, &foreign] {
+        assert_eq!(
+            store
+                .try_claim(key, "test-owner", HOUR)
+                .await
+                .expect("claim"),
+            Claim::Acquired
+        );
+        assert!(store
+            .complete(key, "test-owner", HOUR)
+            .await
+            .expect("complete"));
+    }
+    (own, foreign)
+}
+
+/// `keys` and `stats` under `--prefix P [--service x]` show only the records of that
+/// namespace, not those of prefix `P:x` whose keys share the literal beginning.
+fn only_the_namespace_is_listed(run: impl Fn(&str, &[&str]) -> Run, own: &str, foreign: &str) {
+    for args in [&["--service", "x", "--json"][..], &["--json"][..]] {
+        let listed = keys_in(&run("keys", args));
+        assert_eq!(
+            listed,
+            vec![own.to_owned()],
+            "keys {args:?} also listed {foreign}"
+        );
+        let stats = run("stats", args).json();
+        assert_eq!(
+            stats["total"]["completed"], 1,
+            "stats {args:?} also counted {foreign}: {stats}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn keys_and_stats_on_redis_list_only_their_namespace() {
+    let prefix = unique_prefix("namespace");
+    let store = store().await;
+    let (own, foreign) = own_and_foreign_keys(&store, &prefix).await;
+    let run = |command: &str, args: &[&str]| on_redis(command, &prefix, args, "");
+    only_the_namespace_is_listed(run, &own, &foreign);
+}
+
+#[tokio::test]
+async fn keys_and_stats_on_postgres_list_only_their_namespace() {
+    let schema = unique_schema("namespace");
+    let url = postgres_url();
+    let store = eventonce::PostgresStore::connect_with(
+        &url,
+        eventonce::PostgresOptions::default().schema(&schema),
+    )
+    .await
+    .expect("postgres is up");
+    let prefix = "namespace";
+    let (own, foreign) = own_and_foreign_keys(&store, prefix).await;
+    let run = |command: &str, args: &[&str]| {
+        let mut all = vec![
+            command,
+            "--postgres",
+            url.as_str(),
+            "--pg-schema",
+            &schema,
+            "--prefix",
+            prefix,
+        ];
+        all.extend_from_slice(args);
+        eventonce(&all, "")
+    };
+    only_the_namespace_is_listed(run, &own, &foreign);
 }

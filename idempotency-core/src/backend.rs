@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::config::defaults::MAX_TTL;
 use crate::error::StoreError;
 use crate::identity::seeded_hasher;
-pub use crate::redact::redact_url;
+pub use crate::redact::{password_of, redact_unparsable_url, redact_url, unescaped_password};
 use crate::store::Completion;
 #[cfg(doc)]
 use crate::store::IdempotencyStore;

@@ -3,6 +3,8 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
+use crate::bound::{bounded, Bounded};
+
 /// A boxed error from a store's client library, kept as the `source` of a [`StoreError`].
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
@@ -132,7 +134,7 @@ pub enum EnvelopeError {
         field: &'static str,
     },
     /// The payload is structurally wrong in another way (a field given twice, ...).
-    #[error("event payload is malformed: {message}")]
+    #[error("event payload is malformed: {}", Bounded(.message))]
     Malformed {
         /// What the parser reported.
         message: String,
@@ -145,7 +147,8 @@ pub enum EnvelopeError {
 pub enum IdentityError {
     /// The event has no `event_id` and no `data`: nothing identifies it.
     #[error(
-        "event of type {event_type:?} has neither an event_id nor data: it cannot be identified"
+        "event of type {:?} has neither an event_id nor data: it cannot be identified",
+        bounded(.event_type)
     )]
     Unidentifiable {
         /// The event's type.
@@ -242,7 +245,7 @@ pub enum StoreError {
         retry_in: Duration,
     },
     /// The store holds a value this library cannot read.
-    #[error("store holds an unreadable value at key {key:?}: {detail}")]
+    #[error("store holds an unreadable value at key {:?}: {}", bounded(.key), Bounded(.detail))]
     InvalidData {
         /// The key.
         key: String,

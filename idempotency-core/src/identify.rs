@@ -291,7 +291,7 @@ impl Resolve for Identity {
 /// The hash of the values at `pointers` into `envelope`.
 fn fields_hash(envelope: &EventEnvelope, pointers: &[String]) -> Result<String, IdentityError> {
     let document = serde_json::to_value(envelope).map_err(|e| IdentityError::MissingField {
-        event_type: crate::redact::bounded(&envelope.event_type, 200),
+        event_type: crate::bound::bounded(&envelope.event_type).into_owned(),
         field: format!("(the envelope could not be read: {e})"),
     })?;
     let mut parts = Vec::with_capacity(pointers.len() * 2);
@@ -308,8 +308,8 @@ fn fields_hash(envelope: &EventEnvelope, pointers: &[String]) -> Result<String, 
 
 fn missing(event_type: &str, field: &str) -> IdentityError {
     IdentityError::MissingField {
-        event_type: crate::redact::bounded(event_type, 200),
-        field: crate::redact::bounded(field, 200),
+        event_type: crate::bound::bounded(event_type).into_owned(),
+        field: crate::bound::bounded(field).into_owned(),
     }
 }
 
@@ -317,7 +317,7 @@ fn missing(event_type: &str, field: &str) -> IdentityError {
 /// characters).
 fn printable_id(id: &[u8]) -> String {
     match std::str::from_utf8(id) {
-        Ok(text) => crate::redact::bounded(text, 200),
+        Ok(text) => crate::bound::bounded(text).into_owned(),
         Err(_) => id.iter().take(100).map(|b| format!("{b:02x}")).collect(),
     }
 }
@@ -327,7 +327,7 @@ fn parse_time(text: &str) -> When {
     use time::format_description::well_known::Rfc3339;
     match time::OffsetDateTime::parse(text.trim(), &Rfc3339) {
         Ok(at) => When::At(SystemTime::from(at)),
-        Err(_) => When::Unreadable(crate::redact::bounded(text, 64)),
+        Err(_) => When::Unreadable(text.chars().take(64).collect()),
     }
 }
 

@@ -15,6 +15,7 @@
 
 mod admin;
 pub mod backend;
+mod bound;
 mod breaker;
 pub mod config;
 #[cfg(feature = "conformance")]
@@ -33,6 +34,7 @@ mod telemetry;
 pub use admin::{AdminStore, ListedRecord, RecordPage};
 /// Re-exported so that a store implementation needs no extra dependency.
 pub use async_trait::async_trait;
+pub use bound::{bounded, Bounded, MAX_FIELD_CHARS};
 pub use config::{ConfigBuilder, FailMode, IdempotencyConfig, StalePolicy, DISABLED_ENV};
 pub use envelope::EventEnvelope;
 pub use error::{BoxError, ConfigError, EnvelopeError, GuardError, IdentityError, StoreError};
@@ -42,7 +44,10 @@ pub use identity::{canonical_json, canonical_number, deterministic_hash};
 pub use key::{escape_event_type, unescape_event_type, KeyParts};
 pub use scheme::{python_json, python_number, python_v2_hash, KeyScheme};
 pub use store::{Claim, Completion, IdempotencyStore, Record, RecordState, TransactionalStore};
-pub use telemetry::{RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS};
+pub use telemetry::{
+    MAX_EVENT_TYPE_LABELS, OTHER_EVENT_TYPES, RUNS_TOTAL, RUN_DURATION_SECONDS,
+    STORE_OPERATION_DURATION_SECONDS,
+};
 
 /// The first layout's paths of the names that moved to [`config::defaults`] and
 /// [`backend`], kept so that code written against them still compiles. Not part of the

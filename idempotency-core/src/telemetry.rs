@@ -16,7 +16,9 @@
 //! `handler_failed`, `store_refused`, `invalid_event`, `panicked`, `cancelled`. Store
 //! outcomes: `ok`, `error`, `timeout`. No label ever holds a key, a hash or an event id:
 //! their values are unbounded, and a time series per event would overwhelm any
-//! metrics backend.
+//! metrics backend. The `event_type` label is cut to 200 characters and takes at most
+//! [`MAX_EVENT_TYPE_LABELS`] (100) distinct values per process; later new types are
+//! counted under `other` ([`OTHER_EVENT_TYPES`]), which is logged once at WARN.
 
 use std::time::Duration;
 #[cfg(feature = "metrics")]
@@ -25,6 +27,7 @@ use std::time::Instant;
 use tracing::field::Empty;
 use tracing::Span;
 
+use crate::bound::bounded;
 use crate::config::IdempotencyConfig;
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, StoreError};
@@ -82,9 +85,9 @@ impl<'a> RunProbe<'a> {
         let span = tracing::info_span!(
             "eventonce.run",
             service = config.service_name(),
-            event_type = envelope.event_type.as_str(),
-            event_id = envelope.event_id.as_deref(),
-            correlation_id = envelope.correlation_id.as_deref(),
+            event_type = bounded(&envelope.event_type).as_ref(),
+            event_id = envelope.event_id.as_deref().map(bounded).as_deref(),
+            correlation_id = envelope.correlation_id.as_deref().map(bounded).as_deref(),
             outcome = Empty,
             duplicate = Empty,
             handler_ran = Empty,
@@ -136,7 +139,7 @@ impl<'a> RunProbe<'a> {
             // One label vector for both metrics (the names differ, the labels do not).
             let labels = vec![
                 Label::new("service", self.config.service_label()),
-                Label::new("event_type", self.event_type.to_owned()),
+                Label::new("event_type", event_type_label(self.event_type)),
                 Label::from_static_parts("outcome", outcome),
             ];
             let elapsed = self.started.elapsed().as_secs_f64();
@@ -148,6 +151,52 @@ impl<'a> RunProbe<'a> {
             });
         }
     }
+}
+
+/// The most distinct values the `event_type` label takes in this process; the event
+/// types seen after them are counted under [`OTHER_EVENT_TYPES`].
+pub const MAX_EVENT_TYPE_LABELS: usize = 100;
+
+/// The `event_type` label of the event types beyond [`MAX_EVENT_TYPE_LABELS`].
+pub const OTHER_EVENT_TYPES: &str = "other";
+
+/// The `event_type` label of `event_type`: the type cut to
+/// [`MAX_FIELD_CHARS`](crate::MAX_FIELD_CHARS) characters, or `other` once
+/// [`MAX_EVENT_TYPE_LABELS`] distinct ones were given out (logged once, at WARN), so that
+/// hostile or runaway event types cannot grow the metrics without bound.
+#[cfg(feature = "metrics")]
+fn event_type_label(event_type: &str) -> metrics::SharedString {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{OnceLock, RwLock};
+
+    static SEEN: OnceLock<RwLock<HashSet<Box<str>>>> = OnceLock::new();
+    static FOLDED: AtomicBool = AtomicBool::new(false);
+    let label = bounded(event_type);
+    let seen = SEEN.get_or_init(RwLock::default);
+    let known = seen
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(label.as_ref());
+    if known {
+        return label.into_owned().into();
+    }
+    let mut seen = seen
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if seen.contains(label.as_ref()) || seen.len() < MAX_EVENT_TYPE_LABELS {
+        seen.insert(label.as_ref().into());
+        return label.into_owned().into();
+    }
+    drop(seen);
+    if !FOLDED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            limit = MAX_EVENT_TYPE_LABELS,
+            event_type = label.as_ref(),
+            "METRIC_LABELS_FOLDED: More than {MAX_EVENT_TYPE_LABELS} distinct event types; this and every further new one is counted under event_type=\"{OTHER_EVENT_TYPES}\" (logged once)"
+        );
+    }
+    metrics::SharedString::const_str(OTHER_EVENT_TYPES)
 }
 
 /// What the metrics of a run and of a store call are registered with (as `metrics`'
@@ -173,7 +222,7 @@ pub(crate) fn batch_outcomes<V: std::borrow::Borrow<EventEnvelope>, T, E>(
             metrics::counter!(
                 RUNS_TOTAL,
                 "service" => config.service_label(),
-                "event_type" => event_type.to_owned(),
+                "event_type" => event_type_label(event_type),
                 "outcome" => outcome,
             )
             .increment(n);

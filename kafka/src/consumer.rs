@@ -29,9 +29,12 @@ pub struct KafkaGuardOptions {
     /// Pause before a message another consumer is processing (`InProgress`) is consumed
     /// again. Default 250 ms.
     pub in_progress_backoff: Duration,
-    /// How long a seek may wait for the fetcher to drop the messages it fetched ahead,
-    /// and how long the group's committed offset of a partition may take to look up before
-    /// a seek back to a pending redelivery. Default 5 s.
+    /// How long the group's committed offset of a partition may take to look up before
+    /// a seek back to a pending redelivery (one broker round trip). Default 5 s.
+    ///
+    /// Seeks themselves do not wait: librdkafka marks the messages it fetched ahead of a
+    /// seek as outdated in the seeking call itself and drops them at the next poll, so
+    /// waiting for its fetcher's answer adds nothing but a block of the calling thread.
     pub seek_timeout: Duration,
 }
 
@@ -187,6 +190,8 @@ pub(crate) struct PreparedBatch<T, E> {
     known: Vec<Option<Input<T, E>>>,
     /// The envelopes that run, in order.
     pub(crate) to_run: Vec<EventEnvelope>,
+    /// When it was admitted (see `Rewinds::epoch`).
+    epoch: u64,
 }
 
 impl KafkaGuard {
@@ -219,8 +224,9 @@ impl KafkaGuard {
     ///
     /// `Ok` carries what became of the message; `Err` is a message that is not an
     /// identifiable event, which the caller must route (dead-letter and [`commit_past`])
-    /// or stop on. Seeking and committing block the calling thread briefly (librdkafka
-    /// calls, at most `seek_timeout`).
+    /// or stop on. A `CommitMode::Sync` commit blocks the calling thread until the broker
+    /// answers, and the look-up of the group's committed offset before a seek back to a
+    /// pending redelivery for at most `seek_timeout`; seeks do not wait.
     ///
     /// # Errors
     ///
@@ -350,13 +356,14 @@ impl KafkaGuard {
             .iter()
             .map(|&i| envelope_from_message_with(&messages[i], self.guard.config().key_scheme()))
             .collect();
-        let admitted = {
+        let (admitted, epoch) = {
             let asked: Vec<(&MessagePosition, bool)> = live
                 .iter()
                 .zip(&envelopes)
                 .map(|(&i, e)| (&positions[i], e.is_ok()))
                 .collect();
-            self.lock_rewinds().admit(&asked)
+            let rewinds = self.lock_rewinds();
+            (rewinds.admit(&asked), rewinds.epoch())
         };
         let mut to_run = Vec::new();
         let known: Vec<Option<Input<T, E>>> = envelopes
@@ -377,6 +384,7 @@ impl KafkaGuard {
             live,
             known,
             to_run,
+            epoch,
         }
     }
 
@@ -399,6 +407,7 @@ impl KafkaGuard {
             live,
             known,
             to_run: _,
+            epoch,
         } = prepared;
         let mut results = results.into_iter();
         let inputs: Vec<(&MessagePosition, Input<T, E>)> = live
@@ -413,7 +422,7 @@ impl KafkaGuard {
             })
             .collect();
         let decided: Vec<&MessagePosition> = inputs.iter().map(|(p, _)| *p).collect();
-        let plan = self.lock_rewinds().settle(inputs);
+        let plan = self.lock_rewinds().settle_admitted_at(epoch, inputs);
         let sought = !plan.seeks.is_empty();
         let answers = self.carry_out(consumer, plan, &decided, true).await;
 
@@ -633,14 +642,19 @@ impl KafkaGuard {
             position.partition,
             Offset::Offset(position.offset),
         );
+        // Without a timeout the seek does not wait for the fetcher: librdkafka bumps the
+        // partition's fetch version at once, in this call, and drops every message
+        // fetched before it at the next poll, so nothing fetched ahead is consumed after
+        // the seek; the fetcher's own answer (`InProgress` here) is not awaited.
         let result = added
-            .and_then(|()| consumer.seek_partitions(tpl, self.options.seek_timeout))
-            .and_then(
-                |tpl| match tpl.elements().iter().find_map(|e| e.error().err()) {
-                    Some(e) => Err(e),
-                    None => Ok(()),
-                },
-            );
+            .and_then(|()| consumer.seek_partitions(tpl, Duration::ZERO))
+            .and_then(|tpl| {
+                let failed = tpl.elements().iter().find_map(|e| match e.error() {
+                    Err(KafkaError::OffsetFetch(RDKafkaErrorCode::InProgress)) | Ok(()) => None,
+                    Err(error) => Some(error),
+                });
+                failed.map_or(Ok(()), Err)
+            });
         if let Err(error) = result {
             tracing::warn!(message = %position, error = %error, "KAFKA_SEEK_FAILED: could not seek back to a message to redeliver; later messages of its partition are held back");
         }

@@ -1,11 +1,13 @@
 //! [`KafkaGuard::process_batches`]: consecutive batches with their store round trips
 //! overlapped, decided and committed in order.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::pin::pin;
 
 use eventonce_core::EventEnvelope;
+use futures_util::future::{Fuse, FusedFuture, FutureExt};
 use futures_util::stream::{FuturesOrdered, Stream, StreamExt};
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::message::Message;
@@ -31,26 +33,55 @@ impl KafkaGuard {
     /// The guarantees of `process_batch` hold batch by batch: a batch's offsets are
     /// committed only after its completions were written (its run has ended), and the
     /// batches are decided, committed and sought in the order they were polled, one after
-    /// the other, so a partition's commit never goes back and never passes a message
-    /// waiting to be redelivered. `on_batch` gets each batch and its answers once that
-    /// batch is committed, in order, before the next batch is decided: route the
-    /// unidentifiable messages there (dead-letter and [`commit_past`](crate::commit_past))
-    /// as after `process_batch`. `ControlFlow::Break` stops: the batches still running
-    /// are dropped (their claims settled as for a dropped
-    /// [`Guard::run_batch`](eventonce_core::Guard::run_batch)) and nothing more is committed.
+    /// the other, so a partition's commit never passes a message waiting to be
+    /// redelivered or one that cannot be identified. `on_batch` gets each batch and its
+    /// answers once that batch is committed, in order, before the next batch is decided:
+    /// route the unidentifiable messages there (dead-letter and
+    /// [`commit_past`](crate::commit_past)) as after `process_batch`.
+    /// `ControlFlow::Break` stops: the batches still running are dropped (their claims
+    /// settled as for a dropped [`Guard::run_batch`](eventonce_core::Guard::run_batch)) and
+    /// nothing more is committed.
+    ///
+    /// While a batch is decided (its retry backoff, commit and seeks) and while
+    /// `on_batch`'s future runs, the batch already running goes on: its handlers are
+    /// polled and its claims' leases renewed, so a slow `on_batch` (dead-lettering, say)
+    /// does not let another consumer take those events over. The librdkafka calls made
+    /// meanwhile do not wait for the broker: seeks return at once (see
+    /// [`KafkaGuardOptions::seek_timeout`](crate::KafkaGuardOptions::seek_timeout)), the
+    /// assignment is read locally, and a commit with `CommitMode::Async` (the default) is
+    /// queued. A `CommitMode::Sync` commit waits for the broker's answer and holds up the
+    /// running batch that long: keep the client's request timeouts well below the lease,
+    /// or commit asynchronously. The group's committed offsets are looked up (at most
+    /// `seek_timeout`) only before a batch is admitted while a redelivery is pending, and
+    /// such a batch is admitted only once no batch runs. Nothing is polled while a batch
+    /// is decided or answered.
     ///
     /// What the overlap adds to `process_batch`'s answers: the next batch has started
     /// when a batch is decided, so a message after one that must come again (its handler
-    /// failed, it is in progress elsewhere, it could not be identified and `on_batch` has
-    /// not decided yet) may have run in the next batch; it is answered
-    /// `Redeliver(Retry::Rewinding)`, its offset not committed, and its redelivery is a
-    /// `Duplicate`, exactly as for a later message of the same batch. And a copy of an
-    /// event whose first copy is still running in the batch before is answered
-    /// `Redeliver(Retry::InProgress)` (this consumer's own claim), where `process_batch`
-    /// would have answered `Duplicate`; it comes again after `in_progress_backoff` and is
-    /// then a duplicate. After a batch that sought a partition back, the batch already
-    /// running is decided before the next poll, so that every later poll comes after the
-    /// seek.
+    /// failed, it is in progress elsewhere, it could not be identified) may have run in
+    /// the next batch; it is answered `Redeliver(Retry::Rewinding)`, its offset not
+    /// committed, its partition sought back (to the message after an unidentifiable one),
+    /// and its redelivery is a `Duplicate`, exactly as for a later message of the same
+    /// batch. For an unidentifiable message this holds even though `on_batch` has decided
+    /// about it by the time the next batch is decided: nothing after it is committed by a
+    /// batch that ran before that decision. And a copy of an event whose first copy is
+    /// still running in the batch before is answered `Redeliver(Retry::InProgress)` (this
+    /// consumer's own claim), where `process_batch` would have answered `Duplicate`; it
+    /// comes again after `in_progress_backoff` and is then a duplicate. After a batch that
+    /// sought a partition back, the batch already running is decided before the next
+    /// poll, so that every later poll comes after the seek.
+    ///
+    /// Dropping the returned future (a `select!`, a shutdown) is safe at any point: the
+    /// running batches' claims are settled as for a dropped `run_batch`, a batch whose
+    /// run ended but that was not committed comes again (its events completed: duplicates),
+    /// and a redelivery already decided stays pending in this `KafkaGuard`, so later calls
+    /// still hold back what follows it.
+    ///
+    /// One window remains: a batch polled before its partition was revoked and decided
+    /// after the partition came back to this consumer (both between two looks at the
+    /// assignment) is committed and sought as if the partition had stayed: the group's
+    /// committed offset can go back to it, and the messages after it come again, as
+    /// duplicates.
     pub async fn process_batches<K, C, M, S, F, Fut, T, E, A, AFut>(
         &self,
         consumer: &K,
@@ -71,6 +102,13 @@ impl KafkaGuard {
         let handler = &handler;
         let mut batches = pin!(batches.fuse());
         let mut running = FuturesOrdered::new();
+        // Batches whose run has ended, waiting to be decided, oldest first.
+        let mut ran = VecDeque::new();
+        // The batch being decided (committed, sought) and then `on_batch`'s future: both
+        // polled alongside the batches still running, so that their handlers and lease
+        // renewals go on meanwhile.
+        let mut settling = pin!(Fuse::terminated());
+        let mut answering = pin!(Fuse::<AFut>::terminated());
         let mut ended = false;
         // After a seek, the batches polled before it are settled before the next poll, as
         // `process_batch` would settle a batch fetched ahead of a seek: each later poll
@@ -80,16 +118,35 @@ impl KafkaGuard {
         // what its own decision holds back.
         let mut draining = false;
         loop {
+            if settling.is_terminated() && answering.is_terminated() {
+                if let Some((messages, prepared, results)) = ran.pop_front() {
+                    settling.set(
+                        async move {
+                            let (answers, sought) =
+                                self.finish_batch(consumer, prepared, results).await;
+                            (messages, answers, sought)
+                        }
+                        .fuse(),
+                    );
+                }
+            }
+            // Nothing is polled while a batch is being decided or answered: a poll comes
+            // after every decision (and seek) of the batches before it.
+            let quiet = settling.is_terminated() && answering.is_terminated() && ran.is_empty();
             tokio::select! {
                 biased;
-                Some((messages, prepared, results)) = running.next(), if !running.is_empty() => {
-                    let (answers, sought) = self.finish_batch(consumer, prepared, results).await;
-                    draining = (draining || sought) && !running.is_empty();
-                    if on_batch(messages, answers).await.is_break() {
+                flow = &mut answering, if !answering.is_terminated() => {
+                    if flow.is_break() {
                         return;
                     }
                 }
-                next = batches.next(), if !ended
+                (messages, answers, sought) = &mut settling, if !settling.is_terminated() => {
+                    draining = (draining || sought) && !(running.is_empty() && ran.is_empty());
+                    answering.set(on_batch(messages, answers).fuse());
+                }
+                Some(done) = running.next(), if !running.is_empty() => ran.push_back(done),
+                next = batches.next(), if quiet
+                    && !ended
                     && !draining
                     && running.len() < IN_FLIGHT
                     && (running.is_empty() || !self.redelivery_pending()) =>

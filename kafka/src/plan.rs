@@ -72,13 +72,21 @@ struct Lane {
 }
 
 impl Lane {
-    fn new(pending: Option<i64>) -> Self {
+    /// A lane that waits for the redelivery at `pending`, or else, when `fenced`, holds
+    /// back what follows the unidentifiable message at that offset (decided by a later
+    /// call than the one that admitted this call's messages).
+    fn new(pending: Option<i64>, fenced: Option<i64>) -> Self {
+        let waiting = pending.map(|at| Hold {
+            after: at,
+            resume: at,
+            sought: true,
+        });
         Lane {
-            hold: pending.map(|at| Hold {
+            hold: waiting.or(fenced.map(|at| Hold {
                 after: at,
-                resume: at,
-                sought: true,
-            }),
+                resume: at + 1,
+                sought: false,
+            })),
             commit: None,
             seek: None,
         }
@@ -176,9 +184,22 @@ impl Lane {
 #[derive(Debug, Default)]
 pub(crate) struct Rewinds {
     pending: HashMap<Partition, i64>,
+    /// How many calls were settled: the epoch of a call admitted now.
+    settled: u64,
+    /// Per partition, the unidentifiable message the latest call that found one left for
+    /// the caller to decide about, and the epoch that call's settlement began: a call
+    /// admitted before that (its messages ran alongside) must not decide anything of the
+    /// partition after the message.
+    fences: HashMap<Partition, (i64, u64)>,
 }
 
 impl Rewinds {
+    /// The epoch of a call admitted now: calls admitted earlier and settled later are
+    /// held back behind the unidentifiable messages the calls settled in between found.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.settled
+    }
+
     /// Whether no partition waits.
     pub(crate) fn is_empty(&self) -> bool {
         self.pending.is_empty()
@@ -199,12 +220,20 @@ impl Rewinds {
         self.pending.remove(partition)
     }
 
-    fn lanes<'a>(&self, positions: impl Iterator<Item = &'a MessagePosition>) -> Lanes {
+    /// The lanes of `positions`' partitions, for a call admitted at `epoch`.
+    fn lanes<'a>(&self, positions: impl Iterator<Item = &'a MessagePosition>, epoch: u64) -> Lanes {
         let mut lanes = HashMap::new();
         for position in positions {
             let partition = partition_of(position);
             let pending = self.pending(&partition);
-            lanes.entry(partition).or_insert_with(|| Lane::new(pending));
+            let fenced = self
+                .fences
+                .get(&partition)
+                .filter(|(_, set)| *set > epoch)
+                .map(|(at, _)| *at);
+            lanes
+                .entry(partition)
+                .or_insert_with(|| Lane::new(pending, fenced));
         }
         Lanes(lanes)
     }
@@ -215,7 +244,7 @@ impl Rewinds {
     /// this partition waits for since an earlier call, or an unidentifiable message
     /// earlier in `messages`, about which the caller decides after the call.
     pub(crate) fn admit(&self, messages: &[(&MessagePosition, bool)]) -> Vec<bool> {
-        let mut lanes = self.lanes(messages.iter().map(|(p, _)| *p));
+        let mut lanes = self.lanes(messages.iter().map(|(p, _)| *p), self.settled);
         messages
             .iter()
             .map(|&(position, identifiable)| {
@@ -246,7 +275,21 @@ impl Rewinds {
         &mut self,
         messages: Vec<(&MessagePosition, Input<T, E>)>,
     ) -> Plan<T, E> {
-        let mut lanes = self.lanes(messages.iter().map(|(p, _)| *p));
+        self.settle_admitted_at(self.settled, messages)
+    }
+
+    /// [`settle`](Self::settle) for a call admitted at `epoch` (see [`epoch`](Self::epoch)),
+    /// whose messages may have run alongside calls settled since. Besides the rules of
+    /// `settle`: the messages of a partition after an unidentifiable message that one of
+    /// those calls found are answered `Rewinding`, and the partition is sought to the
+    /// message after the unidentifiable one, as for a later message of that call; so none
+    /// of them is committed before the caller has decided about it.
+    pub(crate) fn settle_admitted_at<T, E>(
+        &mut self,
+        epoch: u64,
+        messages: Vec<(&MessagePosition, Input<T, E>)>,
+    ) -> Plan<T, E> {
+        let mut lanes = self.lanes(messages.iter().map(|(p, _)| *p), epoch);
         let answers = messages
             .into_iter()
             .map(|(position, input)| lanes.get(position).decide(position, input))
@@ -256,7 +299,20 @@ impl Rewinds {
             commits: BTreeMap::new(),
             seeks: BTreeMap::new(),
         };
+        // Calls admitted from now on follow every fence set so far; those admitted
+        // before this one's settlement only follow the fences set since.
+        self.settled += 1;
+        let set = self.settled;
+        self.fences.retain(|_, (_, at)| *at > epoch);
         for (partition, lane) in lanes.0 {
+            if let Some(Hold {
+                after,
+                sought: false,
+                ..
+            }) = lane.hold
+            {
+                self.fences.insert(partition.clone(), (after, set));
+            }
             if let Some(offset) = lane.commit {
                 plan.commits.insert(partition.clone(), offset);
             }
@@ -278,7 +334,7 @@ impl Lanes {
     fn get(&mut self, position: &MessagePosition) -> &mut Lane {
         self.0
             .entry(partition_of(position))
-            .or_insert_with(|| Lane::new(None))
+            .or_insert_with(|| Lane::new(None, None))
     }
 }
 

@@ -929,3 +929,76 @@ async fn overlapped_batches_with_resends_and_failures_have_each_side_effect_once
     assert!(seen.borrow().rewinding > 0);
     support::drop_schema(&pool, &schema).await;
 }
+
+/// A consumer with manual assignment of one partition of `topic`, in `group`.
+fn assigned(group: &str, topic: &str, partition: i32) -> StreamConsumer {
+    let c: StreamConsumer = consumer_config(&support::bootstrap(), group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .expect("partition");
+    c.assign(&tpl).expect("assign");
+    c
+}
+
+/// Review point 2 against the broker: consumer A's second batch claims event 1 (a 1.5 s
+/// handler, lease 0.9 s) while its first batch's `on_batch` takes 2 s; consumer B, on
+/// the other partition, gets a copy of event 1 at 1.2 s. A's running batch keeps renewing
+/// its claim meanwhile, so B answers `InProgress` and event 1's handler runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_on_batch_does_not_let_the_running_batchs_claim_lapse() {
+    let bootstrap = support::bootstrap();
+    let topic = support::unique("eventonce-e2e-slow-on-batch");
+    create_topic(&bootstrap, &topic, 2).await.expect("topic");
+    let producer = support::producer(&bootstrap, "e2e-slow-on-batch");
+    support::send(&producer, &topic, Some(0), 0, Form::Body).await;
+    support::send(&producer, &topic, Some(0), 1, Form::Body).await;
+    support::send(&producer, &topic, Some(1), 1, Form::Body).await;
+    let store = eventonce_memory::MemoryStore::new();
+    let config = IdempotencyConfig::builder("kafka-e2e-slow-on-batch")
+        .lease(Duration::from_millis(900))
+        .build()
+        .expect("config");
+    let a = KafkaGuard::new(Guard::new(store.clone(), config.clone()));
+    let b = KafkaGuard::new(Guard::new(store, config));
+    let group = support::unique("e2e-slow-on-batch");
+    let (ca, cb) = (assigned(&group, &topic, 0), assigned(&group, &topic, 1));
+    let runs: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let handler = |event: eventonce_core::EventEnvelope| {
+        let order = event.data["order"].as_u64().unwrap_or(u64::MAX);
+        let runs = Arc::clone(&runs);
+        async move {
+            *runs.lock().expect("runs").entry(order).or_default() += 1;
+            let took = if order == 1 { 1500 } else { 10 };
+            tokio::time::sleep(Duration::from_millis(took)).await;
+            Ok::<_, String>(())
+        }
+    };
+    let batches = futures_util::stream::unfold(0, |n| {
+        let ca = &ca;
+        async move {
+            if n == 2 {
+                return None;
+            }
+            let message = ca.recv().await.expect("consume").detach();
+            Some((vec![message], n + 1))
+        }
+    });
+    let on_batch = |_batch, _answers: Vec<BatchResult>| async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        std::ops::ControlFlow::Continue(())
+    };
+    let other = async {
+        let message = cb.recv().await.expect("consume");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        b.process(&cb, &message, handler).await.expect("an event")
+    };
+    let ((), answer) = tokio::join!(a.process_batches(&ca, batches, handler, on_batch), other);
+    let runs = runs.lock().expect("runs").clone();
+    assert_eq!(
+        runs.get(&1),
+        Some(&1),
+        "event 1's handler runs: {runs:?}; B answered {answer:?}"
+    );
+}

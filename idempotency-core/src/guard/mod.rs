@@ -188,7 +188,7 @@ impl Guard {
         let resolved = event.resolve(config).and_then(|resolved| {
             match (&resolved.when, config.max_event_age_for(&view.event_type)) {
                 (When::Unreadable(text), Some(_)) => Err(IdentityError::UnreadableTimestamp {
-                    event_type: crate::redact::bounded(&view.event_type, 200),
+                    event_type: crate::bound::bounded(&view.event_type).into_owned(),
                     timestamp: text.clone(),
                 }),
                 _ => Ok(resolved),
@@ -217,7 +217,7 @@ impl Guard {
             return Ok(());
         }
         let stale = GuardError::<E>::Stale {
-            event_type: crate::redact::bounded(&view.event_type, 200),
+            event_type: crate::bound::bounded(&view.event_type).into_owned(),
             age,
             max_age,
             skipped: config.stale_events() == StalePolicy::Skip,
@@ -265,7 +265,7 @@ impl Guard {
             return None;
         }
         let conflict = GuardError::<E>::Conflict {
-            key: crate::redact::bounded(ctx.key, 200),
+            key: crate::bound::bounded(ctx.key).into_owned(),
             stored: stored.chars().take(16).collect(),
             given: given.chars().take(16).collect(),
         };

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use tracing::Level;
 
+use crate::bound::{bounded, Bounded};
+
 use super::stats::Counter;
 use super::GuardInner;
 use crate::config::IdempotencyConfig;
@@ -531,16 +533,30 @@ impl GuardInner {
         if level == Level::DEBUG && !self.config.debug_logging() {
             return;
         }
-        let error = decision.error().map(tracing::field::display);
+        // Every field is cut to MAX_FIELD_CHARS: one event's fields or error text can be
+        // megabytes long.
+        let error = decision
+            .error()
+            .map(|error| tracing::field::display(Bounded(error)));
         let service = self.config.service_name();
         match scope.into() {
             Scope::Event(ctx) => event_at!(
                 level,
                 service,
-                event_type = ctx.envelope.event_type.as_str(),
-                event_id = ctx.envelope.event_id.as_deref(),
-                correlation_id = ctx.envelope.correlation_id.as_deref(),
-                source_service = ctx.envelope.source_service.as_deref(),
+                event_type = bounded(&ctx.envelope.event_type).as_ref(),
+                event_id = ctx.envelope.event_id.as_deref().map(bounded).as_deref(),
+                correlation_id = ctx
+                    .envelope
+                    .correlation_id
+                    .as_deref()
+                    .map(bounded)
+                    .as_deref(),
+                source_service = ctx
+                    .envelope
+                    .source_service
+                    .as_deref()
+                    .map(bounded)
+                    .as_deref(),
                 deterministic_hash = ctx.hash,
                 key = ctx.key,
                 ttl_seconds = ctx.ttl.as_secs(),
@@ -555,10 +571,10 @@ impl GuardInner {
             Scope::Unidentified(envelope) => event_at!(
                 level,
                 service,
-                event_type = envelope.event_type.as_str(),
-                event_id = envelope.event_id.as_deref(),
-                correlation_id = envelope.correlation_id.as_deref(),
-                source_service = envelope.source_service.as_deref(),
+                event_type = bounded(&envelope.event_type).as_ref(),
+                event_id = envelope.event_id.as_deref().map(bounded).as_deref(),
+                correlation_id = envelope.correlation_id.as_deref().map(bounded).as_deref(),
+                source_service = envelope.source_service.as_deref().map(bounded).as_deref(),
                 action,
                 error,
                 "{message}"

@@ -499,3 +499,37 @@ proptest! {
         prop_assert_eq!(&single.committed, &batched.committed);
     }
 }
+
+/// `process_batches`: a call admitted before an earlier call found an unidentifiable
+/// message (its messages ran alongside) decides nothing of that partition after it: those
+/// messages are `Rewinding`, nothing is committed, the partition is sought to the message
+/// after the unidentifiable one, and a call admitted after that is not held back by it.
+#[test]
+fn a_call_admitted_before_an_unidentifiable_message_was_decided_holds_back_what_follows_it() {
+    let mut r = Rewinds::default();
+    let (m0, m1, m2, m3) = (at(0, 0), at(0, 1), at(0, 2), at(0, 3));
+    let first = r.epoch();
+    assert_eq!(r.admit(&[(&m0, true), (&m1, false)]), [true, true]);
+    let second = r.epoch();
+    assert_eq!(r.admit(&[(&m2, true), (&m3, true)]), [true, true]);
+    let plan = r.settle_admitted_at(
+        first,
+        vec![(&m0, ok()), (&m1, Input::Unidentifiable(bad(&m1)))],
+    );
+    assert_eq!(plan.commits.get(&("t".into(), 0)), Some(&1));
+    assert!(plan.seeks.is_empty());
+    let plan = r.settle_admitted_at(second, vec![(&m2, ok()), (&m3, ok())]);
+    assert!(plan.answers.iter().all(is_rewinding), "{:?}", plan.answers);
+    assert!(plan.commits.is_empty(), "{:?}", plan.commits);
+    assert_eq!(plan.seeks.get(&("t".into(), 0)), Some(&2));
+    // After the seek: @2 comes again and is decided.
+    let third = r.epoch();
+    assert_eq!(r.admit(&[(&m2, true)]), [true]);
+    let plan = r.settle_admitted_at(third, vec![(&m2, ok())]);
+    assert!(
+        matches!(plan.answers[..], [Answer::Final(_)]),
+        "{:?}",
+        plan.answers
+    );
+    assert_eq!(plan.commits.get(&("t".into(), 0)), Some(&3));
+}
