@@ -358,7 +358,10 @@ mod tests {
     #[test]
     fn times_are_read_as_rfc_3339_and_anything_else_is_unreadable() {
         assert!(matches!(parse_time("2026-12-06T09:00:00Z"), When::At(_)));
-        assert!(matches!(parse_time("2026-12-06T10:00:00+01:00"), When::At(_)));
+        assert!(matches!(
+            parse_time("2026-12-06T10:00:00+01:00"),
+            When::At(_)
+        ));
         assert!(matches!(parse_time("yesterday"), When::Unreadable(_)));
         assert!(matches!(parse_time(""), When::Unreadable(_)));
     }

@@ -24,8 +24,8 @@ use super::{new_owner, Guard};
 use std::borrow::Cow;
 
 use crate::envelope::EventEnvelope;
-use crate::identify::{Identify, Resolve};
 use crate::error::{GuardError, StoreError};
+use crate::identify::{Identify, Resolve};
 use crate::store::{saturating_deadline, Claim, Completion};
 use crate::telemetry;
 

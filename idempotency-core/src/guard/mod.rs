@@ -22,8 +22,8 @@ use std::time::Instant;
 
 use crate::breaker::{Breaker, Permit};
 use crate::config::IdempotencyConfig;
-use crate::envelope::EventEnvelope;
 use crate::config::StalePolicy;
+use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, IdentityError, StoreError};
 use crate::identify::{fingerprint_of_owner, Identify, Resolved, When};
 use crate::store::IdempotencyStore;
@@ -153,7 +153,9 @@ impl Guard {
     /// [`IdentityError`] when the event cannot be identified (no usable `data`, or a key
     /// the configuration cannot form).
     pub fn key_for<I: Identify + ?Sized>(&self, event: &I) -> Result<String, IdentityError> {
-        event.resolve(&self.inner.config).map(|resolved| resolved.key)
+        event
+            .resolve(&self.inner.config)
+            .map(|resolved| resolved.key)
     }
 
     /// Writes the completions owed so far now (deferred ones, `defer_completion`, and
@@ -195,7 +197,10 @@ impl Guard {
             }
         });
         resolved.map_err(|error| {
-            self.observe(Scope::Unidentified(view), Decision::Invalid { error: &error });
+            self.observe(
+                Scope::Unidentified(view),
+                Decision::Invalid { error: &error },
+            );
             GuardError::InvalidEvent(error)
         })
     }
@@ -224,7 +229,10 @@ impl Guard {
         };
         let text = StaleText(&stale);
         if config.stale_events() == StalePolicy::Process {
-            self.observe(Scope::Unidentified(view), Decision::StaleProcessed { error: &text });
+            self.observe(
+                Scope::Unidentified(view),
+                Decision::StaleProcessed { error: &text },
+            );
             return Ok(());
         }
         let skipped = config.stale_events() == StalePolicy::Skip;
@@ -249,9 +257,7 @@ impl Guard {
     ) -> Option<GuardError<E>> {
         let given = fingerprint?;
         let t = Instant::now();
-        let record = self
-            .store_call("get", self.inner.store.get(ctx.key))
-            .await;
+        let record = self.store_call("get", self.inner.store.get(ctx.key)).await;
         ctx.store_time += t.elapsed();
         let owner = match record {
             Ok(record) => record?.owner?,
@@ -269,7 +275,12 @@ impl Guard {
             stored: stored.chars().take(16).collect(),
             given: given.chars().take(16).collect(),
         };
-        self.observe(&*ctx, Decision::Conflict { error: &StaleText(&conflict) });
+        self.observe(
+            &*ctx,
+            Decision::Conflict {
+                error: &StaleText(&conflict),
+            },
+        );
         Some(conflict)
     }
 
