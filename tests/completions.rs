@@ -24,6 +24,8 @@ struct Faulty {
     hang_completes: Arc<AtomicBool>,
     slow_completes: Arc<AtomicBool>,
     fail_extends: Arc<AtomicBool>,
+    /// `extend` takes 100 ms (a remote store's round trip).
+    slow_extends: Arc<AtomicBool>,
     /// `complete` answers that the claim is not held (a claim lost).
     refuse_completes: Arc<AtomicBool>,
     hang_gets: Arc<AtomicBool>,
@@ -72,6 +74,9 @@ impl IdempotencyStore for Faulty {
     async fn extend(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
         if self.fail_extends.load(Ordering::SeqCst) {
             return Err(down("extend"));
+        }
+        if self.slow_extends.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.inner.extend(key, owner, lease).await
     }
@@ -494,4 +499,69 @@ async fn a_batch_dropped_while_settling_still_completes_its_successes() {
     );
     assert_eq!(state(&store, &guard, &batch[1]).await, None, "released");
     assert_eq!(guard.stats().cancelled, 1);
+}
+
+/// A guard dropped while its queue owes one key twice (an expired owner's completion put
+/// back after a write that outlasted its lease, beside the completion of the redelivery
+/// that claimed the key after it) still writes the live completion at drop.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_guard_writes_its_live_completion_beside_an_expired_one_of_the_same_key() {
+    let lease = Duration::from_secs(6);
+    let (store, guard) = guarded(
+        builder()
+            .lease(lease)
+            .store_timeout(Duration::from_secs(5))
+            .defer_completion(Duration::from_secs(3)),
+    );
+    let a = event(90);
+    store.hang_completes.store(true, Ordering::SeqCst);
+    assert_eq!(guard.run(&a, ok(1)).await.ok(), Some(Outcome::Processed(1)));
+    // The deferred completion is written at 2 s (before a renewal would be due) and hangs
+    // until the store timeout, at 7 s; the first claim's lease ends at 6 s.
+    tokio::time::sleep(Duration::from_millis(6_100)).await;
+    assert_eq!(
+        guard.run(&a, ok(2)).await.ok(),
+        Some(Outcome::Processed(2)),
+        "the redelivery claims the lapsed key"
+    );
+    // At 7 s the hung write gives up and puts the first completion back: the queue owes
+    // the key twice, once for an expired claim.
+    tokio::time::sleep(Duration::from_millis(950)).await;
+    store.hang_completes.store(false, Ordering::SeqCst);
+    drop(guard);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let key = IdempotencyConfig::builder("orders")
+        .build()
+        .unwrap()
+        .generate_key(&a.event_type, &a.deterministic_hash().unwrap());
+    let record = store.inner.get(&key).await.unwrap();
+    assert_eq!(
+        record.as_ref().map(|r| r.state),
+        Some(RecordState::Completed),
+        "the live completion was written at drop: {record:?}"
+    );
+}
+
+/// A batch of slow handlers on a store without a batch renewal of its own (the trait's
+/// `extend_many` renews key after key): the renewals of eight claims, 100 ms each, fit in
+/// one 200 ms store timeout, so no claim is lost.
+#[tokio::test(start_paused = true)]
+async fn a_batch_renewal_on_a_store_without_extend_many_is_not_the_sum_of_its_keys() {
+    let (store, guard) = guarded(builder().batch_concurrency(8));
+    store.slow_extends.store(true, Ordering::SeqCst);
+    let events: Vec<EventEnvelope> = (0..8).map(|n| event(300 + n)).collect();
+    let answers = guard
+        .run_batch(&events, |_| async {
+            tokio::time::sleep(LEASE * 2).await;
+            Ok::<_, String>(())
+        })
+        .await;
+    let stats = guard.stats();
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Ok(Outcome::Processed(())))),
+        "{answers:?}; {stats:?}"
+    );
+    assert_eq!(stats.claims_lost, 0, "{stats:?}");
 }

@@ -200,3 +200,33 @@ fn a_batch_counts_each_event_under_its_type_and_outcome() {
         assert_eq!(count(&event_type, "duplicate"), Some(2.0), "{text}");
     }
 }
+
+#[test]
+fn prometheus_text_counts_memory_store_evictions_and_refused_claims() {
+    use eventonce::{Claim, IdempotencyStore};
+    use std::time::Duration;
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let store = eventonce::MemoryStore::with_capacity(1);
+            let (lease, ttl) = (Duration::from_secs(30), Duration::from_secs(3600));
+            for key in ["a", "b", "c"] {
+                let claim = store.try_claim(key, "o", lease).await;
+                assert!(matches!(claim, Ok(Claim::Acquired)), "{claim:?}");
+                assert!(matches!(store.complete(key, "o", ttl).await, Ok(true)));
+            }
+            let claim = store.try_claim("d", "o", lease).await;
+            assert!(matches!(claim, Ok(Claim::Acquired)), "{claim:?}");
+            assert!(store.try_claim("e", "o", lease).await.is_err());
+        });
+    });
+    let samples = parse(&handle.render());
+    let value = |name: &str| samples.iter().find(|s| s.name == name).map(|s| s.value);
+    assert_eq!(value(eventonce::memory::EVICTIONS_TOTAL), Some(3.0));
+    assert_eq!(value(eventonce::memory::CLAIMS_REFUSED_TOTAL), Some(1.0));
+}

@@ -1,8 +1,8 @@
 //! An in-memory [`IdempotencyStore`]: the embedded default of eventonce, for a single
 //! consumer process, tests and development.
 //!
-//! Records live in a bounded map split into shards, each an LRU list of records
-//! ([hashlink](https://docs.rs/hashlink)'s `LruCache`) behind a lock of its own. Every call
+//! Records live in a bounded map split into shards, each two ordered maps of records
+//! ([hashlink](https://docs.rs/hashlink)'s `LinkedHashMap`) behind a lock of its own. Every call
 //! takes one shard's lock for the few hundred nanoseconds it needs and never waits on I/O,
 //! so a call is atomic on its key: concurrent claims of one key produce exactly one
 //! [`Claim::Acquired`], and a completion, a renewal or a release by the owner is checked and
@@ -10,9 +10,31 @@
 //! nothing.
 //!
 //! Each record carries its own expiry: a record past it answers as absent, and a claim
-//! takes its place. Expired records are dropped as new claims pass by (the least recently
-//! used end of a shard is checked on each insert) and, when a shard is full, its least
-//! recently used record is evicted.
+//! takes its place. The capacity is one budget for the whole store, whatever the shard a
+//! key falls in. When the store is full, a new claim makes room, in this order, and never
+//! at the cost of a live claim (a `processing` record whose lease has not ended):
+//!
+//! 1. an expired record (a lapsed claim, or a completed record past its TTL) is dropped;
+//! 2. else the least recently used completed record is evicted before its TTL: a late
+//!    duplicate of that event would run again, so each such eviction is counted
+//!    ([`MemoryStats::evictions`], the `eventonce_memory_evictions_total` metric) and
+//!    logged at WARN, at most once a minute;
+//! 3. else, when every record is a live claim, the claim is refused with
+//!    [`StoreError::Unavailable`], so the guard's fail mode applies; nothing is evicted.
+//!
+//! Costs: a call takes one shard's lock for a constant number of hash-map operations.
+//! Expired records also leave as new claims pass by (a few at the front of the key's shard
+//! on each insert). Making room looks at a bounded number of records at the front of the
+//! key's shard; only when that shard holds nothing but live claims does it visit the other
+//! shards, one lock at a time (at most 63).
+//!
+//! Expired records are found where they gather: live claims are kept in the order their
+//! lease was last set, which is the order they expire in under one lease per store (a
+//! guard's `processing_ttl`); completed records in least recently used order. Making room
+//! checks the first eight of each for an expired one, so in a shard of up to eight claims
+//! and eight completed records every expired record goes before a live one. In a larger
+//! shard, a completed record that expired behind eight more recently used live ones (a
+//! shorter TTL than theirs) may outstay a live completed record that is evicted first.
 //!
 //! The store follows Tokio's clock (`tokio::time::Instant`), so tests can pause time to
 //! check leases. Records are not shared between processes and vanish with the process:
@@ -21,25 +43,32 @@
 #![forbid(unsafe_code)]
 
 mod cached;
+mod shard;
 
 pub use cached::CachedStore;
 
 use std::hash::BuildHasher as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use eventonce_core::backend::{
-    check_arguments, check_batch, check_completions, saturating_deadline,
-};
-use eventonce_core::{Claim, Completion, IdempotencyStore, Record, RecordState, StoreError};
+use eventonce_core::backend::{check_arguments, check_batch, check_completions};
+use eventonce_core::{Claim, Completion, IdempotencyStore, Record, StoreError};
 use foldhash::quality::RandomState;
-use hashlink::LruCache;
+use shard::{Found, Removed, Shard};
 use tokio::time::Instant;
 
-/// The number of records [`MemoryStore::new`] keeps before it evicts the least recently
-/// used ones.
+/// The number of records [`MemoryStore::new`] keeps.
 pub const DEFAULT_CAPACITY: u64 = 1_000_000;
+
+/// The name of the counter of completed records evicted before their TTL (with the
+/// `metrics` feature; no labels).
+pub const EVICTIONS_TOTAL: &str = "eventonce_memory_evictions_total";
+
+/// The name of the counter of claims refused because every record was a live claim (with
+/// the `metrics` feature; no labels).
+pub const CLAIMS_REFUSED_TOTAL: &str = "eventonce_memory_claims_refused_total";
 
 /// The most shards a store is split into.
 const MAX_SHARDS: usize = 64;
@@ -48,8 +77,8 @@ const MAX_SHARDS: usize = 64;
 /// order.
 const MIN_SHARD_CAPACITY: u64 = 4096;
 
-/// How many expired records at a shard's least recently used end one insert drops.
-const SWEEP_PER_INSERT: usize = 4;
+/// How long after a WARN about evictions the next one waits.
+const EVICTION_WARN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// An in-memory idempotency store. Cheap to clone: clones share the records.
 ///
@@ -84,91 +113,42 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
-/// The shards, and the hasher that picks a key's shard. The hashers (foldhash, randomly
-/// seeded per store) keep crafted keys from aiming at one shard or one bucket.
+/// What a [`MemoryStore`] counted since it was built ([`MemoryStore::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct MemoryStats {
+    /// The capacity the store was built with.
+    pub capacity: u64,
+    /// Records held now (expired ones included until they are dropped).
+    pub records: u64,
+    /// Completed records evicted before their TTL to make room: a late duplicate of any of
+    /// them would run again. Above zero, the capacity is too small for the events a TTL
+    /// spans.
+    pub evictions: u64,
+    /// Claims refused because the store was full of live claims (each answered with
+    /// [`StoreError::Unavailable`]).
+    pub refused_claims: u64,
+}
+
+/// The shards, the store-wide budget, and the hasher that picks a key's shard. The hashers
+/// (foldhash, randomly seeded per store) keep crafted keys from aiming at one shard or one
+/// bucket.
 struct Shards {
     shards: Box<[Mutex<Shard>]>,
     pick: RandomState,
     capacity: u64,
+    /// Records held (and slots reserved for claims being inserted): at most `capacity`.
+    len: AtomicU64,
+    evictions: AtomicU64,
+    refused: AtomicU64,
+    warned: Mutex<Warned>,
 }
 
-type Shard = LruCache<Box<str>, Entry, RandomState>;
-
-struct Entry {
-    state: RecordState,
-    owner: Owner,
-    expires_at: Instant,
-    updated_at: SystemTime,
-}
-
-impl Entry {
-    fn is_live(&self, now: Instant) -> bool {
-        self.expires_at > now
-    }
-
-    fn held_by(&self, owner: &str, now: Instant) -> bool {
-        self.is_live(now) && self.state == RecordState::Processing && self.owner.is(owner)
-    }
-
-    /// The answer a claim gets from a live record.
-    fn claim_answer(&self) -> Claim {
-        match self.state {
-            RecordState::Completed => Claim::Completed,
-            RecordState::Processing => Claim::InProgress,
-        }
-    }
-
-    fn claimed(owner: &str, lease: Duration, now: Instant) -> Entry {
-        Entry {
-            state: RecordState::Processing,
-            owner: Owner::new(owner),
-            expires_at: saturating_deadline(now, lease),
-            updated_at: SystemTime::now(),
-        }
-    }
-}
-
-/// An owner token, kept inline when short (the guard's tokens are at most 42 bytes), so a
-/// claim allocates nothing for it.
-enum Owner {
-    Inline { len: u8, bytes: [u8; OWNER_INLINE] },
-    Heap(Box<str>),
-}
-
-/// The longest owner token kept inline.
-const OWNER_INLINE: usize = 46;
-
-impl Owner {
-    fn new(owner: &str) -> Owner {
-        let src = owner.as_bytes();
-        if src.len() <= OWNER_INLINE {
-            let mut bytes = [0; OWNER_INLINE];
-            bytes[..src.len()].copy_from_slice(src);
-            // `src.len()` fits: it is at most `OWNER_INLINE`.
-            Owner::Inline {
-                len: src.len() as u8,
-                bytes,
-            }
-        } else {
-            Owner::Heap(owner.into())
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Owner::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Owner::Heap(owner) => owner.as_bytes(),
-        }
-    }
-
-    fn is(&self, owner: &str) -> bool {
-        self.as_bytes() == owner.as_bytes()
-    }
-
-    fn to_owned_string(&self) -> String {
-        // Made from a `&str`, so always UTF-8.
-        String::from_utf8_lossy(self.as_bytes()).into_owned()
-    }
+/// The last WARN about evictions: when, and the count it reported up to.
+#[derive(Default)]
+struct Warned {
+    at: Option<Instant>,
+    evictions: u64,
 }
 
 impl Default for MemoryStore {
@@ -183,30 +163,27 @@ impl MemoryStore {
         Self::with_capacity(DEFAULT_CAPACITY)
     }
 
-    /// A store holding up to `capacity` records (a capacity of 0 is taken as 1). Past it,
-    /// the least recently used records are evicted (in a store above 4,096 records, the
-    /// least recently used of the key's shard): an evicted completed record lets a late
-    /// duplicate through, so size it above the number of events a TTL spans.
+    /// A store holding up to `capacity` records (a capacity of 0 is taken as 1), a budget
+    /// for the whole store. A full store drops expired records first, then evicts the least
+    /// recently used completed ones (counted in [`MemoryStats::evictions`]: a late duplicate
+    /// of an evicted event runs again, so size it above the number of events a TTL spans);
+    /// it never evicts a live claim, and refuses a new claim when every record is one.
     pub fn with_capacity(capacity: u64) -> Self {
         let capacity = capacity.max(1);
         let wanted = usize::try_from(capacity / MIN_SHARD_CAPACITY).unwrap_or(MAX_SHARDS);
         let count = wanted.clamp(1, MAX_SHARDS);
         // Round down to a power of two, so a shard is picked with a mask.
         let count = 1usize << count.ilog2();
-        // The capacity split exactly: the shards' shares add up to it.
-        let (share, rest) = (capacity / count as u64, capacity % count as u64);
-        let shards = (0..count as u64)
-            .map(|i| {
-                let cap = usize::try_from(share + u64::from(i < rest)).unwrap_or(usize::MAX);
-                Mutex::new(LruCache::with_hasher(cap, RandomState::default()))
-            })
-            .collect();
-        let pick = RandomState::default();
+        let shards = (0..count).map(|_| Mutex::new(Shard::new())).collect();
         MemoryStore {
             inner: Arc::new(Shards {
                 shards,
-                pick,
+                pick: RandomState::default(),
                 capacity,
+                len: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                warned: Mutex::new(Warned::default()),
             }),
         }
     }
@@ -217,7 +194,7 @@ impl MemoryStore {
     }
 
     /// The number of records held (expired ones are counted until a claim passes them by
-    /// or the capacity evicts them).
+    /// or makes room in their place).
     pub fn approximate_len(&self) -> u64 {
         self.inner
             .shards
@@ -226,51 +203,168 @@ impl MemoryStore {
             .sum()
     }
 
-    /// The shard holding `key`, locked.
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let shards = &self.inner.shards;
-        // The mask keeps the index below the count, a power of two.
-        let index = (self.inner.pick.hash_one(key) as usize) & (shards.len() - 1);
-        lock(&shards[index])
+    /// What the store counted since it was built: its evictions of completed records
+    /// before their TTL and its refused claims.
+    ///
+    /// ```
+    /// use eventonce_memory::MemoryStore;
+    /// let stats = MemoryStore::with_capacity(10).stats();
+    /// assert_eq!((stats.capacity, stats.records, stats.evictions), (10, 0, 0));
+    /// ```
+    pub fn stats(&self) -> MemoryStats {
+        MemoryStats {
+            capacity: self.inner.capacity,
+            records: self.inner.len.load(Ordering::Relaxed),
+            evictions: self.inner.evictions.load(Ordering::Relaxed),
+            refused_claims: self.inner.refused.load(Ordering::Relaxed),
+        }
     }
 
-    /// Claims `key` for `owner` (arguments checked by the caller).
-    fn claim(&self, key: &str, owner: &str, lease: Duration) -> Claim {
-        let mut shard = self.shard(key);
+    /// The index of the shard holding `key`.
+    fn index(&self, key: &str) -> usize {
+        // The mask keeps the index below the count, a power of two.
+        (self.inner.pick.hash_one(key) as usize) & (self.inner.shards.len() - 1)
+    }
+
+    /// The shard holding `key`, locked.
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        lock(&self.inner.shards[self.index(key)])
+    }
+
+    /// Claims `key` for `owner` (arguments checked by the caller). A new record takes a
+    /// free slot of the budget, else the room its shard makes, else the room another shard
+    /// makes; a store full of live claims refuses the claim.
+    fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim, StoreError> {
+        let index = self.index(key);
+        let mut shard = lock(&self.inner.shards[index]);
         let now = Instant::now();
-        if let Some(entry) = shard.get_mut(key) {
-            if entry.is_live(now) {
-                return entry.claim_answer();
-            }
-            // Expired: the claim takes the record's place.
-            *entry = Entry::claimed(owner, lease, now);
-            return Claim::Acquired;
+        match shard.claim_existing(key, owner, lease, now) {
+            Found::Answer(claim) => return Ok(claim),
+            Found::Replaced => return Ok(Claim::Acquired),
+            Found::Absent => {}
         }
-        insert(&mut shard, key, Entry::claimed(owner, lease, now), now);
-        Claim::Acquired
+        let swept = shard.sweep(now);
+        self.free_slots(swept);
+        if self.reserve_slot() || self.room_in(&mut shard, now) {
+            shard.insert_claim(key, owner, lease, now);
+            return Ok(Claim::Acquired);
+        }
+        // Every record of this shard is a live claim: another shard gives up a record, and
+        // its slot passes to this claim. Never two shard locks at once.
+        drop(shard);
+        if !self.room_elsewhere(index) {
+            return Err(self.refuse(key, lease));
+        }
+        let mut shard = lock(&self.inner.shards[index]);
+        let now = Instant::now();
+        match shard.claim_existing(key, owner, lease, now) {
+            // Another call made a record of the key meanwhile: the slot is not needed.
+            Found::Answer(claim) => {
+                self.free_slots(1);
+                Ok(claim)
+            }
+            Found::Replaced => {
+                self.free_slots(1);
+                Ok(Claim::Acquired)
+            }
+            Found::Absent => {
+                shard.insert_claim(key, owner, lease, now);
+                Ok(Claim::Acquired)
+            }
+        }
+    }
+
+    /// Takes a free slot of the budget, if there is one.
+    fn reserve_slot(&self) -> bool {
+        let capacity = self.inner.capacity;
+        self.inner
+            .len
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |len| {
+                (len < capacity).then_some(len + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives `n` slots back to the budget (records removed).
+    fn free_slots(&self, n: usize) {
+        if n > 0 {
+            self.inner.len.fetch_sub(n as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// Makes room in `shard` for one record (whose slot the caller takes over). Returns
+    /// whether it did.
+    fn room_in(&self, shard: &mut Shard, now: Instant) -> bool {
+        match shard.make_room(now) {
+            Removed::Expired => true,
+            Removed::Evicted => {
+                self.evicted(now);
+                true
+            }
+            Removed::Nothing => false,
+        }
+    }
+
+    /// Makes room in a shard other than `index`, visiting them in turn. Returns whether one
+    /// did (its slot is the caller's).
+    fn room_elsewhere(&self, index: usize) -> bool {
+        let shards = &self.inner.shards;
+        (1..shards.len()).any(|step| {
+            let other = (index + step) & (shards.len() - 1);
+            let mut shard = lock(&shards[other]);
+            self.room_in(&mut shard, Instant::now())
+        })
+    }
+
+    /// Counts an eviction of a completed record before its TTL, and warns about evictions at
+    /// most once per [`EVICTION_WARN_INTERVAL`].
+    fn evicted(&self, now: Instant) {
+        let total = self.inner.evictions.fetch_add(1, Ordering::Relaxed) + 1;
+        #[cfg(feature = "metrics")]
+        metrics::counter!(EVICTIONS_TOTAL).increment(1);
+        let mut warned = self
+            .inner
+            .warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if warned
+            .at
+            .is_some_and(|at| now.saturating_duration_since(at) < EVICTION_WARN_INTERVAL)
+        {
+            return;
+        }
+        let evicted = total - warned.evictions;
+        *warned = Warned {
+            at: Some(now),
+            evictions: total,
+        };
+        tracing::warn!(
+            capacity = self.inner.capacity,
+            evicted,
+            evictions_total = total,
+            "MEMORY_STORE_EVICTION: completed records evicted before their TTL to make room; \
+             a late duplicate of one of them would run again: raise the store's capacity"
+        );
+    }
+
+    /// Counts a refused claim and says why.
+    fn refuse(&self, key: &str, lease: Duration) -> StoreError {
+        self.inner.refused.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(CLAIMS_REFUSED_TOTAL).increment(1);
+        StoreError::Unavailable {
+            message: format!(
+                "memory store full: every record is a live claim at its capacity of {} records; \
+                 refused the claim of {key:?} for {lease:?} rather than evict a live claim",
+                self.inner.capacity
+            ),
+            source: None,
+        }
     }
 
     /// Completes `owner`'s claim on `key` for `ttl` (arguments checked by the caller).
     fn complete_held(&self, key: &str, owner: &str, ttl: Duration) -> bool {
-        self.change_held(key, owner, |entry, now| {
-            entry.state = RecordState::Completed;
-            entry.expires_at = saturating_deadline(now, ttl);
-            entry.updated_at = SystemTime::now();
-        })
-    }
-
-    /// Changes the live record of `key` held by `owner` with `f`. Returns whether the
-    /// owner held the claim.
-    fn change_held(&self, key: &str, owner: &str, f: impl FnOnce(&mut Entry, Instant)) -> bool {
-        let mut shard = self.shard(key);
-        let now = Instant::now();
-        match shard.get_mut(key) {
-            Some(entry) if entry.held_by(owner, now) => {
-                f(entry, now);
-                true
-            }
-            _ => false,
-        }
+        self.shard(key).complete(key, owner, ttl, Instant::now())
     }
 }
 
@@ -278,21 +372,6 @@ impl MemoryStore {
 /// consistent: every change is a plain store of fields or one map operation.
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Inserts a new record for `key`, first dropping up to [`SWEEP_PER_INSERT`] expired
-/// records from the shard's least recently used end; a full shard then evicts its least
-/// recently used record.
-fn insert(shard: &mut Shard, key: &str, entry: Entry, now: Instant) {
-    for _ in 0..SWEEP_PER_INSERT {
-        match shard.iter().next() {
-            Some((_, oldest)) if !oldest.is_live(now) => {
-                shard.remove_lru();
-            }
-            _ => break,
-        }
-    }
-    shard.insert(key.into(), entry);
 }
 
 #[async_trait]
@@ -304,7 +383,7 @@ impl IdempotencyStore for MemoryStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        Ok(self.claim(key, owner, lease))
+        self.claim(key, owner, lease)
     }
 
     async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -312,7 +391,8 @@ impl IdempotencyStore for MemoryStore {
         Ok(self.complete_held(key, owner, ttl))
     }
 
-    // The batch calls do their work in place, key after key: no future per key.
+    // The batch calls do their work in place, key after key: no future per key. A refused
+    // claim fails the batch, and the claims the batch took before it are released.
     async fn try_claim_many(
         &self,
         keys: &[String],
@@ -320,10 +400,21 @@ impl IdempotencyStore for MemoryStore {
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
         check_batch(keys, owner, Some(lease))?;
-        Ok(keys
-            .iter()
-            .map(|key| self.claim(key, owner, lease))
-            .collect())
+        let mut claims = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.claim(key, owner, lease) {
+                Ok(claim) => claims.push(claim),
+                Err(refused) => {
+                    for (key, claim) in keys.iter().zip(&claims) {
+                        if *claim == Claim::Acquired {
+                            self.release_held(key, owner);
+                        }
+                    }
+                    return Err(refused);
+                }
+            }
+        }
+        Ok(claims)
     }
 
     async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
@@ -336,22 +427,12 @@ impl IdempotencyStore for MemoryStore {
 
     async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
         check_arguments(key, owner, None)?;
-        let mut shard = self.shard(key);
-        let held = shard
-            .peek(key)
-            .is_some_and(|entry| entry.held_by(owner, Instant::now()));
-        if held {
-            shard.remove(key);
-        }
-        Ok(held)
+        Ok(self.release_held(key, owner))
     }
 
     async fn extend(&self, key: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
         check_arguments(key, owner, Some(lease))?;
-        Ok(self.change_held(key, owner, |entry, now| {
-            entry.expires_at = saturating_deadline(now, lease);
-            entry.updated_at = SystemTime::now();
-        }))
+        Ok(self.shard(key).extend(key, owner, lease, Instant::now()))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
@@ -360,18 +441,27 @@ impl IdempotencyStore for MemoryStore {
         }
         let shard = self.shard(key);
         let now = Instant::now();
-        Ok(shard
-            .peek(key)
-            .filter(|entry| entry.is_live(now))
-            .map(|entry| Record {
-                state: entry.state,
-                owner: Some(entry.owner.to_owned_string()),
-                ttl_left: Some(entry.expires_at.saturating_duration_since(now)),
-                updated_at: Some(entry.updated_at),
-            }))
+        Ok(shard.peek(key, now).map(|entry| Record {
+            state: entry.state,
+            owner: Some(entry.owner.to_owned_string()),
+            ttl_left: Some(entry.expires_at.saturating_duration_since(now)),
+            updated_at: Some(entry.updated_at),
+        }))
     }
 
     fn backend_name(&self) -> &'static str {
         "memory"
+    }
+}
+
+impl MemoryStore {
+    /// Deletes `owner`'s live claim of `key`, giving its slot back. Returns whether it held
+    /// it.
+    fn release_held(&self, key: &str, owner: &str) -> bool {
+        let released = self.shard(key).release(key, owner, Instant::now());
+        if released {
+            self.free_slots(1);
+        }
+        released
     }
 }

@@ -1,5 +1,5 @@
-//! `MemoryStore`'s bounds: its capacity (least recently used records evicted), expired
-//! records dropped as new claims pass by, and one winner per key under concurrent claims
+//! `MemoryStore`'s bounds: its capacity (least recently used completed records evicted,
+//! live claims never), expired records dropped as new claims pass by, and one winner per key under concurrent claims
 //! from many threads.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +33,7 @@ async fn a_full_store_evicts_its_least_recently_used_record() {
     );
     assert_eq!(store.approximate_len(), 3);
     assert!(store.get("b").await.unwrap().is_none(), "b was evicted");
+    assert_eq!(store.stats().evictions, 1);
     for key in ["a", "c", "d"] {
         assert!(store.get(key).await.unwrap().is_some(), "{key} is kept");
     }
@@ -54,9 +55,13 @@ async fn a_large_store_never_holds_more_than_its_capacity() {
             store.try_claim(&key, "o", LEASE).await.unwrap(),
             Claim::Acquired
         );
+        assert!(store.complete(&key, "o", TTL).await.unwrap());
     }
-    // Each shard fills to its share, and the shares add up to the capacity.
+    // The shards share one budget: the store fills to its capacity, and each completed
+    // record beyond it cost one eviction.
     assert_eq!(store.approximate_len(), capacity);
+    assert_eq!(store.stats().records, capacity);
+    assert_eq!(store.stats().evictions, 100_000 - capacity);
     // The newest records are the ones kept.
     assert!(store.get("svc:t:99999").await.unwrap().is_some());
 }
@@ -73,6 +78,9 @@ async fn a_capacity_of_zero_is_taken_as_one() {
         store.try_claim("a", "p", LEASE).await.unwrap(),
         Claim::InProgress
     );
+    // Its one record is a live claim: a claim of another key is refused.
+    assert!(store.try_claim("b", "o", LEASE).await.is_err());
+    assert!(store.complete("a", "o", TTL).await.unwrap());
     assert_eq!(
         store.try_claim("b", "o", LEASE).await.unwrap(),
         Claim::Acquired

@@ -1,5 +1,10 @@
-//! A random sequence of operations on `MemoryStore` agrees with a simple model, under
-//! Tokio's paused clock (so leases and TTLs expire exactly when the model says).
+//! A random sequence of operations on a small `MemoryStore` agrees with a simple model,
+//! under Tokio's paused clock (so leases and TTLs expire exactly when the model says).
+//!
+//! The model's capacity rules: a new record fits while fewer live records than the
+//! capacity are held (expired ones make room unseen); else the least recently used live
+//! completed record is evicted (and counted); else the claim is refused. A live claim is
+//! never evicted.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,7 +24,7 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let key = 0u8..3;
+    let key = 0u8..6;
     let owner = 0u8..3;
     // Durations of a second or more: the cache's own eviction runs on the real clock and
     // must not act while the paused test clock stands still. Multiples of 500 ms make
@@ -40,12 +45,18 @@ struct ModelEntry {
     completed: bool,
     owner: u8,
     expires_at: u64,
+    /// When the record was last used (completed, or answered `Completed`): the least
+    /// recently used completed record is the one evicted.
+    used: u64,
 }
 
-#[derive(Default)]
 struct Model {
     now: u64,
+    capacity: usize,
     entries: HashMap<u8, ModelEntry>,
+    uses: u64,
+    evictions: u64,
+    refused: u64,
 }
 
 impl Model {
@@ -60,6 +71,34 @@ impl Model {
         self.live(key)
             .is_some_and(|e| !e.completed && e.owner == owner)
     }
+
+    fn next_use(&mut self) -> u64 {
+        self.uses += 1;
+        self.uses
+    }
+
+    /// Makes room for a new record of `key`: `false` when every live record is a claim.
+    fn make_room(&mut self, key: u8) -> bool {
+        let now = self.now;
+        self.entries.retain(|k, e| *k != key && e.expires_at > now);
+        if self.entries.len() < self.capacity {
+            return true;
+        }
+        let lru = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.completed)
+            .min_by_key(|(_, e)| e.used)
+            .map(|(k, _)| *k);
+        match lru {
+            Some(k) => {
+                self.entries.remove(&k);
+                self.evictions += 1;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 fn key_name(k: u8) -> String {
@@ -70,9 +109,16 @@ fn owner_name(o: u8) -> String {
     format!("owner-{o}")
 }
 
-async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let store = MemoryStore::new();
-    let mut model = Model::default();
+async fn check(capacity: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let store = MemoryStore::with_capacity(capacity as u64);
+    let mut model = Model {
+        now: 0,
+        capacity,
+        entries: HashMap::new(),
+        uses: 0,
+        evictions: 0,
+        refused: 0,
+    };
     for op in ops {
         match op {
             Op::Claim { key, owner, ms } => check_claim(&store, &mut model, key, owner, ms).await?,
@@ -87,13 +133,14 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let want = model.held(key, owner);
                 if want {
-                    let expires_at = model.now + ms;
+                    let (expires_at, used) = (model.now + ms, model.next_use());
                     model.entries.insert(
                         key,
                         ModelEntry {
                             completed: true,
                             owner,
                             expires_at,
+                            used,
                         },
                     );
                 }
@@ -133,6 +180,9 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model.now += ms;
             }
         }
+        let stats = store.stats();
+        prop_assert_eq!(stats.evictions, model.evictions, "evictions");
+        prop_assert_eq!(stats.refused_claims, model.refused, "refused claims");
     }
     Ok(())
 }
@@ -151,25 +201,43 @@ async fn check_claim(
             &owner_name(owner),
             Duration::from_millis(ms),
         )
-        .await
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        .await;
     let want = match model.live(key) {
-        Some(e) if e.completed => Claim::Completed,
-        Some(_) => Claim::InProgress,
-        None => {
-            let expires_at = model.now + ms;
+        Some(e) if e.completed => {
+            let used = model.next_use();
+            if let Some(e) = model.entries.get_mut(&key) {
+                e.used = used;
+            }
+            Some(Claim::Completed)
+        }
+        Some(_) => Some(Claim::InProgress),
+        None if model.make_room(key) => {
+            let (expires_at, used) = (model.now + ms, model.next_use());
             model.entries.insert(
                 key,
                 ModelEntry {
                     completed: false,
                     owner,
                     expires_at,
+                    used,
                 },
             );
-            Claim::Acquired
+            Some(Claim::Acquired)
+        }
+        None => {
+            model.refused += 1;
+            None
         }
     };
-    prop_assert_eq!(got, want, "claim {} by {} for {}ms", key, owner, ms);
+    prop_assert_eq!(
+        got.as_ref().ok(),
+        want.as_ref(),
+        "claim {} by {} for {}ms: {:?}",
+        key,
+        owner,
+        ms,
+        got
+    );
     Ok(())
 }
 
@@ -201,12 +269,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn memory_store_agrees_with_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+    fn memory_store_agrees_with_the_model(
+        capacity in 1usize..5,
+        ops in proptest::collection::vec(op(), 1..60),
+    ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
             .build()
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        runtime.block_on(check(ops))?;
+        runtime.block_on(check(capacity, ops))?;
     }
 }

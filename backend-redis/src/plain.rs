@@ -55,13 +55,17 @@ fn is_record(value: &[u8], state: u8) -> bool {
 
 /// Whether the server refused the plain claim for good (a server before 7.0 answers `ERR
 /// syntax error` to `NX` with `GET`; an ACL user without `SET` gets `NOPERM`): the store then
-/// claims by script only. Other refusals (a key holding another type, no memory left) go
-/// to the script for that call alone, which reports them as it always did.
+/// claims by script only. Other refusals (a key holding another type, no memory left, any
+/// other `ERR`, such as a proxy's or a passing limit's) go to the script for that call
+/// alone, which reports them as it always did.
 pub(crate) fn refused_for_good(err: &RedisError) -> bool {
-    matches!(
-        err.kind(),
-        ErrorKind::Server(ServerErrorKind::ResponseError | ServerErrorKind::NoPerm)
-    )
+    match err.kind() {
+        ErrorKind::Server(ServerErrorKind::NoPerm) => true,
+        ErrorKind::Server(ServerErrorKind::ResponseError) => err
+            .detail()
+            .is_some_and(|detail| detail.trim().eq_ignore_ascii_case("syntax error")),
+        _ => false,
+    }
 }
 
 /// Whether `err` is the server's answer to the command (rather than a failed connection

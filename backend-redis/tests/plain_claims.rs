@@ -161,6 +161,33 @@ async fn a_server_refusing_nx_with_get_is_claimed_by_script_from_then_on() {
 }
 
 #[tokio::test]
+async fn a_passing_error_reply_to_the_plain_claim_does_not_turn_it_off() {
+    let upstream = url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let refusal = Refuse::First(b"-ERR max number of clients reached\r\n");
+    let proxy = proxy(upstream, Arc::clone(&seen), refusal).await;
+    let store = RedisStore::connect(&format!("redis://{proxy}"))
+        .await
+        .expect("connect through the proxy");
+    for n in 0..3 {
+        let key = unique_key(&format!("passing-refusal-{n}"));
+        assert_eq!(
+            store.try_claim(&key, "a", LEASE).await.expect("claim"),
+            Claim::Acquired
+        );
+    }
+    // Refused once, by a condition that passes: the later claims are plain again.
+    assert_eq!(
+        seen.load(Ordering::Relaxed),
+        3,
+        "plain claims sent after one passing ERR reply"
+    );
+}
+
+#[tokio::test]
 async fn the_plain_claim_reads_every_value_as_the_claim_script_reads_it() {
     let upstream = url()
         .trim_start_matches("redis://")
@@ -223,18 +250,33 @@ async fn the_plain_claim_reads_every_value_as_the_claim_script_reads_it() {
 /// A proxy to `upstream` that answers `SET ... NX ... GET` as a server before Redis 7 does
 /// (`ERR syntax error`) and forwards every other command, one at a time. Counts refusals.
 async fn old_server(upstream: String, refused: Arc<AtomicUsize>) -> String {
+    proxy(upstream, refused, Refuse::Always(b"-ERR syntax error\r\n")).await
+}
+
+/// Which `SET ... NX ... GET` commands a proxy refuses, and with what reply.
+#[derive(Clone, Copy)]
+enum Refuse {
+    /// Every one.
+    Always(&'static [u8]),
+    /// The first one only (a passing condition); the later ones are forwarded.
+    First(&'static [u8]),
+}
+
+/// A proxy to `upstream` refusing `SET ... NX ... GET` commands as `refuse` says and
+/// forwarding every other command, one at a time. Counts the plain claims it saw.
+async fn proxy(upstream: String, seen: Arc<AtomicUsize>, refuse: Refuse) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let server = TcpStream::connect(&upstream).await.expect("upstream");
-            tokio::spawn(relay(client, server, Arc::clone(&refused)));
+            tokio::spawn(relay(client, server, Arc::clone(&seen), refuse));
         }
     });
     addr
 }
 
-async fn relay(client: TcpStream, server: TcpStream, refused: Arc<AtomicUsize>) {
+async fn relay(client: TcpStream, server: TcpStream, seen: Arc<AtomicUsize>, refuse: Refuse) {
     let (client_read, mut client_write) = client.into_split();
     let (server_read, mut server_write) = server.into_split();
     let (mut from_client, mut from_server) =
@@ -244,15 +286,23 @@ async fn relay(client: TcpStream, server: TcpStream, refused: Arc<AtomicUsize>) 
             .iter()
             .map(|a| String::from_utf8_lossy(a).to_ascii_uppercase())
             .collect();
-        let reply = if upper.first().is_some_and(|c| c == "SET")
+        let plain = upper.first().is_some_and(|c| c == "SET")
             && upper.iter().any(|a| a == "NX")
-            && upper.iter().any(|a| a == "GET")
-        {
-            refused.fetch_add(1, Ordering::Relaxed);
-            b"-ERR syntax error\r\n".to_vec()
-        } else {
-            server_write.write_all(&raw).await.expect("forward");
-            reply(&mut from_server).await
+            && upper.iter().any(|a| a == "GET");
+        let refusal = match refuse {
+            Refuse::Always(reply) if plain => Some(reply),
+            Refuse::First(reply) if plain && seen.load(Ordering::Relaxed) == 0 => Some(reply),
+            _ => None,
+        };
+        if plain {
+            seen.fetch_add(1, Ordering::Relaxed);
+        }
+        let reply = match refusal {
+            Some(reply) => reply.to_vec(),
+            None => {
+                server_write.write_all(&raw).await.expect("forward");
+                reply(&mut from_server).await
+            }
         };
         if client_write.write_all(&reply).await.is_err() {
             return;

@@ -125,33 +125,33 @@ pub trait IdempotencyStore: Send + Sync {
 
     /// Completes each of `completions` as [`complete`](IdempotencyStore::complete) does
     /// for one, and returns whether each was still held by its owner, in order. The default
-    /// calls `complete` for each in turn; the keys must be distinct. A store that can fail
-    /// for some keys and not others (a Redis Cluster) answers [`StoreError::Partial`] with
-    /// each key's answer, the same for `release_many` and `extend_many`.
+    /// makes the `complete` calls all at once (so the batch takes about one call's time, not
+    /// the sum of them: the guard bounds the whole batch by one store timeout); the keys
+    /// must be distinct. A store that can fail for some keys and not others (a Redis
+    /// Cluster) answers [`StoreError::Partial`] with each key's answer, the same for
+    /// `release_many` and `extend_many`.
     async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
         check_many(completions.iter().map(|c| c.key.as_str()))?;
-        let mut done = Vec::with_capacity(completions.len());
-        for c in completions {
-            done.push(self.complete(&c.key, &c.owner, c.ttl).await?);
-        }
-        Ok(done)
+        futures_util::future::try_join_all(
+            completions
+                .iter()
+                .map(|c| self.complete(&c.key, &c.owner, c.ttl)),
+        )
+        .await
     }
 
     /// Releases `owner`'s claims on `keys` as [`release`](IdempotencyStore::release) does
-    /// for one, and returns whether each was released, in order. The default calls
-    /// `release` for each in turn; the keys must be distinct.
+    /// for one, and returns whether each was released, in order. The default makes the
+    /// `release` calls all at once; the keys must be distinct.
     async fn release_many(&self, keys: &[String], owner: &str) -> Result<Vec<bool>, StoreError> {
         check_many(keys.iter().map(String::as_str))?;
-        let mut released = Vec::with_capacity(keys.len());
-        for key in keys {
-            released.push(self.release(key, owner).await?);
-        }
-        Ok(released)
+        futures_util::future::try_join_all(keys.iter().map(|key| self.release(key, owner))).await
     }
 
     /// Renews `owner`'s claims on `keys` as [`extend`](IdempotencyStore::extend) does for
-    /// one, and returns whether each was renewed, in order. The default calls `extend` for
-    /// each in turn; the keys must be distinct.
+    /// one, and returns whether each was renewed, in order. The default makes the `extend`
+    /// calls all at once (a batch's renewal takes about one call's time, not the sum of
+    /// them, within the one store timeout that bounds it); the keys must be distinct.
     async fn extend_many(
         &self,
         keys: &[String],
@@ -159,11 +159,8 @@ pub trait IdempotencyStore: Send + Sync {
         lease: Duration,
     ) -> Result<Vec<bool>, StoreError> {
         check_many(keys.iter().map(String::as_str))?;
-        let mut renewed = Vec::with_capacity(keys.len());
-        for key in keys {
-            renewed.push(self.extend(key, owner, lease).await?);
-        }
-        Ok(renewed)
+        futures_util::future::try_join_all(keys.iter().map(|key| self.extend(key, owner, lease)))
+            .await
     }
 
     /// Completes `completions`, then claims `key`: the deferred completions of earlier

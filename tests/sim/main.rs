@@ -24,6 +24,14 @@
 //!   run's effect, `Unprotected` an unprotected one's);
 //! - P9 one delivery runs an event's handler at most once.
 //!
+//! A fifth of the memory seeds run on a small store (a capacity of 4 to 16 records, below
+//! their events; completed records kept a few leases; more and longer handlers): P1 also
+//! allows a second run once the first's completed record has expired, or when the store
+//! counted an eviction of a completed record (a late duplicate of an evicted event runs
+//! again, as documented), never when a live claim was lost; a claim the full store refuses
+//! is a store error (the fail mode applies: `Unprotected` or `Store`); P4 accepts an event
+//! whose completed record expired or was evicted by the end.
+//!
 //! docs/guarantees.md names, for each guarantee, the properties that check it.
 //!
 //! Knobs: `SIM_SEEDS` (memory seeds, default 5,000), `SIM_FIRST` (first seed, default
@@ -245,11 +253,15 @@ fn memory_seed(seed: u64, trace: bool) -> Report {
             .start_paused(true)
             .build()
             .expect("a runtime");
-        let store: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::with_capacity(100_000));
+        let params = Params::memory();
+        let capacity = plan::draw_store(seed, &params).capacity;
+        let memory = MemoryStore::with_capacity(capacity.unwrap_or(100_000));
+        let store: Arc<dyn IdempotencyStore> = Arc::new(memory.clone());
         runtime.block_on(world::simulate(
             seed,
-            Params::memory(),
+            params,
             store,
+            Some(memory),
             "sim".into(),
             trace,
         ))
@@ -317,8 +329,9 @@ pub fn summarize(
     let t = &total;
     let _ = writeln!(
             out,
-        "sim[{store}]: {} seeds, {} deliveries, {} handler runs ({} unprotected), {} effects; second runs allowed: {} fail-open, {} crash after the effect, {} lease lost to a fault, {} completion lost to a fault; {} faulted calls, {} crashes, {} dropped deliveries, {} completions retried, {} abandoned, {} claims lost; {} failed, in {:.1} s",
+        "sim[{store}]: {} seeds ({} on a small store), {} deliveries, {} handler runs ({} unprotected), {} effects; second runs allowed: {} fail-open, {} crash after the effect, {} lease lost to a fault, {} completion lost to a fault, {} after the TTL, {} after an eviction; {} evictions, {} refused claims; {} faulted calls, {} crashes, {} dropped deliveries, {} completions retried, {} abandoned, {} claims lost; {} failed, in {:.1} s",
         reports.len(),
+        t.small_stores,
         t.deliveries,
         t.runs,
         t.unprotected_runs,
@@ -327,6 +340,10 @@ pub fn summarize(
         t.reruns_crash,
         t.reruns_lease_lost,
         t.reruns_completion_lost,
+        t.reruns_expired,
+        t.reruns_evicted,
+        t.evictions,
+        t.refused_claims,
         t.faulted_calls,
         t.crashes,
         t.cancels,

@@ -8,7 +8,9 @@
 //! - its consumer crashed after the effect, before the completion was written;
 //! - its claim lapsed, not completed, after a fault of at least `Params::long_fault` hit
 //!   its consumer within the lease before the lapse (renewals failing while the handler
-//!   ran, or a completion retried until its lease ended and abandoned).
+//!   ran, or a completion retried until its lease ended and abandoned);
+//! - on a small store: its completed record's TTL had ended, or the store counted an
+//!   eviction of a completed record (never of a live claim) before the second run.
 //!
 //! Unprotected runs (fail open) may repeat anything and are counted. Every other second
 //! run is a violation (P1).
@@ -57,6 +59,8 @@ enum Why {
     Crash,
     LeaseLost,
     CompletionLost,
+    Expired,
+    Evicted,
 }
 
 /// Why `second` may run after `first` (both protected), if it may.
@@ -75,6 +79,14 @@ fn explain(w: &World, st: &State, first: &Inv, second: &Inv) -> Result<Why, Stri
     let Some(rec) = st.recs.get(&(first.event, owner.clone())) else {
         return Err(format!("its claim {owner} never reached the store"));
     };
+    if let (Some(done), None, Some(_)) = (rec.done, rec.released, w.store_plan.capacity) {
+        if second.start >= done + w.store_plan.ttl {
+            return Ok(Why::Expired);
+        }
+        if w.evictions() > 0 {
+            return Ok(Why::Evicted);
+        }
+    }
     if rec.done.is_some() || rec.released.is_some() {
         return Err(format!(
             "its claim {owner} was completed ({:?}) or released ({:?}), yet the event was claimed again",
@@ -153,6 +165,8 @@ pub(crate) fn check_reruns(w: &World) {
             Why::Crash => st.stats.reruns_crash += 1,
             Why::LeaseLost => st.stats.reruns_lease_lost += 1,
             Why::CompletionLost => st.stats.reruns_completion_lost += 1,
+            Why::Expired => st.stats.reruns_expired += 1,
+            Why::Evicted => st.stats.reruns_evicted += 1,
         }
     }
     drop(st);

@@ -29,6 +29,8 @@ pub(crate) struct Params {
     /// Slack of the checks that compare the guard's clock with the store's (the real
     /// stores judge expiry by their own clock, a few milliseconds away).
     pub slack: Duration,
+    /// Whether a seed may run on a small store (the memory store's capacity).
+    pub small_stores: bool,
 }
 
 impl Params {
@@ -42,6 +44,7 @@ impl Params {
             consumers: (2, 4),
             long_work: Duration::from_secs(15),
             slack: Duration::ZERO,
+            small_stores: true,
         }
     }
 
@@ -55,6 +58,7 @@ impl Params {
             consumers: (2, 3),
             long_work: Duration::from_secs(6),
             slack: 50 * MS,
+            small_stores: false,
         }
     }
 
@@ -72,6 +76,34 @@ impl Params {
     /// timeout and a breaker cooldown, so a retry may miss a shorter gap.
     pub(crate) fn bridge(&self) -> Duration {
         self.lease / 20 + self.store_timeout + self.cooldown
+    }
+}
+
+/// The store's size and the completed records' TTL. Most seeds: a store far larger than
+/// their events and a day's TTL. A small store (a fifth of the memory seeds): a capacity
+/// below the number of events, completed records kept a few leases, twice the events and
+/// more long handlers, so that live claims, completed and expired records compete for
+/// room.
+#[derive(Clone, Debug)]
+pub(crate) struct StorePlan {
+    pub capacity: Option<u64>,
+    pub ttl: Duration,
+}
+
+/// The store part of seed `seed`'s plan, drawn from a generator of its own so that the rest
+/// of the plan is the same whatever it draws.
+pub(crate) fn draw_store(seed: u64, p: &Params) -> StorePlan {
+    let large = StorePlan {
+        capacity: None,
+        ttl: Duration::from_secs(86_400),
+    };
+    let mut r = Rng::new(seed ^ 0x5354_4f52_4531_u64);
+    if !p.small_stores || !r.chance(0.2) {
+        return large;
+    }
+    StorePlan {
+        capacity: Some(r.range(4, 16) as u64),
+        ttl: r.between(p.lease / 2, p.lease * 3),
     }
 }
 
@@ -141,6 +173,7 @@ pub(crate) struct Plan {
     pub crashes: Vec<CrashPlan>,
     /// The probability that a call meets a transient fault.
     pub transient: f64,
+    pub store: StorePlan,
     /// The generator of the run's own draws.
     pub rng: Rng,
 }
@@ -150,7 +183,12 @@ pub(crate) fn draw(seed: u64, p: &Params) -> Plan {
     let mut r = Rng::new(seed);
     let consumers = draw_consumers(&mut r, p);
     let n = consumers.len();
-    let events = r.range(p.events.0, p.events.1);
+    let store = draw_store(seed, p);
+    let events = if store.capacity.is_some() {
+        r.range(p.events.0 * 2, p.events.1 * 2)
+    } else {
+        r.range(p.events.0, p.events.1)
+    };
     let late = p.chaos * 4 / 5;
     let sends = draw_sends(&mut r, p, events, late);
     let deliveries = draw_deliveries(&mut r, p, &sends, n);
@@ -164,6 +202,7 @@ pub(crate) fn draw(seed: u64, p: &Params) -> Plan {
         windows,
         crashes,
         transient,
+        store,
         rng: r.fork(),
     }
 }
@@ -325,6 +364,13 @@ impl Plan {
             self.deliveries.len(),
             self.transient
         );
+        if let Some(capacity) = self.store.capacity {
+            let _ = writeln!(
+                s,
+                "  small store: capacity {capacity}, completed records kept {:?}",
+                self.store.ttl
+            );
+        }
         for w in &self.windows {
             let _ = writeln!(
                 s,

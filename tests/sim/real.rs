@@ -97,6 +97,7 @@ async fn seeds_at_once(
             seed,
             Params::real(),
             store,
+            None,
             service(seed),
             trace,
         ))

@@ -372,6 +372,54 @@ pub async fn guard_defers_completion_to_the_next_claim(f: &impl StoreFactory) {
     assert_eq!(g.stats().processed, 3);
 }
 
+/// A batch carrying an event whose completion this guard still owes (deferred after `run`)
+/// settles that completion first: the event answers `Duplicate`, not `InProgress`, and
+/// runs no second time.
+pub async fn guard_batch_answers_duplicate_for_its_own_deferred_completion(f: &impl StoreFactory) {
+    let g = guard(
+        f,
+        config(&unique_service("batch-deferred"))
+            .lease(Duration::from_secs(7200))
+            .defer_completion(Duration::from_secs(3600)),
+    )
+    .await;
+    let (a, b) = (event(710), event(711));
+    assert_eq!(
+        g.run(&a, async { Ok::<_, Boom>(1) }).await.expect("a"),
+        Outcome::Processed(1)
+    );
+    let key = g.key_for(&a).expect("key");
+    assert_eq!(
+        record(g.store(), &key).await.map(|r| r.state),
+        Some(RecordState::Processing),
+        "deferred"
+    );
+    let runs = AtomicUsize::new(0);
+    let answers = g
+        .run_batch(&[a.clone(), b.clone()], |_| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Boom>(2) }
+        })
+        .await;
+    let stats = g.stats();
+    assert!(
+        matches!(answers[0], Ok(Outcome::Duplicate)),
+        "a's own deferred completion answered {:?}; stats {stats:?}",
+        answers[0]
+    );
+    assert!(
+        matches!(answers[1], Ok(Outcome::Processed(2))),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "only b ran");
+    assert_eq!(stats.in_progress, 0, "{stats:?}");
+    assert_eq!(
+        record(g.store(), &key).await.map(|r| r.state),
+        Some(RecordState::Completed)
+    );
+}
+
 /// The timer and drop part of [`guard_defers_completion_to_the_next_claim`]: `g` reads the
 /// records (same service, same keys).
 async fn a_timer_or_a_drop_writes_the_deferred_completion(

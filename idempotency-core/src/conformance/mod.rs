@@ -184,6 +184,7 @@ macro_rules! conformance_tests {
             guard_batch_applies_the_fail_mode,
             guard_batch_renews_the_leases_of_slow_handlers,
             guard_defers_completion_to_the_next_claim,
+            guard_batch_answers_duplicate_for_its_own_deferred_completion,
             guard_deferred_completion_lost_in_a_crash_costs_a_rerun,
             guard_runs_identities_once_and_refuses_changed_payloads,
             guard_refuses_a_changed_payload_while_the_first_claim_is_live,

@@ -62,6 +62,9 @@ impl Guard {
     ///   for handlers that had succeeded, released for the rest).
     /// - `in_progress_wait` does not apply: an event another consumer holds answers
     ///   `InProgress` at once.
+    /// - An event whose completion this guard still owes (deferred completion, or a
+    ///   completion being retried) is completed before the claim, as [`Guard::run`] does,
+    ///   and answers `Duplicate`; with it, every completion the guard owes is written.
     ///
     /// ```
     /// # mod eventonce { pub use eventonce_core::*; }
@@ -244,6 +247,13 @@ impl Guard {
     ) -> Option<(Vec<usize>, Vec<String>)> {
         let keys: Vec<String> = unique.iter().map(|&i| key_of(ctxs, i)).collect();
         let t = Instant::now();
+        if self.owes_any(&keys) {
+            // A redelivery of an event whose completion this guard still owes (deferred, or
+            // retried): complete first, as `run` does, so that it answers `Duplicate`. A
+            // failed write leaves the completions queued; the claim then finds the claim
+            // in progress.
+            let _ = self.write_owed().await;
+        }
         let claims = if keys.is_empty() {
             Ok(Vec::new())
         } else {

@@ -192,10 +192,20 @@ impl Drop for GuardInner {
     /// Deferred completions still queued when the last clone of a guard goes are written
     /// by a spawned task (or, without a runtime, left to expire after the lease).
     fn drop(&mut self) {
-        let queue = match self.deferred.get_mut() {
-            Ok(queue) => queue.take_completions(),
-            Err(poisoned) => poisoned.into_inner().take_completions(),
+        let owed = match self.deferred.get_mut() {
+            Ok(queue) => queue,
+            Err(poisoned) => poisoned.into_inner(),
         };
+        // Only the completions still inside their lease, one per key: a key named twice
+        // would make the store refuse the whole write.
+        let stale = owed.remove_stale(tokio::time::Instant::now());
+        if !stale.is_empty() {
+            tracing::error!(
+                completions = stale.len(),
+                "STORE_ERROR: Guard dropped with completions whose lease had ended unwritten; a redelivery may process those events again"
+            );
+        }
+        let queue = owed.take_completions();
         if queue.is_empty() {
             return;
         }

@@ -60,6 +60,35 @@ impl OwedQueue {
         self.until.clear();
         std::mem::take(&mut self.completions)
     }
+
+    /// Removes the completions whose lease is over at `now`, and of two completions of one
+    /// key (an expired owner's put back beside its successor's) all but the one whose lease
+    /// ends last, so that a write of the rest never names a key twice. Returns the removed.
+    pub(super) fn remove_stale(&mut self, now: Instant) -> Vec<Completion> {
+        // Each key's latest completion: the index of the one whose lease ends last.
+        let mut latest: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, c) in self.completions.iter().enumerate() {
+            let best = latest.entry(c.key.as_str()).or_insert(i);
+            if self.until[i] > self.until[*best] {
+                *best = i;
+            }
+        }
+        let keep: Vec<bool> = (0..self.completions.len())
+            .map(|i| {
+                self.until[i] > now && latest.get(self.completions[i].key.as_str()) == Some(&i)
+            })
+            .collect();
+        let owed = std::mem::take(self);
+        let mut stale = Vec::new();
+        for ((completion, until), keep) in owed.completions.into_iter().zip(owed.until).zip(keep) {
+            if keep {
+                self.push(completion, until);
+            } else {
+                stale.push(completion);
+            }
+        }
+        stale
+    }
 }
 
 /// Completions taken out of the queue by a call that carries them: put back (and a retry
@@ -130,6 +159,18 @@ impl Guard {
         self.inner.owing.load(Ordering::Acquire)
     }
 
+    /// Whether a completion of any of `keys` is owed (at most [`MAX_DEFERRED`] deferred
+    /// completions and the retried ones are looked up, each once).
+    pub(super) fn owes_any(&self, keys: &[String]) -> bool {
+        if !self.owes() {
+            return false;
+        }
+        let queue = lock(&self.inner);
+        let owed: std::collections::HashSet<&str> =
+            queue.completions.iter().map(|c| c.key.as_str()).collect();
+        keys.iter().any(|key| owed.contains(key.as_str()))
+    }
+
     /// The owed completions still inside their lease, taken out of the queue; those whose
     /// lease is over are dropped, counted and logged.
     pub(super) fn take_owed(&self) -> Carried {
@@ -139,17 +180,11 @@ impl Guard {
             std::mem::take(&mut *queue)
         };
         let now = Instant::now();
+        // A key owed twice always has an expired completion among its two.
         if owed.until.iter().any(|&until| until <= now) {
-            let mut live = OwedQueue::default();
-            for (completion, until) in owed.completions.drain(..).zip(owed.until.drain(..)) {
-                if until > now {
-                    live.push(completion, until);
-                } else {
-                    let key = completion.key.as_str();
-                    self.observe(key, Decision::CompletionAbandoned);
-                }
+            for completion in owed.remove_stale(now) {
+                self.observe(completion.key.as_str(), Decision::CompletionAbandoned);
             }
-            owed = live;
         }
         Carried {
             inner: Arc::clone(&self.inner),

@@ -349,7 +349,11 @@ fn new_owner() -> String {
         (pid, nonce)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    fast::owner_token(pid, nonce, n)
+    // The pid of now, not of the first token: a child forked without exec inherits the
+    // nonce and the counter, and its own pid keeps its tokens apart from its parent's.
+    let current = std::process::id();
+    let nonce = if current == pid { nonce } else { nonce ^ u64::from(current) };
+    fast::owner_token(current, nonce, n)
 }
 
 /// A guard error's text, without needing the handler's error type to be `Display`.
