@@ -16,8 +16,8 @@ fn guard(builder: eventonce::ConfigBuilder) -> Guard {
     Guard::new(MemoryStore::new(), builder.build().expect("config"))
 }
 
-fn ok() -> impl std::future::Future<Output = Result<(), std::io::Error>> {
-    async { Ok(()) }
+async fn ok() -> Result<(), std::io::Error> {
+    Ok(())
 }
 
 fn stamped(at: SystemTime) -> EventEnvelope {

@@ -331,6 +331,33 @@ fn parse_time(text: &str) -> When {
     }
 }
 
+/// The owner token a claim is written with: `token`, and the payload's fingerprint after
+/// `#fp` when there is one, so that the fingerprint is stored with the claim and with the
+/// completed record by every store, and travels with every completion of the claim.
+pub(crate) fn owner_with(token: String, fingerprint: Option<&str>) -> String {
+    match fingerprint {
+        None => token,
+        Some(fp) => {
+            let mut owner = token;
+            owner.push_str(FINGERPRINT_MARK);
+            owner.push_str(fp);
+            owner
+        }
+    }
+}
+
+/// The fingerprint a record's owner token carries, if it carries one (older records and
+/// `KeyScheme::PythonV2`'s values do not).
+pub(crate) fn fingerprint_of_owner(owner: &str) -> Option<&str> {
+    owner
+        .rsplit_once(FINGERPRINT_MARK)
+        .map(|(_, fp)| fp)
+        .filter(|fp| fp.len() == 32 && fp.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// What separates an owner token from the fingerprint it carries.
+const FINGERPRINT_MARK: &str = "#fp";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,30 +393,3 @@ mod tests {
         assert!(matches!(parse_time(""), When::Unreadable(_)));
     }
 }
-
-/// The owner token a claim is written with: `token`, and the payload's fingerprint after
-/// `#fp` when there is one, so that the fingerprint is stored with the claim and with the
-/// completed record by every store, and travels with every completion of the claim.
-pub(crate) fn owner_with(token: String, fingerprint: Option<&str>) -> String {
-    match fingerprint {
-        None => token,
-        Some(fp) => {
-            let mut owner = token;
-            owner.push_str(FINGERPRINT_MARK);
-            owner.push_str(fp);
-            owner
-        }
-    }
-}
-
-/// The fingerprint a record's owner token carries, if it carries one (older records and
-/// `KeyScheme::PythonV2`'s values do not).
-pub(crate) fn fingerprint_of_owner(owner: &str) -> Option<&str> {
-    owner
-        .rsplit_once(FINGERPRINT_MARK)
-        .map(|(_, fp)| fp)
-        .filter(|fp| fp.len() == 32 && fp.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// What separates an owner token from the fingerprint it carries.
-const FINGERPRINT_MARK: &str = "#fp";

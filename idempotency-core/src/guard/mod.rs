@@ -193,6 +193,11 @@ impl Guard {
                     event_type: crate::bound::bounded(&view.event_type).into_owned(),
                     timestamp: text.clone(),
                 }),
+                // The decorator's values carry no fingerprint, and stay as they are.
+                _ if config.key_scheme() == crate::KeyScheme::PythonV2 => Ok(Resolved {
+                    fingerprint: None,
+                    ..resolved
+                }),
                 _ => Ok(resolved),
             }
         });
@@ -352,7 +357,11 @@ fn new_owner() -> String {
     // The pid of now, not of the first token: a child forked without exec inherits the
     // nonce and the counter, and its own pid keeps its tokens apart from its parent's.
     let current = std::process::id();
-    let nonce = if current == pid { nonce } else { nonce ^ u64::from(current) };
+    let nonce = if current == pid {
+        nonce
+    } else {
+        nonce ^ u64::from(current)
+    };
     fast::owner_token(current, nonce, n)
 }
 
