@@ -354,7 +354,11 @@ async fn show_prints_the_recorded_payload_fingerprint() {
     assert_eq!(json["fingerprint"], fingerprint);
     let key = guard.key_for(&plain).expect("key");
     let text = on_redis("show", &prefix, &[&key], "");
-    assert!(text.stdout.contains("fingerprint: - (none recorded)"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("fingerprint: - (none recorded)"),
+        "{}",
+        text.stdout
+    );
 }
 
 /// `show` with the data on standard input: another event id has no record; data that is

@@ -46,6 +46,16 @@ impl Guard {
     /// - The store fails: [`Outcome::Unprotected`] with `FailMode::Open`,
     ///   [`GuardError::Store`] with `FailMode::Closed`.
     /// - The event has no identity: [`GuardError::InvalidEvent`].
+    /// - The key is recorded (completed, or claimed by a live owner) with another payload
+    ///   fingerprint than this delivery's: [`GuardError::Conflict`]; `handler` is never
+    ///   polled and the record is untouched (see [`Identity`](crate::Identity)).
+    /// - The event is older than its [maximum age](crate::ConfigBuilder::max_event_age):
+    ///   [`GuardError::Stale`], or it runs, per [`StalePolicy`](crate::StalePolicy).
+    /// - The guard is [switched off](crate::ConfigBuilder::disabled): `handler` runs and
+    ///   [`Outcome::Unprotected`] is returned, with no store call.
+    ///
+    /// `event` is an [`EventEnvelope`] (identified under the configured
+    /// [`IdentityRule`](crate::IdentityRule)) or an [`Identity`](crate::Identity).
     ///
     /// Must run inside a Tokio runtime with time enabled.
     ///
@@ -55,8 +65,9 @@ impl Guard {
     ///
     /// # Errors
     ///
-    /// [`GuardError::InProgress`], [`GuardError::Handler`], [`GuardError::Store`] and
-    /// [`GuardError::InvalidEvent`], as listed above.
+    /// [`GuardError::InProgress`], [`GuardError::Handler`], [`GuardError::Store`],
+    /// [`GuardError::InvalidEvent`], [`GuardError::Conflict`] and [`GuardError::Stale`], as
+    /// listed above.
     ///
     /// # Panics
     ///
