@@ -60,10 +60,11 @@ pub use eventonce_core::{
     async_trait, backend, bounded, canonical_json, canonical_number, config, deterministic_hash,
     escape_event_type, python_json, python_number, python_v2_hash, unescape_event_type, AdminStore,
     Bounded, BoxError, Claim, Completion, ConfigBuilder, ConfigError, EnvelopeError, EventEnvelope,
-    FailMode, Guard, GuardError, GuardStats, IdempotencyConfig, IdempotencyStore, IdentityError,
-    KeyParts, KeyScheme, ListedRecord, Outcome, Record, RecordPage, RecordState, StoreError,
-    TransactionalStore, DISABLED_ENV, MAX_EVENT_TYPE_LABELS, MAX_FIELD_CHARS, OTHER_EVENT_TYPES,
-    RUNS_TOTAL, RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS,
+    FailMode, Guard, GuardError, GuardStats, IdempotencyConfig, IdempotencyStore, Identify,
+    Identity, IdentityError, IdentityRule, KeyParts, KeyScheme, ListedRecord, Outcome, Record,
+    RecordPage, RecordState, StalePolicy, StoreError, TransactionalStore, DISABLED_ENV,
+    MAX_EVENT_TYPE_LABELS, MAX_FIELD_CHARS, OTHER_EVENT_TYPES, RUNS_TOTAL, RUN_DURATION_SECONDS,
+    STORE_OPERATION_DURATION_SECONDS,
 };
 /// The first layout's paths of the names that moved to [`config::defaults`] and
 /// [`backend`], kept so that code written against them still compiles. Not part of the

@@ -621,7 +621,11 @@ impl RedisStore {
             })?;
         let evictions = Evictions::new();
         // INFO goes to every primary when the link first connects: each one must be fit.
-        let vet = (options.allow_eviction, Arc::clone(&evictions), target.clone());
+        let vet = (
+            options.allow_eviction,
+            Arc::clone(&evictions),
+            target.clone(),
+        );
         Ok(RedisStore {
             conn: Conn::ClusterLink(ClusterLink::new(client, vet)),
             endpoint: Arc::new(Endpoint {

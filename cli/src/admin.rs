@@ -428,6 +428,7 @@ fn describe(scheme: KeyScheme, prefix: &str, key: &str, record: &Record) -> Valu
         "hash": parts.as_ref().map(|p| p.hash.clone()),
         "state": record.state.as_str(),
         "owner": record.owner,
+        "fingerprint": record.fingerprint(),
         "written_by": if record.owner.is_some() { "eventonce" } else { "an older writer" },
         "age_ms": ms(age(record)),
         "ttl_left_ms": ms(record.ttl_left),
@@ -448,6 +449,10 @@ fn print_record(scheme: KeyScheme, prefix: &str, key: &str, record: &Record) {
     match &record.owner {
         Some(owner) => println!("owner:      {owner}"),
         None => println!("owner:      - (an older writer's value)"),
+    }
+    match record.fingerprint() {
+        Some(fingerprint) => println!("fingerprint: {fingerprint} (of the payload)"),
+        None => println!("fingerprint: - (none recorded)"),
     }
     println!("age:        {}", or_dash(age(record)));
     println!("ttl left:   {}", or_dash(record.ttl_left));

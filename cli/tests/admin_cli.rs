@@ -331,6 +331,36 @@ async fn show_decodes_a_record_by_key_and_computes_the_key_from_an_event() {
     show_from_standard_input_finds_no_record_and_refuses_bad_json(&prefix, &data);
 }
 
+/// `show` prints the payload fingerprint a record was written with, and says when there
+/// is none.
+#[tokio::test]
+async fn show_prints_the_recorded_payload_fingerprint() {
+    let prefix = unique_prefix("showfp");
+    let store = store().await;
+    let guard = Guard::new(store.clone(), config(&prefix, "grader"));
+    let identity = eventonce::Identity::new("essay.scored.v1", "evt-fp").with_fingerprint(b"body");
+    let plain = eventonce::Identity::new("essay.scored.v1", "evt-plain");
+    for id in [&identity, &plain] {
+        let outcome = guard.run(id, async { Ok::<_, std::io::Error>(()) }).await;
+        assert_eq!(outcome.expect("run"), Outcome::Processed(()));
+    }
+    let fingerprint = identity.fingerprint().expect("fingerprint");
+    let key = guard.key_for(&identity).expect("key");
+    let text = on_redis("show", &prefix, &[&key], "");
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    let line = format!("fingerprint: {fingerprint} (of the payload)");
+    assert!(text.stdout.contains(&line), "{line} in\n{}", text.stdout);
+    let json = on_redis("show", &prefix, &[&key, "--json"], "").json();
+    assert_eq!(json["fingerprint"], fingerprint);
+    let key = guard.key_for(&plain).expect("key");
+    let text = on_redis("show", &prefix, &[&key], "");
+    assert!(
+        text.stdout.contains("fingerprint: - (none recorded)"),
+        "{}",
+        text.stdout
+    );
+}
+
 /// `show` with the data on standard input: another event id has no record; data that is
 /// not JSON is refused.
 fn show_from_standard_input_finds_no_record_and_refuses_bad_json(prefix: &str, data: &Value) {

@@ -18,6 +18,7 @@ use self::defaults::{
 };
 use crate::envelope::EventEnvelope;
 use crate::error::{ConfigError, IdentityError};
+use crate::identify::IdentityRule;
 use crate::key;
 use crate::scheme::KeyScheme;
 
@@ -74,6 +75,28 @@ struct ConfigInner {
     key_scheme: KeyScheme,
     disabled: bool,
     max_payload_bytes: usize,
+    identity_rule: IdentityRule,
+    identity_rules: HashMap<String, IdentityRule>,
+    max_event_age: Option<Duration>,
+    max_event_ages: HashMap<String, Duration>,
+    stale_events: StalePolicy,
+}
+
+/// What the guard does with an event older than its maximum age
+/// ([`ConfigBuilder::max_event_age`]): one whose completed record may have expired, so
+/// that a replay (a consumer-group reset, a dead-letter replay) would run it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StalePolicy {
+    /// Run it as any other event; counted (`GuardStats::stale`) and logged at WARN.
+    Process,
+    /// Do not run it: [`GuardError::Stale`](crate::GuardError::Stale) with `skipped:
+    /// true`, final (commit it: nothing is lost that the window could still protect).
+    Skip,
+    /// The default: do not run it: [`GuardError::Stale`](crate::GuardError::Stale) with
+    /// `skipped: false`, final, for the caller to dead-letter and look at.
+    #[default]
+    Refuse,
 }
 
 impl fmt::Debug for IdempotencyConfig {
@@ -138,6 +161,11 @@ impl IdempotencyConfig {
             deferred_completion: None,
             key_scheme: KeyScheme::Eventonce,
             disabled: false,
+            identity_rule: IdentityRule::Content,
+            identity_rules: HashMap::new(),
+            max_event_age: None,
+            max_event_ages: HashMap::new(),
+            stale_events: StalePolicy::Refuse,
         })
     }
 
@@ -228,6 +256,31 @@ impl IdempotencyConfig {
     /// How keys are computed (default [`KeyScheme::Eventonce`]).
     pub fn key_scheme(&self) -> KeyScheme {
         self.inner.key_scheme
+    }
+
+    /// The identity rule of envelopes of `event_type`: its own
+    /// ([`ConfigBuilder::event_type_identity_rule`]) or the general one
+    /// ([`ConfigBuilder::identity_rule`], default [`IdentityRule::Content`]).
+    pub fn identity_rule_for(&self, event_type: &str) -> &IdentityRule {
+        self.inner
+            .identity_rules
+            .get(event_type)
+            .unwrap_or(&self.inner.identity_rule)
+    }
+
+    /// The maximum age of events of `event_type`, when one is configured
+    /// ([`ConfigBuilder::max_event_age`], [`ConfigBuilder::event_type_max_age`]).
+    pub fn max_event_age_for(&self, event_type: &str) -> Option<Duration> {
+        self.inner
+            .max_event_ages
+            .get(event_type)
+            .copied()
+            .or(self.inner.max_event_age)
+    }
+
+    /// What happens to an event older than its maximum age.
+    pub fn stale_events(&self) -> StalePolicy {
+        self.inner.stale_events
     }
 
     /// Whether the guard is switched off ([`ConfigBuilder::disabled`] or
@@ -488,6 +541,51 @@ impl ConfigBuilder {
         self
     }
 
+    /// How envelopes are identified (default [`IdentityRule::Content`], today's keys): see
+    /// [`IdentityRule`]. Under `EventId` and `Fields` the data is the payload's
+    /// fingerprint, and a changed payload under the same key is a
+    /// [`GuardError::Conflict`](crate::GuardError::Conflict).
+    pub fn identity_rule(mut self, rule: IdentityRule) -> Self {
+        self.0.identity_rule = rule;
+        self
+    }
+
+    /// The identity rule of one event type, over the general one.
+    pub fn event_type_identity_rule(
+        mut self,
+        event_type: impl Into<String>,
+        rule: IdentityRule,
+    ) -> Self {
+        self.0.identity_rules.insert(event_type.into(), rule);
+        self
+    }
+
+    /// Opt-in: the maximum age of every event (off by default). An event older than this,
+    /// by its `event_timestamp` (RFC 3339; an [`Identity`](crate::Identity)'s
+    /// `with_timestamp`, the Kafka message's timestamp in the helper), is handled by
+    /// [`stale_events`](Self::stale_events): set it to the shortest TTL of the event type
+    /// or less, since an event older than its TTL may have lost its completed record and
+    /// would run again. An event without a timestamp is run (its age is unknown); an
+    /// unreadable one is `GuardError::InvalidEvent` (`IdentityError::UnreadableTimestamp`);
+    /// one in the future counts as age zero.
+    pub fn max_event_age(mut self, age: Duration) -> Self {
+        self.0.max_event_age = Some(age);
+        self
+    }
+
+    /// The maximum age of one event type, over the general one.
+    pub fn event_type_max_age(mut self, event_type: impl Into<String>, age: Duration) -> Self {
+        self.0.max_event_ages.insert(event_type.into(), age);
+        self
+    }
+
+    /// What happens to an event older than its maximum age (default
+    /// [`StalePolicy::Refuse`]).
+    pub fn stale_events(mut self, policy: StalePolicy) -> Self {
+        self.0.stale_events = policy;
+        self
+    }
+
     /// Switches the guard off (default `false`): a guard built with a disabled
     /// configuration runs every delivery's handler and answers [`Outcome::Unprotected`],
     /// never calls its store, and logs one WARN when it is created. For tests and staged
@@ -578,6 +676,15 @@ impl ConfigBuilder {
             check_duration("circuit breaker cooldown", c.breaker_cooldown)?;
             check_at_most("circuit breaker cooldown", c.breaker_cooldown, MAX_WAIT)?;
         }
+        if let Some(age) = c.max_event_age {
+            check_duration("max_event_age", age)?;
+        }
+        for (event_type, age) in &c.max_event_ages {
+            check_duration(&format!("max_event_age of event type {event_type:?}"), *age)?;
+        }
+        for rule in std::iter::once(&c.identity_rule).chain(c.identity_rules.values()) {
+            check_rule(rule)?;
+        }
         for (event_type, ttl) in &c.event_type_ttls {
             if event_type.is_empty() {
                 return Err(ConfigError::EmptyEventType);
@@ -587,6 +694,23 @@ impl ConfigBuilder {
         }
         Ok(IdempotencyConfig { inner: Arc::new(c) })
     }
+}
+
+/// A `Fields` rule names at least one field, each a JSON Pointer (`""` or starting `/`).
+fn check_rule(rule: &IdentityRule) -> Result<(), ConfigError> {
+    if let IdentityRule::Fields(pointers) = rule {
+        if pointers.is_empty() {
+            return Err(ConfigError::InvalidIdentityRule {
+                reason: "IdentityRule::Fields names no field".to_owned(),
+            });
+        }
+        if let Some(bad) = pointers.iter().find(|p| !p.starts_with('/')) {
+            return Err(ConfigError::InvalidIdentityRule {
+                reason: format!("{bad:?} is not a JSON Pointer (it must start with '/')"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The environment variable that switches the guard off or on, read by

@@ -60,6 +60,13 @@ pub enum ConfigError {
     /// `batch_concurrency` is zero: no handler of a batch could ever run.
     #[error("batch concurrency must be at least 1")]
     ZeroBatchConcurrency,
+    /// An identity rule cannot identify anything (a `Fields` rule without fields, or with
+    /// one that is not a JSON Pointer).
+    #[error("invalid identity rule: {reason}")]
+    InvalidIdentityRule {
+        /// What is wrong.
+        reason: String,
+    },
     /// An environment variable the configuration reads holds a value it does not accept.
     #[error("environment variable {variable}={value:?} is invalid: expected {expected}")]
     InvalidEnvironment {
@@ -228,6 +235,27 @@ pub enum IdentityError {
         key: String,
         /// The store's error (at most 300 characters of it).
         reason: String,
+    },
+    /// The identity rule names a field the event does not have (or has as `null`), or an
+    /// [`Identity`](crate::Identity) has an empty id: nothing to make its key from.
+    #[error("event of type {event_type:?} has no {field}, which its identity rule keys it by")]
+    MissingField {
+        /// The event's type (at most 200 characters of it).
+        event_type: String,
+        /// The field: a JSON Pointer such as `/data/order_id`, `/event_id`, or `id`.
+        field: String,
+    },
+    /// The event's `event_timestamp` is not an RFC 3339 time, and a maximum age is
+    /// configured for its type: its age cannot be told.
+    #[error(
+        "event of type {event_type:?} has event_timestamp {timestamp:?}, which is not an \
+         RFC 3339 time; its age cannot be checked against max_event_age"
+    )]
+    UnreadableTimestamp {
+        /// The event's type (at most 200 characters of it).
+        event_type: String,
+        /// The timestamp (at most 64 characters of it).
+        timestamp: String,
     },
 }
 
@@ -413,6 +441,40 @@ pub enum GuardError<E> {
     /// run. Route it to a dead-letter topic: a redelivery meets the same refusal.
     #[error("event cannot be identified: {0}")]
     InvalidEvent(#[source] IdentityError),
+    /// The event's key is recorded with another payload fingerprint: the same id (or
+    /// business key) re-sent with changed data, a producer bug or a replay after a schema
+    /// change. The handler was not polled and the record is untouched. Final: redelivering
+    /// it gives the same answer; dead-letter it. Answered while the first claim is live
+    /// too, as soon as both fingerprints are known.
+    #[error(
+        "event {key} was recorded with payload fingerprint {stored}, this delivery has \
+         {given}: the same identity with other data; the handler did not run"
+    )]
+    Conflict {
+        /// The key (at most 200 characters of it).
+        key: String,
+        /// The first 16 hex digits of the recorded fingerprint.
+        stored: String,
+        /// The first 16 hex digits of this delivery's fingerprint.
+        given: String,
+    },
+    /// The event is older than its maximum age (`ConfigBuilder::max_event_age`) and the
+    /// policy is `StalePolicy::Skip` (`skipped: true`: commit it) or `StalePolicy::Refuse`
+    /// (`skipped: false`: dead-letter it). The handler was not polled. Final.
+    #[error(
+        "event of type {event_type:?} is {age:?} old, past its maximum age {max_age:?}: {}",
+        if *skipped { "skipped" } else { "refused" }
+    )]
+    Stale {
+        /// The event's type (at most 200 characters of it).
+        event_type: String,
+        /// How old it is.
+        age: std::time::Duration,
+        /// Its maximum age.
+        max_age: std::time::Duration,
+        /// Skipped (`StalePolicy::Skip`) rather than refused.
+        skipped: bool,
+    },
 }
 
 impl<E> GuardError<E> {
@@ -426,8 +488,12 @@ impl<E> GuardError<E> {
 
     /// Whether redelivering the event later can succeed (the handler failed, another
     /// consumer holds it, or the store failed); `false` for an event that cannot be
-    /// identified or whose record the store refused.
+    /// identified or whose record the store refused, a conflict and a stale event, which
+    /// are final.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, GuardError::InvalidEvent(_))
+        !matches!(
+            self,
+            GuardError::InvalidEvent(_) | GuardError::Conflict { .. } | GuardError::Stale { .. }
+        )
     }
 }

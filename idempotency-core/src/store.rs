@@ -58,6 +58,18 @@ pub struct Record {
     pub updated_at: Option<std::time::SystemTime>,
 }
 
+impl Record {
+    /// The payload fingerprint the record was written with (32 hex digits), when its
+    /// claim had one ([`Identity::with_fingerprint`](crate::Identity::with_fingerprint),
+    /// [`IdentityRule::EventId`](crate::IdentityRule::EventId) or `Fields`). Records of
+    /// older versions and of `KeyScheme::PythonV2` have none.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.owner
+            .as_deref()
+            .and_then(crate::identify::fingerprint_of_owner)
+    }
+}
+
 /// A store of idempotency records.
 ///
 /// Every method is atomic in its backend, and every transition is owner-checked: nothing

@@ -58,6 +58,9 @@ pub(crate) fn run_outcome<T, E>(result: &Result<Outcome<T>, GuardError<E>>) -> &
         Err(GuardError::Handler(_)) => "handler_failed",
         Err(GuardError::Store(_)) => "store_refused",
         Err(GuardError::InvalidEvent(_)) => "invalid_event",
+        Err(GuardError::Conflict { .. }) => "conflict",
+        Err(GuardError::Stale { skipped: true, .. }) => "stale_skipped",
+        Err(GuardError::Stale { skipped: false, .. }) => "stale_refused",
     }
 }
 
@@ -206,9 +209,9 @@ static METADATA: metrics::Metadata<'static> =
 /// labels as a `run` (the batch's duration is not split per event, so no run histogram).
 /// Events with the same labels are counted in one increment: a batch mostly holds a few
 /// event types, so a batch of 1,000 costs a few counter lookups, not 1,000.
-pub(crate) fn batch_outcomes<T, E>(
+pub(crate) fn batch_outcomes<V: std::borrow::Borrow<EventEnvelope>, T, E>(
     config: &IdempotencyConfig,
-    envelopes: &[EventEnvelope],
+    envelopes: &[V],
     answers: &[Result<Outcome<T>, GuardError<E>>],
 ) {
     #[cfg(feature = "metrics")]
@@ -226,7 +229,7 @@ pub(crate) fn batch_outcomes<T, E>(
         };
         let mut groups: Vec<(&str, &'static str, u64)> = Vec::new();
         for (envelope, answer) in envelopes.iter().zip(answers) {
-            let labels = (envelope.event_type.as_str(), run_outcome(answer));
+            let labels = (envelope.borrow().event_type.as_str(), run_outcome(answer));
             if let Some(group) = groups.iter_mut().find(|g| (g.0, g.1) == labels) {
                 group.2 += 1;
             } else if groups.len() < GROUPS {

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use eventonce_core::{EventEnvelope, Guard, GuardError, Outcome, StoreError};
+use eventonce_core::{EventEnvelope, Guard, GuardError, Identity, Outcome, StoreError};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -264,6 +264,100 @@ impl KafkaGuard {
             _ if !admitted => Input::NotRun,
             Ok(envelope) => Input::Ran(self.guard.run(&envelope, handler(envelope.clone())).await),
             Err(error) => Input::Unidentifiable(error),
+        };
+        let plan = self.lock_rewinds().settle(vec![(&position, input)]);
+        let mut answers = self.carry_out(consumer, plan, &[&position], false).await;
+        answers
+            .pop()
+            .unwrap_or(Ok(Delivery::Redeliver(Retry::Rewinding)))
+    }
+
+    /// Processes one consumed message of any format: `identify` builds its
+    /// [`Identity`] (from headers, the key, or the body through any deserializer), then
+    /// [`Guard::run`] runs `handler` with it, and the offset is committed or the message
+    /// redelivered as [`process`](Self::process) does. An identity without a timestamp
+    /// gets the message's own (create or log-append time), for the stale-event check.
+    ///
+    /// ```no_run
+    /// # mod eventonce { pub use eventonce_core::*; pub mod kafka { pub use eventonce_kafka::*; } pub mod memory { pub use eventonce_memory::*; } }
+    /// use eventonce::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+    /// use eventonce::kafka::rdkafka::message::{Headers, Message};
+    /// use eventonce::kafka::{consumer_config, Delivery, KafkaGuard};
+    /// use eventonce::memory::MemoryStore;
+    /// use eventonce::{Guard, IdempotencyConfig, Identity};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let consumer: StreamConsumer = consumer_config("127.0.0.1:9092", "billing").create()?;
+    /// consumer.subscribe(&["orders-avro"])?;
+    /// let kafka = KafkaGuard::new(Guard::new(MemoryStore::new(), IdempotencyConfig::builder("billing").build()?));
+    /// loop {
+    ///     let message = consumer.recv().await?;
+    ///     // The id travels in a header; the body (Avro, Protobuf, ...) is the fingerprint.
+    ///     let identify = |m: &_| {
+    ///         let m: &eventonce::kafka::rdkafka::message::BorrowedMessage<'_> = m;
+    ///         let id = m
+    ///             .headers()
+    ///             .and_then(|h| h.iter().find(|h| h.key == "message-id"))
+    ///             .and_then(|h| h.value)
+    ///             .ok_or("no message-id header")?;
+    ///         Ok::<_, &str>(Identity::new("orders.placed.v1", id).with_fingerprint(m.payload().unwrap_or_default()))
+    ///     };
+    ///     match kafka.process_identified(&consumer, &message, identify, |_identity| async {
+    ///         Ok::<_, std::io::Error>(()) // decode the body and apply its effect
+    ///     }).await {
+    ///         Ok(Delivery::Committed(_) | Delivery::CommitFailed { .. }) => {} // final
+    ///         Ok(Delivery::Redeliver(_)) => {} // it comes again
+    ///         Err(refused) => eprintln!("dead-letter, then commit_past: {refused}"),
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`MessageError::NotIdentified`] when `identify` fails, [`MessageError::Unidentifiable`]
+    /// when the guard cannot key the identity, [`MessageError::Refused`] for a payload
+    /// conflict or a stale event: the offset is not committed, route the message and
+    /// [`commit_past`] it.
+    pub async fn process_identified<K, C, M, I, D, F, Fut, T, E>(
+        &self,
+        consumer: &K,
+        message: &M,
+        identify: I,
+        handler: F,
+    ) -> Result<Delivery<T, E>, MessageError>
+    where
+        K: Consumer<C>,
+        C: ConsumerContext,
+        M: Message,
+        I: FnOnce(&M) -> Result<Identity, D>,
+        D: std::fmt::Display,
+        F: FnOnce(Identity) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let position = MessagePosition::of(message);
+        self.forget_stale(consumer, std::slice::from_ref(&position), None);
+        let identity = identify(message).map(|identity| match identity.timestamp() {
+            Some(_) => identity,
+            None => match message_time(message) {
+                Some(at) => identity.with_timestamp(at),
+                None => identity,
+            },
+        });
+        let admitted = self
+            .lock_rewinds()
+            .admit(&[(&position, identity.is_ok())])
+            .first()
+            .copied()
+            .unwrap_or(false);
+        let input = match identity {
+            _ if !admitted => Input::NotRun,
+            Ok(identity) => Input::Ran(self.guard.run(&identity, handler(identity.clone())).await),
+            Err(reason) => Input::Unidentifiable(MessageError::NotIdentified {
+                position: position.clone(),
+                reason: eventonce_core::bounded(&reason.to_string()).into_owned(),
+            }),
         };
         let plan = self.lock_rewinds().settle(vec![(&position, input)]);
         let mut answers = self.carry_out(consumer, plan, &[&position], false).await;
@@ -756,6 +850,13 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000");
     config
+}
+
+/// When the message was created or appended to its log, if the broker says.
+fn message_time(message: &impl Message) -> Option<std::time::SystemTime> {
+    let millis = message.timestamp().to_millis()?;
+    let millis = u64::try_from(millis).ok()?;
+    std::time::UNIX_EPOCH.checked_add(Duration::from_millis(millis))
 }
 
 #[cfg(test)]

@@ -108,6 +108,31 @@ pub enum MessageError {
         #[source]
         source: IdentityError,
     },
+    /// The caller's identify function of
+    /// [`KafkaGuard::process_identified`](crate::KafkaGuard::process_identified) could not
+    /// build an identity for the message.
+    #[error("message {position} cannot be identified: {reason}")]
+    NotIdentified {
+        /// The message.
+        position: MessagePosition,
+        /// What the identify function said (at most 200 characters of it).
+        reason: String,
+    },
+    /// The guard refused the event for good, without running its handler: its payload
+    /// conflicts with the one recorded under its identity (`GuardError::Conflict`), or it
+    /// is older than its maximum age (`GuardError::Stale`). Redelivering it gives the same
+    /// answer, so the helper never retries it and does not commit it: dead-letter it (a
+    /// stale event skipped by `StalePolicy::Skip` needs no dead letter) and
+    /// [`commit_past`](crate::commit_past) it.
+    #[error("message {position} refused by the guard: {reason}")]
+    Refused {
+        /// The message.
+        position: MessagePosition,
+        /// The guard's answer.
+        reason: String,
+        /// A stale event skipped by `StalePolicy::Skip` (nothing to dead-letter).
+        skipped: bool,
+    },
 }
 
 impl MessageError {
@@ -118,7 +143,9 @@ impl MessageError {
             | MessageError::Envelope { position, .. }
             | MessageError::InvalidHeader { position, .. }
             | MessageError::HeaderMismatch { position, .. }
-            | MessageError::Unidentifiable { position, .. } => position,
+            | MessageError::Unidentifiable { position, .. }
+            | MessageError::NotIdentified { position, .. }
+            | MessageError::Refused { position, .. } => position,
         }
     }
 }

@@ -161,6 +161,17 @@ impl Lane {
                     source,
                 })
             }
+            // Final refusals: handled as an unidentifiable message is, for the caller to
+            // dead-letter (or pass) and commit past; never retried.
+            Input::Ran(Err(error @ (GuardError::Conflict { .. } | GuardError::Stale { .. }))) => {
+                self.unidentifiable(offset);
+                let skipped = matches!(error, GuardError::Stale { skipped: true, .. });
+                Answer::Unidentifiable(MessageError::Refused {
+                    position: position.clone(),
+                    reason: refusal_text(&error),
+                    skipped,
+                })
+            }
             Input::Ran(Err(error)) => {
                 self.redeliver(offset);
                 Answer::Redeliver(match error {
@@ -340,3 +351,22 @@ impl Lanes {
 
 #[cfg(test)]
 mod tests;
+
+/// The text of a final refusal (the handler's error type needs no `Display` for it).
+fn refusal_text<E>(error: &GuardError<E>) -> String {
+    match error {
+        GuardError::Conflict { key, stored, given } => format!(
+            "payload conflict: {key} was recorded with fingerprint {stored}, this message has {given}"
+        ),
+        GuardError::Stale {
+            age,
+            max_age,
+            skipped,
+            ..
+        } => format!(
+            "stale: {age:?} old, past its maximum age {max_age:?} ({})",
+            if *skipped { "skipped" } else { "refused" }
+        ),
+        _ => "refused".to_owned(),
+    }
+}

@@ -13,8 +13,8 @@
 
 pub mod faults;
 pub mod kafka;
-pub mod postgres_tls;
 pub mod large_batch;
+pub mod postgres_tls;
 pub mod proxy;
 pub mod redis_process;
 

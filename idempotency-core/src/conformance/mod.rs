@@ -30,6 +30,7 @@ mod faulty;
 mod guard;
 mod guard_batch;
 mod hostile;
+mod identity;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -49,6 +50,7 @@ pub use faulty::{Fault, FaultControl, FaultyStore};
 pub use guard::*;
 pub use guard_batch::*;
 pub use hostile::*;
+pub use identity::*;
 pub use store::*;
 
 #[doc(hidden)]
@@ -187,6 +189,10 @@ macro_rules! conformance_tests {
             guard_batch_answers_duplicate_for_its_own_deferred_completion,
             guard_deferred_completion_lost_in_a_crash_costs_a_rerun,
             hostile_event_types_never_open_the_breaker_nor_run_twice,
+            guard_runs_identities_once_and_refuses_changed_payloads,
+            guard_refuses_a_changed_payload_while_the_first_claim_is_live,
+            guard_keys_by_event_id_and_refuses_changed_data,
+            guard_batch_refuses_changed_payloads_per_event,
         );
     };
     (@each $factory:path; $($check:ident),* $(,)?) => {

@@ -23,8 +23,11 @@ use super::deferred::lease_end;
 use super::lease::{renewal_period, renewal_retry, Ended};
 use super::outcome::{Ctx, Decision, Outcome, Scope};
 use super::{new_owner, Guard};
+use std::borrow::Cow;
+
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, StoreError};
+use crate::identify::{Identify, Resolve};
 use crate::store::{saturating_deadline, Claim, Completion};
 use crate::telemetry;
 
@@ -107,47 +110,51 @@ impl Guard {
     /// # Panics
     ///
     /// Resumes the first handler panic, after every claim of the batch is settled.
-    pub async fn run_batch<'a, H, F, T, E>(
+    pub async fn run_batch<'a, I, H, F, T, E>(
         &self,
-        envelopes: &'a [EventEnvelope],
+        events: &'a [I],
         handler: H,
     ) -> Vec<BatchResult<T, E>>
     where
-        H: FnMut(&'a EventEnvelope) -> F,
+        I: Identify,
+        H: FnMut(&'a I) -> F,
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
         let span = tracing::info_span!(
             "eventonce.run_batch",
             service = self.inner.config.service_name(),
-            events = envelopes.len(),
+            events = events.len(),
         );
+        let views: Vec<Cow<'a, EventEnvelope>> = events.iter().map(Resolve::view).collect();
         let answers = self
-            .run_batch_untraced(envelopes, handler)
+            .run_batch_untraced(events, &views, handler)
             .instrument(span)
             .await;
-        telemetry::batch_outcomes(&self.inner.config, envelopes, &answers);
+        telemetry::batch_outcomes(&self.inner.config, &views, &answers);
         answers
     }
 
     /// [`run_batch`](Self::run_batch) without its span and metrics.
-    async fn run_batch_untraced<'a, H, F, T, E>(
+    async fn run_batch_untraced<'a, I, H, F, T, E>(
         &self,
-        envelopes: &'a [EventEnvelope],
+        events: &'a [I],
+        envelopes: &[Cow<'a, EventEnvelope>],
         mut handler: H,
     ) -> Vec<BatchResult<T, E>>
     where
-        H: FnMut(&'a EventEnvelope) -> F,
+        I: Identify,
+        H: FnMut(&'a I) -> F,
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
         if self.inner.config.disabled() {
-            return Self::run_batch_disabled(envelopes, handler).await;
+            return Self::run_batch_disabled(events, handler).await;
         }
         let started = Instant::now();
         let config = &self.inner.config;
         let mut answers: Vec<Option<BatchResult<T, E>>> = envelopes.iter().map(|_| None).collect();
-        let ids = self.identify_batch(envelopes, &mut answers);
+        let (ids, fingerprinted) = self.identify_batch(events, envelopes, &mut answers);
         let (unique, copies) = first_copies(&ids);
         let now = tokio::time::Instant::now();
         let mut ctxs: Vec<Option<Ctx<'_>>> = ids
@@ -158,6 +165,14 @@ impl Guard {
                     .map(|(hash, key)| Ctx::at(config, envelope, (hash, key), started, now))
             })
             .collect();
+        // Events with a payload fingerprint go through `run` one after the other (their
+        // owner token carries the fingerprint, and a batch claim has one owner for all).
+        for &i in &fingerprinted {
+            // The handler is called only once the run decides to run it, as in the batch.
+            let lazy = async { handler(&events[i]).await };
+            let answer = self.run_untraced(&events[i], &envelopes[i], lazy).await;
+            answers[i] = Some(answer);
+        }
 
         let owner = new_owner();
         let claimed = tokio::time::Instant::now();
@@ -184,7 +199,7 @@ impl Guard {
             releasing: Vec::new(),
         };
         let ended = self
-            .drive_batch(envelopes, &acquired, &mut handler, &mut pending)
+            .drive_batch(events, &acquired, &mut handler, &mut pending)
             .await;
         let panic = self
             .settle_batch(&acquired, ended, &mut ctxs, &mut pending, &mut answers)
@@ -194,30 +209,43 @@ impl Guard {
         }
         // The events whose claim met an outage under FailMode::Open run last, unprotected,
         // once every claim of the batch is settled.
-        self.run_unprotected(envelopes, &open, &ctxs, &mut handler, &mut answers)
+        self.run_unprotected(events, &open, &ctxs, &mut handler, &mut answers)
             .await;
         self.answer_copies(&copies, &ctxs, &mut answers);
         answers.into_iter().map(finish).collect()
     }
 
-    /// Every event's hash and key; an event that cannot be identified is answered (and
-    /// observed) alone.
-    fn identify_batch<T, E>(
+    /// Every event's hash and key; an event that cannot be identified, or is stale, is
+    /// answered (and observed) alone. Events with a fingerprint are returned apart (the
+    /// second list), with no hash and key in the first.
+    fn identify_batch<I, T, E>(
         &self,
-        envelopes: &[EventEnvelope],
+        events: &[I],
+        envelopes: &[Cow<'_, EventEnvelope>],
         answers: &mut Answers<T, E>,
-    ) -> Vec<Option<(String, String)>> {
-        let mut ids = Vec::with_capacity(envelopes.len());
-        for (i, envelope) in envelopes.iter().enumerate() {
-            match self.identify::<E>(envelope) {
-                Ok(id) => ids.push(Some(id)),
+    ) -> (Vec<Option<(String, String)>>, Vec<usize>)
+    where
+        I: Identify,
+    {
+        let mut ids = Vec::with_capacity(events.len());
+        let mut fingerprinted = Vec::new();
+        for (i, (event, envelope)) in events.iter().zip(envelopes).enumerate() {
+            let identified = self
+                .identify::<I, E>(event, envelope)
+                .and_then(|resolved| self.check_age(envelope, &resolved).map(|()| resolved));
+            match identified {
+                Ok(resolved) if resolved.fingerprint.is_some() => {
+                    ids.push(None);
+                    fingerprinted.push(i);
+                }
+                Ok(resolved) => ids.push(Some((resolved.hash, resolved.key))),
                 Err(err) => {
                     ids.push(None);
                     answers[i] = Some(Err(err));
                 }
             }
         }
-        ids
+        (ids, fingerprinted)
     }
 
     /// Claims the first copies (`unique`), in chunks of at most the store's
@@ -337,15 +365,15 @@ impl Guard {
 
     /// Polls the handlers of the claimed events, at most `batch_concurrency` at once, each
     /// panic caught, renewing every claim still unsettled every third of the lease.
-    async fn drive_batch<'a, H, F, T, E>(
+    async fn drive_batch<'a, I, H, F, T, E>(
         &self,
-        envelopes: &'a [EventEnvelope],
+        events: &'a [I],
         acquired: &[usize],
         handler: &mut H,
         pending: &mut PendingBatch,
     ) -> Vec<Option<Ended<T, E>>>
     where
-        H: FnMut(&'a EventEnvelope) -> F,
+        H: FnMut(&'a I) -> F,
         F: Future<Output = Result<T, E>>,
     {
         let lease = self.inner.config.lease();
@@ -367,7 +395,7 @@ impl Guard {
                 if self.lost_before_start(slot, &mut lost, pending, lease) {
                     continue;
                 }
-                match catch_unwind(AssertUnwindSafe(|| handler(&envelopes[i]))) {
+                match catch_unwind(AssertUnwindSafe(|| handler(&events[i]))) {
                     Ok(future) => running
                         .push(async move { (slot, AssertUnwindSafe(future).catch_unwind().await) }),
                     Err(payload) => ended[slot] = Some(Err(payload)),
@@ -620,21 +648,21 @@ impl Guard {
     }
 
     /// Runs the handlers of `open` without protection, at most `batch_concurrency` at once.
-    async fn run_unprotected<'a, H, F, T, E>(
+    async fn run_unprotected<'a, I, H, F, T, E>(
         &self,
-        envelopes: &'a [EventEnvelope],
+        events: &'a [I],
         open: &[usize],
         ctxs: &[Option<Ctx<'_>>],
         handler: &mut H,
         answers: &mut Answers<T, E>,
     ) where
-        H: FnMut(&'a EventEnvelope) -> F,
+        H: FnMut(&'a I) -> F,
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
         let results: Vec<(usize, Result<T, E>)> = stream::iter(open.iter().copied())
             .map(|i| {
-                let future = handler(&envelopes[i]);
+                let future = handler(&events[i]);
                 async move { (i, future.await) }
             })
             .buffer_unordered(self.inner.config.batch_concurrency())

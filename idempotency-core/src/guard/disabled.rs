@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use super::outcome::Outcome;
 use super::Guard;
 use crate::config::IdempotencyConfig;
-use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, StoreError};
 use crate::store::{Claim, IdempotencyStore, Record, TransactionalStore};
 
@@ -76,17 +75,17 @@ impl Guard {
 
     /// A batch as a switched-off guard runs it: every handler, one after the other,
     /// answers in order.
-    pub(super) async fn run_batch_disabled<'a, H, F, T, E>(
-        envelopes: &'a [EventEnvelope],
+    pub(super) async fn run_batch_disabled<'a, I, H, F, T, E>(
+        events: &'a [I],
         mut handler: H,
     ) -> Vec<Result<Outcome<T>, GuardError<E>>>
     where
-        H: FnMut(&'a EventEnvelope) -> F,
+        H: FnMut(&'a I) -> F,
         F: Future<Output = Result<T, E>>,
     {
-        let mut answers = Vec::with_capacity(envelopes.len());
-        for envelope in envelopes {
-            answers.push(Self::run_disabled(handler(envelope)).await);
+        let mut answers = Vec::with_capacity(events.len());
+        for event in events {
+            answers.push(Self::run_disabled(handler(event)).await);
         }
         answers
     }

@@ -22,8 +22,10 @@ use std::time::Instant;
 
 use crate::breaker::{Breaker, Permit};
 use crate::config::IdempotencyConfig;
+use crate::config::StalePolicy;
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, IdentityError, StoreError};
+use crate::identify::{fingerprint_of_owner, Identify, Resolved, When};
 use crate::store::IdempotencyStore;
 use crate::telemetry;
 
@@ -39,7 +41,7 @@ mod stats;
 mod transaction;
 
 pub use outcome::Outcome;
-use outcome::{Decision, Scope};
+use outcome::{Ctx, Decision, Scope};
 use stats::Counters;
 pub use stats::GuardStats;
 
@@ -150,8 +152,10 @@ impl Guard {
     ///
     /// [`IdentityError`] when the event cannot be identified (no usable `data`, or a key
     /// the configuration cannot form).
-    pub fn key_for(&self, envelope: &EventEnvelope) -> Result<String, IdentityError> {
-        self.inner.config.event_key(envelope)
+    pub fn key_for<I: Identify + ?Sized>(&self, event: &I) -> Result<String, IdentityError> {
+        event
+            .resolve(&self.inner.config)
+            .map(|resolved| resolved.key)
     }
 
     /// Writes the completions owed so far now (deferred ones, `defer_completion`, and
@@ -178,15 +182,28 @@ impl Guard {
     }
 
     /// The event's hash and key, or the observed refusal of an event without identity.
-    fn identify<E>(&self, envelope: &EventEnvelope) -> Result<(String, String), GuardError<E>> {
+    fn identify<I, E>(&self, event: &I, view: &EventEnvelope) -> Result<Resolved, GuardError<E>>
+    where
+        I: Identify + ?Sized,
+    {
         let config = &self.inner.config;
-        let identity = config.event_hash(envelope).and_then(|hash| {
-            let key = config.try_generate_key(&envelope.event_type, &hash)?;
-            Ok((hash, key))
+        let resolved = event.resolve(config).and_then(|resolved| {
+            match (&resolved.when, config.max_event_age_for(&view.event_type)) {
+                (When::Unreadable(text), Some(_)) => Err(IdentityError::UnreadableTimestamp {
+                    event_type: crate::bound::bounded(&view.event_type).into_owned(),
+                    timestamp: text.clone(),
+                }),
+                // The decorator's values carry no fingerprint, and stay as they are.
+                _ if config.key_scheme() == crate::KeyScheme::PythonV2 => Ok(Resolved {
+                    fingerprint: None,
+                    ..resolved
+                }),
+                _ => Ok(resolved),
+            }
         });
-        identity.map_err(|error| {
+        resolved.map_err(|error| {
             self.observe(
-                Scope::Unidentified(envelope),
+                Scope::Unidentified(view),
                 Decision::Invalid { error: &error },
             );
             GuardError::InvalidEvent(error)
@@ -203,6 +220,85 @@ impl Guard {
         };
         self.observe(ctx, Decision::Invalid { error: &error });
         GuardError::InvalidEvent(error)
+    }
+
+    /// The stale-event check of an identified event: `Ok` to go on, the final answer of a
+    /// skipped or refused one otherwise (see [`StalePolicy`]).
+    fn check_age<E>(&self, view: &EventEnvelope, resolved: &Resolved) -> Result<(), GuardError<E>> {
+        let config = &self.inner.config;
+        let (When::At(at), Some(max_age)) =
+            (&resolved.when, config.max_event_age_for(&view.event_type))
+        else {
+            return Ok(());
+        };
+        // An event stamped in the future counts as age zero.
+        let age = std::time::SystemTime::now()
+            .duration_since(*at)
+            .unwrap_or_default();
+        if age <= max_age {
+            return Ok(());
+        }
+        let stale = GuardError::<E>::Stale {
+            event_type: crate::bound::bounded(&view.event_type).into_owned(),
+            age,
+            max_age,
+            skipped: config.stale_events() == StalePolicy::Skip,
+        };
+        let text = StaleText(&stale);
+        if config.stale_events() == StalePolicy::Process {
+            self.observe(
+                Scope::Unidentified(view),
+                Decision::StaleProcessed { error: &text },
+            );
+            return Ok(());
+        }
+        let skipped = config.stale_events() == StalePolicy::Skip;
+        self.observe(
+            Scope::Unidentified(view),
+            Decision::Stale {
+                error: &text,
+                skipped,
+            },
+        );
+        Err(stale)
+    }
+
+    /// The conflict check of a key found completed or claimed: when this delivery has a
+    /// fingerprint and the record carries another one, the `Conflict` to answer. A
+    /// record without a fingerprint (an older one, a `PythonV2` value) is accepted; a
+    /// failed read answers as if they agreed (observed).
+    async fn conflict<E>(
+        &self,
+        ctx: &mut Ctx<'_>,
+        fingerprint: Option<&str>,
+    ) -> Option<GuardError<E>> {
+        let given = fingerprint?;
+        let t = Instant::now();
+        let record = self.store_call("get", self.inner.store.get(ctx.key)).await;
+        ctx.store_time += t.elapsed();
+        let owner = match record {
+            Ok(record) => record?.owner?,
+            Err(error) => {
+                self.observe(&*ctx, Decision::ConflictUnchecked { error: &error });
+                return None;
+            }
+        };
+        let stored = fingerprint_of_owner(&owner)?;
+        if stored == given {
+            return None;
+        }
+        let conflict = GuardError::<E>::Conflict {
+            key: crate::bound::bounded(ctx.key).into_owned(),
+            stored: stored.chars().take(16).collect(),
+            given: given.chars().take(16).collect(),
+        };
+        self.observe(
+            &*ctx,
+            Decision::Conflict {
+                error: &StaleText(&conflict),
+            },
+        );
+        Some(conflict)
     }
 
     /// A store call behind the circuit breaker, bounded by the store timeout and measured.
@@ -334,8 +430,40 @@ fn new_owner() -> String {
     // The pid of now, not of the first token: a child forked without exec inherits the
     // nonce and the counter, and its own pid keeps its tokens apart from its parent's.
     let current = std::process::id();
-    let nonce = if current == pid { nonce } else { nonce ^ u64::from(current) };
+    let nonce = if current == pid {
+        nonce
+    } else {
+        nonce ^ u64::from(current)
+    };
     fast::owner_token(current, nonce, n)
+}
+
+/// A guard error's text, without needing the handler's error type to be `Display`.
+struct StaleText<'a, E>(&'a GuardError<E>);
+
+impl<E> std::fmt::Display for StaleText<'_, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            GuardError::Stale {
+                event_type,
+                age,
+                max_age,
+                skipped,
+            } => write!(
+                f,
+                "event of type {event_type:?} is {age:?} old, past its maximum age {max_age:?}{}",
+                match skipped {
+                    true => ": skipped",
+                    false => "",
+                }
+            ),
+            GuardError::Conflict { key, stored, given } => write!(
+                f,
+                "key {key} recorded with payload fingerprint {stored}, this delivery has {given}"
+            ),
+            _ => f.write_str("guard error"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,19 @@ pub(super) enum Decision<'a> {
     UnprotectedFailed { error: &'a dyn Display },
     /// The event cannot be identified.
     Invalid { error: &'a dyn Display },
+    /// The event's key is recorded with another payload fingerprint: refused.
+    Conflict { error: &'a dyn Display },
+    /// The recorded fingerprint could not be read (the store failed): answered as if the
+    /// fingerprints agreed.
+    ConflictUnchecked { error: &'a StoreError },
+    /// The event is older than its maximum age: skipped or refused.
+    Stale {
+        error: &'a dyn Display,
+        skipped: bool,
+    },
+    /// The event is older than its maximum age, and run all the same
+    /// (`StalePolicy::Process`).
+    StaleProcessed { error: &'a dyn Display },
     /// The store confirmed a lease renewal.
     LeaseRenewed,
     /// A renewal found the claim lost while its handler ran.
@@ -170,6 +183,9 @@ impl Decision<'_> {
             Decision::TransactionRefused { .. } => &[C::StoreErrors, C::StoreRefusals],
             Decision::Unprotected { .. } => &[C::Unprotected],
             Decision::Invalid { .. } => &[C::InvalidEvents],
+            Decision::Conflict { .. } => &[C::Conflicts],
+            Decision::ConflictUnchecked { .. } => &[C::StoreErrors],
+            Decision::Stale { .. } | Decision::StaleProcessed { .. } => &[C::Stale],
             Decision::LeaseLost | Decision::QueuedClaimLost | Decision::OwedClaimLost => {
                 &[C::ClaimsLost]
             }
@@ -199,6 +215,11 @@ impl Decision<'_> {
             Decision::Unprotected { .. } => &UNPROTECTED,
             Decision::UnprotectedFailed { .. } => &UNPROTECTED_FAILED,
             Decision::Invalid { .. } => &INVALID,
+            Decision::Conflict { .. } => &CONFLICT,
+            Decision::ConflictUnchecked { .. } => &CONFLICT_UNCHECKED,
+            Decision::Stale { skipped: true, .. } => &STALE_SKIPPED,
+            Decision::Stale { skipped: false, .. } => &STALE_REFUSED,
+            Decision::StaleProcessed { .. } => &STALE_PROCESSED,
             Decision::LeaseRenewed => &LEASE_RENEWED,
             Decision::LeaseLost => &LEASE_LOST,
             Decision::LeaseRenewalFailed { .. } => &LEASE_RENEWAL_FAILED,
@@ -218,8 +239,12 @@ impl Decision<'_> {
             Decision::HandlerFailed { error, .. }
             | Decision::RolledBack { error }
             | Decision::UnprotectedFailed { error }
-            | Decision::Invalid { error } => Some(*error),
+            | Decision::Invalid { error }
+            | Decision::Conflict { error }
+            | Decision::Stale { error, .. }
+            | Decision::StaleProcessed { error } => Some(*error),
             Decision::ReleaseFailed { error }
+            | Decision::ConflictUnchecked { error }
             | Decision::Refused { error, .. }
             | Decision::TransactionRefused { error, .. }
             | Decision::Unprotected { error, .. }
@@ -370,6 +395,41 @@ const UNPROTECTED_FAILED: EventSpec = EventSpec {
     level: Level::ERROR,
     action: "failed_unprotected",
     message: "PROCESSING_FAILED: Handler failed (unprotected run)",
+};
+
+/// The event of [`Decision::Conflict`].
+const CONFLICT: EventSpec = EventSpec {
+    level: Level::ERROR,
+    action: "conflict",
+    message: "PAYLOAD_CONFLICT: Event recorded with another payload under the same identity, not processing",
+};
+
+/// The event of [`Decision::ConflictUnchecked`].
+const CONFLICT_UNCHECKED: EventSpec = EventSpec {
+    level: Level::WARN,
+    action: "conflict_unchecked",
+    message: "STORE_ERROR: The recorded payload fingerprint could not be read; answered without the conflict check",
+};
+
+/// The event of [`Decision::Stale`] when skipped.
+const STALE_SKIPPED: EventSpec = EventSpec {
+    level: Level::WARN,
+    action: "stale_skipped",
+    message: "STALE_EVENT: Event older than its maximum age, skipped",
+};
+
+/// The event of [`Decision::Stale`] when refused.
+const STALE_REFUSED: EventSpec = EventSpec {
+    level: Level::ERROR,
+    action: "stale_refused",
+    message: "STALE_EVENT: Event older than its maximum age, refused",
+};
+
+/// The event of [`Decision::StaleProcessed`].
+const STALE_PROCESSED: EventSpec = EventSpec {
+    level: Level::WARN,
+    action: "stale_processed",
+    message: "STALE_EVENT: Event older than its maximum age, processed all the same",
 };
 
 /// The event of [`Decision::Invalid`].

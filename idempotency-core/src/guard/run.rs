@@ -15,6 +15,7 @@ use super::{new_owner, Guard};
 use crate::config::FailMode;
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, StoreError};
+use crate::identify::{owner_with, Identify};
 use crate::store::{Claim, Completion};
 use crate::telemetry::RunProbe;
 
@@ -47,6 +48,16 @@ impl Guard {
     /// - The event has no identity, or the store refuses its record for its data (a key
     ///   too long, a record of another kind at its key): [`GuardError::InvalidEvent`],
     ///   whatever the fail mode; such a refusal never counts toward the circuit breaker.
+    /// - The key is recorded (completed, or claimed by a live owner) with another payload
+    ///   fingerprint than this delivery's: [`GuardError::Conflict`]; `handler` is never
+    ///   polled and the record is untouched (see [`Identity`](crate::Identity)).
+    /// - The event is older than its [maximum age](crate::ConfigBuilder::max_event_age):
+    ///   [`GuardError::Stale`], or it runs, per [`StalePolicy`](crate::StalePolicy).
+    /// - The guard is [switched off](crate::ConfigBuilder::disabled): `handler` runs and
+    ///   [`Outcome::Unprotected`] is returned, with no store call.
+    ///
+    /// `event` is an [`EventEnvelope`] (identified under the configured
+    /// [`IdentityRule`](crate::IdentityRule)) or an [`Identity`](crate::Identity).
     ///
     /// Must run inside a Tokio runtime with time enabled.
     ///
@@ -56,22 +67,21 @@ impl Guard {
     ///
     /// # Errors
     ///
-    /// [`GuardError::InProgress`], [`GuardError::Handler`], [`GuardError::Store`] and
-    /// [`GuardError::InvalidEvent`], as listed above.
+    /// [`GuardError::InProgress`], [`GuardError::Handler`], [`GuardError::Store`],
+    /// [`GuardError::InvalidEvent`], [`GuardError::Conflict`] and [`GuardError::Stale`], as
+    /// listed above.
     ///
     /// # Panics
     ///
     /// Resumes the handler's panic, after its claim is released.
-    pub async fn run<F, T, E>(
-        &self,
-        envelope: &EventEnvelope,
-        handler: F,
-    ) -> Result<Outcome<T>, GuardError<E>>
+    pub async fn run<I, F, T, E>(&self, event: &I, handler: F) -> Result<Outcome<T>, GuardError<E>>
     where
+        I: Identify + ?Sized,
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
-        self.traced(envelope, self.run_untraced(envelope, handler))
+        let view = event.view();
+        self.traced(&view, self.run_untraced(event, &view, handler))
             .await
     }
 
@@ -90,12 +100,14 @@ impl Guard {
     }
 
     /// [`run`](Self::run) without its span and metrics.
-    async fn run_untraced<F, T, E>(
+    pub(super) async fn run_untraced<I, F, T, E>(
         &self,
+        event: &I,
         envelope: &EventEnvelope,
         handler: F,
     ) -> Result<Outcome<T>, GuardError<E>>
     where
+        I: Identify + ?Sized,
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
@@ -103,16 +115,25 @@ impl Guard {
             return Self::run_disabled(handler).await;
         }
         let started = Instant::now();
-        let (hash, key) = self.identify(envelope)?;
-        let mut ctx = Ctx::new(&self.inner.config, envelope, &hash, &key, started);
-        let owner = new_owner();
+        let resolved = self.identify(event, envelope)?;
+        self.check_age(envelope, &resolved)?;
+        let (hash, key) = (&resolved.hash, &resolved.key);
+        let mut ctx = Ctx::new(&self.inner.config, envelope, hash, key, started);
+        let fingerprint = resolved.fingerprint.as_deref();
+        let owner = owner_with(new_owner(), fingerprint);
         match self.claim(&mut ctx, &owner).await {
             Ok(Claim::Acquired) => self.observe(&ctx, Decision::Claimed),
             Ok(Claim::Completed) => {
+                if let Some(conflict) = self.conflict(&mut ctx, fingerprint).await {
+                    return Err(conflict);
+                }
                 self.observe(&ctx, Decision::Duplicate);
                 return Ok(Outcome::Duplicate);
             }
             Ok(Claim::InProgress) => {
+                if let Some(conflict) = self.conflict(&mut ctx, fingerprint).await {
+                    return Err(conflict);
+                }
                 self.observe(&ctx, Decision::InProgress);
                 return Err(GuardError::InProgress);
             }

@@ -35,6 +35,12 @@ pub struct GuardStats {
     /// Completions given up because their lease ended before the store took them: those
     /// events are processed but not recorded, so a redelivery may run them again.
     pub completions_abandoned: u64,
+    /// Deliveries refused because their key is recorded with another payload fingerprint
+    /// (`GuardError::Conflict`).
+    pub conflicts: u64,
+    /// Events older than their maximum age (skipped, refused or, with
+    /// `StalePolicy::Process`, run).
+    pub stale: u64,
 }
 
 /// One counter of [`GuardStats`].
@@ -53,11 +59,13 @@ pub(super) enum Counter {
     Cancelled,
     CompletionsRetried,
     CompletionsAbandoned,
+    Conflicts,
+    Stale,
 }
 
 /// The live counters behind [`GuardStats`], one per [`Counter`].
 #[derive(Default)]
-pub(super) struct Counters([AtomicU64; 13]);
+pub(super) struct Counters([AtomicU64; 15]);
 
 impl Counters {
     pub(super) fn bump(&self, counter: Counter) {
@@ -81,6 +89,8 @@ impl Counters {
             cancelled: get(Counter::Cancelled),
             completions_retried: get(Counter::CompletionsRetried),
             completions_abandoned: get(Counter::CompletionsAbandoned),
+            conflicts: get(Counter::Conflicts),
+            stale: get(Counter::Stale),
         }
     }
 }

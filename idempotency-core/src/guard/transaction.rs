@@ -8,6 +8,7 @@ use super::outcome::{Ctx, Decision, Outcome};
 use super::{new_owner, store_name, Guard};
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, StoreError};
+use crate::identify::{owner_with, Identify};
 use crate::store::{Claim, TransactionalStore};
 
 impl Guard {
@@ -45,33 +46,37 @@ impl Guard {
     ///
     /// [`GuardError::InProgress`], [`GuardError::Handler`], [`GuardError::Store`] and
     /// [`GuardError::InvalidEvent`], as listed above.
-    pub async fn run_in_transaction<S, H, F, T, E>(
+    pub async fn run_in_transaction<I, S, H, F, T, E>(
         &self,
         store: &S,
-        envelope: &EventEnvelope,
+        event: &I,
         handler: H,
     ) -> Result<Outcome<T>, GuardError<E>>
     where
+        I: Identify + ?Sized,
         S: TransactionalStore,
         H: FnOnce(S::Tx) -> F,
         F: Future<Output = (S::Tx, Result<T, E>)>,
         E: std::fmt::Display,
     {
+        let view = event.view();
         self.traced(
-            envelope,
-            self.run_in_transaction_untraced(store, envelope, handler),
+            &view,
+            self.run_in_transaction_untraced(store, event, &view, handler),
         )
         .await
     }
 
     /// [`run_in_transaction`](Self::run_in_transaction) without its span and metrics.
-    async fn run_in_transaction_untraced<S, H, F, T, E>(
+    async fn run_in_transaction_untraced<I, S, H, F, T, E>(
         &self,
         store: &S,
+        event: &I,
         envelope: &EventEnvelope,
         handler: H,
     ) -> Result<Outcome<T>, GuardError<E>>
     where
+        I: Identify + ?Sized,
         S: TransactionalStore,
         H: FnOnce(S::Tx) -> F,
         F: Future<Output = (S::Tx, Result<T, E>)>,
@@ -81,11 +86,14 @@ impl Guard {
             return Self::run_in_transaction_disabled(store, handler).await;
         }
         let started = Instant::now();
-        let (hash, key) = self.identify(envelope)?;
-        let mut ctx = Ctx::new(&self.inner.config, envelope, &hash, &key, started);
-        let owner = new_owner();
+        let resolved = self.identify(event, envelope)?;
+        self.check_age(envelope, &resolved)?;
+        let (hash, key) = (&resolved.hash, &resolved.key);
+        let mut ctx = Ctx::new(&self.inner.config, envelope, hash, key, started);
+        let fingerprint = resolved.fingerprint.as_deref();
+        let owner = owner_with(new_owner(), fingerprint);
         let t = Instant::now();
-        let claimed = self.claim_in(store, &key, &owner).await;
+        let claimed = self.claim_in(store, key, &owner).await;
         ctx.store_time += t.elapsed();
         let tx = match claimed {
             Ok((tx, Claim::Acquired)) => {
@@ -94,6 +102,9 @@ impl Guard {
             }
             Ok((tx, answer)) => {
                 let _ = store.rollback(tx).await;
+                if let Some(conflict) = self.conflict(&mut ctx, fingerprint).await {
+                    return Err(conflict);
+                }
                 let decision = if answer == Claim::Completed {
                     Decision::Duplicate
                 } else {
@@ -112,7 +123,7 @@ impl Guard {
         match result {
             Ok(value) => {
                 let t = Instant::now();
-                let committed = complete_and_commit(store, tx, &key, &owner, ctx.ttl).await;
+                let committed = complete_and_commit(store, tx, key, &owner, ctx.ttl).await;
                 ctx.store_time += t.elapsed();
                 match committed {
                     Ok(()) => {

@@ -1,0 +1,124 @@
+//! `KafkaGuard::process_identified` against the real broker: messages whose bodies are not
+//! JSON envelopes, identified by a header, with a re-sent id, a changed payload and an
+//! old message.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use eventonce_core::{Guard, IdempotencyConfig, Identity, Outcome};
+use eventonce_kafka::{
+    commit_past, consumer_config, create_topic, Delivery, KafkaGuard, MessageError,
+};
+use eventonce_memory::MemoryStore;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+
+/// The identity of a message: its `message-id` header, and its body as the fingerprint.
+fn identify(message: &BorrowedMessage<'_>) -> Result<Identity, &'static str> {
+    let id = message
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "message-id"))
+        .and_then(|h| h.value)
+        .ok_or("no message-id header")?;
+    Ok(Identity::new("orders.binary.v1", id)
+        .with_fingerprint(message.payload().unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_messages_keyed_by_a_header_run_once_and_changed_or_old_ones_are_refused() {
+    let bootstrap = support::bootstrap();
+    let topic = support::unique("identified");
+    create_topic(&bootstrap, &topic, 1).await.expect("topic");
+    let producer = support::producer(&bootstrap, &topic);
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    // (id, body, timestamp): a duplicate, a changed payload, an old message, no header.
+    let sent: [(Option<&str>, &[u8], i64); 6] = [
+        (Some("m-1"), &[0x00, 0xff, 0x01], now_ms),
+        (Some("m-2"), &[0x02], now_ms),
+        (Some("m-1"), &[0x00, 0xff, 0x01], now_ms),
+        (Some("m-1"), &[0x00, 0xff, 0x02], now_ms),
+        (Some("m-3"), &[0x03], now_ms - 3 * 3_600_000),
+        (None, &[0x04], now_ms),
+    ];
+    for (id, body, at) in sent {
+        let mut record = FutureRecord::<(), [u8]>::to(&topic)
+            .payload(body)
+            .timestamp(at);
+        if let Some(id) = id {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "message-id",
+                value: Some(id),
+            }));
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+
+    let config = IdempotencyConfig::builder("identified")
+        .max_event_age(Duration::from_secs(3600))
+        .build()
+        .expect("config");
+    let kafka = KafkaGuard::new(Guard::new(MemoryStore::new(), config));
+    let consumer: StreamConsumer = consumer_config(&bootstrap, &topic)
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic.as_str()]).expect("subscribe");
+    let runs: std::sync::Mutex<HashMap<String, u32>> = std::sync::Mutex::default();
+    let mut answers = Vec::new();
+    while answers.len() < sent.len() {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("a message within 60 s")
+            .expect("message");
+        let answer = kafka
+            .process_identified(&consumer, &message, identify, |identity| {
+                let runs = &runs;
+                async move {
+                    // The handler's future runs only for an event the guard lets through.
+                    let id = String::from_utf8_lossy(identity.id()).into_owned();
+                    *runs.lock().expect("lock").entry(id).or_default() += 1;
+                    Ok::<_, std::io::Error>(())
+                }
+            })
+            .await;
+        let summary = match &answer {
+            Ok(Delivery::Committed(Outcome::Processed(()))) => "processed".to_owned(),
+            Ok(Delivery::Committed(Outcome::Duplicate)) => "duplicate".to_owned(),
+            Ok(other) => format!("{other:?}"),
+            Err(MessageError::Refused { reason, .. }) => format!("refused: {reason}"),
+            Err(MessageError::NotIdentified { reason, .. }) => format!("not identified: {reason}"),
+            Err(other) => format!("{other}"),
+        };
+        if let Err(refused) = &answer {
+            // Dead-lettered here, in a real consumer; then passed.
+            commit_past(&consumer, refused.position(), CommitMode::Sync).expect("commit past");
+        }
+        answers.push(summary);
+    }
+    println!("{answers:#?}");
+    assert_eq!(answers[0], "processed");
+    assert_eq!(answers[1], "processed");
+    assert_eq!(answers[2], "duplicate");
+    assert!(
+        answers[3].starts_with("refused: payload conflict"),
+        "{answers:?}"
+    );
+    assert!(answers[4].starts_with("refused: stale"), "{answers:?}");
+    assert_eq!(answers[5], "not identified: no message-id header");
+    let runs = runs.into_inner().expect("lock");
+    assert_eq!(
+        runs,
+        HashMap::from([("m-1".to_owned(), 1), ("m-2".to_owned(), 1)])
+    );
+    let stats = kafka.guard().stats();
+    assert_eq!((stats.conflicts, stats.stale), (1, 1));
+}
