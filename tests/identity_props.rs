@@ -296,3 +296,45 @@ fn a_number_hashes_the_same_however_it_is_spelled() {
         assert_eq!(ha, hb, "{a} vs {b}");
     }
 }
+
+/// Runs `events` in order through one guard on one memory store, each with a handler that
+/// counts its runs; returns the runs per event and each event's key.
+async fn runs_through_one_guard(events: &[EventEnvelope]) -> (Vec<usize>, Vec<String>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let guard = eventonce::Guard::new(
+        eventonce::MemoryStore::new(),
+        IdempotencyConfig::builder("orders").build().expect("config"),
+    );
+    let mut runs = Vec::new();
+    let mut keys = Vec::new();
+    for event in events {
+        let count = AtomicUsize::new(0);
+        let outcome = guard
+            .run(event, async {
+                count.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(())
+            })
+            .await;
+        println!("{:?}: {outcome:?}", event.event_id);
+        runs.push(count.load(Ordering::SeqCst));
+        keys.push(guard.key_for(event).expect("key"));
+    }
+    (runs, keys)
+}
+
+#[tokio::test]
+async fn an_event_without_an_id_cannot_take_the_key_of_one_with_an_id() {
+    // A: an event with an id. B: no id, and data shaped like A's whole hash input.
+    let a = EventEnvelope::from_slice(
+        br#"{"event_type":"orders.replayed.v1","event_id":"X","data":{"order":7}}"#,
+    )
+    .expect("A");
+    let b = EventEnvelope::from_slice(
+        br#"{"event_type":"orders.replayed.v1","data":{"data":{"order":7},"event_id":"X"}}"#,
+    )
+    .expect("B");
+    let (runs, keys) = runs_through_one_guard(&[a, b]).await;
+    println!("keys: {keys:?}");
+    assert_ne!(keys[0], keys[1], "A and B share a key");
+    assert_eq!(runs, [1, 1], "handler runs of A and B");
+}

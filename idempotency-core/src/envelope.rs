@@ -201,8 +201,10 @@ impl EventEnvelope {
         })
     }
 
-    /// The event's deterministic hash: xxh3-128, hex, over the canonical encoding of
-    /// `{"data", "event_id"}`, or of `data` alone when the id is absent or empty.
+    /// The event's deterministic hash: xxh3-128, hex, over a tagged input holding the event
+    /// id and the canonical encoding of `data`, or, under another tag, the canonical
+    /// encoding of `data` alone when the id is absent or empty (see
+    /// [`deterministic_hash`](crate::deterministic_hash)).
     ///
     /// # Errors
     ///

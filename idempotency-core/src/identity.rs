@@ -1,6 +1,12 @@
-//! Event identity: a deterministic hash over a canonical JSON encoding.
+//! Event identity: a deterministic hash over a tagged, canonical encoding.
 //!
-//! The canonical encoding writes object keys sorted (by their UTF-8 bytes) at every depth,
+//! The hash input names its form first: a tag byte for "event id and data" and another for
+//! "data alone", each component following with its length. So an event without an id can
+//! never take the key of an event with one, whatever its data (an id-less event whose data
+//! is `{"data": D, "event_id": X}` is not event `X`), and the forms still to come (the
+//! event id alone, chosen fields, an identity given by the caller) get tags of their own.
+//!
+//! The data is written in its canonical JSON encoding, which writes object keys sorted (by their UTF-8 bytes) at every depth,
 //! no insignificant whitespace, strings escaped as `serde_json` escapes them and numbers by
 //! their exact decimal value (see [`canonical_number`]). The same event therefore hashes
 //! the same whatever the key order, whitespace or number spelling of the JSON it arrived
@@ -15,8 +21,11 @@ use crate::error::IdentityError;
 /// `serde_json` is at most 128 levels deep; values built in code may be deeper.
 pub const MAX_DEPTH: usize = 512;
 
-/// xxh3-128, as 32 lowercase hex digits, over the canonical encoding of
-/// `{"data": data, "event_id": id}`, or of `data` alone when `event_id` is `None`.
+/// xxh3-128, as 32 lowercase hex digits, of the event's tagged hash input: the tag of the
+/// form "event id and data" (`0x02`), the id's length (8 bytes, little endian) and its UTF-8
+/// bytes, then the length and bytes of [`canonical_json`] of `data`; or, when `event_id`
+/// is `None`, the tag of the form "data alone" (`0x01`) and the length and bytes of the
+/// canonical data. No data can make one form's input equal to the other's.
 ///
 /// # Errors
 ///
@@ -51,24 +60,68 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// What a hash input identifies an event by: each form of key material has its own tag
+/// byte, written first, so that no two forms can ever produce the same input.
+///
+/// After the tag, every component is written with its length first (8 bytes, little
+/// endian), so that within one form no two sequences of components produce the same input
+/// either. Tags not listed here are reserved for forms still to come (the event id alone,
+/// chosen fields of the data, an identity the caller gives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Form {
+    /// The canonical JSON of `data` alone: an event without an id.
+    Content = 0x01,
+    /// The event id (its UTF-8 bytes), then the canonical JSON of `data`.
+    IdAndData = 0x02,
+}
+
+/// Appends `bytes` with its length first (8 bytes, little endian).
+fn put_component(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.put(&(bytes.len() as u64).to_le_bytes());
+    buf.put(bytes);
+}
+
+/// Appends the component `write` produces, its length first: 8 bytes are set aside and
+/// filled in once the component is written.
+fn put_written_component(
+    buf: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), IdentityError>,
+) -> Result<(), IdentityError> {
+    let at = buf.len();
+    buf.put(&[0; 8]);
+    write(buf)?;
+    let len = (buf.len() - at - 8) as u64;
+    buf[at..at + 8].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+/// The hash input of an event with `event_id` (none when `None`) and the data `write_data`
+/// writes canonically, into `buf` (emptied first): the [`Form`] tag, then each component
+/// with its length.
+pub(crate) fn write_hash_input(
+    buf: &mut Vec<u8>,
+    event_id: Option<&str>,
+    write_data: impl FnOnce(&mut Vec<u8>) -> Result<(), IdentityError>,
+) -> Result<(), IdentityError> {
+    buf.clear();
+    match event_id {
+        Some(id) => {
+            buf.put(&[Form::IdAndData as u8]);
+            put_component(buf, id.as_bytes());
+        }
+        None => buf.put(&[Form::Content as u8]),
+    }
+    put_written_component(buf, write_data)
+}
+
 /// [`deterministic_hash`] with `buf` (emptied first) for the encoding.
 fn hash_encoding(
     buf: &mut Vec<u8>,
     event_id: Option<&str>,
     data: &Value,
 ) -> Result<String, IdentityError> {
-    buf.clear();
-    let written = match event_id {
-        Some(id) => {
-            buf.put(b"{\"data\":");
-            let written = write_canonical(buf, data, 0);
-            buf.put(b",\"event_id\":");
-            write_string(buf, id);
-            buf.put(b"}");
-            written
-        }
-        None => write_canonical(buf, data, 0),
-    };
+    let written = write_hash_input(buf, event_id, |buf| write_canonical(buf, data, 0));
     let digest = written.map(|()| xxh3_128(buf));
     if buf.capacity() > SCRATCH_KEPT {
         *buf = Vec::new();
@@ -379,14 +432,32 @@ mod tests {
     }
 
     #[test]
-    fn canonical_form_with_id_sorts_data_before_event_id() {
-        // The hash with an id is the hash of data alone of this object.
+    fn data_shaped_like_an_id_and_data_is_not_that_event() {
+        // Before the forms were tagged, the hash with an id was the hash of data alone of
+        // this object, so an event without an id could take another event's key.
         let data = json!({"z": [true, null], "a": "\u{e9}"});
         let wrapped = json!({"event_id": "id-1", "data": data});
-        assert_eq!(
+        assert_ne!(
             deterministic_hash(Some("id-1"), &data).ok(),
             deterministic_hash(None, &wrapped).ok()
         );
+    }
+
+    #[test]
+    fn the_hash_input_is_a_tag_then_components_with_their_lengths() {
+        let mut buf = Vec::new();
+        write_hash_input(&mut buf, Some("e-1"), |b| write_canonical(b, &json!([1]), 0)).unwrap();
+        let mut expected = vec![0x02];
+        expected.extend(3u64.to_le_bytes());
+        expected.extend(b"e-1");
+        expected.extend(3u64.to_le_bytes());
+        expected.extend(b"[1]");
+        assert_eq!(buf, expected);
+        write_hash_input(&mut buf, None, |b| write_canonical(b, &json!("x"), 0)).unwrap();
+        let mut expected = vec![0x01];
+        expected.extend(3u64.to_le_bytes());
+        expected.extend(b"\"x\"");
+        assert_eq!(buf, expected);
     }
 
     #[test]
@@ -551,23 +622,26 @@ mod one_shot_tests {
 
     use super::*;
 
-    /// The hash as it was first written: the canonical pieces streamed into a hasher.
+    /// The hash written out piece by piece: the form's tag, then each component with its
+    /// length (8 bytes, little endian), streamed into a hasher.
     fn streamed(event_id: Option<&str>, data: &Value) -> String {
         let mut hasher = Xxh3::new();
+        let canonical = canonical_json(data).expect("canonical");
         match event_id {
             Some(id) => {
-                hasher.update(b"{\"data\":");
-                hasher.update(&canonical_json(data).expect("canonical"));
-                hasher.update(b",\"event_id\":");
-                hasher.update(&serde_json::to_vec(id).expect("id"));
-                hasher.update(b"}");
+                hasher.update(&[0x02]);
+                hasher.update(&(id.len() as u64).to_le_bytes());
+                hasher.update(id.as_bytes());
             }
-            None => hasher.update(&canonical_json(data).expect("canonical")),
+            None => hasher.update(&[0x01]),
         }
+        hasher.update(&(canonical.len() as u64).to_le_bytes());
+        hasher.update(&canonical);
         format!("{:032x}", hasher.digest128())
     }
 
-    /// One event's digest, pinned: keys already in stores stay valid.
+    /// One event's digests, pinned: keys already in stores stay valid. (Changed once, on
+    /// purpose, when the two forms were given their tags: see the changelog.)
     #[test]
     fn the_hash_is_pinned() {
         let data = json!({"y": [1, 2.5, "s\"q"], "x": {"b": null, "a": true}});
@@ -577,7 +651,11 @@ mod one_shot_tests {
             deterministic_hash(None, &data).ok(),
             Some(streamed(None, &data))
         );
-        assert_eq!(hash, "b506e531c22b10129c088605b318d1ca");
+        assert_eq!(hash, "b696f10a5e6c9a4a0cdf3507b5375784");
+        assert_eq!(
+            deterministic_hash(None, &data).ok().as_deref(),
+            Some("13da34f4cf5321057a7cb6f04bf6ff43")
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Key schemes: how an event's hash and the event-type segment of its key are computed.
 //!
-//! [`KeyScheme::Eventonce`] (the default) is eventonce's own: xxh3-128 over the canonical
-//! JSON of [`canonical_json`](crate::canonical_json), and an injective escape of the event
+//! [`KeyScheme::Eventonce`] (the default) is eventonce's own: xxh3-128 over a tagged input
+//! that keeps "id and data" apart from "data alone", the data written as
+//! [`canonical_json`](crate::canonical_json) writes it (see
+//! [`deterministic_hash`](crate::deterministic_hash)), and an injective escape of the event
 //! type ([`escape_event_type`](crate::escape_event_type)).
 //!
 //! [`KeyScheme::PythonV2`] gives the keys of the Python "idempotency v2" decorator, byte for
@@ -46,9 +48,11 @@ use crate::key;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum KeyScheme {
-    /// eventonce's own keys (the default): xxh3-128 over the canonical JSON of
-    /// `{"data", "event_id"}` (or of `data` alone), numbers by their exact decimal value,
-    /// and an injective, escaped event-type segment that never leaves the namespace.
+    /// eventonce's own keys (the default): xxh3-128 over a tagged input, the event id then
+    /// the canonical JSON of `data` (or, for an event without an id, the canonical JSON of
+    /// `data` alone under another tag: the two forms never share a key), numbers by their
+    /// exact decimal value, and an injective, escaped event-type segment that never leaves
+    /// the namespace (see [`deterministic_hash`](crate::deterministic_hash)).
     #[default]
     Eventonce,
     /// The Python "idempotency v2" decorator's keys, byte for byte: SHA-256 (hex) of
@@ -67,7 +71,11 @@ pub enum KeyScheme {
     /// cannot read integers over 4,300 digits. It keeps the decorator's collisions: `a.b`
     /// and `a_b` share keys, and numbers with a fraction or exponent that read as the
     /// same double (`0.1`, `0.10000000000000000001`) share a key, so of two events
-    /// differing only there the second is a duplicate. See the project's
+    /// differing only there the second is a duplicate. And it keeps the decorator's
+    /// confusion of its two forms: an event without an id whose data is
+    /// `{"data": D, "event_id": X}` has the key of event `X` with data `D`, so whoever can
+    /// publish an event without an id can suppress event `X` (the decorator hashes both as
+    /// the same text). Use it only where every producer is trusted. See the project's
     /// `docs/migration-from-python.md`.
     PythonV2,
 }
@@ -174,6 +182,10 @@ fn outside_namespace(c: char) -> Option<&'static str> {
 /// The decorator's hash: SHA-256, as 64 lowercase hex digits, of
 /// `json.dumps({"event_id": event_id, "data": data}, sort_keys=True)` when `event_id` is
 /// given and non-empty, else of `json.dumps(data, sort_keys=True)` (see [`python_json`]).
+///
+/// The two forms are not told apart, as the decorator does not tell them apart: data
+/// `{"data": D, "event_id": X}` without an id hashes as event `X` with data `D` (see
+/// [`KeyScheme::PythonV2`]).
 ///
 /// # Errors
 ///
@@ -532,6 +544,8 @@ mod tests {
         );
     }
 
+    /// The decorator's own collision, kept for byte compatibility: documented on
+    /// `KeyScheme::PythonV2` (the default scheme keeps the two forms apart).
     #[test]
     fn the_id_form_wraps_data_and_id_sorted() {
         let data = json!({"n": 1});
