@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Asserts that eventonce changes nothing in serde_json's behaviour for the programs that
+# depend on it: tests/serde-probe runs ordinary serde_json patterns (untagged and
+# internally tagged enums, flatten, number equality and re-serialisation, float parsing),
+# built once alone and once with eventonce and every feature of the facade in its tree,
+# and the two outputs must be the same. Cargo unifies a crate's features across a build,
+# so one behaviour-changing feature (`arbitrary_precision`, `float_roundtrip`,
+# `preserve_order`, ...) enabled anywhere in eventonce's graph shows here.
+#
+# PROBE_KAFKA=1 adds eventonce's `kafka` feature (librdkafka: a C build when cold).
+# Builds into the workspace's target/ (the probe's profile matches the workspace's), so a
+# warm run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CARGO="${CARGO:-cargo}"
+manifest=tests/serde-probe/Cargo.toml
+target="$PWD/target"
+features=with-eventonce
+if [ "${PROBE_KAFKA:-0}" = 1 ]; then
+  features=with-kafka
+fi
+
+"$CARGO" run --quiet --manifest-path "$manifest" --target-dir "$target" >target/serde-probe.alone
+"$CARGO" run --quiet --manifest-path "$manifest" --target-dir "$target" --features "$features" \
+  >target/serde-probe.with
+echo "serde_json features with eventonce ($features):"
+"$CARGO" tree --manifest-path "$manifest" --features "$features" -e features -i serde_json \
+  --depth 1 --prefix none 2>/dev/null | grep -o 'feature "[a-z_]*"' | sort -u | tr '\n' ' '
+echo
+if ! diff -u target/serde-probe.alone target/serde-probe.with; then
+  echo "serde-probe: serde_json behaves differently once eventonce is a dependency (diff above: - alone, + with eventonce)"
+  exit 1
+fi
+echo "serde-probe: $(wc -l <target/serde-probe.alone) patterns behave the same with and without eventonce"
