@@ -13,11 +13,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use eventonce::{python_json, EventEnvelope, IdempotencyConfig, IdentityError, KeyScheme};
+use eventonce::{EventEnvelope, IdempotencyConfig, IdentityError, KeyScheme};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 const PREFIX: &str = "huleedu:idempotency:v2";
 const SERVICE: &str = "essay-lifecycle-service";

@@ -157,6 +157,28 @@ impl EventEnvelope {
     /// );
     /// ```
     pub fn from_slice(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        Self::parse(bytes, None)
+    }
+
+    /// [`from_slice`](Self::from_slice), with `event_type` for a payload that has no
+    /// `event_type` of its own (or a `null` one), as when a message carries its type in a
+    /// header.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`from_slice`](Self::from_slice).
+    ///
+    /// ```
+    /// use eventonce_core::EventEnvelope;
+    /// let e = EventEnvelope::from_slice_or_type(br#"{"data":{"n":1}}"#, "orders.created.v1")?;
+    /// assert_eq!(e.event_type, "orders.created.v1");
+    /// # Ok::<(), eventonce_core::EnvelopeError>(())
+    /// ```
+    pub fn from_slice_or_type(bytes: &[u8], event_type: &str) -> Result<Self, EnvelopeError> {
+        Self::parse(bytes, Some(event_type))
+    }
+
+    fn parse(bytes: &[u8], default_type: Option<&str>) -> Result<Self, EnvelopeError> {
         if bytes.is_empty() {
             return Err(EnvelopeError::Empty);
         }
@@ -166,16 +188,23 @@ impl EventEnvelope {
         if text.trim().is_empty() {
             return Err(EnvelopeError::Empty);
         }
-        match serde_json::from_str::<TopLevel<'_>>(text).map_err(|e| json_error(&e))? {
-            TopLevel::Object(mut fields, Some(raw)) => {
-                fields.insert("data".to_owned(), parse_data(text, raw)?);
-                let mut envelope = Self::from_map(fields)?;
-                envelope.data_text = Some(raw.to_owned());
-                Ok(envelope)
+        let (mut fields, raw) =
+            match serde_json::from_str::<TopLevel<'_>>(text).map_err(|e| json_error(&e))? {
+                TopLevel::Object(fields, raw) => (fields, raw),
+                TopLevel::Other(found) => return Err(EnvelopeError::NotAnObject { found }),
+            };
+        if let Some(t) = default_type {
+            if fields.get("event_type").is_none_or(Value::is_null) {
+                fields.insert("event_type".to_owned(), Value::from(t));
             }
-            TopLevel::Object(fields, None) => Self::from_map(fields),
-            TopLevel::Other(found) => Err(EnvelopeError::NotAnObject { found }),
         }
+        let Some(raw) = raw else {
+            return Self::from_map(fields);
+        };
+        fields.insert("data".to_owned(), parse_data(text, raw)?);
+        let mut envelope = Self::from_map(fields)?;
+        envelope.data_text = Some(raw.to_owned());
+        Ok(envelope)
     }
 
     /// Builds an envelope from an already parsed JSON value, with the checks of
