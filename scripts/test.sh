@@ -67,6 +67,8 @@ stage doc env RUSTDOCFLAGS="-D warnings" "$CARGO" doc --workspace --all-features
 # The publishable crates' manifests and contents, as crates.io would take them (the
 # contents are compiled by the stages above, so not again here).
 stage package "$CARGO" publish --workspace --dry-run --no-verify --allow-dirty --quiet
+# eventonce must not change serde_json's behaviour for the programs depending on it.
+stage serde-probe bash scripts/serde-probe.sh
 stage fuzz bash scripts/fuzz.sh 20
 stage tests tests
 report
