@@ -236,6 +236,32 @@ proptest! {
     }
 
     #[test]
+    fn an_event_without_an_id_never_has_the_hash_of_one_with_an_id(
+        data in json_value(),
+        id in "[a-z0-9-]{1,12}",
+        form in 0usize..4,
+        s1 in any::<u64>(),
+        s2 in any::<u64>(),
+    ) {
+        // The id moved into the data: the Python v2 hash input, nested once, in an array,
+        // and the same shape again under the same id.
+        let shape = serde_json::json!({"data": data, "event_id": id});
+        let (other_id, other_data) = match form {
+            0 => (None, shape),
+            1 => (None, serde_json::json!({"data": shape})),
+            2 => (None, serde_json::json!([data, id])),
+            _ => (Some(id.as_str()), shape),
+        };
+        let with_id = hash_of(&envelope_text(Some(&id), &data, s1));
+        let other = hash_of(&envelope_text(other_id, &other_data, s2));
+        prop_assert_ne!(&with_id, &other, "form {}", form);
+        // An empty id is no id: the same event as the one without.
+        if other_id.is_none() {
+            prop_assert_eq!(other, hash_of(&envelope_text(Some(""), &other_data, s1)));
+        }
+    }
+
+    #[test]
     fn no_event_type_can_leave_the_namespace(event_type in "\\PC{0,300}|.{0,300}", hash in ".{0,40}") {
         let config = IdempotencyConfig::builder("svc").build().expect("valid");
         let key = config.generate_key(&event_type, &hash);
