@@ -137,12 +137,60 @@ fn write_value_object<S: Style>(
 fn write_value_number<S: Style>(out: &mut Vec<u8>, n: &Number) -> Result<(), IdentityError> {
     use std::io::Write as _;
     let mut buf = [0u8; 48];
+    if let Some(digits) = integer_digits(n, &mut buf) {
+        // ASCII digits and a sign: always UTF-8.
+        return S::number(out, std::str::from_utf8(digits).unwrap_or("0"));
+    }
     let mut cursor = &mut buf[..];
-    // serde_json prints at most 24 characters for an f64 and 20 for an integer.
+    // serde_json prints at most 24 characters for an f64.
     let written = write!(cursor, "{n}").map(|()| 48 - cursor.len());
     match written.ok().and_then(|len| std::str::from_utf8(&buf[..len]).ok()) {
         Some(literal) => S::number(out, literal),
         None => S::number(out, &n.to_string()),
+    }
+}
+
+/// The decimal digits (with a `-`) of `n` if it is an integer, written at the end of `buf`.
+fn integer_digits<'b>(n: &Number, buf: &'b mut [u8; 48]) -> Option<&'b [u8]> {
+    let (negative, mut v) = match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => (false, u),
+        (None, Some(i)) => (true, i.unsigned_abs()),
+        (None, None) => return None,
+    };
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if negative {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    Some(&buf[at..])
+}
+
+/// Whether the number literal `literal` reads as `expected`, as serde_json reads it: an
+/// integer as its digits, anything else as the nearest `f64` (`null`: beyond its range).
+/// serde_json's reading of a long decimal may differ from the correctly rounded one in its
+/// last bit; such a literal is taken as different here (and the whole text is compared
+/// then, see [`write_text`]).
+fn reads_as(literal: &str, expected: &Value) -> bool {
+    let Value::Number(n) = expected else {
+        return expected.is_null() && literal.parse::<f64>().is_ok_and(f64::is_infinite);
+    };
+    let mut buf = [0u8; 48];
+    match integer_digits(n, &mut buf) {
+        Some(digits) => digits == literal.as_bytes(),
+        None => {
+            let plain_integer = !literal.contains(['.', 'e', 'E']);
+            // serde_json reads an integer literal as an f64 only beyond 64 bits, and `-0`.
+            (!plain_integer || literal == "-0" || literal.trim_start_matches('-').len() > 18)
+                && literal.parse::<f64>().ok() == n.as_f64()
+        }
     }
 }
 
@@ -189,14 +237,24 @@ fn walk_text<S: Style>(
     let Ok(peek) = jiter.peek() else {
         return Ok(false);
     };
-    let mut walk = TextWalk { jiter, out };
+    let mut walk = TextWalk {
+        jiter,
+        out,
+        entries: Vec::new(),
+        spare: Vec::new(),
+    };
     Ok(walk.value::<S>(peek, expected, depth)? && walk.jiter.finish().is_ok())
 }
 
-/// The walk of [`walk_text`]: the text's reader and the output.
-struct TextWalk<'j, 'o> {
+/// The walk of [`walk_text`]: the text's reader, the output, and two buffers the objects
+/// share: their entries (each object's above those of the objects it is inside) and a copy
+/// of an object's output while its entries are put in order.
+struct TextWalk<'j, 'o, 'v> {
     jiter: Jiter<'j>,
     out: &'o mut Vec<u8>,
+    /// Each entry: its key and where `"key":value` was written.
+    entries: Vec<(Cow<'v, str>, Range<usize>)>,
+    spare: Vec<u8>,
 }
 
 /// Whether `expected` is `None` (nothing to check) or `check` holds for it.
@@ -204,12 +262,12 @@ fn agrees(expected: Option<&Value>, check: impl FnOnce(&Value) -> bool) -> bool 
     expected.is_none_or(check)
 }
 
-impl TextWalk<'_, '_> {
+impl<'v> TextWalk<'_, '_, 'v> {
     /// The value at `peek`, checked against `expected`: `Ok(false)` on a difference.
     fn value<S: Style>(
         &mut self,
         peek: Peek,
-        expected: Option<&Value>,
+        expected: Option<&'v Value>,
         depth: usize,
     ) -> Result<bool, IdentityError> {
         if depth >= MAX_DEPTH {
@@ -266,12 +324,7 @@ impl TextWalk<'_, '_> {
             Ok(bytes) => std::str::from_utf8(bytes).unwrap_or_default(),
             Err(_) => return Ok(false),
         };
-        let same = literal.is_empty()
-            || agrees(expected, |e| match (literal.parse::<Number>().ok(), e) {
-                (Some(n), Value::Number(e)) => n == *e,
-                (None, Value::Null) => true,
-                _ => false,
-            });
+        let same = !literal.is_empty() && agrees(expected, |e| reads_as(literal, e));
         if same {
             S::number(self.out, literal)?;
         }
@@ -280,7 +333,7 @@ impl TextWalk<'_, '_> {
 
     fn array<S: Style>(
         &mut self,
-        items: Option<&[Value]>,
+        items: Option<&'v [Value]>,
         depth: usize,
     ) -> Result<bool, IdentityError> {
         self.out.push(b'[');
@@ -311,13 +364,12 @@ impl TextWalk<'_, '_> {
     /// (a key given twice kept once, with its last value) if they came in another.
     fn object<S: Style>(
         &mut self,
-        map: Option<&Map<String, Value>>,
+        map: Option<&'v Map<String, Value>>,
         depth: usize,
     ) -> Result<bool, IdentityError> {
         let start = self.out.len();
         self.out.push(b'{');
-        // Each entry: its key and where `"key":value` was written.
-        let mut entries: Vec<(Cow<'_, str>, Range<usize>)> = Vec::new();
+        let base = self.entries.len();
         let mut next = match self.jiter.known_object() {
             Ok(key) => key.map(|k| entry_key(map, k)),
             Err(_) => return Ok(false),
@@ -327,7 +379,7 @@ impl TextWalk<'_, '_> {
             let Some((key, expected)) = found else {
                 return Ok(false);
             };
-            if !entries.is_empty() {
+            if self.entries.len() > base {
                 self.out.extend_from_slice(S::ITEM_SEPARATOR);
             }
             let at = self.out.len();
@@ -339,20 +391,48 @@ impl TextWalk<'_, '_> {
             if !self.value::<S>(peek, expected, depth + 1)? {
                 return Ok(false);
             }
-            in_order &= entries
+            in_order &= self.entries[base..]
                 .last()
                 .is_none_or(|(k, _)| k.as_bytes() < key.as_bytes());
-            entries.push((key, at..self.out.len()));
+            self.entries.push((key, at..self.out.len()));
             next = match self.jiter.next_key() {
                 Ok(k) => k.map(|k| entry_key(map, k)),
                 Err(_) => return Ok(false),
             };
         }
-        if !in_order {
-            reorder::<S>(self.out, start, &mut entries);
-        }
+        let count = if in_order {
+            self.entries.len() - base
+        } else {
+            self.reorder::<S>(start, base)
+        };
+        self.entries.truncate(base);
         self.out.push(b'}');
-        Ok(map.is_none_or(|map| entries.len() == map.len()))
+        Ok(map.is_none_or(|map| count == map.len()))
+    }
+
+    /// Rewrites the object written from `start` (its `{`), whose entries are those from
+    /// `base`, in byte order of their keys, each key once (with its last value). Returns
+    /// how many entries it kept.
+    fn reorder<S: Style>(&mut self, start: usize, base: usize) -> usize {
+        self.spare.clear();
+        self.spare.extend_from_slice(&self.out[start..]);
+        self.out.truncate(start + 1);
+        let entries = &mut self.entries[base..];
+        // Stable: of a key given twice, the later entry stays later, and is the one kept.
+        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut kept = 0;
+        for (i, (key, range)) in entries.iter().enumerate() {
+            if entries.get(i + 1).is_some_and(|(next, _)| next == key) {
+                continue;
+            }
+            if kept > 0 {
+                self.out.extend_from_slice(S::ITEM_SEPARATOR);
+            }
+            let (from, to) = (range.start - start, range.end - start);
+            self.out.extend_from_slice(self.spare.get(from..to).unwrap_or_default());
+            kept += 1;
+        }
+        kept
     }
 }
 
@@ -368,29 +448,6 @@ fn entry_key<'m>(
             .map(|(k, v)| (Cow::Borrowed(k.as_str()), Some(v))),
         None => Some((Cow::Owned(key.to_owned()), None)),
     }
-}
-
-/// Rewrites the entries written from `start` (just after its `{`) in byte order of their
-/// keys, each key once, with its last value.
-fn reorder<S: Style>(out: &mut Vec<u8>, start: usize, entries: &mut Vec<(Cow<'_, str>, Range<usize>)>) {
-    let written = out[start..].to_vec();
-    out.truncate(start + 1);
-    // Stable: of a key given twice, the later entry stays later, and is the one kept.
-    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let mut kept: Vec<(Cow<'_, str>, Range<usize>)> = Vec::with_capacity(entries.len());
-    for entry in entries.drain(..) {
-        match kept.last_mut() {
-            Some(last) if last.0 == entry.0 => *last = entry,
-            _ => kept.push(entry),
-        }
-    }
-    for (i, (_, range)) in kept.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(S::ITEM_SEPARATOR);
-        }
-        out.extend_from_slice(&written[range.start - start..range.end - start]);
-    }
-    *entries = kept;
 }
 
 /// The value of JSON `text` that serde_json accepted but could not hold as a [`Value`]
