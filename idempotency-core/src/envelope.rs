@@ -203,7 +203,10 @@ impl EventEnvelope {
         };
         fields.insert("data".to_owned(), parse_data(text, raw)?);
         let mut envelope = Self::from_map(fields)?;
-        envelope.data_text = Some(raw.to_owned());
+        // Kept only where a number in it is one that `data` does not hold exactly.
+        if walk::text_needed(raw.get()) {
+            envelope.data_text = Some(raw.to_owned());
+        }
         Ok(envelope)
     }
 

@@ -238,12 +238,12 @@ pub(crate) fn python_v2_input(
         // sort_keys puts "data" before "event_id".
         Some(id) => {
             text.extend_from_slice(b"{\"data\": ");
-            walk::write_data::<Python>(&mut text, data, 1)?;
+            walk::write_data::<PythonStyle>(&mut text, data, 1)?;
             text.extend_from_slice(b", \"event_id\": ");
             write_python_str(&mut text, id);
             text.push(b'}');
         }
-        None => walk::write_data::<Python>(&mut text, data, 0)?,
+        None => walk::write_data::<PythonStyle>(&mut text, data, 0)?,
     }
     // Every byte written is ASCII (ensure_ascii).
     Ok(String::from_utf8_lossy(&text).into_owned())
@@ -277,7 +277,7 @@ pub(crate) fn python_v2_input(
 /// ```
 pub fn python_json(value: &Value) -> Result<String, IdentityError> {
     let mut out = Vec::new();
-    walk::write_value::<Python>(&mut out, value, 0)?;
+    walk::write_value::<PythonStyle>(&mut out, value, 0)?;
     // Every byte written is ASCII (ensure_ascii).
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
@@ -285,9 +285,9 @@ pub fn python_json(value: &Value) -> Result<String, IdentityError> {
 /// `json.dumps(..., sort_keys=True)`'s style: `", "` and `": "`, strings with
 /// `ensure_ascii`, numbers as [`python_number`]. Keys sorted by code point: the byte order
 /// of their UTF-8, as the walk sorts them.
-struct Python;
+pub(crate) struct PythonStyle;
 
-impl Style for Python {
+impl Style for PythonStyle {
     const ITEM_SEPARATOR: &'static [u8] = b", ";
     const KEY_SEPARATOR: &'static [u8] = b": ";
 

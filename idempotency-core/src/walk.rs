@@ -498,3 +498,150 @@ fn read_value(jiter: &mut Jiter<'_>, peek: Peek, depth: usize) -> Option<Value> 
         }
     })
 }
+
+/// Whether hashing the JSON `text` needs the text itself: whether some number literal in
+/// it is one whose value serde_json's [`Value`] does not hold exactly, or prints in a way
+/// a scheme writes otherwise. Where it is not, [`write_value`] on what serde_json parsed
+/// writes what [`write_text`] would, and the text need not be kept.
+///
+/// A literal is safe when it is an integer of at most 18 digits other than `-0` (an `i64`
+/// or `u64`), or a decimal of at most 15 significant digits whose exponent (after the
+/// point is moved behind the digits) is at most 22 in size: serde_json then reads the
+/// nearest `f64` (one correctly rounded operation on exact operands), and the shortest
+/// form that prints is the literal's own value (15 digits survive an `f64`).
+pub(crate) fn text_needed(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                // Skip the string: `text` is valid JSON, so an unescaped quote ends it.
+                i += 1;
+                while let Some(&c) = bytes.get(i) {
+                    i += if c == b'\\' { 2 } else { 1 };
+                    if c == b'"' {
+                        break;
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while bytes
+                    .get(i)
+                    .is_some_and(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                {
+                    i += 1;
+                }
+                if !safe_literal(&text[start..i]) {
+                    return true;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+/// See [`text_needed`].
+fn safe_literal(literal: &str) -> bool {
+    let unsigned = literal.strip_prefix('-').unwrap_or(literal);
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], Some(&unsigned[at + 1..])),
+        None => (unsigned, None),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if exponent.is_none() && !mantissa.contains('.') {
+        return unsigned.len() <= 18 && literal != "-0";
+    }
+    // Leading zeros add nothing to the significand serde_json builds; every other digit
+    // does, trailing zeros included.
+    let digits = whole.trim_start_matches('0').len()
+        + if whole.trim_start_matches('0').is_empty() {
+            fraction.trim_start_matches('0').len()
+        } else {
+            fraction.len()
+        };
+    let written: i64 = match exponent {
+        None => 0,
+        Some(e) if e.trim_start_matches(['+', '-']).len() <= 4 => e.parse().unwrap_or(i64::MAX),
+        Some(_) => return false,
+    };
+    let exp = written.saturating_sub(fraction.len() as i64);
+    digits <= 15 && exp.abs() <= 22
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Canonical;
+    use proptest::prelude::*;
+
+    fn both<S: Style>(text: &str) -> (Vec<u8>, Vec<u8>) {
+        let value: Value = serde_json::from_str(text).unwrap_or_else(|_| {
+            value_beyond_f64(text).unwrap_or(Value::Null)
+        });
+        let mut from_value = Vec::new();
+        let mut from_text = Vec::new();
+        let _ = write_value::<S>(&mut from_value, &value, 0);
+        let _ = write_text::<S>(&mut from_text, text, &value, 0);
+        (from_value, from_text)
+    }
+
+    /// A number literal: sign, digits with a point somewhere, an exponent or not.
+    fn literal() -> impl Strategy<Value = String> {
+        (
+            any::<bool>(),
+            "[0-9]{1,22}",
+            0usize..24,
+            proptest::option::of(-340i32..340),
+        )
+            .prop_map(|(minus, digits, point, exp)| {
+                let digits = digits.trim_start_matches('0');
+                let digits = if digits.is_empty() { "0" } else { digits };
+                let mut s = String::from(if minus { "-" } else { "" });
+                if point > 0 && point < digits.len() {
+                    s.push_str(&digits[..digits.len() - point]);
+                    s.push('.');
+                    s.push_str(&digits[digits.len() - point..]);
+                } else {
+                    s.push_str(digits);
+                }
+                if let Some(e) = exp {
+                    s.push_str(&format!("e{e}"));
+                }
+                s
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn where_the_text_is_not_needed_the_value_writes_the_same(
+            numbers in proptest::collection::vec(literal(), 1..5),
+        ) {
+            let text = format!(r#"{{"b":[{}],"a":{}}}"#, numbers.join(","), numbers[0]);
+            if !text_needed(&text) {
+                let (v, t) = both::<Canonical>(&text);
+                prop_assert_eq!(&v, &t, "{}", text);
+                let (v, t) = both::<crate::scheme::PythonStyle>(&text);
+                prop_assert_eq!(&v, &t, "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn literals_a_value_cannot_hold_need_the_text() {
+        for needed in [
+            "12345678901234567890123",
+            "-0",
+            "0.10000000000000000001",
+            "1e999",
+            "1.5e300",
+            "9007199254740993.0",
+        ] {
+            assert!(text_needed(&format!(r#"{{"n":[{needed}]}}"#)), "{needed}");
+        }
+        for safe in ["0", "100", "-7", "1.5", "1e2", "-0.0", "0.001", "28.99", "123456789012345678"] {
+            assert!(!text_needed(&format!(r#"{{"n":[{safe}], "s": "-0 1e999 \" 1e999"}}"#)), "{safe}");
+        }
+    }
+}
