@@ -329,7 +329,9 @@ async fn runs_through_one_guard(events: &[EventEnvelope]) -> (Vec<usize>, Vec<St
     use std::sync::atomic::{AtomicUsize, Ordering};
     let guard = eventonce::Guard::new(
         eventonce::MemoryStore::new(),
-        IdempotencyConfig::builder("orders").build().expect("config"),
+        IdempotencyConfig::builder("orders")
+            .build()
+            .expect("config"),
     );
     let mut runs = Vec::new();
     let mut keys = Vec::new();

@@ -113,9 +113,7 @@ fn eventonce(event_text: &str) -> Result<(String, String), String> {
     let key = config.event_key(&envelope).map_err(|e| e.to_string())?;
     // The text hashed, numbers as the payload spells them (`envelope.data` holds them as
     // 64-bit integers or f64s).
-    let dumped = envelope
-        .python_v2_hash_input()
-        .map_err(|e| e.to_string())?;
+    let dumped = envelope.python_v2_hash_input().map_err(|e| e.to_string())?;
     Ok((key, dumped))
 }
 

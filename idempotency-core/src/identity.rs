@@ -407,14 +407,20 @@ mod tests {
     #[test]
     fn the_hash_input_is_a_tag_then_components_with_their_lengths() {
         let mut buf = Vec::new();
-        write_hash_input(&mut buf, Some("e-1"), |b| walk::write_value::<Canonical>(b, &json!([1]), 0)).unwrap();
+        write_hash_input(&mut buf, Some("e-1"), |b| {
+            walk::write_value::<Canonical>(b, &json!([1]), 0)
+        })
+        .unwrap();
         let mut expected = vec![0x02];
         expected.extend(3u64.to_le_bytes());
         expected.extend(b"e-1");
         expected.extend(3u64.to_le_bytes());
         expected.extend(b"[1]");
         assert_eq!(buf, expected);
-        write_hash_input(&mut buf, None, |b| walk::write_value::<Canonical>(b, &json!("x"), 0)).unwrap();
+        write_hash_input(&mut buf, None, |b| {
+            walk::write_value::<Canonical>(b, &json!("x"), 0)
+        })
+        .unwrap();
         let mut expected = vec![0x01];
         expected.extend(3u64.to_le_bytes());
         expected.extend(b"\"x\"");
@@ -438,7 +444,7 @@ mod tests {
     fn hash_text(text: &str) -> String {
         let payload = format!(r#"{{"event_type":"t","data":{text}}}"#);
         crate::EventEnvelope::from_slice(payload.as_bytes())
-            .and_then(|e| Ok(e.deterministic_hash().unwrap_or_default()))
+            .map(|e| e.deterministic_hash().unwrap_or_default())
             .unwrap_or_default()
     }
 

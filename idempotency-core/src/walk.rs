@@ -144,7 +144,10 @@ fn write_value_number<S: Style>(out: &mut Vec<u8>, n: &Number) -> Result<(), Ide
     let mut cursor = &mut buf[..];
     // serde_json prints at most 24 characters for an f64.
     let written = write!(cursor, "{n}").map(|()| 48 - cursor.len());
-    match written.ok().and_then(|len| std::str::from_utf8(&buf[..len]).ok()) {
+    match written
+        .ok()
+        .and_then(|len| std::str::from_utf8(&buf[..len]).ok())
+    {
         Some(literal) => S::number(out, literal),
         None => S::number(out, &n.to_string()),
     }
@@ -429,7 +432,8 @@ impl<'v> TextWalk<'_, '_, 'v> {
                 self.out.extend_from_slice(S::ITEM_SEPARATOR);
             }
             let (from, to) = (range.start - start, range.end - start);
-            self.out.extend_from_slice(self.spare.get(from..to).unwrap_or_default());
+            self.out
+                .extend_from_slice(self.spare.get(from..to).unwrap_or_default());
             kept += 1;
         }
         kept
@@ -577,9 +581,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn both<S: Style>(text: &str) -> (Vec<u8>, Vec<u8>) {
-        let value: Value = serde_json::from_str(text).unwrap_or_else(|_| {
-            value_beyond_f64(text).unwrap_or(Value::Null)
-        });
+        let value: Value = serde_json::from_str(text)
+            .unwrap_or_else(|_| value_beyond_f64(text).unwrap_or(Value::Null));
         let mut from_value = Vec::new();
         let mut from_text = Vec::new();
         let _ = write_value::<S>(&mut from_value, &value, 0);
@@ -640,8 +643,21 @@ mod tests {
         ] {
             assert!(text_needed(&format!(r#"{{"n":[{needed}]}}"#)), "{needed}");
         }
-        for safe in ["0", "100", "-7", "1.5", "1e2", "-0.0", "0.001", "28.99", "123456789012345678"] {
-            assert!(!text_needed(&format!(r#"{{"n":[{safe}], "s": "-0 1e999 \" 1e999"}}"#)), "{safe}");
+        for safe in [
+            "0",
+            "100",
+            "-7",
+            "1.5",
+            "1e2",
+            "-0.0",
+            "0.001",
+            "28.99",
+            "123456789012345678",
+        ] {
+            assert!(
+                !text_needed(&format!(r#"{{"n":[{safe}], "s": "-0 1e999 \" 1e999"}}"#)),
+                "{safe}"
+            );
         }
     }
 }

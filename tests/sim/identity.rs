@@ -68,15 +68,41 @@ const IDS: [&str; 4] = ["X", "Y", "e-1", "data"];
 
 fn number_pool(rng: &mut Rng) -> Vec<Dec> {
     let mut pool = vec![
-        Dec { negative: false, digits: "1".into(), exp: 2 },
-        Dec { negative: false, digits: "15".into(), exp: -1 },
-        Dec { negative: false, digits: String::new(), exp: 0 },
-        Dec { negative: true, digits: "7".into(), exp: 0 },
+        Dec {
+            negative: false,
+            digits: "1".into(),
+            exp: 2,
+        },
+        Dec {
+            negative: false,
+            digits: "15".into(),
+            exp: -1,
+        },
+        Dec {
+            negative: false,
+            digits: String::new(),
+            exp: 0,
+        },
+        Dec {
+            negative: true,
+            digits: "7".into(),
+            exp: 0,
+        },
     ];
     // Two numbers one unit apart in their 20th digit: one f64.
-    let long: String = (0..19).map(|_| char::from(b'1' + rng.below(9) as u8)).collect();
-    pool.push(Dec { negative: false, digits: format!("{long}1"), exp: -10 });
-    pool.push(Dec { negative: false, digits: format!("{long}2"), exp: -10 });
+    let long: String = (0..19)
+        .map(|_| char::from(b'1' + rng.below(9) as u8))
+        .collect();
+    pool.push(Dec {
+        negative: false,
+        digits: format!("{long}1"),
+        exp: -10,
+    });
+    pool.push(Dec {
+        negative: false,
+        digits: format!("{long}2"),
+        exp: -10,
+    });
     pool
 }
 
@@ -86,10 +112,19 @@ fn tree(rng: &mut Rng, pool: &[Dec], depth: usize) -> J {
         1 => J::Bool(rng.chance(0.5)),
         2 => J::Num(pool[rng.below(pool.len())].clone()),
         3 => J::Str(IDS[rng.below(IDS.len())].to_owned()),
-        4 => J::Arr((0..rng.below(3)).map(|_| tree(rng, pool, depth + 1)).collect()),
+        4 => J::Arr(
+            (0..rng.below(3))
+                .map(|_| tree(rng, pool, depth + 1))
+                .collect(),
+        ),
         _ => J::Obj(
             (0..rng.range(1, 3))
-                .map(|_| (KEYS[rng.below(KEYS.len())].to_owned(), tree(rng, pool, depth + 1)))
+                .map(|_| {
+                    (
+                        KEYS[rng.below(KEYS.len())].to_owned(),
+                        tree(rng, pool, depth + 1),
+                    )
+                })
                 .collect(),
         ),
     }
@@ -108,23 +143,41 @@ fn events(rng: &mut Rng) -> Vec<Event> {
     let pool = number_pool(rng);
     let mut events: Vec<Event> = (0..rng.range(2, 5))
         .map(|_| Event {
-            id: rng.chance(0.6).then(|| IDS[rng.below(IDS.len())].to_owned()),
-            data: if rng.chance(0.1) { J::Null } else { tree(rng, &pool, 0) },
+            id: rng
+                .chance(0.6)
+                .then(|| IDS[rng.below(IDS.len())].to_owned()),
+            data: if rng.chance(0.1) {
+                J::Null
+            } else {
+                tree(rng, &pool, 0)
+            },
         })
         .collect();
     let drawn = events.clone();
     for e in &drawn {
         let Some(id) = &e.id else { continue };
         let shape = wrapped(id, &e.data);
-        events.push(Event { id: None, data: shape.clone() });
+        events.push(Event {
+            id: None,
+            data: shape.clone(),
+        });
         match rng.below(4) {
             0 => events.push(Event {
                 id: None,
                 data: J::Obj(BTreeMap::from([("data".to_owned(), shape)])),
             }),
-            1 => events.push(Event { id: None, data: J::Arr(vec![e.data.clone(), J::Str(id.clone())]) }),
-            2 => events.push(Event { id: Some(id.clone()), data: shape }),
-            _ => events.push(Event { id: None, data: e.data.clone() }),
+            1 => events.push(Event {
+                id: None,
+                data: J::Arr(vec![e.data.clone(), J::Str(id.clone())]),
+            }),
+            2 => events.push(Event {
+                id: Some(id.clone()),
+                data: shape,
+            }),
+            _ => events.push(Event {
+                id: None,
+                data: e.data.clone(),
+            }),
         }
     }
     // The same events again, written otherwise.
@@ -215,7 +268,10 @@ fn render(j: &J, rng: &mut Rng, out: &mut String) {
 fn payload(e: &Event, rng: &mut Rng) -> String {
     let mut fields = vec![r#""event_type":"orders.replayed.v1""#.to_owned()];
     match &e.id {
-        Some(id) => fields.push(format!(r#""event_id":{}"#, serde_json::Value::from(id.as_str()))),
+        Some(id) => fields.push(format!(
+            r#""event_id":{}"#,
+            serde_json::Value::from(id.as_str())
+        )),
         None => match rng.below(3) {
             0 => {}
             1 => fields.push(r#""event_id":null"#.to_owned()),
@@ -314,14 +370,21 @@ pub(crate) fn run(env: &Env) -> (bool, String) {
         .into_iter()
         .map(|s| runtime.block_on(seed(s)))
         .collect();
-    let failing: Vec<&Report> = reports.iter().filter(|r| !r.violations.is_empty()).collect();
+    let failing: Vec<&Report> = reports
+        .iter()
+        .filter(|r| !r.violations.is_empty())
+        .collect();
     let mut out = String::new();
     for r in failing.iter().take(3) {
         let _ = writeln!(out, "sim[identity]: seed {} FAILED:", r.seed);
         for v in r.violations.iter().take(5) {
             let _ = writeln!(out, "  {v}");
         }
-        let _ = writeln!(out, "  replay: SIM_SEED={} SIM_STORE=identity make sim", r.seed);
+        let _ = writeln!(
+            out,
+            "  replay: SIM_SEED={} SIM_STORE=identity make sim",
+            r.seed
+        );
     }
     let events: u64 = reports.iter().map(|r| r.stats.deliveries).sum();
     let runs: u64 = reports.iter().map(|r| r.stats.runs).sum();

@@ -74,7 +74,10 @@ fn main() {
         value("1.00").map(|v| v == json!(1.0)).unwrap_or(false)
     );
     println!("1 == json!(1.0): {}", json!(1) == json!(1.0));
-    show("re-serialise [1.10, 2E3]", value("[1.10, 2E3]").map(|v| v.to_string()));
+    show(
+        "re-serialise [1.10, 2E3]",
+        value("[1.10, 2E3]").map(|v| v.to_string()),
+    );
     show(
         "big integer",
         value("12345678901234567890123").map(|v| v.to_string()),
@@ -113,5 +116,10 @@ fn main() {
         value(r#"{"b":1,"a":2}"#).map(|v| v.to_string()),
     );
     println!("0.1 + 0.2: {}", json!(0.1 + 0.2));
-    println!("Number of 1.0: {}", serde_json::Number::from_f64(1.0).map(|n| n.to_string()).unwrap_or_default());
+    println!(
+        "Number of 1.0: {}",
+        serde_json::Number::from_f64(1.0)
+            .map(|n| n.to_string())
+            .unwrap_or_default()
+    );
 }
