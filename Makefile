@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: bench-kafka test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large sim bench bench-peers python-v2-venv python-v2
+.PHONY: bench-kafka test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large sim bench bench-peers python-v2-venv python-v2 serde-probe
 
 ## The whole check: formatting, lints, docs, the fuzz smoke run and every test of the
 ## workspace with all features (the CI-size soak included) against the real services
@@ -51,6 +51,11 @@ kafka-prebuild:
 ## Fuzz EventEnvelope::from_slice and identity briefly (CI) or for FUZZ_SECONDS (by hand).
 fuzz-smoke:
 	bash scripts/fuzz.sh 20
+
+## serde_json behaves the same with and without eventonce in a program's build
+## (PROBE_KAFKA=1: with the kafka feature too).
+serde-probe:
+	bash scripts/serde-probe.sh
 
 FUZZ_SECONDS ?= 600
 fuzz:
