@@ -72,7 +72,7 @@ soak-large: services
 ## fault injector, crashes, duplicates and redeliveries, an oracle of every handler run.
 ## SIM_SEEDS seeds on the memory store (paused clock), SIM_REAL_SEEDS on each of Redis and
 ## PostgreSQL, from seed SIM_FIRST; `make test` runs 5,000 and 8. SIM_SEED=<n> replays
-## one seed with its trace (SIM_STORE=redis or postgres for those; SIM_LOG=1 adds the
+## one seed with its trace (SIM_STORE=redis, postgres or identity for those; SIM_LOG=1 adds the
 ## guard's warnings to the trace).
 SIM_SEEDS ?= 20000
 SIM_REAL_SEEDS ?= 16
