@@ -28,6 +28,10 @@ pub const MAX_DEPTH: usize = 512;
 /// is `None`, the tag of the form "data alone" (`0x01`) and the length and bytes of the
 /// canonical data. No data can make one form's input equal to the other's.
 ///
+/// `data`'s numbers are hashed as the [`Value`] holds them (64-bit integers, `f64`s);
+/// [`EventEnvelope::deterministic_hash`](crate::EventEnvelope::deterministic_hash) of a
+/// parsed payload hashes them as the payload spells them, every digit kept.
+///
 /// # Errors
 ///
 /// - [`IdentityError::TooDeep`] if `data` is nested 512 levels deep or more.
@@ -149,7 +153,9 @@ pub(crate) fn hex128(v: u128) -> String {
     std::str::from_utf8(&out).unwrap_or_default().to_owned()
 }
 
-/// The canonical encoding of a JSON value, as bytes (what [`deterministic_hash`] hashes).
+/// The canonical encoding of a JSON value, as bytes (what [`deterministic_hash`] hashes
+/// after its tag and lengths). A [`Value`] holds each number as a 64-bit integer or an
+/// `f64`, written here through the literal serde_json prints for it.
 ///
 /// # Errors
 ///
@@ -188,9 +194,9 @@ impl Style for Canonical {
 
 /// The canonical spelling of a JSON number literal: one spelling per exact decimal value.
 ///
-/// Numbers are kept exactly as they were written (serde_json's `arbitrary_precision`), so
-/// integers beyond 64 bits and decimals with more digits than an `f64` holds keep every
-/// digit. The value is then written in one form per value, the form `serde_json` gives an
+/// The hash of a parsed payload reads its numbers from the payload's own text (see
+/// [`EventEnvelope`](crate::EventEnvelope)), so integers beyond 64 bits and decimals with
+/// more digits than an `f64` holds keep every digit. The value is then written in one form per value, the form `serde_json` gives an
 /// `f64` whenever that is exact, so ordinary numbers keep the keys they always had:
 ///
 /// - zero, whatever its sign or spelling (`-0`, `0.0`, `0e7`): `0`;
