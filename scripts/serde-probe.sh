@@ -25,9 +25,14 @@ fi
 # The features serde_json gets in a build with eventonce, `kafka` included (resolution
 # only, no build): none beyond those that change nothing.
 for with in with-eventonce with-kafka; do
-  enabled=$("$CARGO" tree --manifest-path "$manifest" --features "$with" -e normal,build,features \
-    -i serde_json --prefix none 2>/dev/null | grep -o 'serde_json feature "[a-z_]*"' |
-    sed 's/.*"\(.*\)"/\1/' | sort -u | tr '\n' ' ')
+  if ! tree=$("$CARGO" tree --manifest-path "$manifest" --features "$with" \
+    -e normal,build,features -i serde_json --prefix none 2>&1); then
+    echo "$tree"
+    echo "serde-probe: cargo tree failed for $with"
+    exit 1
+  fi
+  enabled=$(echo "$tree" | grep -o 'serde_json feature "[a-z_]*"' | sed 's/.*"\(.*\)"/\1/' |
+    sort -u | tr '\n' ' ' || true)
   echo "serde_json features with eventonce ($with): $enabled"
   for feature in $enabled; do
     case $feature in
