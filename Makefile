@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: bench-kafka test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large sim bench bench-peers python-v2-venv python-v2
+.PHONY: bench-kafka test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large sim bench bench-peers python-v2-venv python-v2 serde-probe
 
 ## The whole check: formatting, lints, docs, the fuzz smoke run and every test of the
 ## workspace with all features (the CI-size soak included) against the real services
@@ -55,6 +55,11 @@ kafka-prebuild:
 fuzz-smoke:
 	bash scripts/fuzz.sh 20
 
+## serde_json behaves the same with and without eventonce in a program's build
+## (PROBE_KAFKA=1: with the kafka feature too).
+serde-probe:
+	bash scripts/serde-probe.sh
+
 FUZZ_SECONDS ?= 600
 fuzz:
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
@@ -70,7 +75,7 @@ soak-large: services
 ## fault injector, crashes, duplicates and redeliveries, an oracle of every handler run.
 ## SIM_SEEDS seeds on the memory store (paused clock), SIM_REAL_SEEDS on each of Redis and
 ## PostgreSQL, from seed SIM_FIRST; `make test` runs 5,000 and 8. SIM_SEED=<n> replays
-## one seed with its trace (SIM_STORE=redis or postgres for those; SIM_LOG=1 adds the
+## one seed with its trace (SIM_STORE=redis, postgres or identity for those; SIM_LOG=1 adds the
 ## guard's warnings to the trace).
 SIM_SEEDS ?= 20000
 SIM_REAL_SEEDS ?= 16

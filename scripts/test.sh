@@ -68,6 +68,8 @@ stage doc env RUSTDOCFLAGS="-D warnings" "$CARGO" doc --workspace --all-features
 # on its own from its packaged sources (verification), so that a file left out of a
 # crate's package fails here and not at publishing time.
 stage package "$CARGO" publish --workspace --dry-run --allow-dirty --quiet
+# eventonce must not change serde_json's behaviour for the programs depending on it.
+stage serde-probe bash scripts/serde-probe.sh
 stage fuzz bash scripts/fuzz.sh 20
 stage tests tests
 report

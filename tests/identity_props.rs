@@ -236,6 +236,32 @@ proptest! {
     }
 
     #[test]
+    fn an_event_without_an_id_never_has_the_hash_of_one_with_an_id(
+        data in json_value(),
+        id in "[a-z0-9-]{1,12}",
+        form in 0usize..4,
+        s1 in any::<u64>(),
+        s2 in any::<u64>(),
+    ) {
+        // The id moved into the data: the Python v2 hash input, nested once, in an array,
+        // and the same shape again under the same id.
+        let shape = serde_json::json!({"data": data, "event_id": id});
+        let (other_id, other_data) = match form {
+            0 => (None, shape),
+            1 => (None, serde_json::json!({"data": shape})),
+            2 => (None, serde_json::json!([data, id])),
+            _ => (Some(id.as_str()), shape),
+        };
+        let with_id = hash_of(&envelope_text(Some(&id), &data, s1));
+        let other = hash_of(&envelope_text(other_id, &other_data, s2));
+        prop_assert_ne!(&with_id, &other, "form {}", form);
+        // An empty id is no id: the same event as the one without.
+        if other_id.is_none() {
+            prop_assert_eq!(other, hash_of(&envelope_text(Some(""), &other_data, s1)));
+        }
+    }
+
+    #[test]
     fn no_event_type_can_leave_the_namespace(event_type in "\\PC{0,300}|.{0,300}", hash in ".{0,40}") {
         let config = IdempotencyConfig::builder("svc").build().expect("valid");
         let key = config.generate_key(&event_type, &hash);
@@ -295,4 +321,48 @@ fn a_number_hashes_the_same_however_it_is_spelled() {
         let hb = hash_of(&format!(r#"{{"event_type":"t","data":{{"n":{b}}}}}"#));
         assert_eq!(ha, hb, "{a} vs {b}");
     }
+}
+
+/// Runs `events` in order through one guard on one memory store, each with a handler that
+/// counts its runs; returns the runs per event and each event's key.
+async fn runs_through_one_guard(events: &[EventEnvelope]) -> (Vec<usize>, Vec<String>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let guard = eventonce::Guard::new(
+        eventonce::MemoryStore::new(),
+        IdempotencyConfig::builder("orders")
+            .build()
+            .expect("config"),
+    );
+    let mut runs = Vec::new();
+    let mut keys = Vec::new();
+    for event in events {
+        let count = AtomicUsize::new(0);
+        let outcome = guard
+            .run(event, async {
+                count.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(())
+            })
+            .await;
+        println!("{:?}: {outcome:?}", event.event_id);
+        runs.push(count.load(Ordering::SeqCst));
+        keys.push(guard.key_for(event).expect("key"));
+    }
+    (runs, keys)
+}
+
+#[tokio::test]
+async fn an_event_without_an_id_cannot_take_the_key_of_one_with_an_id() {
+    // A: an event with an id. B: no id, and data shaped like A's whole hash input.
+    let a = EventEnvelope::from_slice(
+        br#"{"event_type":"orders.replayed.v1","event_id":"X","data":{"order":7}}"#,
+    )
+    .expect("A");
+    let b = EventEnvelope::from_slice(
+        br#"{"event_type":"orders.replayed.v1","data":{"data":{"order":7},"event_id":"X"}}"#,
+    )
+    .expect("B");
+    let (runs, keys) = runs_through_one_guard(&[a, b]).await;
+    println!("keys: {keys:?}");
+    assert_ne!(keys[0], keys[1], "A and B share a key");
+    assert_eq!(runs, [1, 1], "handler runs of A and B");
 }

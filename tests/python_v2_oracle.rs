@@ -13,11 +13,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use eventonce::{python_json, EventEnvelope, IdempotencyConfig, IdentityError, KeyScheme};
+use eventonce::{EventEnvelope, IdempotencyConfig, IdentityError, KeyScheme};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 const PREFIX: &str = "huleedu:idempotency:v2";
 const SERVICE: &str = "essay-lifecycle-service";
@@ -111,16 +111,9 @@ fn eventonce(event_text: &str) -> Result<(String, String), String> {
         .expect("config");
     let envelope = EventEnvelope::from_slice(event_text.as_bytes()).map_err(|e| e.to_string())?;
     let key = config.event_key(&envelope).map_err(|e| e.to_string())?;
-    let hash_input = match envelope.event_id.as_deref().filter(|id| !id.is_empty()) {
-        Some(id) => {
-            let mut m = Map::new();
-            m.insert("event_id".into(), Value::from(id));
-            m.insert("data".into(), envelope.data.clone());
-            Value::Object(m)
-        }
-        None => envelope.data.clone(),
-    };
-    let dumped = python_json(&hash_input).map_err(|e| e.to_string())?;
+    // The text hashed, numbers as the payload spells them (`envelope.data` holds them as
+    // 64-bit integers or f64s).
+    let dumped = envelope.python_v2_hash_input().map_err(|e| e.to_string())?;
     Ok((key, dumped))
 }
 

@@ -20,8 +20,15 @@ fuzz_target!(|data: &[u8]| {
         .expect("the key stays in its namespace");
     assert_eq!(rest.matches(':').count(), 1, "{key}");
     assert!(key.is_ascii(), "{key}");
-    // Re-serializing and parsing again gives the same identity.
+    // Re-serializing writes `data` as its `Value` holds it (numbers as 64-bit integers or
+    // f64s, a number beyond an f64's range as null); parsing that again gives the identity
+    // of that value (or none, for data that was only such a number).
     let again = serde_json::to_vec(&envelope).expect("serializable");
     let reparsed = EventEnvelope::from_slice(&again).expect("round trip");
-    assert_eq!(reparsed.deterministic_hash().expect("hash"), hash);
+    let of_value = EventEnvelope::from_value(serde_json::to_value(&envelope).expect("value"))
+        .expect("a value envelope");
+    assert_eq!(
+        reparsed.deterministic_hash().ok(),
+        of_value.deterministic_hash().ok()
+    );
 });

@@ -1,10 +1,14 @@
 //! The event envelope consumers receive, and its checked parser.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{EnvelopeError, IdentityError};
 use crate::scheme::KeyScheme;
+use crate::walk::{self, Data};
 
 /// An event as it travels on the wire: identity fields, routing fields and the payload.
 ///
@@ -21,7 +25,19 @@ use crate::scheme::KeyScheme;
 /// assert_eq!(envelope.data["order"], 42);
 /// # Ok::<(), eventonce::EnvelopeError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// # Exact numbers
+///
+/// [`data`](Self::data) is a serde_json [`Value`], which holds a number as a 64-bit integer
+/// or an `f64`. The identity is exact all the same for an envelope from
+/// [`from_slice`](Self::from_slice): it keeps the payload's own text of `data` and hashes
+/// every number as that text spells it, so `12345678901234567890123` and
+/// `12345678901234567890124` are two events. Change `data` afterwards and the identity
+/// follows the change (the kept text is used only while it still holds what `data` holds).
+/// An envelope built with [`new`](Self::new), [`from_value`](Self::from_value) or through
+/// serde has no such text: its numbers are hashed as its `Value` holds them. Equality
+/// (`==`) compares the fields, not the kept text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventEnvelope {
     /// The producer's id of the event. With the data, it identifies the event; without it,
     /// the data alone does.
@@ -41,12 +57,31 @@ pub struct EventEnvelope {
     /// The version of the event's schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<u64>,
-    /// The payload: any JSON (`null` when absent).
+    /// The payload: any JSON (`null` when absent). A number beyond the range of an `f64`
+    /// (`1e999`), which a serde_json `Value` cannot hold, reads as `null` here; the
+    /// identity still hashes it as written.
     #[serde(default)]
     pub data: Value,
     /// Free-form metadata (tracing headers, ...), not part of the identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
+    /// The payload's own text of `data`, kept by `from_slice` for an exact identity.
+    #[serde(skip)]
+    data_text: Option<Box<RawValue>>,
+}
+
+impl PartialEq for EventEnvelope {
+    /// The fields compared; the kept text of `data` is not.
+    fn eq(&self, other: &Self) -> bool {
+        self.event_id == other.event_id
+            && self.event_type == other.event_type
+            && self.event_timestamp == other.event_timestamp
+            && self.source_service == other.source_service
+            && self.correlation_id == other.correlation_id
+            && self.schema_version == other.schema_version
+            && self.data == other.data
+            && self.metadata == other.metadata
+    }
 }
 
 impl EventEnvelope {
@@ -69,6 +104,7 @@ impl EventEnvelope {
             schema_version: None,
             data,
             metadata: None,
+            data_text: None,
         }
     }
 
@@ -157,6 +193,49 @@ impl EventEnvelope {
                 limit,
             });
         }
+        Self::parse(bytes, None)
+    }
+
+    /// [`from_slice`](Self::from_slice), with `event_type` for a payload that has no
+    /// `event_type` of its own (or a `null` one), as when a message carries its type in a
+    /// header.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`from_slice`](Self::from_slice).
+    ///
+    /// ```
+    /// use eventonce_core::EventEnvelope;
+    /// let e = EventEnvelope::from_slice_or_type(br#"{"data":{"n":1}}"#, "orders.created.v1")?;
+    /// assert_eq!(e.event_type, "orders.created.v1");
+    /// # Ok::<(), eventonce_core::EnvelopeError>(())
+    /// ```
+    pub fn from_slice_or_type(bytes: &[u8], event_type: &str) -> Result<Self, EnvelopeError> {
+        Self::from_slice_or_type_within(bytes, event_type, crate::config::defaults::DEFAULT_MAX_PAYLOAD_BYTES)
+    }
+
+    /// [`from_slice_or_type`](Self::from_slice_or_type) with a payload limit of `limit`
+    /// bytes (see [`from_slice_within`](Self::from_slice_within)).
+    ///
+    /// # Errors
+    ///
+    /// [`EnvelopeError::TooLarge`] if `bytes` is longer than `limit`; otherwise those of
+    /// [`from_slice`](Self::from_slice).
+    pub fn from_slice_or_type_within(
+        bytes: &[u8],
+        event_type: &str,
+        limit: usize,
+    ) -> Result<Self, EnvelopeError> {
+        if bytes.len() > limit {
+            return Err(EnvelopeError::TooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        Self::parse(bytes, Some(event_type))
+    }
+
+    fn parse(bytes: &[u8], default_type: Option<&str>) -> Result<Self, EnvelopeError> {
         if bytes.is_empty() {
             return Err(EnvelopeError::Empty);
         }
@@ -166,10 +245,26 @@ impl EventEnvelope {
         if text.trim().is_empty() {
             return Err(EnvelopeError::Empty);
         }
-        match serde_json::from_str::<TopLevel>(text).map_err(|e| json_error(&e))? {
-            TopLevel::Object(fields) => Self::from_map(fields),
-            TopLevel::Other(found) => Err(EnvelopeError::NotAnObject { found }),
+        let (mut fields, raw) =
+            match serde_json::from_str::<TopLevel<'_>>(text).map_err(|e| json_error(&e))? {
+                TopLevel::Object(fields, raw) => (fields, raw),
+                TopLevel::Other(found) => return Err(EnvelopeError::NotAnObject { found }),
+            };
+        if let Some(t) = default_type {
+            if fields.get("event_type").is_none_or(Value::is_null) {
+                fields.insert("event_type".to_owned(), Value::from(t));
+            }
         }
+        let Some(raw) = raw else {
+            return Self::from_map(fields);
+        };
+        fields.insert("data".to_owned(), parse_data(text, raw)?);
+        let mut envelope = Self::from_map(fields)?;
+        // Kept only where a number in it is one that `data` does not hold exactly.
+        if walk::text_needed(raw.get()) {
+            envelope.data_text = Some(raw.to_owned());
+        }
+        Ok(envelope)
     }
 
     /// Builds an envelope from an already parsed JSON value, with the checks of
@@ -234,11 +329,14 @@ impl EventEnvelope {
             schema_version,
             data,
             metadata,
+            data_text: None,
         })
     }
 
-    /// The event's deterministic hash: xxh3-128, hex, over the canonical encoding of
-    /// `{"data", "event_id"}`, or of `data` alone when the id is absent or empty.
+    /// The event's deterministic hash: xxh3-128, hex, over a tagged input holding the event
+    /// id and the canonical encoding of `data`, or, under another tag, the canonical
+    /// encoding of `data` alone when the id is absent or empty (see
+    /// [`deterministic_hash`](crate::deterministic_hash)).
     ///
     /// # Errors
     ///
@@ -274,13 +372,77 @@ impl EventEnvelope {
             return Err(IdentityError::EmptyEventType);
         }
         let event_id = self.event_id.as_deref().filter(|id| !id.is_empty());
-        if event_id.is_none() && self.data.is_null() {
+        // A number beyond an f64's range reads as null in `data`, but is data.
+        let no_data = self.data.is_null()
+            && self
+                .data_text
+                .as_ref()
+                .is_none_or(|text| text.get().trim() == "null");
+        if event_id.is_none() && no_data {
             return Err(IdentityError::Unidentifiable {
                 event_type: self.event_type.clone(),
             });
         }
-        scheme.hash(event_id, &self.data)
+        scheme.hash_of(event_id, self.data_for_hash())
     }
+
+    /// The text [`KeyScheme::PythonV2`] hashes for this event, as the Python decorator
+    /// writes it: `json.dumps({"event_id": ..., "data": ...}, sort_keys=True)`, or of
+    /// `data` alone without a (non-empty) id; numbers as the payload spells them, read as
+    /// CPython reads them. For comparing keys with the decorator's.
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError::TooDeep`] or [`IdentityError::BadNumber`] if `data` cannot be
+    /// written (see [`python_json`](crate::python_json)).
+    ///
+    /// ```
+    /// use eventonce_core::EventEnvelope;
+    /// let e = EventEnvelope::from_slice(
+    ///     br#"{"event_type":"t","event_id":"e-1","data":{"n":1e2,"big":123456789012345678901}}"#,
+    /// )?;
+    /// assert_eq!(
+    ///     e.python_v2_hash_input()?,
+    ///     r#"{"data": {"big": 123456789012345678901, "n": 100.0}, "event_id": "e-1"}"#
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn python_v2_hash_input(&self) -> Result<String, IdentityError> {
+        let event_id = self.event_id.as_deref().filter(|id| !id.is_empty());
+        crate::scheme::python_v2_input(event_id, self.data_for_hash())
+    }
+
+    /// `data` for a hash: with the payload's text of it where `from_slice` kept one.
+    fn data_for_hash(&self) -> Data<'_> {
+        match &self.data_text {
+            Some(text) => Data::Text {
+                text: text.get(),
+                value: &self.data,
+            },
+            None => Data::Value(&self.data),
+        }
+    }
+}
+
+/// The value of `data`, given as `raw` in the payload `text`. serde_json has checked its
+/// syntax; a number beyond the range of an `f64` becomes `null`
+/// ([`walk::value_beyond_f64`]); any other error (nesting too deep, a lone surrogate) is
+/// reported where it lies in the whole payload.
+fn parse_data(text: &str, raw: &RawValue) -> Result<Value, EnvelopeError> {
+    let error = match serde_json::from_str::<Value>(raw.get()) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
+    if error.to_string().starts_with("number out of range") {
+        if let Some(value) = walk::value_beyond_f64(raw.get()) {
+            return Ok(value);
+        }
+    }
+    // Read the whole payload again for the error's place in it.
+    Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        Err(e) if e.classify() != serde_json::error::Category::Data => json_error(&e),
+        _ => json_error(&error),
+    })
 }
 
 fn optional_string(
@@ -334,58 +496,65 @@ fn json_error(e: &serde_json::Error) -> EnvelopeError {
 /// The top level of a payload, read in one pass: an object's fields (a field given twice
 /// is an error, where a parsed `Map` would silently keep the last one), or the kind of
 /// JSON found instead.
-enum TopLevel {
-    Object(Map<String, Value>),
+enum TopLevel<'a> {
+    /// The fields but `data`, and the text of `data` if it was given.
+    Object(Map<String, Value>, Option<&'a RawValue>),
     Other(&'static str),
 }
 
-impl<'de> Deserialize<'de> for TopLevel {
+impl<'de> Deserialize<'de> for TopLevel<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = TopLevel;
+            type Value = TopLevel<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON value")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<TopLevel, A::Error> {
+            ) -> Result<TopLevel<'de>, A::Error> {
                 let mut fields = Map::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    let value = map.next_value::<Value>()?;
-                    if fields.contains_key(&key) {
+                let mut data: Option<&'de RawValue> = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let repeated = if key == "data" {
+                        data.replace(map.next_value::<&'de RawValue>()?).is_some()
+                    } else {
+                        let value = map.next_value::<Value>()?;
+                        fields.contains_key(key.as_ref())
+                            || fields.insert(key.to_string(), value).is_some()
+                    };
+                    if repeated {
                         return Err(serde::de::Error::custom(format_args!(
                             "field `{key}` appears more than once"
                         )));
                     }
-                    fields.insert(key, value);
                 }
-                Ok(TopLevel::Object(fields))
+                Ok(TopLevel::Object(fields, data))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
-            ) -> Result<TopLevel, A::Error> {
+            ) -> Result<TopLevel<'de>, A::Error> {
                 while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
                 Ok(TopLevel::Other("array"))
             }
-            fn visit_str<E>(self, _: &str) -> Result<TopLevel, E> {
+            fn visit_str<E>(self, _: &str) -> Result<TopLevel<'de>, E> {
                 Ok(TopLevel::Other("string"))
             }
-            fn visit_i64<E>(self, _: i64) -> Result<TopLevel, E> {
+            fn visit_i64<E>(self, _: i64) -> Result<TopLevel<'de>, E> {
                 Ok(TopLevel::Other("number"))
             }
-            fn visit_u64<E>(self, _: u64) -> Result<TopLevel, E> {
+            fn visit_u64<E>(self, _: u64) -> Result<TopLevel<'de>, E> {
                 Ok(TopLevel::Other("number"))
             }
-            fn visit_f64<E>(self, _: f64) -> Result<TopLevel, E> {
+            fn visit_f64<E>(self, _: f64) -> Result<TopLevel<'de>, E> {
                 Ok(TopLevel::Other("number"))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<TopLevel, E> {
+            fn visit_bool<E>(self, _: bool) -> Result<TopLevel<'de>, E> {
                 Ok(TopLevel::Other("boolean"))
             }
-            fn visit_unit<E>(self) -> Result<TopLevel, E> {
+            fn visit_unit<E>(self) -> Result<TopLevel<'de>, E> {
                 Ok(TopLevel::Other("null"))
             }
         }

@@ -1,6 +1,12 @@
-//! Event identity: a deterministic hash over a canonical JSON encoding.
+//! Event identity: a deterministic hash over a tagged, canonical encoding.
 //!
-//! The canonical encoding writes object keys sorted (by their UTF-8 bytes) at every depth,
+//! The hash input names its form first: a tag byte for "event id and data" and another for
+//! "data alone", each component following with its length. So an event without an id can
+//! never take the key of an event with one, whatever its data (an id-less event whose data
+//! is `{"data": D, "event_id": X}` is not event `X`), and the forms still to come (the
+//! event id alone, chosen fields, an identity given by the caller) get tags of their own.
+//!
+//! The data is written in its canonical JSON encoding, which writes object keys sorted (by their UTF-8 bytes) at every depth,
 //! no insignificant whitespace, strings escaped as `serde_json` escapes them and numbers by
 //! their exact decimal value (see [`canonical_number`]). The same event therefore hashes
 //! the same whatever the key order, whitespace or number spelling of the JSON it arrived
@@ -10,13 +16,21 @@ use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::IdentityError;
+use crate::walk::{self, Data, Style};
 
 /// The deepest nesting of `data` the canonical encoder accepts. JSON parsed by
 /// `serde_json` is at most 128 levels deep; values built in code may be deeper.
 pub const MAX_DEPTH: usize = 512;
 
-/// xxh3-128, as 32 lowercase hex digits, over the canonical encoding of
-/// `{"data": data, "event_id": id}`, or of `data` alone when `event_id` is `None`.
+/// xxh3-128, as 32 lowercase hex digits, of the event's tagged hash input: the tag of the
+/// form "event id and data" (`0x02`), the id's length (8 bytes, little endian) and its UTF-8
+/// bytes, then the length and bytes of [`canonical_json`] of `data`; or, when `event_id`
+/// is `None`, the tag of the form "data alone" (`0x01`) and the length and bytes of the
+/// canonical data. No data can make one form's input equal to the other's.
+///
+/// `data`'s numbers are hashed as the [`Value`] holds them (64-bit integers, `f64`s);
+/// [`EventEnvelope::deterministic_hash`](crate::EventEnvelope::deterministic_hash) of a
+/// parsed payload hashes them as the payload spells them, every digit kept.
 ///
 /// # Errors
 ///
@@ -38,6 +52,11 @@ pub fn deterministic_hash(event_id: Option<&str>, data: &Value) -> Result<String
     // The encoding is written into a buffer kept per thread and hashed in one call: xxh3's
     // one-shot form is several times cheaper than feeding its streaming state piece by
     // piece, and gives the same digest.
+    hash_of(event_id, Data::Value(data))
+}
+
+/// [`deterministic_hash`] of `data` (a value, or a value with its text).
+pub(crate) fn hash_of(event_id: Option<&str>, data: Data<'_>) -> Result<String, IdentityError> {
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut buf) => hash_encoding(&mut buf, event_id, data),
         // Only reached if encoding ever re-entered this function: a buffer of its own.
@@ -52,24 +71,70 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// What a hash input identifies an event by: each form of key material has its own tag
+/// byte, written first, so that no two forms can ever produce the same input.
+///
+/// After the tag, every component is written with its length first (8 bytes, little
+/// endian), so that within one form no two sequences of components produce the same input
+/// either. Tags not listed here are reserved for forms still to come (the event id alone,
+/// chosen fields of the data, an identity the caller gives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Form {
+    /// The canonical JSON of `data` alone: an event without an id.
+    Content = 0x01,
+    /// The event id (its UTF-8 bytes), then the canonical JSON of `data`.
+    IdAndData = 0x02,
+}
+
+/// Appends `bytes` with its length first (8 bytes, little endian).
+fn put_component(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    buf.extend_from_slice(bytes);
+}
+
+/// Appends the component `write` produces, its length first: 8 bytes are set aside and
+/// filled in once the component is written.
+fn put_written_component(
+    buf: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), IdentityError>,
+) -> Result<(), IdentityError> {
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 8]);
+    write(buf)?;
+    let len = (buf.len() - at - 8) as u64;
+    buf[at..at + 8].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+/// The hash input of an event with `event_id` (none when `None`) and the data `write_data`
+/// writes canonically, into `buf` (emptied first): the [`Form`] tag, then each component
+/// with its length.
+pub(crate) fn write_hash_input(
+    buf: &mut Vec<u8>,
+    event_id: Option<&str>,
+    write_data: impl FnOnce(&mut Vec<u8>) -> Result<(), IdentityError>,
+) -> Result<(), IdentityError> {
+    buf.clear();
+    match event_id {
+        Some(id) => {
+            buf.push(Form::IdAndData as u8);
+            put_component(buf, id.as_bytes());
+        }
+        None => buf.push(Form::Content as u8),
+    }
+    put_written_component(buf, write_data)
+}
+
 /// [`deterministic_hash`] with `buf` (emptied first) for the encoding.
 fn hash_encoding(
     buf: &mut Vec<u8>,
     event_id: Option<&str>,
-    data: &Value,
+    data: Data<'_>,
 ) -> Result<String, IdentityError> {
-    buf.clear();
-    let written = match event_id {
-        Some(id) => {
-            buf.put(b"{\"data\":");
-            let written = write_canonical(buf, data, 0);
-            buf.put(b",\"event_id\":");
-            write_string(buf, id);
-            buf.put(b"}");
-            written
-        }
-        None => write_canonical(buf, data, 0),
-    };
+    let written = write_hash_input(buf, event_id, |buf| {
+        walk::write_data::<Canonical>(buf, data, 0)
+    });
     let digest = written.map(|()| xxh3_128(buf));
     if buf.capacity() > SCRATCH_KEPT {
         *buf = Vec::new();
@@ -89,7 +154,9 @@ pub(crate) fn hex128(v: u128) -> String {
     std::str::from_utf8(&out).unwrap_or_default().to_owned()
 }
 
-/// The canonical encoding of a JSON value, as bytes (what [`deterministic_hash`] hashes).
+/// The canonical encoding of a JSON value, as bytes (what [`deterministic_hash`] hashes
+/// after its tag and lengths). A [`Value`] holds each number as a 64-bit integer or an
+/// `f64`, written here through the literal serde_json prints for it.
 ///
 /// # Errors
 ///
@@ -106,79 +173,32 @@ pub(crate) fn hex128(v: u128) -> String {
 /// ```
 pub fn canonical_json(value: &Value) -> Result<Vec<u8>, IdentityError> {
     let mut out = Vec::new();
-    write_canonical(&mut out, value, 0)?;
+    walk::write_value::<Canonical>(&mut out, value, 0)?;
     Ok(out)
 }
 
-trait Sink {
-    fn put(&mut self, bytes: &[u8]);
-}
+/// The canonical encoding's style: no whitespace, serde_json's string escaping, numbers by
+/// [`canonical_number`].
+pub(crate) struct Canonical;
 
-impl Sink for Vec<u8> {
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-}
+impl Style for Canonical {
+    const ITEM_SEPARATOR: &'static [u8] = b",";
+    const KEY_SEPARATOR: &'static [u8] = b":";
 
-fn write_canonical<S: Sink>(out: &mut S, value: &Value, depth: usize) -> Result<(), IdentityError> {
-    if depth >= MAX_DEPTH {
-        return Err(IdentityError::TooDeep { limit: MAX_DEPTH });
+    fn number(out: &mut Vec<u8>, literal: &str) -> Result<(), IdentityError> {
+        write_number(out, literal)
     }
-    match value {
-        Value::Null => out.put(b"null"),
-        Value::Bool(true) => out.put(b"true"),
-        Value::Bool(false) => out.put(b"false"),
-        Value::Number(n) => write_number(out, n.as_str())?,
-        Value::String(s) => write_string(out, s),
-        Value::Array(items) => {
-            out.put(b"[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.put(b",");
-                }
-                write_canonical(out, item, depth + 1)?;
-            }
-            out.put(b"]");
-        }
-        Value::Object(map) => {
-            out.put(b"{");
-            // A map already in byte order (serde_json's sorted map, or one built in order)
-            // is written as it is; only another order needs a sorted copy of its entries.
-            if map.keys().is_sorted_by(|a, b| a.as_bytes() <= b.as_bytes()) {
-                write_entries(out, map.iter(), depth)?;
-            } else {
-                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-                entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-                write_entries(out, entries.into_iter(), depth)?;
-            }
-            out.put(b"}");
-        }
-    }
-    Ok(())
-}
 
-/// The `"key":value` pairs of an object, in the order given, comma-separated.
-fn write_entries<'a, S: Sink>(
-    out: &mut S,
-    entries: impl Iterator<Item = (&'a String, &'a Value)>,
-    depth: usize,
-) -> Result<(), IdentityError> {
-    for (i, (k, v)) in entries.enumerate() {
-        if i > 0 {
-            out.put(b",");
-        }
-        write_string(out, k);
-        out.put(b":");
-        write_canonical(out, v, depth + 1)?;
+    fn string(out: &mut Vec<u8>, s: &str) {
+        write_string(out, s);
     }
-    Ok(())
 }
 
 /// The canonical spelling of a JSON number literal: one spelling per exact decimal value.
 ///
-/// Numbers are kept exactly as they were written (serde_json's `arbitrary_precision`), so
-/// integers beyond 64 bits and decimals with more digits than an `f64` holds keep every
-/// digit. The value is then written in one form per value, the form `serde_json` gives an
+/// The hash of a parsed payload reads its numbers from the payload's own text (see
+/// [`EventEnvelope`](crate::EventEnvelope)), so integers beyond 64 bits and decimals with
+/// more digits than an `f64` holds keep every digit. The value is then written in one form per value, the form `serde_json` gives an
 /// `f64` whenever that is exact, so ordinary numbers keep the keys they always had:
 ///
 /// - zero, whatever its sign or spelling (`-0`, `0.0`, `0e7`): `0`;
@@ -317,7 +337,7 @@ fn spell_decimal(negative: bool, significant: &str, point: i64) -> String {
 /// Writes a number's canonical spelling: an integer already in it (no sign on zero, no
 /// leading zero, at most 64 digits) as it is, without allocating; anything else through
 /// [`canonical_number`].
-fn write_number<S: Sink>(out: &mut S, literal: &str) -> Result<(), IdentityError> {
+fn write_number(out: &mut Vec<u8>, literal: &str) -> Result<(), IdentityError> {
     let digits = literal.strip_prefix('-').unwrap_or(literal);
     let canonical_integer = !digits.is_empty()
         && digits.len() <= 64
@@ -325,27 +345,27 @@ fn write_number<S: Sink>(out: &mut S, literal: &str) -> Result<(), IdentityError
         && (digits.len() == 1 || !digits.starts_with('0'))
         && literal != "-0";
     if canonical_integer {
-        out.put(literal.as_bytes());
+        out.extend_from_slice(literal.as_bytes());
     } else {
-        out.put(canonical_number(literal)?.as_bytes());
+        out.extend_from_slice(canonical_number(literal)?.as_bytes());
     }
     Ok(())
 }
 
 /// Writes a JSON string literal with `serde_json`'s escaping.
-fn write_string<S: Sink>(out: &mut S, s: &str) {
+fn write_string(out: &mut Vec<u8>, s: &str) {
     // serde_json escapes only `"`, `\` and control characters: a string without them is
     // written as it is.
     if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        out.put(b"\"");
-        out.put(s.as_bytes());
-        out.put(b"\"");
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
         return;
     }
-    let mut buf = Vec::with_capacity(s.len() + 2);
-    // Serializing a `str` into a Vec cannot fail.
-    if serde_json::to_writer(&mut buf, s).is_ok() {
-        out.put(&buf);
+    // Serializing a `str` into a Vec cannot fail (and on failure writes nothing).
+    let start = out.len();
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.truncate(start);
     }
 }
 
@@ -382,14 +402,38 @@ mod tests {
     }
 
     #[test]
-    fn canonical_form_with_id_sorts_data_before_event_id() {
-        // The hash with an id is the hash of data alone of this object.
+    fn data_shaped_like_an_id_and_data_is_not_that_event() {
+        // Before the forms were tagged, the hash with an id was the hash of data alone of
+        // this object, so an event without an id could take another event's key.
         let data = json!({"z": [true, null], "a": "\u{e9}"});
         let wrapped = json!({"event_id": "id-1", "data": data});
-        assert_eq!(
+        assert_ne!(
             deterministic_hash(Some("id-1"), &data).ok(),
             deterministic_hash(None, &wrapped).ok()
         );
+    }
+
+    #[test]
+    fn the_hash_input_is_a_tag_then_components_with_their_lengths() {
+        let mut buf = Vec::new();
+        write_hash_input(&mut buf, Some("e-1"), |b| {
+            walk::write_value::<Canonical>(b, &json!([1]), 0)
+        })
+        .unwrap();
+        let mut expected = vec![0x02];
+        expected.extend(3u64.to_le_bytes());
+        expected.extend(b"e-1");
+        expected.extend(3u64.to_le_bytes());
+        expected.extend(b"[1]");
+        assert_eq!(buf, expected);
+        write_hash_input(&mut buf, None, |b| {
+            walk::write_value::<Canonical>(b, &json!("x"), 0)
+        })
+        .unwrap();
+        let mut expected = vec![0x01];
+        expected.extend(3u64.to_le_bytes());
+        expected.extend(b"\"x\"");
+        assert_eq!(buf, expected);
     }
 
     #[test]
@@ -405,38 +449,41 @@ mod tests {
         // Dropping a deep value is recursive in serde_json; keep it shallow enough.
     }
 
-    fn hash_of(text: &str) -> String {
-        let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-        deterministic_hash(None, &v).unwrap_or_default()
+    /// The hash of an event without an id whose data is `text`, parsed from a payload.
+    fn hash_text(text: &str) -> String {
+        let payload = format!(r#"{{"event_type":"t","data":{text}}}"#);
+        crate::EventEnvelope::from_slice(payload.as_bytes())
+            .map(|e| e.deterministic_hash().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     #[test]
     fn numbers_beyond_64_bits_and_f64_keep_every_digit() {
         // Reduced to f64 these were one key: the second event was answered Duplicate.
         assert_ne!(
-            hash_of(r#"{"account":12345678901234567890123}"#),
-            hash_of(r#"{"account":12345678901234567890124}"#)
+            hash_text(r#"{"account":12345678901234567890123}"#),
+            hash_text(r#"{"account":12345678901234567890124}"#)
         );
         assert_ne!(
-            hash_of(r#"{"amount":0.10000000000000000001}"#),
-            hash_of(r#"{"amount":0.1}"#)
+            hash_text(r#"{"amount":0.10000000000000000001}"#),
+            hash_text(r#"{"amount":0.1}"#)
         );
         assert_ne!(
-            hash_of(r#"{"n":123456789.123456789}"#),
-            hash_of(r#"{"n":123456789.12345679}"#)
+            hash_text(r#"{"n":123456789.123456789}"#),
+            hash_text(r#"{"n":123456789.12345679}"#)
         );
-        assert_ne!(hash_of("1e400"), hash_of("1e401"));
+        assert_ne!(hash_text("1e400"), hash_text("1e401"));
     }
 
     #[test]
     fn equal_values_hash_equal_whatever_their_spelling() {
         for zero in ["0", "-0", "0.0", "-0.0", "0e5", "-0E-3", "0.000"] {
-            assert_eq!(hash_of(zero), hash_of("0"), "{zero}");
+            assert_eq!(hash_text(zero), hash_text("0"), "{zero}");
         }
         for hundred in ["100", "100.0", "1e2", "1E+2", "1000e-1", "0.1e3", "100.000"] {
-            assert_eq!(hash_of(hundred), hash_of("100"), "{hundred}");
+            assert_eq!(hash_text(hundred), hash_text("100"), "{hundred}");
         }
-        assert_eq!(hash_of("-1.50"), hash_of("-15e-1"));
+        assert_eq!(hash_text("-1.50"), hash_text("-15e-1"));
     }
 
     #[test]
@@ -554,23 +601,26 @@ mod one_shot_tests {
 
     use super::*;
 
-    /// The hash as it was first written: the canonical pieces streamed into a hasher.
+    /// The hash written out piece by piece: the form's tag, then each component with its
+    /// length (8 bytes, little endian), streamed into a hasher.
     fn streamed(event_id: Option<&str>, data: &Value) -> String {
         let mut hasher = Xxh3::new();
+        let canonical = canonical_json(data).expect("canonical");
         match event_id {
             Some(id) => {
-                hasher.update(b"{\"data\":");
-                hasher.update(&canonical_json(data).expect("canonical"));
-                hasher.update(b",\"event_id\":");
-                hasher.update(&serde_json::to_vec(id).expect("id"));
-                hasher.update(b"}");
+                hasher.update(&[0x02]);
+                hasher.update(&(id.len() as u64).to_le_bytes());
+                hasher.update(id.as_bytes());
             }
-            None => hasher.update(&canonical_json(data).expect("canonical")),
+            None => hasher.update(&[0x01]),
         }
+        hasher.update(&(canonical.len() as u64).to_le_bytes());
+        hasher.update(&canonical);
         format!("{:032x}", hasher.digest128())
     }
 
-    /// One event's digest, pinned: keys already in stores stay valid.
+    /// One event's digests, pinned: keys already in stores stay valid. (Changed once, on
+    /// purpose, when the two forms were given their tags: see the changelog.)
     #[test]
     fn the_hash_is_pinned() {
         let data = json!({"y": [1, 2.5, "s\"q"], "x": {"b": null, "a": true}});
@@ -580,7 +630,11 @@ mod one_shot_tests {
             deterministic_hash(None, &data).ok(),
             Some(streamed(None, &data))
         );
-        assert_eq!(hash, "b506e531c22b10129c088605b318d1ca");
+        assert_eq!(hash, "b696f10a5e6c9a4a0cdf3507b5375784");
+        assert_eq!(
+            deterministic_hash(None, &data).ok().as_deref(),
+            Some("13da34f4cf5321057a7cb6f04bf6ff43")
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod redact;
 mod scheme;
 mod store;
 mod telemetry;
+mod walk;
 
 pub use admin::{AdminStore, ListedRecord, RecordPage};
 /// Re-exported so that a store implementation needs no extra dependency.

@@ -1,7 +1,9 @@
 //! Key schemes: how an event's hash and the event-type segment of its key are computed.
 //!
-//! [`KeyScheme::Eventonce`] (the default) is eventonce's own: xxh3-128 over the canonical
-//! JSON of [`canonical_json`](crate::canonical_json), and an injective escape of the event
+//! [`KeyScheme::Eventonce`] (the default) is eventonce's own: xxh3-128 over a tagged input
+//! that keeps "id and data" apart from "data alone", the data written as
+//! [`canonical_json`](crate::canonical_json) writes it (see
+//! [`deterministic_hash`](crate::deterministic_hash)), and an injective escape of the event
 //! type ([`escape_event_type`](crate::escape_event_type)).
 //!
 //! [`KeyScheme::PythonV2`] gives the keys of the Python "idempotency v2" decorator, byte for
@@ -17,8 +19,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::IdentityError;
-use crate::identity::{self, MAX_DEPTH};
+use crate::identity;
 use crate::key;
+use crate::walk::{self, Data, Style};
 
 /// How keys are computed: eventonce's own scheme (the default) or the Python "idempotency
 /// v2" decorator's.
@@ -47,9 +50,11 @@ use crate::key;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum KeyScheme {
-    /// eventonce's own keys (the default): xxh3-128 over the canonical JSON of
-    /// `{"data", "event_id"}` (or of `data` alone), numbers by their exact decimal value,
-    /// and an injective, escaped event-type segment that never leaves the namespace.
+    /// eventonce's own keys (the default): xxh3-128 over a tagged input, the event id then
+    /// the canonical JSON of `data` (or, for an event without an id, the canonical JSON of
+    /// `data` alone under another tag: the two forms never share a key), numbers by their
+    /// exact decimal value, and an injective, escaped event-type segment that never leaves
+    /// the namespace (see [`deterministic_hash`](crate::deterministic_hash)).
     #[default]
     Eventonce,
     /// The Python "idempotency v2" decorator's keys, byte for byte: SHA-256 (hex) of
@@ -68,7 +73,11 @@ pub enum KeyScheme {
     /// cannot read integers over 4,300 digits. It keeps the decorator's collisions: `a.b`
     /// and `a_b` share keys, and numbers with a fraction or exponent that read as the
     /// same double (`0.1`, `0.10000000000000000001`) share a key, so of two events
-    /// differing only there the second is a duplicate. See the project's
+    /// differing only there the second is a duplicate. And it keeps the decorator's
+    /// confusion of its two forms: an event without an id whose data is
+    /// `{"data": D, "event_id": X}` has the key of event `X` with data `D`, so whoever can
+    /// publish an event without an id can suppress event `X` (the decorator hashes both as
+    /// the same text). Use it only where every producer is trusted. See the project's
     /// `docs/migration-from-python.md`.
     PythonV2,
 }
@@ -90,10 +99,19 @@ impl KeyScheme {
     /// [`IdentityError::BadNumber`] (or, for [`KeyScheme::Eventonce`],
     /// [`IdentityError::NumberOutOfRange`]) if a number in `data` cannot be written.
     pub fn hash(self, event_id: Option<&str>, data: &Value) -> Result<String, IdentityError> {
+        self.hash_of(event_id, Data::Value(data))
+    }
+
+    /// [`hash`](Self::hash) of `data`, a value or a value with the text it was parsed from.
+    pub(crate) fn hash_of(
+        self,
+        event_id: Option<&str>,
+        data: Data<'_>,
+    ) -> Result<String, IdentityError> {
         let event_id = event_id.filter(|id| !id.is_empty());
         match self {
-            KeyScheme::Eventonce => identity::deterministic_hash(event_id, data),
-            KeyScheme::PythonV2 => python_v2_hash(event_id, data),
+            KeyScheme::Eventonce => identity::hash_of(event_id, data),
+            KeyScheme::PythonV2 => python_v2_hash_of(event_id, data),
         }
     }
 
@@ -188,6 +206,10 @@ fn outside_namespace(c: char) -> Option<&'static str> {
 /// `json.dumps({"event_id": event_id, "data": data}, sort_keys=True)` when `event_id` is
 /// given and non-empty, else of `json.dumps(data, sort_keys=True)` (see [`python_json`]).
 ///
+/// The two forms are not told apart, as the decorator does not tell them apart: data
+/// `{"data": D, "event_id": X}` without an id hashes as event `X` with data `D` (see
+/// [`KeyScheme::PythonV2`]).
+///
 /// # Errors
 ///
 /// The errors of [`python_json`] for `data`.
@@ -204,18 +226,12 @@ fn outside_namespace(c: char) -> Option<&'static str> {
 /// # Ok::<(), eventonce::IdentityError>(())
 /// ```
 pub fn python_v2_hash(event_id: Option<&str>, data: &Value) -> Result<String, IdentityError> {
-    let mut text = String::new();
-    match event_id.filter(|id| !id.is_empty()) {
-        // sort_keys puts "data" before "event_id".
-        Some(id) => {
-            text.push_str("{\"data\": ");
-            write_python(&mut text, data, 1)?;
-            text.push_str(", \"event_id\": ");
-            write_python_str(&mut text, id);
-            text.push('}');
-        }
-        None => write_python(&mut text, data, 0)?,
-    }
+    python_v2_hash_of(event_id, Data::Value(data))
+}
+
+/// [`python_v2_hash`] of `data`, a value or a value with the text it was parsed from.
+fn python_v2_hash_of(event_id: Option<&str>, data: Data<'_>) -> Result<String, IdentityError> {
+    let text = python_v2_input(event_id, data)?;
     let digest = Sha256::digest(text.as_bytes());
     let mut hex = String::with_capacity(64);
     for b in &digest {
@@ -225,11 +241,39 @@ pub fn python_v2_hash(event_id: Option<&str>, data: &Value) -> Result<String, Id
     Ok(hex)
 }
 
+/// The text the decorator hashes: `json.dumps({"event_id": id, "data": data},
+/// sort_keys=True)`, or `json.dumps(data, sort_keys=True)` without a (non-empty) id.
+pub(crate) fn python_v2_input(
+    event_id: Option<&str>,
+    data: Data<'_>,
+) -> Result<String, IdentityError> {
+    let mut text = Vec::new();
+    match event_id.filter(|id| !id.is_empty()) {
+        // sort_keys puts "data" before "event_id".
+        Some(id) => {
+            text.extend_from_slice(b"{\"data\": ");
+            walk::write_data::<PythonStyle>(&mut text, data, 1)?;
+            text.extend_from_slice(b", \"event_id\": ");
+            write_python_str(&mut text, id);
+            text.push(b'}');
+        }
+        None => walk::write_data::<PythonStyle>(&mut text, data, 0)?,
+    }
+    // Every byte written is ASCII (ensure_ascii).
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
 /// `json.dumps(value, sort_keys=True)` as CPython writes the value `json.loads` gives for
 /// the same JSON: separators `", "` and `": "`, object keys sorted at every depth by code
 /// point, `ensure_ascii` (every character outside printable ASCII written `\uXXXX` in
 /// lowercase hex, characters outside the Basic Multilingual Plane as a UTF-16 surrogate
 /// pair), and numbers as in [`python_number`].
+///
+/// A [`Value`] holds a number as a 64-bit integer or an `f64`: each is written from the
+/// literal serde_json prints for it. For a payload's numbers exactly as it spells them
+/// (integers beyond 64 bits, `1E400` as `Infinity`), see
+/// [`EventEnvelope::python_v2_hash_input`](crate::EventEnvelope::python_v2_hash_input),
+/// which the keys of [`KeyScheme::PythonV2`] follow.
 ///
 /// # Errors
 ///
@@ -239,80 +283,63 @@ pub fn python_v2_hash(event_id: Option<&str>, data: &Value) -> Result<String, Id
 /// ```
 /// # mod eventonce { pub use eventonce_core::*; }
 /// use eventonce::python_json;
-/// let v: serde_json::Value = serde_json::from_str(r#"{"b": [1E400, -0, 1e16], "a": "é😀"}"#)?;
+/// let v: serde_json::Value = serde_json::from_str(r#"{"b": [1e2, -3, 1e16], "a": "é😀"}"#)?;
 /// assert_eq!(
 ///     python_json(&v).unwrap(),
-///     r#"{"a": "\u00e9\ud83d\ude00", "b": [Infinity, 0, 1e+16]}"#
+///     r#"{"a": "\u00e9\ud83d\ude00", "b": [100.0, -3, 1e+16]}"#
 /// );
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 pub fn python_json(value: &Value) -> Result<String, IdentityError> {
-    let mut out = String::new();
-    write_python(&mut out, value, 0)?;
-    Ok(out)
+    let mut out = Vec::new();
+    walk::write_value::<PythonStyle>(&mut out, value, 0)?;
+    // Every byte written is ASCII (ensure_ascii).
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-fn write_python(out: &mut String, value: &Value, depth: usize) -> Result<(), IdentityError> {
-    if depth >= MAX_DEPTH {
-        return Err(IdentityError::TooDeep { limit: MAX_DEPTH });
+/// `json.dumps(..., sort_keys=True)`'s style: `", "` and `": "`, strings with
+/// `ensure_ascii`, numbers as [`python_number`]. Keys sorted by code point: the byte order
+/// of their UTF-8, as the walk sorts them.
+pub(crate) struct PythonStyle;
+
+impl Style for PythonStyle {
+    const ITEM_SEPARATOR: &'static [u8] = b", ";
+    const KEY_SEPARATOR: &'static [u8] = b": ";
+
+    fn number(out: &mut Vec<u8>, literal: &str) -> Result<(), IdentityError> {
+        out.extend_from_slice(python_number(literal)?.as_bytes());
+        Ok(())
     }
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(true) => out.push_str("true"),
-        Value::Bool(false) => out.push_str("false"),
-        Value::Number(n) => out.push_str(&python_number(n.as_str())?),
-        Value::String(s) => write_python_str(out, s),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_python(out, item, depth + 1)?;
-            }
-            out.push(']');
-        }
-        Value::Object(map) => {
-            // Python compares str by code point; UTF-8 byte order is the same order.
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_python_str(out, k);
-                out.push_str(": ");
-                write_python(out, v, depth + 1)?;
-            }
-            out.push('}');
-        }
+
+    fn string(out: &mut Vec<u8>, s: &str) {
+        write_python_str(out, s);
     }
-    Ok(())
 }
 
 /// A string as `json.dumps` writes it with `ensure_ascii=True`.
-fn write_python_str(out: &mut String, s: &str) {
-    out.push('"');
+fn write_python_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
     for c in s.chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            ' '..='~' => out.push(c),
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '\u{8}' => out.extend_from_slice(b"\\b"),
+            '\u{c}' => out.extend_from_slice(b"\\f"),
+            ' '..='~' => out.push(c as u8),
             _ => {
+                use std::io::Write as _;
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
+                    // Writing to a Vec cannot fail.
                     let _ = write!(out, "\\u{unit:04x}");
                 }
             }
         }
     }
-    out.push('"');
+    out.push(b'"');
 }
 
 /// A JSON number literal as CPython's `json.dumps` writes the value `json.loads` reads
@@ -470,6 +497,7 @@ fn python_float_repr(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::MAX_DEPTH;
     use serde_json::json;
 
     #[test]
@@ -548,6 +576,8 @@ mod tests {
         );
     }
 
+    /// The decorator's own collision, kept for byte compatibility: documented on
+    /// `KeyScheme::PythonV2` (the default scheme keeps the two forms apart).
     #[test]
     fn the_id_form_wraps_data_and_id_sorted() {
         let data = json!({"n": 1});

@@ -399,14 +399,10 @@ fn with_header_type(
     payload: &[u8],
     event_type: Option<&str>,
 ) -> Result<EventEnvelope, EnvelopeError> {
-    let mut value: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| EnvelopeError::Malformed {
-            message: e.to_string(),
-        })?;
-    if let (Some(fields), Some(t)) = (value.as_object_mut(), event_type) {
-        fields.insert("event_type".to_owned(), serde_json::Value::from(t));
+    match event_type {
+        Some(t) => EventEnvelope::from_slice_or_type(payload, t),
+        None => EventEnvelope::from_slice(payload),
     }
-    EventEnvelope::from_value(value)
 }
 
 #[cfg(test)]

@@ -36,16 +36,21 @@
 //! is a store error (the fail mode applies: `Unprotected` or `Store`); P4 accepts an event
 //! whose completed record expired or was evicted by the end.
 //!
+//! The identity model (`identity.rs`, `SIM_STORE=identity`) checks, over generated
+//! payloads built to collide: PK1 different events never share a key, PK2 the same event
+//! always gets the same key, PK3 each distinct event's handler runs once.
+//!
 //! docs/guarantees.md names, for each guarantee, the properties that check it.
 //!
 //! Knobs: `SIM_SEEDS` (memory seeds, default 5,000), `SIM_FIRST` (first seed, default
 //! 0), `SIM_REAL_SEEDS` (seeds on Redis and on PostgreSQL, default 8, with the `redis` and
 //! `postgres` features), `SIM_STORE` (`memory,redis,postgres`), `SIM_SEED=<n>` (replay one
-//! seed, with its trace), `SIM_TRACE=1`, `SIM_LOG=1` (the guard's warnings in the
+//! seed, with its trace; `SIM_STORE=identity` for the identity model's), `SIM_TRACE=1`, `SIM_LOG=1` (the guard's warnings in the
 //! trace), `SIM_THREADS`.
 
 mod faulty;
 mod hostile;
+mod identity;
 mod oracle;
 mod plan;
 #[cfg(any(feature = "redis", feature = "postgres"))]
@@ -125,7 +130,7 @@ impl Env {
                     if seed.is_some() {
                         "memory".into()
                     } else {
-                        "memory,redis,postgres".into()
+                        "memory,identity,redis,postgres".into()
                     }
                 })
                 .split(',')
@@ -200,6 +205,9 @@ fn main() {
         let mut results = Vec::new();
         if env.runs("memory") {
             results.push(run_memory(&env));
+        }
+        if env.runs("identity") {
+            results.push(identity::run(&env));
         }
         #[cfg(any(feature = "redis", feature = "postgres"))]
         results.extend(real.join().expect("the real stores' simulation"));
