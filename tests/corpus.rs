@@ -19,6 +19,7 @@ fn variant(err: &EnvelopeError) -> &'static str {
         EnvelopeError::WrongType { .. } => "WrongType",
         EnvelopeError::EmptyField { .. } => "EmptyField",
         EnvelopeError::Malformed { .. } => "Malformed",
+        EnvelopeError::TooLarge { .. } => "TooLarge",
         _ => "other",
     }
 }
