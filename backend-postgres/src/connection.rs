@@ -325,11 +325,8 @@ fn with_root_cert(
 /// [`redact_url`] cannot read.
 fn shown_url(url: &str) -> String {
     if url.contains("://") {
-        // A URL the parser refuses is shown without its user information at all.
-        return match url::Url::parse(url) {
-            Ok(_) => redact_url(url),
-            Err(_) => redact_unparsable_url(url),
-        };
+        // A refused URL is shown without its user information at all.
+        return redact_unparsable_url(url);
     }
     let shown = redact_url(&format!("postgres://{url}"));
     shown
@@ -552,13 +549,13 @@ async fn first_connection(
     options: &PostgresOptions,
 ) -> Result<PgConnectOptions, StoreError> {
     let timeout = options.acquire_timeout;
-    let target = shown_url(url);
+    let target = redact_url(url);
     let passwords = passwords_of(url);
     let connect_options = parse_url(url)
         .and_then(|parsed| with_root_cert(parsed, options))
         .map_err(|why| StoreError::Unavailable {
             message: scrub(
-                format!("invalid PostgreSQL URL {target}: {why}"),
+                format!("invalid PostgreSQL URL {}: {why}", shown_url(url)),
                 &passwords,
             ),
             source: None,

@@ -211,7 +211,11 @@ impl EventEnvelope {
     /// # Ok::<(), eventonce_core::EnvelopeError>(())
     /// ```
     pub fn from_slice_or_type(bytes: &[u8], event_type: &str) -> Result<Self, EnvelopeError> {
-        Self::from_slice_or_type_within(bytes, event_type, crate::config::defaults::DEFAULT_MAX_PAYLOAD_BYTES)
+        Self::from_slice_or_type_within(
+            bytes,
+            event_type,
+            crate::config::defaults::DEFAULT_MAX_PAYLOAD_BYTES,
+        )
     }
 
     /// [`from_slice_or_type`](Self::from_slice_or_type) with a payload limit of `limit`
