@@ -305,3 +305,31 @@ async fn the_transactional_mode_refuses_a_changed_payload_and_keeps_the_record()
     );
     assert_eq!(record.fingerprint(), first.fingerprint());
 }
+
+#[tokio::test]
+async fn the_payload_fingerprint_keeps_every_digit() {
+    let g = guard(IdempotencyConfig::builder("digits").identity_rule(IdentityRule::EventId));
+    let parse = |n: &str| {
+        EventEnvelope::from_slice(
+            format!(r#"{{"event_id":"e-1","event_type":"t.v1","data":{{"n":{n}}}}}"#).as_bytes(),
+        )
+        .expect("envelope")
+    };
+    // One f64, two values: a changed payload, not a duplicate.
+    let first = parse("123456789012345678901");
+    assert_eq!(
+        g.run(&first, ok()).await.expect("first"),
+        Outcome::Processed(())
+    );
+    assert_eq!(
+        g.run(&parse("1.23456789012345678901e20"), ok())
+            .await
+            .expect("same value"),
+        Outcome::Duplicate
+    );
+    let changed = g.run(&parse("123456789012345678902"), ok()).await;
+    assert!(
+        matches!(changed, Err(GuardError::Conflict { .. })),
+        "{changed:?}"
+    );
+}

@@ -390,6 +390,13 @@ impl EventEnvelope {
         scheme.hash_of(event_id, self.data_for_hash())
     }
 
+    /// The hash of `data` alone, every number exact as the payload spells it: the payload
+    /// fingerprint under [`IdentityRule::EventId`](crate::IdentityRule::EventId) and
+    /// `Fields`.
+    pub(crate) fn data_hash(&self) -> Result<String, IdentityError> {
+        crate::identity::hash_of(None, self.data_for_hash())
+    }
+
     /// The text [`KeyScheme::PythonV2`] hashes for this event, as the Python decorator
     /// writes it: `json.dumps({"event_id": ..., "data": ...}, sort_keys=True)`, or of
     /// `data` alone without a (non-empty) id; numbers as the payload spells them, read as

@@ -224,10 +224,6 @@ pub(crate) fn fingerprint_of(payload: &[u8]) -> String {
     tagged_hash(TAG_FINGERPRINT, [payload])
 }
 
-/// The fingerprint of JSON data: of its canonical encoding.
-fn fingerprint_of_data(data: &Value) -> Result<String, IdentityError> {
-    Ok(fingerprint_of(&canonical_json(data)?))
-}
 
 impl Resolve for EventEnvelope {
     fn view(&self) -> Cow<'_, EventEnvelope> {
@@ -244,11 +240,11 @@ impl Resolve for EventEnvelope {
                     .filter(|id| !id.is_empty())
                     .ok_or_else(|| missing(&self.event_type, "/event_id"))?;
                 let hash = tagged_hash(TAG_EVENT_ID, [id.as_bytes()]);
-                (hash, Some(fingerprint_of_data(&self.data)?))
+                (hash, Some(self.data_hash()?))
             }
             IdentityRule::Fields(pointers) => {
                 let hash = fields_hash(self, pointers)?;
-                (hash, Some(fingerprint_of_data(&self.data)?))
+                (hash, Some(self.data_hash()?))
             }
         };
         let key = config.try_generate_key(&self.event_type, &hash)?;

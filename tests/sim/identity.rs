@@ -17,14 +17,22 @@
 //!
 //! - PK1 two different events never share a key (and the second is never a duplicate);
 //! - PK2 the same event always gets the same key, however its payload is written;
-//! - PK3 through one guard, each distinct event's handler runs exactly once.
+//! - PK3 through one guard, each distinct event's handler runs exactly once;
+//! - PK4 with the id as the key and the data as the payload fingerprint (under
+//!   `IdentityRule::EventId`, and as an `Identity` with a fingerprint), a delivery of an
+//!   unchanged event is never answered `Conflict`;
+//! - PK5 a delivery with a known id and changed data is answered `Conflict`: never
+//!   `Duplicate`, and its handler never runs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use eventonce::{EventEnvelope, Guard, IdempotencyConfig, MemoryStore, Outcome};
+use eventonce::{
+    EventEnvelope, Guard, GuardError, IdempotencyConfig, Identity, IdentityRule, MemoryStore,
+    Outcome,
+};
 
 use crate::rng::Rng;
 use crate::world::{Report, Stats};
@@ -345,6 +353,7 @@ async fn seed(seed: u64) -> Report {
             violations.push(format!("PK3 {e:?} ran {n} times"));
         }
     }
+    fingerprinted(&events, &mut rng, &mut violations).await;
     violations.dedup();
     Report {
         seed,
@@ -357,6 +366,97 @@ async fn seed(seed: u64) -> Report {
         plan: String::new(),
         trace: Vec::new(),
     }
+}
+
+/// The model's own canonical text of `j`: what "the same data" means, without eventonce.
+fn canon(j: &J) -> String {
+    match j {
+        J::Null => "n".into(),
+        J::Bool(b) => format!("b{b}"),
+        J::Num(d) => format!(
+            "d{}{}e{}",
+            if d.negative && !d.digits.is_empty() {
+                "-"
+            } else {
+                ""
+            },
+            d.digits,
+            if d.digits.is_empty() { 0 } else { d.exp }
+        ),
+        J::Str(s) => format!("s{}:{s}", s.len()),
+        J::Arr(items) => format!(
+            "[{}]",
+            items.iter().map(canon).collect::<Vec<_>>().join(",")
+        ),
+        J::Obj(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{}:{k}={}", k.len(), canon(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}
+
+/// PK4 and PK5: the events with an id, delivered in order through a guard keyed by the id
+/// with the data as fingerprint, once as envelopes under `IdentityRule::EventId` and once
+/// as `Identity`s fingerprinted by the model's canonical text of the data.
+async fn fingerprinted(events: &[Event], rng: &mut Rng, violations: &mut Vec<String>) {
+    let by_id = Guard::new(
+        MemoryStore::new(),
+        IdempotencyConfig::builder("sim")
+            .identity_rule(IdentityRule::EventId)
+            .build()
+            .expect("config"),
+    );
+    let identities = Guard::new(
+        MemoryStore::new(),
+        IdempotencyConfig::builder("sim").build().expect("config"),
+    );
+    let mut first: BTreeMap<String, J> = BTreeMap::new();
+    for e in events {
+        let Some(id) = &e.id else { continue };
+        let text = payload(e, rng);
+        let Ok(envelope) = EventEnvelope::from_slice(text.as_bytes()) else {
+            continue;
+        };
+        let identity =
+            Identity::new("orders.replayed.v1", id).with_fingerprint(canon(&e.data).as_bytes());
+        let expected = first.get(id).map(|d| *d == e.data);
+        let by_rule = run_counted(&by_id, &envelope).await;
+        let by_identity = run_counted(&identities, &identity).await;
+        for (how, (answer, ran)) in [("EventId rule", by_rule), ("Identity", by_identity)] {
+            let verdict = match (expected, &answer) {
+                (None, Ok(Outcome::Processed(()))) if ran == 1 => None,
+                (Some(true), Ok(Outcome::Duplicate)) if ran == 0 => None,
+                (Some(false), Err(GuardError::Conflict { .. })) if ran == 0 => None,
+                (Some(true), _) => Some("PK4 an unchanged event"),
+                (Some(false), _) => Some("PK5 a changed event"),
+                (None, _) => Some("PK4 a new event"),
+            };
+            if let Some(what) = verdict {
+                violations.push(format!(
+                    "{what} ({how}) answered {answer:?} with {ran} handler runs: {text}"
+                ));
+            }
+        }
+        first.entry(id.clone()).or_insert_with(|| e.data.clone());
+    }
+}
+
+/// A run whose handler counts its runs: the answer and the count.
+async fn run_counted<I: eventonce::Identify>(
+    guard: &Guard,
+    event: &I,
+) -> (Result<Outcome<()>, GuardError<String>>, usize) {
+    let ran = AtomicUsize::new(0);
+    let answer = guard
+        .run(event, async {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, String>(())
+        })
+        .await;
+    (answer, ran.load(Ordering::SeqCst))
 }
 
 /// The identity model over the memory seeds' range (`SIM_SEEDS`, `SIM_FIRST`, `SIM_SEED`).
