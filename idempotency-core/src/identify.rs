@@ -224,7 +224,6 @@ pub(crate) fn fingerprint_of(payload: &[u8]) -> String {
     tagged_hash(TAG_FINGERPRINT, [payload])
 }
 
-
 impl Resolve for EventEnvelope {
     fn view(&self) -> Cow<'_, EventEnvelope> {
         Cow::Borrowed(self)

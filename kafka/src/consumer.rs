@@ -253,7 +253,8 @@ impl KafkaGuard {
         self.forget_stale(consumer, std::slice::from_ref(&position), None);
         let config = self.guard.config();
         let envelope =
-            envelope_from_message_within(message, config.key_scheme(), config.max_payload_bytes());
+            envelope_from_message_within(message, config.key_scheme(), config.max_payload_bytes())
+                .map(|envelope| self.stamped(envelope, message));
         let admitted = self
             .lock_rewinds()
             .admit(&[(&position, envelope.is_ok())])
@@ -270,6 +271,19 @@ impl KafkaGuard {
         answers
             .pop()
             .unwrap_or(Ok(Delivery::Redeliver(Retry::Rewinding)))
+    }
+
+    /// `envelope` with the message's own timestamp (create or log-append time) as its
+    /// `event_timestamp` when it has none and a maximum age applies to its type, so that
+    /// the stale-event check can tell its age.
+    fn stamped(&self, mut envelope: EventEnvelope, message: &impl Message) -> EventEnvelope {
+        let config = self.guard.config();
+        if envelope.event_timestamp.is_none()
+            && config.max_event_age_for(&envelope.event_type).is_some()
+        {
+            envelope.event_timestamp = message_time(message).and_then(rfc3339);
+        }
+        envelope
     }
 
     /// Processes one consumed message of any format: `identify` builds its
@@ -458,6 +472,7 @@ impl KafkaGuard {
                     config.key_scheme(),
                     config.max_payload_bytes(),
                 )
+                .map(|envelope| self.stamped(envelope, &messages[i]))
             })
             .collect();
         let (admitted, epoch) = {
@@ -850,6 +865,13 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000");
     config
+}
+
+/// `at` in RFC 3339, UTC.
+fn rfc3339(at: std::time::SystemTime) -> Option<String> {
+    time::OffsetDateTime::from(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 /// When the message was created or appended to its log, if the broker says.

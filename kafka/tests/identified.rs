@@ -122,3 +122,57 @@ async fn binary_messages_keyed_by_a_header_run_once_and_changed_or_old_ones_are_
     let stats = kafka.guard().stats();
     assert_eq!((stats.conflicts, stats.stale), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_without_a_timestamp_takes_the_messages_for_the_stale_check() {
+    let bootstrap = support::bootstrap();
+    let topic = support::unique("stale-envelope");
+    create_topic(&bootstrap, &topic, 1).await.expect("topic");
+    let producer = support::producer(&bootstrap, &topic);
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    for (id, at) in [("old", now_ms - 3 * 3_600_000), ("fresh", now_ms)] {
+        let body = format!(r#"{{"event_id":"{id}","event_type":"orders.placed.v1","data":{{}}}}"#);
+        let record = FutureRecord::<(), str>::to(&topic)
+            .payload(&body)
+            .timestamp(at);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    let config = IdempotencyConfig::builder("stale-envelope")
+        .max_event_age(Duration::from_secs(3600))
+        .build()
+        .expect("config");
+    let kafka = KafkaGuard::new(Guard::new(MemoryStore::new(), config));
+    let consumer: StreamConsumer = consumer_config(&bootstrap, &topic)
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic.as_str()]).expect("subscribe");
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("a message within 60 s")
+            .expect("message");
+        let answer = kafka
+            .process(&consumer, &message, |_| async {
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+        if let Err(refused) = &answer {
+            commit_past(&consumer, refused.position(), CommitMode::Sync).expect("commit past");
+        }
+        answers.push(match answer {
+            Ok(Delivery::Committed(Outcome::Processed(()))) => "processed".to_owned(),
+            Err(MessageError::Refused { reason, .. }) => format!("refused: {reason}"),
+            other => format!("{other:?}"),
+        });
+    }
+    assert!(answers[0].starts_with("refused: stale"), "{answers:?}");
+    assert_eq!(answers[1], "processed");
+}

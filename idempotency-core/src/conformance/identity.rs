@@ -169,3 +169,60 @@ pub async fn guard_batch_refuses_changed_payloads_per_event(f: &impl StoreFactor
     );
     assert_eq!(ran.load(Ordering::SeqCst), 1);
 }
+
+/// A deferred completion carries the fingerprint to the completed record: a changed
+/// payload is a `Conflict` whether the completion is still owed (the claim held by this
+/// guard) or written (carried by the next claim, or flushed).
+pub async fn guard_deferred_completion_keeps_the_payload_fingerprint(f: &impl StoreFactory) {
+    let builder = config(&unique_service("identity-deferred"))
+        .lease(LONG)
+        .defer_completion(std::time::Duration::from_secs(20));
+    let g = guard(f, builder).await;
+    let ok = || async { Ok::<_, Boom>(()) };
+    let first = Identity::new("conformance.identity.v1", "deferred").with_fingerprint(b"v1");
+    let changed = Identity::new("conformance.identity.v1", "deferred").with_fingerprint(b"v2");
+    assert_eq!(
+        g.run(&first, ok()).await.expect("first"),
+        Outcome::Processed(())
+    );
+    let owed = g.run(&changed, ok()).await;
+    assert!(
+        matches!(owed, Err(GuardError::Conflict { .. })),
+        "while owed: {owed:?}"
+    );
+    g.flush().await.expect("flush");
+    let key = g.key_for(&first).expect("key");
+    let stored = record(g.store(), &key).await.expect("record");
+    assert_eq!(stored.state, crate::RecordState::Completed);
+    assert_eq!(stored.fingerprint(), first.fingerprint());
+    let written = g.run(&changed, ok()).await;
+    assert!(
+        matches!(written, Err(GuardError::Conflict { .. })),
+        "once written: {written:?}"
+    );
+    assert_eq!(g.run(&first, ok()).await.expect("same"), Outcome::Duplicate);
+}
+
+/// A record written without a fingerprint (by an older version, or under
+/// `KeyScheme::PythonV2`) is accepted: a fingerprinted delivery of its key is a
+/// `Duplicate`, not a conflict.
+pub async fn guard_accepts_a_record_written_without_a_fingerprint(f: &impl StoreFactory) {
+    let g = guard(f, config(&unique_service("identity-old-record"))).await;
+    let identity = Identity::new("conformance.identity.v1", "old").with_fingerprint(b"v1");
+    let key = g.key_for(&identity).expect("key");
+    let store = g.store();
+    let long = std::time::Duration::from_secs(3600);
+    assert_eq!(
+        store
+            .try_claim(&key, "old-owner", long)
+            .await
+            .expect("claim"),
+        crate::Claim::Acquired
+    );
+    assert!(store
+        .complete(&key, "old-owner", long)
+        .await
+        .expect("complete"));
+    let answer = g.run(&identity, async { Ok::<_, Boom>(()) }).await;
+    assert!(matches!(answer, Ok(Outcome::Duplicate)), "{answer:?}");
+}

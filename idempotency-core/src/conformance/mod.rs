@@ -193,6 +193,8 @@ macro_rules! conformance_tests {
             guard_refuses_a_changed_payload_while_the_first_claim_is_live,
             guard_keys_by_event_id_and_refuses_changed_data,
             guard_batch_refuses_changed_payloads_per_event,
+            guard_deferred_completion_keeps_the_payload_fingerprint,
+            guard_accepts_a_record_written_without_a_fingerprint,
         );
     };
     (@each $factory:path; $($check:ident),* $(,)?) => {
