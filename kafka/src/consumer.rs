@@ -180,7 +180,7 @@ pub struct KafkaGuard {
 }
 
 /// A batch of [`KafkaGuard::process_batch`] between its preparation and its run's end.
-pub(crate) struct PreparedBatch<T, E> {
+pub(crate) struct PreparedBatch<T, E, X = EventEnvelope> {
     /// How many messages the batch has.
     count: usize,
     /// Each message's position, in order.
@@ -189,8 +189,8 @@ pub(crate) struct PreparedBatch<T, E> {
     live: Vec<usize>,
     /// Per live message: its input when known before running (`None`: it runs).
     known: Vec<Option<Input<T, E>>>,
-    /// The envelopes that run, in order.
-    pub(crate) to_run: Vec<EventEnvelope>,
+    /// The events that run (envelopes, or identities), in order.
+    pub(crate) to_run: Vec<X>,
     /// When it was admitted (see `Rewinds::epoch`).
     epoch: u64,
 }
@@ -352,13 +352,7 @@ impl KafkaGuard {
     {
         let position = MessagePosition::of(message);
         self.forget_stale(consumer, std::slice::from_ref(&position), None);
-        let identity = identify(message).map(|identity| match identity.timestamp() {
-            Some(_) => identity,
-            None => match message_time(message) {
-                Some(at) => identity.with_timestamp(at),
-                None => identity,
-            },
-        });
+        let identity = identified(identify(message), message);
         let admitted = self
             .lock_rewinds()
             .admit(&[(&position, identity.is_ok())])
@@ -368,10 +362,7 @@ impl KafkaGuard {
         let input = match identity {
             _ if !admitted => Input::NotRun,
             Ok(identity) => Input::Ran(self.guard.run(&identity, handler(identity.clone())).await),
-            Err(reason) => Input::Unidentifiable(MessageError::NotIdentified {
-                position: position.clone(),
-                reason: eventonce_core::bounded(&reason.to_string()).into_owned(),
-            }),
+            Err(error) => Input::Unidentifiable(error),
         };
         let plan = self.lock_rewinds().settle(vec![(&position, input)]);
         let mut answers = self.carry_out(consumer, plan, &[&position], false).await;
@@ -437,6 +428,43 @@ impl KafkaGuard {
         self.finish_batch(consumer, prepared, results).await.0
     }
 
+    /// [`process_batch`](Self::process_batch) for messages of any format: `identify`
+    /// builds each message's [`Identity`] (as in
+    /// [`process_identified`](Self::process_identified), the message's timestamp filling
+    /// in a missing one), then the batch runs through [`Guard::run_batch`] and is decided,
+    /// committed and sought as `process_batch` does. A message `identify` refuses is
+    /// answered [`MessageError::NotIdentified`], as an unidentifiable envelope is.
+    ///
+    /// # Errors
+    ///
+    /// Each message's answer is `Err` as in [`process_identified`](Self::process_identified).
+    pub async fn process_batch_identified<K, C, M, I, D, F, Fut, T, E>(
+        &self,
+        consumer: &K,
+        messages: &[M],
+        mut identify: I,
+        mut handler: F,
+    ) -> Vec<Result<Delivery<T, E>, MessageError>>
+    where
+        K: Consumer<C>,
+        C: ConsumerContext,
+        M: Message,
+        I: FnMut(&M) -> Result<Identity, D>,
+        D: std::fmt::Display,
+        F: FnMut(Identity) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let prepared = self.prepare_batch_with(consumer, messages, |message| {
+            identified(identify(message), message)
+        });
+        let results = self
+            .guard
+            .run_batch(&prepared.to_run, |identity| handler(identity.clone()))
+            .await;
+        self.finish_batch(consumer, prepared, results).await.0
+    }
+
     /// The part of [`process_batch`](Self::process_batch) before running: the messages'
     /// positions, which partitions are still assigned, and which messages run.
     pub(crate) fn prepare_batch<K, C, M, T, E>(
@@ -444,6 +472,26 @@ impl KafkaGuard {
         consumer: &K,
         messages: &[M],
     ) -> PreparedBatch<T, E>
+    where
+        K: Consumer<C>,
+        C: ConsumerContext,
+        M: Message,
+    {
+        self.prepare_batch_with(consumer, messages, |message| {
+            let config = self.guard.config();
+            envelope_from_message_within(message, config.key_scheme(), config.max_payload_bytes())
+                .map(|envelope| self.stamped(envelope, message))
+        })
+    }
+
+    /// [`prepare_batch`](Self::prepare_batch) with the event of each message made by
+    /// `identify` (an envelope, or an identity).
+    pub(crate) fn prepare_batch_with<K, C, M, X, T, E>(
+        &self,
+        consumer: &K,
+        messages: &[M],
+        mut identify: impl FnMut(&M) -> Result<X, MessageError>,
+    ) -> PreparedBatch<T, E, X>
     where
         K: Consumer<C>,
         C: ConsumerContext,
@@ -463,35 +511,25 @@ impl KafkaGuard {
         let live: Vec<usize> = (0..messages.len())
             .filter(|&i| owned(&positions[i]))
             .collect();
-        let envelopes: Vec<Result<EventEnvelope, MessageError>> = live
-            .iter()
-            .map(|&i| {
-                let config = self.guard.config();
-                envelope_from_message_within(
-                    &messages[i],
-                    config.key_scheme(),
-                    config.max_payload_bytes(),
-                )
-                .map(|envelope| self.stamped(envelope, &messages[i]))
-            })
-            .collect();
+        let events: Vec<Result<X, MessageError>> =
+            live.iter().map(|&i| identify(&messages[i])).collect();
         let (admitted, epoch) = {
             let asked: Vec<(&MessagePosition, bool)> = live
                 .iter()
-                .zip(&envelopes)
+                .zip(&events)
                 .map(|(&i, e)| (&positions[i], e.is_ok()))
                 .collect();
             let rewinds = self.lock_rewinds();
             (rewinds.admit(&asked), rewinds.epoch())
         };
         let mut to_run = Vec::new();
-        let known: Vec<Option<Input<T, E>>> = envelopes
+        let known: Vec<Option<Input<T, E>>> = events
             .into_iter()
             .zip(&admitted)
-            .map(|(envelope, &admitted)| match envelope {
+            .map(|(event, &admitted)| match event {
                 _ if !admitted => Some(Input::NotRun),
-                Ok(envelope) => {
-                    to_run.push(envelope);
+                Ok(event) => {
+                    to_run.push(event);
                     None
                 }
                 Err(error) => Some(Input::Unidentifiable(error)),
@@ -510,10 +548,10 @@ impl KafkaGuard {
     /// The part of [`process_batch`](Self::process_batch) after running: the decisions,
     /// the commit and the seeks, and each message's answer in order; `true` when a
     /// partition was sought.
-    pub(crate) async fn finish_batch<K, C, T, E>(
+    pub(crate) async fn finish_batch<K, C, X, T, E>(
         &self,
         consumer: &K,
-        prepared: PreparedBatch<T, E>,
+        prepared: PreparedBatch<T, E, X>,
         results: Vec<Result<Outcome<T>, GuardError<E>>>,
     ) -> (Vec<Result<Delivery<T, E>, MessageError>>, bool)
     where
@@ -865,6 +903,24 @@ pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000");
     config
+}
+
+/// What the caller's identify function made of `message`: its identity (the message's
+/// timestamp filling in a missing one), or why not, as a [`MessageError`].
+fn identified<D: std::fmt::Display>(
+    identity: Result<Identity, D>,
+    message: &impl Message,
+) -> Result<Identity, MessageError> {
+    match identity {
+        Ok(identity) => Ok(match (identity.timestamp(), message_time(message)) {
+            (None, Some(at)) => identity.with_timestamp(at),
+            _ => identity,
+        }),
+        Err(reason) => Err(MessageError::NotIdentified {
+            position: MessagePosition::of(message),
+            reason: eventonce_core::bounded(&reason.to_string()).into_owned(),
+        }),
+    }
 }
 
 /// `at` in RFC 3339, UTC.

@@ -176,3 +176,88 @@ async fn an_envelope_without_a_timestamp_takes_the_messages_for_the_stale_check(
     assert!(answers[0].starts_with("refused: stale"), "{answers:?}");
     assert_eq!(answers[1], "processed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_binary_messages_is_identified_and_run_once() {
+    let bootstrap = support::bootstrap();
+    let topic = support::unique("identified-batch");
+    create_topic(&bootstrap, &topic, 1).await.expect("topic");
+    let producer = support::producer(&bootstrap, &topic);
+    let sent: [(Option<&str>, &[u8]); 5] = [
+        (Some("b-1"), &[0x01]),
+        (Some("b-2"), &[0x02]),
+        (Some("b-1"), &[0x01]),
+        (Some("b-2"), &[0x09]),
+        (None, &[0x04]),
+    ];
+    for (id, body) in sent {
+        let mut record = FutureRecord::<(), [u8]>::to(&topic).payload(body);
+        if let Some(id) = id {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "message-id",
+                value: Some(id),
+            }));
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    let config = IdempotencyConfig::builder("identified-batch")
+        .build()
+        .expect("config");
+    let kafka = KafkaGuard::new(Guard::new(MemoryStore::new(), config));
+    let consumer: StreamConsumer = consumer_config(&bootstrap, &topic)
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic.as_str()]).expect("subscribe");
+    let mut batch = Vec::new();
+    while batch.len() < sent.len() {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("a message within 60 s")
+            .expect("message");
+        batch.push(message);
+    }
+    let runs: std::sync::Mutex<HashMap<String, u32>> = std::sync::Mutex::default();
+    let answers = kafka
+        .process_batch_identified(&consumer, &batch, identify, |identity| {
+            let runs = &runs;
+            async move {
+                let id = String::from_utf8_lossy(identity.id()).into_owned();
+                *runs.lock().expect("lock").entry(id).or_default() += 1;
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .await;
+    let summary: Vec<String> = answers
+        .iter()
+        .map(|a| match a {
+            Ok(Delivery::Committed(Outcome::Processed(()))) => "processed".to_owned(),
+            Ok(Delivery::Committed(Outcome::Duplicate)) => "duplicate".to_owned(),
+            Ok(other) => format!("{other:?}"),
+            Err(MessageError::Refused { .. }) => "refused".to_owned(),
+            Err(MessageError::NotIdentified { .. }) => "not identified".to_owned(),
+            Err(other) => format!("{other}"),
+        })
+        .collect();
+    println!("{summary:?}");
+    assert_eq!(
+        &summary[..3],
+        ["processed", "processed", "duplicate"],
+        "{summary:?}"
+    );
+    assert_eq!(
+        summary[3], "refused",
+        "a changed payload in a batch: {summary:?}"
+    );
+    // After a final refusal the rest of its partition in the batch waits for the caller's
+    // decision (dead letter, commit_past), as after an unidentifiable message.
+    assert_eq!(summary[4], "Redeliver(Rewinding)");
+    let runs = runs.into_inner().expect("lock");
+    assert_eq!(
+        runs,
+        HashMap::from([("b-1".to_owned(), 1), ("b-2".to_owned(), 1)])
+    );
+}
