@@ -16,6 +16,32 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
+/// Sends `body` to `topic` with a `message-id` header when `id` is given, and the
+/// timestamp `at` when given.
+async fn send(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    id: Option<&str>,
+    body: &[u8],
+    at: Option<i64>,
+) {
+    let mut record = FutureRecord::<(), [u8]>::to(topic).payload(body);
+    if let Some(at) = at {
+        record = record.timestamp(at);
+    }
+    if let Some(id) = id {
+        record = record.headers(OwnedHeaders::new().insert(Header {
+            key: "message-id",
+            value: Some(id),
+        }));
+    }
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("send");
+}
+
 /// The identity of a message: its `message-id` header, and its body as the fingerprint.
 fn identify(message: &BorrowedMessage<'_>) -> Result<Identity, &'static str> {
     let id = message
@@ -47,20 +73,7 @@ async fn binary_messages_keyed_by_a_header_run_once_and_changed_or_old_ones_are_
         (None, &[0x04], now_ms),
     ];
     for (id, body, at) in sent {
-        let mut record = FutureRecord::<(), [u8]>::to(&topic)
-            .payload(body)
-            .timestamp(at);
-        if let Some(id) = id {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: "message-id",
-                value: Some(id),
-            }));
-        }
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| e)
-            .expect("send");
+        send(&producer, &topic, id, body, Some(at)).await;
     }
 
     let config = IdempotencyConfig::builder("identified")
@@ -191,18 +204,7 @@ async fn a_batch_of_binary_messages_is_identified_and_run_once() {
         (None, &[0x04]),
     ];
     for (id, body) in sent {
-        let mut record = FutureRecord::<(), [u8]>::to(&topic).payload(body);
-        if let Some(id) = id {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: "message-id",
-                value: Some(id),
-            }));
-        }
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| e)
-            .expect("send");
+        send(&producer, &topic, id, body, None).await;
     }
     let config = IdempotencyConfig::builder("identified-batch")
         .build()
