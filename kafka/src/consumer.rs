@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use eventonce_core::{EventEnvelope, Guard, GuardError, Identity, Outcome, StoreError};
+use eventonce_core::{EventEnvelope, Guard, GuardError, Identify, Identity, Outcome, StoreError};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -249,21 +249,45 @@ impl KafkaGuard {
         Fut: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
+        self.process_one(consumer, message, handler, |message| {
+            let config = self.guard.config();
+            envelope_from_message_within(message, config.key_scheme(), config.max_payload_bytes())
+                .map(|envelope| self.stamped(envelope, message))
+        })
+        .await
+    }
+
+    /// One message through the guard: its event made by `identify` (an envelope or an
+    /// identity), admitted behind any redelivery its partition waits for, run, settled,
+    /// and committed or sought back.
+    async fn process_one<K, C, M, X, F, Fut, T, E>(
+        &self,
+        consumer: &K,
+        message: &M,
+        handler: F,
+        identify: impl FnOnce(&M) -> Result<X, MessageError>,
+    ) -> Result<Delivery<T, E>, MessageError>
+    where
+        K: Consumer<C>,
+        C: ConsumerContext,
+        M: Message,
+        X: Identify + Clone,
+        F: FnOnce(X) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
         let position = MessagePosition::of(message);
         self.forget_stale(consumer, std::slice::from_ref(&position), None);
-        let config = self.guard.config();
-        let envelope =
-            envelope_from_message_within(message, config.key_scheme(), config.max_payload_bytes())
-                .map(|envelope| self.stamped(envelope, message));
+        let event = identify(message);
         let admitted = self
             .lock_rewinds()
-            .admit(&[(&position, envelope.is_ok())])
+            .admit(&[(&position, event.is_ok())])
             .first()
             .copied()
             .unwrap_or(false);
-        let input = match envelope {
+        let input = match event {
             _ if !admitted => Input::NotRun,
-            Ok(envelope) => Input::Ran(self.guard.run(&envelope, handler(envelope.clone())).await),
+            Ok(event) => Input::Ran(self.guard.run(&event, handler(event.clone())).await),
             Err(error) => Input::Unidentifiable(error),
         };
         let plan = self.lock_rewinds().settle(vec![(&position, input)]);
@@ -350,25 +374,10 @@ impl KafkaGuard {
         Fut: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
-        let position = MessagePosition::of(message);
-        self.forget_stale(consumer, std::slice::from_ref(&position), None);
-        let identity = identified(identify(message), message);
-        let admitted = self
-            .lock_rewinds()
-            .admit(&[(&position, identity.is_ok())])
-            .first()
-            .copied()
-            .unwrap_or(false);
-        let input = match identity {
-            _ if !admitted => Input::NotRun,
-            Ok(identity) => Input::Ran(self.guard.run(&identity, handler(identity.clone())).await),
-            Err(error) => Input::Unidentifiable(error),
-        };
-        let plan = self.lock_rewinds().settle(vec![(&position, input)]);
-        let mut answers = self.carry_out(consumer, plan, &[&position], false).await;
-        answers
-            .pop()
-            .unwrap_or(Ok(Delivery::Redeliver(Retry::Rewinding)))
+        self.process_one(consumer, message, handler, |message| {
+            identified(identify(message), message)
+        })
+        .await
     }
 
     /// Processes a batch of consumed messages (in the order the consumer yielded them)
