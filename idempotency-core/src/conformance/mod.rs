@@ -31,6 +31,7 @@ mod guard;
 mod guard_batch;
 mod hostile;
 mod identity;
+mod results;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,7 @@ pub use guard::*;
 pub use guard_batch::*;
 pub use hostile::*;
 pub use identity::*;
+pub use results::*;
 pub use store::*;
 
 #[doc(hidden)]
@@ -193,6 +195,10 @@ macro_rules! conformance_tests {
             guard_refuses_a_changed_payload_while_the_first_claim_is_live,
             guard_keys_by_event_id_and_refuses_changed_data,
             guard_batch_refuses_changed_payloads_per_event,
+            stored_result_is_kept_with_the_completion_and_read_back,
+            guard_replays_the_stored_result_of_a_duplicate,
+            guard_completes_without_a_result_over_the_size_bound,
+            guard_replays_results_only_for_the_same_payload,
         );
     };
     (@each $factory:path; $($check:ident),* $(,)?) => {
