@@ -62,9 +62,9 @@ pub use eventonce_core::{
     Bounded, BoxError, Claim, Completion, ConfigBuilder, ConfigError, EnvelopeError, EventEnvelope,
     FailMode, Guard, GuardError, GuardStats, IdempotencyConfig, IdempotencyStore, Identify,
     Identity, IdentityError, IdentityRule, KeyParts, KeyScheme, ListedRecord, Outcome, Record,
-    RecordPage, RecordState, StalePolicy, StoreError, TransactionalStore, DISABLED_ENV,
-    MAX_EVENT_TYPE_LABELS, MAX_FIELD_CHARS, OTHER_EVENT_TYPES, RUNS_TOTAL, RUN_DURATION_SECONDS,
-    STORE_OPERATION_DURATION_SECONDS,
+    RecordPage, RecordState, StalePolicy, StoreError, StoredOutcome, TransactionalStore,
+    DISABLED_ENV, MAX_EVENT_TYPE_LABELS, MAX_FIELD_CHARS, OTHER_EVENT_TYPES, RUNS_TOTAL,
+    RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS,
 };
 /// The first layout's paths of the names that moved to [`config::defaults`] and
 /// [`backend`], kept so that code written against them still compiles. Not part of the
