@@ -42,10 +42,16 @@ async fn create(
         return (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response();
     }
     let id = orders.created.fetch_add(1, Ordering::SeqCst) + 1;
-    let body = format!(r#"{{"order":{id},"request":{}}}"#, String::from_utf8_lossy(&body));
+    let body = format!(
+        r#"{{"order":{id},"request":{}}}"#,
+        String::from_utf8_lossy(&body)
+    );
     (
         StatusCode::CREATED,
-        [("content-type", "application/json"), ("x-order-id", &id.to_string())],
+        [
+            ("content-type", "application/json"),
+            ("x-order-id", &id.to_string()),
+        ],
         body,
     )
         .into_response()
@@ -130,7 +136,10 @@ impl Server {
 }
 
 fn key(name: &str) -> String {
-    format!("{name}-{}", eventonce_core::conformance::unique_service("k"))
+    format!(
+        "{name}-{}",
+        eventonce_core::conformance::unique_service("k")
+    )
 }
 
 async fn replays_the_first_response_byte_for_byte(server: &Server) {
@@ -257,7 +266,9 @@ async fn the_layer_over_http_on_postgres() {
         .unwrap_or_else(|e| panic!("this test needs PostgreSQL at {url}: {e}"));
     let pool = store.pool().clone();
     all(Server::start(store).await).await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
-        .execute(&pool)
-        .await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await;
 }
