@@ -224,6 +224,29 @@ async fn concurrent_retries_create_one_order(server: &Arc<Server>) {
     assert_eq!(server.created(), 1, "orders created");
 }
 
+/// A client that sends a request and hangs up before the answer leaves no stuck claim:
+/// once the first run's time is over, a retry gets 201 (fresh, or the stored response)
+/// and exactly one order exists.
+async fn a_client_that_disconnects_leaves_no_stuck_claim(server: &Server) {
+    use tokio::io::AsyncWriteExt;
+    let k = key("disconnect");
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST /orders?delay_ms=300 HTTP/1.1\r\nhost: {address}\r\nidempotency-key: \"{k}\"\r\n\
+         content-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let retry = server.post("/orders?delay_ms=300", Some(&k), "{}").await;
+    assert_eq!(retry.status, 201, "{:?}", retry.body);
+    assert_eq!(server.created(), 1, "orders created");
+}
+
 async fn all(server: Server) {
     let server = Arc::new(server);
     replays_the_first_response_byte_for_byte(&server).await;
@@ -236,6 +259,8 @@ async fn all(server: Server) {
     does_not_store_a_5xx(&server).await;
     server.orders.created.store(0, Ordering::SeqCst);
     concurrent_retries_create_one_order(&server).await;
+    server.orders.created.store(0, Ordering::SeqCst);
+    a_client_that_disconnects_leaves_no_stuck_claim(&server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
