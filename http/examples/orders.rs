@@ -4,7 +4,8 @@
 //! cargo run -p eventonce-http --example orders -- --listen 127.0.0.1:8080 --redis redis://127.0.0.1:6379
 //! ```
 //!
-//! (the memory store when `--redis` is absent). `POST /orders` creates an order from its
+//! (the memory store when `--redis` is absent; `--lease-ms N` sets the claim's lease,
+//! `--service NAME` the service its keys are recorded under). `POST /orders` creates an order from its
 //! JSON body and requires an `Idempotency-Key`; `?delay_ms=N` makes the handler sleep N ms
 //! first, so that a concurrent retry can be shown; `GET /orders/count` answers how many
 //! orders the handler actually created.
@@ -75,7 +76,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(url) => Arc::new(eventonce_redis::RedisStore::connect(&url).await?),
         None => Arc::new(eventonce_memory::MemoryStore::new()),
     };
-    let config = IdempotencyConfig::builder("orders-example").build()?;
+    let service = flag("--service").unwrap_or_else(|| "orders-example".to_owned());
+    let mut config = IdempotencyConfig::builder(service);
+    if let Some(ms) = flag("--lease-ms") {
+        config = config.lease(Duration::from_millis(ms.parse()?));
+    }
+    let config = config.build()?;
     let layer = IdempotencyLayer::new(Guard::from_arc(store, config)).require_key(true);
     let created = Arc::new(AtomicU64::new(0));
     let app = Router::new()
