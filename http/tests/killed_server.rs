@@ -10,16 +10,21 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// Builds the example (a no-op when it is up to date; `cargo test --test killed_server`
-/// alone would not build it) and returns its path beside this test's.
+/// The example, built beside this test by `cargo test`; built here only when it is missing
+/// or older than its source (`cargo test --test killed_server` alone does not build it).
 fn build_example() -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let built = Command::new(cargo)
-        .args(["build", "-p", "eventonce-http", "--example", "orders"])
-        .status()
-        .expect("cargo runs");
-    assert!(built.success(), "the example builds");
-    example()
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/orders.rs");
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let binary = example();
+    if modified(&binary).is_none() || modified(&binary) < modified(&source) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let built = Command::new(cargo)
+            .args(["build", "-p", "eventonce-http", "--example", "orders"])
+            .status()
+            .expect("cargo runs");
+        assert!(built.success(), "the example builds");
+    }
+    binary
 }
 
 /// The example binary, beside this test.
