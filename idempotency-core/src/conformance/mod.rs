@@ -199,6 +199,7 @@ macro_rules! conformance_tests {
             guard_replays_the_stored_result_of_a_duplicate,
             guard_completes_without_a_result_over_the_size_bound,
             guard_replays_results_only_for_the_same_payload,
+            guard_batch_replays_stored_results,
         );
     };
     (@each $factory:path; $($check:ident),* $(,)?) => {

@@ -184,3 +184,39 @@ pub async fn guard_replays_results_only_for_the_same_payload(f: &impl StoreFacto
         .expect("run_stored");
     assert_eq!(again, StoredOutcome::Replayed(7));
 }
+
+/// `run_batch_stored` answers each event in order: new events `Processed` (their handler
+/// called once each), an event seen twice in the batch and one completed before
+/// `Replayed` with the first run's value.
+pub async fn guard_batch_replays_stored_results(f: &impl StoreFactory) {
+    let g = guard(f, config(&unique_service("result-batch"))).await;
+    let before = g
+        .run_stored(&event(3), async { Ok::<_, Boom>(30u64) })
+        .await
+        .expect("run_stored");
+    assert_eq!(before, StoredOutcome::Processed(30));
+    let events = [event(1), event(2), event(1), event(3)];
+    let calls = AtomicUsize::new(0);
+    let answers = g
+        .run_batch_stored(&events, |e| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let n = e.data["n"].as_u64().unwrap_or(0);
+            async move {
+                // Long enough for the runs of one batch to overlap.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Ok::<_, Boom>(n * 10 + 1)
+            }
+        })
+        .await;
+    let answers: Vec<_> = answers.into_iter().map(|a| a.expect("answer")).collect();
+    assert_eq!(
+        answers,
+        [
+            StoredOutcome::Processed(11),
+            StoredOutcome::Processed(21),
+            StoredOutcome::Replayed(11),
+            StoredOutcome::Replayed(30),
+        ]
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "handlers called");
+}

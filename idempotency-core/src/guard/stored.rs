@@ -133,6 +133,58 @@ impl Guard {
         })
     }
 
+    /// [`run_stored`](Self::run_stored) for each of `events`, at most
+    /// [`batch_concurrency`](crate::ConfigBuilder::batch_concurrency) at once, answering
+    /// each event in order. An event that appears twice runs once: its later copies run
+    /// after the first copies have ended, and answer `Replayed` (or what the first left).
+    /// `handler` is called only for an event that runs.
+    ///
+    /// Unlike [`run_batch`](Self::run_batch), it makes each event's store calls on its own
+    /// (a claim, then a completion with the result, or a read of a duplicate's result), so
+    /// it costs as many round trips as that many `run_stored` calls, made concurrently.
+    ///
+    /// # Panics
+    ///
+    /// Resumes a handler's panic, after its claim is released; the other runs in flight
+    /// are dropped (their claims released as for a dropped `run`).
+    pub async fn run_batch_stored<'a, I, H, F, T, E>(
+        &self,
+        events: &'a [I],
+        handler: H,
+    ) -> Vec<Result<StoredOutcome<T>, GuardError<E>>>
+    where
+        I: Identify,
+        H: Fn(&'a I) -> F,
+        F: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: std::fmt::Display,
+    {
+        use futures_util::stream::{self, StreamExt};
+        let mut seen = std::collections::HashSet::with_capacity(events.len());
+        let (first, later): (Vec<usize>, Vec<usize>) = (0..events.len()).partition(|&i| {
+            self.key_for(&events[i])
+                .map_or(true, |key| seen.insert(key))
+        });
+        let handler = &handler;
+        let run = |i: usize| async move {
+            let answer = self
+                .run_stored(&events[i], async move { handler(&events[i]).await })
+                .await;
+            (i, answer)
+        };
+        let mut answers: Vec<Option<_>> = events.iter().map(|_| None).collect();
+        let limit = self.inner.config.batch_concurrency().max(1);
+        let mut running = stream::iter(first).map(run).buffer_unordered(limit);
+        while let Some((i, answer)) = running.next().await {
+            answers[i] = Some(answer);
+        }
+        drop(running);
+        for i in later {
+            answers[i] = Some(run(i).await.1);
+        }
+        answers.into_iter().flatten().collect()
+    }
+
     /// The encoded result of `value` to keep with the completion, or `None` (observed) when
     /// it does not encode or is over `max_result_bytes`.
     pub(super) fn encode_result<T>(
