@@ -76,6 +76,14 @@ struct Reply {
 
 impl Server {
     async fn start(store: impl IdempotencyStore + 'static) -> Server {
+        Self::start_with(store, |config| config, |layer| layer).await
+    }
+
+    async fn start_with(
+        store: impl IdempotencyStore + 'static,
+        configure: impl FnOnce(eventonce_core::ConfigBuilder) -> eventonce_core::ConfigBuilder,
+        layered: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer,
+    ) -> Server {
         let service = format!(
             "http-{}-{}",
             std::process::id(),
@@ -84,8 +92,10 @@ impl Server {
                 .map(|d| d.as_nanos())
                 .unwrap_or_default()
         );
-        let config = IdempotencyConfig::builder(service).build().expect("config");
-        let layer = IdempotencyLayer::new(Guard::new(store, config)).require_key(true);
+        let config = configure(IdempotencyConfig::builder(service))
+            .build()
+            .expect("config");
+        let layer = layered(IdempotencyLayer::new(Guard::new(store, config)).require_key(true));
         let orders = Arc::new(Orders::default());
         let app = Router::new()
             .route("/orders", post(create).layer(layer))
@@ -296,4 +306,30 @@ async fn the_layer_over_http_on_postgres() {
     )))
     .execute(&pool)
     .await;
+}
+
+/// A response too large to keep completes the request without it: a retry is answered
+/// `409` (processed, response not kept), never run again. A request body over the layer's
+/// limit is `413`, and the route never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_on_the_stored_response_and_the_request_body() {
+    let server = Server::start_with(
+        eventonce_memory::MemoryStore::new(),
+        |config| config.max_result_bytes(200),
+        |layer| layer.max_body_bytes(1000),
+    )
+    .await;
+    let k = key("big");
+    let body = format!(r#"{{"note":"{}"}}"#, "x".repeat(300));
+    let first = server.post("/orders", Some(&k), &body).await;
+    assert_eq!((first.status, first.replayed), (201, false));
+    let retry = server.post("/orders", Some(&k), &body).await;
+    assert_eq!(retry.status, 409, "{:?}", retry.body);
+    assert!(String::from_utf8_lossy(&retry.body).contains("not kept"));
+    assert_eq!(server.created(), 1);
+
+    let huge = format!(r#"{{"note":"{}"}}"#, "x".repeat(2000));
+    let refused = server.post("/orders", Some(&key("huge")), &huge).await;
+    assert_eq!(refused.status, 413, "{:?}", refused.body);
+    assert_eq!(server.created(), 1, "the route never ran");
 }
