@@ -30,7 +30,8 @@
 //! Backends are picked with cargo features: `memory` (the default, [`MemoryStore`]),
 //! `redis` (`RedisStore`: single server or Redis Cluster), `postgres` (`PostgresStore`, with
 //! exactly-once effects through [`Guard::run_in_transaction`]), `full` for all of them;
-//! `kafka` adds the Kafka consumer helper (`eventonce::kafka`, on rdkafka).
+//! `kafka` adds the Kafka consumer helper (`eventonce::kafka`, on rdkafka), `http` the
+//! Idempotency-Key layer for HTTP services (`eventonce::http`, on tower).
 //!
 //! Where things are:
 //! - the root: the core's concepts ([`Guard`], [`IdempotencyConfig`], [`EventEnvelope`],
@@ -62,9 +63,9 @@ pub use eventonce_core::{
     Bounded, BoxError, Claim, Completion, ConfigBuilder, ConfigError, EnvelopeError, EventEnvelope,
     FailMode, Guard, GuardError, GuardStats, IdempotencyConfig, IdempotencyStore, Identify,
     Identity, IdentityError, IdentityRule, KeyParts, KeyScheme, ListedRecord, Outcome, Record,
-    RecordPage, RecordState, StalePolicy, StoreError, TransactionalStore, DISABLED_ENV,
-    MAX_EVENT_TYPE_LABELS, MAX_FIELD_CHARS, OTHER_EVENT_TYPES, RUNS_TOTAL, RUN_DURATION_SECONDS,
-    STORE_OPERATION_DURATION_SECONDS,
+    RecordPage, RecordState, StalePolicy, StoreError, StoredOutcome, TransactionalStore,
+    DISABLED_ENV, MAX_EVENT_TYPE_LABELS, MAX_FIELD_CHARS, OTHER_EVENT_TYPES, RUNS_TOTAL,
+    RUN_DURATION_SECONDS, STORE_OPERATION_DURATION_SECONDS,
 };
 /// The first layout's paths of the names that moved to [`config::defaults`] and
 /// [`backend`], kept so that code written against them still compiles. Not part of the
@@ -118,6 +119,15 @@ pub mod postgres {
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub mod kafka {
     pub use eventonce_kafka::*;
+}
+
+/// The Idempotency-Key layer for HTTP services (feature `http`): a `tower` layer that runs
+/// each request once per key and replays the stored response to retries. Everything
+/// `eventonce-http` exports.
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http {
+    pub use eventonce_http::*;
 }
 
 /// The README's examples, compiled and run as doctests (with every backend and Kafka, as

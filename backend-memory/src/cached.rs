@@ -142,6 +142,32 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
         Ok(done)
     }
 
+    async fn complete_with_result(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        result: &[u8],
+    ) -> Result<bool, StoreError> {
+        let started = Instant::now();
+        let done = self
+            .inner
+            .complete_with_result(key, owner, ttl, result)
+            .await?;
+        if done {
+            let until = saturating_deadline(started, ttl.min(self.max_ttl));
+            self.cache.insert(key.to_owned(), until);
+        }
+        Ok(done)
+    }
+
+    async fn get_with_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Record, Option<Vec<u8>>)>, StoreError> {
+        self.inner.get_with_result(key).await
+    }
+
     async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
         self.inner.release(key, owner).await
     }

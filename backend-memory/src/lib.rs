@@ -364,7 +364,8 @@ impl MemoryStore {
 
     /// Completes `owner`'s claim on `key` for `ttl` (arguments checked by the caller).
     fn complete_held(&self, key: &str, owner: &str, ttl: Duration) -> bool {
-        self.shard(key).complete(key, owner, ttl, Instant::now())
+        self.shard(key)
+            .complete(key, owner, ttl, None, Instant::now())
     }
 }
 
@@ -436,16 +437,38 @@ impl IdempotencyStore for MemoryStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        Ok(self.get_with_result(key).await?.map(|(record, _)| record))
+    }
+
+    async fn complete_with_result(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        result: &[u8],
+    ) -> Result<bool, StoreError> {
+        check_arguments(key, owner, Some(ttl))?;
+        let now = Instant::now();
+        Ok(self.shard(key).complete(key, owner, ttl, Some(result), now))
+    }
+
+    async fn get_with_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Record, Option<Vec<u8>>)>, StoreError> {
         if key.is_empty() {
             return Err(StoreError::InvalidArgument("key must not be empty".into()));
         }
         let shard = self.shard(key);
         let now = Instant::now();
-        Ok(shard.peek(key, now).map(|entry| Record {
-            state: entry.state,
-            owner: Some(entry.owner.to_owned_string()),
-            ttl_left: Some(entry.expires_at.saturating_duration_since(now)),
-            updated_at: Some(entry.updated_at),
+        Ok(shard.peek(key, now).map(|entry| {
+            let record = Record {
+                state: entry.state,
+                owner: Some(entry.owner.to_owned_string()),
+                ttl_left: Some(entry.expires_at.saturating_duration_since(now)),
+                updated_at: Some(entry.updated_at),
+            };
+            (record, entry.result.as_deref().map(<[u8]>::to_vec))
         }))
     }
 

@@ -115,13 +115,21 @@ impl Shard {
     }
 
     /// Completes `owner`'s live claim of `key` for `ttl`. Returns whether it held it.
-    pub(crate) fn complete(&mut self, key: &str, owner: &str, ttl: Duration, now: Instant) -> bool {
+    pub(crate) fn complete(
+        &mut self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        result: Option<&[u8]>,
+        now: Instant,
+    ) -> bool {
         if !self.held(key, owner, now) {
             return false;
         }
         match self.claims.remove_entry(key) {
             Some((key, mut entry)) => {
                 entry.state = RecordState::Completed;
+                entry.result = result.map(Box::from);
                 entry.expires_at = saturating_deadline(now, ttl);
                 entry.updated_at = SystemTime::now();
                 self.completed.insert(key, entry);
@@ -213,6 +221,8 @@ pub(crate) struct Entry {
     pub(crate) owner: Owner,
     pub(crate) expires_at: Instant,
     pub(crate) updated_at: SystemTime,
+    /// The result kept with the completion (`complete_with_result`), if any.
+    pub(crate) result: Option<Box<[u8]>>,
 }
 
 impl Entry {
@@ -226,6 +236,7 @@ impl Entry {
             owner: Owner::new(owner),
             expires_at: saturating_deadline(now, lease),
             updated_at: SystemTime::now(),
+            result: None,
         }
     }
 }

@@ -53,6 +53,23 @@ impl IdempotencyStore for Counting {
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
         self.inner.get(key).await
     }
+    async fn complete_with_result(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        result: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .complete_with_result(key, owner, ttl, result)
+            .await
+    }
+    async fn get_with_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Record, Option<Vec<u8>>)>, StoreError> {
+        self.inner.get_with_result(key).await
+    }
 }
 
 const LEASE: Duration = Duration::from_secs(30);

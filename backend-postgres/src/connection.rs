@@ -19,6 +19,8 @@ use crate::sql::Statements;
 /// The migration that creates the records table, with `{schema}`, `{table}` and
 /// `{table_unquoted}` placeholders.
 const MIGRATION_0001: &str = include_str!("../migrations/0001_create_records.sql");
+/// The migration that adds the stored result's columns to a table created by the first.
+const MIGRATION_0002: &str = include_str!("../migrations/0002_add_result.sql");
 
 /// A PostgreSQL idempotency store. Cheap to clone: clones share the pool.
 ///
@@ -190,18 +192,25 @@ impl PostgresStore {
     /// fails (a role without the right to create the schema or the table, for one).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let schema = format!("\"{}\"", self.options.schema);
-        let sql = MIGRATION_0001
-            .replace("{schema}", &schema)
-            .replace("{table_unquoted}", &self.options.table)
-            .replace("{table}", &format!("\"{}\"", self.options.table));
-        let migration = Migration::new(
-            1,
-            Cow::Borrowed("create records table"),
-            MigrationType::Simple,
-            AssertSqlSafe(sql).into_sql_str(),
-            false,
-        );
-        let mut migrator = Migrator::with_migrations(vec![migration]);
+        let fill = |sql: &str| {
+            sql.replace("{schema}", &schema)
+                .replace("{table_unquoted}", &self.options.table)
+                .replace("{table}", &format!("\"{}\"", self.options.table))
+        };
+        let migration = |version, description, sql: String| {
+            Migration::new(
+                version,
+                Cow::Borrowed(description),
+                MigrationType::Simple,
+                AssertSqlSafe(sql).into_sql_str(),
+                false,
+            )
+        };
+        let migrations = vec![
+            migration(1, "create records table", fill(MIGRATION_0001)),
+            migration(2, "add stored results", fill(MIGRATION_0002)),
+        ];
+        let mut migrator = Migrator::with_migrations(migrations);
         // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema
         // exists: ask for it only when it is missing, so a role that owns just its schema
         // can migrate.

@@ -10,6 +10,8 @@ pub(crate) struct Statements {
     pub(crate) claim_tx: Arc<str>,
     pub(crate) state: Arc<str>,
     pub(crate) complete: Arc<str>,
+    pub(crate) complete_result: Arc<str>,
+    pub(crate) get_result: Arc<str>,
     pub(crate) release: Arc<str>,
     pub(crate) extend: Arc<str>,
     pub(crate) get: Arc<str>,
@@ -37,6 +39,8 @@ impl Statements {
             claim_tx: claim_tx(&wait, &claim_one, &answer_one),
             state: state(table),
             complete: complete(table),
+            complete_result: complete_result(table),
+            get_result: get_result(table),
             release: release(table),
             extend: extend(table),
             get: get(table),
@@ -160,6 +164,31 @@ fn complete(table: &str) -> Arc<str> {
         "UPDATE {table} SET state = 'completed', updated_at = now(),
                         expires_at = now() + make_interval(secs => $3::float8 / 1000)
                   WHERE key = $1 AND owner = $2 AND state = 'processing' AND expires_at > now()"
+    ))
+}
+
+/// Guarantee: as [`complete`], the result $4 written in the same row update, stamped with
+/// the completing owner (`result_owner`).
+fn complete_result(table: &str) -> Arc<str> {
+    Arc::from(format!(
+        "UPDATE {table} SET state = 'completed', updated_at = now(),
+                        expires_at = now() + make_interval(secs => $3::float8 / 1000),
+                        result = $4, result_owner = $2
+                  WHERE key = $1 AND owner = $2 AND state = 'processing' AND expires_at > now()"
+    ))
+}
+
+/// The live record of $1 with its result: only a completed record's, and only when the
+/// result was written by the completion of the record's own owner (a result left on a row
+/// claimed again after it expired is not answered).
+fn get_result(table: &str) -> Arc<str> {
+    Arc::from(format!(
+        "SELECT state, owner,
+                        (EXTRACT(EPOCH FROM updated_at) * 1000)::int8 AS updated_ms,
+                        (EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::int8 AS left_ms,
+                        CASE WHEN state = 'completed' AND result_owner = owner THEN result END
+                          AS result
+                   FROM {table} WHERE key = $1 AND expires_at > now()"
     ))
 }
 

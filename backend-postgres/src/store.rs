@@ -214,6 +214,49 @@ impl IdempotencyStore for PostgresStore {
             .map_err(|e| self.db_error("PostgreSQL", e))
     }
 
+    async fn complete_with_result(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        result: &[u8],
+    ) -> Result<bool, StoreError> {
+        check_arguments(key, owner, Some(ttl))?;
+        let done = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_result)))
+            .bind(key)
+            .bind(owner)
+            .bind(millis(ttl))
+            .bind(result)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn get_with_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Record, Option<Vec<u8>>)>, StoreError> {
+        if key.is_empty() {
+            return Err(StoreError::InvalidArgument("key must not be empty".into()));
+        }
+        let row = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.get_result)))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.db_error("PostgreSQL", e))?;
+        let read = |r: &PgRow| -> Result<_, sqlx::Error> {
+            Ok((
+                record_from_row(r)?,
+                r.try_get::<Option<Vec<u8>>, _>("result")?,
+            ))
+        };
+        row.as_ref()
+            .map(read)
+            .transpose()
+            .map_err(|e| self.db_error("PostgreSQL", e))
+    }
+
     async fn try_claim_many(
         &self,
         keys: &[String],

@@ -19,6 +19,9 @@ pub(crate) fn millis(d: Duration) -> u64 {
 
 /// Reads a stored value: our `p|ms|owner` / `c|ms|owner`, or an older writer's value.
 pub(crate) fn decode(value: &[u8]) -> (RecordState, Option<String>, Option<SystemTime>) {
+    if let Some((owner, at, _)) = decode_result(value) {
+        return (RecordState::Completed, Some(owner), at);
+    }
     let text = String::from_utf8_lossy(value);
     let mut parts = text.splitn(3, '|');
     if let (Some(state @ ("p" | "c")), Some(ms), Some(owner)) =
@@ -45,6 +48,40 @@ pub(crate) fn decode(value: &[u8]) -> (RecordState, Option<String>, Option<Syste
         RecordState::Completed
     };
     (state, None, None)
+}
+
+/// Reads a completed value with a result, `r|<ms>|<owner length>|<owner><result>`: its
+/// owner, time and result; `None` for any other value (one not in this form exactly, an
+/// owner that is not UTF-8, counts as an older writer's).
+pub(crate) fn decode_result(value: &[u8]) -> Option<(String, Option<SystemTime>, Vec<u8>)> {
+    let rest = value.strip_prefix(b"r|")?;
+    let (ms, rest) = number(rest)?;
+    let (len, rest) = number(rest)?;
+    let len = usize::try_from(len).ok()?;
+    if rest.len() < len {
+        return None;
+    }
+    let (owner, result) = rest.split_at(len);
+    let owner = std::str::from_utf8(owner).ok()?.to_owned();
+    let at = UNIX_EPOCH.checked_add(Duration::from_millis(ms));
+    Some((owner, at, result.to_vec()))
+}
+
+/// Digits then `|`: the number and what follows the bar.
+fn number(value: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = value.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || value.get(digits) != Some(&b'|') {
+        return None;
+    }
+    let n = std::str::from_utf8(&value[..digits]).ok()?.parse().ok()?;
+    Some((n, &value[digits + 1..]))
+}
+
+/// A stored value and its remaining TTL as a record, with the result a completed value
+/// carries.
+pub(crate) fn record_with_result(value: &[u8], pttl: i64) -> (Record, Option<Vec<u8>>) {
+    let result = decode_result(value).map(|(_, _, result)| result);
+    (record_of(value, pttl), result)
 }
 
 /// A stored value and its remaining TTL as a record.
@@ -78,5 +115,40 @@ mod tests {
             decode(b"{\"status\": \"processing\"}").0,
             RecordState::Processing
         );
+    }
+
+    #[test]
+    fn values_with_a_result_decode_to_owner_and_result() {
+        let (owner, at, result) = decode_result(b"r|17|7|own|er|\x00{\"a\"|1}").expect("a result");
+        assert_eq!(owner, "own|er|");
+        assert!(at.is_some());
+        assert_eq!(result, b"\x00{\"a\"|1}");
+        assert_eq!(
+            decode(b"r|17|2|ab"),
+            (
+                RecordState::Completed,
+                Some("ab".to_owned()),
+                at.map(|_| UNIX_EPOCH + Duration::from_millis(17))
+            )
+        );
+        assert_eq!(
+            decode_result(b"r|17|2|ab"),
+            Some((
+                "ab".to_owned(),
+                Some(UNIX_EPOCH + Duration::from_millis(17)),
+                Vec::new()
+            ))
+        );
+        // Malformed forms are an older writer's values: completed, no owner, no result.
+        for odd in [
+            &b"r|17|9|ab"[..],
+            b"r|x|2|ab",
+            b"r||2|ab",
+            b"r|17|ab",
+            b"r|1|99999999999999999999|",
+        ] {
+            assert_eq!(decode_result(odd), None, "{odd:?}");
+            assert_eq!(decode(odd), (RecordState::Completed, None, None));
+        }
     }
 }

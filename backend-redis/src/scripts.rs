@@ -1,7 +1,9 @@
 //! The Lua scripts of the Redis store: one atomic round trip per transition.
 //!
 //! Record values stay small: `p|<ms>|<owner>` while processing, `c|<ms>|<owner>` once
-//! completed, where `<ms>` is the writer's wall clock in milliseconds (informational: the
+//! completed, `r|<ms>|<owner length>|<owner><result>` once completed with a result
+//! (`complete_with_result`: the owner's length in bytes, then the owner and the result's
+//! bytes as they are), where `<ms>` is the writer's wall clock in milliseconds (informational: the
 //! age an operator sees). The key's own TTL (`PX`) is the lease or the completed TTL, so
 //! expiry is judged by the Redis server's clock alone. A claim is one `SET ... NX GET` on
 //! Redis 7 and later (`SET NX` then `GET` on an older server); the store sends that `SET`
@@ -28,6 +30,7 @@ macro_rules! state_of {
 local function state_of(v)
   if string.match(v, '^p|%d+|') then return 'p' end
   if string.match(v, '^c|%d+|') then return 'c' end
+  if string.match(v, '^r|%d+|%d+|') then return 'c' end
   if string.sub(v, 1, 1) == '{' then
     local ok, t = pcall(cjson.decode, v)
     if ok and type(t) == 'table' and (t['status'] == 'processing' or t['state'] == 'processing') then
@@ -122,6 +125,21 @@ const COMPLETE_LUA: &str = concat!(
     r#"
 if not held_by(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], 'c|' .. ARGV[3] .. '|' .. ARGV[1], 'PX', ARGV[2])
+return 1
+"#
+);
+
+/// `complete_with_result`. KEYS[1] = key; ARGV[1] = owner, ARGV[2] = TTL in ms, ARGV[3] =
+/// now in ms, ARGV[4] = the result. Returns 1 or 0.
+///
+/// Guarantee: as `COMPLETE`, the completed record carrying the result in its value
+/// (`r|<ms>|<owner length>|<owner><result>`), in the same write: the record and its result
+/// appear together or not at all.
+const COMPLETE_RESULT_LUA: &str = concat!(
+    held_by!(),
+    r#"
+if not held_by(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], 'r|' .. ARGV[3] .. '|' .. #ARGV[1] .. '|' .. ARGV[1] .. ARGV[4], 'PX', ARGV[2])
 return 1
 "#
 );
@@ -288,6 +306,8 @@ return 1
 // Each script is loaded once and run by EVALSHA (reloaded on NOSCRIPT).
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(COMPLETE_LUA));
+pub(crate) static COMPLETE_RESULT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(COMPLETE_RESULT_LUA));
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_LUA));
 pub(crate) static GET: LazyLock<Script> = LazyLock::new(|| Script::new(GET_LUA));

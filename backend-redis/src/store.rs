@@ -14,9 +14,9 @@ use redis::{ErrorKind, Script, ServerErrorKind};
 
 use crate::connection::{Active, RedisStore};
 use crate::plain;
-use crate::record::{millis, now_ms, record_of};
+use crate::record::{millis, now_ms, record_of, record_with_result};
 use crate::scripts::{
-    Call, CLAIM, COMPLETE, EXTEND, EXTEND_MANY, GET, RELEASE, RELEASE_MANY, SETTLE,
+    Call, CLAIM, COMPLETE, COMPLETE_RESULT, EXTEND, EXTEND_MANY, GET, RELEASE, RELEASE_MANY, SETTLE,
 };
 
 #[async_trait]
@@ -43,6 +43,41 @@ impl IdempotencyStore for RedisStore {
     async fn complete(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         check_arguments(key, owner, Some(ttl))?;
         self.flag(&COMPLETE, key, owner, Some(millis(ttl))).await
+    }
+
+    async fn complete_with_result(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        result: &[u8],
+    ) -> Result<bool, StoreError> {
+        check_arguments(key, owner, Some(ttl))?;
+        let size = key.len() + owner.len() + result.len() + 40;
+        let mut call = Call::new(&COMPLETE_RESULT, 1, 5, size);
+        call.arg(key)
+            .arg(owner)
+            .arg(millis(ttl))
+            .arg(now_ms())
+            .arg(result);
+        let mut conn = self.connection().await?;
+        let done: i64 = call.invoke(&mut conn).await.map_err(|e| self.error(e))?;
+        Ok(done == 1)
+    }
+
+    async fn get_with_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Record, Option<Vec<u8>>)>, StoreError> {
+        if key.is_empty() {
+            return Err(StoreError::InvalidArgument("key must not be empty".into()));
+        }
+        let mut call = Call::new(&GET, 1, 1, key.len());
+        call.arg(key);
+        let mut conn = self.connection().await?;
+        let reply: Option<(Vec<u8>, i64)> =
+            call.invoke(&mut conn).await.map_err(|e| self.error(e))?;
+        Ok(reply.map(|(value, pttl)| record_with_result(&value, pttl)))
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {

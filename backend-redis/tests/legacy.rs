@@ -143,3 +143,49 @@ async fn connection_errors_never_show_the_password() {
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("127.0.0.1:1"), "{text}");
 }
+
+/// Older writers' values, `c|` values written without a result and malformed `r|` values
+/// carry no result: `run_stored` answers them as plain duplicates and never rewrites them.
+#[tokio::test]
+async fn values_without_a_result_answer_run_stored_as_plain_duplicates() {
+    use eventonce_core::{Guard, IdempotencyConfig, Identity, StoredOutcome};
+    let store = RedisStore::connect(&url()).await.expect("connect");
+    let mut con = raw().await;
+    let config = IdempotencyConfig::builder("legacy-results")
+        .key_prefix("huleedu:idempotency:conformance")
+        .build()
+        .expect("config");
+    let guard = Guard::new(store.clone(), config);
+    let values = [
+        "1",
+        r#"{"status": "completed"}"#,
+        "c|1|someone",
+        "r|1|99|short",
+    ];
+    for (n, value) in values.iter().enumerate() {
+        let event = Identity::new("legacy.result.v1", unique_key(&format!("result-{n}")));
+        let key = guard.key_for(&event).expect("key");
+        let _: () = con.set_ex(&key, *value, 600).await.expect("set");
+        let (record, result) = store
+            .get_with_result(&key)
+            .await
+            .expect("get_with_result")
+            .expect("record");
+        assert_eq!(
+            (record.state, result),
+            (RecordState::Completed, None),
+            "{value:?}"
+        );
+        let out = guard
+            .run_stored(&event, async { Ok::<_, std::io::Error>(5u8) })
+            .await
+            .expect("run_stored");
+        assert_eq!(out, StoredOutcome::Duplicate, "{value:?}");
+        assert!(!store
+            .complete_with_result(&key, "me", LEASE, b"x")
+            .await
+            .expect("complete_with_result"));
+        let still: String = con.get(&key).await.expect("get");
+        assert_eq!(still, *value, "the value was rewritten");
+    }
+}

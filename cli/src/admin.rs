@@ -513,20 +513,77 @@ pub(crate) async fn show(args: ShowArgs) -> ExitCode {
         Ok(c) => c,
         Err(err) => return fail(err),
     };
-    let record = match connected.store.get(&key).await {
-        Ok(record) => record,
+    let found = match connected.store.get_with_result(&key).await {
+        Ok(found) => found,
         Err(err) => return fail(read_error(&key, err)),
     };
     let (scheme, prefix) = (args.store.key_scheme, &args.store.prefix);
-    match (record, args.json) {
-        (Some(record), true) => println!("{}", describe(scheme, prefix, &key, &record)),
-        (Some(record), false) => print_record(scheme, prefix, &key, &record),
+    match (found, args.json) {
+        (Some((record, result)), true) => {
+            let mut shown = describe(scheme, prefix, &key, &record);
+            add_result(&mut shown, result.as_deref());
+            println!("{shown}");
+        }
+        (Some((record, result)), false) => {
+            print_record(scheme, prefix, &key, &record);
+            println!("result:     {}", result_text(result.as_deref()));
+        }
         (None, json) => {
             absent(scheme, prefix, &key, json);
             return ExitCode::from(EXIT_NO);
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The hex digits of a result's first bytes shown for one that is not JSON.
+const RESULT_PREFIX_BYTES: usize = 32;
+
+/// A stored result as `show` prints it: its JSON on one line, or its size and a hex
+/// prefix when it is not JSON.
+fn result_text(result: Option<&[u8]>) -> String {
+    match result {
+        None => "- (none stored)".to_owned(),
+        Some(bytes) => match serde_json::from_slice::<Value>(bytes) {
+            Ok(value) => value.to_string(),
+            Err(_) => format!("{} bytes, not JSON: {}", bytes.len(), hex_prefix(bytes)),
+        },
+    }
+}
+
+/// `show --json`'s fields of a stored result: `result` (its JSON, or null), and for a
+/// result that is not JSON `result_bytes` and `result_hex_prefix`.
+fn add_result(shown: &mut Value, result: Option<&[u8]>) {
+    let Some(fields) = shown.as_object_mut() else {
+        return;
+    };
+    let parsed = result.map(serde_json::from_slice::<Value>);
+    match (result, parsed) {
+        (Some(_), Some(Ok(value))) => {
+            fields.insert("result".into(), value);
+        }
+        (Some(bytes), _) => {
+            fields.insert("result".into(), Value::Null);
+            fields.insert("result_bytes".into(), json!(bytes.len()));
+            fields.insert("result_hex_prefix".into(), json!(hex_prefix(bytes)));
+        }
+        (None, _) => {
+            fields.insert("result".into(), Value::Null);
+        }
+    }
+}
+
+/// The first bytes of `bytes` in lowercase hex, `...` after them when there are more.
+fn hex_prefix(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(RESULT_PREFIX_BYTES * 2 + 3);
+    for byte in bytes.iter().take(RESULT_PREFIX_BYTES) {
+        let _ = write!(out, "{byte:02x}");
+    }
+    if bytes.len() > RESULT_PREFIX_BYTES {
+        out.push_str("...");
+    }
+    out
 }
 
 /// What removing a record in `state` does, for the confirmation prompt.

@@ -1383,3 +1383,67 @@ fn data_that_is_not_json_is_refused_with_the_line_the_column_and_the_cause() {
         assert_eq!(run.stderr.trim_end(), printed, "{input:?}");
     }
 }
+
+/// `show` prints a record's stored result: its JSON, or its size and a hex prefix when it
+/// is not JSON; and says when there is none.
+#[tokio::test]
+async fn show_prints_the_stored_result() {
+    let prefix = unique_prefix("showresult");
+    let store = store().await;
+    let guard = Guard::new(store.clone(), config(&prefix, "quotes"));
+    let stored = eventonce::Identity::new("quote.requested.v1", "req-1");
+    let reply = json!({"quote": 1250, "currency": "EUR"});
+    let out = guard
+        .run_stored(&stored, async { Ok::<_, std::io::Error>(reply.clone()) })
+        .await
+        .expect("run_stored");
+    assert_eq!(out, eventonce::StoredOutcome::Processed(reply.clone()));
+    let key = guard.key_for(&stored).expect("key");
+    let text = on_redis("show", &prefix, &[&key], "");
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(
+        text.stdout
+            .contains(r#"result:     {"currency":"EUR","quote":1250}"#),
+        "{}",
+        text.stdout
+    );
+    let shown = on_redis("show", &prefix, &[&key, "--json"], "").json();
+    assert_eq!(shown["result"], reply);
+
+    // A result that is not JSON (written by a store call of another writer).
+    let binary = eventonce::Identity::new("quote.requested.v1", "req-2");
+    let key = guard.key_for(&binary).expect("key");
+    let lease = Duration::from_secs(60);
+    assert_eq!(
+        store.try_claim(&key, "me", lease).await.expect("claim"),
+        Claim::Acquired
+    );
+    let bytes = [0xffu8, 0x00, 0x10, 0x20, 0x30];
+    assert!(store
+        .complete_with_result(&key, "me", lease, &bytes)
+        .await
+        .expect("complete_with_result"));
+    let text = on_redis("show", &prefix, &[&key], "");
+    assert!(
+        text.stdout
+            .contains("result:     5 bytes, not JSON: ff00102030"),
+        "{}",
+        text.stdout
+    );
+    let shown = on_redis("show", &prefix, &[&key, "--json"], "").json();
+    assert_eq!(shown["result_bytes"], 5);
+    assert_eq!(shown["result_hex_prefix"], "ff00102030");
+
+    let plain = eventonce::Identity::new("quote.requested.v1", "req-3");
+    let out = guard
+        .run(&plain, async { Ok::<_, std::io::Error>(()) })
+        .await;
+    assert_eq!(out.expect("run"), Outcome::Processed(()));
+    let key = guard.key_for(&plain).expect("key");
+    let text = on_redis("show", &prefix, &[&key], "");
+    assert!(
+        text.stdout.contains("result:     - (none stored)"),
+        "{}",
+        text.stdout
+    );
+}

@@ -75,6 +75,7 @@ struct ConfigInner {
     key_scheme: KeyScheme,
     disabled: bool,
     max_payload_bytes: usize,
+    max_result_bytes: usize,
     identity_rule: IdentityRule,
     identity_rules: HashMap<String, IdentityRule>,
     max_event_age: Option<Duration>,
@@ -158,6 +159,7 @@ impl IdempotencyConfig {
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
             max_payload_bytes: defaults::DEFAULT_MAX_PAYLOAD_BYTES,
+            max_result_bytes: defaults::DEFAULT_MAX_RESULT_BYTES,
             deferred_completion: None,
             key_scheme: KeyScheme::Eventonce,
             disabled: false,
@@ -303,6 +305,11 @@ impl IdempotencyConfig {
     /// [`ConfigBuilder::max_payload_bytes`]).
     pub fn max_payload_bytes(&self) -> usize {
         self.inner.max_payload_bytes
+    }
+
+    /// The largest stored result, in bytes (see [`ConfigBuilder::max_result_bytes`]).
+    pub fn max_result_bytes(&self) -> usize {
+        self.inner.max_result_bytes
     }
 
     /// Parses an event payload as [`EventEnvelope::from_slice`] does, refusing one over
@@ -529,6 +536,19 @@ impl ConfigBuilder {
     /// dead-letter topic, as an event the guard answers `InvalidEvent`.
     pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
         self.0.max_payload_bytes = bytes;
+        self
+    }
+
+    /// Sets the largest result, in bytes of its JSON, that
+    /// [`Guard::run_stored`](crate::Guard::run_stored) keeps in the completed record
+    /// (default [`DEFAULT_MAX_RESULT_BYTES`](defaults::DEFAULT_MAX_RESULT_BYTES), 64 KiB).
+    /// A larger result is not an error: the event is completed without a result (logged as
+    /// `result_too_large` and counted in
+    /// [`GuardStats::results_dropped`](crate::GuardStats::results_dropped)), and a duplicate
+    /// then answers [`StoredOutcome::Duplicate`](crate::StoredOutcome::Duplicate). Zero
+    /// keeps no result at all.
+    pub fn max_result_bytes(mut self, bytes: usize) -> Self {
+        self.0.max_result_bytes = bytes;
         self
     }
 

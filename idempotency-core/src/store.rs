@@ -190,6 +190,35 @@ pub trait IdempotencyStore: Send + Sync {
         Ok((done, claim))
     }
 
+    /// [`complete`](IdempotencyStore::complete), keeping `result` (the handler's
+    /// serialized answer, see [`Guard::run_stored`](crate::Guard::run_stored)) in the
+    /// completed record, in the same atomic write: the record and its result appear
+    /// together or not at all. [`get_with_result`](IdempotencyStore::get_with_result) reads
+    /// it back. The default, for a store that keeps no results, completes without it: a
+    /// duplicate then answers as a plain duplicate.
+    async fn complete_with_result(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        result: &[u8],
+    ) -> Result<bool, StoreError> {
+        let _ = result;
+        self.complete(key, owner, ttl).await
+    }
+
+    /// [`get`](IdempotencyStore::get), with the result kept by
+    /// [`complete_with_result`](IdempotencyStore::complete_with_result) when the record is
+    /// completed and has one, in one read. A record without a result (a processing one, one
+    /// completed by `complete`, an older writer's, a `KeyScheme::PythonV2` value) has
+    /// `None`. The default, for a store that keeps no results, is `get` with `None`.
+    async fn get_with_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Record, Option<Vec<u8>>)>, StoreError> {
+        Ok(self.get(key).await?.map(|record| (record, None)))
+    }
+
     /// A short name of the backend for logs and errors: `"memory"`, `"redis"`, ...
     fn backend_name(&self) -> &'static str {
         "store"
@@ -284,6 +313,23 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
         (**self)
             .complete_then_claim(completions, key, owner, lease)
             .await
+    }
+
+    async fn complete_with_result(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        result: &[u8],
+    ) -> Result<bool, StoreError> {
+        (**self).complete_with_result(key, owner, ttl, result).await
+    }
+
+    async fn get_with_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Record, Option<Vec<u8>>)>, StoreError> {
+        (**self).get_with_result(key).await
     }
 
     fn backend_name(&self) -> &'static str {

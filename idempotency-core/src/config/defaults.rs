@@ -32,6 +32,11 @@ pub const DEFAULT_PROCESSING_TTL: Duration = Duration::from_secs(300);
 /// your own with [`ConfigBuilder::max_payload_bytes`](super::ConfigBuilder::max_payload_bytes).
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 10 * 1024 * 1024;
 
+/// The default largest result [`Guard::run_stored`](crate::Guard::run_stored) keeps in a
+/// completed record: 64 KiB of JSON. Set your own with
+/// [`ConfigBuilder::max_result_bytes`](super::ConfigBuilder::max_result_bytes).
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024;
+
 /// The default time limit of one store operation.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
 

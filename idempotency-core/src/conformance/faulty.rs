@@ -108,6 +108,25 @@ impl<S: IdempotencyStore + 'static> IdempotencyStore for FaultyStore<S> {
         self.gate().await?;
         self.inner.get(key).await
     }
+    async fn complete_with_result(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        result: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.gate().await?;
+        self.inner
+            .complete_with_result(key, owner, ttl, result)
+            .await
+    }
+    async fn get_with_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Record, Option<Vec<u8>>)>, StoreError> {
+        self.gate().await?;
+        self.inner.get_with_result(key).await
+    }
     async fn try_claim_many(
         &self,
         keys: &[String],

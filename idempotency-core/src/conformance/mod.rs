@@ -31,6 +31,7 @@ mod guard;
 mod guard_batch;
 mod hostile;
 mod identity;
+mod results;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,7 @@ pub use guard::*;
 pub use guard_batch::*;
 pub use hostile::*;
 pub use identity::*;
+pub use results::*;
 pub use store::*;
 
 #[doc(hidden)]
@@ -195,6 +197,11 @@ macro_rules! conformance_tests {
             guard_batch_refuses_changed_payloads_per_event,
             guard_deferred_completion_keeps_the_payload_fingerprint,
             guard_accepts_a_record_written_without_a_fingerprint,
+            stored_result_is_kept_with_the_completion_and_read_back,
+            guard_replays_the_stored_result_of_a_duplicate,
+            guard_completes_without_a_result_over_the_size_bound,
+            guard_replays_results_only_for_the_same_payload,
+            guard_batch_replays_stored_results,
         );
     };
     (@each $factory:path; $($check:ident),* $(,)?) => {

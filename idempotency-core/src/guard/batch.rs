@@ -170,7 +170,9 @@ impl Guard {
         for &i in &fingerprinted {
             // The handler is called only once the run decides to run it, as in the batch.
             let lazy = async { handler(&events[i]).await };
-            let answer = self.run_untraced(&events[i], &envelopes[i], lazy).await;
+            let answer = self
+                .run_untraced(&events[i], &envelopes[i], lazy, None)
+                .await;
             answers[i] = Some(answer);
         }
 

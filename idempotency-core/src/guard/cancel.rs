@@ -32,6 +32,8 @@ pub(super) struct PendingClaim {
     pub(super) on_drop: OnDrop,
     /// When the claim's lease ends, as far as the guard knows.
     pub(super) until: tokio::time::Instant,
+    /// The handler's encoded result, kept with the completion (`run_stored`).
+    pub(super) result: Option<Vec<u8>>,
     guard: Arc<GuardInner>,
 }
 
@@ -45,6 +47,7 @@ impl PendingClaim {
             ttl: ctx.ttl,
             on_drop: OnDrop::Release,
             until: lease_end(ctx.claimed, guard.config.lease()),
+            result: None,
             guard: Arc::clone(guard),
         }
     }

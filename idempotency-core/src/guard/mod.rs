@@ -38,12 +38,14 @@ mod lease;
 mod outcome;
 mod run;
 mod stats;
+mod stored;
 mod transaction;
 
 pub use outcome::Outcome;
 use outcome::{Ctx, Decision, Scope};
 use stats::Counters;
 pub use stats::GuardStats;
+pub use stored::StoredOutcome;
 
 /// Runs event handlers at most once per event (per service, within the event type's TTL).
 ///
@@ -276,14 +278,51 @@ impl Guard {
         let t = Instant::now();
         let record = self.store_call("get", self.inner.store.get(ctx.key)).await;
         ctx.store_time += t.elapsed();
-        let owner = match record {
-            Ok(record) => record?.owner?,
+        match record {
+            Ok(record) => self.check_fingerprint(ctx, record?.owner.as_deref(), given),
             Err(error) => {
                 self.observe(&*ctx, Decision::ConflictUnchecked { error: &error });
-                return None;
+                None
             }
-        };
-        let stored = fingerprint_of_owner(&owner)?;
+        }
+    }
+
+    /// [`conflict`](Self::conflict) of a key found completed, reading the record's stored
+    /// result in the same call (`get_with_result`): the conflict, if any, and the result.
+    /// A failed read answers no result (and, with a fingerprint, is observed).
+    async fn conflict_and_result<E>(
+        &self,
+        ctx: &mut Ctx<'_>,
+        fingerprint: Option<&str>,
+    ) -> (Option<GuardError<E>>, Option<Vec<u8>>) {
+        let t = Instant::now();
+        let read = self.inner.store.get_with_result(ctx.key);
+        let record = self.store_call("get", read).await;
+        ctx.store_time += t.elapsed();
+        match (record, fingerprint) {
+            (Ok(Some((record, result))), Some(given)) => {
+                let conflict = self.check_fingerprint(ctx, record.owner.as_deref(), given);
+                let result = if conflict.is_some() { None } else { result };
+                (conflict, result)
+            }
+            (Ok(Some((_, result))), None) => (None, result),
+            (Ok(None), _) | (Err(_), None) => (None, None),
+            (Err(error), Some(_)) => {
+                self.observe(&*ctx, Decision::ConflictUnchecked { error: &error });
+                (None, None)
+            }
+        }
+    }
+
+    /// The `Conflict` to answer when the record's owner token carries another fingerprint
+    /// than `given` (observed); `None` when they agree or the record has none.
+    fn check_fingerprint<E>(
+        &self,
+        ctx: &Ctx<'_>,
+        owner: Option<&str>,
+        given: &str,
+    ) -> Option<GuardError<E>> {
+        let stored = fingerprint_of_owner(owner?)?;
         if stored == given {
             return None;
         }
@@ -293,7 +332,7 @@ impl Guard {
             given: given.chars().take(16).collect(),
         };
         self.observe(
-            &*ctx,
+            ctx,
             Decision::Conflict {
                 error: &StaleText(&conflict),
             },

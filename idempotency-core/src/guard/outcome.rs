@@ -101,6 +101,12 @@ pub(super) enum Decision<'a> {
     /// The recorded fingerprint could not be read (the store failed): answered as if the
     /// fingerprints agreed.
     ConflictUnchecked { error: &'a StoreError },
+    /// A result of `run_stored` was not kept (over `max_result_bytes`, or not encodable):
+    /// the event is completed without it.
+    ResultDropped { error: &'a dyn Display },
+    /// A stored result could not be decoded as the handler's type: answered as a plain
+    /// duplicate.
+    ResultUnreadable { error: &'a dyn Display },
     /// The event is older than its maximum age: skipped or refused.
     Stale {
         error: &'a dyn Display,
@@ -185,6 +191,8 @@ impl Decision<'_> {
             Decision::Invalid { .. } => &[C::InvalidEvents],
             Decision::Conflict { .. } => &[C::Conflicts],
             Decision::ConflictUnchecked { .. } => &[C::StoreErrors],
+            Decision::ResultDropped { .. } => &[C::ResultsDropped],
+            Decision::ResultUnreadable { .. } => &[C::ResultsUnreadable],
             Decision::Stale { .. } | Decision::StaleProcessed { .. } => &[C::Stale],
             Decision::LeaseLost | Decision::QueuedClaimLost | Decision::OwedClaimLost => {
                 &[C::ClaimsLost]
@@ -217,6 +225,8 @@ impl Decision<'_> {
             Decision::Invalid { .. } => &INVALID,
             Decision::Conflict { .. } => &CONFLICT,
             Decision::ConflictUnchecked { .. } => &CONFLICT_UNCHECKED,
+            Decision::ResultDropped { .. } => &RESULT_DROPPED,
+            Decision::ResultUnreadable { .. } => &RESULT_UNREADABLE,
             Decision::Stale { skipped: true, .. } => &STALE_SKIPPED,
             Decision::Stale { skipped: false, .. } => &STALE_REFUSED,
             Decision::StaleProcessed { .. } => &STALE_PROCESSED,
@@ -241,6 +251,8 @@ impl Decision<'_> {
             | Decision::UnprotectedFailed { error }
             | Decision::Invalid { error }
             | Decision::Conflict { error }
+            | Decision::ResultDropped { error }
+            | Decision::ResultUnreadable { error }
             | Decision::Stale { error, .. }
             | Decision::StaleProcessed { error } => Some(*error),
             Decision::ReleaseFailed { error }
@@ -409,6 +421,21 @@ const CONFLICT_UNCHECKED: EventSpec = EventSpec {
     level: Level::WARN,
     action: "conflict_unchecked",
     message: "STORE_ERROR: The recorded payload fingerprint could not be read; answered without the conflict check",
+};
+
+/// The event of [`Decision::ResultDropped`].
+const RESULT_DROPPED: EventSpec = EventSpec {
+    level: Level::WARN,
+    action: "result_too_large",
+    message:
+        "RESULT_DROPPED: Result not kept in the completed record; a duplicate answers without it",
+};
+
+/// The event of [`Decision::ResultUnreadable`].
+const RESULT_UNREADABLE: EventSpec = EventSpec {
+    level: Level::WARN,
+    action: "result_unreadable",
+    message: "RESULT_UNREADABLE: Stored result does not decode as the handler's type; answered as a plain duplicate",
 };
 
 /// The event of [`Decision::Stale`] when skipped.

@@ -11,6 +11,7 @@ use super::cancel::{OnDrop, PendingClaim};
 use super::deferred::lease_end;
 use super::lease::Ended;
 use super::outcome::{Ctx, Decision, Outcome, Scope};
+use super::stored::Keep;
 use super::{new_owner, Guard};
 use crate::config::FailMode;
 use crate::envelope::EventEnvelope;
@@ -81,7 +82,7 @@ impl Guard {
         E: std::fmt::Display,
     {
         let view = event.view();
-        self.traced(&view, self.run_untraced(event, &view, handler))
+        self.traced(&view, self.run_untraced(event, &view, handler, None))
             .await
     }
 
@@ -99,12 +100,14 @@ impl Guard {
         result
     }
 
-    /// [`run`](Self::run) without its span and metrics.
+    /// [`run`](Self::run) without its span and metrics; with `keep`, the handler's result
+    /// is kept in the completed record and a duplicate's is read back into it.
     pub(super) async fn run_untraced<I, F, T, E>(
         &self,
         event: &I,
         envelope: &EventEnvelope,
         handler: F,
+        mut keep: Option<&mut Keep<T>>,
     ) -> Result<Outcome<T>, GuardError<E>>
     where
         I: Identify + ?Sized,
@@ -124,7 +127,16 @@ impl Guard {
         match self.claim(&mut ctx, &owner).await {
             Ok(Claim::Acquired) => self.observe(&ctx, Decision::Claimed),
             Ok(Claim::Completed) => {
-                if let Some(conflict) = self.conflict(&mut ctx, fingerprint).await {
+                let conflict = match keep.as_deref_mut() {
+                    Some(keep) => {
+                        let (conflict, found) =
+                            self.conflict_and_result(&mut ctx, fingerprint).await;
+                        keep.found = found;
+                        conflict
+                    }
+                    None => self.conflict(&mut ctx, fingerprint).await,
+                };
+                if let Some(conflict) = conflict {
                     return Err(conflict);
                 }
                 self.observe(&ctx, Decision::Duplicate);
@@ -147,6 +159,9 @@ impl Guard {
             .await;
         // A completion not written at once is retried until the claim's lease ends.
         pending.until = lease_end(confirmed, self.inner.config.lease());
+        if let (Some(keep), Ok(Ok(value))) = (keep, &ended) {
+            pending.result = self.encode_result(&ctx, keep.encode, value);
+        }
         self.settle(&mut ctx, &mut pending, ended).await
     }
 
@@ -195,7 +210,8 @@ impl Guard {
             owner: std::mem::take(&mut pending.owner),
             ttl,
         };
-        if self.inner.config.deferred_completion().is_some() {
+        // A result is written at once: a deferred completion carries none.
+        if self.inner.config.deferred_completion().is_some() && pending.result.is_none() {
             pending.on_drop = OnDrop::Nothing;
             self.observe(&*ctx, Decision::CompletionDeferred);
             self.owe(completion(pending), pending.until, None);
@@ -204,9 +220,17 @@ impl Guard {
         pending.on_drop = OnDrop::Complete;
         let t = Instant::now();
         let store = &self.inner.store;
-        let done = self
-            .store_call_ungated("complete", store.complete(ctx.key, &pending.owner, ctx.ttl))
-            .await;
+        let result = pending.result.take();
+        let done = match &result {
+            Some(result) => {
+                let write = store.complete_with_result(ctx.key, &pending.owner, ctx.ttl, result);
+                self.store_call_ungated("complete", write).await
+            }
+            None => {
+                let write = store.complete(ctx.key, &pending.owner, ctx.ttl);
+                self.store_call_ungated("complete", write).await
+            }
+        };
         ctx.store_time += t.elapsed();
         pending.on_drop = OnDrop::Nothing;
         match done {

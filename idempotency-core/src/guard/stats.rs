@@ -41,6 +41,13 @@ pub struct GuardStats {
     /// Events older than their maximum age (skipped, refused or, with
     /// `StalePolicy::Process`, run).
     pub stale: u64,
+    /// Results of [`Guard::run_stored`](crate::Guard::run_stored) not kept in the completed
+    /// record (over [`max_result_bytes`](crate::ConfigBuilder::max_result_bytes), or not
+    /// encodable): the event was completed without its result.
+    pub results_dropped: u64,
+    /// Stored results that did not decode as the handler's type: answered as plain
+    /// duplicates.
+    pub results_unreadable: u64,
 }
 
 /// One counter of [`GuardStats`].
@@ -61,11 +68,13 @@ pub(super) enum Counter {
     CompletionsAbandoned,
     Conflicts,
     Stale,
+    ResultsDropped,
+    ResultsUnreadable,
 }
 
 /// The live counters behind [`GuardStats`], one per [`Counter`].
 #[derive(Default)]
-pub(super) struct Counters([AtomicU64; 15]);
+pub(super) struct Counters([AtomicU64; 17]);
 
 impl Counters {
     pub(super) fn bump(&self, counter: Counter) {
@@ -91,6 +100,8 @@ impl Counters {
             completions_abandoned: get(Counter::CompletionsAbandoned),
             conflicts: get(Counter::Conflicts),
             stale: get(Counter::Stale),
+            results_dropped: get(Counter::ResultsDropped),
+            results_unreadable: get(Counter::ResultsUnreadable),
         }
     }
 }

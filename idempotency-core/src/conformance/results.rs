@@ -1,0 +1,222 @@
+//! Stored results: what `complete_with_result`, `get_with_result` and `Guard::run_stored`
+//! promise on top of a store.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::json;
+
+use super::{config, event, guard, unique_key, unique_service, Boom, StoreFactory, LONG};
+use crate::{Claim, GuardError, IdempotencyStore, Identity, Outcome, RecordState, StoredOutcome};
+
+/// A result kept with the completion is read back byte for byte (every byte value, a
+/// record of many KiB), with the record's state and owner; it is owner-checked like
+/// `complete`; a processing record and one completed by plain `complete` have none.
+pub async fn stored_result_is_kept_with_the_completion_and_read_back(f: &impl StoreFactory) {
+    let store = f.create().await;
+    let key = unique_key("result-kept");
+    assert_eq!(
+        store.try_claim(&key, "a", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let (_, none) = store
+        .get_with_result(&key)
+        .await
+        .expect("get_with_result")
+        .expect("a processing record");
+    assert_eq!(none, None, "a processing record has no result");
+    let mut bytes: Vec<u8> = (0..=255u8).collect();
+    bytes.extend(std::iter::repeat_n(b'x', 20_000));
+    assert!(
+        !store
+            .complete_with_result(&key, "b", LONG, b"stolen")
+            .await
+            .expect("complete_with_result"),
+        "another owner cannot complete with a result"
+    );
+    assert!(store
+        .complete_with_result(&key, "a", LONG, &bytes)
+        .await
+        .expect("complete_with_result"));
+    let (record, result) = store
+        .get_with_result(&key)
+        .await
+        .expect("get_with_result")
+        .expect("the completed record");
+    assert_eq!(record.state, RecordState::Completed);
+    assert_eq!(record.owner.as_deref(), Some("a"));
+    assert!(
+        result.as_deref() == Some(&bytes[..]),
+        "the result, byte for byte: kept {} bytes of {}",
+        result.as_ref().map_or(0, Vec::len),
+        bytes.len()
+    );
+    let plain = store.get(&key).await.expect("get").expect("record");
+    assert_eq!(plain.state, RecordState::Completed);
+    assert_eq!(plain.owner.as_deref(), Some("a"));
+    assert_eq!(
+        store.try_claim(&key, "c", LONG).await.expect("claim"),
+        Claim::Completed,
+        "a record with a result is a completed record"
+    );
+
+    let other = unique_key("result-none");
+    assert_eq!(
+        store.try_claim(&other, "a", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert!(store.complete(&other, "a", LONG).await.expect("complete"));
+    let (record, result) = store
+        .get_with_result(&other)
+        .await
+        .expect("get_with_result")
+        .expect("the completed record");
+    assert_eq!(record.state, RecordState::Completed);
+    assert_eq!(result, None, "`complete` keeps no result");
+    assert!(store
+        .get_with_result(&unique_key("result-absent"))
+        .await
+        .expect("get_with_result")
+        .is_none());
+}
+
+/// `run_stored` answers a duplicate with the first run's value (`Replayed`), never polling
+/// the handler; plain `run` of the same event answers `Duplicate`; an empty result (`""`)
+/// is a result too.
+pub async fn guard_replays_the_stored_result_of_a_duplicate(f: &impl StoreFactory) {
+    let g = guard(f, config(&unique_service("result-replay"))).await;
+    let e = event(1);
+    let value = json!({"order": 17, "total": "12.50", "lines": ["a", "b"]});
+    let out = g
+        .run_stored(&e, async { Ok::<_, Boom>(value.clone()) })
+        .await
+        .expect("run_stored");
+    assert_eq!(out, StoredOutcome::Processed(value.clone()));
+    let polled = AtomicUsize::new(0);
+    let again = g
+        .run_stored(&e, async {
+            polled.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Boom>(json!("a second answer"))
+        })
+        .await
+        .expect("run_stored");
+    assert_eq!(again, StoredOutcome::Replayed(value));
+    assert_eq!(polled.load(Ordering::SeqCst), 0, "a replay never polls");
+    let plain = g.run(&e, async { Ok::<_, Boom>(0) }).await.expect("run");
+    assert_eq!(plain, Outcome::Duplicate);
+
+    let empty = event(2);
+    let out = g
+        .run_stored(&empty, async { Ok::<_, Boom>(String::new()) })
+        .await
+        .expect("run_stored");
+    assert_eq!(out, StoredOutcome::Processed(String::new()));
+    let again = g
+        .run_stored(&empty, async { Ok::<_, Boom>("other".to_owned()) })
+        .await
+        .expect("run_stored");
+    assert_eq!(again, StoredOutcome::Replayed(String::new()));
+    assert_eq!(g.stats().processed, 2);
+}
+
+/// A result over `max_result_bytes` completes the event without it (counted, never an
+/// error, never a rerun): a duplicate answers `Duplicate`. A record written by plain `run`
+/// answers `run_stored` as `Duplicate` too.
+pub async fn guard_completes_without_a_result_over_the_size_bound(f: &impl StoreFactory) {
+    let g = guard(
+        f,
+        config(&unique_service("result-bound")).max_result_bytes(16),
+    )
+    .await;
+    let e = event(1);
+    let big = "y".repeat(100);
+    let out = g
+        .run_stored(&e, async { Ok::<_, Boom>(big.clone()) })
+        .await
+        .expect("an oversized result is not an error");
+    assert_eq!(out, StoredOutcome::Processed(big));
+    let again = g
+        .run_stored(&e, async { Ok::<_, Boom>("rerun".to_owned()) })
+        .await
+        .expect("run_stored");
+    assert_eq!(
+        again,
+        StoredOutcome::Duplicate,
+        "completed, without a result"
+    );
+    let stats = g.stats();
+    assert_eq!((stats.processed, stats.results_dropped), (1, 1));
+    let key = g.key_for(&e).expect("key");
+    let record = g.store().get(&key).await.expect("get").expect("record");
+    assert_eq!(record.state, RecordState::Completed);
+
+    let plain = event(2);
+    let out = g
+        .run(&plain, async { Ok::<_, Boom>(1) })
+        .await
+        .expect("run");
+    assert_eq!(out, Outcome::Processed(1));
+    let stored = g
+        .run_stored(&plain, async { Ok::<_, Boom>(2) })
+        .await
+        .expect("run_stored");
+    assert_eq!(stored, StoredOutcome::Duplicate, "no result recorded");
+}
+
+/// A stored result is replayed only to a delivery with the same payload fingerprint;
+/// another payload under the same identity is a `Conflict`, and the result stays.
+pub async fn guard_replays_results_only_for_the_same_payload(f: &impl StoreFactory) {
+    let g = guard(f, config(&unique_service("result-conflict"))).await;
+    let first = Identity::new("conformance.request.v1", "req-1").with_fingerprint(b"body-1");
+    let changed = Identity::new("conformance.request.v1", "req-1").with_fingerprint(b"body-2");
+    let out = g
+        .run_stored(&first, async { Ok::<_, Boom>(7u32) })
+        .await
+        .expect("run_stored");
+    assert_eq!(out, StoredOutcome::Processed(7));
+    let refused = g.run_stored(&changed, async { Ok::<_, Boom>(8u32) }).await;
+    assert!(
+        matches!(refused, Err(GuardError::Conflict { .. })),
+        "{refused:?}"
+    );
+    let again = g
+        .run_stored(&first, async { Ok::<_, Boom>(9u32) })
+        .await
+        .expect("run_stored");
+    assert_eq!(again, StoredOutcome::Replayed(7));
+}
+
+/// `run_batch_stored` answers each event in order: new events `Processed` (their handler
+/// called once each), an event seen twice in the batch and one completed before
+/// `Replayed` with the first run's value.
+pub async fn guard_batch_replays_stored_results(f: &impl StoreFactory) {
+    let g = guard(f, config(&unique_service("result-batch"))).await;
+    let before = g
+        .run_stored(&event(3), async { Ok::<_, Boom>(30u64) })
+        .await
+        .expect("run_stored");
+    assert_eq!(before, StoredOutcome::Processed(30));
+    let events = [event(1), event(2), event(1), event(3)];
+    let calls = AtomicUsize::new(0);
+    let answers = g
+        .run_batch_stored(&events, |e| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let n = e.data["n"].as_u64().unwrap_or(0);
+            async move {
+                // Long enough for the runs of one batch to overlap.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Ok::<_, Boom>(n * 10 + 1)
+            }
+        })
+        .await;
+    let answers: Vec<_> = answers.into_iter().map(|a| a.expect("answer")).collect();
+    assert_eq!(
+        answers,
+        [
+            StoredOutcome::Processed(11),
+            StoredOutcome::Processed(21),
+            StoredOutcome::Replayed(11),
+            StoredOutcome::Replayed(30),
+        ]
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "handlers called");
+}
