@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: bench-kafka test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large sim bench bench-peers python-v2-venv python-v2 serde-probe
+.PHONY: bench-http bench-kafka test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large sim bench bench-peers python-v2-venv python-v2 serde-probe
 
 ## The whole check: formatting, lints, docs, the fuzz smoke run and every test of the
 ## workspace with all features (the CI-size soak included) against the real services
@@ -83,6 +83,12 @@ SIM_FIRST ?= 0
 sim: services
 	SIM_SEEDS=$(SIM_SEEDS) SIM_REAL_SEEDS=$(SIM_REAL_SEEDS) SIM_FIRST=$(SIM_FIRST) \
 		$(CARGO) test --all-features --test sim
+
+## The Idempotency-Key layer on Redis against the same axum route without it, paired:
+## requests/s (16 clients) and p50/p99 added latency; writes its table into
+## benches/RESULTS.md (BENCH_HTTP_REQUESTS, BENCH_HTTP_ROUNDS).
+bench-http: services
+	$(CARGO) bench -p eventonce-http --bench layer
 
 ## Criterion benchmarks against the local services; prints medians and ratios to the
 ## floors and writes benches/RESULTS.md.

@@ -207,7 +207,8 @@ impl MemoryStore {
     /// before their TTL and its refused claims.
     ///
     /// ```
-    /// use eventonce_memory::MemoryStore;
+    /// # mod eventonce { pub use eventonce_core::*; pub mod memory { pub use eventonce_memory::*; } }
+    /// use eventonce::memory::MemoryStore;
     /// let stats = MemoryStore::with_capacity(10).stats();
     /// assert_eq!((stats.capacity, stats.records, stats.evictions), (10, 0, 0));
     /// ```

@@ -90,7 +90,8 @@ impl PostgresOptions {
     /// also that it names the URL's host; `require` encrypts without checking.
     ///
     /// ```no_run
-    /// use eventonce_postgres::{PostgresOptions, PostgresStore};
+    /// # mod eventonce { pub use eventonce_core::*; pub mod postgres { pub use eventonce_postgres::*; } }
+    /// use eventonce::postgres::{PostgresOptions, PostgresStore};
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let ca = std::fs::read("/etc/ssl/private-ca.pem")?;
     /// let store = PostgresStore::connect_with(

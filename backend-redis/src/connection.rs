@@ -529,8 +529,9 @@ impl RedisStore {
     /// `FailMode::Open` runs its events `Unprotected` until the cluster answers.
     ///
     /// ```no_run
-    /// use eventonce_core::{FailMode, Guard, IdempotencyConfig};
-    /// use eventonce_redis::RedisStore;
+    /// # mod eventonce { pub use eventonce_core::*; pub mod redis { pub use eventonce_redis::*; } }
+    /// use eventonce::{FailMode, Guard, IdempotencyConfig};
+    /// use eventonce::redis::RedisStore;
     /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let store = RedisStore::connect_cluster_lazy([
     ///     "redis://10.0.0.1:6379",

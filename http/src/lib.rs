@@ -19,10 +19,11 @@
 //!   runs again.
 //!
 //! ```
-//! use eventonce_core::{Guard, IdempotencyConfig};
-//! use eventonce_http::IdempotencyLayer;
+//! # mod eventonce { pub use eventonce_core::*; pub mod http { pub use eventonce_http::*; } }
+//! use eventonce::{Guard, IdempotencyConfig};
+//! use eventonce::http::IdempotencyLayer;
 //!
-//! # fn layer(store: impl eventonce_core::IdempotencyStore + 'static) -> Result<(), Box<dyn std::error::Error>> {
+//! # fn layer(store: impl eventonce::IdempotencyStore + 'static) -> Result<(), Box<dyn std::error::Error>> {
 //! let guard = Guard::new(store, IdempotencyConfig::builder("orders-api").build()?);
 //! let layer = IdempotencyLayer::new(guard).require_key(true);
 //! // axum: Router::new().route("/orders", post(create)).layer(layer)

@@ -13,7 +13,8 @@ pub const MAX_FIELD_CHARS: usize = 200;
 /// [`MAX_FIELD_CHARS`] followed by `…[truncated: N bytes]` (N the original length).
 ///
 /// ```
-/// use eventonce_core::bounded;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::bounded;
 /// assert_eq!(bounded("orders.created.v1"), "orders.created.v1");
 /// let long = "x".repeat(10_000);
 /// assert_eq!(bounded(&long), format!("{}…[truncated: 10000 bytes]", "x".repeat(200)));
@@ -33,7 +34,8 @@ pub fn bounded(text: &str) -> Cow<'_, str> {
 /// for error values in log fields.
 ///
 /// ```
-/// use eventonce_core::Bounded;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::Bounded;
 /// let text = Bounded(format_args!("{}", "y".repeat(500))).to_string();
 /// assert!(text.ends_with("…[truncated: 500 bytes]"));
 /// assert_eq!(Bounded("short").to_string(), "short");

@@ -321,12 +321,13 @@ impl IdempotencyConfig {
     /// limit; otherwise the errors of [`EventEnvelope::from_slice`].
     ///
     /// ```
-    /// use eventonce_core::{EnvelopeError, IdempotencyConfig};
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::{EnvelopeError, IdempotencyConfig};
     /// let config = IdempotencyConfig::builder("billing").max_payload_bytes(64).build()?;
     /// assert!(config.parse_envelope(br#"{"event_type":"a.v1","data":1}"#).is_ok());
     /// let big = format!(r#"{{"event_type":"a.v1","data":"{}"}}"#, "x".repeat(64));
     /// assert!(matches!(config.parse_envelope(big.as_bytes()), Err(EnvelopeError::TooLarge { .. })));
-    /// # Ok::<(), eventonce_core::ConfigError>(())
+    /// # Ok::<(), eventonce::ConfigError>(())
     /// ```
     pub fn parse_envelope(&self, bytes: &[u8]) -> Result<EventEnvelope, crate::EnvelopeError> {
         EventEnvelope::from_slice_within(bytes, self.inner.max_payload_bytes)

@@ -178,7 +178,8 @@ impl EventEnvelope {
     /// [`from_slice`](Self::from_slice).
     ///
     /// ```
-    /// use eventonce_core::{EnvelopeError, EventEnvelope};
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::{EnvelopeError, EventEnvelope};
     /// let payload = br#"{"event_type":"a.v1","data":[1,2,3]}"#;
     /// assert!(EventEnvelope::from_slice_within(payload, 64).is_ok());
     /// assert_eq!(
@@ -205,10 +206,11 @@ impl EventEnvelope {
     /// The errors of [`from_slice`](Self::from_slice).
     ///
     /// ```
-    /// use eventonce_core::EventEnvelope;
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::EventEnvelope;
     /// let e = EventEnvelope::from_slice_or_type(br#"{"data":{"n":1}}"#, "orders.created.v1")?;
     /// assert_eq!(e.event_type, "orders.created.v1");
-    /// # Ok::<(), eventonce_core::EnvelopeError>(())
+    /// # Ok::<(), eventonce::EnvelopeError>(())
     /// ```
     pub fn from_slice_or_type(bytes: &[u8], event_type: &str) -> Result<Self, EnvelopeError> {
         Self::from_slice_or_type_within(
@@ -408,7 +410,8 @@ impl EventEnvelope {
     /// written (see [`python_json`](crate::python_json)).
     ///
     /// ```
-    /// use eventonce_core::EventEnvelope;
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::EventEnvelope;
     /// let e = EventEnvelope::from_slice(
     ///     br#"{"event_type":"t","event_id":"e-1","data":{"n":1e2,"big":123456789012345678901}}"#,
     /// )?;

@@ -374,7 +374,8 @@ impl StoreError {
     /// [`GuardError::InvalidEvent`].
     ///
     /// ```
-    /// use eventonce_core::StoreError;
+    /// # mod eventonce { pub use eventonce_core::*; }
+    /// use eventonce::StoreError;
     /// let refused = StoreError::Rejected { message: "key too long".into(), source: None };
     /// assert!(!refused.is_outage());
     /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");

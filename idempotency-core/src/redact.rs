@@ -40,7 +40,8 @@ pub fn redact_url(url: &str) -> String {
 /// shown as [`redact_url`] shows it.
 ///
 /// ```
-/// use eventonce_core::backend::redact_unparsable_url;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::backend::redact_unparsable_url;
 /// assert_eq!(
 ///     redact_unparsable_url("redis://default:Ab/Cd@127.0.0.1:6379"),
 ///     "redis://***@127.0.0.1:6379"
@@ -61,7 +62,8 @@ pub fn redact_unparsable_url(url: &str) -> String {
 /// last `@`, so that a password holding `/`, `?`, `#` or `@` is found whole.
 ///
 /// ```
-/// use eventonce_core::backend::password_of;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::backend::password_of;
 /// assert_eq!(password_of("redis://default:Ab/Cd@h:6379"), Some("Ab/Cd"));
 /// assert_eq!(password_of("redis://h:6379"), None);
 /// ```
@@ -78,7 +80,8 @@ pub fn password_of(url: &str) -> Option<&str> {
 /// password for the host or the path (and connect elsewhere, or print it).
 ///
 /// ```
-/// use eventonce_core::backend::unescaped_password;
+/// # mod eventonce { pub use eventonce_core::*; }
+/// use eventonce::backend::unescaped_password;
 /// assert!(unescaped_password("redis://default:Ab/Cd@h:6379").is_some());
 /// assert!(unescaped_password("redis://default:Ab%2FCd@h:6379").is_none());
 /// ```
