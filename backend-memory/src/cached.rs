@@ -107,10 +107,15 @@ impl<S> CachedStore<S> {
     fn remember(&self, completions: &[Completion], done: &[bool], started: Instant) {
         for (c, done) in completions.iter().zip(done) {
             if *done {
-                let until = saturating_deadline(started, c.ttl.min(self.max_ttl));
-                self.cache.insert(c.key.clone(), until);
+                self.remember_one(&c.key, c.ttl, started);
             }
         }
+    }
+
+    /// Remembers one completion the store accepted (see [`remember`](Self::remember)).
+    fn remember_one(&self, key: &str, ttl: Duration, started: Instant) {
+        let until = saturating_deadline(started, ttl.min(self.max_ttl));
+        self.cache.insert(key.to_owned(), until);
     }
 }
 
@@ -122,11 +127,8 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
         owner: &str,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        if let Some(until) = self.cache.get(key) {
-            if until > Instant::now() {
-                self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(Claim::Completed);
-            }
+        if self.cached(key) {
+            return Ok(Claim::Completed);
         }
         self.inner.try_claim(key, owner, lease).await
     }
@@ -135,9 +137,7 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
         let started = Instant::now();
         let done = self.inner.complete(key, owner, ttl).await?;
         if done {
-            // Counted from before the call: never longer than the store keeps the record.
-            let until = saturating_deadline(started, ttl.min(self.max_ttl));
-            self.cache.insert(key.to_owned(), until);
+            self.remember_one(key, ttl, started);
         }
         Ok(done)
     }
@@ -155,8 +155,7 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
             .complete_with_result(key, owner, ttl, result)
             .await?;
         if done {
-            let until = saturating_deadline(started, ttl.min(self.max_ttl));
-            self.cache.insert(key.to_owned(), until);
+            self.remember_one(key, ttl, started);
         }
         Ok(done)
     }
