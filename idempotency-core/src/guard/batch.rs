@@ -228,6 +228,7 @@ impl Guard {
     ) -> (Vec<Option<(String, String)>>, Vec<usize>)
     where
         I: Identify,
+        E: std::fmt::Display,
     {
         let mut ids = Vec::with_capacity(events.len());
         let mut fingerprinted = Vec::new();

@@ -226,7 +226,11 @@ impl Guard {
 
     /// The stale-event check of an identified event: `Ok` to go on, the final answer of a
     /// skipped or refused one otherwise (see [`StalePolicy`]).
-    fn check_age<E>(&self, view: &EventEnvelope, resolved: &Resolved) -> Result<(), GuardError<E>> {
+    fn check_age<E: std::fmt::Display>(
+        &self,
+        view: &EventEnvelope,
+        resolved: &Resolved,
+    ) -> Result<(), GuardError<E>> {
         let config = &self.inner.config;
         let (When::At(at), Some(max_age)) =
             (&resolved.when, config.max_event_age_for(&view.event_type))
@@ -240,28 +244,30 @@ impl Guard {
         if age <= max_age {
             return Ok(());
         }
-        let stale = GuardError::<E>::Stale {
-            event_type: crate::bound::bounded(&view.event_type).into_owned(),
-            age,
-            max_age,
-            skipped: config.stale_events() == StalePolicy::Skip,
-        };
-        let text = StaleText(&stale);
-        if config.stale_events() == StalePolicy::Process {
+        let event_type = crate::bound::bounded(&view.event_type);
+        let policy = config.stale_events();
+        if policy == StalePolicy::Process {
+            let text = format!(
+                "event of type {event_type:?} is {age:?} old, past its maximum age {max_age:?}: processed"
+            );
             self.observe(
                 Scope::Unidentified(view),
                 Decision::StaleProcessed { error: &text },
             );
             return Ok(());
         }
-        let skipped = config.stale_events() == StalePolicy::Skip;
-        self.observe(
-            Scope::Unidentified(view),
-            Decision::Stale {
-                error: &text,
-                skipped,
-            },
-        );
+        let skipped = policy == StalePolicy::Skip;
+        let stale = GuardError::<E>::Stale {
+            event_type: event_type.into_owned(),
+            age,
+            max_age,
+            skipped,
+        };
+        let decision = Decision::Stale {
+            error: &stale,
+            skipped,
+        };
+        self.observe(Scope::Unidentified(view), decision);
         Err(stale)
     }
 
@@ -269,7 +275,7 @@ impl Guard {
     /// fingerprint and the record carries another one, the `Conflict` to answer. A
     /// record without a fingerprint (an older one, a `PythonV2` value) is accepted; a
     /// failed read answers as if they agreed (observed).
-    async fn conflict<E>(
+    async fn conflict<E: std::fmt::Display>(
         &self,
         ctx: &mut Ctx<'_>,
         fingerprint: Option<&str>,
@@ -290,7 +296,7 @@ impl Guard {
     /// [`conflict`](Self::conflict) of a key found completed, reading the record's stored
     /// result in the same call (`get_with_result`): the conflict, if any, and the result.
     /// A failed read answers no result (and, with a fingerprint, is observed).
-    async fn conflict_and_result<E>(
+    async fn conflict_and_result<E: std::fmt::Display>(
         &self,
         ctx: &mut Ctx<'_>,
         fingerprint: Option<&str>,
@@ -316,7 +322,7 @@ impl Guard {
 
     /// The `Conflict` to answer when the record's owner token carries another fingerprint
     /// than `given` (observed); `None` when they agree or the record has none.
-    fn check_fingerprint<E>(
+    fn check_fingerprint<E: std::fmt::Display>(
         &self,
         ctx: &Ctx<'_>,
         owner: Option<&str>,
@@ -331,12 +337,7 @@ impl Guard {
             stored: stored.chars().take(16).collect(),
             given: given.chars().take(16).collect(),
         };
-        self.observe(
-            ctx,
-            Decision::Conflict {
-                error: &StaleText(&conflict),
-            },
-        );
+        self.observe(ctx, Decision::Conflict { error: &conflict });
         Some(conflict)
     }
 
@@ -475,34 +476,6 @@ fn new_owner() -> String {
         nonce ^ u64::from(current)
     };
     fast::owner_token(current, nonce, n)
-}
-
-/// A guard error's text, without needing the handler's error type to be `Display`.
-struct StaleText<'a, E>(&'a GuardError<E>);
-
-impl<E> std::fmt::Display for StaleText<'_, E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            GuardError::Stale {
-                event_type,
-                age,
-                max_age,
-                skipped,
-            } => write!(
-                f,
-                "event of type {event_type:?} is {age:?} old, past its maximum age {max_age:?}{}",
-                match skipped {
-                    true => ": skipped",
-                    false => "",
-                }
-            ),
-            GuardError::Conflict { key, stored, given } => write!(
-                f,
-                "key {key} recorded with payload fingerprint {stored}, this delivery has {given}"
-            ),
-            _ => f.write_str("guard error"),
-        }
-    }
 }
 
 #[cfg(test)]
