@@ -285,20 +285,45 @@ impl Resolve for Identity {
 
 /// The hash of the values at `pointers` into `envelope`.
 fn fields_hash(envelope: &EventEnvelope, pointers: &[String]) -> Result<String, IdentityError> {
-    let document = serde_json::to_value(envelope).map_err(|e| IdentityError::MissingField {
-        event_type: crate::bound::bounded(&envelope.event_type).into_owned(),
-        field: format!("(the envelope could not be read: {e})"),
-    })?;
     let mut parts = Vec::with_capacity(pointers.len() * 2);
     for pointer in pointers {
-        let value = document
-            .pointer(pointer)
+        let value = lookup(envelope, pointer)
             .filter(|v| !v.is_null())
             .ok_or_else(|| missing(&envelope.event_type, pointer))?;
         parts.push(pointer.as_bytes().to_vec());
-        parts.push(canonical_json(value)?);
+        parts.push(canonical_json(&value)?);
     }
     Ok(tagged_hash(TAG_FIELDS, parts.iter().map(Vec::as_slice)))
+}
+
+/// The value at JSON Pointer `pointer` into `envelope` as it serializes (absent fields
+/// absent), without serializing it: `data` is read in place.
+fn lookup<'a>(envelope: &'a EventEnvelope, pointer: &str) -> Option<Cow<'a, Value>> {
+    let rest = pointer.strip_prefix('/')?;
+    let (field, below) = match rest.split_once('/') {
+        Some((field, below)) => (field, Some(below)),
+        None => (rest, None),
+    };
+    let text = |v: &Option<String>| v.as_deref().map(|t| Cow::Owned(Value::from(t)));
+    let top: Cow<'a, Value> = match field {
+        "data" => Cow::Borrowed(&envelope.data),
+        "event_type" => Cow::Owned(Value::from(envelope.event_type.as_str())),
+        "event_id" => text(&envelope.event_id)?,
+        "event_timestamp" => text(&envelope.event_timestamp)?,
+        "source_service" => text(&envelope.source_service)?,
+        "correlation_id" => text(&envelope.correlation_id)?,
+        "schema_version" => Cow::Owned(Value::from(envelope.schema_version?)),
+        "metadata" => Cow::Owned(Value::Object(envelope.metadata.clone()?)),
+        _ => return None,
+    };
+    let Some(below) = below else {
+        return Some(top);
+    };
+    let below = format!("/{below}");
+    match top {
+        Cow::Borrowed(value) => value.pointer(&below).map(Cow::Borrowed),
+        Cow::Owned(value) => value.pointer(&below).cloned().map(Cow::Owned),
+    }
 }
 
 fn missing(event_type: &str, field: &str) -> IdentityError {
@@ -368,6 +393,59 @@ mod tests {
         ];
         let distinct: std::collections::HashSet<_> = forms.iter().collect();
         assert_eq!(distinct.len(), forms.len());
+    }
+
+    #[test]
+    fn a_pointer_finds_what_it_finds_in_the_serialized_envelope() {
+        let envelope = EventEnvelope::from_slice(
+            br#"{"event_id":"e-1","event_type":"t.v1","event_timestamp":"2026-12-06T09:00:00Z",
+                "source_service":"s","correlation_id":"c","schema_version":3,
+                "data":{"order":{"id":42,"lines":[1,{"sku":"x"}]},"a/b":1,"m~n":null},
+                "metadata":{"trace":{"id":"t-9"}}}"#,
+        )
+        .expect("envelope");
+        let document = serde_json::to_value(&envelope).expect("value");
+        for pointer in [
+            "/data",
+            "/data/order",
+            "/data/order/id",
+            "/data/order/lines/1/sku",
+            "/data/order/lines/7",
+            "/data/a~1b",
+            "/data/m~0n",
+            "/data/none",
+            "/event_id",
+            "/event_type",
+            "/event_timestamp",
+            "/source_service",
+            "/correlation_id",
+            "/schema_version",
+            "/metadata",
+            "/metadata/trace/id",
+            "/event_id/x",
+            "/nothing",
+            "",
+            "data",
+        ] {
+            let found = lookup(&envelope, pointer).map(Cow::into_owned);
+            let expected = document
+                .pointer(pointer)
+                .filter(|_| !pointer.is_empty())
+                .cloned();
+            assert_eq!(found, expected, "{pointer}");
+        }
+        let bare = EventEnvelope::new("t.v1", Value::Null);
+        for pointer in ["/event_id", "/schema_version", "/metadata", "/data"] {
+            let expected = serde_json::to_value(&bare)
+                .expect("value")
+                .pointer(pointer)
+                .cloned();
+            assert_eq!(
+                lookup(&bare, pointer).map(Cow::into_owned),
+                expected,
+                "{pointer}"
+            );
+        }
     }
 
     #[test]
