@@ -42,6 +42,37 @@ async fn send(
         .expect("send");
 }
 
+/// A fresh topic of one partition, and a producer for it: `(bootstrap, topic, producer)`.
+async fn fresh_topic(prefix: &str) -> (String, String, rdkafka::producer::FutureProducer) {
+    let bootstrap = support::bootstrap();
+    let topic = support::unique(prefix);
+    create_topic(&bootstrap, &topic, 1).await.expect("topic");
+    let producer = support::producer(&bootstrap, &topic);
+    (bootstrap, topic, producer)
+}
+
+/// Now, in milliseconds since the epoch (a Kafka timestamp).
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+/// A guard of `config` on the memory store, and a consumer of `topic` in a group of its own.
+fn guarded(
+    bootstrap: &str,
+    topic: &str,
+    config: IdempotencyConfig,
+) -> (KafkaGuard, StreamConsumer) {
+    let kafka = KafkaGuard::new(Guard::new(MemoryStore::new(), config));
+    let consumer: StreamConsumer = consumer_config(bootstrap, topic)
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    (kafka, consumer)
+}
+
 /// The next message, within a minute.
 async fn next(consumer: &StreamConsumer) -> BorrowedMessage<'_> {
     tokio::time::timeout(Duration::from_secs(60), consumer.recv())
@@ -82,14 +113,8 @@ fn identify(message: &BorrowedMessage<'_>) -> Result<Identity, &'static str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_messages_keyed_by_a_header_run_once_and_changed_or_old_ones_are_refused() {
-    let bootstrap = support::bootstrap();
-    let topic = support::unique("identified");
-    create_topic(&bootstrap, &topic, 1).await.expect("topic");
-    let producer = support::producer(&bootstrap, &topic);
-    let now_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
+    let (bootstrap, topic, producer) = fresh_topic("identified").await;
+    let now_ms = now_ms();
     // (id, body, timestamp): a duplicate, a changed payload, an old message, no header.
     let sent: [(Option<&str>, &[u8], i64); 6] = [
         (Some("m-1"), &[0x00, 0xff, 0x01], now_ms),
@@ -107,11 +132,7 @@ async fn binary_messages_keyed_by_a_header_run_once_and_changed_or_old_ones_are_
         .max_event_age(Duration::from_secs(3600))
         .build()
         .expect("config");
-    let kafka = KafkaGuard::new(Guard::new(MemoryStore::new(), config));
-    let consumer: StreamConsumer = consumer_config(&bootstrap, &topic)
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic.as_str()]).expect("subscribe");
+    let (kafka, consumer) = guarded(&bootstrap, &topic, config);
     let runs: std::sync::Mutex<HashMap<String, u32>> = std::sync::Mutex::default();
     let mut answers = Vec::new();
     while answers.len() < sent.len() {
@@ -150,34 +171,17 @@ async fn binary_messages_keyed_by_a_header_run_once_and_changed_or_old_ones_are_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_without_a_timestamp_takes_the_messages_for_the_stale_check() {
-    let bootstrap = support::bootstrap();
-    let topic = support::unique("stale-envelope");
-    create_topic(&bootstrap, &topic, 1).await.expect("topic");
-    let producer = support::producer(&bootstrap, &topic);
-    let now_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
+    let (bootstrap, topic, producer) = fresh_topic("stale-envelope").await;
+    let now_ms = now_ms();
     for (id, at) in [("old", now_ms - 3 * 3_600_000), ("fresh", now_ms)] {
         let body = format!(r#"{{"event_id":"{id}","event_type":"orders.placed.v1","data":{{}}}}"#);
-        let record = FutureRecord::<(), str>::to(&topic)
-            .payload(&body)
-            .timestamp(at);
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| e)
-            .expect("send");
+        send(&producer, &topic, None, body.as_bytes(), Some(at)).await;
     }
     let config = IdempotencyConfig::builder("stale-envelope")
         .max_event_age(Duration::from_secs(3600))
         .build()
         .expect("config");
-    let kafka = KafkaGuard::new(Guard::new(MemoryStore::new(), config));
-    let consumer: StreamConsumer = consumer_config(&bootstrap, &topic)
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic.as_str()]).expect("subscribe");
+    let (kafka, consumer) = guarded(&bootstrap, &topic, config);
     let mut answers = Vec::new();
     while answers.len() < 2 {
         let message = next(&consumer).await;
@@ -194,10 +198,7 @@ async fn an_envelope_without_a_timestamp_takes_the_messages_for_the_stale_check(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_binary_messages_is_identified_and_run_once() {
-    let bootstrap = support::bootstrap();
-    let topic = support::unique("identified-batch");
-    create_topic(&bootstrap, &topic, 1).await.expect("topic");
-    let producer = support::producer(&bootstrap, &topic);
+    let (bootstrap, topic, producer) = fresh_topic("identified-batch").await;
     let sent: [(Option<&str>, &[u8]); 5] = [
         (Some("b-1"), &[0x01]),
         (Some("b-2"), &[0x02]),
@@ -211,11 +212,7 @@ async fn a_batch_of_binary_messages_is_identified_and_run_once() {
     let config = IdempotencyConfig::builder("identified-batch")
         .build()
         .expect("config");
-    let kafka = KafkaGuard::new(Guard::new(MemoryStore::new(), config));
-    let consumer: StreamConsumer = consumer_config(&bootstrap, &topic)
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic.as_str()]).expect("subscribe");
+    let (kafka, consumer) = guarded(&bootstrap, &topic, config);
     let mut batch = Vec::new();
     while batch.len() < sent.len() {
         batch.push(next(&consumer).await);
