@@ -421,9 +421,14 @@ impl IdempotencyStore for MemoryStore {
 
     async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
         check_completions(completions)?;
+        let now = Instant::now();
         Ok(completions
             .iter()
-            .map(|c| self.complete_held(&c.key, &c.owner, c.ttl))
+            .map(|c| {
+                let result = c.result.as_deref();
+                self.shard(&c.key)
+                    .complete(&c.key, &c.owner, c.ttl, result, now)
+            })
             .collect())
     }
 

@@ -45,6 +45,7 @@ fn completions(keys: &[String], owner: &str) -> Vec<Completion> {
             key: k.clone(),
             owner: owner.into(),
             ttl: TTL,
+            result: None,
         })
         .collect()
 }

@@ -220,6 +220,7 @@ async fn one_completion_then_claim_answers_as_the_batch_statement_does() {
         key: key.to_owned(),
         owner: "a".to_owned(),
         ttl: long,
+        result: None,
     };
     // Repeated, so that the server's plan cache settles on its generic plan.
     for round in 0..8 {

@@ -20,6 +20,7 @@ fn completion(key: &str, owner: &str) -> Completion {
         key: key.to_owned(),
         owner: owner.to_owned(),
         ttl: LEASE,
+        result: None,
     }
 }
 

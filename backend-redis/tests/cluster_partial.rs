@@ -187,6 +187,7 @@ async fn a_failing_shard_fails_its_own_keys_only() {
             key: key.clone(),
             owner: "owner-2".into(),
             ttl: TTL,
+            result: None,
         })
         .collect();
     {
@@ -219,6 +220,7 @@ async fn a_failing_shard_fails_its_own_keys_only() {
             key: c_bad[0].clone(),
             owner: "owner-3".into(),
             ttl: TTL,
+            result: None,
         }];
         let (done, claim) = store
             .complete_then_claim(&pending, &c_good[0], "owner-3", LEASE)

@@ -68,6 +68,7 @@ async fn a_claim_is_one_plain_set_and_a_carried_completion_one_script_beside_it(
         key: held.clone(),
         owner: "a".into(),
         ttl: LEASE,
+        result: None,
     }];
     let next = unique_key("plain-next");
     let (written, claim) = store
@@ -387,6 +388,7 @@ async fn claimed_then_carried(store: &RedisStore, held: &str, next: &str, claime
         key: held.to_owned(),
         owner: "a".into(),
         ttl: LEASE,
+        result: None,
     }];
     let (written, claim) = store
         .complete_then_claim(&done, next, claimer, LEASE)

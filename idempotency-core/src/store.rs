@@ -124,19 +124,19 @@ pub trait IdempotencyStore: Send + Sync {
     }
 
     /// Completes each of `completions` as [`complete`](IdempotencyStore::complete) does
-    /// for one, and returns whether each was still held by its owner, in order. The default
-    /// makes the `complete` calls all at once (so the batch takes about one call's time, not
-    /// the sum of them: the guard bounds the whole batch by one store timeout); the keys
-    /// must be distinct. A store that can fail for some keys and not others (a Redis
+    /// for one (or [`complete_with_result`](IdempotencyStore::complete_with_result) for a
+    /// completion with a result), and returns whether each was still held by its owner, in
+    /// order. The default makes those calls all at once (so the batch takes about one
+    /// call's time, not the sum of them: the guard bounds the whole batch by one store
+    /// timeout); the keys must be distinct. A store that can fail for some keys and not others (a Redis
     /// Cluster) answers [`StoreError::Partial`] with each key's answer, the same for
     /// `release_many` and `extend_many`.
     async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
         check_many(completions.iter().map(|c| c.key.as_str()))?;
-        futures_util::future::try_join_all(
-            completions
-                .iter()
-                .map(|c| self.complete(&c.key, &c.owner, c.ttl)),
-        )
+        futures_util::future::try_join_all(completions.iter().map(|c| match &c.result {
+            Some(result) => self.complete_with_result(&c.key, &c.owner, c.ttl, result),
+            None => self.complete(&c.key, &c.owner, c.ttl),
+        }))
         .await
     }
 
@@ -239,7 +239,8 @@ pub trait IdempotencyStore: Send + Sync {
 pub const DEFAULT_BATCH_CHUNK: usize = 1_000;
 
 /// One completion of a batch or of deferred completion: mark `key` completed for `ttl`,
-/// only if `owner` still holds its claim.
+/// only if `owner` still holds its claim, keeping `result` with the record when there is
+/// one (as [`IdempotencyStore::complete_with_result`] does).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
     /// The key.
@@ -248,6 +249,29 @@ pub struct Completion {
     pub owner: String,
     /// How long the completed record is kept.
     pub ttl: Duration,
+    /// The handler's serialized answer to keep in the completed record
+    /// ([`Guard::run_stored`](crate::Guard::run_stored)), written in the same atomic write
+    /// as the completion; `None` for a completion without a result.
+    pub result: Option<Vec<u8>>,
+}
+
+impl Completion {
+    /// A completion of `key` for `owner`, kept for `ttl`, without a result.
+    pub fn new(key: impl Into<String>, owner: impl Into<String>, ttl: Duration) -> Self {
+        Completion {
+            key: key.into(),
+            owner: owner.into(),
+            ttl,
+            result: None,
+        }
+    }
+
+    /// The same completion, keeping `result` with the completed record.
+    #[must_use]
+    pub fn with_result(mut self, result: impl Into<Vec<u8>>) -> Self {
+        self.result = Some(result.into());
+        self
+    }
 }
 
 #[async_trait]

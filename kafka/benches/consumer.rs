@@ -331,6 +331,7 @@ async fn timing(s: &Setup) {
                 key: key.clone(),
                 owner: "owner".into(),
                 ttl: Duration::from_secs(60),
+                result: None,
             })
             .collect();
         let t = Instant::now();

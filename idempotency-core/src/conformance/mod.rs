@@ -137,11 +137,7 @@ async fn guard(f: &impl StoreFactory, builder: crate::ConfigBuilder) -> Guard {
 }
 
 fn completion(key: &str, owner: &str, ttl: Duration) -> Completion {
-    Completion {
-        key: key.to_owned(),
-        owner: owner.to_owned(),
-        ttl,
-    }
+    Completion::new(key, owner, ttl)
 }
 
 /// fresh [`StoreFactory`].

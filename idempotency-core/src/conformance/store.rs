@@ -307,11 +307,7 @@ pub async fn invalid_arguments_are_refused(f: &impl StoreFactory) {
     for ttl in [too_long, Duration::MAX] {
         assert!(invalid(s.complete(&key, "a", ttl).await.map(|_| ())));
         assert!(invalid(s.extend(&key, "a", ttl).await.map(|_| ())));
-        let completion = Completion {
-            key: key.clone(),
-            owner: "a".into(),
-            ttl,
-        };
+        let completion = Completion::new(key.clone(), "a", ttl);
         assert!(invalid(
             s.complete_many(std::slice::from_ref(&completion))
                 .await

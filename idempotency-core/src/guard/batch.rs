@@ -22,6 +22,7 @@ use super::cancel::{OnDrop, PendingBatch};
 use super::deferred::lease_end;
 use super::lease::{renewal_period, renewal_retry, Ended};
 use super::outcome::{Ctx, Decision, Outcome, Scope};
+use super::stored::Keep;
 use super::{new_owner, Guard};
 use std::borrow::Cow;
 
@@ -39,6 +40,18 @@ type Answers<T, E> = [Option<BatchResult<T, E>>];
 
 /// A panic raised by a handler, resumed once the batch is settled.
 type Panic = Box<dyn std::any::Any + Send>;
+
+/// How `run_batch_stored` encodes a handler's value to keep with its completion.
+pub(super) type Encode<T> = fn(&T) -> Result<Vec<u8>, serde_json::Error>;
+
+/// What a batch run gives: each event's answer in order; with results kept, the stored
+/// result each duplicate's record held (by index, empty otherwise) and the later copies
+/// of an event in the batch, each with its first copy.
+pub(super) struct BatchRun<T, E> {
+    pub(super) answers: Vec<BatchResult<T, E>>,
+    pub(super) found: Vec<Option<Vec<u8>>>,
+    pub(super) copies: Vec<(usize, usize)>,
+}
 
 /// What the claims of a batch gave: the events acquired (their indexes and keys, in the
 /// same order), and those to run unprotected (`FailMode::Open` after an outage).
@@ -121,18 +134,35 @@ impl Guard {
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
+        self.run_batch_traced(events, handler, None).await.answers
+    }
+
+    /// [`run_batch`](Self::run_batch) in its span, with its metrics; with `encode`, each
+    /// handler's value is kept with its completion and each duplicate's result is read.
+    pub(super) async fn run_batch_traced<'a, I, H, F, T, E>(
+        &self,
+        events: &'a [I],
+        handler: H,
+        encode: Option<Encode<T>>,
+    ) -> BatchRun<T, E>
+    where
+        I: Identify,
+        H: FnMut(&'a I) -> F,
+        F: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
         let span = tracing::info_span!(
             "eventonce.run_batch",
             service = self.inner.config.service_name(),
             events = events.len(),
         );
         let views: Vec<Cow<'a, EventEnvelope>> = events.iter().map(Resolve::view).collect();
-        let answers = self
-            .run_batch_untraced(events, &views, handler)
+        let run = self
+            .run_batch_untraced(events, &views, handler, encode)
             .instrument(span)
             .await;
-        telemetry::batch_outcomes(&self.inner.config, &views, &answers);
-        answers
+        telemetry::batch_outcomes(&self.inner.config, &views, &run.answers);
+        run
     }
 
     /// [`run_batch`](Self::run_batch) without its span and metrics.
@@ -141,7 +171,8 @@ impl Guard {
         events: &'a [I],
         envelopes: &[Cow<'a, EventEnvelope>],
         mut handler: H,
-    ) -> Vec<BatchResult<T, E>>
+        encode: Option<Encode<T>>,
+    ) -> BatchRun<T, E>
     where
         I: Identify,
         H: FnMut(&'a I) -> F,
@@ -149,7 +180,11 @@ impl Guard {
         E: std::fmt::Display,
     {
         if self.inner.config.disabled() {
-            return Self::run_batch_disabled(events, handler).await;
+            return BatchRun {
+                answers: Self::run_batch_disabled(events, handler).await,
+                found: Vec::new(),
+                copies: Vec::new(),
+            };
         }
         let started = Instant::now();
         let config = &self.inner.config;
@@ -167,12 +202,23 @@ impl Guard {
             .collect();
         // Events with a payload fingerprint go through `run` one after the other (their
         // owner token carries the fingerprint, and a batch claim has one owner for all).
+        let mut found: Vec<Option<Vec<u8>>> = match encode {
+            Some(_) => events.iter().map(|_| None).collect(),
+            None => Vec::new(),
+        };
         for &i in &fingerprinted {
             // The handler is called only once the run decides to run it, as in the batch.
             let lazy = async { handler(&events[i]).await };
+            let mut keep = encode.map(|encode| Keep {
+                encode,
+                found: None,
+            });
             let answer = self
-                .run_untraced(&events[i], &envelopes[i], lazy, None)
+                .run_untraced(&events[i], &envelopes[i], lazy, keep.as_mut())
                 .await;
+            if let Some(keep) = keep {
+                found[i] = keep.found;
+            }
             answers[i] = Some(answer);
         }
 
@@ -199,10 +245,25 @@ impl Guard {
             confirmed: claimed,
             completing: Vec::new(),
             releasing: Vec::new(),
+            results: Vec::new(),
         };
-        let ended = self
-            .drive_batch(events, &acquired, &mut handler, &mut pending)
-            .await;
+        // With results kept, the duplicates' results are read while the handlers run.
+        let duplicates: Vec<(usize, String)> = match encode {
+            Some(_) => unique
+                .iter()
+                .filter(|&&i| matches!(answers[i], Some(Ok(Outcome::Duplicate))))
+                .map(|&i| (i, key_of(&ctxs, i)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let (ended, read) = futures_util::future::join(
+            self.drive_batch(events, &acquired, &mut handler, &mut pending, encode),
+            self.read_results(&duplicates),
+        )
+        .await;
+        for ((i, _), result) in duplicates.iter().zip(read) {
+            found[*i] = result;
+        }
         let panic = self
             .settle_batch(&acquired, ended, &mut ctxs, &mut pending, &mut answers)
             .await;
@@ -214,7 +275,33 @@ impl Guard {
         self.run_unprotected(events, &open, &ctxs, &mut handler, &mut answers)
             .await;
         self.answer_copies(&copies, &ctxs, &mut answers);
-        answers.into_iter().map(finish).collect()
+        BatchRun {
+            answers: answers.into_iter().map(finish).collect(),
+            found,
+            copies,
+        }
+    }
+
+    /// The stored result of each of `duplicates`' records (at most `batch_concurrency`
+    /// reads at once); a failed read, or a record without one, gives `None`: the event
+    /// then answers as a plain duplicate.
+    async fn read_results(&self, duplicates: &[(usize, String)]) -> Vec<Option<Vec<u8>>> {
+        if duplicates.is_empty() {
+            return Vec::new();
+        }
+        let mut found = Vec::with_capacity(duplicates.len());
+        for chunk in duplicates.chunks(self.inner.config.batch_concurrency().max(1)) {
+            let reads: Vec<_> = chunk.iter().map(|(_, key)| self.read_result(key)).collect();
+            found.extend(futures_util::future::join_all(reads).await);
+        }
+        found
+    }
+
+    /// The stored result of `key`'s record, `None` when it has none or the read failed.
+    async fn read_result(&self, key: &str) -> Option<Vec<u8>> {
+        let read = self.inner.store.get_with_result(key);
+        let record = self.store_call("get", read).await;
+        record.ok().flatten().and_then(|(_, result)| result)
     }
 
     /// Every event's hash and key; an event that cannot be identified, or is stale, is
@@ -374,6 +461,7 @@ impl Guard {
         acquired: &[usize],
         handler: &mut H,
         pending: &mut PendingBatch,
+        encode: Option<Encode<T>>,
     ) -> Vec<Option<Ended<T, E>>>
     where
         H: FnMut(&'a I) -> F,
@@ -383,6 +471,9 @@ impl Guard {
         let period = renewal_period(lease);
         let bound = self.inner.config.batch_concurrency();
         let mut ended: Vec<Option<Ended<T, E>>> = acquired.iter().map(|_| None).collect();
+        if encode.is_some() {
+            pending.results = acquired.iter().map(|_| None).collect();
+        }
         // Claims found lost (by a renewal, or by going a whole lease unconfirmed) before
         // their handler started: those handlers never start.
         let mut lost = vec![false; acquired.len()];
@@ -418,7 +509,11 @@ impl Guard {
             })
             .await;
             if let Some((slot, result)) = next {
-                if matches!(result, Ok(Ok(_))) {
+                if let Ok(Ok(value)) = &result {
+                    if let Some(encode) = encode {
+                        let key = pending.keys[slot].as_str();
+                        pending.results[slot] = self.encode_result(key, encode, value);
+                    }
                     pending.settle[slot] = OnDrop::Complete;
                 }
                 ended[slot] = Some(result);
@@ -747,6 +842,7 @@ fn stage_settlements<T, E>(ended: &[Option<Ended<T, E>>], pending: &mut PendingB
                 key,
                 owner: pending.owner.clone(),
                 ttl: pending.ttls[slot],
+                result: pending.results.get_mut(slot).and_then(Option::take),
             });
         } else {
             pending.releasing.push(key);

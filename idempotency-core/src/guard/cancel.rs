@@ -77,6 +77,7 @@ impl Drop for PendingClaim {
                 key,
                 owner,
                 ttl: self.ttl,
+                result: self.result.take(),
             };
             deferred::owe(&self.guard, completion, self.until, Some(&refused));
             return;
@@ -124,6 +125,9 @@ pub(super) struct PendingBatch {
     pub(super) completing: Vec<Completion>,
     /// The releases being sent, likewise: sent again if the batch is dropped.
     pub(super) releasing: Vec<String>,
+    /// The encoded result of each slot whose handler succeeded, kept with its completion
+    /// (`run_batch_stored`); empty for a batch that keeps no results.
+    pub(super) results: Vec<Option<Vec<u8>>>,
 }
 
 impl Drop for PendingBatch {
@@ -146,7 +150,9 @@ impl Drop for PendingBatch {
         for completion in completing {
             deferred::owe(&self.guard, completion, until, Some(&refused));
         }
+        let mut results = std::mem::take(&mut self.results).into_iter();
         for ((key, ttl), settle) in self.keys.drain(..).zip(&self.ttls).zip(&self.settle) {
+            let result = results.next().flatten();
             match settle {
                 OnDrop::Complete => {
                     let owner = self.owner.clone();
@@ -154,6 +160,7 @@ impl Drop for PendingBatch {
                         key,
                         owner,
                         ttl: *ttl,
+                        result,
                     };
                     deferred::owe(&self.guard, completion, until, Some(&refused));
                 }

@@ -209,19 +209,19 @@ impl Guard {
             key: key.to_owned(),
             owner: std::mem::take(&mut pending.owner),
             ttl,
+            result: pending.result.take(),
         };
-        // A result is written at once: a deferred completion carries none.
-        if self.inner.config.deferred_completion().is_some() && pending.result.is_none() {
+        if self.inner.config.deferred_completion().is_some() {
             pending.on_drop = OnDrop::Nothing;
             self.observe(&*ctx, Decision::CompletionDeferred);
             self.owe(completion(pending), pending.until, None);
             return;
         }
+        // Dropped while the store is asked: the completion (and its result) is owed.
         pending.on_drop = OnDrop::Complete;
         let t = Instant::now();
         let store = &self.inner.store;
-        let result = pending.result.take();
-        let done = match &result {
+        let done = match &pending.result {
             Some(result) => {
                 let write = store.complete_with_result(ctx.key, &pending.owner, ctx.ttl, result);
                 self.store_call_ungated("complete", write).await

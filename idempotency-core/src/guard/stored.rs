@@ -6,7 +6,8 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::outcome::{Ctx, Decision, Outcome, Scope};
+use super::batch::Encode;
+use super::outcome::{Decision, Outcome, Scope};
 use super::Guard;
 use crate::error::GuardError;
 use crate::identify::Identify;
@@ -52,7 +53,7 @@ impl<T> StoredOutcome<T> {
 /// What `run_stored` adds to a run: how to encode the handler's value, and the result the
 /// record of a duplicate kept.
 pub(super) struct Keep<T> {
-    pub(super) encode: fn(&T) -> Result<Vec<u8>, serde_json::Error>,
+    pub(super) encode: Encode<T>,
     pub(super) found: Option<Vec<u8>>,
 }
 
@@ -71,9 +72,11 @@ impl Guard {
     /// - A record without a result (written by `run`, an older version, `KeyScheme::PythonV2`)
     ///   answers [`StoredOutcome::Duplicate`]; so does one whose result no longer decodes
     ///   as `T` (counted in [`GuardStats::results_unreadable`](super::GuardStats::results_unreadable)).
-    /// - The completion of a run with a result is written at once, even with
-    ///   [`defer_completion`](crate::ConfigBuilder::defer_completion). A completion the
-    ///   store did not take at once is retried in the background without its result.
+    /// - The result travels with the completion wherever it goes: with
+    ///   [`defer_completion`](crate::ConfigBuilder::defer_completion) it is written with the
+    ///   next claim (or after the deferral delay), and a completion the store did not take
+    ///   at once is retried with it. Until it is written, a duplicate finds the claim
+    ///   processing and answers `InProgress`, as for any deferred completion.
     /// - A store that keeps no results (one not overriding
     ///   [`complete_with_result`](crate::IdempotencyStore::complete_with_result)) answers
     ///   duplicates as `Duplicate`.
@@ -122,31 +125,24 @@ impl Guard {
         Ok(match outcome {
             Outcome::Processed(value) => StoredOutcome::Processed(value),
             Outcome::Unprotected(value) => StoredOutcome::Unprotected(value),
-            Outcome::Duplicate => match keep.found.map(|bytes| serde_json::from_slice(&bytes)) {
-                Some(Ok(value)) => StoredOutcome::Replayed(value),
-                Some(Err(error)) => {
-                    self.observe(Scope::Guard, Decision::ResultUnreadable { error: &error });
-                    StoredOutcome::Duplicate
-                }
-                None => StoredOutcome::Duplicate,
-            },
+            Outcome::Duplicate => self.replayed(keep.found),
         })
     }
 
-    /// [`run_stored`](Self::run_stored) for each of `events`, at most
-    /// [`batch_concurrency`](crate::ConfigBuilder::batch_concurrency) at once, answering
-    /// each event in order. An event that appears twice runs once: its later copies run
-    /// after the first copies have ended, and answer `Replayed` (or what the first left).
+    /// [`run_stored`](Self::run_stored) for each of `events`, as
+    /// [`run_batch`](Self::run_batch) runs them: one claim call and one completion call
+    /// per chunk of the batch, each handler's value kept with its completion in that call,
+    /// and each event answered in order. A duplicate's stored result is read while the
+    /// batch's handlers run (one `get_with_result` per duplicate, at most
+    /// [`batch_concurrency`](crate::ConfigBuilder::batch_concurrency) at once). An event
+    /// that appears twice in the batch runs once: a later copy answers `Replayed` with the
+    /// first copy's value when that was kept (or what the first copy's record held),
+    /// `Duplicate` when it was not, `InProgress` when the first did not complete.
     /// `handler` is called only for an event that runs.
-    ///
-    /// Unlike [`run_batch`](Self::run_batch), it makes each event's store calls on its own
-    /// (a claim, then a completion with the result, or a read of a duplicate's result), so
-    /// it costs as many round trips as that many `run_stored` calls, made concurrently.
     ///
     /// # Panics
     ///
-    /// Resumes a handler's panic, after its claim is released; the other runs in flight
-    /// are dropped (their claims released as for a dropped `run`).
+    /// Resumes the first handler panic, after every claim of the batch is settled.
     pub async fn run_batch_stored<'a, I, H, F, T, E>(
         &self,
         events: &'a [I],
@@ -154,43 +150,56 @@ impl Guard {
     ) -> Vec<Result<StoredOutcome<T>, GuardError<E>>>
     where
         I: Identify,
-        H: Fn(&'a I) -> F,
+        H: FnMut(&'a I) -> F,
         F: Future<Output = Result<T, E>>,
         T: Serialize + DeserializeOwned,
         E: std::fmt::Display,
     {
-        use futures_util::stream::{self, StreamExt};
-        let mut seen = std::collections::HashSet::with_capacity(events.len());
-        let (first, later): (Vec<usize>, Vec<usize>) = (0..events.len()).partition(|&i| {
-            self.key_for(&events[i])
-                .map_or(true, |key| seen.insert(key))
-        });
-        let handler = &handler;
-        let run = |i: usize| async move {
-            let answer = self
-                .run_stored(&events[i], async move { handler(&events[i]).await })
-                .await;
-            (i, answer)
-        };
-        let mut answers: Vec<Option<_>> = events.iter().map(|_| None).collect();
-        let limit = self.inner.config.batch_concurrency().max(1);
-        let mut running = stream::iter(first).map(run).buffer_unordered(limit);
-        while let Some((i, answer)) = running.next().await {
-            answers[i] = Some(answer);
+        let encode: Encode<T> = |value: &T| serde_json::to_vec(value);
+        let run = self.run_batch_traced(events, handler, Some(encode)).await;
+        let max = self.inner.config.max_result_bytes();
+        let mut found = run.found;
+        // A later copy answers with what its first copy left: the first's kept value (as
+        // the store would replay it), or the result its first's record held.
+        for &(copy, first) in &run.copies {
+            found[copy] = match &run.answers[first] {
+                Ok(Outcome::Processed(value)) => encode(value).ok().filter(|b| b.len() <= max),
+                Ok(Outcome::Duplicate) => found[first].clone(),
+                _ => None,
+            };
         }
-        drop(running);
-        for i in later {
-            answers[i] = Some(run(i).await.1);
+        run.answers
+            .into_iter()
+            .zip(found)
+            .map(|(answer, found)| {
+                answer.map(|outcome| match outcome {
+                    Outcome::Processed(value) => StoredOutcome::Processed(value),
+                    Outcome::Unprotected(value) => StoredOutcome::Unprotected(value),
+                    Outcome::Duplicate => self.replayed(found),
+                })
+            })
+            .collect()
+    }
+
+    /// A duplicate's answer: the stored result decoded, or a plain duplicate when there is
+    /// none or it no longer decodes as `T` (observed).
+    fn replayed<T: DeserializeOwned>(&self, found: Option<Vec<u8>>) -> StoredOutcome<T> {
+        match found.map(|bytes| serde_json::from_slice(&bytes)) {
+            Some(Ok(value)) => StoredOutcome::Replayed(value),
+            Some(Err(error)) => {
+                self.observe(Scope::Guard, Decision::ResultUnreadable { error: &error });
+                StoredOutcome::Duplicate
+            }
+            None => StoredOutcome::Duplicate,
         }
-        answers.into_iter().flatten().collect()
     }
 
     /// The encoded result of `value` to keep with the completion, or `None` (observed) when
     /// it does not encode or is over `max_result_bytes`.
-    pub(super) fn encode_result<T>(
+    pub(super) fn encode_result<'s, T>(
         &self,
-        ctx: &Ctx<'_>,
-        encode: fn(&T) -> Result<Vec<u8>, serde_json::Error>,
+        scope: impl Into<Scope<'s>>,
+        encode: Encode<T>,
         value: &T,
     ) -> Option<Vec<u8>> {
         let max = self.inner.config.max_result_bytes();
@@ -202,7 +211,7 @@ impl Guard {
             ),
             Err(error) => format!("result does not serialize: {error}"),
         };
-        self.observe(ctx, Decision::ResultDropped { error: &text });
+        self.observe(scope, Decision::ResultDropped { error: &text });
         None
     }
 }
