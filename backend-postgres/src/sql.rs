@@ -18,9 +18,11 @@ pub(crate) struct Statements {
     pub(crate) reap: Arc<str>,
     pub(crate) claim_many: Arc<str>,
     pub(crate) complete_many: Arc<str>,
+    pub(crate) complete_many_results: Arc<str>,
     pub(crate) release_many: Arc<str>,
     pub(crate) extend_many: Arc<str>,
     pub(crate) complete_then_claim: Arc<str>,
+    pub(crate) complete_results_then_claim: Arc<str>,
     pub(crate) complete_one_then_claim: Arc<str>,
     pub(crate) list: Arc<str>,
     pub(crate) remove: Arc<str>,
@@ -47,9 +49,11 @@ impl Statements {
             reap: reap(table),
             claim_many: claim_many(table, &wait),
             complete_many: complete_many(table),
+            complete_many_results: complete_many_results(table),
             release_many: release_many(table),
             extend_many: extend_many(table),
             complete_then_claim: complete_then_claim(table, &wait, &claim_one),
+            complete_results_then_claim: complete_results_then_claim(table, &wait, &claim_one),
             complete_one_then_claim: complete_one_then_claim(table, &wait, &claim_one),
             list: list(table),
             remove: remove(table),
@@ -109,13 +113,42 @@ fn complete_rows(table: &str, keys: &str, owners: &str, ttls: &str) -> String {
         "input AS (
                    SELECT k, o, ms FROM unnest({keys}::text[], {owners}::text[], {ttls}::float8[])
                      AS i(k, o, ms)
-                 ), held AS (
+                 ), {}",
+        complete_held(table, "")
+    )
+}
+
+/// [`complete_rows`] with each completion's result (the parameter of a `bytea[]`, NULL for
+/// none), written in the same row update and stamped with the completing owner, as
+/// [`complete_result`] does; a completion without one clears what an earlier owner of the
+/// row left.
+fn complete_rows_results(
+    table: &str,
+    keys: &str,
+    owners: &str,
+    ttls: &str,
+    results: &str,
+) -> String {
+    format!(
+        "input AS (
+                   SELECT k, o, ms, res
+                     FROM unnest({keys}::text[], {owners}::text[], {ttls}::float8[], {results}::bytea[])
+                     AS i(k, o, ms, res)
+                 ), {}",
+        complete_held(table, ", result = i.res, result_owner = CASE WHEN i.res IS NULL THEN NULL ELSE i.o END")
+    )
+}
+
+/// The `held` and `done` CTEs of [`complete_rows`], with `set` added to the update.
+fn complete_held(table: &str, set: &str) -> String {
+    format!(
+        "held AS (
                    SELECT r.key FROM {table} r JOIN input i ON r.key = i.k
                     WHERE r.owner = i.o AND r.state = 'processing' AND r.expires_at > now()
                     ORDER BY r.key FOR UPDATE OF r
                  ), done AS (
                    UPDATE {table} AS r SET state = 'completed', updated_at = now(),
-                          expires_at = now() + make_interval(secs => i.ms / 1000)
+                          expires_at = now() + make_interval(secs => i.ms / 1000){set}
                      FROM held h, input i
                     WHERE r.key = h.key AND i.k = h.key AND r.owner = i.o
                       AND r.state = 'processing' AND r.expires_at > now()
@@ -288,6 +321,15 @@ fn complete_many(table: &str) -> Arc<str> {
     ))
 }
 
+/// Guarantee: as [`complete_many`], each completion's result ($4, NULL for none) written
+/// in its row's update.
+fn complete_many_results(table: &str) -> Arc<str> {
+    Arc::from(format!(
+        "WITH {} SELECT key FROM done",
+        complete_rows_results(table, "$1", "$2", "$3", "$4")
+    ))
+}
+
 /// The `held` CTE of the batch transitions: the live processing claims of $2 among the
 /// keys of $1, locked in key order.
 fn held_by_owner(table: &str) -> String {
@@ -338,6 +380,17 @@ fn complete_then_claim(table: &str, wait: &str, claim_one: &str) -> Arc<str> {
     done_then_claim(
         table,
         &complete_rows(table, "$4", "$5", "$6"),
+        wait,
+        claim_one,
+    )
+}
+
+/// Guarantee: as [`complete_then_claim`], each completion's result ($7, NULL for none)
+/// written in its row's update.
+fn complete_results_then_claim(table: &str, wait: &str, claim_one: &str) -> Arc<str> {
+    done_then_claim(
+        table,
+        &complete_rows_results(table, "$4", "$5", "$6", "$7"),
         wait,
         claim_one,
     )

@@ -139,6 +139,15 @@ fn completion_columns(completions: &[Completion]) -> (Vec<String>, Vec<String>, 
     )
 }
 
+/// The completions' results as one `bytea[]` parameter (NULL for a completion without
+/// one), or `None` when no completion has a result (the statement without the column).
+fn result_column(completions: &[Completion]) -> Option<Vec<Option<Vec<u8>>>> {
+    completions
+        .iter()
+        .any(|c| c.result.is_some())
+        .then(|| completions.iter().map(|c| c.result.clone()).collect())
+}
+
 pub(crate) fn claim_from_code(key: &str, code: Option<i32>) -> Result<Claim, StoreError> {
     match code {
         Some(1) => Ok(Claim::Acquired),
@@ -304,10 +313,19 @@ impl IdempotencyStore for PostgresStore {
             return Ok(Vec::new());
         }
         let (keys, owners, ttls) = completion_columns(completions);
-        let query = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_many)))
-            .bind(keys)
-            .bind(owners)
-            .bind(ttls);
+        let query = match result_column(completions) {
+            None => sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_many)))
+                .bind(keys)
+                .bind(owners)
+                .bind(ttls),
+            Some(results) => {
+                sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_many_results)))
+                    .bind(keys)
+                    .bind(owners)
+                    .bind(ttls)
+                    .bind(results)
+            }
+        };
         self.touched(query, completions.iter().map(|c| c.key.as_str()))
             .await
     }
@@ -354,22 +372,36 @@ impl IdempotencyStore for PostgresStore {
             // One completion, the usual case of deferred completion: the statement with
             // scalar parameters, whose plan PostgreSQL caches (it re-plans the array
             // statement at every execution, estimating its arrays at many rows).
-            [one] => sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_one_then_claim)))
-                .bind(key)
-                .bind(owner)
-                .bind(millis(lease))
-                .bind(one.key.as_str())
-                .bind(one.owner.as_str())
-                .bind(millis(one.ttl)),
+            [one @ Completion { result: None, .. }] => {
+                sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_one_then_claim)))
+                    .bind(key)
+                    .bind(owner)
+                    .bind(millis(lease))
+                    .bind(one.key.as_str())
+                    .bind(one.owner.as_str())
+                    .bind(millis(one.ttl))
+            }
             _ => {
                 let (keys, owners, ttls) = completion_columns(completions);
-                sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_then_claim)))
+                match result_column(completions) {
+                    None => sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.complete_then_claim)))
+                        .bind(key)
+                        .bind(owner)
+                        .bind(millis(lease))
+                        .bind(keys)
+                        .bind(owners)
+                        .bind(ttls),
+                    Some(results) => sqlx::query(AssertSqlSafe(Arc::clone(
+                        &self.sql.complete_results_then_claim,
+                    )))
                     .bind(key)
                     .bind(owner)
                     .bind(millis(lease))
                     .bind(keys)
                     .bind(owners)
                     .bind(ttls)
+                    .bind(results),
+                }
             }
         };
         match query.fetch_all(&self.pool).await {

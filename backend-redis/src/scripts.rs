@@ -182,11 +182,14 @@ return {v, redis.call('PTTL', KEYS[1])}
 
 /// The batch script: `complete_many`, `try_claim_many` and `complete_then_claim` in one
 /// round trip. KEYS[1..n] are completions, KEYS[n+1..] claims; ARGV[1] = now in ms,
-/// ARGV[2] = n, ARGV[3] = m, the number of (owner, TTL in ms) pairs that follow: 1 when
-/// every completion has the same owner and TTL, else n (pair i for completion i); then,
-/// when there are claims, the claiming owner and the lease in ms. Returns one digit per
-/// key, in order, as one string: for a completion 1 or 0 as `COMPLETE`, for a claim 1, 2
-/// or 3 as `CLAIM`.
+/// ARGV[2] = n, ARGV[3] = m, the number of completion tuples that follow, ARGV[4] = w,
+/// the width of each tuple: (owner, TTL in ms) when w = 2, (owner, TTL in ms, result) when
+/// w = 3, where the result is `-` for none or `+` followed by the result's bytes. m is 1
+/// when every completion has the same owner and TTL and none has a result (w = 2), else n
+/// (tuple i for completion i). Then, when there are claims, the claiming owner and the
+/// lease in ms. Returns one digit per key, in order, as one string: for a completion 1 or
+/// 0 as `COMPLETE` (or `COMPLETE_RESULT` for one with a result), for a claim 1, 2 or 3 as
+/// `CLAIM`.
 ///
 /// Guarantee: atomically, each completion and then each claim is exactly what the
 /// single-key script does, in KEYS order. Runs on one Redis (or, in a cluster, only when
@@ -200,13 +203,19 @@ const SETTLE_LUA: &str = concat!(
 local now = ARGV[1]
 local n = tonumber(ARGV[2])
 local m = tonumber(ARGV[3])
+local w = tonumber(ARGV[4])
 local out = {}
-local owner, ttl, done = ARGV[4], ARGV[5], nil
-if m == 1 then done = 'c|' .. now .. '|' .. owner end
+local owner, ttl, done = nil, nil, nil
 for i = 1, n do
-  if m ~= 1 then
-    owner, ttl = ARGV[2 * i + 2], ARGV[2 * i + 3]
-    done = 'c|' .. now .. '|' .. owner
+  if i == 1 or m ~= 1 then
+    local at = 5 + (i - 1) * w
+    owner, ttl = ARGV[at], ARGV[at + 1]
+    local result = w == 3 and ARGV[at + 2] or '-'
+    if string.byte(result, 1) == 43 then
+      done = 'r|' .. now .. '|' .. #owner .. '|' .. owner .. string.sub(result, 2)
+    else
+      done = 'c|' .. now .. '|' .. owner
+    end
   end
   if held_by_last(redis.call('GET', KEYS[i]), owner) then
     redis.call('SET', KEYS[i], done, 'PX', ttl)
@@ -216,8 +225,8 @@ for i = 1, n do
   end
 end
 if #KEYS > n then
-  local owner = ARGV[2 * m + 4]
-  local lease = ARGV[2 * m + 5]
+  local owner = ARGV[5 + m * w]
+  local lease = ARGV[6 + m * w]
   local value = 'p|' .. now .. '|' .. owner
   local digits = {'1', '2', '3'}
   for i = n + 1, #KEYS do

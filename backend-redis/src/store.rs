@@ -129,14 +129,7 @@ impl IdempotencyStore for RedisStore {
         }
         if self.is_cluster() {
             // Every key's call is sent and answered, whatever another shard does.
-            return per_key(
-                join_all(
-                    completions
-                        .iter()
-                        .map(|c| self.complete(&c.key, &c.owner, c.ttl)),
-                )
-                .await,
-            );
+            return per_key(join_all(completions.iter().map(|c| self.complete_one(c))).await);
         }
         let codes = self
             .settle::<&str>(completions, &[], "", Duration::ZERO)
@@ -180,7 +173,10 @@ impl IdempotencyStore for RedisStore {
         lease: Duration,
     ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
         check_complete_then_claim(completions, key, owner, lease)?;
-        if let ([one], false, true) = (completions, self.is_cluster(), self.plain_claims()) {
+        let plain = self.plain_claims();
+        if let ([one @ Completion { result: None, .. }], false, true) =
+            (completions, self.is_cluster(), plain)
+        {
             return self.complete_one_then_claim(one, key, owner, lease).await;
         }
         if self.is_cluster() {
@@ -188,11 +184,7 @@ impl IdempotencyStore for RedisStore {
             // own nodes; the claim's key is not among the completions, so order is moot.
             // Each half's answer stands on its own: a claim acquired is returned even when
             // a completion failed.
-            let done = join_all(
-                completions
-                    .iter()
-                    .map(|c| self.complete(&c.key, &c.owner, c.ttl)),
-            );
+            let done = join_all(completions.iter().map(|c| self.complete_one(c)));
             let (done, claim) =
                 futures_util::future::join(done, self.try_claim(key, owner, lease)).await;
             return Ok((per_key(done), claim?));
@@ -214,6 +206,17 @@ impl IdempotencyStore for RedisStore {
 }
 
 impl RedisStore {
+    /// One completion: `complete`, or `complete_with_result` for one with a result.
+    fn complete_one<'a>(
+        &'a self,
+        c: &'a Completion,
+    ) -> impl std::future::Future<Output = Result<bool, StoreError>> + 'a {
+        match &c.result {
+            Some(result) => self.complete_with_result(&c.key, &c.owner, c.ttl, result),
+            None => self.complete(&c.key, &c.owner, c.ttl),
+        }
+    }
+
     /// Whether claims go out as the plain `SET ... NX GET` (see `plain`).
     fn plain_claims(&self) -> bool {
         self.endpoint.plain_claims.load(Ordering::Relaxed)
@@ -365,28 +368,41 @@ impl RedisStore {
         lease: Duration,
     ) -> Result<Vec<i64>, StoreError> {
         let keys = completions.len() + claims.len();
-        let shared = completions
-            .first()
-            .filter(|first| {
-                completions
-                    .iter()
-                    .all(|c| c.ttl == first.ttl && c.owner == first.owner)
-            })
-            .is_some();
-        let pairs = if shared { 1 } else { completions.len() };
+        let results = completions.iter().any(|c| c.result.is_some());
+        let shared = !results
+            && completions
+                .first()
+                .filter(|first| {
+                    completions
+                        .iter()
+                        .all(|c| c.ttl == first.ttl && c.owner == first.owner)
+                })
+                .is_some();
+        let tuples = if shared { 1 } else { completions.len() };
+        let width = if results { 3 } else { 2 };
         let bytes = completions.iter().map(|c| c.key.len()).sum::<usize>()
+            + completions
+                .iter()
+                .map(|c| c.result.as_ref().map_or(0, Vec::len) + 1)
+                .sum::<usize>()
             + claims.iter().map(|k| k.as_ref().len()).sum::<usize>()
-            + (pairs + 1) * (owner.len().max(40) + 24);
-        let mut call = Call::new(&SETTLE, keys, keys + 2 * pairs + 5, bytes);
+            + (tuples + 1) * (owner.len().max(40) + 24);
+        let mut call = Call::new(&SETTLE, keys, keys + width * tuples + 6, bytes);
         for c in completions {
             call.arg(&c.key);
         }
         for key in claims {
             call.arg(key.as_ref());
         }
-        call.arg(now_ms()).arg(completions.len()).arg(pairs);
-        for c in &completions[..pairs] {
+        call.arg(now_ms())
+            .arg(completions.len())
+            .arg(tuples)
+            .arg(width);
+        for c in &completions[..tuples] {
             call.arg(&c.owner).arg(millis(c.ttl));
+            if results {
+                call.arg(result_arg(c.result.as_deref()));
+            }
         }
         if !claims.is_empty() {
             call.arg(owner).arg(millis(lease));
@@ -442,6 +458,19 @@ impl RedisStore {
             });
         }
         Ok(flags.into_iter().map(|f| f == b'1').collect())
+    }
+}
+
+/// A completion's result as the `SETTLE` script takes it: `-` for none, `+` and the bytes.
+fn result_arg(result: Option<&[u8]>) -> Vec<u8> {
+    match result {
+        None => b"-".to_vec(),
+        Some(bytes) => {
+            let mut arg = Vec::with_capacity(bytes.len() + 1);
+            arg.push(b'+');
+            arg.extend_from_slice(bytes);
+            arg
+        }
     }
 }
 

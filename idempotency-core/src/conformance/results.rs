@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 
-use super::{config, event, guard, unique_key, unique_service, Boom, StoreFactory, LONG};
+use super::{
+    completion, config, event, guard, unique_key, unique_service, Boom, Fault, FaultyStore,
+    StoreFactory, LONG,
+};
 use crate::{Claim, GuardError, IdempotencyStore, Identity, Outcome, RecordState, StoredOutcome};
 
 /// A result kept with the completion is read back byte for byte (every byte value, a
@@ -219,4 +222,222 @@ pub async fn guard_batch_replays_stored_results(f: &impl StoreFactory) {
         ]
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2, "handlers called");
+}
+
+/// `complete_many` keeps each completion's result (and none for a completion without
+/// one) in the same call, owner-checked per key; `complete_then_claim` does the same for
+/// the completions it carries, and still answers its claim.
+pub async fn batch_completions_keep_their_results(f: &impl StoreFactory) {
+    let store = f.create().await;
+    let keys: Vec<String> = (0..4)
+        .map(|i| unique_key(&format!("result-many-{i}")))
+        .collect();
+    assert_eq!(
+        store
+            .try_claim_many(&keys, "a", LONG)
+            .await
+            .expect("claim_many"),
+        vec![Claim::Acquired; 4]
+    );
+    let binary: Vec<u8> = (0..=255u8).rev().collect();
+    let completions = [
+        completion(&keys[0], "a", LONG).with_result(b"{\"n\":0}".to_vec()),
+        completion(&keys[1], "a", LONG),
+        completion(&keys[2], "a", LONG).with_result(binary.clone()),
+        completion(&keys[3], "b", LONG).with_result(b"stolen".to_vec()),
+    ];
+    assert_eq!(
+        store
+            .complete_many(&completions)
+            .await
+            .expect("complete_many"),
+        [true, true, true, false],
+        "owner-checked per key"
+    );
+    let read = |key: &String| {
+        let key = key.clone();
+        let store = &store;
+        async move {
+            store
+                .get_with_result(&key)
+                .await
+                .expect("get_with_result")
+                .expect("a live record")
+        }
+    };
+    let (record, result) = read(&keys[0]).await;
+    assert_eq!(record.state, RecordState::Completed);
+    assert_eq!(result.as_deref(), Some(&b"{\"n\":0}"[..]));
+    let (record, result) = read(&keys[1]).await;
+    assert_eq!(record.state, RecordState::Completed);
+    assert_eq!(result, None, "a completion without a result keeps none");
+    assert_eq!(read(&keys[2]).await.1.as_deref(), Some(&binary[..]));
+    let (record, result) = read(&keys[3]).await;
+    assert_eq!(
+        record.state,
+        RecordState::Processing,
+        "another owner's claim"
+    );
+    assert_eq!(result, None);
+
+    // Carried by a claim: the result is written with the completion.
+    let carried = unique_key("result-carried");
+    let next = unique_key("result-next");
+    assert_eq!(
+        store.try_claim(&carried, "c", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let (done, claim) = store
+        .complete_then_claim(
+            &[completion(&carried, "c", LONG).with_result(b"[1,2,3]".to_vec())],
+            &next,
+            "d",
+            LONG,
+        )
+        .await
+        .expect("complete_then_claim");
+    assert_eq!(done.expect("completions"), [true]);
+    assert_eq!(claim, Claim::Acquired);
+    let (record, result) = read(&carried).await;
+    assert_eq!(record.state, RecordState::Completed);
+    assert_eq!(result.as_deref(), Some(&b"[1,2,3]"[..]));
+    // Several carried at once, one with and one without a result.
+    let (x, y, z) = (
+        unique_key("result-carried-x"),
+        unique_key("result-carried-y"),
+        unique_key("result-next-z"),
+    );
+    for key in [&x, &y] {
+        assert_eq!(
+            store.try_claim(key, "e", LONG).await.expect("claim"),
+            Claim::Acquired
+        );
+    }
+    let (done, claim) = store
+        .complete_then_claim(
+            &[
+                completion(&x, "e", LONG).with_result(b"\"x\"".to_vec()),
+                completion(&y, "e", LONG),
+            ],
+            &z,
+            "f",
+            LONG,
+        )
+        .await
+        .expect("complete_then_claim");
+    assert_eq!(done.expect("completions"), [true, true]);
+    assert_eq!(claim, Claim::Acquired);
+    assert_eq!(read(&x).await.1.as_deref(), Some(&b"\"x\""[..]));
+    assert_eq!(read(&y).await.1, None);
+}
+
+/// With `defer_completion`, a `run_stored` result travels with its completion: the next
+/// claim (or a flush) writes both, and a duplicate then answers `Replayed`. The batch
+/// form keeps its results too.
+pub async fn guard_deferred_completion_keeps_the_stored_result(f: &impl StoreFactory) {
+    let g = guard(
+        f,
+        config(&unique_service("result-deferred"))
+            .lease(std::time::Duration::from_secs(600))
+            .defer_completion(std::time::Duration::from_secs(300)),
+    )
+    .await;
+    let (a, b) = (event(1), event(2));
+    let out = g
+        .run_stored(&a, async { Ok::<_, Boom>(json!({"reply": "a"})) })
+        .await
+        .expect("run_stored");
+    assert_eq!(out, StoredOutcome::Processed(json!({"reply": "a"})));
+    let key = g.key_for(&a).expect("key");
+    let state = g.store().get(&key).await.expect("get").expect("record");
+    assert_eq!(state.state, RecordState::Processing, "deferred");
+    // The next claim carries a's completion and its result.
+    let out = g
+        .run_stored(&b, async { Ok::<_, Boom>(json!({"reply": "b"})) })
+        .await
+        .expect("run_stored");
+    assert_eq!(out, StoredOutcome::Processed(json!({"reply": "b"})));
+    let (record, result) = g
+        .store()
+        .get_with_result(&key)
+        .await
+        .expect("get_with_result")
+        .expect("record");
+    assert_eq!(record.state, RecordState::Completed, "carried by b's claim");
+    assert_eq!(result.as_deref(), Some(&br#"{"reply":"a"}"#[..]));
+    // b redelivered to this guard while its completion waits: written first, replayed.
+    let again = g
+        .run_stored(&b, async { Ok::<_, Boom>(json!("second")) })
+        .await
+        .expect("run_stored");
+    assert_eq!(again, StoredOutcome::Replayed(json!({"reply": "b"})));
+
+    let batch = [event(3), event(4)];
+    let answers = g
+        .run_batch_stored(&batch, |e| {
+            let n = e.data["n"].as_u64().unwrap_or(0);
+            async move { Ok::<_, Boom>(n * 100) }
+        })
+        .await;
+    let answers: Vec<_> = answers.into_iter().map(|a| a.expect("answer")).collect();
+    assert_eq!(
+        answers,
+        [StoredOutcome::Processed(300), StoredOutcome::Processed(400)]
+    );
+    // A batch writes its completions (with their results) as it ends.
+    let answers = g
+        .run_batch_stored(&batch, |_| async { Ok::<_, Boom>(0u64) })
+        .await;
+    let answers: Vec<_> = answers.into_iter().map(|a| a.expect("answer")).collect();
+    assert_eq!(
+        answers,
+        [StoredOutcome::Replayed(300), StoredOutcome::Replayed(400)]
+    );
+}
+
+/// A completion the store did not take (an outage as the handler ends) is retried with its
+/// result: once the store is back and the retry has written it, a duplicate answers
+/// `Replayed` with the first run's value.
+pub async fn guard_retried_completion_keeps_the_stored_result(f: &impl StoreFactory) {
+    let faulty = FaultyStore::new(f.create().await);
+    let control = faulty.control();
+    let g = crate::Guard::new(
+        faulty,
+        config(&unique_service("result-retried"))
+            .lease(std::time::Duration::from_secs(600))
+            .store_timeout(std::time::Duration::from_millis(500))
+            .build()
+            .expect("config"),
+    );
+    let e = event(1);
+    let cut = control.clone();
+    let out = g
+        .run_stored(&e, async move {
+            // The store goes down while the handler runs: the completion is owed.
+            cut.set(Fault::Fail);
+            Ok::<_, Boom>(json!({"reply": 42}))
+        })
+        .await
+        .expect("run_stored");
+    assert_eq!(out, StoredOutcome::Processed(json!({"reply": 42})));
+    assert_eq!(g.stats().completions_retried, 1, "{:?}", g.stats());
+    control.set(Fault::None);
+    let key = g.key_for(&e).expect("key");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let record = g.store().get(&key).await.expect("get").expect("record");
+        if record.state == RecordState::Completed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the owed completion was never retried"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let again = g
+        .run_stored(&e, async { Ok::<_, Boom>(json!("second")) })
+        .await
+        .expect("run_stored");
+    assert_eq!(again, StoredOutcome::Replayed(json!({"reply": 42})));
 }
