@@ -73,15 +73,17 @@ soak-large: services
 
 ## The seeded simulation of the guard (tests/sim/): consumers sharing one store through a
 ## fault injector, crashes, duplicates and redeliveries, an oracle of every handler run.
-## SIM_SEEDS seeds on the memory store (paused clock), SIM_REAL_SEEDS on each of Redis and
-## PostgreSQL, from seed SIM_FIRST; `make test` runs 5,000 and 8. SIM_SEED=<n> replays
-## one seed with its trace (SIM_STORE=redis, postgres or identity for those; SIM_LOG=1 adds the
+## SIM_SEEDS seeds on the memory store (paused clock), SIM_STORED_SEEDS more whose
+## deliveries keep their handlers' answers (run_stored), SIM_REAL_SEEDS on each of Redis and
+## PostgreSQL, from seed SIM_FIRST; `make test` runs 5,000, 1,000 and 8. SIM_SEED=<n> replays
+## one seed with its trace (SIM_STORE=redis, postgres, stored or identity for those; SIM_LOG=1 adds the
 ## guard's warnings to the trace).
 SIM_SEEDS ?= 20000
+SIM_STORED_SEEDS ?= 4000
 SIM_REAL_SEEDS ?= 16
 SIM_FIRST ?= 0
 sim: services
-	SIM_SEEDS=$(SIM_SEEDS) SIM_REAL_SEEDS=$(SIM_REAL_SEEDS) SIM_FIRST=$(SIM_FIRST) \
+	SIM_SEEDS=$(SIM_SEEDS) SIM_STORED_SEEDS=$(SIM_STORED_SEEDS) SIM_REAL_SEEDS=$(SIM_REAL_SEEDS) SIM_FIRST=$(SIM_FIRST) \
 		$(CARGO) test --all-features --test sim
 
 ## The Idempotency-Key layer on Redis against the same axum route without it, paired:

@@ -109,13 +109,23 @@ impl Faulty {
         let mut answers = Vec::with_capacity(completions.len());
         for c in completions {
             if self.coin() {
-                let done = self.w.store.complete(&c.key, &c.owner, c.ttl).await.ok();
+                let done = match &c.result {
+                    Some(result) => self
+                        .w
+                        .store
+                        .complete_with_result(&c.key, &c.owner, c.ttl, result),
+                    None => self.w.store.complete(&c.key, &c.owner, c.ttl),
+                };
+                let done = done.await.ok();
                 self.w.landed(
                     Op::Complete,
                     &[c.key.as_str()],
                     &[c.owner.as_str()],
                     &[done],
                 );
+                if let (Some(true), Some(result)) = (done, &c.result) {
+                    self.w.landed_result(&c.key, &c.owner, result);
+                }
                 answers.push(done);
             } else {
                 answers.push(None);
@@ -132,6 +142,11 @@ impl Faulty {
         let keys: Vec<&str> = completions.iter().map(|c| c.key.as_str()).collect();
         let owners: Vec<&str> = completions.iter().map(|c| c.owner.as_str()).collect();
         self.w.landed(Op::CompleteMany, &keys, &owners, &flags);
+        for (c, flag) in completions.iter().zip(&flags) {
+            if let (Some(true), Some(result)) = (flag, &c.result) {
+                self.w.landed_result(&c.key, &c.owner, result);
+            }
+        }
     }
 }
 
@@ -173,6 +188,37 @@ impl IdempotencyStore for Faulty {
         self.w.landed(Op::Complete, &[key], &[owner], &[Some(done)]);
         self.leave(act).await;
         Ok(done)
+    }
+
+    async fn complete_with_result(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        result: &[u8],
+    ) -> Result<bool, StoreError> {
+        let act = self.enter(Op::Complete, &[key]).await?;
+        let done = self
+            .w
+            .store
+            .complete_with_result(key, owner, ttl, result)
+            .await?;
+        self.w.landed(Op::Complete, &[key], &[owner], &[Some(done)]);
+        if done {
+            self.w.landed_result(key, owner, result);
+        }
+        self.leave(act).await;
+        Ok(done)
+    }
+
+    async fn get_with_result(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Record, Option<Vec<u8>>)>, StoreError> {
+        let act = self.enter(Op::Get, &[key]).await?;
+        let found = self.w.store.get_with_result(key).await?;
+        self.leave(act).await;
+        Ok(found)
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {

@@ -26,7 +26,12 @@
 //! - P10 (memory seeds, `hostile.rs`) event types of every length and records of another
 //!   kind at an event's key, which the store refuses as data: such an event is answered
 //!   `InvalidEvent` and never runs, every other event runs once, nothing runs unprotected
-//!   and the circuit breaker never opens.
+//!   and the circuit breaker never opens;
+//! - P11 (the `stored` seeds: every delivery through `run_stored` or `run_batch_stored`)
+//!   a `Replayed` answer carries the value of a protected run of that same event with an
+//!   effect, and a completion of that run's own claim reached the store with exactly that
+//!   value (through every path a result travels: a completion written at once, deferred
+//!   and carried by a claim, retried after a fault, settled by a dropped run, a batch's).
 //!
 //! A fifth of the memory seeds run on a small store (a capacity of 4 to 16 records, below
 //! their events; completed records kept a few leases; more and longer handlers): P1 also
@@ -42,10 +47,10 @@
 //!
 //! docs/guarantees.md names, for each guarantee, the properties that check it.
 //!
-//! Knobs: `SIM_SEEDS` (memory seeds, default 5,000), `SIM_FIRST` (first seed, default
-//! 0), `SIM_REAL_SEEDS` (seeds on Redis and on PostgreSQL, default 8, with the `redis` and
-//! `postgres` features), `SIM_STORE` (`memory,redis,postgres`), `SIM_SEED=<n>` (replay one
-//! seed, with its trace; `SIM_STORE=identity` for the identity model's), `SIM_TRACE=1`, `SIM_LOG=1` (the guard's warnings in the
+//! Knobs: `SIM_SEEDS` (memory seeds, default 5,000), `SIM_STORED_SEEDS` (the `stored`
+//! seeds, on the memory store, default 1,000), `SIM_FIRST` (first seed, default 0), `SIM_REAL_SEEDS` (seeds on Redis and on PostgreSQL, default 8, with the `redis` and
+//! `postgres` features), `SIM_STORE` (`memory,stored,identity,redis,postgres`), `SIM_SEED=<n>`
+//! (replay one seed, with its trace; `SIM_STORE=identity` or `stored` for those), `SIM_TRACE=1`, `SIM_LOG=1` (the guard's warnings in the
 //! trace), `SIM_THREADS`.
 
 mod faulty;
@@ -102,6 +107,7 @@ fn take_panics() -> Vec<String> {
 pub struct Env {
     seed: Option<u64>,
     seeds: u64,
+    stored_seeds: u64,
     first: u64,
     real_seeds: u64,
     stores: Vec<String>,
@@ -123,6 +129,7 @@ impl Env {
         Env {
             seed,
             seeds: env_u64("SIM_SEEDS").unwrap_or(5_000),
+            stored_seeds: env_u64("SIM_STORED_SEEDS").unwrap_or(1_000),
             first: env_u64("SIM_FIRST").unwrap_or(0),
             real_seeds: env_u64("SIM_REAL_SEEDS").unwrap_or(8),
             stores: std::env::var("SIM_STORE")
@@ -130,7 +137,7 @@ impl Env {
                     if seed.is_some() {
                         "memory".into()
                     } else {
-                        "memory,identity,redis,postgres".into()
+                        "memory,stored,identity,redis,postgres".into()
                     }
                 })
                 .split(',')
@@ -204,7 +211,10 @@ fn main() {
         let real = s.spawn(|| real::run(&env));
         let mut results = Vec::new();
         if env.runs("memory") {
-            results.push(run_memory(&env));
+            results.push(run_memory(&env, "memory", env.seeds));
+        }
+        if env.runs("stored") {
+            results.push(run_memory(&env, "stored", env.stored_seeds));
         }
         if env.runs("identity") {
             results.push(identity::run(&env));
@@ -229,8 +239,10 @@ fn main() {
     }
 }
 
-fn run_memory(env: &Env) -> (bool, String) {
-    let seeds = env.seeds(env.seeds);
+/// The memory seeds (`kind` "memory"), or the `stored` seeds, whose deliveries keep their
+/// handlers' answers.
+fn run_memory(env: &Env, kind: &str, count: u64) -> (bool, String) {
+    let seeds = env.seeds(count);
     let started = Instant::now();
     let next = AtomicUsize::new(0);
     let reports = Mutex::new(Vec::new());
@@ -241,7 +253,7 @@ fn run_memory(env: &Env) -> (bool, String) {
                 let Some(&seed) = seeds.get(i) else {
                     break;
                 };
-                let report = memory_seed(seed, env.trace);
+                let report = memory_seed(seed, env.trace, kind == "stored");
                 reports
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -253,20 +265,26 @@ fn run_memory(env: &Env) -> (bool, String) {
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     reports.sort_by_key(|r| r.seed);
-    summarize("memory", &reports, started.elapsed(), |seed| {
-        format!("SIM_SEED={seed} make sim")
+    summarize(kind, &reports, started.elapsed(), |seed| match kind {
+        "memory" => format!("SIM_SEED={seed} make sim"),
+        _ => format!("SIM_SEED={seed} SIM_STORE={kind} make sim"),
     })
 }
 
-/// One seed on a fresh `MemoryStore`, on a paused clock.
-fn memory_seed(seed: u64, trace: bool) -> Report {
+/// One seed on a fresh `MemoryStore`, on a paused clock; `stored`: every delivery keeps
+/// its handler's answer.
+fn memory_seed(seed: u64, trace: bool, stored: bool) -> Report {
     let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
             .build()
             .expect("a runtime");
-        let params = Params::memory();
+        let params = if stored {
+            Params::stored()
+        } else {
+            Params::memory()
+        };
         let capacity = plan::draw_store(seed, &params).capacity;
         let memory = MemoryStore::with_capacity(capacity.unwrap_or(100_000));
         let store: Arc<dyn IdempotencyStore> = Arc::new(memory.clone());
@@ -278,9 +296,11 @@ fn memory_seed(seed: u64, trace: bool) -> Report {
             "sim".into(),
             trace,
         ));
-        report
-            .violations
-            .extend(runtime.block_on(hostile::check(seed)));
+        if !stored {
+            report
+                .violations
+                .extend(runtime.block_on(hostile::check(seed)));
+        }
         report
     }));
     let mut report = run.unwrap_or_else(|_| Report {
@@ -344,9 +364,14 @@ pub fn summarize(
         );
     }
     let t = &total;
+    let replays = if store == "stored" {
+        format!(", {} replayed answers", t.replays)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
             out,
-        "sim[{store}]: {} seeds ({} on a small store), {} deliveries, {} handler runs ({} unprotected), {} effects; second runs allowed: {} fail-open, {} crash after the effect, {} lease lost to a fault, {} completion lost to a fault, {} after the TTL, {} after an eviction; {} evictions, {} refused claims; {} faulted calls, {} crashes, {} dropped deliveries, {} completions retried, {} abandoned, {} claims lost; {} failed, in {:.1} s",
+        "sim[{store}]: {} seeds ({} on a small store), {} deliveries, {} handler runs ({} unprotected), {} effects; second runs allowed: {} fail-open, {} crash after the effect, {} lease lost to a fault, {} completion lost to a fault, {} after the TTL, {} after an eviction; {} evictions, {} refused claims; {} faulted calls, {} crashes, {} dropped deliveries, {} completions retried, {} abandoned, {} claims lost{replays}; {} failed, in {:.1} s",
         reports.len(),
         t.small_stores,
         t.deliveries,

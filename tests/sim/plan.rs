@@ -31,6 +31,9 @@ pub(crate) struct Params {
     pub slack: Duration,
     /// Whether a seed may run on a small store (the memory store's capacity).
     pub small_stores: bool,
+    /// Whether deliveries keep the handler's answer (`run_stored`, `run_batch_stored`):
+    /// the `stored` seeds.
+    pub stored: bool,
 }
 
 impl Params {
@@ -45,6 +48,15 @@ impl Params {
             long_work: Duration::from_secs(15),
             slack: Duration::ZERO,
             small_stores: true,
+            stored: false,
+        }
+    }
+
+    /// The memory seeds' settings, every delivery keeping its handler's answer.
+    pub(crate) fn stored() -> Params {
+        Params {
+            stored: true,
+            ..Params::memory()
         }
     }
 
@@ -59,6 +71,7 @@ impl Params {
             long_work: Duration::from_secs(6),
             slack: 50 * MS,
             small_stores: false,
+            stored: false,
         }
     }
 

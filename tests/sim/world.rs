@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use eventonce::{
     CachedStore, Claim, EventEnvelope, Guard, GuardError, GuardStats, IdempotencyConfig,
-    IdempotencyStore, MemoryStore, Outcome, RecordState,
+    IdempotencyStore, MemoryStore, Outcome, RecordState, StoredOutcome,
 };
 use serde_json::json;
 use tokio::task::AbortHandle;
@@ -111,6 +111,8 @@ pub(crate) struct Rec {
     pub confirmed: Duration,
     pub done: Option<Duration>,
     pub released: Option<Duration>,
+    /// The result a completion of this claim wrote (a run's id, as JSON), when it had one.
+    pub result: Option<Vec<u8>>,
 }
 
 /// Counts shown in the summary.
@@ -132,6 +134,8 @@ pub struct Stats {
     pub faulted_calls: u64,
     pub crashes: u64,
     pub cancels: u64,
+    /// `Replayed` answers (the `stored` seeds).
+    pub replays: u64,
     pub completions_retried: u64,
     pub completions_abandoned: u64,
     pub claims_lost: u64,
@@ -155,6 +159,7 @@ impl Stats {
         self.faulted_calls += o.faulted_calls;
         self.crashes += o.crashes;
         self.cancels += o.cancels;
+        self.replays += o.replays;
         self.completions_retried += o.completions_retried;
         self.completions_abandoned += o.completions_abandoned;
         self.claims_lost += o.claims_lost;
@@ -199,6 +204,8 @@ pub(crate) enum Answer {
     Processed(u64),
     Unprotected(u64),
     Duplicate,
+    /// A duplicate answered with the stored result: a run's id.
+    Replayed(u64),
     InProgress,
     Handler,
     Store,
@@ -222,11 +229,21 @@ impl Answer {
         }
     }
 
+    fn of_stored(result: Result<StoredOutcome<u64>, GuardError<SimError>>) -> Answer {
+        match result {
+            Ok(StoredOutcome::Processed(id)) => Answer::Processed(id),
+            Ok(StoredOutcome::Unprotected(id)) => Answer::Unprotected(id),
+            Ok(StoredOutcome::Replayed(id)) => Answer::Replayed(id),
+            Ok(StoredOutcome::Duplicate) => Answer::Duplicate,
+            Err(err) => Answer::of(Err(err)),
+        }
+    }
+
     /// Whether a consumer commits the message after this answer (no redelivery).
     fn is_final(self) -> bool {
         matches!(
             self,
-            Answer::Processed(_) | Answer::Unprotected(_) | Answer::Duplicate
+            Answer::Processed(_) | Answer::Unprotected(_) | Answer::Duplicate | Answer::Replayed(_)
         )
     }
 }
@@ -408,9 +425,21 @@ impl World {
                         confirmed: now,
                         done: None,
                         released: None,
+                        result: None,
                     },
                 );
             }
+        }
+    }
+
+    /// The result a completion of `owner`'s claim on `key` wrote with it (the completion
+    /// itself is logged by [`World::landed`]).
+    pub(crate) fn landed_result(&self, key: &str, owner: &str, result: &[u8]) {
+        let Some(e) = self.event_of_key(key) else {
+            return;
+        };
+        if let Some(rec) = self.state().recs.get_mut(&(e, owner.to_owned())) {
+            rec.result = Some(result.to_vec());
         }
     }
 
@@ -613,7 +642,11 @@ impl World {
     }
 
     fn check_answers(&self, delivery: u64, events: &[usize], answers: &[Answer]) {
-        let st = self.state();
+        let mut st = self.state();
+        st.stats.replays += answers
+            .iter()
+            .filter(|a| matches!(a, Answer::Replayed(_)))
+            .count() as u64;
         let mut bad = Vec::new();
         for (&e, &answer) in events.iter().zip(answers) {
             match answer {
@@ -634,6 +667,29 @@ impl World {
                 Answer::Duplicate if st.effects[e] == 0 => bad.push(format!(
                     "P3 delivery {delivery} answered Duplicate for event {e}, which never ran"
                 )),
+                Answer::Replayed(id) => {
+                    // The value of a protected run of this event with an effect, that a
+                    // completion of that run's own claim wrote to the store, or, for a
+                    // later copy of the event in the same batch, its first copy's run.
+                    let run = st.invs.get(id as usize);
+                    let written = run.and_then(|inv| {
+                        let owner = inv.owner.clone()?;
+                        let rec = st.recs.get(&(e, owner))?;
+                        Some(rec.done.is_some() && rec.result == Some(id.to_string().into_bytes()))
+                    });
+                    let ok = run.is_some_and(|inv| {
+                        inv.event == e
+                            && inv.effect().is_some()
+                            && inv.owner.is_some()
+                            && (written == Some(true) || inv.delivery == delivery)
+                    });
+                    if !ok {
+                        bad.push(format!(
+                            "P11 delivery {delivery} answered Replayed({id}) for event {e}, which no completion of that run of that event wrote (run {:?})",
+                            run.map(|inv| (inv.event, inv.owner.clone(), inv.end))
+                        ));
+                    }
+                }
                 Answer::Invalid => bad.push(format!(
                     "P8 delivery {delivery} answered InvalidEvent for event {e}"
                 )),
@@ -779,7 +835,7 @@ impl World {
                 cancel_after: None,
             };
             match self.deliver(&plan).await[0] {
-                Answer::Processed(_) | Answer::Duplicate => return,
+                Answer::Processed(_) | Answer::Duplicate | Answer::Replayed(_) => return,
                 Answer::Unprotected(_) => {
                     self.violation(format!(
                         "P4 event {event} ran unprotected after the faults had stopped"
@@ -881,19 +937,26 @@ impl Attempt {
                     .map(|&e| w.envelopes[e].clone())
                     .collect();
                 let hw = Arc::clone(&w);
-                self.guard
-                    .run_batch(&envelopes, move |envelope| {
-                        let event = hw.event_of(envelope);
-                        handler(Arc::clone(&hw), slot, inc, id, event)
-                    })
-                    .await
-                    .into_iter()
-                    .map(Answer::of)
-                    .collect()
+                let handle = move |envelope: &EventEnvelope| {
+                    let event = hw.event_of(envelope);
+                    handler(Arc::clone(&hw), slot, inc, id, event)
+                };
+                if w.p.stored {
+                    let answers = self.guard.run_batch_stored(&envelopes, handle).await;
+                    answers.into_iter().map(Answer::of_stored).collect()
+                } else {
+                    let answers = self.guard.run_batch(&envelopes, handle).await;
+                    answers.into_iter().map(Answer::of).collect()
+                }
             } else {
                 let e = self.events[0];
                 let run = handler(Arc::clone(&w), slot, inc, id, e);
-                vec![Answer::of(self.guard.run(&w.envelopes[e], run).await)]
+                if w.p.stored {
+                    let answer = self.guard.run_stored(&w.envelopes[e], run).await;
+                    vec![Answer::of_stored(answer)]
+                } else {
+                    vec![Answer::of(self.guard.run(&w.envelopes[e], run).await)]
+                }
             }
         };
         match self.cancel {
