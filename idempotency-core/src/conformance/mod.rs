@@ -199,6 +199,7 @@ macro_rules! conformance_tests {
             guard_replays_results_only_for_the_same_payload,
             guard_batch_replays_stored_results,
             batch_completions_keep_their_results,
+            carried_completions_keep_their_results,
             guard_deferred_completion_keeps_the_stored_result,
             guard_retried_completion_keeps_the_stored_result,
         );

@@ -225,8 +225,7 @@ pub async fn guard_batch_replays_stored_results(f: &impl StoreFactory) {
 }
 
 /// `complete_many` keeps each completion's result (and none for a completion without
-/// one) in the same call, owner-checked per key; `complete_then_claim` does the same for
-/// the completions it carries, and still answers its claim.
+/// one) in the same call, owner-checked per key.
 pub async fn batch_completions_keep_their_results(f: &impl StoreFactory) {
     let store = f.create().await;
     let keys: Vec<String> = (0..4)
@@ -279,8 +278,23 @@ pub async fn batch_completions_keep_their_results(f: &impl StoreFactory) {
         "another owner's claim"
     );
     assert_eq!(result, None);
+}
 
-    // Carried by a claim: the result is written with the completion.
+/// `complete_then_claim` writes the results of the completions it carries with them (one
+/// with and one without a result), and still answers its claim.
+pub async fn carried_completions_keep_their_results(f: &impl StoreFactory) {
+    let store = f.create().await;
+    let read = |key: &String| {
+        let key = key.clone();
+        let store = &store;
+        async move {
+            store
+                .get_with_result(&key)
+                .await
+                .expect("get_with_result")
+                .expect("a live record")
+        }
+    };
     let carried = unique_key("result-carried");
     let next = unique_key("result-next");
     assert_eq!(

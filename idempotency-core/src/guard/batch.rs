@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -200,27 +199,10 @@ impl Guard {
                     .map(|(hash, key)| Ctx::at(config, envelope, (hash, key), started, now))
             })
             .collect();
-        // Events with a payload fingerprint go through `run` one after the other (their
-        // owner token carries the fingerprint, and a batch claim has one owner for all).
-        let mut found: Vec<Option<Vec<u8>>> = match encode {
-            Some(_) => events.iter().map(|_| None).collect(),
-            None => Vec::new(),
-        };
-        for &i in &fingerprinted {
-            // The handler is called only once the run decides to run it, as in the batch.
-            let lazy = async { handler(&events[i]).await };
-            let mut keep = encode.map(|encode| Keep {
-                encode,
-                found: None,
-            });
-            let answer = self
-                .run_untraced(&events[i], &envelopes[i], lazy, keep.as_mut())
-                .await;
-            if let Some(keep) = keep {
-                found[i] = keep.found;
-            }
-            answers[i] = Some(answer);
-        }
+        let mut found = self
+            .run_fingerprinted(events, envelopes, &fingerprinted, &mut handler, encode)
+            .await
+            .answer(&mut answers);
 
         let owner = new_owner();
         let claimed = tokio::time::Instant::now();
@@ -233,27 +215,14 @@ impl Guard {
             .await;
 
         // From here on the claims are ours: whatever happens, they are settled.
-        let mut pending = PendingBatch {
-            guard: Arc::clone(&self.inner),
-            owner,
-            keys,
-            ttls: acquired
-                .iter()
-                .map(|&i| ctxs[i].as_ref().map(|c| c.ttl).unwrap_or_default())
-                .collect(),
-            settle: vec![OnDrop::Release; acquired.len()],
-            confirmed: claimed,
-            completing: Vec::new(),
-            releasing: Vec::new(),
-            results: Vec::new(),
-        };
+        let ttls = acquired
+            .iter()
+            .map(|&i| ctxs[i].as_ref().map(|c| c.ttl).unwrap_or_default())
+            .collect();
+        let mut pending = PendingBatch::new(&self.inner, owner, keys, ttls, claimed);
         // With results kept, the duplicates' results are read while the handlers run.
         let duplicates: Vec<(usize, String)> = match encode {
-            Some(_) => unique
-                .iter()
-                .filter(|&&i| matches!(answers[i], Some(Ok(Outcome::Duplicate))))
-                .map(|&i| (i, key_of(&ctxs, i)))
-                .collect(),
+            Some(_) => duplicates_of(&unique, &ctxs, &answers),
             None => Vec::new(),
         };
         let (ended, read) = futures_util::future::join(
@@ -280,6 +249,44 @@ impl Guard {
             found,
             copies,
         }
+    }
+
+    /// Runs the events with a payload fingerprint through `run`, one after the other
+    /// (their owner token carries the fingerprint, and a batch claim has one owner for
+    /// all): each one's index, answer and, with `encode`, the result its duplicate's
+    /// record held.
+    async fn run_fingerprinted<'a, I, H, F, T, E>(
+        &self,
+        events: &'a [I],
+        envelopes: &[Cow<'a, EventEnvelope>],
+        fingerprinted: &[usize],
+        handler: &mut H,
+        encode: Option<Encode<T>>,
+    ) -> Fingerprinted<T, E>
+    where
+        I: Identify,
+        H: FnMut(&'a I) -> F,
+        F: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let mut ran = Fingerprinted {
+            runs: Vec::with_capacity(fingerprinted.len()),
+            keeps: encode.is_some(),
+            events: events.len(),
+        };
+        for &i in fingerprinted {
+            // The handler is called only once the run decides to run it, as in the batch.
+            let lazy = async { handler(&events[i]).await };
+            let mut keep = encode.map(|encode| Keep {
+                encode,
+                found: None,
+            });
+            let answer = self
+                .run_untraced(&events[i], &envelopes[i], lazy, keep.as_mut())
+                .await;
+            ran.runs.push((i, answer, keep.and_then(|keep| keep.found)));
+        }
+        ran
     }
 
     /// The stored result of each of `duplicates`' records (at most `batch_concurrency`
@@ -849,6 +856,48 @@ fn stage_settlements<T, E>(ended: &[Option<Ended<T, E>>], pending: &mut PendingB
         }
         pending.settle[slot] = OnDrop::Nothing;
     }
+}
+
+/// One fingerprinted event's run: its index, answer and the result its record held.
+type FingerprintedRun<T, E> = (usize, BatchResult<T, E>, Option<Vec<u8>>);
+
+/// The runs of a batch's events with a fingerprint: each one's index, answer and (when the
+/// batch keeps results) the result its duplicate's record held.
+pub(super) struct Fingerprinted<T, E> {
+    runs: Vec<FingerprintedRun<T, E>>,
+    keeps: bool,
+    events: usize,
+}
+
+impl<T, E> Fingerprinted<T, E> {
+    /// Puts each run's answer in `answers`; returns the results found by index (all the
+    /// batch's events; empty when the batch keeps no results).
+    fn answer(self, answers: &mut Answers<T, E>) -> Vec<Option<Vec<u8>>> {
+        let mut found: Vec<Option<Vec<u8>>> = Vec::new();
+        if self.keeps {
+            found.resize_with(self.events, || None);
+        }
+        for (i, answer, kept) in self.runs {
+            answers[i] = Some(answer);
+            if let Some(slot) = found.get_mut(i) {
+                *slot = kept;
+            }
+        }
+        found
+    }
+}
+
+/// The first copies answered `Duplicate` by their claim, each with its key.
+fn duplicates_of<T, E>(
+    unique: &[usize],
+    ctxs: &[Option<Ctx<'_>>],
+    answers: &Answers<T, E>,
+) -> Vec<(usize, String)> {
+    unique
+        .iter()
+        .filter(|&&i| matches!(answers[i], Some(Ok(Outcome::Duplicate))))
+        .map(|&i| (i, key_of(ctxs, i)))
+        .collect()
 }
 
 /// The key of the event at `i`, empty for one without identity.

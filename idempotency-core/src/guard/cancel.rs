@@ -130,6 +130,30 @@ pub(super) struct PendingBatch {
     pub(super) results: Vec<Option<Vec<u8>>>,
 }
 
+impl PendingBatch {
+    /// The claims of a batch `owner` just acquired (`keys`, each kept for its `ttls` once
+    /// completed), confirmed by the claim call sent at `confirmed`: released if dropped.
+    pub(super) fn new(
+        guard: &Arc<GuardInner>,
+        owner: String,
+        keys: Vec<String>,
+        ttls: Vec<Duration>,
+        confirmed: tokio::time::Instant,
+    ) -> Self {
+        PendingBatch {
+            guard: Arc::clone(guard),
+            owner,
+            settle: vec![OnDrop::Release; keys.len()],
+            keys,
+            ttls,
+            confirmed,
+            completing: Vec::new(),
+            releasing: Vec::new(),
+            results: Vec::new(),
+        }
+    }
+}
+
 impl Drop for PendingBatch {
     fn drop(&mut self) {
         let completing = std::mem::take(&mut self.completing);
