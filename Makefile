@@ -92,10 +92,12 @@ sim: services
 bench-http: services
 	$(CARGO) bench -p eventonce-http --bench layer
 
-## Criterion benchmarks against the local services; prints medians and ratios to the
-## floors and writes benches/RESULTS.md.
+## Criterion benchmarks against the local services, then the concurrency bench (1 to 64
+## tasks, quiet and beside a CPU-bound neighbour); prints medians and ratios to the floors
+## and writes benches/RESULTS.md (and the scale curves, benches/scale.svg).
 bench: services
 	$(CARGO) bench --all-features --bench guard
+	$(CARGO) bench --all-features --bench concurrency
 	python3 benches/summary.py
 
 ## The Python peers on the same Redis (the v2 decorator's shape, AWS Powertools'

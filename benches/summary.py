@@ -152,6 +152,90 @@ def kafka_table(k):
     return "\n".join(rows)
 
 
+def concurrency():
+    """The concurrency bench (`cargo bench --bench concurrency`, part of `make bench`), when
+    it ran: target/criterion-latency/concurrency/results.json."""
+    try:
+        with open(os.path.join(LATENCY, "concurrency", "results.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def concurrency_table(c):
+    """Events/s of the guard and of the bare store calls at each task count, and their
+    ratio (median of the paired rounds, each round's ratio beside it)."""
+    rows = [f"N tasks share one guard (or make the same store calls bare: `raw`), on a 2-thread "
+            f"runtime; each side runs {c['secs']:g} s per round, {c['rounds']} rounds, the order "
+            "alternating; the ratio is guard / raw events/s, the median of the rounds' ratios. "
+            "`with neighbour`: a busy loop on one core beside the bench (a CPU-bound neighbour "
+            "process). Raw sides: memory, `MemoryStore` claim + complete called bare; Redis, "
+            "`SET NX PX` + `EVALSHA` on one shared multiplexed connection of the `redis` crate, "
+            "keys and values as long as the guard's; PostgreSQL, the store's own claim and "
+            "completion statements sent with sqlx on the same pool.",
+            "",
+            "| backend | machine | tasks | raw events/s | guard events/s | guard / raw | rounds |",
+            "|---|---|---:|---:|---:|---:|---|"]
+    for r in c["rows"]:
+        rounds = ", ".join(f"{x:.2f}" for x in r["ratios"])
+        rows.append(f"| {r['backend']} | {'with neighbour' if r['neighbour'] else 'quiet'} | "
+                    f"{r['tasks']} | {r['raw_median']:,.0f} | {r['guard_median']:,.0f} | "
+                    f"{r['ratio_median']:.2f}x | {rounds} |")
+    return "\n".join(rows)
+
+
+def curves_svg(c, path):
+    """The scale curves as an SVG (no plotting library): events/s against tasks (log2 axis)
+    for each backend, the guard solid and the bare calls dashed, quiet machine."""
+    series = {}
+    for r in c["rows"]:
+        if r["neighbour"]:
+            continue
+        series.setdefault(r["backend"], []).append((r["tasks"], r["raw_median"], r["guard_median"]))
+    if not series:
+        return
+    colours = {"memory": "#1b9e77", "redis": "#d95f02", "postgres": "#7570b3"}
+    w, h, left, right, top, bottom = 720, 420, 80, 170, 40, 50
+    pw, ph = w - left - right, h - top - bottom
+    tasks = sorted({t for pts in series.values() for t, _, _ in pts})
+    import math
+    lo = min(v for pts in series.values() for _, a, b in pts for v in (a, b))
+    hi = max(v for pts in series.values() for _, a, b in pts for v in (a, b))
+    ylo, yhi = math.floor(math.log10(max(lo, 1))), math.ceil(math.log10(max(hi, 10)))
+    if yhi == ylo:
+        yhi += 1
+    tx = lambda t: left + pw * (math.log2(t) - math.log2(tasks[0])) / max(math.log2(tasks[-1]) - math.log2(tasks[0]), 1)
+    ty = lambda v: top + ph * (1 - (math.log10(max(v, 1)) - ylo) / (yhi - ylo))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+           'font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{left}" y="22" font-size="14">Events/s against concurrent tasks (log scales), '
+           'guard solid, bare store calls dashed</text>']
+    for e in range(ylo, yhi + 1):
+        y = ty(10 ** e)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{10 ** e:,}</text>')
+    for t in tasks:
+        x = tx(t)
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#eee"/>')
+        out.append(f'<text x="{x:.1f}" y="{top + ph + 18}" text-anchor="middle">{t}</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{h - 10}" text-anchor="middle">tasks</text>')
+    for i, (backend, pts) in enumerate(sorted(series.items())):
+        pts.sort()
+        colour = colours.get(backend, "#333")
+        for idx, dash in ((2, ""), (1, ' stroke-dasharray="6 4"')):
+            line = " ".join(f"{tx(p[0]):.1f},{ty(p[idx]):.1f}" for p in pts)
+            out.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+        for p in pts:
+            out.append(f'<circle cx="{tx(p[0]):.1f}" cy="{ty(p[2]):.1f}" r="3" fill="{colour}"/>')
+        ly = top + 20 + 22 * i
+        out.append(f'<line x1="{left + pw + 15}" y1="{ly}" x2="{left + pw + 45}" y2="{ly}" stroke="{colour}" stroke-width="2"/>')
+        out.append(f'<text x="{left + pw + 52}" y="{ly + 4}">{backend}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
 def targets(data, memory, pairs):
     """(target, measured, met) rows for the issue's targets. Ratios come from the paired
     comparisons (both sides alternating event by event) when there is one; criterion's
@@ -209,6 +293,16 @@ def targets(data, memory, pairs):
         out.append(("kafka consumer through the guard (Redis) >= 0.8x the loop without it",
                     f"{k['ratio']:.2f}x ({k['guarded_events_per_s']:,.0f} vs "
                     f"{k['unguarded_events_per_s']:,.0f} events/s)", k["ratio"] >= 0.8))
+    c = concurrency()
+    if c:
+        for r in c["rows"]:
+            if r["backend"] == "memory" or r["tasks"] not in (1, 8, 64):
+                continue
+            machine = "with a CPU-bound neighbour" if r["neighbour"] else "quiet"
+            out.append((f"{r['backend']} new events, {r['tasks']} concurrent tasks, {machine}: "
+                        f"guard >= 0.9x the bare store calls",
+                        f"{r['ratio_median']:.2f}x ({r['guard_median']:,.0f} vs {r['raw_median']:,.0f} events/s)",
+                        r["ratio_median"] >= 0.9))
     if memory:
         r = memory["completed_key_bytes"] / memory["bare_key_bytes"]
         out.append(("redis completed key <= 1.5x a bare key (MEMORY USAGE)",
@@ -253,6 +347,14 @@ def main():
     paired_table = "\n".join(paired_rows)
     k = kafka()
     kafka_section = ("## Kafka consumer\n\n" + kafka_table(k) + "\n\n") if k else ""
+    c = concurrency()
+    concurrency_section = ""
+    if c:
+        curves_svg(c, os.path.join(ROOT, "benches", "scale.svg"))
+        concurrency_section = ("## Concurrency\n\n" + concurrency_table(c)
+                               + "\n\nThe curves (quiet machine): `benches/scale.svg`.\n\n")
+        print()
+        print(concurrency_table(c))
     print(table)
     if k:
         print()
@@ -297,7 +399,7 @@ def main():
                 "Each pair alternates the floor (or the peer) and the guard event by event, "
                 "2000 pairs (a batch of 100: 200, of 1,000: 100), so both sides see the same moments of the machine; the ratio "
                 "is the floor's p50 over ours (above 1: we are faster).\n\n"
-                + paired_table + "\n\n" + kafka_section + "## Targets\n\n"
+                + paired_table + "\n\n" + kafka_section + concurrency_section + "## Targets\n\n"
                 "Each target not met is explained, with the profile or count behind it, in "
                 "benches/PROFILES.md.\n\n" + goals + "\n" + http_block)
 

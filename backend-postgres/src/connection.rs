@@ -178,6 +178,14 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// The claim and the completion statements this store sends for one event (`$1` the
+    /// key, `$2` the owner token, `$3` the lease or the TTL in milliseconds as `float8`),
+    /// for benchmarks that send the same statements without the guard. Not a stable API.
+    #[doc(hidden)]
+    pub fn claim_and_complete_statements(&self) -> (Arc<str>, Arc<str>) {
+        (Arc::clone(&self.sql.claim), Arc::clone(&self.sql.complete))
+    }
+
     /// The quoted, schema-qualified table name.
     pub fn table(&self) -> String {
         format!("\"{}\".\"{}\"", self.options.schema, self.options.table)
