@@ -13,17 +13,24 @@
 //!
 //! Printed and written to `target/criterion-latency/memory/capacity.json`: per run, the
 //! p50/p99/p99.9/max latency of a new event while the store fills and once it is full, the
-//! count of events slower than 5 ms (stalls), and events/s. The machine is shared: a
-//! thread can be taken off its core in the middle of an event for longer than that, so
-//! each stall is also split into the time its thread waited for a core (the `run_delay`
-//! of `/proc/thread-self/schedstat`, read outside the timed part) and the rest, the event's
-//! own time. `CAPACITY_PATH=store` times `MemoryStore`'s claim and completion called bare
-//! instead of the guard (for profiling).
+//! count of events slower than 5 ms (stalls), events/s, and the resident memory per record
+//! when the store first became full.
+//!
+//! The machine is shared: a thread can be taken off its core in the middle of an event for
+//! longer than 5 ms, and so can a thread holding a lock another event waits for. So each
+//! event is also given the time the runtime's worker threads waited for a core while it
+//! ran, summed over the workers (the `run_delay` of each worker's `/proc/<tid>/schedstat`,
+//! read outside the timed part), and a stall still over 5 ms without that wait is counted
+//! apart: the event's own time, which is what the store's work on the caller's thread can
+//! cost. The time the virtual machine's cores were stolen by its host during the run
+//! (`steal` in `/proc/stat`) is reported beside it: the guest sees none of it as waiting.
+//! `CAPACITY_PATH=store` times `MemoryStore`'s claim and completion called bare instead of
+//! the guard (for profiling).
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventonce_core::{Claim, EventEnvelope, Guard, IdempotencyConfig, IdempotencyStore};
@@ -86,42 +93,79 @@ impl Settings {
     }
 }
 
+/// The `schedstat` files of a runtime's worker threads, each opened on its thread.
+#[derive(Default)]
+struct Workers {
+    files: Vec<File>,
+}
+
+impl Workers {
+    /// Each worker's time waiting for a core so far (empty where there is no such file).
+    fn waited(&self, out: &mut Vec<Duration>) {
+        out.clear();
+        for file in &self.files {
+            let mut buf = [0u8; 96];
+            let Ok(n) = file.read_at(&mut buf, 0) else {
+                continue;
+            };
+            let field = std::str::from_utf8(&buf[..n])
+                .ok()
+                .and_then(|text| text.split_whitespace().nth(1))
+                .and_then(|field| field.parse().ok());
+            out.push(Duration::from_nanos(field.unwrap_or(0)));
+        }
+    }
+
+    /// The time the workers waited for a core between two readings, summed: an event
+    /// waits for its own thread and for a thread holding a lock it needs, one after the
+    /// other.
+    fn wait_between(before: &[Duration], after: &[Duration]) -> Duration {
+        before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| a.saturating_sub(*b))
+            .sum()
+    }
+}
+
 /// One task's latencies, in nanoseconds: events that found the store filling, and events
 /// that found it full; and its stalls.
 #[derive(Default)]
 struct Samples {
     empty: Vec<u32>,
     full: Vec<u32>,
-    /// Events slower than [`STALL`], each with the time its thread waited for a core
-    /// meanwhile (`None` where that could not be read).
-    stalls: Vec<(bool, Duration, Option<Duration>)>,
-    /// The longest event once the time its thread waited for a core is taken out.
+    /// Events slower than [`STALL`]: whether the store was filling, the event's time, and
+    /// the time the workers waited for a core meanwhile.
+    stalls: Vec<(bool, Duration, Duration)>,
+    /// The longest event once that wait is taken out.
     longest_own: Duration,
-}
-
-thread_local! {
-    /// This thread's `/proc/thread-self/schedstat`, opened on first use.
-    static SCHEDSTAT: RefCell<Option<File>> = const { RefCell::new(None) };
-}
-
-/// How long this thread has waited for a core since it started (the second field of
-/// `/proc/thread-self/schedstat`); `None` where there is no such file.
-fn waited() -> Option<Duration> {
-    SCHEDSTAT.with(|cell| {
-        let mut file = cell.borrow_mut();
-        if file.is_none() {
-            *file = File::open("/proc/thread-self/schedstat").ok();
-        }
-        let mut buf = [0u8; 96];
-        let n = file.as_ref()?.read_at(&mut buf, 0).ok()?;
-        let text = std::str::from_utf8(&buf[..n]).ok()?;
-        let nanos = text.split_whitespace().nth(1)?.parse().ok()?;
-        Some(Duration::from_nanos(nanos))
-    })
+    /// Resident bytes when the first event found the store full (the task that ran it).
+    resident_at_full: Option<u64>,
 }
 
 fn nanos(d: Duration) -> u32 {
     u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
+}
+
+/// The time this machine's cores were stolen by its host so far (the `steal` column of
+/// `/proc/stat`, in clock ticks of 10 ms), where Linux reports it.
+fn stolen() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: u64 = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(8)?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// The resident memory of this process, in bytes, where Linux reports it.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 fn event(n: u64) -> EventEnvelope {
@@ -143,7 +187,9 @@ async fn one(path: Path, guard: &Guard, store: &MemoryStore, n: u64) -> Duration
         Path::Store => {
             let key = format!("bench:capacity:svc:t:{n:032x}");
             let t = Instant::now();
-            let claim = store.try_claim(&key, "owner", Duration::from_secs(300)).await;
+            let claim = store
+                .try_claim(&key, "owner", Duration::from_secs(300))
+                .await;
             let done = store
                 .complete(&key, "owner", Duration::from_secs(86_400))
                 .await;
@@ -155,37 +201,46 @@ async fn one(path: Path, guard: &Guard, store: &MemoryStore, n: u64) -> Duration
     }
 }
 
-/// A task's share of the run: events numbered from the shared counter until `events`.
-async fn task(
+/// What a run's tasks share.
+struct Shared {
     path: Path,
     guard: Guard,
     store: MemoryStore,
-    next: &'static AtomicU64,
+    next: AtomicU64,
     events: u64,
     capacity: u64,
-) -> Samples {
+    workers: Arc<Workers>,
+}
+
+/// A task's share of the run: events numbered from the shared counter until `events`.
+async fn task(shared: Arc<Shared>) -> Samples {
     let mut samples = Samples::default();
+    let (mut before, mut after) = (Vec::new(), Vec::new());
     let mut since_yield = 0;
-    // The thread's wait read after the last event, while the task has not yielded since
-    // (the task stays on its thread): the next event's starting point.
-    let mut last = None;
+    // The workers' waits read after the last event, while the task has not yielded since:
+    // the next event's starting point.
+    let mut fresh = false;
     loop {
-        let n = next.fetch_add(1, Ordering::Relaxed);
-        if n >= events {
+        let n = shared.next.fetch_add(1, Ordering::Relaxed);
+        if n >= shared.events {
             return samples;
         }
-        let before = last.or_else(waited);
-        let took = one(path, &guard, &store, n).await;
-        let after = waited();
-        last = after;
-        let wait = before.zip(after).map(|(b, a)| a.saturating_sub(b));
-        samples.longest_own = samples
-            .longest_own
-            .max(took.saturating_sub(wait.unwrap_or_default()));
-        if took > STALL {
-            samples.stalls.push((n < capacity, took, wait));
+        if n == shared.capacity {
+            samples.resident_at_full = resident_bytes();
         }
-        if n < capacity {
+        if !fresh {
+            shared.workers.waited(&mut before);
+        }
+        let took = one(shared.path, &shared.guard, &shared.store, n).await;
+        shared.workers.waited(&mut after);
+        let wait = Workers::wait_between(&before, &after);
+        std::mem::swap(&mut before, &mut after);
+        fresh = true;
+        samples.longest_own = samples.longest_own.max(took.saturating_sub(wait));
+        if took > STALL {
+            samples.stalls.push((n < shared.capacity, took, wait));
+        }
+        if n < shared.capacity {
             samples.empty.push(nanos(took));
         } else {
             samples.full.push(nanos(took));
@@ -193,7 +248,7 @@ async fn task(
         since_yield += 1;
         if since_yield == YIELD_EVERY {
             since_yield = 0;
-            last = None;
+            fresh = false;
             tokio::task::yield_now().await;
         }
     }
@@ -217,12 +272,33 @@ fn summary(sorted: &[u32]) -> Value {
     })
 }
 
-fn run(settings: &Settings, tasks: usize) -> Value {
+/// A multi-thread runtime with one worker per core, and its workers' `schedstat` files.
+fn runtime() -> (tokio::runtime::Runtime, Arc<Workers>) {
+    let count = std::thread::available_parallelism().map_or(2, usize::from);
+    let opened: Arc<Mutex<Vec<File>>> = Arc::default();
+    let register = Arc::clone(&opened);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, usize::from))
+        .worker_threads(count)
+        .on_thread_start(move || {
+            if let Ok(file) = File::open("/proc/thread-self/schedstat") {
+                register.lock().expect("workers").push(file);
+            }
+        })
         .enable_all()
         .build()
         .expect("runtime");
+    // The workers start as the runtime is built; wait for them to register (a second at
+    // most: without schedstat files there is nothing to wait for).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while opened.lock().expect("workers").len() < count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let files = std::mem::take(&mut *opened.lock().expect("workers"));
+    (runtime, Arc::new(Workers { files }))
+}
+
+fn run(settings: &Settings, tasks: usize) -> Value {
+    let (runtime, workers) = runtime();
     let store = MemoryStore::with_capacity(settings.capacity);
     let config = IdempotencyConfig::builder("bench-capacity")
         .key_prefix("bench:capacity")
@@ -230,16 +306,21 @@ fn run(settings: &Settings, tasks: usize) -> Value {
         .build()
         .expect("config");
     let guard = Guard::new(store.clone(), config);
-    // Leaked once per run: a task borrows it for the runtime's `'static`.
-    let next: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
-    let (events, capacity, path) = (settings.events, settings.capacity, settings.path);
+    let shared = Arc::new(Shared {
+        path: settings.path,
+        guard,
+        store: store.clone(),
+        next: AtomicU64::new(0),
+        events: settings.events,
+        capacity: settings.capacity,
+        workers,
+    });
+    let resident_before = resident_bytes();
+    let stolen_before = stolen();
     let start = Instant::now();
     let parts = runtime.block_on(async {
         let handles: Vec<_> = (0..tasks)
-            .map(|_| {
-                let (guard, store) = (guard.clone(), store.clone());
-                tokio::spawn(task(path, guard, store, next, events, capacity))
-            })
+            .map(|_| tokio::spawn(task(Arc::clone(&shared))))
             .collect();
         let mut parts = Vec::with_capacity(tasks);
         for handle in handles {
@@ -248,62 +329,80 @@ fn run(settings: &Settings, tasks: usize) -> Value {
         parts
     });
     let seconds = start.elapsed().as_secs_f64();
+    let stolen_ms = stolen_before
+        .zip(stolen())
+        .map(|(b, a)| a.saturating_sub(b).as_secs_f64() * 1e3);
+    let mut row = measured(parts);
     let stats = store.stats();
+    let per_record = resident_before
+        .zip(row["resident_at_full"].as_u64())
+        .map(|(b, a)| a.saturating_sub(b) as f64 / settings.capacity as f64);
+    let more = json!({
+        "tasks": tasks,
+        "events": settings.events,
+        "seconds": seconds,
+        "events_per_s": settings.events as f64 / seconds,
+        "resident_bytes_per_record": per_record,
+        "stolen_ms": stolen_ms,
+        "records": stats.records,
+        "evictions": stats.evictions,
+        "refused_claims": stats.refused_claims,
+    });
+    if let (Some(row), Value::Object(more)) = (row.as_object_mut(), more) {
+        row.extend(more);
+    }
+    print_row(&row);
+    // The store's records are freed here, outside the timed part.
+    drop((shared, store));
+    drop(runtime);
+    row
+}
+
+/// The tasks' samples as a row: latencies while the store filled and once it was full,
+/// and the stalls.
+fn measured(parts: Vec<Samples>) -> Value {
     let (mut empty, mut full, mut stalls) = (Vec::new(), Vec::new(), Vec::new());
-    let mut longest_own = Duration::ZERO;
+    let (mut longest_own, mut resident_at_full) = (Duration::ZERO, None);
     for part in parts {
         empty.extend(part.empty);
         full.extend(part.full);
         stalls.extend(part.stalls);
         longest_own = longest_own.max(part.longest_own);
+        resident_at_full = resident_at_full.or(part.resident_at_full);
     }
     let stalls_empty = stalls.iter().filter(|s| s.0).count();
-    let stalls_full = stalls.len() - stalls_empty;
-    // A stall is the thread's own when it stays over the bound without the wait for a core.
-    let own = |s: &&(bool, Duration, Option<Duration>)| {
-        s.1.saturating_sub(s.2.unwrap_or_default()) > STALL
-    };
-    let stalls_own = stalls.iter().filter(own).count();
-    let waited_ms: Vec<Value> = stalls
+    // A stall is the event's own when it stays over the bound without the wait for a core.
+    let stalls_own = stalls
         .iter()
-        .map(|s| {
-            json!([
-                s.1.as_secs_f64() * 1e3,
-                s.2.map(|w| w.as_secs_f64() * 1e3)
-            ])
-        })
+        .filter(|s| s.1.saturating_sub(s.2) > STALL)
+        .count();
+    let stalls_ms: Vec<Value> = stalls
+        .iter()
+        .map(|s| json!([s.1.as_secs_f64() * 1e3, s.2.as_secs_f64() * 1e3]))
         .collect();
     empty.sort_unstable();
     full.sort_unstable();
     let (empty, full) = (summary(&empty), summary(&full));
     let ratio = full["p99_ns"].as_f64().unwrap_or(0.0) / empty["p99_ns"].as_f64().unwrap_or(1.0);
-    let row = json!({
-        "tasks": tasks,
-        "events": events,
-        "seconds": seconds,
-        "events_per_s": events as f64 / seconds,
+    json!({
         "empty": empty,
         "full": full,
         "p99_ratio": ratio,
         "stalls": stalls.len(),
         "stalls_empty": stalls_empty,
-        "stalls_full": stalls_full,
+        "stalls_full": stalls.len() - stalls_empty,
         "stalls_own": stalls_own,
-        "stalls_ms_and_waited_ms": waited_ms,
+        "stalls_ms_and_wait_ms": stalls_ms,
         "longest_own_ns": longest_own.as_nanos() as u64,
-        "records": stats.records,
-        "evictions": stats.evictions,
-        "refused_claims": stats.refused_claims,
-    });
-    print_row(&row);
-    // The store's records are freed here, outside the timed part.
-    drop((guard, store));
-    drop(runtime);
-    row
+        "resident_at_full": resident_at_full,
+    })
 }
 
 fn us(row: &Value, phase: &str, field: &str) -> String {
-    format!("{:.1} us", row[phase][field].as_f64().unwrap_or(0.0) / 1000.0)
+    format!(
+        "{:.1} us",
+        row[phase][field].as_f64().unwrap_or(0.0) / 1000.0
+    )
 }
 
 fn print_row(row: &Value) {
@@ -321,9 +420,10 @@ fn print_row(row: &Value) {
     }
     println!(
         "capacity: {} task(s): p99 at capacity / empty {:.2}x; stalls over 5 ms: {} ({} filling, \
-         {} full; {} still over 5 ms without the thread's wait for a core, longest event \
-         without it {:.2} ms); {:.0} events/s over {:.1} s; {} records, {} evictions, {} \
-         refused claims",
+         {} full), {} of them over 5 ms without the workers' wait for a core (longest event \
+         without it {:.2} ms); cores stolen by the host {:.0} ms; {:.0} events/s over {:.1} s; \
+         {:.0} resident bytes per record (a process's first run only); {} records, {} \
+         evictions, {} refused claims",
         row["tasks"],
         row["p99_ratio"].as_f64().unwrap_or(0.0),
         row["stalls"],
@@ -331,12 +431,20 @@ fn print_row(row: &Value) {
         row["stalls_full"],
         row["stalls_own"],
         row["longest_own_ns"].as_f64().unwrap_or(0.0) / 1e6,
+        row["stolen_ms"].as_f64().unwrap_or(0.0),
         row["events_per_s"].as_f64().unwrap_or(0.0),
         row["seconds"].as_f64().unwrap_or(0.0),
+        row["resident_bytes_per_record"].as_f64().unwrap_or(0.0),
         row["records"],
         row["evictions"],
         row["refused_claims"],
     );
+}
+
+/// Where the JSON goes: `target/criterion-latency/memory/` of the workspace, where
+/// `benches/summary.py` reads the guard bench's files.
+fn out_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion-latency/memory")
 }
 
 fn main() {
@@ -366,12 +474,10 @@ fn main() {
         "cores": std::thread::available_parallelism().map_or(0, usize::from),
         "runs": runs,
     });
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/criterion-latency")
-        .join("memory");
+    let dir = out_dir();
     let file = dir.join("capacity.json");
     match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, out.to_string())) {
-        Ok(()) => println!("capacity: wrote {}", file.display()),
+        Ok(()) => println!("capacity: wrote target/criterion-latency/memory/capacity.json"),
         Err(err) => eprintln!("capacity: could not write {}: {err}", file.display()),
     }
 }
