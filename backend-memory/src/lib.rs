@@ -48,7 +48,7 @@ mod shard;
 pub use cached::CachedStore;
 
 use std::hash::BuildHasher as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -141,6 +141,12 @@ struct Shards {
     len: AtomicU64,
     evictions: AtomicU64,
     refused: AtomicU64,
+    /// When the store was built: the origin of `quiet_until`.
+    born: Instant,
+    /// Until when (nanoseconds from `born`) no WARN about evictions is due: an eviction
+    /// before then counts itself without taking `warned`'s lock, which every eviction of a
+    /// full store would otherwise take, on every thread.
+    quiet_until: AtomicI64,
     warned: Mutex<Warned>,
 }
 
@@ -174,7 +180,14 @@ impl MemoryStore {
         let count = wanted.clamp(1, MAX_SHARDS);
         // Round down to a power of two, so a shard is picked with a mask.
         let count = 1usize << count.ilog2();
-        let shards = (0..count).map(|_| Mutex::new(Shard::new())).collect();
+        // Each shard's completed records are grown for a multiple of its share of the
+        // budget once they are many (`Shard::new` caps it).
+        let share = capacity / count as u64;
+        let presize =
+            usize::try_from(share.saturating_mul(shard::PRESIZE_PER_SHARE)).unwrap_or(usize::MAX);
+        let shards = (0..count)
+            .map(|_| Mutex::new(Shard::new(presize)))
+            .collect();
         MemoryStore {
             inner: Arc::new(Shards {
                 shards,
@@ -183,6 +196,8 @@ impl MemoryStore {
                 len: AtomicU64::new(0),
                 evictions: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                born: Instant::now(),
+                quiet_until: AtomicI64::new(i64::MIN),
                 warned: Mutex::new(Warned::default()),
             }),
         }
@@ -323,6 +338,12 @@ impl MemoryStore {
         let total = self.inner.evictions.fetch_add(1, Ordering::Relaxed) + 1;
         #[cfg(feature = "metrics")]
         metrics::counter!(EVICTIONS_TOTAL).increment(1);
+        let since_born = self.since_born(now);
+        // The same test as the one under the lock below (`now` before `at` plus the
+        // interval), on the instant the last WARN stored.
+        if since_born < self.inner.quiet_until.load(Ordering::Relaxed) {
+            return;
+        }
         let mut warned = self
             .inner
             .warned
@@ -339,6 +360,10 @@ impl MemoryStore {
             at: Some(now),
             evictions: total,
         };
+        let interval = i64::try_from(EVICTION_WARN_INTERVAL.as_nanos()).unwrap_or(i64::MAX);
+        self.inner
+            .quiet_until
+            .store(since_born.saturating_add(interval), Ordering::Relaxed);
         tracing::warn!(
             capacity = self.inner.capacity,
             evicted,
@@ -346,6 +371,18 @@ impl MemoryStore {
             "MEMORY_STORE_EVICTION: completed records evicted before their TTL to make room; \
              a late duplicate of one of them would run again: raise the store's capacity"
         );
+    }
+
+    /// Nanoseconds from the store's birth to `now`, negative for an earlier `now` (a clock
+    /// paused before the store was built), saturating at about 292 years either way.
+    fn since_born(&self, now: Instant) -> i64 {
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        let born = self.inner.born;
+        if now >= born {
+            nanos(now - born)
+        } else {
+            -nanos(born - now)
+        }
     }
 
     /// Counts a refused claim and says why.
@@ -492,5 +529,27 @@ impl MemoryStore {
             self.free_slots(1);
         }
         released
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_shard_is_presized_for_four_times_its_share() {
+        let store = MemoryStore::with_capacity(1_000_000);
+        let shards = &store.inner.shards;
+        assert_eq!(shards.len(), MAX_SHARDS);
+        let share = 1_000_000 / MAX_SHARDS;
+        assert!(shards.iter().all(|s| lock(s).presize() == 4 * share));
+        // A capacity beyond memory: capped by the shard, without overflow.
+        for capacity in [u64::MAX, u64::MAX / 3, 1 << 40] {
+            let store = MemoryStore::with_capacity(capacity);
+            let shards = &store.inner.shards;
+            assert!(shards
+                .iter()
+                .all(|s| lock(s).presize() == shard::PRESIZE_LIMIT));
+        }
     }
 }

@@ -99,6 +99,43 @@ async fn the_largest_capacity_reserves_nothing_up_front() {
     assert_eq!(store.approximate_len(), 1);
 }
 
+/// The resident memory of this process, in bytes, where Linux reports it.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Shards grow their completed records' map for their share of the capacity once they
+/// hold many: for a capacity far beyond memory (2^28 records; 2^60 and more), that growth
+/// stops at a bounded size instead of reserving the share (gigabytes), and nothing panics.
+#[tokio::test]
+async fn a_huge_capacity_reserves_no_more_than_the_records_held_need() {
+    for capacity in [1 << 28, u64::MAX] {
+        let store = MemoryStore::with_capacity(capacity);
+        let before = resident_bytes();
+        // Over 2,000 completed records in each of the 64 shards.
+        let records = 150_000u64;
+        for n in 0..records {
+            let key = format!("huge:{n}");
+            assert_eq!(
+                store.try_claim(&key, "o", LEASE).await.unwrap(),
+                Claim::Acquired
+            );
+            assert!(store.complete(&key, "o", TTL).await.unwrap());
+        }
+        assert_eq!(store.approximate_len(), records);
+        assert_eq!(store.stats().evictions, 0);
+        if let (Some(before), Some(after)) = (before, resident_bytes()) {
+            let grown = after.saturating_sub(before);
+            assert!(
+                grown < 1 << 30,
+                "capacity {capacity}: {records} records took {grown} bytes"
+            );
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn expired_records_are_dropped_as_new_claims_pass_by() {
     let store = MemoryStore::with_capacity(1_000);
