@@ -236,6 +236,39 @@ def curves_svg(c, path):
         f.write("\n".join(out) + "\n")
 
 
+def capacity():
+    """The memory store at its capacity (`cargo bench -p eventonce-memory --bench capacity`,
+    run by `make bench`), when it ran: target/criterion-latency/memory/capacity.json."""
+    try:
+        with open(os.path.join(LATENCY, "memory", "capacity.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def capacity_table(c):
+    """Per run: events/s, latency while the store filled and once it was full, stalls."""
+    rows = [f"{c['events']:,} new events per run through `{c['path']}` on a `MemoryStore` of "
+            f"{c['capacity']:,} records: the first {c['capacity']:,} fill it (empty), every later one "
+            "evicts its least recently used completed record (at capacity); tasks on a multi-thread "
+            f"runtime of {c.get('cores', '?')} workers. A stall is an event over 5 ms; `own` counts "
+            "those still over 5 ms once the time the runtime's workers waited for a core during it "
+            "(their schedstat `run_delay`, summed) is taken out; `stolen` is the time the host took "
+            "the machine's cores during the run.",
+            "",
+            "| tasks | events/s | empty p50 / p99 / p99.9 / max | at capacity p50 / p99 / p99.9 / max "
+            "| p99 ratio | stalls (own) | longest own | stolen |",
+            "|---:|---:|---|---|---:|---:|---:|---:|"]
+
+    def lat(p):
+        return " / ".join(us(p[k]) for k in ("p50_ns", "p99_ns", "p999_ns", "max_ns"))
+    for r in c["runs"]:
+        rows.append(f"| {r['tasks']} | {r['events_per_s']:,.0f} | {lat(r['empty'])} | {lat(r['full'])} | "
+                    f"{r['p99_ratio']:.2f}x | {r['stalls']} ({r['stalls_own']}) | "
+                    f"{r['longest_own_ns'] / 1e6:.2f} ms | {r.get('stolen_ms') or 0:.0f} ms |")
+    return "\n".join(rows)
+
+
 def targets(data, memory, pairs):
     """(target, measured, met) rows for the issue's targets. Ratios come from the paired
     comparisons (both sides alternating event by event) when there is one; criterion's
@@ -303,6 +336,18 @@ def targets(data, memory, pairs):
                         f"guard >= 0.9x the bare store calls",
                         f"{r['ratio_median']:.2f}x ({r['guard_median']:,.0f} vs {r['raw_median']:,.0f} events/s)",
                         r["ratio_median"] >= 0.9))
+    cap = capacity()
+    for r in (cap or {}).get("runs", []):
+        n = f"{r['tasks']} task{'s' if r['tasks'] != 1 else ''}"
+        ratio_ = r["p99_ratio"]
+        out.append((f"memory p99 at capacity <= 3x empty ({n})",
+                    f"{us(r['full']['p99_ns'])} vs {us(r['empty']['p99_ns'])} = {ratio_:.2f}x", ratio_ <= 3))
+        own = [s for s in r.get("stalls_event_ms_wait_ms_ran_ms", []) if s[1] - s[2] > 5]
+        ran = f"; the workers ran {max(s[3] for s in own):.1f} ms of one at most" if own else ""
+        out.append((f"memory stalls over 5 ms: 0 in {r['events'] / 1e6:g}M events ({n})",
+                    f"{r['stalls_own']} own (longest {r['longest_own_ns'] / 1e6:.2f} ms{ran}); "
+                    f"{r['stalls']} in all, the rest the workers waiting for a core",
+                    r["stalls_own"] == 0))
     if memory:
         r = memory["completed_key_bytes"] / memory["bare_key_bytes"]
         out.append(("redis completed key <= 1.5x a bare key (MEMORY USAGE)",
@@ -355,10 +400,15 @@ def main():
                                + "\n\nThe curves (quiet machine): `benches/scale.svg`.\n\n")
         print()
         print(concurrency_table(c))
+    cap = capacity()
+    capacity_section = ("## Memory store at capacity\n\n" + capacity_table(cap) + "\n\n") if cap else ""
     print(table)
     if k:
         print()
         print(kafka_table(k))
+    if cap:
+        print()
+        print(capacity_table(cap))
     print()
     print(paired_table)
     print()
@@ -399,7 +449,7 @@ def main():
                 "Each pair alternates the floor (or the peer) and the guard event by event, "
                 "2000 pairs (a batch of 100: 200, of 1,000: 100), so both sides see the same moments of the machine; the ratio "
                 "is the floor's p50 over ours (above 1: we are faster).\n\n"
-                + paired_table + "\n\n" + kafka_section + concurrency_section + "## Targets\n\n"
+                + paired_table + "\n\n" + kafka_section + concurrency_section + capacity_section + "## Targets\n\n"
                 "Each target not met is explained, with the profile or count behind it, in "
                 "benches/PROFILES.md.\n\n" + goals + "\n" + http_block)
 

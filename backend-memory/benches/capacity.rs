@@ -25,7 +25,8 @@
 //! cost. The time the virtual machine's cores were stolen by its host during the run
 //! (`steal` in `/proc/stat`) is reported beside it: the guest sees none of it as waiting.
 //! `CAPACITY_PATH=store` times `MemoryStore`'s claim and completion called bare instead of
-//! the guard (for profiling).
+//! the guard, and `CAPACITY_BREAKER=off` turns the guard's circuit breaker off (one lock
+//! the tasks share at every store call), both for profiling.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
@@ -55,6 +56,7 @@ struct Settings {
     capacity: u64,
     tasks: Vec<usize>,
     path: Path,
+    breaker: bool,
 }
 
 impl Settings {
@@ -89,6 +91,7 @@ impl Settings {
             capacity,
             tasks,
             path,
+            breaker: std::env::var("CAPACITY_BREAKER").as_deref() != Ok("off"),
         }
     }
 }
@@ -100,31 +103,37 @@ struct Workers {
 }
 
 impl Workers {
-    /// Each worker's time waiting for a core so far (empty where there is no such file).
-    fn waited(&self, out: &mut Vec<Duration>) {
+    /// Each worker's time on a core and time waiting for one so far (the first two fields
+    /// of its `schedstat`; the first is brought up to date at each tick, 4 ms here, and
+    /// leaves out time the host took the core, where the kernel accounts steal). Empty
+    /// where there is no such file.
+    fn read(&self, out: &mut Vec<[Duration; 2]>) {
         out.clear();
         for file in &self.files {
             let mut buf = [0u8; 96];
             let Ok(n) = file.read_at(&mut buf, 0) else {
                 continue;
             };
-            let field = std::str::from_utf8(&buf[..n])
-                .ok()
-                .and_then(|text| text.split_whitespace().nth(1))
-                .and_then(|field| field.parse().ok());
-            out.push(Duration::from_nanos(field.unwrap_or(0)));
+            let text = std::str::from_utf8(&buf[..n]).unwrap_or("");
+            let mut fields = text
+                .split_whitespace()
+                .map(|f| Duration::from_nanos(f.parse().unwrap_or(0)));
+            let ran = fields.next().unwrap_or_default();
+            out.push([ran, fields.next().unwrap_or_default()]);
         }
     }
 
-    /// The time the workers waited for a core between two readings, summed: an event
-    /// waits for its own thread and for a thread holding a lock it needs, one after the
-    /// other.
-    fn wait_between(before: &[Duration], after: &[Duration]) -> Duration {
-        before
-            .iter()
-            .zip(after)
-            .map(|(b, a)| a.saturating_sub(*b))
-            .sum()
+    /// The time the workers ran and the time they waited for a core between two readings,
+    /// each summed over the workers: an event waits for its own thread and for a thread
+    /// holding a lock it needs, one after the other.
+    fn between(before: &[[Duration; 2]], after: &[[Duration; 2]]) -> [Duration; 2] {
+        let mut sum = [Duration::ZERO; 2];
+        for (b, a) in before.iter().zip(after) {
+            for i in 0..2 {
+                sum[i] += a[i].saturating_sub(b[i]);
+            }
+        }
+        sum
     }
 }
 
@@ -134,9 +143,9 @@ impl Workers {
 struct Samples {
     empty: Vec<u32>,
     full: Vec<u32>,
-    /// Events slower than [`STALL`]: whether the store was filling, the event's time, and
-    /// the time the workers waited for a core meanwhile.
-    stalls: Vec<(bool, Duration, Duration)>,
+    /// Events slower than [`STALL`]: the event's number, its time, the time the workers
+    /// waited for a core meanwhile and the time they ran.
+    stalls: Vec<(u64, Duration, Duration, Duration)>,
     /// The longest event once that wait is taken out.
     longest_own: Duration,
     /// Resident bytes when the first event found the store full (the task that ran it).
@@ -229,16 +238,16 @@ async fn task(shared: Arc<Shared>) -> Samples {
             samples.resident_at_full = resident_bytes();
         }
         if !fresh {
-            shared.workers.waited(&mut before);
+            shared.workers.read(&mut before);
         }
         let took = one(shared.path, &shared.guard, &shared.store, n).await;
-        shared.workers.waited(&mut after);
-        let wait = Workers::wait_between(&before, &after);
+        shared.workers.read(&mut after);
+        let [ran, wait] = Workers::between(&before, &after);
         std::mem::swap(&mut before, &mut after);
         fresh = true;
         samples.longest_own = samples.longest_own.max(took.saturating_sub(wait));
         if took > STALL {
-            samples.stalls.push((n < shared.capacity, took, wait));
+            samples.stalls.push((n, took, wait, ran));
         }
         if n < shared.capacity {
             samples.empty.push(nanos(took));
@@ -300,11 +309,13 @@ fn runtime() -> (tokio::runtime::Runtime, Arc<Workers>) {
 fn run(settings: &Settings, tasks: usize) -> Value {
     let (runtime, workers) = runtime();
     let store = MemoryStore::with_capacity(settings.capacity);
-    let config = IdempotencyConfig::builder("bench-capacity")
+    let mut config = IdempotencyConfig::builder("bench-capacity")
         .key_prefix("bench:capacity")
-        .default_ttl(Duration::from_secs(86_400))
-        .build()
-        .expect("config");
+        .default_ttl(Duration::from_secs(86_400));
+    if !settings.breaker {
+        config = config.circuit_breaker(0, Duration::from_secs(1));
+    }
+    let config = config.build().expect("config");
     let guard = Guard::new(store.clone(), config);
     let shared = Arc::new(Shared {
         path: settings.path,
@@ -332,7 +343,7 @@ fn run(settings: &Settings, tasks: usize) -> Value {
     let stolen_ms = stolen_before
         .zip(stolen())
         .map(|(b, a)| a.saturating_sub(b).as_secs_f64() * 1e3);
-    let mut row = measured(parts);
+    let mut row = measured(parts, settings.capacity);
     let stats = store.stats();
     let per_record = resident_before
         .zip(row["resident_at_full"].as_u64())
@@ -360,7 +371,7 @@ fn run(settings: &Settings, tasks: usize) -> Value {
 
 /// The tasks' samples as a row: latencies while the store filled and once it was full,
 /// and the stalls.
-fn measured(parts: Vec<Samples>) -> Value {
+fn measured(parts: Vec<Samples>, capacity: u64) -> Value {
     let (mut empty, mut full, mut stalls) = (Vec::new(), Vec::new(), Vec::new());
     let (mut longest_own, mut resident_at_full) = (Duration::ZERO, None);
     for part in parts {
@@ -370,7 +381,7 @@ fn measured(parts: Vec<Samples>) -> Value {
         longest_own = longest_own.max(part.longest_own);
         resident_at_full = resident_at_full.or(part.resident_at_full);
     }
-    let stalls_empty = stalls.iter().filter(|s| s.0).count();
+    let stalls_empty = stalls.iter().filter(|s| s.0 < capacity).count();
     // A stall is the event's own when it stays over the bound without the wait for a core.
     let stalls_own = stalls
         .iter()
@@ -378,7 +389,10 @@ fn measured(parts: Vec<Samples>) -> Value {
         .count();
     let stalls_ms: Vec<Value> = stalls
         .iter()
-        .map(|s| json!([s.1.as_secs_f64() * 1e3, s.2.as_secs_f64() * 1e3]))
+        .map(|s| {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            json!([s.0, ms(s.1), ms(s.2), ms(s.3)])
+        })
         .collect();
     empty.sort_unstable();
     full.sort_unstable();
@@ -392,7 +406,7 @@ fn measured(parts: Vec<Samples>) -> Value {
         "stalls_empty": stalls_empty,
         "stalls_full": stalls.len() - stalls_empty,
         "stalls_own": stalls_own,
-        "stalls_ms_and_wait_ms": stalls_ms,
+        "stalls_event_ms_wait_ms_ran_ms": stalls_ms,
         "longest_own_ns": longest_own.as_nanos() as u64,
         "resident_at_full": resident_at_full,
     })
@@ -468,6 +482,7 @@ fn main() {
     }
     let out = json!({
         "path": path,
+        "breaker": settings.breaker,
         "capacity": settings.capacity,
         "events": settings.events,
         "stall_ns": STALL.as_nanos() as u64,
