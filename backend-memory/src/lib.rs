@@ -26,11 +26,12 @@
 //! Expired records also leave as new claims pass by (a few at the front of the key's shard
 //! on each insert). Making room looks at a bounded number of records at the front of the
 //! key's shard; only when that shard holds nothing but live claims does it visit the other
-//! shards, one lock at a time (at most 63). No call moves a shard's records to a larger
-//! table while the store fills or churns at its capacity: once a shard holds 1,024
-//! completed records, their table is grown in one step for four times the shard's share
-//! of the capacity (about 40 to 80 bytes per record of the share, at most 2^18 records a
-//! shard; past that a shard grows as a hash map does).
+//! shards, one lock at a time (at most 63). Once a shard's completed records pass 1,024,
+//! their table is grown in one step for four times the shard's share of the capacity
+//! (about 40 to 80 bytes per record of the share, at most 2^18 records a shard; past that
+//! a shard grows as a hash map does): after that move of 1,792 records, no call moves a
+//! shard's records to a larger or rebuilt table while the store fills or churns at its
+//! capacity.
 //!
 //! Expired records are found where they gather: live claims are kept in the order their
 //! lease was last set, which is the order they expire in under one lease per store (a

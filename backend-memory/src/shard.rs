@@ -14,15 +14,16 @@
 //! at the first [`EXPIRED_LOOKAHEAD`] records of each map.
 //!
 //! A hash map that grows moves every record it holds in the insert that makes it grow, and
-//! one that has churned long enough at more than about a third full rebuilds itself in
-//! place: with records scattered in memory either costs about 0.3 µs a record, several
+//! one that has churned long enough at more than about a quarter full rebuilds itself in
+//! place: with records scattered in memory either costs 0.3 to 0.5 µs a record, several
 //! milliseconds for a shard of ten thousand records, on the thread that happens to insert.
-//! So once a shard's completed records reach [`PRESIZE_FROM`], their map is grown once, in
-//! one step, for four times the shard's share of the store's capacity (at most
-//! [`PRESIZE_LIMIT`] records): it does not grow again while the store fills, and at a
-//! quarter full or less a full store's churn (a record evicted, a record inserted) does
-//! not make it rebuild. That table costs 40 to 80 bytes per record of the share; a store
-//! that stays small never reserves it.
+//! So the first time a shard's completed records fill their map with [`PRESIZE_FROM`] or
+//! more (at 1,792 records), the map is grown once, in one step, for four times the shard's
+//! share of the store's capacity (at most [`PRESIZE_LIMIT`] records): it does not grow
+//! again while the store fills, and at 22% full or less a full store's churn (a record
+//! evicted, a record inserted) does not make it rebuild (not once in a thousand times its
+//! size of churn, measured). That table costs 40 to 80 bytes per record of the share; a
+//! store that stays small never reserves it.
 
 use std::time::{Duration, SystemTime};
 
