@@ -6,6 +6,7 @@
 //! `StoreError::CircuitOpen` until the cool-down has passed. Then one call is let through
 //! as a probe (half-open): its success closes the breaker, its failure opens it again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -42,6 +43,11 @@ pub(crate) struct Breaker {
     threshold: u32,
     cooldown: Duration,
     state: Mutex<State>,
+    /// Whether `state` is closed with no failure counted: the healthy store's state, in
+    /// which a permit is `Call` and a success changes nothing. Read without the lock, so
+    /// that calls to a healthy store (every task's, several per event) never contend for
+    /// it; written under the lock after every change of `state`.
+    clean: AtomicBool,
 }
 
 impl Breaker {
@@ -51,7 +57,17 @@ impl Breaker {
             threshold,
             cooldown,
             state: Mutex::new(State::Closed { failures: 0 }),
+            clean: AtomicBool::new(true),
         }
+    }
+
+    /// Sets `state` (under its lock) and the clean flag with it.
+    fn set(&self, state: &mut State, to: State) {
+        *state = to;
+        self.clean.store(
+            matches!(to, State::Closed { failures: 0 }),
+            Ordering::Release,
+        );
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -63,7 +79,7 @@ impl Breaker {
     /// Asks to make a call; `Err(StoreError::CircuitOpen)` while the breaker is open or
     /// its probe is in flight.
     pub(crate) fn permit(&self) -> Result<Permit, StoreError> {
-        if self.threshold == 0 {
+        if self.threshold == 0 || self.clean.load(Ordering::Acquire) {
             return Ok(Permit::Call);
         }
         let mut state = self.lock();
@@ -72,7 +88,7 @@ impl Breaker {
             State::Open { until } => {
                 let now = Instant::now();
                 if now >= until {
-                    *state = State::HalfOpen { since: now };
+                    self.set(&mut state, State::HalfOpen { since: now });
                     Ok(Permit::Probe)
                 } else {
                     Err(StoreError::CircuitOpen {
@@ -84,7 +100,7 @@ impl Breaker {
                 let now = Instant::now();
                 let until = since.checked_add(self.cooldown).unwrap_or(now);
                 if now >= until {
-                    *state = State::HalfOpen { since: now };
+                    self.set(&mut state, State::HalfOpen { since: now });
                     Ok(Permit::Probe)
                 } else {
                     Err(StoreError::CircuitOpen {
@@ -100,15 +116,20 @@ impl Breaker {
         if self.threshold == 0 {
             return;
         }
-        let mut state = self.lock();
         let failed = match result {
             Ok(()) => false,
             Err(err) => err.is_outage(),
         };
+        // A call permitted while the breaker was clean and that did not fail changes
+        // nothing if it is still clean: no lock.
+        if !failed && permit == Permit::Call && self.clean.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.lock();
         if !failed {
             // A success closes the breaker; a refused argument says nothing about health.
             if result.is_ok() || permit == Permit::Probe {
-                *state = State::Closed { failures: 0 };
+                self.set(&mut state, State::Closed { failures: 0 });
             }
             return;
         }
@@ -116,7 +137,7 @@ impl Breaker {
         let open = State::Open {
             until: crate::store::saturating_deadline(Instant::now(), self.cooldown),
         };
-        *state = match (*state, permit) {
+        let next = match (*state, permit) {
             (_, Permit::Probe) => open,
             (State::Closed { failures }, Permit::Call) => {
                 let failures = failures.saturating_add(1);
@@ -129,10 +150,14 @@ impl Breaker {
             // Another call's failure while open or probing changes nothing.
             (other, Permit::Call) => other,
         };
+        self.set(&mut state, next);
     }
 
     /// Whether calls are currently refused.
     pub(crate) fn is_open(&self) -> bool {
+        if self.clean.load(Ordering::Acquire) {
+            return false;
+        }
         !matches!(*self.lock(), State::Closed { .. })
     }
 }
