@@ -4,9 +4,10 @@
 //!
 //! - **latency**: the store's claim and completion of new keys (and a duplicate's claim, and
 //!   a batch of 100 claimed and completed) on a table holding `BENCH_PG_RECORDS` records
-//!   (default 10,000,000), paired with the same call on an empty table: the two calls
-//!   alternate (which one goes first alternating too), so both see the same moments of
-//!   the machine; the ratio is the full table's p50 over the empty one's;
+//!   (default 10,000,000), paired with the same call on an empty table (10,000 records,
+//!   analyzed, so that it runs the plans of a table in use): the two calls alternate
+//!   (which one goes first alternating too), so both see the same moments of the
+//!   machine; the ratio is the full table's p50 over the empty one's;
 //! - **size**: `pg_total_relation_size` (table, indexes, TOAST) divided by the rows, on a
 //!   table of `BENCH_PG_SIZE_RECORDS` (default 1,000,000) records written by this version's migrations, on one of the
 //!   layout migrations 0001 and 0002 created (the layout before migration 0003), and on
@@ -48,6 +49,8 @@ const SCHEMA: &str = "eventonce_scale";
 const PREFIX: &str = "huleedu:idempotency:v2:bench-scale:bench_order_placed_v1:";
 /// The owner of the latency rows' records (the filled records' owners start `3f2a-`).
 const LATENCY_OWNER: &str = "3f2b-1c41d2e07b5a6f18-1";
+/// The records of the "empty" side of the latency rows.
+const EMPTY_RECORDS: i64 = 10_000;
 /// How many records one fill statement inserts.
 const FILL_CHUNK: i64 = 500_000;
 /// The batch path's chunk (the store's `max_batch_chunk`).
@@ -294,9 +297,11 @@ where
     (e, f)
 }
 
+/// How long the latency rows' claims are leased, and their completions kept.
+const LEASE: Duration = Duration::from_secs(60);
+const TTL: Duration = Duration::from_secs(30 * 86_400);
+
 async fn latency(empty: &PostgresStore, full: &PostgresStore, keys: &mut Keys) -> Value {
-    const LEASE: Duration = Duration::from_secs(60);
-    const TTL: Duration = Duration::from_secs(30 * 86_400);
     let owner = LATENCY_OWNER;
     // Warm both sides' connections and plans.
     for store in [empty, full] {
@@ -341,8 +346,17 @@ async fn latency(empty: &PostgresStore, full: &PostgresStore, keys: &mut Keys) -
         done_f.push(f);
         claimed_e.push(ke);
     }
-    // Duplicates: records the full table was filled with, and those just completed on the
-    // empty one.
+    json!({
+        "claim": paired_row("claim, new key", &mut claim_e, &mut claim_f),
+        "complete": paired_row("completion", &mut done_e, &mut done_f),
+        "duplicate": duplicates(empty, full, &claimed_e).await,
+        "batch_100": batches(empty, full).await,
+    })
+}
+
+/// Duplicates: records the full table was filled with, and those `completed` on the empty
+/// one.
+async fn duplicates(empty: &PostgresStore, full: &PostgresStore, completed: &[String]) -> Value {
     let existing: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT key FROM {} TABLESAMPLE SYSTEM (0.2) LIMIT {PAIRS}",
         full.table()
@@ -351,7 +365,7 @@ async fn latency(empty: &PostgresStore, full: &PostgresStore, keys: &mut Keys) -
     .await
     .expect("sample");
     let (mut dup_e, mut dup_f) = (Vec::new(), Vec::new());
-    for (i, (ke, kf)) in claimed_e.iter().zip(&existing).enumerate() {
+    for (i, (ke, kf)) in completed.iter().zip(&existing).enumerate() {
         let (e, f) = time_pair(empty, full, i, |s| {
             let key = if s.table() == empty.table() {
                 ke.clone()
@@ -360,7 +374,9 @@ async fn latency(empty: &PostgresStore, full: &PostgresStore, keys: &mut Keys) -
             };
             async move {
                 assert_eq!(
-                    s.try_claim(&key, owner, LEASE).await.expect("claim"),
+                    s.try_claim(&key, LATENCY_OWNER, LEASE)
+                        .await
+                        .expect("claim"),
                     Claim::Completed
                 );
             }
@@ -369,6 +385,12 @@ async fn latency(empty: &PostgresStore, full: &PostgresStore, keys: &mut Keys) -
         dup_e.push(e);
         dup_f.push(f);
     }
+    paired_row("claim, duplicate", &mut dup_e, &mut dup_f)
+}
+
+/// Batches of 100 new keys, claimed and completed.
+async fn batches(empty: &PostgresStore, full: &PostgresStore) -> Value {
+    let owner = LATENCY_OWNER;
     let (mut batch_e, mut batch_f) = (Vec::new(), Vec::new());
     for i in 0..BATCH_PAIRS {
         let (e, f) = time_pair(empty, full, i, |s| {
@@ -391,12 +413,11 @@ async fn latency(empty: &PostgresStore, full: &PostgresStore, keys: &mut Keys) -
         batch_e.push(e);
         batch_f.push(f);
     }
-    json!({
-        "claim": paired_row("claim, new key", &mut claim_e, &mut claim_f),
-        "complete": paired_row("completion", &mut done_e, &mut done_f),
-        "duplicate": paired_row("claim, duplicate", &mut dup_e, &mut dup_f),
-        "batch_100": paired_row("batch of 100, claimed and completed", &mut batch_e, &mut batch_f),
-    })
+    paired_row(
+        "batch of 100, claimed and completed",
+        &mut batch_e,
+        &mut batch_f,
+    )
 }
 
 /// A key for the batch row (its closure cannot borrow the caller's generator twice).
@@ -414,9 +435,8 @@ struct Counts {
     reaped: AtomicU64,
     /// (seconds since the start, records ingested by then), one entry per batch.
     timeline: Mutex<Vec<(f64, u64)>>,
-    /// When the reaper first found no more expired records (seconds since the start), and
-    /// what it had deleted by then.
-    caught_up: Mutex<Option<(f64, u64)>>,
+    /// The reaper's passes: (start, end) in seconds since the start, and rows deleted.
+    passes: Mutex<Vec<(f64, f64, u64)>>,
 }
 
 impl Counts {
@@ -474,29 +494,84 @@ async fn ingest(
     }
 }
 
-/// The reaper as `spawn_reaper` runs it (a tick of 1 s, batches of 1,000 until one comes
-/// back short), counting what it deletes.
+/// The reaper as `spawn_reaper(1 s, 1,000)` runs it (one pass over the table per tick of
+/// 1 s, each statement deleting at most 1,000 records), counting what each pass deletes.
 async fn reap(store: PostgresStore, counts: Arc<Counts>, stop: Arc<AtomicBool>, start: Instant) {
-    const BATCH: i64 = 1_000;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.load(Ordering::Relaxed) {
-        match store.reap_expired(BATCH).await {
+        tick.tick().await;
+        let began = start.elapsed().as_secs_f64();
+        match store.reap_pass(1_000).await {
             Ok(n) => {
-                let reaped = counts.reaped.fetch_add(n, Ordering::Relaxed) + n;
-                if (n as i64) < BATCH {
-                    counts
-                        .caught_up
-                        .lock()
-                        .expect("caught up")
-                        .get_or_insert((start.elapsed().as_secs_f64(), reaped));
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                counts.reaped.fetch_add(n, Ordering::Relaxed);
+                let ended = start.elapsed().as_secs_f64();
+                println!(
+                    "scale: reaper pass {began:.1}-{ended:.1} s: {n} deleted ({:.0} rows/s)",
+                    n as f64 / (ended - began).max(1e-3)
+                );
+                counts
+                    .passes
+                    .lock()
+                    .expect("passes")
+                    .push((began, ended, n));
             }
-            Err(e) => {
-                eprintln!("scale: reaper failed: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            Err(e) => eprintln!("scale: reaper failed: {e}"),
         }
     }
+}
+
+/// The table's updates and HOT updates so far (the server's statistics).
+async fn updates(pool: &PgPool, table: &str) -> (i64, i64) {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = '{table}'::regclass"
+    )))
+    .fetch_one(pool)
+    .await
+    .unwrap_or((0, 0))
+}
+
+/// One line of the table's size over time.
+async fn sample(pool: &PgPool, table: &str, counts: &Counts, ttl: Duration, now: f64) -> Value {
+    let ingested = counts.ingested.load(Ordering::Relaxed);
+    let reaped = counts.reaped.load(Ordering::Relaxed);
+    let expired = counts
+        .ingested_by(now - ttl.as_secs_f64())
+        .saturating_sub(reaped);
+    let bytes = scalar_i64(
+        pool,
+        format!("SELECT pg_total_relation_size('{table}')::int8"),
+    )
+    .await;
+    let rows = ingested - reaped;
+    println!(
+        "scale: expiry t={now:>5.0}s rows {rows:>9} (expired, not yet deleted {expired:>8}) table {:>7.1} MB ingested {ingested:>9} deleted {reaped:>9}",
+        bytes as f64 / 1e6
+    );
+    json!({"t": now, "rows": rows, "expired": expired, "bytes": bytes,
+           "ingested": ingested, "reaped": reaped})
+}
+
+/// The reaper's rate while it catches up: its first pass, which starts with a TTL's worth
+/// of expired records (and meets more as it goes), with the ingest beside it; whether it
+/// caught up (after that pass fewer expired records wait than when it began), and when
+/// the pass ended.
+fn first_pass(counts: &Counts, ttl: Duration) -> (f64, bool, Option<f64>) {
+    let first = counts.passes.lock().expect("passes").first().copied();
+    let Some((began, ended, n)) = first else {
+        return (0.0, false, None);
+    };
+    let waiting = |t: f64, reaped: u64| {
+        counts
+            .ingested_by(t - ttl.as_secs_f64())
+            .saturating_sub(reaped)
+    };
+    let (before, after) = (waiting(began, 0), waiting(ended, n));
+    (
+        n as f64 / (ended - began).max(1e-3),
+        after < before,
+        Some(ended),
+    )
 }
 
 async fn expiry(url: &str) -> Value {
@@ -506,6 +581,7 @@ async fn expiry(url: &str) -> Value {
     let reap_store = store(url, "steady_records", 2).await;
     let table = ingest_store.table();
     exec(ingest_store.pool(), format!("TRUNCATE {table}")).await;
+    let updates_before = updates(ingest_store.pool(), &table).await;
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -522,7 +598,6 @@ async fn expiry(url: &str) -> Value {
     let end = reaper_at + steady.as_secs_f64();
     let mut reaper_task = None;
     let mut samples = Vec::new();
-    let mut reaper_started = reaper_at;
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     println!("scale: expiry: records kept {} s; the reaper starts at {reaper_at:.0} s; the run ends at {end:.0} s", ttl.as_secs());
@@ -536,27 +611,8 @@ async fn expiry(url: &str) -> Value {
                 Arc::clone(&stop),
                 start,
             )));
-            reaper_started = now;
         }
-        let ingested = counts.ingested.load(Ordering::Relaxed);
-        let reaped = counts.reaped.load(Ordering::Relaxed);
-        let expired = counts
-            .ingested_by(now - ttl.as_secs_f64())
-            .saturating_sub(reaped);
-        let bytes = scalar_i64(
-            ingest_store.pool(),
-            format!("SELECT pg_total_relation_size('{table}')::int8"),
-        )
-        .await;
-        let rows = ingested - reaped;
-        println!(
-            "scale: expiry t={now:>5.0}s rows {rows:>9} (expired, not yet deleted {expired:>8}) table {:>7.1} MB ingested {ingested:>9} deleted {reaped:>9}",
-            bytes as f64 / 1e6
-        );
-        samples.push(
-            json!({"t": now, "rows": rows, "expired": expired, "bytes": bytes,
-                            "ingested": ingested, "reaped": reaped}),
-        );
+        samples.push(sample(ingest_store.pool(), &table, &counts, ttl, now).await);
         if now >= end {
             break;
         }
@@ -571,19 +627,23 @@ async fn expiry(url: &str) -> Value {
     let ingest_after = (counts.ingested.load(Ordering::Relaxed) - counts.ingested_by(reaper_at))
         as f64
         / (end - reaper_at);
-    // The reaper's rate while it caught up: what it deleted until its first short batch.
-    let drained_at = *counts.caught_up.lock().expect("caught up");
-    let (reaper_rate, drained) = match drained_at {
-        Some((t, reaped)) => (reaped as f64 / (t - reaper_started), true),
-        None => (
-            counts.reaped.load(Ordering::Relaxed) as f64 / (end - reaper_started),
-            false,
-        ),
-    };
+    let (reaper_rate, drained, drained_at) = first_pass(&counts, ttl);
+    let passes = counts.passes.lock().expect("passes").clone();
     let (bytes, rows) = size(ingest_store.pool(), &table).await;
+    // The server's statistics arrive within a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let updates_after = updates(ingest_store.pool(), &table).await;
+    let (updated, hot) = (
+        updates_after.0 - updates_before.0,
+        updates_after.1 - updates_before.1,
+    );
+    println!(
+        "scale: expiry: {updated} completions, {hot} of them HOT updates ({:.1}%)",
+        100.0 * hot as f64 / updated.max(1) as f64
+    );
     println!(
         "scale: expiry: ingest alone {alone:.0} events/s, {ingest_after:.0} events/s beside the reaper; the reaper deleted {reaper_rate:.0} rows/s {} ({:.2}x the ingest alone); at the end {rows} rows, {:.1} bytes per record",
-        if drained { "until it caught up" } else { "and never caught up" },
+        if drained { "in its first pass, and caught up" } else { "in its first pass, and never caught up" },
         reaper_rate / alone,
         bytes as f64 / rows.max(1) as f64
     );
@@ -591,8 +651,10 @@ async fn expiry(url: &str) -> Value {
         "ttl_s": ttl.as_secs(), "reaper_start_s": reaper_at, "run_s": end,
         "ingest_alone_per_s": alone, "ingest_beside_reaper_per_s": ingest_after,
         "reaper_rows_per_s": reaper_rate, "caught_up": drained,
-        "caught_up_at_s": drained_at.map(|(t, _)| t),
+        "caught_up_at_s": drained_at,
+        "passes": passes.iter().map(|(b, e, n)| json!({"start_s": b, "end_s": e, "deleted": n})).collect::<Vec<_>>(),
         "end_rows": rows, "end_bytes": bytes,
+        "updates": updated, "hot_updates": hot,
         "samples": samples,
     })
 }
@@ -604,7 +666,11 @@ async fn run() -> Result<Value, String> {
     let url = bench_url(&base)?;
     let records = env_u64("BENCH_PG_RECORDS", 10_000_000) as i64;
 
+    // Connecting migrates: a table of an older layout is upgraded in place, timed here.
+    let migrating = Instant::now();
     let full = store(&url, "full_records", 2).await;
+    let connect_s = migrating.elapsed().as_secs_f64();
+    println!("scale: connected to the full table, migrations included, in {connect_s:.1} s");
     let empty = store(&url, "empty_records", 2).await;
     let table = full.table();
     let have = scalar_i64(full.pool(), format!("SELECT count(*)::int8 FROM {table}")).await;
@@ -616,7 +682,14 @@ async fn run() -> Result<Value, String> {
         (0, false)
     };
     let fill_s = fill(full.pool(), &table, have, records).await;
-    if !reused {
+    // Autovacuum may be off (it is on the project's test server): the rows earlier runs'
+    // latency rows left dead are vacuumed once they are many.
+    let dead = scalar_i64(
+        full.pool(),
+        format!("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = '{table}'::regclass"),
+    )
+    .await;
+    if !reused || dead > 100_000 {
         vacuum(full.pool(), &table).await;
     }
     let (full_bytes, full_rows) = size(full.pool(), &table).await;
@@ -624,7 +697,11 @@ async fn run() -> Result<Value, String> {
         "scale: {table}: {full_rows} records, {:.1} bytes per record",
         full_bytes as f64 / full_rows as f64
     );
+    // The "empty" side holds a few records, analyzed, so that both sides run the plans a
+    // table in use gets (a table planned while empty is scanned whole, however large it
+    // has grown since, until it is analyzed again).
     exec(empty.pool(), format!("TRUNCATE {}", empty.table())).await;
+    fill(empty.pool(), &empty.table(), 0, EMPTY_RECORDS).await;
     vacuum(empty.pool(), &empty.table()).await;
 
     let mut keys = Keys(seed());
@@ -645,6 +722,7 @@ async fn run() -> Result<Value, String> {
         "records": full_rows,
         "reused": reused,
         "fill_s": fill_s,
+        "connect_s": connect_s,
         "full_bytes_per_record": full_bytes as f64 / full_rows as f64,
         "latency": latency,
         "size": sizes,

@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
-use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use sqlx::{AssertSqlSafe, Connection, SqlSafeStr};
 
 use crate::error::{db_error, describe};
 use crate::options::PostgresOptions;
+use crate::reaper::Reaping;
 use crate::sql::Statements;
 
 /// The migration that creates the records table, with `{schema}`, `{table}` and
@@ -54,8 +54,8 @@ pub struct PostgresStore {
     pub(crate) pool: PgPool,
     pub(crate) sql: Arc<Statements>,
     pub(crate) options: PostgresOptions,
-    /// The page the reaper's next sweep starts at, shared by clones.
-    pub(crate) reap_position: Arc<AtomicI64>,
+    /// Where the reaper is, shared by clones.
+    pub(crate) reaping: Arc<Reaping>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -177,7 +177,7 @@ impl PostgresStore {
             pool,
             sql: Arc::new(Statements::new(&table, options.lock_wait)),
             options,
-            reap_position: Arc::new(AtomicI64::new(0)),
+            reaping: Arc::new(Reaping::default()),
         }
     }
 

@@ -8,7 +8,7 @@
 //! record expired when the pass reached its page, however many, so the reaper keeps up
 //! with any ingest its deletions keep up with.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,19 @@ use crate::PostgresStore;
 
 /// The pages one reaping statement reads at most (32 MB of 8 kB pages).
 pub(crate) const SWEEP_PAGES: i64 = 4_096;
+
+/// Deletions since the last VACUUM that make a pass end with one: this many, or a tenth of
+/// the table's rows if that is more (autovacuum's default waits for a fifth).
+const VACUUM_AFTER: u64 = 10_000;
+
+/// Where the reaper is, shared by a store's clones.
+#[derive(Debug, Default)]
+pub(crate) struct Reaping {
+    /// The page the next sweep starts at.
+    position: AtomicI64,
+    /// Records deleted since the last VACUUM the reaper ran.
+    since_vacuum: AtomicU64,
+}
 
 impl PostgresStore {
     /// Deletes up to `batch` expired records, sweeping the table's pages from where the
@@ -40,13 +53,45 @@ impl PostgresStore {
     /// One pass of the reaper: reads the whole table once, from where the last sweep
     /// stopped, and deletes every expired record it finds, at most `batch` per statement
     /// (each statement also reads at most 4,096 pages, 32 MB, so it holds its row locks
-    /// briefly). Returns how many it deleted.
+    /// briefly). Then, once the passes have deleted a tenth of the table's rows (at least
+    /// 10,000) since the last one, a `VACUUM (SKIP_LOCKED, TRUNCATE false)` of the table,
+    /// if this role owns it: a deleted record's space is reused, and its index entry
+    /// removed, only after a VACUUM, and autovacuum is off on some servers and waits for a
+    /// fifth of the table on others. The VACUUM keeps the table's empty pages for the
+    /// records to come (giving them back would take the table's exclusive lock). Returns
+    /// how many records it deleted.
     ///
     /// # Errors
     ///
-    /// As [`reap_expired`](Self::reap_expired).
+    /// As [`reap_expired`](Self::reap_expired); a failed VACUUM too.
     pub async fn reap_pass(&self, batch: i64) -> Result<u64, StoreError> {
-        self.sweep(batch.max(1), u64::MAX).await
+        let deleted = self.sweep(batch.max(1), u64::MAX).await?;
+        let since = self.reaping.since_vacuum.load(Ordering::Relaxed);
+        if since >= VACUUM_AFTER {
+            self.vacuum_if_due(since).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Runs the VACUUM when `since` deletions are a tenth of the table's rows (as the last
+    /// VACUUM or ANALYZE counted them) and this role owns the table.
+    async fn vacuum_if_due(&self, since: u64) -> Result<(), StoreError> {
+        let (owner, rows): (bool, i64) =
+            sqlx::query_as(AssertSqlSafe(Arc::clone(&self.sql.vacuum_due)))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.db_error("reading the records table's statistics", e))?;
+        if !owner || since < u64::try_from(rows / 10).unwrap_or(0) {
+            return Ok(());
+        }
+        sqlx::raw_sql(AssertSqlSafe(Arc::clone(&self.sql.vacuum)))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.db_error("vacuuming the records table", e))?;
+        self.reaping
+            .since_vacuum
+            .fetch_sub(since, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Sweeps from the shared position until `enough` records are deleted or every page has
@@ -60,7 +105,7 @@ impl PostgresStore {
         if pages <= 0 {
             return Ok(0);
         }
-        let mut at = self.reap_position.load(Ordering::Relaxed);
+        let mut at = self.reaping.position.load(Ordering::Relaxed);
         if !(0..pages).contains(&at) {
             at = 0;
         }
@@ -79,7 +124,10 @@ impl PostgresStore {
             left -= next - at;
             at = if next >= pages { 0 } else { next };
         }
-        self.reap_position.store(at, Ordering::Relaxed);
+        self.reaping.position.store(at, Ordering::Relaxed);
+        self.reaping
+            .since_vacuum
+            .fetch_add(deleted, Ordering::Relaxed);
         Ok(deleted)
     }
 
@@ -107,7 +155,8 @@ impl PostgresStore {
 
     /// Starts the background reaper: every `every`, one pass over the table
     /// ([`reap_pass`](Self::reap_pass)), deleting every expired record, at most `batch` per
-    /// statement. Stops when the returned handle is dropped.
+    /// statement, and vacuuming the table when a tenth of it was deleted. Stops when the
+    /// returned handle is dropped.
     pub fn spawn_reaper(&self, every: Duration, batch: i64) -> ReaperHandle {
         let store = self.clone();
         let task = tokio::spawn(async move {

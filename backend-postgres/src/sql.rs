@@ -58,6 +58,8 @@ pub(crate) struct Statements {
     pub(crate) get: Arc<str>,
     pub(crate) reap: Arc<str>,
     pub(crate) pages: Arc<str>,
+    pub(crate) vacuum_due: Arc<str>,
+    pub(crate) vacuum: Arc<str>,
     pub(crate) claim_many: Arc<str>,
     pub(crate) complete_many: Arc<str>,
     pub(crate) complete_many_results: Arc<str>,
@@ -91,6 +93,8 @@ impl Statements {
             get: get(table),
             reap: reap(table),
             pages: pages(table),
+            vacuum_due: vacuum_due(table),
+            vacuum: vacuum(table),
             claim_many: claim_many(table, &wait),
             complete_many: complete_many(table),
             complete_many_results: complete_many_results(table),
@@ -349,6 +353,24 @@ fn pages(table: &str) -> Arc<str> {
         "SELECT (pg_relation_size('{}') / current_setting('block_size')::int8)::int8",
         table.replace('\'', "''")
     ))
+}
+
+/// Whether this role may VACUUM the table (it has its owner's privileges), and its rows
+/// as the last VACUUM or ANALYZE counted them (0 before any).
+fn vacuum_due(table: &str) -> Arc<str> {
+    Arc::from(format!(
+        "SELECT pg_has_role(relowner, 'USAGE') AS owner, greatest(reltuples, 0)::int8 AS rows
+           FROM pg_class WHERE oid = '{}'::regclass",
+        table.replace('\'', "''")
+    ))
+}
+
+/// The reaper's VACUUM: skipped when another one (autovacuum) holds the table; without
+/// giving back the empty pages at the table's end, which takes the table's exclusive lock
+/// (claims would wait for it and, past their lock timeout, answer in progress), while the
+/// ingest would soon fill them again anyway.
+fn vacuum(table: &str) -> Arc<str> {
+    Arc::from(format!("VACUUM (SKIP_LOCKED, TRUNCATE false) {table}"))
 }
 
 /// Guarantee: the claim statement above for every key of $1 at once, in one

@@ -87,114 +87,72 @@ async fn strings(pool: &PgPool, sql: &str, schema: &str, table: &str) -> Vec<Str
         .expect(sql)
 }
 
-#[tokio::test]
-async fn a_table_of_the_previous_version_is_compacted_in_place_and_answers_as_before() {
-    let schema = format!("{}_compact", support::schema());
-    let table = "records_before_compact";
-    let quoted = format!("\"{schema}\".\"{table}\"");
-    let pool = PgPool::connect(&support::url()).await.expect("connect");
-    previous_version_table(&pool, &schema, table).await;
-    let scope = "huleedu:idempotency:v2:upgrade:orders_created_v1:";
-    // Every kind of record the previous version could hold.
-    old_record(
-        &pool,
-        &quoted,
-        &format!("{scope}live"),
-        "processing",
-        "worker-a",
-        60,
-        None,
-    )
-    .await;
-    old_record(
-        &pool,
-        &quoted,
-        &format!("{scope}done"),
+/// A record as the previous version wrote it: key (after the scope), state, owner, seconds
+/// left (negative: expired), the result and the owner that wrote it.
+type OldRecord = (
+    &'static str,
+    &'static str,
+    &'static str,
+    i64,
+    Option<(&'static [u8], &'static str)>,
+);
+
+/// Every kind of record the previous version could hold.
+const OLD_RECORDS: [OldRecord; 7] = [
+    ("live", "processing", "worker-a", 60, None),
+    (
+        "done",
         "completed",
         "worker-b",
         600,
         Some((b"{\"id\":7}", "worker-b")),
-    )
-    .await;
-    old_record(
-        &pool,
-        &quoted,
-        &format!("{scope}plain"),
-        "completed",
-        "worker-c",
-        600,
-        None,
-    )
-    .await;
+    ),
+    ("plain", "completed", "worker-c", 600, None),
     // A result left on a record claimed again by another owner: never answered.
-    old_record(
-        &pool,
-        &quoted,
-        &format!("{scope}stale-result"),
+    (
+        "stale-result",
         "completed",
         "worker-d",
         600,
         Some((b"old", "worker-x")),
-    )
-    .await;
-    old_record(
-        &pool,
-        &quoted,
-        &format!("{scope}lapsed-claim"),
-        "processing",
-        "worker-e",
-        -5,
-        None,
-    )
-    .await;
-    old_record(
-        &pool,
-        &quoted,
-        &format!("{scope}lapsed-done"),
-        "completed",
-        "worker-f",
-        -5,
-        None,
-    )
-    .await;
-    let odd = format!("{scope}back\\slash\\101 é");
-    old_record(&pool, &quoted, &odd, "completed", "worker-g", 600, None).await;
+    ),
+    ("lapsed-claim", "processing", "worker-e", -5, None),
+    ("lapsed-done", "completed", "worker-f", -5, None),
+    ("back\\slash\\101 é", "completed", "worker-g", 600, None),
+];
+
+async fn write_previous_records(pool: &PgPool, quoted: &str, scope: &str) {
+    for (key, state, owner, secs, result) in OLD_RECORDS {
+        let key = format!("{scope}{key}");
+        old_record(pool, quoted, &key, state, owner, secs, result).await;
+    }
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {quoted} (key, state, owner, expires_at)
          SELECT $1 || 'bulk-' || i, 'completed', 'worker-bulk', now() + interval '1 hour'
            FROM generate_series(1, 2000) AS i"
     )))
     .bind(scope)
-    .execute(&pool)
+    .execute(pool)
     .await
     .expect("bulk records");
-    let oid_before: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+}
+
+async fn oid(pool: &PgPool, quoted: &str) -> i64 {
+    sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT '{quoted}'::regclass::oid::int8"
     )))
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
-    .expect("oid");
+    .expect("oid")
+}
 
-    let store = PostgresStore::connect_with(
-        &support::url(),
-        PostgresOptions::default().schema(&schema).table(table),
-    )
-    .await
-    .expect("connect and migrate");
-
-    // The same table, changed in place: one unique index, on the key's digest (a column the
-    // table computes); the state in one byte.
-    let oid_after: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT '{quoted}'::regclass::oid::int8"
-    )))
-    .fetch_one(&pool)
-    .await
-    .expect("oid");
-    assert_eq!(oid_before, oid_after, "the table itself was kept");
+/// One unique index, on the key's digest (a column the table computes); the state in one
+/// byte.
+async fn assert_compact_layout(pool: &PgPool, schema: &str, table: &str) {
     let indexes = strings(
-        &pool,
+        pool,
         "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = $2",
-        &schema,
+        schema,
         table,
     )
     .await;
@@ -204,21 +162,24 @@ async fn a_table_of_the_previous_version_is_compacted_in_place_and_answers_as_be
         "{indexes:?}"
     );
     let state_type = strings(
-        &pool,
+        pool,
         "SELECT data_type::text FROM information_schema.columns
           WHERE table_schema = $1 AND table_name = $2 AND column_name = 'state'",
-        &schema,
+        schema,
         table,
     )
     .await;
     assert_eq!(state_type, ["\"char\""]);
+}
 
-    // Every record answers as it did.
-    let get = |k: &str| {
-        let (store, key) = (store.clone(), format!("{scope}{k}"));
-        async move { store.get(&key).await.expect("get") }
-    };
-    let live = get("live").await.expect("the live claim");
+/// Each record of [`OLD_RECORDS`] answers as it did before the upgrade.
+async fn assert_answers_as_before(store: &PostgresStore, scope: &str) {
+    let key = |k: &str| format!("{scope}{k}");
+    let live = store
+        .get(&key("live"))
+        .await
+        .expect("get")
+        .expect("the live claim");
     assert_eq!(live.state, RecordState::Processing);
     assert_eq!(live.owner.as_deref(), Some("worker-a"));
     assert!(
@@ -226,63 +187,44 @@ async fn a_table_of_the_previous_version_is_compacted_in_place_and_answers_as_be
         "{live:?}"
     );
     assert!(live.updated_at.is_some());
-    assert_eq!(
-        store
-            .try_claim(&format!("{scope}live"), "other", LEASE)
-            .await
-            .expect("claim"),
-        Claim::InProgress
-    );
+    let claim = |k: String, owner: &'static str| async move {
+        store.try_claim(&k, owner, LEASE).await.expect("claim")
+    };
+    assert_eq!(claim(key("live"), "other").await, Claim::InProgress);
     assert!(store
-        .complete(&format!("{scope}live"), "worker-a", TTL)
+        .complete(&key("live"), "worker-a", TTL)
         .await
         .expect("the claim's owner completes it"));
-    assert_eq!(
-        store
-            .try_claim(&format!("{scope}live"), "other", LEASE)
-            .await
-            .expect("claim"),
-        Claim::Completed
-    );
-    for done in ["done", "plain", "stale-result"] {
-        assert_eq!(
-            store
-                .try_claim(&format!("{scope}{done}"), "other", LEASE)
-                .await
-                .expect("claim"),
-            Claim::Completed,
-            "{done}"
-        );
+    for done in [
+        "live",
+        "done",
+        "plain",
+        "stale-result",
+        "back\\slash\\101 é",
+    ] {
+        assert_eq!(claim(key(done), "other").await, Claim::Completed, "{done}");
     }
-    let (record, result) = store
-        .get_with_result(&format!("{scope}done"))
-        .await
-        .expect("get")
-        .expect("record");
+    let with_result = |k: String| async move {
+        store
+            .get_with_result(&k)
+            .await
+            .expect("get")
+            .expect("record")
+    };
+    let (record, result) = with_result(key("done")).await;
     assert_eq!(record.state, RecordState::Completed);
     assert_eq!(result.as_deref(), Some(&b"{\"id\":7}"[..]));
-    let (_, stale) = store
-        .get_with_result(&format!("{scope}stale-result"))
-        .await
-        .expect("get")
-        .expect("record");
+    let (_, stale) = with_result(key("stale-result")).await;
     assert_eq!(stale, None, "a result of another owner is not answered");
     for lapsed in ["lapsed-claim", "lapsed-done"] {
-        assert_eq!(get(lapsed).await, None, "{lapsed}");
         assert_eq!(
-            store
-                .try_claim(&format!("{scope}{lapsed}"), "new", LEASE)
-                .await
-                .expect("claim"),
-            Claim::Acquired,
+            store.get(&key(lapsed)).await.expect("get"),
+            None,
             "{lapsed}"
         );
+        assert_eq!(claim(key(lapsed), "new").await, Claim::Acquired, "{lapsed}");
     }
-    assert_eq!(
-        store.try_claim(&odd, "other", LEASE).await.expect("claim"),
-        Claim::Completed
-    );
-    let bulk: Vec<String> = (1..=2000).map(|i| format!("{scope}bulk-{i}")).collect();
+    let bulk: Vec<String> = (1..=2000).map(|i| key(&format!("bulk-{i}"))).collect();
     for chunk in bulk.chunks(1000) {
         let claims = store
             .try_claim_many(chunk, "other", LEASE)
@@ -290,8 +232,10 @@ async fn a_table_of_the_previous_version_is_compacted_in_place_and_answers_as_be
             .expect("claim many");
         assert!(claims.iter().all(|c| *c == Claim::Completed), "{claims:?}");
     }
+}
 
-    // The admin listing still reads every key as written.
+/// Every live key under `scope`, page by page, sorted.
+async fn listed(store: &PostgresStore, scope: &str) -> Vec<String> {
     let mut listed = Vec::new();
     let mut cursor = None;
     loop {
@@ -306,21 +250,42 @@ async fn a_table_of_the_previous_version_is_compacted_in_place_and_answers_as_be
         }
     }
     listed.sort();
-    let mut expected: Vec<String> = [
-        "live",
-        "done",
-        "plain",
-        "stale-result",
-        "lapsed-claim",
-        "lapsed-done",
-    ]
-    .iter()
-    .map(|k| format!("{scope}{k}"))
-    .chain([odd.clone()])
-    .chain(bulk)
-    .collect();
+    listed
+}
+
+#[tokio::test]
+async fn a_table_of_the_previous_version_is_compacted_in_place_and_answers_as_before() {
+    let schema = format!("{}_compact", support::schema());
+    let table = "records_before_compact";
+    let quoted = format!("\"{schema}\".\"{table}\"");
+    let pool = PgPool::connect(&support::url()).await.expect("connect");
+    previous_version_table(&pool, &schema, table).await;
+    let scope = "huleedu:idempotency:v2:upgrade:orders_created_v1:";
+    write_previous_records(&pool, &quoted, scope).await;
+    let oid_before = oid(&pool, &quoted).await;
+
+    let store = PostgresStore::connect_with(
+        &support::url(),
+        PostgresOptions::default().schema(&schema).table(table),
+    )
+    .await
+    .expect("connect and migrate");
+
+    assert_eq!(
+        oid(&pool, &quoted).await,
+        oid_before,
+        "the table itself was kept"
+    );
+    assert_compact_layout(&pool, &schema, table).await;
+    assert_answers_as_before(&store, scope).await;
+    // The admin listing reads every key as written (the lapsed ones claimed again above).
+    let mut expected: Vec<String> = OLD_RECORDS
+        .iter()
+        .map(|r| format!("{scope}{}", r.0))
+        .chain((1..=2000).map(|i| format!("{scope}bulk-{i}")))
+        .collect();
     expected.sort();
-    assert_eq!(listed, expected);
+    assert_eq!(listed(&store, scope).await, expected);
     let _ = sqlx::query(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
         .execute(&pool)
         .await;
