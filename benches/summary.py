@@ -279,8 +279,11 @@ def pg_scale_section(s):
             f"the ingest to {exp['run_s']:.0f} s. Ingest alone {exp['ingest_alone_per_s']:,.0f} events/s, "
             f"beside the reaper {exp['ingest_beside_reaper_per_s']:,.0f}; the reaper's first pass deleted "
             f"{exp['reaper_rows_per_s']:,.0f} rows/s (its VACUUM included)"
-            + (f" and caught up (it ended at {exp['caught_up_at_s']:.0f} s)" if exp["caught_up"]
-               else ", and it never caught up")]
+            + ((f" and caught up: it ended at {exp['caught_up_at_s']:.0f} s"
+                + (f" leaving {exp['first_pass_left_expired']:,} expired records waiting, where it had found "
+                   f"{exp['first_pass_found_expired']:,}" if exp.get("first_pass_found_expired") is not None
+                   else " with fewer expired records waiting than it had found"))
+               if exp["caught_up"] else ", and it never caught up (more expired records waited after it)")]
     out[-1] += (f"; at the end {exp['end_rows']:,} rows, {exp['end_bytes'] / max(exp['end_rows'], 1):,.0f} bytes "
                 "per record (the space of deleted records awaiting reuse included).")
     if exp.get("updates"):

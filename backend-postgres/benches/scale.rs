@@ -531,6 +531,19 @@ async fn updates(pool: &PgPool, table: &str) -> (i64, i64) {
     .unwrap_or((0, 0))
 }
 
+/// The table's updates and HOT updates since `before`, printed.
+async fn updates_since(pool: &PgPool, table: &str, before: (i64, i64)) -> (i64, i64) {
+    // The server's statistics arrive within a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = updates(pool, table).await;
+    let (updated, hot) = (after.0 - before.0, after.1 - before.1);
+    println!(
+        "scale: expiry: {updated} completions, {hot} of them HOT updates ({:.1}%)",
+        100.0 * hot as f64 / updated.max(1) as f64
+    );
+    (updated, hot)
+}
+
 /// One line of the table's size over time.
 async fn sample(pool: &PgPool, table: &str, counts: &Counts, ttl: Duration, now: f64) -> Value {
     let ingested = counts.ingested.load(Ordering::Relaxed);
@@ -555,8 +568,8 @@ async fn sample(pool: &PgPool, table: &str, counts: &Counts, ttl: Duration, now:
 /// The reaper's rate while it catches up: its first pass, which starts with a TTL's worth
 /// of expired records (and meets more as it goes), with the ingest beside it; whether it
 /// caught up (after that pass fewer expired records wait than when it began), and when
-/// the pass ended.
-fn first_pass(counts: &Counts, ttl: Duration) -> (f64, bool, Option<f64>) {
+/// the pass ended with how many expired records waited when it began and when it ended.
+fn first_pass(counts: &Counts, ttl: Duration) -> (f64, bool, Option<(f64, u64, u64)>) {
     let first = counts.passes.lock().expect("passes").first().copied();
     let Some((began, ended, n)) = first else {
         return (0.0, false, None);
@@ -570,7 +583,7 @@ fn first_pass(counts: &Counts, ttl: Duration) -> (f64, bool, Option<f64>) {
     (
         n as f64 / (ended - began).max(1e-3),
         after < before,
-        Some(ended),
+        Some((ended, before, after)),
     )
 }
 
@@ -630,17 +643,7 @@ async fn expiry(url: &str) -> Value {
     let (reaper_rate, drained, drained_at) = first_pass(&counts, ttl);
     let passes = counts.passes.lock().expect("passes").clone();
     let (bytes, rows) = size(ingest_store.pool(), &table).await;
-    // The server's statistics arrive within a second.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let updates_after = updates(ingest_store.pool(), &table).await;
-    let (updated, hot) = (
-        updates_after.0 - updates_before.0,
-        updates_after.1 - updates_before.1,
-    );
-    println!(
-        "scale: expiry: {updated} completions, {hot} of them HOT updates ({:.1}%)",
-        100.0 * hot as f64 / updated.max(1) as f64
-    );
+    let (updated, hot) = updates_since(ingest_store.pool(), &table, updates_before).await;
     println!(
         "scale: expiry: ingest alone {alone:.0} events/s, {ingest_after:.0} events/s beside the reaper; the reaper deleted {reaper_rate:.0} rows/s {} ({:.2}x the ingest alone); at the end {rows} rows, {:.1} bytes per record",
         if drained { "in its first pass, and caught up" } else { "in its first pass, and never caught up" },
@@ -651,7 +654,9 @@ async fn expiry(url: &str) -> Value {
         "ttl_s": ttl.as_secs(), "reaper_start_s": reaper_at, "run_s": end,
         "ingest_alone_per_s": alone, "ingest_beside_reaper_per_s": ingest_after,
         "reaper_rows_per_s": reaper_rate, "caught_up": drained,
-        "caught_up_at_s": drained_at,
+        "caught_up_at_s": drained_at.map(|d| d.0),
+        "first_pass_found_expired": drained_at.map(|d| d.1),
+        "first_pass_left_expired": drained_at.map(|d| d.2),
         "passes": passes.iter().map(|(b, e, n)| json!({"start_s": b, "end_s": e, "deleted": n})).collect::<Vec<_>>(),
         "end_rows": rows, "end_bytes": bytes,
         "updates": updated, "hot_updates": hot,
