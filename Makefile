@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: bench-http bench-kafka test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large sim bench bench-peers python-v2-venv python-v2 serde-probe
+.PHONY: bench-http bench-kafka bench-postgres test demo services fmt lint doc unit redis-cluster redis-cluster-stop kafka kafka-stop kafka-prebuild fuzz fuzz-smoke soak soak-large sim bench bench-peers python-v2-venv python-v2 serde-probe
 
 ## The whole check: formatting, lints, docs, the fuzz smoke run and every test of the
 ## workspace with all features (the CI-size soak included) against the real services
@@ -102,7 +102,17 @@ bench: services
 	$(CARGO) bench --all-features --bench guard
 	$(CARGO) bench --all-features --bench concurrency
 	$(CARGO) bench -p eventonce-memory --bench capacity
+	$(MAKE) --no-print-directory bench-postgres
 	python3 benches/summary.py
+
+## PostgreSQL at scale: claim and completion latency on a table of BENCH_PG_RECORDS
+## (default 10,000,000) records paired with an empty one, bytes per record, and ingest
+## with expiry together, the table's size printed every 5 s (BENCH_PG_TTL_SECS,
+## BENCH_PG_STEADY_SECS). Works in its own database (eventonce_bench) and keeps the filled
+## table for the next run (the first run fills it: a few minutes; BENCH_PG_DROP=1 drops
+## it). Writes target/criterion-latency/postgres-scale/scale.json for benches/summary.py.
+bench-postgres: services
+	$(CARGO) bench -p eventonce-postgres --bench scale
 
 ## The Python peers on the same Redis (the v2 decorator's shape, AWS Powertools'
 ## idempotency), installed into a virtualenv under target/; writes

@@ -16,6 +16,10 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CRIT = os.path.join(ROOT, "target", "criterion")
 LATENCY = os.path.join(ROOT, "target", "criterion-latency")
 PEERS = os.path.join(ROOT, "target", "criterion-peers", "python.json")
+# PostgreSQL at scale (`make bench-postgres`, backend-postgres/benches/scale.rs).
+PG_SCALE = os.path.join(LATENCY, "postgres-scale", "scale.json")
+# The bytes per record the issue measured on the layout before migration 0003.
+PG_BYTES_BEFORE = 346
 GROUPS = ("memory", "redis", "postgres")
 ONE_RT = "floor: SET NX PX (1 round trip)"
 TWO_RT = "floor: SET NX PX + EVALSHA (2 round trips)"
@@ -162,6 +166,15 @@ def concurrency():
         return None
 
 
+def pg_scale():
+    """The PostgreSQL scale bench's results, when it ran."""
+    try:
+        with open(PG_SCALE) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def concurrency_table(c):
     """Events/s of the guard and of the bare store calls at each task count, and their
     ratio (median of the paired rounds, each round's ratio beside it)."""
@@ -234,6 +247,78 @@ def curves_svg(c, path):
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
+def pg_scale_section(s):
+    """RESULTS.md's section on PostgreSQL at scale: paired latency, size, and the ingest and
+    expiry run with the table's size over time."""
+    lat, size, exp = s["latency"], s["size"], s["expiry"]
+    filled = ("filled by generate_series in an earlier run and kept" if s["reused"]
+              else f"filled by generate_series in {s['fill_s']:.0f} s")
+    out = [f"`make bench-postgres` (backend-postgres/benches/scale.rs): a table of {s['records']:,} records "
+           f"({filled}) and an \"empty\" one (10,000 records, analyzed, so it runs the plans of a table "
+           "in use), each call alternating between them; the ratio is the full table's p50 over the "
+           "empty one's."
+           + (f" Connecting to the full table (the migrations included) took {s['connect_s']:.1f} s."
+              if s.get("connect_s", 0) >= 1 else ""),
+           "",
+           "| call | empty p50 | empty p99 | full p50 | full p99 | full / empty | pairs |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for k in ("claim", "complete", "duplicate", "batch_100"):
+        r = lat[k]
+        out.append(f"| {r['name']} | {r['empty_p50_us']:.1f} us | {r['empty_p99_us']:.1f} us | "
+                   f"{r['full_p50_us']:.1f} us | {r['full_p99_us']:.1f} us | {r['ratio']:.2f}x | {r['pairs']} |")
+    out += ["",
+            "| table | records | bytes per record (pg_total_relation_size / rows) |",
+            "|---|---:|---:|",
+            f"| layout of migrations 0001+0002 | {size['records']:,} | {size['old_layout_bytes_per_record']:.1f} |",
+            f"| this version's layout | {size['records']:,} | {size['bytes_per_record']:.1f} |",
+            f"| this version's layout, the full table | {s['records']:,} | {s['full_bytes_per_record']:.1f} |",
+            "",
+            f"Ingest and expiry together: the batch calls (claims and completions of 1,000 keys) on one "
+            f"task, records kept {exp['ttl_s']} s; the reaper (one pass over the table a second, as "
+            f"`spawn_reaper` runs it) starts at {exp['reaper_start_s']:.0f} s, a TTL behind, and runs beside "
+            f"the ingest to {exp['run_s']:.0f} s. Ingest alone {exp['ingest_alone_per_s']:,.0f} events/s, "
+            f"beside the reaper {exp['ingest_beside_reaper_per_s']:,.0f}; the reaper's first pass deleted "
+            f"{exp['reaper_rows_per_s']:,.0f} rows/s (its VACUUM included)"
+            + ((f" and caught up: it ended at {exp['caught_up_at_s']:.0f} s"
+                + (f" leaving {exp['first_pass_left_expired']:,} expired records waiting, where it had found "
+                   f"{exp['first_pass_found_expired']:,}" if exp.get("first_pass_found_expired") is not None
+                   else " with fewer expired records waiting than it had found"))
+               if exp["caught_up"] else ", and it never caught up (more expired records waited after it)")]
+    out[-1] += (f"; at the end {exp['end_rows']:,} rows, {exp['end_bytes'] / max(exp['end_rows'], 1):,.0f} bytes "
+                "per record (the space of deleted records awaiting reuse included).")
+    if exp.get("updates"):
+        out[-1] += (f" {exp['hot_updates']:,} of {exp['updates']:,} completions were HOT updates "
+                    f"({100 * exp['hot_updates'] / exp['updates']:.0f}%).")
+    out += ["",
+            "| t | rows | expired, not yet deleted | table + indexes |",
+            "|---:|---:|---:|---:|"]
+    for p in exp["samples"]:
+        out.append(f"| {p['t']:.0f} s | {p['rows']:,} | {p['expired']:,} | {p['bytes'] / 1e6:,.1f} MB |")
+    return "\n".join(out)
+
+
+def pg_scale_targets(s):
+    """(target, measured, met) rows of issue 26's PostgreSQL-at-scale point."""
+    lat, size, exp = s["latency"], s["size"], s["expiry"]
+    out = []
+    for key, what in (("claim", "claim"), ("complete", "completion")):
+        r = lat[key]
+        out.append((f"postgres {what} at {s['records']:,} records <= 1.2x an empty table (paired p50)",
+                    f"{r['ratio']:.2f}x ({r['full_p50_us']:.0f} vs {r['empty_p50_us']:.0f} us)", r["ratio"] <= 1.2))
+    want = PG_BYTES_BEFORE * 2 / 3
+    for label, value in ((f"{size['records']:,} records", size["bytes_per_record"]),
+                         (f"{s['records']:,} records", s["full_bytes_per_record"])):
+        out.append((f"postgres bytes per record <= {want:.0f} (a third below {PG_BYTES_BEFORE}), {label}",
+                    f"{value:.1f} B (layout before migration 0003: {size['old_layout_bytes_per_record']:.1f} B)",
+                    value <= want))
+    fastest = max(exp["ingest_alone_per_s"], 20_000)
+    rate = exp["reaper_rows_per_s"]
+    out.append(("postgres expiry >= 2x the fastest ingest path (the larger of the ingest measured alone "
+                "and the guard's batch path, 20,000 events/s)",
+                f"{rate:,.0f} rows/s, {rate / fastest:.2f}x {fastest:,.0f}"
+                + ("" if exp["caught_up"] else " (never caught up)"),
+                exp["caught_up"] and rate >= 2 * fastest))
+    return out
 
 
 def capacity():
@@ -348,6 +433,9 @@ def targets(data, memory, pairs):
                     f"{r['stalls_own']} own (longest {r['longest_own_ns'] / 1e6:.2f} ms{ran}); "
                     f"{r['stalls']} in all, the rest the workers waiting for a core",
                     r["stalls_own"] == 0))
+    scale = pg_scale()
+    if scale:
+        out += pg_scale_targets(scale)
     if memory:
         r = memory["completed_key_bytes"] / memory["bare_key_bytes"]
         out.append(("redis completed key <= 1.5x a bare key (MEMORY USAGE)",
@@ -402,6 +490,8 @@ def main():
         print(concurrency_table(c))
     cap = capacity()
     capacity_section = ("## Memory store at capacity\n\n" + capacity_table(cap) + "\n\n") if cap else ""
+    scale = pg_scale()
+    scale_section = ("## PostgreSQL at scale\n\n" + pg_scale_section(scale) + "\n\n") if scale else ""
     print(table)
     if k:
         print()
@@ -411,6 +501,9 @@ def main():
         print(capacity_table(cap))
     print()
     print(paired_table)
+    if scale:
+        print()
+        print(pg_scale_section(scale))
     print()
     print(goals)
     print()
@@ -449,7 +542,7 @@ def main():
                 "Each pair alternates the floor (or the peer) and the guard event by event, "
                 "2000 pairs (a batch of 100: 200, of 1,000: 100), so both sides see the same moments of the machine; the ratio "
                 "is the floor's p50 over ours (above 1: we are faster).\n\n"
-                + paired_table + "\n\n" + kafka_section + concurrency_section + capacity_section + "## Targets\n\n"
+                + paired_table + "\n\n" + kafka_section + concurrency_section + capacity_section + scale_section + "## Targets\n\n"
                 "Each target not met is explained, with the profile or count behind it, in "
                 "benches/PROFILES.md.\n\n" + goals + "\n" + http_block)
 

@@ -4,15 +4,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use eventonce_core::backend::check_arguments;
-use eventonce_core::{AdminStore, ListedRecord, Record, RecordPage, StoreError};
+use eventonce_core::{AdminStore, ListedRecord, Record, RecordPage, RecordState, StoreError};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::store::record_from_row;
 use crate::PostgresStore;
 
-/// Operator access: pages in key order (`key > cursor ... ORDER BY key LIMIT n`, a range
-/// scan of the primary key), removal of exactly the record seen, row sizes by
-/// `pg_column_size` (the row's data, without index or page overhead).
+/// Operator access: pages in the order of the keys' digests (`ORDER BY digest LIMIT n`
+/// after the cursor key's digest, a range scan of the digest index; each page scans at
+/// most `limit` records, whatever the scope holds), removal of exactly the record seen,
+/// row sizes by `pg_column_size` (the row's data, without index or page overhead).
 #[async_trait]
 impl AdminStore for PostgresStore {
     async fn list_page(
@@ -22,29 +23,44 @@ impl AdminStore for PostgresStore {
         limit: usize,
     ) -> Result<RecordPage, StoreError> {
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-        let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.list)))
-            .bind(cursor.unwrap_or(""))
-            .bind(scope)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db_error("PostgreSQL listing", e))?;
+        let query = match cursor {
+            None => sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.list_first))),
+            Some(_) => sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.list_after))),
+        }
+        .bind(scope)
+        .bind(limit);
+        let rows = match cursor {
+            None => query,
+            Some(after) => query.bind(after),
+        }
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.db_error("PostgreSQL listing", e))?;
         let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit;
         let mut records = Vec::with_capacity(rows.len());
+        let mut last = None;
         for row in &rows {
-            let key: String = row
-                .try_get("key")
-                .map_err(|e| self.db_error("PostgreSQL listing", e))?;
-            let record =
-                record_from_row(row).map_err(|e| self.db_error("PostgreSQL listing", e))?;
-            records.push(ListedRecord { key, record });
+            let read = |row: &sqlx::postgres::PgRow| -> Result<_, sqlx::Error> {
+                Ok((
+                    row.try_get::<String, _>("key")?,
+                    row.try_get::<bool, _>("shown")?,
+                ))
+            };
+            let (key, shown) = read(row).map_err(|e| self.db_error("PostgreSQL listing", e))?;
+            if shown {
+                let record =
+                    record_from_row(row).map_err(|e| self.db_error("PostgreSQL listing", e))?;
+                records.push(ListedRecord {
+                    key: key.clone(),
+                    record,
+                });
+            }
+            last = Some(key);
         }
-        let next = if full {
-            records.last().map(|r| r.key.clone())
-        } else {
-            None
-        };
-        Ok(RecordPage { records, next })
+        Ok(RecordPage {
+            records,
+            next: if full { last } else { None },
+        })
     }
 
     async fn remove_if_unchanged(&self, key: &str, seen: &Record) -> Result<bool, StoreError> {
@@ -54,9 +70,13 @@ impl AdminStore for PostgresStore {
             )));
         };
         check_arguments(key, owner, None)?;
+        let state = match seen.state {
+            RecordState::Completed => "c",
+            RecordState::Processing => "p",
+        };
         let done = sqlx::query(AssertSqlSafe(Arc::clone(&self.sql.remove)))
             .bind(key)
-            .bind(seen.state.as_str())
+            .bind(state)
             .bind(owner)
             .execute(&self.pool)
             .await

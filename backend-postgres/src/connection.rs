@@ -14,6 +14,7 @@ use sqlx::{AssertSqlSafe, Connection, SqlSafeStr};
 
 use crate::error::{db_error, describe};
 use crate::options::PostgresOptions;
+use crate::reaper::Reaping;
 use crate::sql::Statements;
 
 /// The migration that creates the records table, with `{schema}`, `{table}` and
@@ -21,6 +22,10 @@ use crate::sql::Statements;
 const MIGRATION_0001: &str = include_str!("../migrations/0001_create_records.sql");
 /// The migration that adds the stored result's columns to a table created by the first.
 const MIGRATION_0002: &str = include_str!("../migrations/0002_add_result.sql");
+/// The migration to the compact layout: the state in one byte, a unique index on the key's
+/// digest instead of the text key, no index on `expires_at`, room in each page for HOT
+/// updates.
+const MIGRATION_0003: &str = include_str!("../migrations/0003_compact_records.sql");
 
 /// A PostgreSQL idempotency store. Cheap to clone: clones share the pool.
 ///
@@ -49,6 +54,8 @@ pub struct PostgresStore {
     pub(crate) pool: PgPool,
     pub(crate) sql: Arc<Statements>,
     pub(crate) options: PostgresOptions,
+    /// Where the reaper is, shared by clones.
+    pub(crate) reaping: Arc<Reaping>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -170,6 +177,7 @@ impl PostgresStore {
             pool,
             sql: Arc::new(Statements::new(&table, options.lock_wait)),
             options,
+            reaping: Arc::new(Reaping::default()),
         }
     }
 
@@ -217,6 +225,7 @@ impl PostgresStore {
         let migrations = vec![
             migration(1, "create records table", fill(MIGRATION_0001)),
             migration(2, "add stored results", fill(MIGRATION_0002)),
+            migration(3, "compact records", fill(MIGRATION_0003)),
         ];
         let mut migrator = Migrator::with_migrations(migrations);
         // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema

@@ -7,9 +7,14 @@
 //! (`now()`), never the client's. Records live in one table (default
 //! `public.eventonce_records`; schema and table are configurable), created by the migration
 //! shipped with this crate ([`PostgresStore::migrate`], run by [`PostgresStore::connect`]).
-//! Expired records are ignored by every statement and removed by a bounded background
-//! reaper ([`PostgresStore::spawn_reaper`]) in small batches that skip locked rows, so it
-//! never blocks a claim.
+//! Expired records are ignored by every statement and removed by a background reaper
+//! ([`PostgresStore::spawn_reaper`]) that sweeps the table's pages, a range and a batch at
+//! a time, skipping locked rows, so it never waits for a claim.
+//!
+//! A record is its key (as written), a one-byte state, the owner token, two timestamps, an
+//! optional stored result, and the key's 8-byte digest, under the table's one index
+//! (unique): about 225 bytes with the index for keys of 90 bytes. A completion changes no
+//! indexed column.
 //!
 //! Statements that lock several records lock them in key order, so two of them sharing
 //! keys never deadlock. A claim never waits long for a record another transaction holds (a

@@ -161,13 +161,15 @@ pub(crate) fn claim_from_code(key: &str, code: Option<i32>) -> Result<Claim, Sto
     }
 }
 
+/// A record from the columns the statements select for one (`completed`, `owner`,
+/// `updated_ms`, `left_ms`).
 pub(crate) fn record_from_row(row: &PgRow) -> Result<Record, sqlx::Error> {
-    let state: String = row.try_get("state")?;
+    let completed: bool = row.try_get("completed")?;
     let owner: String = row.try_get("owner")?;
     let updated_ms: i64 = row.try_get("updated_ms")?;
     let left_ms: i64 = row.try_get("left_ms")?;
     Ok(Record {
-        state: if state == "completed" {
+        state: if completed {
             RecordState::Completed
         } else {
             RecordState::Processing

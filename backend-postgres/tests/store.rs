@@ -164,6 +164,73 @@ async fn the_reaper_skips_a_record_a_transaction_holds() {
     assert_eq!(store.reap_expired(100).await.expect("reap"), 1);
 }
 
+/// A pass reads the whole table: expired records spread over more pages than one
+/// statement reads (4,096) are all deleted, the live ones kept; once a tenth of the table
+/// (at least 10,000 records) has been deleted, the pass vacuums the table, so the deleted
+/// records' space and index entries are reused.
+#[tokio::test]
+async fn a_reaper_pass_deletes_every_expired_record_and_vacuums_after_many() {
+    let options = PostgresOptions::default()
+        .schema(support::schema())
+        .table("reaped_pass");
+    let store = PostgresStore::connect_with(&support::url(), options)
+        .await
+        .expect("connect");
+    let table = store.table();
+    // 12,000 expired records, each alone on its page (a fill factor of 10 and a wide owner),
+    // between two live ones, and more live ones among them.
+    sqlx::query(AssertSqlSafe(format!(
+        "ALTER TABLE {table} SET (fillfactor = 10)"
+    )))
+    .execute(store.pool())
+    .await
+    .expect("fill factor");
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (key, state, owner, updated_at, expires_at)
+         SELECT 'pass:' || i, 'c', repeat('o', 900), now(),
+                now() + CASE WHEN i % 1000 = 1 THEN interval '1 hour' ELSE interval '-1 second' END
+           FROM generate_series(1, 12001) AS i"
+    )))
+    .execute(store.pool())
+    .await
+    .expect("records");
+    let pages: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT pg_relation_size('{table}') / 8192"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .expect("pages");
+    assert!(pages > 4_096, "{pages} pages");
+    assert_eq!(store.reap_pass(1_000).await.expect("pass"), 12_001 - 13);
+    let left: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT key FROM {table} ORDER BY key"
+    )))
+    .fetch_all(store.pool())
+    .await
+    .expect("left");
+    assert_eq!(left.len(), 13, "{left:?}");
+    assert_eq!(store.reap_pass(1_000).await.expect("pass"), 0);
+    // The VACUUM's statistics arrive within a second or so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let vacuumed: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables
+              WHERE relid = '{table}'::regclass"
+        )))
+        .fetch_one(store.pool())
+        .await
+        .expect("statistics");
+        if vacuumed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no VACUUM after 11,988 deletions"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn expiry_follows_the_database_clock() {
     let store = support::store(2).await;
