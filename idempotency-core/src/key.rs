@@ -17,9 +17,8 @@ pub const MAX_EVENT_TYPE_SEGMENT: usize = 200;
 /// The longest event type [`KeyScheme::PythonV2`](crate::KeyScheme::PythonV2) keys, in
 /// bytes. That scheme keeps the type's bytes in the key (only `.` becomes `_`), so it
 /// cannot shorten a longer one and refuses it. With a prefix and a service name of at
-/// most [`MAX_NAME_BYTES`] each and a 64-digit hash, a key is then at most 2,467 bytes:
-/// within PostgreSQL's B-tree limit for an index entry (2,704 bytes with its header,
-/// the tightest limit of the stores; Redis allows 512 MB).
+/// most [`MAX_NAME_BYTES`] each and a 64-digit hash, a key is then at most 2,467 bytes,
+/// which every store keeps (PostgreSQL indexes a digest of the key; Redis allows 512 MB).
 pub const MAX_PYTHON_V2_EVENT_TYPE: usize = 2_000;
 
 /// The longest service name and the longest key prefix, in bytes.
