@@ -272,6 +272,59 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
         Ok((done, claim))
     }
 
+    async fn complete_then_claim_many(
+        &self,
+        completions: &[Completion],
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Result<Vec<bool>, StoreError>, Vec<Claim>), StoreError> {
+        check_many(
+            completions
+                .iter()
+                .map(|c| c.key.as_str())
+                .chain(keys.iter().map(String::as_str)),
+        )?;
+        // The keys cached as completed are answered here; the rest go to the store with
+        // the completions.
+        let mut claims = Vec::with_capacity(keys.len());
+        let mut ask = Vec::new();
+        for key in keys {
+            if self.cached(key) {
+                claims.push(Some(Claim::Completed));
+            } else {
+                claims.push(None);
+                ask.push(key.clone());
+            }
+        }
+        let started = Instant::now();
+        let (done, answers) = self
+            .inner
+            .complete_then_claim_many(completions, &ask, owner, lease)
+            .await?;
+        let written: Vec<bool> = match &done {
+            Ok(done) => done.clone(),
+            Err(err) => err
+                .answers(completions.len())
+                .into_iter()
+                .map(|a| a == Some(true))
+                .collect(),
+        };
+        self.remember(completions, &written, started);
+        if answers.len() != ask.len() {
+            return Err(StoreError::InvalidData {
+                key: ask.first().cloned().unwrap_or_default(),
+                detail: format!("{} answers to {} claims", answers.len(), ask.len()),
+            });
+        }
+        let mut answers = answers.into_iter();
+        let claims = claims
+            .into_iter()
+            .filter_map(|c| c.or_else(|| answers.next()))
+            .collect();
+        Ok((done, claims))
+    }
+
     fn backend_name(&self) -> &'static str {
         self.inner.backend_name()
     }

@@ -58,7 +58,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventonce_core::backend::{check_arguments, check_batch, check_completions};
+use eventonce_core::backend::{
+    check_arguments, check_batch, check_complete_then_claim_many, check_completions,
+};
 use eventonce_core::{Claim, Completion, IdempotencyStore, Record, StoreError};
 use foldhash::quality::RandomState;
 use shard::{Found, Removed, Shard};
@@ -444,34 +446,24 @@ impl IdempotencyStore for MemoryStore {
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
         check_batch(keys, owner, Some(lease))?;
-        let mut claims = Vec::with_capacity(keys.len());
-        for key in keys {
-            match self.claim(key, owner, lease) {
-                Ok(claim) => claims.push(claim),
-                Err(refused) => {
-                    for (key, claim) in keys.iter().zip(&claims) {
-                        if *claim == Claim::Acquired {
-                            self.release_held(key, owner);
-                        }
-                    }
-                    return Err(refused);
-                }
-            }
-        }
-        Ok(claims)
+        self.claim_all(keys, owner, lease)
     }
 
     async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
         check_completions(completions)?;
-        let now = Instant::now();
-        Ok(completions
-            .iter()
-            .map(|c| {
-                let result = c.result.as_deref();
-                self.shard(&c.key)
-                    .complete(&c.key, &c.owner, c.ttl, result, now)
-            })
-            .collect())
+        Ok(self.complete_all(completions))
+    }
+
+    async fn complete_then_claim_many(
+        &self,
+        completions: &[Completion],
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Result<Vec<bool>, StoreError>, Vec<Claim>), StoreError> {
+        check_complete_then_claim_many(completions, keys, owner, lease)?;
+        let done = self.complete_all(completions);
+        Ok((Ok(done), self.claim_all(keys, owner, lease)?))
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<bool, StoreError> {
@@ -526,6 +518,44 @@ impl IdempotencyStore for MemoryStore {
 }
 
 impl MemoryStore {
+    /// Claims `keys` (checked) one after the other; a refused claim fails the batch, and
+    /// the claims it took before are released.
+    fn claim_all(
+        &self,
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let mut claims = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.claim(key, owner, lease) {
+                Ok(claim) => claims.push(claim),
+                Err(refused) => {
+                    for (key, claim) in keys.iter().zip(&claims) {
+                        if *claim == Claim::Acquired {
+                            self.release_held(key, owner);
+                        }
+                    }
+                    return Err(refused);
+                }
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Completes `completions` (checked) one after the other: whether each was held.
+    fn complete_all(&self, completions: &[Completion]) -> Vec<bool> {
+        let now = Instant::now();
+        completions
+            .iter()
+            .map(|c| {
+                let result = c.result.as_deref();
+                self.shard(&c.key)
+                    .complete(&c.key, &c.owner, c.ttl, result, now)
+            })
+            .collect()
+    }
+
     /// Deletes `owner`'s live claim of `key`, giving its slot back. Returns whether it held
     /// it.
     fn release_held(&self, key: &str, owner: &str) -> bool {

@@ -68,6 +68,8 @@ pub(crate) struct Statements {
     pub(crate) complete_then_claim: Arc<str>,
     pub(crate) complete_results_then_claim: Arc<str>,
     pub(crate) complete_one_then_claim: Arc<str>,
+    pub(crate) complete_then_claim_many: Arc<str>,
+    pub(crate) complete_results_then_claim_many: Arc<str>,
     pub(crate) list_first: Arc<str>,
     pub(crate) list_after: Arc<str>,
     pub(crate) remove: Arc<str>,
@@ -103,6 +105,8 @@ impl Statements {
             complete_then_claim: complete_then_claim(table, &wait, &claim_one),
             complete_results_then_claim: complete_results_then_claim(table, &wait, &claim_one),
             complete_one_then_claim: complete_one_then_claim(table, &wait, &claim_one),
+            complete_then_claim_many: complete_then_claim_many(table, &wait),
+            complete_results_then_claim_many: complete_results_then_claim_many(table, &wait),
             list_first: list(table, false),
             list_after: list(table, true),
             remove: remove(table),
@@ -389,43 +393,59 @@ fn claim_many(table: &str, wait: &str) -> Arc<str> {
     Arc::from(format!(
         "WITH wait AS MATERIALIZED (
                    SELECT {wait} AS lock_wait
-                 ), input AS (
+                 ), {}
+                 SELECT {CLAIM_CODE} AS code
+                   FROM {CLAIM_ANSWERS}
+                  ORDER BY i.ord",
+        claim_rows(table)
+    ))
+}
+
+/// The CTEs of [`claim_many`]'s claims of $1 for $2 for $3 ms (`claim_input`, `seen`,
+/// `expired`, `renewed`, `inserted`), after a `wait` CTE that sets the lock timeout: the
+/// inserts read its row, so they run once it is set.
+fn claim_rows(table: &str) -> String {
+    format!(
+        "claim_input AS (
                    SELECT k, ord, {d} AS d FROM unnest($1::text[]) WITH ORDINALITY AS t(k, ord)
                  ), seen AS (
                    SELECT x.k, x.d, r.state, r.expires_at > now() AS live
                      FROM {input_records}
-                 ), held AS (
+                 ), expired AS (
                    SELECT x.k, x.d FROM {seen_records}
                     WHERE NOT x.live AND r.expires_at <= now()
                     ORDER BY r.key FOR UPDATE OF r SKIP LOCKED
                  ), renewed AS (
                    UPDATE {table} AS r SET state = 'p', owner = $2, updated_at = now(),
                           expires_at = now() + make_interval(secs => $3::float8 / 1000)
-                     FROM held x
+                     FROM expired x
                     WHERE r.key_digest = x.d AND r.key = x.k
                    RETURNING r.key
                  ), inserted AS (
                    INSERT INTO {table} AS r (key, state, owner, updated_at, expires_at)
                    SELECT i.k, 'p', $2, now(), now() + make_interval(secs => $3::float8 / 1000)
-                     FROM input i CROSS JOIN wait
+                     FROM claim_input i CROSS JOIN wait
                     WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.k = i.k)
                     ORDER BY i.k
                    ON CONFLICT (key_digest) DO NOTHING
                    RETURNING r.key
-                 )
-                 SELECT (CASE WHEN c.key IS NOT NULL THEN 1
+                 )",
+        d = digest("k"),
+        input_records = join_records(table, "claim_input"),
+        seen_records = join_records(table, "seen"),
+    )
+}
+
+/// Each claimed key's code in [`claim_rows`]' answer (`i`: its input row).
+const CLAIM_CODE: &str = "(CASE WHEN c.key IS NOT NULL THEN 1
                               WHEN s.live AND s.state = 'c' THEN 3
-                              ELSE 2 END)::int4 AS code
-                   FROM input i
+                              ELSE 2 END)::int4";
+
+/// The rows [`CLAIM_CODE`] reads: each input key with its own claim and what was seen.
+const CLAIM_ANSWERS: &str = "claim_input i
                    LEFT JOIN (SELECT key FROM renewed UNION ALL SELECT key FROM inserted) c
                      ON c.key = i.k
-                   LEFT JOIN seen s ON s.k = i.k
-                  ORDER BY i.ord",
-        d = digest("k"),
-        input_records = join_records(table, "input"),
-        seen_records = join_records(table, "seen"),
-    ))
-}
+                   LEFT JOIN seen s ON s.k = i.k";
 
 /// Guarantee: each live processing claim of its owner becomes completed for its TTL;
 /// returns the keys it completed. Rows are locked in key order, as by every statement
@@ -550,6 +570,39 @@ fn done_then_claim(table: &str, done: &str, wait: &str, claim_one: &str) -> Arc<
     ))
 }
 
+/// Guarantee: `complete_many` of $4..$6, then [`claim_many`] of $1 for $2 for $3 ms, in
+/// one statement (no key claimed is one of those completed): one batch's completions
+/// with the next batch's claims. As in [`complete_then_claim`], the lock timeout is set
+/// only once every completion is done (`wait` counts them), so completions wait for
+/// their rows as `complete_many` does and the claims' rows are locked after them. Rows:
+/// ('d', key, 0, 0) per completion done, then ('c', NULL, code, ord) per key claimed,
+/// `ord` its place in $1 from 1.
+fn complete_then_claim_many(table: &str, wait: &str) -> Arc<str> {
+    done_then_claim_many(&complete_rows(table, "$4", "$5", "$6"), table, wait)
+}
+
+/// Guarantee: [`complete_then_claim_many`] with each completion's result ($7, `bytea[]`),
+/// written as [`complete_many_results`] writes them. The same rows.
+fn complete_results_then_claim_many(table: &str, wait: &str) -> Arc<str> {
+    let done = complete_rows_results(table, "$4", "$5", "$6", "$7");
+    done_then_claim_many(&done, table, wait)
+}
+
+/// The statement of [`complete_then_claim_many`] around its completions' CTEs (ending in
+/// `done`): the lock timeout set once they are done, the claims, and the rows both
+/// answer.
+fn done_then_claim_many(done: &str, table: &str, wait: &str) -> Arc<str> {
+    Arc::from(format!(
+        "WITH {done}, wait AS MATERIALIZED (
+                   SELECT {wait} AS lock_wait FROM (SELECT count(*) FROM done) AS d
+                 ), {}
+                 SELECT 'd' AS kind, key, 0::int4 AS code, 0::int8 AS ord FROM done
+                 UNION ALL
+                 SELECT 'c', NULL, {CLAIM_CODE}, i.ord FROM {CLAIM_ANSWERS}",
+        claim_rows(table),
+    ))
+}
+
 /// One page of a listing: the next $2 records in digest order (a range scan of the digest
 /// index), from the start or after the digest of the cursor key $3; `shown` marks the
 /// live ones whose key starts with the scope $1 (matched with starts_with, so its
@@ -610,6 +663,8 @@ mod tests {
                 &sql.claim_many,
                 &sql.complete_then_claim,
                 &sql.complete_one_then_claim,
+                &sql.complete_then_claim_many,
+                &sql.complete_results_then_claim_many,
             ] {
                 assert!(
                     statement.contains(&format!("set_config('lock_timeout', {text}, true)")),

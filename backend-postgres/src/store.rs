@@ -5,7 +5,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use eventonce_core::backend::{
-    check_arguments, check_batch, check_complete_then_claim, check_completions,
+    check_arguments, check_batch, check_complete_then_claim, check_complete_then_claim_many,
+    check_completions,
 };
 use eventonce_core::{Claim, Completion, IdempotencyStore, Record, RecordState, StoreError};
 use sqlx::postgres::PgRow;
@@ -16,6 +17,9 @@ use crate::PostgresStore;
 
 /// How many single-key claims run at once when a batch claim falls back to them.
 const CLAIM_EACH_CONCURRENCY: usize = 8;
+
+/// What `complete_then_claim_many` answers: the completions' answers beside the claims.
+type CompletedThenClaimed = (Result<Vec<bool>, StoreError>, Vec<Claim>);
 
 pub(crate) fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -109,6 +113,50 @@ impl PostgresStore {
         }
         let done = completions.iter().map(|c| done.contains(&c.key)).collect();
         Ok((Ok(done), claim_from_code(key, code)?))
+    }
+
+    /// The answer of the complete-then-claim-many statement: rows ('d', key, 0, 0) per
+    /// completion done, then ('c', NULL, code, ord) per key claimed.
+    fn completed_then_claimed_many(
+        &self,
+        rows: &[PgRow],
+        completions: &[Completion],
+        keys: &[String],
+    ) -> Result<CompletedThenClaimed, StoreError> {
+        let mut done = std::collections::HashSet::new();
+        let mut codes: Vec<Option<i32>> = vec![None; keys.len()];
+        let column = |e| self.db_error("PostgreSQL", e);
+        for row in rows {
+            let kind: String = row.try_get("kind").map_err(column)?;
+            if kind == "d" {
+                let key: String = row.try_get("key").map_err(column)?;
+                done.insert(key);
+                continue;
+            }
+            let ord: i64 = row.try_get("ord").map_err(column)?;
+            let code: i32 = row.try_get("code").map_err(column)?;
+            let slot = usize::try_from(ord - 1)
+                .ok()
+                .and_then(|i| codes.get_mut(i))
+                .ok_or_else(|| StoreError::InvalidData {
+                    key: keys.first().cloned().unwrap_or_default(),
+                    detail: format!("claim row {ord} for {} keys", keys.len()),
+                })?;
+            *slot = Some(code);
+        }
+        let claims = keys
+            .iter()
+            .zip(codes)
+            .map(|(key, code)| match code {
+                Some(code) => claim_from_code(key, Some(code)),
+                None => Err(StoreError::InvalidData {
+                    key: key.clone(),
+                    detail: "no claim row for the key".into(),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let done = completions.iter().map(|c| done.contains(&c.key)).collect();
+        Ok((Ok(done), claims))
     }
 
     /// Runs a batch statement returning the keys it touched, and maps them back onto
@@ -414,6 +462,55 @@ impl IdempotencyStore for PostgresStore {
                 // completions too) was rolled back: complete, then answer the claim alone.
                 let done = self.complete_many(completions).await;
                 Ok((done, self.claim_one(key, owner, lease).await?))
+            }
+            Err(err) => Err(self.db_error("PostgreSQL", err)),
+        }
+    }
+
+    async fn complete_then_claim_many(
+        &self,
+        completions: &[Completion],
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Result<Vec<bool>, StoreError>, Vec<Claim>), StoreError> {
+        check_complete_then_claim_many(completions, keys, owner, lease)?;
+        match (completions, keys) {
+            ([], _) => {
+                return Ok((
+                    Ok(Vec::new()),
+                    self.try_claim_many(keys, owner, lease).await?,
+                ))
+            }
+            (_, []) => return Ok((self.complete_many(completions).await, Vec::new())),
+            _ => {}
+        }
+        let (done_keys, owners, ttls) = completion_columns(completions);
+        let results = result_column(completions);
+        let sql = match results {
+            None => &self.sql.complete_then_claim_many,
+            Some(_) => &self.sql.complete_results_then_claim_many,
+        };
+        let mut query = sqlx::query(AssertSqlSafe(Arc::clone(sql)))
+            .bind(keys)
+            .bind(owner)
+            .bind(millis(lease))
+            .bind(done_keys)
+            .bind(owners)
+            .bind(ttls);
+        if let Some(results) = results {
+            query = query.bind(results);
+        }
+        let rows = query.persistent(false).fetch_all(&self.pool).await;
+        match rows {
+            // One statement: the completions and the claims succeed or fail together.
+            Ok(rows) => self.completed_then_claimed_many(&rows, completions, keys),
+            Err(err) if is_conflict(&err) => {
+                // A claimed key is held by another transaction, and the statement (its
+                // completions too) was rolled back: complete, then claim (key by key
+                // where the batch meets that row again).
+                let done = self.complete_many(completions).await;
+                Ok((done, self.try_claim_many(keys, owner, lease).await?))
             }
             Err(err) => Err(self.db_error("PostgreSQL", err)),
         }

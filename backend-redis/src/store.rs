@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eventonce_core::backend::{
-    check_arguments, check_batch, check_complete_then_claim, check_completions,
+    check_arguments, check_batch, check_complete_then_claim, check_complete_then_claim_many,
+    check_completions,
 };
 use eventonce_core::{Claim, Completion, IdempotencyStore, Record, StoreError};
 use futures_util::future::join_all;
@@ -192,6 +193,44 @@ impl IdempotencyStore for RedisStore {
         let mut codes = self.settle(completions, &[key], owner, lease).await?;
         let claim = claim_from_code(key, codes.pop().unwrap_or_default())?;
         Ok((Ok(codes.into_iter().map(|c| c == 1).collect()), claim))
+    }
+
+    async fn complete_then_claim_many(
+        &self,
+        completions: &[Completion],
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Result<Vec<bool>, StoreError>, Vec<Claim>), StoreError> {
+        check_complete_then_claim_many(completions, keys, owner, lease)?;
+        if self.is_cluster() || completions.is_empty() || keys.is_empty() {
+            // A cluster: each half per key, on its own nodes, as `complete_many` and
+            // `try_claim_many` do there, both at once (no key is in both halves). One
+            // half empty: the other's own call.
+            let done = async {
+                match completions {
+                    [] => Ok(Vec::new()),
+                    _ => self.complete_many(completions).await,
+                }
+            };
+            let claims = async {
+                match keys {
+                    [] => Ok(Vec::new()),
+                    _ => self.try_claim_many(keys, owner, lease).await,
+                }
+            };
+            let (done, claims) = futures_util::future::join(done, claims).await;
+            return Ok((done, claims?));
+        }
+        // One `SETTLE` call: the completions, then the claims, in one round trip.
+        let mut codes = self.settle(completions, keys, owner, lease).await?;
+        let claimed = codes.split_off(completions.len());
+        let claims = keys
+            .iter()
+            .zip(claimed)
+            .map(|(key, code)| claim_from_code(key, code))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((Ok(codes.into_iter().map(|c| c == 1).collect()), claims))
     }
 
     fn backend_name(&self) -> &'static str {

@@ -108,6 +108,35 @@ pub fn check_complete_then_claim(
     check_many(completions.iter().map(|c| c.key.as_str()).chain([key]))
 }
 
+/// Checks the arguments of [`IdempotencyStore::complete_then_claim_many`]: the claims as
+/// [`check_batch`] does, the completions as [`check_completions`] does, and that no key
+/// is both completed and claimed.
+///
+/// # Errors
+///
+/// [`StoreError::InvalidArgument`] if a claim (its key, `owner`, `lease`) or a completion
+/// fails [`check_arguments`], or if a key appears twice among the completions and the
+/// claims together.
+pub fn check_complete_then_claim_many(
+    completions: &[Completion],
+    keys: &[String],
+    owner: &str,
+    lease: Duration,
+) -> Result<(), StoreError> {
+    for key in keys {
+        check_arguments(key, owner, Some(lease))?;
+    }
+    for c in completions {
+        check_arguments(&c.key, &c.owner, Some(c.ttl))?;
+    }
+    check_many(
+        completions
+            .iter()
+            .map(|c| c.key.as_str())
+            .chain(keys.iter().map(String::as_str)),
+    )
+}
+
 /// Checks that the keys of a batch call are distinct: a key twice in one call has no
 /// well-defined answer (and one SQL statement cannot touch a row twice). Backends call it
 /// first so that they all reject the same input the same way.

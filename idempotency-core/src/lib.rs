@@ -39,7 +39,7 @@ pub use bound::{bounded, Bounded, MAX_FIELD_CHARS};
 pub use config::{ConfigBuilder, FailMode, IdempotencyConfig, StalePolicy, DISABLED_ENV};
 pub use envelope::EventEnvelope;
 pub use error::{BoxError, ConfigError, EnvelopeError, GuardError, IdentityError, StoreError};
-pub use guard::{Guard, GuardStats, Outcome, StoredOutcome};
+pub use guard::{BatchChain, Guard, GuardStats, Outcome, StoredOutcome};
 pub use identify::{Identify, Identity, IdentityRule};
 pub use identity::{canonical_json, canonical_number, deterministic_hash};
 pub use key::{escape_event_type, unescape_event_type, KeyParts};

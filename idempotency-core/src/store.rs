@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 /// The guard's timers use it too, by this path.
 pub(crate) use crate::backend::saturating_deadline;
-use crate::backend::{check_complete_then_claim, check_many};
+use crate::backend::{check_complete_then_claim, check_complete_then_claim_many, check_many};
 use crate::error::StoreError;
 
 /// What [`IdempotencyStore::try_claim`] found.
@@ -190,6 +190,47 @@ pub trait IdempotencyStore: Send + Sync {
         Ok((done, claim))
     }
 
+    /// Completes `completions`, then claims `keys` for `owner` for `lease`: one batch's
+    /// completions travelling with the next batch's claims
+    /// ([`BatchChain`](crate::BatchChain)), as [`complete_then_claim`] does for one key.
+    /// Returns what [`complete_many`] and [`try_claim_many`] would, each half on its own:
+    /// the completions' answers (or their error) beside each key's claim, in order. `Err`
+    /// means the claims failed, and with them nothing is known of the completions; as
+    /// after a failed `try_claim_many`, some keys may have been claimed (the caller
+    /// releases them or lets their lease expire). Claims acquired are always returned,
+    /// never dropped for a failed completion.
+    ///
+    /// Backends that can do both in one round trip override it (one script, one
+    /// statement); the default makes the two calls at once. Either list may be empty; no
+    /// key may appear twice among both ([`check_complete_then_claim_many`]).
+    ///
+    /// [`complete_then_claim`]: IdempotencyStore::complete_then_claim
+    /// [`complete_many`]: IdempotencyStore::complete_many
+    /// [`try_claim_many`]: IdempotencyStore::try_claim_many
+    async fn complete_then_claim_many(
+        &self,
+        completions: &[Completion],
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Result<Vec<bool>, StoreError>, Vec<Claim>), StoreError> {
+        check_complete_then_claim_many(completions, keys, owner, lease)?;
+        let done = async {
+            if completions.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.complete_many(completions).await
+        };
+        let claims = async {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.try_claim_many(keys, owner, lease).await
+        };
+        let (done, claims) = futures_util::future::join(done, claims).await;
+        Ok((done, claims?))
+    }
+
     /// [`complete`](IdempotencyStore::complete), keeping `result` (the handler's
     /// serialized answer, see [`Guard::run_stored`](crate::Guard::run_stored)) in the
     /// completed record, in the same atomic write: the record and its result appear
@@ -336,6 +377,18 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
     ) -> Result<(Result<Vec<bool>, StoreError>, Claim), StoreError> {
         (**self)
             .complete_then_claim(completions, key, owner, lease)
+            .await
+    }
+
+    async fn complete_then_claim_many(
+        &self,
+        completions: &[Completion],
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Result<Vec<bool>, StoreError>, Vec<Claim>), StoreError> {
+        (**self)
+            .complete_then_claim_many(completions, keys, owner, lease)
             .await
     }
 

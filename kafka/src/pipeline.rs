@@ -1,5 +1,6 @@
-//! [`KafkaGuard::process_batches`]: consecutive batches with their store round trips
-//! overlapped, decided and committed in order.
+//! [`KafkaGuard::process_batches`]: consecutive batches in one store round trip each (a
+//! batch's completions carried by the next batch's claim), decided and committed in
+//! order.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -19,19 +20,40 @@ use crate::message::MessageError;
 /// answers).
 pub type BatchAnswers<T, E> = Vec<Result<Delivery<T, E>, MessageError>>;
 
-/// How many batches [`KafkaGuard::process_batches`] runs at once: the oldest one's
-/// completion is in flight while the next one is claimed.
-const IN_FLIGHT: usize = 2;
+/// How many batches [`KafkaGuard::process_batches`] runs at once, its batches' calls
+/// merged: enough that a claim is always ready to carry the completions a batch leaves.
+/// In the steady state the oldest batch waits for the answer to its completions, carried
+/// by a claim call in flight; the next one's completions wait for a claim; two claim calls
+/// are in flight (a chain's limit); and the newest is polled and ready to claim as soon
+/// as one of them returns.
+const IN_FLIGHT: usize = 5;
+
+/// How many batches [`KafkaGuard::process_batches`] runs at once, its batches' calls not
+/// merged (`carry_wait: None`): the oldest one's completion is in flight while the next
+/// one is claimed.
+const IN_FLIGHT_UNMERGED: usize = 2;
 
 impl KafkaGuard {
     /// Processes the batches `batches` yields (consecutive polls of `consumer`, in the
     /// order the consumer yielded the messages), each as
-    /// [`process_batch`](Self::process_batch) would, with the next batch's store claim
-    /// sent while the previous batch's completion is still in flight: one batch's
-    /// store round trips overlap the next one's, instead of adding up.
+    /// [`process_batch`](Self::process_batch) would, in one store round trip per batch
+    /// where `process_batch` makes two: the batches run through one
+    /// [`BatchChain`](eventonce_core::BatchChain), so each batch's completions travel
+    /// with a later batch's claim call
+    /// ([`complete_then_claim_many`](eventonce_core::IdempotencyStore::complete_then_claim_many):
+    /// one script on Redis, one statement on PostgreSQL; see
+    /// [`KafkaGuardOptions::carry_wait`](crate::KafkaGuardOptions::carry_wait)). Up to
+    /// five batches are in flight, with at most two claim calls at once, so that a claim
+    /// is always ready to carry the completions a batch leaves: a batch's completions ride
+    /// on the claim of a batch polled after its own. A batch's completions are written
+    /// alone when no claim takes them within the chain's short wait (10 ms), or when no
+    /// batch will be admitted before the running ones end (after a seek, while a
+    /// redelivery is pending, at the end of the stream).
     ///
     /// The guarantees of `process_batch` hold batch by batch: a batch's offsets are
-    /// committed only after its completions were written (its run has ended), and the
+    /// committed only after the store answered for its completions (its run has ended,
+    /// whichever call carried them; a completion the store did not take is owed and
+    /// retried, as after `process_batch`), and the
     /// batches are decided, committed and sought in the order they were polled, one after
     /// the other, so a partition's commit never passes a message waiting to be
     /// redelivered or one that cannot be identified. `on_batch` gets each batch and its
@@ -43,8 +65,8 @@ impl KafkaGuard {
     /// nothing more is committed.
     ///
     /// While a batch is decided (its retry backoff, commit and seeks) and while
-    /// `on_batch`'s future runs, the batch already running goes on: its handlers are
-    /// polled and its claims' leases renewed, so a slow `on_batch` (dead-lettering, say)
+    /// `on_batch`'s future runs, the batches already running go on: their handlers are
+    /// polled and their claims' leases renewed, so a slow `on_batch` (dead-lettering, say)
     /// does not let another consumer take those events over. The librdkafka calls made
     /// meanwhile do not wait for the broker: seeks return at once (see
     /// [`KafkaGuardOptions::seek_timeout`](crate::KafkaGuardOptions::seek_timeout)), the
@@ -56,7 +78,7 @@ impl KafkaGuard {
     /// such a batch is admitted only once no batch runs. Nothing is polled while a batch
     /// is decided or answered.
     ///
-    /// What the overlap adds to `process_batch`'s answers: the next batch has started
+    /// What the overlap adds to `process_batch`'s answers: the next batches have started
     /// when a batch is decided, so a message after one that must come again (its handler
     /// failed, it is in progress elsewhere, it could not be identified) may have run in
     /// the next batch; it is answered `Redeliver(Retry::Rewinding)`, its offset not
@@ -67,9 +89,11 @@ impl KafkaGuard {
     /// batch that ran before that decision. And a copy of an event whose first copy is
     /// still running in the batch before is answered `Redeliver(Retry::InProgress)` (this
     /// consumer's own claim), where `process_batch` would have answered `Duplicate`; it
-    /// comes again after `in_progress_backoff` and is then a duplicate. After a batch that
-    /// sought a partition back, the batch already running is decided before the next
-    /// poll, so that every later poll comes after the seek.
+    /// comes again after `in_progress_backoff` and is then a duplicate (a copy whose first
+    /// copy's completion this batch's claim carries is a duplicate at once: the
+    /// completion is written first). After a batch that sought a partition back, the
+    /// batches already running are decided before the next poll, so that every later
+    /// poll comes after the seek.
     ///
     /// Dropping the returned future (a `select!`, a shutdown) is safe at any point: the
     /// running batches' claims are settled as for a dropped `run_batch`, a batch whose
@@ -100,6 +124,16 @@ impl KafkaGuard {
         AFut: Future<Output = ControlFlow<()>>,
     {
         let handler = &handler;
+        // Each batch's completions ride on the next batch's claim call (unless the
+        // options say otherwise).
+        let chain = &self
+            .options()
+            .carry_wait
+            .map(|wait| self.guard().batch_chain().with_carry_wait(wait));
+        let in_flight = match chain {
+            Some(_) => IN_FLIGHT,
+            None => IN_FLIGHT_UNMERGED,
+        };
         let mut batches = pin!(batches.fuse());
         let mut running = FuturesOrdered::new();
         // Batches whose run has ended, waiting to be decided, oldest first.
@@ -133,6 +167,13 @@ impl KafkaGuard {
             // Nothing is polled while a batch is being decided or answered: a poll comes
             // after every decision (and seek) of the batches before it.
             let quiet = settling.is_terminated() && answering.is_terminated() && ran.is_empty();
+            // While no batch will be admitted before the running ones end, their
+            // completions go out alone, not held for a next claim.
+            let admitting =
+                !ended && !draining && (running.is_empty() || !self.redelivery_pending());
+            if let Some(chain) = chain {
+                chain.expect_more(admitting);
+            }
             tokio::select! {
                 biased;
                 flow = &mut answering, if !answering.is_terminated() => {
@@ -146,10 +187,8 @@ impl KafkaGuard {
                 }
                 Some(done) = running.next(), if !running.is_empty() => ran.push_back(done),
                 next = batches.next(), if quiet
-                    && !ended
-                    && !draining
-                    && running.len() < IN_FLIGHT
-                    && (running.is_empty() || !self.redelivery_pending()) =>
+                    && admitting
+                    && running.len() < in_flight =>
                 {
                     let Some(messages) = next else {
                         ended = true;
@@ -157,10 +196,11 @@ impl KafkaGuard {
                     };
                     let prepared = self.prepare_batch(consumer, &messages);
                     running.push_back(async move {
-                        let results = self
-                            .guard()
-                            .run_batch(&prepared.to_run, |envelope| handler(envelope.clone()))
-                            .await;
+                        let run = |envelope: &EventEnvelope| handler(envelope.clone());
+                        let results = match chain {
+                            Some(chain) => chain.run_batch(&prepared.to_run, run).await,
+                            None => self.guard().run_batch(&prepared.to_run, run).await,
+                        };
                         (messages, prepared, results)
                     });
                 }

@@ -89,3 +89,8 @@ pub const DEFAULT_EVENT_TYPE_TTLS: &[(&str, Duration)] = &[
         TTL_AGGREGATION,
     ),
 ];
+
+/// How long a [`BatchChain`](crate::BatchChain)'s batch waits for the next batch's claim
+/// to carry its completions, and a claim for the completions of the batch before it once
+/// that batch runs its handlers: 10 ms, a few batch store calls on a loaded machine.
+pub const DEFAULT_CARRY_WAIT: Duration = Duration::from_millis(10);

@@ -1,5 +1,5 @@
-//! Batch store calls: `try_claim_many`, the `*_many` transitions and
-//! `complete_then_claim`.
+//! Batch store calls: `try_claim_many`, the `*_many` transitions, `complete_then_claim`
+//! and `complete_then_claim_many`.
 
 use std::sync::Arc;
 
@@ -166,6 +166,106 @@ pub async fn complete_then_claim_completes_then_claims(f: &impl StoreFactory) {
     assert_eq!((done.ok(), claim), (Some(vec![]), Claim::Completed));
 }
 
+/// Four keys: absent, completed by `other`, held by `other`, and an expired claim of
+/// `other`.
+async fn absent_completed_held_expired(s: &impl IdempotencyStore, other: &str) -> Vec<String> {
+    let keys: Vec<String> = (0..4).map(|_| unique_key("ctcm-next")).collect();
+    assert_eq!(
+        s.try_claim_many(&keys[1..3], other, LONG)
+            .await
+            .expect("claim"),
+        vec![Claim::Acquired; 2]
+    );
+    assert!(s.complete(&keys[1], other, LONG).await.expect("complete"));
+    assert_eq!(
+        s.try_claim(&keys[3], other, SHORT).await.expect("claim"),
+        Claim::Acquired
+    );
+    tokio::time::sleep(PAST_SHORT).await;
+    keys
+}
+
+/// `complete_then_claim_many` writes the completions (owner-checked, each with its
+/// result), then answers each claim as `try_claim_many` would, in order; either half may
+/// be empty.
+pub async fn complete_then_claim_many_completes_then_claims(f: &impl StoreFactory) {
+    let (s1, s2) = (f.create().await, f.create().await);
+    let done_key = unique_key("ctcm-done");
+    let lost_key = unique_key("ctcm-lost");
+    assert_eq!(
+        s1.try_claim(&done_key, "a", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        s2.try_claim(&lost_key, "b", LONG).await.expect("claim"),
+        Claim::Acquired
+    );
+    let keys = absent_completed_held_expired(&s2, "b").await;
+    let (done, claims) = s1
+        .complete_then_claim_many(
+            &[
+                completion(&done_key, "a", LONG).with_result(b"[7]".to_vec()),
+                completion(&lost_key, "a", LONG),
+            ],
+            &keys,
+            "c",
+            LONG,
+        )
+        .await
+        .expect("complete then claim many");
+    assert_eq!(
+        (done.ok(), claims),
+        (
+            Some(vec![true, false]),
+            vec![
+                Claim::Acquired,
+                Claim::Completed,
+                Claim::InProgress,
+                Claim::Acquired
+            ]
+        )
+    );
+    let (done, result) = s1
+        .get_with_result(&done_key)
+        .await
+        .expect("get")
+        .expect("done");
+    assert_eq!(
+        (done.state, result.as_deref()),
+        (RecordState::Completed, Some(&b"[7]"[..])),
+        "completed with its result"
+    );
+    assert_eq!(
+        record(&s1, &lost_key).await.expect("b's").owner.as_deref(),
+        Some("b")
+    );
+    for i in [0, 3] {
+        let r = record(&s1, &keys[i]).await.expect("claimed");
+        assert_eq!(
+            (r.state, r.owner.as_deref()),
+            (RecordState::Processing, Some("c"))
+        );
+    }
+    assert_eq!(
+        record(&s1, &keys[2]).await.expect("b's").owner.as_deref(),
+        Some("b")
+    );
+    // Either half alone.
+    let (done, claims) = s1
+        .complete_then_claim_many(&[completion(&keys[0], "c", LONG)], &[], "c", LONG)
+        .await
+        .expect("completions only");
+    assert_eq!((done.ok(), claims), (Some(vec![true]), vec![]));
+    let (done, claims) = s2
+        .complete_then_claim_many(&[], &keys[..2], "d", LONG)
+        .await
+        .expect("claims only");
+    assert_eq!(
+        (done.ok(), claims),
+        (Some(vec![]), vec![Claim::Completed, Claim::Completed])
+    );
+}
+
 /// A key twice in one batch call is refused: it has no well-defined answer.
 pub async fn batch_calls_refuse_a_key_twice(f: &impl StoreFactory) {
     let s = f.create().await;
@@ -190,6 +290,13 @@ pub async fn batch_calls_refuse_a_key_twice(f: &impl StoreFactory) {
         s.try_claim_many(&["".to_owned()], "a", LONG).await,
         Err(StoreError::InvalidArgument(_))
     ));
+    // Completed and claimed in one call: refused, nothing written.
+    assert!(matches!(
+        s.complete_then_claim_many(&[completion(&key, "a", LONG)], &twice[..1], "a", LONG)
+            .await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert_eq!(record(&s, &key).await, None, "nothing claimed");
 }
 
 /// Concurrent batches sharing keys: every key is acquired by exactly one batch.

@@ -165,6 +165,18 @@ impl<S: IdempotencyStore + 'static> IdempotencyStore for FaultyStore<S> {
             .complete_then_claim(completions, key, owner, lease)
             .await
     }
+    async fn complete_then_claim_many(
+        &self,
+        completions: &[Completion],
+        keys: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Result<Vec<bool>, StoreError>, Vec<Claim>), StoreError> {
+        self.gate().await?;
+        self.inner
+            .complete_then_claim_many(completions, keys, owner, lease)
+            .await
+    }
     fn backend_name(&self) -> &'static str {
         self.inner.backend_name()
     }

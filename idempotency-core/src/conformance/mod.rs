@@ -26,6 +26,7 @@
 )]
 
 mod batch;
+mod chain;
 mod faulty;
 mod guard;
 mod guard_batch;
@@ -47,6 +48,7 @@ use serde_json::json;
 use crate::{Completion, EventEnvelope, Guard, IdempotencyConfig, IdempotencyStore, Record};
 
 pub use batch::*;
+pub use chain::*;
 pub use faulty::{Fault, FaultControl, FaultyStore};
 pub use guard::*;
 pub use guard_batch::*;
@@ -175,6 +177,7 @@ macro_rules! conformance_tests {
             claim_many_answers_each_key_in_order,
             batch_transitions_are_owner_checked,
             complete_then_claim_completes_then_claims,
+            complete_then_claim_many_completes_then_claims,
             batch_calls_refuse_a_key_twice,
             concurrent_batches_have_one_winner_per_key,
             guard_batch_answers_each_event_in_order,
@@ -202,6 +205,9 @@ macro_rules! conformance_tests {
             carried_completions_keep_their_results,
             guard_deferred_completion_keeps_the_stored_result,
             guard_retried_completion_keeps_the_stored_result,
+            guard_chain_carries_completions_with_the_next_claim,
+            guard_chain_owes_completions_its_carrier_failed_to_write,
+            guard_chain_writes_completions_whose_carrier_was_dropped,
         );
     };
     (@each $factory:path; $($check:ident),* $(,)?) => {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use tokio::time::Sleep;
 use tracing::Instrument;
 
 use super::cancel::{OnDrop, PendingBatch};
+use super::chain::{Carry, Handback, Link, Turn};
 use super::deferred::lease_end;
 use super::lease::{renewal_period, renewal_retry, Ended};
 use super::outcome::{Ctx, Decision, Outcome, Scope};
@@ -133,16 +135,20 @@ impl Guard {
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
-        self.run_batch_traced(events, handler, None).await.answers
+        self.run_batch_traced(events, handler, None, None)
+            .await
+            .answers
     }
 
     /// [`run_batch`](Self::run_batch) in its span, with its metrics; with `encode`, each
-    /// handler's value is kept with its completion and each duplicate's result is read.
+    /// handler's value is kept with its completion and each duplicate's result is read;
+    /// in `chain`, its claim and its completions meet the chain's other batches'.
     pub(super) async fn run_batch_traced<'a, I, H, F, T, E>(
         &self,
         events: &'a [I],
         handler: H,
         encode: Option<Encode<T>>,
+        chain: Option<&Arc<Link>>,
     ) -> BatchRun<T, E>
     where
         I: Identify,
@@ -157,7 +163,7 @@ impl Guard {
         );
         let views: Vec<Cow<'a, EventEnvelope>> = events.iter().map(Resolve::view).collect();
         let run = self
-            .run_batch_untraced(events, &views, handler, encode)
+            .run_batch_untraced(events, &views, handler, (encode, chain))
             .instrument(span)
             .await;
         telemetry::batch_outcomes(&self.inner.config, &views, &run.answers);
@@ -170,7 +176,7 @@ impl Guard {
         events: &'a [I],
         envelopes: &[Cow<'a, EventEnvelope>],
         mut handler: H,
-        encode: Option<Encode<T>>,
+        (encode, chain): (Option<Encode<T>>, Option<&Arc<Link>>),
     ) -> BatchRun<T, E>
     where
         I: Identify,
@@ -205,13 +211,16 @@ impl Guard {
             .answer(&mut answers);
 
         let owner = new_owner();
-        let claimed = tokio::time::Instant::now();
-        let Claimed {
-            acquired,
-            keys,
-            open,
-        } = self
-            .claim_batch(&unique, &mut ctxs, &owner, &mut answers)
+        let (
+            Claimed {
+                acquired,
+                keys,
+                open,
+            },
+            turn,
+            claimed,
+        ) = self
+            .claim_batch(&unique, &mut ctxs, (&owner, chain), &mut answers)
             .await;
 
         // From here on the claims are ours: whatever happens, they are settled.
@@ -234,7 +243,13 @@ impl Guard {
             found[*i] = result;
         }
         let panic = self
-            .settle_batch(&acquired, ended, &mut ctxs, &mut pending, &mut answers)
+            .settle_batch(
+                &acquired,
+                (ended, turn),
+                &mut ctxs,
+                &mut pending,
+                &mut answers,
+            )
             .await;
         if let Some(payload) = panic {
             resume_unwind(payload);
@@ -350,14 +365,26 @@ impl Guard {
     /// each), and observes each answer: the events acquired and their keys, and the events
     /// whose chunk met an outage under `FailMode::Open`, left unanswered for an unprotected
     /// run (under `FailMode::Closed` they are answered `Store`).
+    ///
+    /// In a `chain`, the claim waits for its turn there and carries the completions of an
+    /// earlier batch of the chain waiting for one; the batch's turn is returned, in its
+    /// handling phase. Returned too: when the claim was sent.
     async fn claim_batch<T, E>(
         &self,
         unique: &[usize],
         ctxs: &mut [Option<Ctx<'_>>],
-        owner: &str,
+        (owner, chain): (&str, Option<&Arc<Link>>),
         answers: &mut Answers<T, E>,
-    ) -> Claimed {
+    ) -> (Claimed, Option<Turn>, tokio::time::Instant) {
         let keys: Vec<String> = unique.iter().map(|&i| key_of(ctxs, i)).collect();
+        let (mut turn, carry) = match chain {
+            Some(link) => {
+                let (turn, carry) = link.claim_turn(!keys.is_empty()).await;
+                (Some(turn), carry)
+            }
+            None => (None, None),
+        };
+        let sent = tokio::time::Instant::now();
         let t = Instant::now();
         if self.owes_any(&keys) {
             // A redelivery of an event whose completion this guard still owes (deferred, or
@@ -366,11 +393,31 @@ impl Guard {
             // in progress.
             let _ = self.write_owed().await;
         }
-        let claims = self.claim_chunks(&keys, owner).await;
+        let claims = match carry {
+            Some(carry) => self.claim_carrying(&keys, owner, carry).await,
+            None => self.claim_chunks(&keys, owner).await,
+        };
+        if let Some(turn) = turn.as_mut() {
+            turn.claimed();
+        }
         let claim_time = t.elapsed();
         for ctx in ctxs.iter_mut().flatten() {
             ctx.store_time += claim_time;
         }
+        let claimed = self.take_answers(unique, (claims, keys), ctxs, answers);
+        (claimed, turn, sent)
+    }
+
+    /// Observes each of `unique`'s claims and answers those that do not run: the events
+    /// acquired and their keys, and the events whose chunk met an outage under
+    /// `FailMode::Open`.
+    fn take_answers<T, E>(
+        &self,
+        unique: &[usize],
+        (claims, keys): (Vec<Result<Claim, StoreError>>, Vec<String>),
+        ctxs: &[Option<Ctx<'_>>],
+        answers: &mut Answers<T, E>,
+    ) -> Claimed {
         let mut claimed = Claimed::default();
         let mut outage_seen = false;
         for ((&i, claim), key) in unique.iter().zip(claims).zip(keys) {
@@ -418,30 +465,108 @@ impl Guard {
         let mut claims = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(store.max_batch_chunk().max(1)) {
             let call = store.try_claim_many(chunk, owner, lease);
-            match self.store_call("try_claim_many", call).await {
-                Ok(answers) if answers.len() == chunk.len() => {
-                    claims.extend(answers.into_iter().map(Ok));
+            let answered = self.store_call("try_claim_many", call).await;
+            self.take_claims(chunk, owner, answered, &mut claims).await;
+        }
+        claims
+    }
+
+    /// Appends each key of `chunk`'s claim to `claims`, from the store's answer to the
+    /// chunk's claim call.
+    async fn take_claims(
+        &self,
+        chunk: &[String],
+        owner: &str,
+        answered: Result<Vec<Claim>, StoreError>,
+        claims: &mut Vec<Result<Claim, StoreError>>,
+    ) {
+        match answered {
+            Ok(answers) if answers.len() == chunk.len() => {
+                claims.extend(answers.into_iter().map(Ok));
+            }
+            Ok(answers) => {
+                let err = StoreError::Unavailable {
+                    message: format!(
+                        "the store answered {} claims to {} keys",
+                        answers.len(),
+                        chunk.len()
+                    ),
+                    source: None,
+                };
+                claims.extend(chunk.iter().map(|_| Err(err.again())));
+            }
+            Err(err) if !err.is_outage() && chunk.len() > 1 => {
+                claims.extend(self.claim_each(chunk, owner).await);
+            }
+            Err(err) => {
+                claims.extend(chunk.iter().map(|_| Err(err.again())));
+            }
+        }
+    }
+
+    /// [`claim_chunks`](Self::claim_chunks), carrying the completions of the chain's
+    /// batch before: `complete_then_claim_many` calls of at most the store's
+    /// `max_batch_chunk` keys in all, the completions first, and the store's answer for
+    /// them sent back to their batch. A call refused for some key's data (not an outage:
+    /// a claimed key among the completions, say) writes its completions alone, then
+    /// claims as `claim_chunks` does; an outage leaves its completions unanswered (their
+    /// batch owes them). While the breaker is open the completions are given back (their
+    /// batch writes them, as it always may) and the claims go alone.
+    async fn claim_carrying(
+        &self,
+        keys: &[String],
+        owner: &str,
+        carry: Carry,
+    ) -> Vec<Result<Claim, StoreError>> {
+        if self.circuit_open() {
+            carry.hand_back();
+            return self.claim_chunks(keys, owner).await;
+        }
+        let store = &self.inner.store;
+        let lease = self.inner.config.lease();
+        let size = store.max_batch_chunk().max(1);
+        let completions = carry.completions();
+        let mut done = Written::new(completions.len());
+        let mut claims = Vec::with_capacity(keys.len());
+        let (mut c, mut k) = (completions, keys);
+        while !c.is_empty() || !k.is_empty() {
+            let (cs, rest) = c.split_at(c.len().min(size));
+            c = rest;
+            let (ks, rest) = k.split_at(k.len().min(size - cs.len()));
+            k = rest;
+            let call = store.complete_then_claim_many(cs, ks, owner, lease);
+            match self.store_call("complete_then_claim_many", call).await {
+                Ok((written, answered)) => {
+                    done.take(written, cs.len());
+                    self.take_claims(ks, owner, Ok(answered), &mut claims).await;
                 }
-                Ok(answers) => {
-                    let err = StoreError::Unavailable {
-                        message: format!(
-                            "the store answered {} claims to {} keys",
-                            answers.len(),
-                            chunk.len()
-                        ),
-                        source: None,
-                    };
-                    claims.extend(chunk.iter().map(|_| Err(err.again())));
-                }
-                Err(err) if !err.is_outage() && chunk.len() > 1 => {
-                    claims.extend(self.claim_each(chunk, owner).await);
+                Err(err) if !err.is_outage() => {
+                    if !cs.is_empty() {
+                        done.take(self.complete_alone(cs).await, cs.len());
+                    }
+                    claims.extend(self.claim_chunks(ks, owner).await);
                 }
                 Err(err) => {
-                    claims.extend(chunk.iter().map(|_| Err(err.again())));
+                    done.take(Err(err.again()), cs.len());
+                    claims.extend(ks.iter().map(|_| Err(err.again())));
                 }
             }
         }
+        carry.answer(done.finish());
         claims
+    }
+
+    /// Writes `completions` in calls of their own (attempted even while the breaker is
+    /// open: the effects have happened).
+    pub(super) async fn complete_alone(
+        &self,
+        completions: &[Completion],
+    ) -> Result<Vec<bool>, StoreError> {
+        let store = &self.inner.store;
+        self.chunked("complete_many", completions, true, |chunk| {
+            store.complete_many(chunk)
+        })
+        .await
     }
 
     /// Claims each of `keys` alone, after a batch claim the store refused for some key's
@@ -601,7 +726,7 @@ impl Guard {
     async fn settle_batch<T, E>(
         &self,
         acquired: &[usize],
-        ended: Vec<Option<Ended<T, E>>>,
+        (ended, turn): (Vec<Option<Ended<T, E>>>, Option<Turn>),
         ctxs: &mut [Option<Ctx<'_>>],
         pending: &mut PendingBatch,
         answers: &mut Answers<T, E>,
@@ -611,9 +736,22 @@ impl Guard {
     {
         stage_settlements(&ended, pending);
         let t = Instant::now();
-        let (completed, released) = self
-            .complete_and_release(&pending.completing, &pending.releasing, &pending.owner)
-            .await;
+        let (completed, released) = match turn {
+            Some(turn) => {
+                self.hand_over_and_release(
+                    turn,
+                    &pending.completing,
+                    &pending.releasing,
+                    &pending.owner,
+                )
+                .await
+            }
+            None => {
+                self.complete_and_release(&pending.completing, &pending.releasing, &pending.owner)
+                    .await
+            }
+        };
+
         let completions = std::mem::take(&mut pending.completing);
         let releases = std::mem::take(&mut pending.releasing);
         pending.settle.fill(OnDrop::Nothing);
@@ -624,7 +762,7 @@ impl Guard {
             }
         }
         let mut completed = self
-            .owe_unwritten(completions, completed, pending.confirmed)
+            .owe_unwritten(&completions, completed, pending.confirmed)
             .into_iter();
         let mut released = match released {
             Ok(flags) => flags.into_iter().map(Ok).collect::<Vec<_>>(),
@@ -728,12 +866,44 @@ impl Guard {
         .await
     }
 
+    /// [`complete_and_release`](Self::complete_and_release) in a chain: the completions
+    /// left for the next batch's claim to carry (written alone when none carries them),
+    /// the releases sent meanwhile.
+    async fn hand_over_and_release(
+        &self,
+        mut turn: Turn,
+        completions: &Arc<[Completion]>,
+        releases: &[String],
+        owner: &str,
+    ) -> (Result<Vec<bool>, StoreError>, Result<Vec<bool>, StoreError>) {
+        let store = &self.inner.store;
+        futures_util::future::join(
+            async {
+                match turn.hand_over(completions).await {
+                    Handback::Written(done) => done,
+                    Handback::NotCarried if completions.is_empty() => Ok(Vec::new()),
+                    Handback::NotCarried => self.complete_alone(completions).await,
+                }
+            },
+            async {
+                if releases.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.chunked("release_many", releases, false, |chunk| {
+                    store.release_many(chunk, owner)
+                })
+                .await
+            },
+        )
+        .await
+    }
+
     /// The store's answer for each completion; those it did not take are owed: kept and
     /// retried until written or their lease ends. A partial failure (a cluster shard)
     /// answers for some keys: exactly the others are owed.
     fn owe_unwritten(
         &self,
-        completions: Vec<Completion>,
+        completions: &[Completion],
         completed: Result<Vec<bool>, StoreError>,
         confirmed: tokio::time::Instant,
     ) -> Vec<Option<bool>> {
@@ -744,9 +914,9 @@ impl Guard {
         self.observe(Scope::Guard, Decision::StoreFailed);
         let answers = err.answers(completions.len());
         let until = lease_end(confirmed, self.inner.config.lease());
-        for (completion, answer) in completions.into_iter().zip(&answers) {
+        for (completion, answer) in completions.iter().zip(&answers) {
             if answer.is_none() {
-                self.owe(completion, until, Some(&err));
+                self.owe(completion.clone(), until, Some(&err));
             }
         }
         answers
@@ -839,13 +1009,14 @@ fn first_copies(ids: &[Option<(String, String)>]) -> (Vec<usize>, Vec<(usize, us
 /// they are sent settles them from there). A claim whose handler never started is not ours
 /// any more and stays out.
 fn stage_settlements<T, E>(ended: &[Option<Ended<T, E>>], pending: &mut PendingBatch) {
+    let mut completing = Vec::with_capacity(ended.len());
     for (slot, ended) in ended.iter().enumerate() {
         let Some(ended) = ended else {
             continue;
         };
         let key = std::mem::take(&mut pending.keys[slot]);
         if matches!(ended, Ok(Ok(_))) {
-            pending.completing.push(Completion {
+            completing.push(Completion {
                 key,
                 owner: pending.owner.clone(),
                 ttl: pending.ttls[slot],
@@ -855,6 +1026,53 @@ fn stage_settlements<T, E>(ended: &[Option<Ended<T, E>>], pending: &mut PendingB
             pending.releasing.push(key);
         }
         pending.settle[slot] = OnDrop::Nothing;
+    }
+    pending.completing = completing.into();
+}
+
+/// The answers to completions carried in one or more calls, gathered in order.
+struct Written {
+    answers: Vec<Option<bool>>,
+    failure: Option<StoreError>,
+}
+
+impl Written {
+    fn new(n: usize) -> Self {
+        Written {
+            answers: Vec::with_capacity(n),
+            failure: None,
+        }
+    }
+
+    /// The answer of a call that carried `n` completions.
+    fn take(&mut self, written: Result<Vec<bool>, StoreError>, n: usize) {
+        match written {
+            Ok(flags) if flags.len() == n => self.answers.extend(flags.into_iter().map(Some)),
+            Ok(flags) => {
+                self.answers.extend(std::iter::repeat_n(None, n));
+                self.failure.get_or_insert(StoreError::Unavailable {
+                    message: format!("the store answered {} of {n} completions", flags.len()),
+                    source: None,
+                });
+            }
+            Err(err) => {
+                self.answers.extend(err.answers(n));
+                self.failure.get_or_insert(err);
+            }
+        }
+    }
+
+    /// Every answer, or the first failure: alone when no completion has an answer, in a
+    /// [`StoreError::Partial`] with those that have one otherwise.
+    fn finish(self) -> Result<Vec<bool>, StoreError> {
+        match self.failure {
+            None => Ok(self.answers.into_iter().flatten().collect()),
+            Some(error) if self.answers.iter().all(Option::is_none) => Err(error),
+            Some(error) => Err(StoreError::Partial {
+                answers: self.answers,
+                error: Box::new(error),
+            }),
+        }
     }
 }
 

@@ -122,7 +122,7 @@ pub(super) struct PendingBatch {
     pub(super) confirmed: tokio::time::Instant,
     /// The completions being sent (their keys moved out of `keys`, their `settle` then
     /// `Nothing`): owed if the batch is dropped before the store answers.
-    pub(super) completing: Vec<Completion>,
+    pub(super) completing: Arc<[Completion]>,
     /// The releases being sent, likewise: sent again if the batch is dropped.
     pub(super) releasing: Vec<String>,
     /// The encoded result of each slot whose handler succeeded, kept with its completion
@@ -147,7 +147,7 @@ impl PendingBatch {
             keys,
             ttls,
             confirmed,
-            completing: Vec::new(),
+            completing: Arc::default(),
             releasing: Vec::new(),
             results: Vec::new(),
         }
@@ -171,8 +171,8 @@ impl Drop for PendingBatch {
             source: None,
         };
         let until = lease_end(self.confirmed, self.guard.config.lease());
-        for completion in completing {
-            deferred::owe(&self.guard, completion, until, Some(&refused));
+        for completion in completing.iter() {
+            deferred::owe(&self.guard, completion.clone(), until, Some(&refused));
         }
         let mut results = std::mem::take(&mut self.results).into_iter();
         for ((key, ttl), settle) in self.keys.drain(..).zip(&self.ttls).zip(&self.settle) {

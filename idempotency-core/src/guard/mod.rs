@@ -7,6 +7,8 @@
 //!
 //! - `run`: [`Guard::run`], one event;
 //! - `batch`: [`Guard::run_batch`], many events in two store round trips per chunk;
+//! - `chain`: [`BatchChain`], consecutive batches whose completions ride on the next
+//!   batch's claim;
 //! - `transaction`: [`Guard::run_in_transaction`], the record committed with the handler's
 //!   writes;
 //! - `lease`: the heartbeat that renews a claim while its handler runs;
@@ -31,6 +33,7 @@ use crate::telemetry;
 
 mod batch;
 mod cancel;
+mod chain;
 mod deferred;
 mod disabled;
 mod fast;
@@ -41,6 +44,7 @@ mod stats;
 mod stored;
 mod transaction;
 
+pub use chain::BatchChain;
 pub use outcome::Outcome;
 use outcome::{Ctx, Decision, Scope};
 use stats::Counters;

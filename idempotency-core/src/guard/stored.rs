@@ -156,7 +156,9 @@ impl Guard {
         E: std::fmt::Display,
     {
         let encode: Encode<T> = |value: &T| serde_json::to_vec(value);
-        let run = self.run_batch_traced(events, handler, Some(encode)).await;
+        let run = self
+            .run_batch_traced(events, handler, Some(encode), None)
+            .await;
         let max = self.inner.config.max_result_bytes();
         let mut found = run.found;
         // A later copy answers with what its first copy left: the first's kept value (as
