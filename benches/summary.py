@@ -187,12 +187,14 @@ def kafka_table(k):
             return (f"consumer {c['consumer_ms']:.2f} ms, broker {broker}, Redis "
                     f"{c['redis_ms']:.2f} ms: {c['total_ms']:.2f} ms in all, room for at most "
                     f"{c['cpu_floor_events_per_s']:,.0f} events/s on {c['cores']:.0f} cores")
+        plain = f"; without the guard: {part(cpu['unguarded'])}" if cpu.get("unguarded") else ""
         rows += ["",
                  "CPU per batch (medians of the runs; Redis' main thread, any other client's "
                  f"work included): one call per batch: {part(cpu['one_call'])}; two calls per "
-                 f"batch: {part(cpu['two_calls'])}. The loop without the guard spends only the "
-                 "consumer's parsing and the broker's fetches: it is no floor for a loop that "
-                 "also runs Redis' scripts and the guard's per-event work on the same cores."]
+                 f"batch: {part(cpu['two_calls'])}{plain}. The loop without the guard spends "
+                 "only the consumer's parsing and the broker's fetches: it is no floor for a "
+                 "loop that also runs Redis' scripts and the guard's per-event work on the same "
+                 "cores."]
     return "\n".join(rows)
 
 

@@ -401,9 +401,12 @@ async fn measure(s: &Setup) -> Runs {
     let mut runs = Runs::default();
     for round in 0..s.rounds {
         for side in (0..3).map(|k| (k + round) % 3) {
+            let batches = s.events.div_ceil(s.batch).max(1) as f64;
             if side == 0 {
-                runs.plain
-                    .push(run_plain(&s.bootstrap, &topic, s.events, s.batch).await);
+                let before = cpu_now(&s.redis_url).await;
+                let mut run = run_plain(&s.bootstrap, &topic, s.events, s.batch).await;
+                run.cpu = Some(cpu_now(&s.redis_url).await.per_batch(&before, batches));
+                runs.plain.push(run);
                 continue;
             }
             let config = IdempotencyConfig::builder(format!("bench-{round}-{side}"))
@@ -423,7 +426,6 @@ async fn measure(s: &Setup) -> Runs {
             let sequential = s.sequential && !merged;
             let before = cpu_now(&s.redis_url).await;
             let mut run = run_guarded(&s.bootstrap, &topic, sizes, &kafka, sequential).await;
-            let batches = s.events.div_ceil(s.batch).max(1) as f64;
             let cpu = cpu_now(&s.redis_url).await.per_batch(&before, batches);
             println!(
                 "bench-kafka: round {round} {:<9} {:>8.0} events/s; CPU per batch: consumer {:.2} ms, broker {}, Redis {:.2} ms ({} EVALSHA, {:.2} ms in them): {:.2} ms in all",
@@ -636,12 +638,12 @@ fn paired(a: &[Run], b: &[Run]) -> f64 {
 
 /// Prints the median CPU per batch of a guarded loop's runs and the throughput it leaves
 /// room for on this machine's cores; the same as JSON.
-fn cpu_report(s: &Setup, side: &[Run]) -> serde_json::Value {
+fn cpu_report(s: &Setup, name: &str, side: &[Run]) -> serde_json::Value {
     let cores = std::thread::available_parallelism().map_or(2, usize::from) as f64;
     let cpu = median_cpu(side);
     let floor = s.batch as f64 / (cpu.total() / cores / 1000.0).max(1e-9);
     println!(
-        "bench-kafka: CPU per batch (medians): consumer {:.2} ms, broker {}, Redis {:.2} ms ({:.2} ms in EVALSHA): {:.2} ms in all, so at most {floor:.0} events/s on {cores} cores",
+        "bench-kafka: CPU per batch, {name} (medians): consumer {:.2} ms, broker {}, Redis {:.2} ms ({:.2} ms in EVALSHA): {:.2} ms in all, so at most {floor:.0} events/s on {cores} cores",
         cpu.consumer_s,
         cpu.broker_s.map_or("unknown".to_owned(), |b| format!("{b:.2} ms")),
         cpu.redis_s,
@@ -691,8 +693,9 @@ fn print_loops(s: &Setup, runs: &Runs) {
 fn report(s: &Setup, runs: &Runs, timing: &Timing) {
     print_loops(s, runs);
     let cpu = serde_json::json!({
-        "two_calls": cpu_report(s, &runs.two_calls),
-        "one_call": cpu_report(s, &runs.one_call),
+        "unguarded": cpu_report(s, "without the guard", &runs.plain),
+        "two_calls": cpu_report(s, "two calls", &runs.two_calls),
+        "one_call": cpu_report(s, "one call", &runs.one_call),
     });
     let gain = paired(&runs.one_call, &runs.two_calls);
     let floor_ms = median_ms(runs.floor_ms.clone());
