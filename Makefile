@@ -139,9 +139,10 @@ python-v2: services python-v2-venv
 	$(CARGO) test --quiet --test python_v2_oracle
 	$(CARGO) test --quiet -p eventonce-redis --test python_v2_fleet -- --nocapture
 
-## The Kafka path: a consumer loop through KafkaGuard::process_batches (one store call per
-## batch: each batch's completions carried by the next batch's claim; Redis store)
-## against the same loop without the guard, alternating, on one topic of
+## The Kafka path: a consumer loop through KafkaGuard::process_batches on Redis, with one
+## store call per batch (carry_wait set: each batch's completions carried by a later
+## batch's claim) and with two (the default), against the same loop without the guard,
+## alternating, on one topic of
 ## BENCH_KAFKA_EVENTS (default 100,000) pre-produced events, against the project's broker
 ## (started here if none runs, and stopped after). Prints p50/p99 per batch and a summary
 ## line; writes target/criterion-latency/kafka/consumer.json for benches/summary.py.

@@ -1,16 +1,16 @@
 //! `make bench-kafka`: what a Kafka user feels. Events per second of a consumer loop that
 //! polls batches and runs them through `KafkaGuard::process_batches` on the Redis store,
-//! in its two forms: one store call per batch (the default: each batch's completions
-//! carried by the next batch's claim) and two (`carry_wait: None`: each batch completes
-//! alone, the next claim overlapping it), against the same loop without the guard (each
-//! message parsed into its envelope, the handler run, one commit per batch), on one topic
-//! of pre-produced events. Each run consumes the whole topic with a fresh consumer group
+//! in its two forms: one store call per batch (`carry_wait: Some(10 ms)`: each batch's
+//! completions carried by a later batch's claim) and two (the default, `carry_wait:
+//! None`: each batch completes alone, the next claim overlapping it), against the same
+//! loop without the guard (each message parsed into its envelope, the handler run, one
+//! commit per batch), on one topic of pre-produced events. Each run consumes the whole topic with a fresh consumer group
 //! (and, guarded, a fresh service, so every event is new); the three loops alternate, in
-//! an order that rotates every round. Prints events/s per run with Redis' own time per
-//! batch (`INFO commandstats`), p50/p99 per batch (from the batch in hand to its commit),
-//! the one-call loop against the two-call loop (paired by round) and against its floor
-//! (the store's `complete_then_claim_many` of a batch, timed alone), and one summary
-//! line; writes them to `target/criterion-latency/kafka/consumer.json`, which
+//! an order that rotates every round. Prints events/s per run with the CPU per batch of
+//! the consumer, the broker and Redis, p50/p99 per batch (from the batch in hand to its
+//! commit), the one-call loop against the two-call loop (paired by round) and against
+//! its floor (the store's `complete_then_claim_many` of a batch, timed alone after each
+//! round, alternating with the same work in two calls), and one summary line; writes them to `target/criterion-latency/kafka/consumer.json`, which
 //! `benches/summary.py` adds to benches/RESULTS.md.
 //!
 //! Needs `KAFKA_BOOTSTRAP` (the Makefile target starts the project's broker) and Redis on
@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use eventonce_core::config::defaults::DEFAULT_CARRY_WAIT;
 use eventonce_core::{EventEnvelope, Guard, IdempotencyConfig};
 use eventonce_kafka::{
     consumer_config, create_topic, envelope_from_message, Delivery, KafkaGuard, KafkaGuardOptions,
@@ -421,7 +422,7 @@ async fn measure(s: &Setup) -> Runs {
             let defaults = KafkaGuardOptions::default();
             let merged = side == 2;
             let options = KafkaGuardOptions {
-                carry_wait: defaults.carry_wait.filter(|_| merged),
+                carry_wait: merged.then_some(DEFAULT_CARRY_WAIT),
                 ..defaults
             };
             let kafka = KafkaGuard::with_options(Guard::new(store.clone(), config), options);

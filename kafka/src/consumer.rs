@@ -36,15 +36,17 @@ pub struct KafkaGuardOptions {
     /// seek as outdated in the seeking call itself and drops them at the next poll, so
     /// waiting for its fetcher's answer adds nothing but a block of the calling thread.
     pub seek_timeout: Duration,
-    /// How [`KafkaGuard::process_batches`] merges its batches' store calls. `Some(wait)`
-    /// (the default, [`DEFAULT_CARRY_WAIT`](eventonce_core::config::defaults::DEFAULT_CARRY_WAIT),
-    /// 10 ms): each batch's completions travel with the next batch's claim, one store call
+    /// Whether [`KafkaGuard::process_batches`] merges its batches' store calls. `None`
+    /// (the default): every batch completes in a call of its own, two batches in flight
+    /// (the next one's claim overlapping the previous one's completion). `Some(wait)`
+    /// (say [`DEFAULT_CARRY_WAIT`](eventonce_core::config::defaults::DEFAULT_CARRY_WAIT),
+    /// 10 ms): each batch's completions travel with a later batch's claim, one store call
     /// per batch, a batch's completions waiting at most `wait` for that claim (and a claim
-    /// as long for the batch before it once that batch runs its handlers); see
-    /// [`BatchChain`](eventonce_core::BatchChain). `None`: every batch completes in a
-    /// call of its own, two batches in flight (the next one's claim overlapping the
-    /// previous one's completion): for handlers so slow that a store call is lost in
-    /// their time.
+    /// as long for a batch running its handlers); see
+    /// [`BatchChain`](eventonce_core::BatchChain). Merged calls halve the store's calls,
+    /// not its work per key; measured on one machine with Redis and the broker on
+    /// loopback (benches/RESULTS.md), they did not raise throughput and tripled the time
+    /// from a batch's poll to its commit (five batches in flight instead of two).
     pub carry_wait: Option<Duration>,
 }
 
@@ -55,7 +57,7 @@ impl Default for KafkaGuardOptions {
             retry_backoff: Duration::from_millis(100),
             in_progress_backoff: Duration::from_millis(250),
             seek_timeout: Duration::from_secs(5),
-            carry_wait: Some(eventonce_core::config::defaults::DEFAULT_CARRY_WAIT),
+            carry_wait: None,
         }
     }
 }

@@ -36,19 +36,21 @@ const IN_FLIGHT_UNMERGED: usize = 2;
 impl KafkaGuard {
     /// Processes the batches `batches` yields (consecutive polls of `consumer`, in the
     /// order the consumer yielded the messages), each as
-    /// [`process_batch`](Self::process_batch) would, in one store round trip per batch
-    /// where `process_batch` makes two: the batches run through one
-    /// [`BatchChain`](eventonce_core::BatchChain), so each batch's completions travel
-    /// with a later batch's claim call
+    /// [`process_batch`](Self::process_batch) would, with the next batch's store claim
+    /// sent while the previous batch's completion is still in flight: one batch's store
+    /// round trips overlap the next one's, instead of adding up.
+    ///
+    /// With [`KafkaGuardOptions::carry_wait`](crate::KafkaGuardOptions::carry_wait) set,
+    /// the batches take one store round trip each where `process_batch` makes two: they
+    /// run through one [`BatchChain`](eventonce_core::BatchChain), so each batch's
+    /// completions travel with a later batch's claim call
     /// ([`complete_then_claim_many`](eventonce_core::IdempotencyStore::complete_then_claim_many):
-    /// one script on Redis, one statement on PostgreSQL; see
-    /// [`KafkaGuardOptions::carry_wait`](crate::KafkaGuardOptions::carry_wait)). Up to
-    /// five batches are in flight, with at most two claim calls at once, so that a claim
-    /// is always ready to carry the completions a batch leaves: a batch's completions ride
-    /// on the claim of a batch polled after its own. A batch's completions are written
-    /// alone when no claim takes them within the chain's short wait (10 ms), or when no
-    /// batch will be admitted before the running ones end (after a seek, while a
-    /// redelivery is pending, at the end of the stream).
+    /// one script on Redis, one statement on PostgreSQL). Up to five batches are then in
+    /// flight, with at most two claim calls at once, so that a claim is always ready to
+    /// carry the completions a batch leaves: a batch's completions ride on the claim of a
+    /// batch polled after its own. They are written alone when no claim takes them within
+    /// `carry_wait`, or when no batch will be admitted before the running ones end (after
+    /// a seek, while a redelivery is pending, at the end of the stream).
     ///
     /// The guarantees of `process_batch` hold batch by batch: a batch's offsets are
     /// committed only after the store answered for its completions (its run has ended,

@@ -866,6 +866,20 @@ type BatchResult = Result<Delivery<(), String>, MessageError>;
 /// partition's commit goes back, and every offset ends committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapped_batches_with_resends_and_failures_have_each_side_effect_once() {
+    overlapped_batches("overlap", None).await;
+}
+
+/// The same with the batches' store calls merged (`carry_wait` set: each batch's
+/// completions carried by a later batch's claim, five batches in flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_batches_with_resends_and_failures_have_each_side_effect_once() {
+    let wait = Some(eventonce_core::config::defaults::DEFAULT_CARRY_WAIT);
+    overlapped_batches("merged", wait).await;
+}
+
+/// `process_batches` with `carry_wait` over a topic of re-sent events and failing first
+/// runs: each effect once, every offset committed.
+async fn overlapped_batches(name: &str, carry_wait: Option<Duration>) {
     const EVENTS: u32 = 600;
     const PARTITIONS: i32 = 4;
     let Scene {
@@ -873,23 +887,24 @@ async fn overlapped_batches_with_resends_and_failures_have_each_side_effect_once
         topic,
         pool,
         schema,
-    } = scene("overlap", PARTITIONS).await;
+    } = scene(name, PARTITIONS).await;
     let total = produce_with_resends(&bootstrap, &topic, EVENTS, PARTITIONS).await;
     let store = RedisStore::connect(&support::redis_url())
         .await
         .expect("the tests need Redis");
-    let config = IdempotencyConfig::builder(support::unique("kafka-e2e-overlap").as_str())
+    let config = IdempotencyConfig::builder(support::unique(&format!("kafka-e2e-{name}")).as_str())
         .default_ttl(Duration::from_secs(600))
         .lease(Duration::from_secs(30))
         .build()
         .expect("config");
     let options = KafkaGuardOptions {
         retry_backoff: Duration::from_millis(20),
+        carry_wait,
         ..KafkaGuardOptions::default()
     };
     let kafka = KafkaGuard::with_options(Guard::new(store, config), options);
     let attempts: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
-    let c = consumer(&support::unique("e2e-overlap"), &topic);
+    let c = consumer(&support::unique(&format!("e2e-{name}")), &topic);
     let seen = std::cell::RefCell::new(Overlapped::default());
     let deadline = Instant::now() + Duration::from_secs(300);
     let batches = polled_batches(&c, &seen, total, deadline);

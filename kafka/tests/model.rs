@@ -5,9 +5,9 @@
 //! to several partitions and messages that are not events. No broker: the consumer is a
 //! model of librdkafka's (assignment, commit, seek, committed offsets, polls), and the
 //! run is on Tokio's paused clock, so a seed takes milliseconds and replays exactly. Three
-//! seeds in four run the default loop (each batch's completions carried by the next
-//! batch's claim, `KafkaGuardOptions::carry_wait`), one in four the unmerged loop (each
-//! batch completing alone).
+//! seeds in four run the merged loop (each batch's completions carried by a later batch's
+//! claim, `KafkaGuardOptions::carry_wait` set), one in four the default loop (each batch
+//! completing alone).
 //!
 //! Checked for every seed:
 //!
@@ -35,6 +35,7 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use eventonce_core::config::defaults::DEFAULT_CARRY_WAIT;
 use eventonce_core::{
     EventEnvelope, Guard, IdempotencyConfig, IdempotencyStore, Outcome, RecordState,
 };
@@ -92,8 +93,8 @@ struct Scenario {
     /// Per mille of commits that fail.
     commit_failures: u32,
     lease: Duration,
-    /// Whether the members merge each batch's completions into the next batch's claim
-    /// (`KafkaGuardOptions::carry_wait`, the default) or complete each batch alone.
+    /// Whether the members merge each batch's completions into a later batch's claim
+    /// (`KafkaGuardOptions::carry_wait` set) or complete each batch alone (the default).
     merged: bool,
     seed: u64,
 }
@@ -791,7 +792,7 @@ async fn member(world: Shared, store: MemoryStore, member: usize) {
     let options = KafkaGuardOptions {
         retry_backoff: Duration::from_millis(50),
         in_progress_backoff: Duration::from_millis(200),
-        carry_wait: defaults.carry_wait.filter(|_| merged),
+        carry_wait: merged.then_some(DEFAULT_CARRY_WAIT),
         ..defaults
     };
     let guard = Guard::new(store.clone(), config);
