@@ -157,7 +157,7 @@ def kafka_table(k):
                         f"{ms['p50']:.2f} ms | {ms['p99']:.2f} ms |")
         return "\n".join(rows)
     floor = k["floor"]
-    two = k.get("two_calls_loop", "process_batches (carry_wait: None)")
+    two = k.get("two_calls_loop", "process_batches (carry_wait: None, the default)")
     rows = [f"{k['events']:,} pre-produced events on one topic, batches of {k['batch']}, "
             f"{k['rounds']} rounds, each running the three loops in an order that rotates "
             "(`make bench-kafka`). The one-call loop's floor is the store's own call for one "
@@ -175,7 +175,8 @@ def kafka_table(k):
             "|---|---:|---|---:|---:|"]
     for name, side in (("without the guard (parse and commit, no store)", "unguarded"),
                        (f"KafkaGuard::{two}: two store calls per batch, Redis", "two_calls"),
-                       ("KafkaGuard::process_batches: one store call per batch, Redis", "one_call")):
+                       ("KafkaGuard::process_batches (carry_wait: 10 ms): one store call per batch, "
+                        "Redis", "one_call")):
         row = k[side]
         runs = ", ".join(f"{r:,.0f}" for r in row.get("runs", []))
         ms = row["batch_ms"]

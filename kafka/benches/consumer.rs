@@ -761,7 +761,7 @@ fn report(s: &Setup, runs: &Runs, timing: &Timing) {
         "events": s.events,
         "batch": s.batch,
         "rounds": s.rounds,
-        "two_calls_loop": if s.sequential { "process_batch" } else { "process_batches (carry_wait: None)" },
+        "two_calls_loop": if s.sequential { "process_batch" } else { "process_batches (carry_wait: None, the default)" },
         "unguarded": side_json(&runs.plain, &pb),
         "two_calls": side_json(&runs.two_calls, &tb),
         "one_call": side_json(&runs.one_call, &ob),
