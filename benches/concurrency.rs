@@ -226,19 +226,24 @@ fn memory_sides() -> (Side, Side) {
             let _ = store.complete(&key, RAW_OWNER, ttl).await;
         })
     });
-    let guard_side: Side = Arc::new(move |n| {
+    let guard_side = guard_side(guard);
+    (raw_side, guard_side)
+}
+
+type Boxed = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+type Side = Arc<dyn Fn(u64) -> Boxed + Send + Sync>;
+
+/// The guarded side: one new event through `guard`, its handler doing nothing.
+fn guard_side(guard: Guard) -> Side {
+    Arc::new(move |n| {
         let guard = guard.clone();
         Box::pin(async move {
             let _ = guard
                 .run(&identity(n), async { Ok::<_, std::io::Error>(()) })
                 .await;
         })
-    });
-    (raw_side, guard_side)
+    })
 }
-
-type Boxed = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
-type Side = Arc<dyn Fn(u64) -> Boxed + Send + Sync>;
 
 async fn redis_sides(url: &str) -> Option<(Side, Side)> {
     let store = RedisStore::connect(url).await.ok()?;
@@ -277,14 +282,7 @@ async fn redis_sides(url: &str) -> Option<(Side, Side)> {
                 .expect("EVALSHA");
         })
     });
-    let guard_side: Side = Arc::new(move |n| {
-        let guard = guard.clone();
-        Box::pin(async move {
-            let _ = guard
-                .run(&identity(n), async { Ok::<_, std::io::Error>(()) })
-                .await;
-        })
-    });
+    let guard_side = guard_side(guard);
     Some((raw_side, guard_side))
 }
 
@@ -317,14 +315,7 @@ async fn postgres_sides(url: &str, schema: &str) -> Option<(Side, Side, Postgres
                 .expect("complete statement");
         })
     });
-    let guard_side: Side = Arc::new(move |n| {
-        let guard = guard.clone();
-        Box::pin(async move {
-            let _ = guard
-                .run(&identity(n), async { Ok::<_, std::io::Error>(()) })
-                .await;
-        })
-    });
+    let guard_side = guard_side(guard);
     Some((raw_side, guard_side, store))
 }
 

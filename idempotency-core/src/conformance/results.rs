@@ -224,6 +224,15 @@ pub async fn guard_batch_replays_stored_results(f: &impl StoreFactory) {
     assert_eq!(calls.load(Ordering::SeqCst), 2, "handlers called");
 }
 
+/// The live record of `key` and its result.
+async fn read_live(store: &impl IdempotencyStore, key: String) -> (crate::Record, Option<Vec<u8>>) {
+    store
+        .get_with_result(&key)
+        .await
+        .expect("get_with_result")
+        .expect("a live record")
+}
+
 /// `complete_many` keeps each completion's result (and none for a completion without
 /// one) in the same call, owner-checked per key.
 pub async fn batch_completions_keep_their_results(f: &impl StoreFactory) {
@@ -253,17 +262,7 @@ pub async fn batch_completions_keep_their_results(f: &impl StoreFactory) {
         [true, true, true, false],
         "owner-checked per key"
     );
-    let read = |key: &String| {
-        let key = key.clone();
-        let store = &store;
-        async move {
-            store
-                .get_with_result(&key)
-                .await
-                .expect("get_with_result")
-                .expect("a live record")
-        }
-    };
+    let read = |key: &String| read_live(&store, key.clone());
     let (record, result) = read(&keys[0]).await;
     assert_eq!(record.state, RecordState::Completed);
     assert_eq!(result.as_deref(), Some(&b"{\"n\":0}"[..]));
@@ -284,17 +283,7 @@ pub async fn batch_completions_keep_their_results(f: &impl StoreFactory) {
 /// with and one without a result), and still answers its claim.
 pub async fn carried_completions_keep_their_results(f: &impl StoreFactory) {
     let store = f.create().await;
-    let read = |key: &String| {
-        let key = key.clone();
-        let store = &store;
-        async move {
-            store
-                .get_with_result(&key)
-                .await
-                .expect("get_with_result")
-                .expect("a live record")
-        }
-    };
+    let read = |key: &String| read_live(&store, key.clone());
     let carried = unique_key("result-carried");
     let next = unique_key("result-next");
     assert_eq!(
