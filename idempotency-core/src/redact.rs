@@ -5,8 +5,9 @@
 /// Masked: the password of the user information (`postgres://app:***@db/app`); for Redis
 /// URLs (`redis`, `rediss`, `valkey`, `valkeys`), a user information without `:` as a
 /// whole (`redis://***@host`), since some clients read it as a bare password; and the
-/// value of every query parameter whose name contains `password`
-/// (`?sslpassword=***`), and a fragment (`#***`), which a connection URL has no use for
+/// value of the first query parameter whose name contains `password` (`?sslpassword=***`)
+/// with every parameter after it (`&***`: an unescaped `&` may be part of the value), and a
+/// fragment (`#***`), which a connection URL has no use for
 /// but an unescaped password may hold. Text that is not a URL is shown as it is only when it cannot
 /// hold a password (no `@`, `:` or `=` in it), else as `<unparsable url>`.
 ///
@@ -129,15 +130,24 @@ fn redact_query(path: &str) -> String {
         Some((q, f)) => (q, Some(f)),
         None => (query, None),
     };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|param| match param.split_once('=') {
+    // A password value may hold an unescaped `&`: where it ends cannot be told, so the
+    // parameters after a password-like one are masked with it (too much, never too
+    // little).
+    let mut params: Vec<String> = Vec::new();
+    let mut at = 0;
+    for param in query.split('&') {
+        at += param.len() + 1;
+        match param.split_once('=') {
             Some((name, _)) if name.to_ascii_lowercase().contains("password") => {
-                format!("{name}=***")
+                params.push(format!("{name}=***"));
+                if at <= query.len() {
+                    params.push("***".to_owned());
+                }
+                break;
             }
-            _ => param.to_owned(),
-        })
-        .collect();
+            _ => params.push(param.to_owned()),
+        }
+    }
     let mut out = format!("{before}?{}", params.join("&"));
     // A connection URL has no use for a fragment: a `#` there is most likely part of an
     // unescaped password value.
@@ -174,7 +184,12 @@ mod tests {
         );
         assert_eq!(
             redact_url("postgres://db/app?sslpassword=pw&user=a"),
-            "postgres://db/app?sslpassword=***&user=a"
+            "postgres://db/app?sslpassword=***&***"
+        );
+        // A password that holds `&` (unescaped, or first): the rest is masked with it.
+        assert_eq!(
+            redact_url("postgres://app@h/test?password=&9qV:!3&{LS~>H\""),
+            "postgres://app@h/test?password=***&***"
         );
     }
 
