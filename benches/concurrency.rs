@@ -15,8 +15,9 @@
 //!
 //! Writes `target/criterion-latency/concurrency/results.json` for `benches/summary.py`
 //! (the concurrency table, the scale curves and the targets). Knobs:
-//! `BENCH_CONCURRENCY_SECS` (each measurement, default 1.0), `BENCH_CONCURRENCY_ROUNDS`
-//! (default 3), `BENCH_CONCURRENCY_BACKENDS` (default `memory,redis,postgres`).
+//! `BENCH_CONCURRENCY_SECS` (each measurement, default 0.5), `BENCH_CONCURRENCY_ROUNDS`
+//! (default 7: short rounds, many, so that the machine's moments fall on both sides), `BENCH_CONCURRENCY_BACKENDS` (default `memory,redis,postgres`),
+//! `BENCH_CONCURRENCY_TASKS` (some task counts only, e.g. `8,64`: printed, not written).
 //! Without `--bench` (a `cargo test` of the benches) it runs one short round as a check.
 
 use std::future::Future;
@@ -195,7 +196,7 @@ where
 
 fn config(service: &str) -> IdempotencyConfig {
     IdempotencyConfig::builder(service)
-        .default_ttl(Duration::from_secs(600))
+        .default_ttl(Duration::from_secs(60))
         .build()
         .expect("config")
 }
@@ -218,7 +219,7 @@ fn memory_sides() -> (Side, Side) {
     let run = run_id();
     let key_len = guard.key_for(&identity(0)).map_or(0, |k| k.len());
     let lease = Duration::from_secs(60);
-    let ttl = Duration::from_secs(600);
+    let ttl = Duration::from_secs(60);
     let raw_side: Side = Arc::new(move |n| {
         let (store, key) = (store.clone(), raw_key(&run, n, key_len));
         Box::pin(async move {
@@ -275,7 +276,7 @@ async fn redis_sides(url: &str) -> Option<(Side, Side)> {
             let _: i64 = complete
                 .key(&key)
                 .arg(RAW_CLAIMED)
-                .arg(600_000)
+                .arg(60_000)
                 .arg(RAW_COMPLETED)
                 .invoke_async(&mut raw)
                 .await
@@ -309,7 +310,7 @@ async fn postgres_sides(url: &str, schema: &str) -> Option<(Side, Side, Postgres
             sqlx::query(sqlx::AssertSqlSafe(complete))
                 .bind(&key)
                 .bind(RAW_OWNER)
-                .bind(600_000.0_f64)
+                .bind(60_000.0_f64)
                 .execute(&pool)
                 .await
                 .expect("complete statement");
@@ -381,6 +382,17 @@ fn profile(rt: &tokio::runtime::Runtime, only: &str, secs: f64) {
         eprintln!("BENCH_CONCURRENCY_PROFILE={only:?}: no such backend, or it is not running");
         return;
     };
+    if side == "guard" {
+        // What each task moves and keeps per event (issue 26's profile: the move of this
+        // future shows in the guard's CPU).
+        let guard = Guard::new(MemoryStore::new(), config("bench-concurrency-size"));
+        let event = identity(0);
+        let run = guard.run(&event, async { Ok::<_, std::io::Error>(()) });
+        println!(
+            "the run future of Guard::run: {} bytes",
+            std::mem::size_of_val(&run)
+        );
+    }
     let one = if side == "raw" { raw } else { guard };
     let eps = measure(rt, tasks, secs, move |n| one(n));
     println!("{backend} {side} {tasks} tasks: {eps:.0} events/s");
@@ -393,20 +405,28 @@ fn main() {
     }
     let full = args.iter().any(|a| a == "--bench");
     let secs = if full {
-        env_f64("BENCH_CONCURRENCY_SECS", 1.0)
+        env_f64("BENCH_CONCURRENCY_SECS", 0.5)
     } else {
         0.05
     };
     let rounds = if full {
-        env_f64("BENCH_CONCURRENCY_ROUNDS", 3.0).max(1.0) as usize
+        env_f64("BENCH_CONCURRENCY_ROUNDS", 7.0).max(1.0) as usize
     } else {
         1
     };
-    let (curve, targeted): (&[usize], &[usize]) = if full {
+    let (mut curve, mut targeted): (&[usize], &[usize]) = if full {
         (&CURVE, &TARGETED)
     } else {
         (&[1, 8], &[8])
     };
+    // `BENCH_CONCURRENCY_TASKS=64` (or `8,64`): only these task counts, quiet and with the
+    // neighbour; the results file is then not written (the table needs the whole curve).
+    let only: Vec<usize> = std::env::var("BENCH_CONCURRENCY_TASKS")
+        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    if !only.is_empty() {
+        (curve, targeted) = (&only, &only);
+    }
     let backends = std::env::var("BENCH_CONCURRENCY_BACKENDS")
         .unwrap_or_else(|_| "memory,redis,postgres".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -454,7 +474,7 @@ fn main() {
             None => eprintln!("concurrency: postgres skipped, no PostgreSQL at {url}"),
         }
     }
-    if !full {
+    if !full || !only.is_empty() {
         return;
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

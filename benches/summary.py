@@ -243,56 +243,120 @@ def concurrency_table(c):
     return "\n".join(rows)
 
 
-def curves_svg(c, path):
-    """The scale curves as an SVG (no plotting library): events/s against tasks (log2 axis)
-    for each backend, the guard solid and the bare calls dashed, quiet machine."""
-    series = {}
-    for r in c["rows"]:
-        if r["neighbour"]:
-            continue
-        series.setdefault(r["backend"], []).append((r["tasks"], r["raw_median"], r["guard_median"]))
-    if not series:
-        return
-    colours = {"memory": "#1b9e77", "redis": "#d95f02", "postgres": "#7570b3"}
-    w, h, left, right, top, bottom = 720, 420, 80, 170, 40, 50
-    pw, ph = w - left - right, h - top - bottom
-    tasks = sorted({t for pts in series.values() for t, _, _ in pts})
+def svg_panel(out, box, title, xlabel, series, xlog, ylog, xfmt, yfmt):
+    """One chart of the scale SVG, drawn into `out` inside `box` (x, y, width, height):
+    `series` is a list of (label, colour, dashed, [(x, y)]); log or linear axes."""
     import math
-    lo = min(v for pts in series.values() for _, a, b in pts for v in (a, b))
-    hi = max(v for pts in series.values() for _, a, b in pts for v in (a, b))
-    ylo, yhi = math.floor(math.log10(max(lo, 1))), math.ceil(math.log10(max(hi, 10)))
-    if yhi == ylo:
-        yhi += 1
-    tx = lambda t: left + pw * (math.log2(t) - math.log2(tasks[0])) / max(math.log2(tasks[-1]) - math.log2(tasks[0]), 1)
-    ty = lambda v: top + ph * (1 - (math.log10(max(v, 1)) - ylo) / (yhi - ylo))
+    x0, y0, w, h = box
+    left, right, top, bottom = 70, 170, 30, 40
+    pw, ph = w - left - right, h - top - bottom
+    xs = sorted({x for _, _, _, pts in series for x, _ in pts})
+    ys = [y for _, _, _, pts in series for _, y in pts]
+    if not xs or not ys:
+        return
+    if ylog:
+        ylo, yhi = math.floor(math.log10(max(min(ys), 1))), math.ceil(math.log10(max(max(ys), 10)))
+        if yhi == ylo:
+            yhi += 1
+        yticks = [10 ** e for e in range(ylo, yhi + 1)]
+        yf = lambda v: (math.log10(max(v, 1)) - ylo) / (yhi - ylo)
+    else:
+        step = 10 ** math.floor(math.log10(max(max(ys), 1)))
+        if max(ys) / step < 3:
+            step /= 2
+        yhi = math.ceil(max(ys) * 1.1 / step) * step
+        yticks = [i * step for i in range(int(round(yhi / step)) + 1)]
+        yf = lambda v: v / yhi
+    if xlog:
+        xf = lambda v: (math.log2(v) - math.log2(xs[0])) / max(math.log2(xs[-1]) - math.log2(xs[0]), 1)
+        xticks = xs
+    else:
+        xf = lambda v: v / max(xs[-1], 1)
+        xticks = sorted({0, *xs})
+    tx = lambda v: x0 + left + pw * xf(v)
+    ty = lambda v: y0 + top + ph * (1 - yf(v))
+    out.append(f'<text x="{x0 + left}" y="{y0 + 18}" font-size="14">{title}</text>')
+    for v in yticks:
+        y = ty(v)
+        out.append(f'<line x1="{x0 + left}" y1="{y:.1f}" x2="{x0 + left + pw}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{x0 + left - 8}" y="{y + 4:.1f}" text-anchor="end">{yfmt(v)}</text>')
+    for v in xticks:
+        x = tx(v)
+        out.append(f'<line x1="{x:.1f}" y1="{y0 + top}" x2="{x:.1f}" y2="{y0 + top + ph}" stroke="#eee"/>')
+        out.append(f'<text x="{x:.1f}" y="{y0 + top + ph + 18}" text-anchor="middle">{xfmt(v)}</text>')
+    out.append(f'<text x="{x0 + left + pw / 2}" y="{y0 + h - 6}" text-anchor="middle">{xlabel}</text>')
+    for i, (label, colour, dashed, pts) in enumerate(series):
+        pts = sorted(pts)
+        dash = ' stroke-dasharray="6 4"' if dashed else ""
+        line = " ".join(f"{tx(x):.1f},{ty(y):.1f}" for x, y in pts)
+        out.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+        if not dashed:
+            for x, y in pts:
+                out.append(f'<circle cx="{tx(x):.1f}" cy="{ty(y):.1f}" r="3" fill="{colour}"/>')
+        ly = y0 + top + 10 + 20 * i
+        out.append(f'<line x1="{x0 + left + pw + 12}" y1="{ly}" x2="{x0 + left + pw + 40}" y2="{ly}" '
+                   f'stroke="{colour}" stroke-width="2"{dash}/>')
+        out.append(f'<text x="{x0 + left + pw + 46}" y="{ly + 4}">{label}</text>')
+
+
+def curves_svg(c, curve, path):
+    """The scale curves as an SVG (no plotting library). Top: events/s against tasks (log
+    scales) for each backend, the guard solid and the bare calls dashed, quiet machine.
+    Below, when the PostgreSQL scale bench kept its curve: the p50 of a new key's claim and
+    completion against the records held (the empty table's dashed), and bytes per record."""
+    colours = {"memory": "#1b9e77", "redis": "#d95f02", "postgres": "#7570b3"}
+    w = 760
+    panels = []
+    if c:
+        series = {}
+        for r in c["rows"]:
+            if not r["neighbour"]:
+                series.setdefault(r["backend"], []).append((r["tasks"], r["raw_median"], r["guard_median"]))
+        lines = []
+        for backend, pts in sorted(series.items()):
+            colour = colours.get(backend, "#333")
+            lines.append((f"{backend} guard", colour, False, [(t, g) for t, _, g in pts]))
+            lines.append((f"{backend} bare", colour, True, [(t, r) for t, r, _ in pts]))
+        if lines:
+            panels.append(("Events/s against concurrent tasks (log scales)", "tasks", lines,
+                           True, True, str, lambda v: f"{v:,.0f}"))
+    if curve:
+        millions = lambda v: f"{v / 1e6:g}M" if v else "0"
+        at = lambda key: [(p["records"], p[key]) for p in curve]
+        # The empty table's p50 drawn at 0 and along the curve (measured beside each point).
+        lat = [("claim", "#e7298a", False, [(0, curve[0]["claim_empty_p50_us"])] + at("claim_p50_us")),
+               ("claim, empty", "#e7298a", True, [(0, curve[0]["claim_empty_p50_us"])] + at("claim_empty_p50_us")),
+               ("completion", "#66a61e", False, [(0, curve[0]["complete_empty_p50_us"])] + at("complete_p50_us")),
+               ("completion, empty", "#66a61e", True, [(0, curve[0]["complete_empty_p50_us"])] + at("complete_empty_p50_us"))]
+        panels.append(("PostgreSQL: p50 of a new key's call (us) against records held", "records held",
+                       lat, False, False, millions, lambda v: f"{v:,.0f}"))
+        panels.append(("PostgreSQL: bytes per record (table and indexes) against records held",
+                       "records held", [("bytes per record", "#7570b3", False, at("bytes_per_record"))],
+                       False, False, millions, lambda v: f"{v:,.0f}"))
+    if not panels:
+        return
+    ph = 340
+    h = ph * len(panels)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
            'font-family="sans-serif" font-size="12">',
-           f'<rect width="{w}" height="{h}" fill="white"/>',
-           f'<text x="{left}" y="22" font-size="14">Events/s against concurrent tasks (log scales), '
-           'guard solid, bare store calls dashed</text>']
-    for e in range(ylo, yhi + 1):
-        y = ty(10 ** e)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{10 ** e:,}</text>')
-    for t in tasks:
-        x = tx(t)
-        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#eee"/>')
-        out.append(f'<text x="{x:.1f}" y="{top + ph + 18}" text-anchor="middle">{t}</text>')
-    out.append(f'<text x="{left + pw / 2}" y="{h - 10}" text-anchor="middle">tasks</text>')
-    for i, (backend, pts) in enumerate(sorted(series.items())):
-        pts.sort()
-        colour = colours.get(backend, "#333")
-        for idx, dash in ((2, ""), (1, ' stroke-dasharray="6 4"')):
-            line = " ".join(f"{tx(p[0]):.1f},{ty(p[idx]):.1f}" for p in pts)
-            out.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
-        for p in pts:
-            out.append(f'<circle cx="{tx(p[0]):.1f}" cy="{ty(p[2]):.1f}" r="3" fill="{colour}"/>')
-        ly = top + 20 + 22 * i
-        out.append(f'<line x1="{left + pw + 15}" y1="{ly}" x2="{left + pw + 45}" y2="{ly}" stroke="{colour}" stroke-width="2"/>')
-        out.append(f'<text x="{left + pw + 52}" y="{ly + 4}">{backend}</text>')
+           f'<rect width="{w}" height="{h}" fill="white"/>']
+    for i, (title, xlabel, lines, xlog, ylog, xfmt, yfmt) in enumerate(panels):
+        svg_panel(out, (0, i * ph, w, ph), title, xlabel, lines, xlog, ylog, xfmt, yfmt)
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
+
+
+def pg_curve_table(curve):
+    """The PostgreSQL curve as a table: latency and size against records held."""
+    rows = ["| records held | bytes per record | claim p50 | claim p50, empty table | completion p50 | completion p50, empty table |",
+            "|---:|---:|---:|---:|---:|---:|"]
+    for p in curve:
+        rows.append(f"| {p['records']:,} | {p['bytes_per_record']:.1f} | {p['claim_p50_us']:.0f} us | "
+                    f"{p['claim_empty_p50_us']:.0f} us | {p['complete_p50_us']:.0f} us | {p['complete_empty_p50_us']:.0f} us |")
+    return "\n".join(rows)
+
+
 def pg_scale_section(s):
     """RESULTS.md's section on PostgreSQL at scale: paired latency, size, and the ingest and
     expiry run with the table's size over time."""
@@ -340,6 +404,16 @@ def pg_scale_section(s):
             "|---:|---:|---:|---:|"]
     for p in exp["samples"]:
         out.append(f"| {p['t']:.0f} s | {p['rows']:,} | {p['expired']:,} | {p['bytes'] / 1e6:,.1f} MB |")
+    curve = s.get("curve") or []
+    if curve:
+        out += ["",
+                f"The curve: the fill stopped at each of these sizes and measured {curve[0]['pairs']} new keys "
+                "claimed and completed, paired with the empty table (analyzed, not vacuumed: the table as "
+                "a steady ingest leaves it)"
+                + (" by the run that filled the table" if s["reused"] else "")
+                + ". Plotted in `benches/scale.svg`.",
+                "",
+                pg_curve_table(curve)]
     return "\n".join(out)
 
 
@@ -537,16 +611,17 @@ def main():
     k = kafka()
     kafka_section = ("## Kafka consumer\n\n" + kafka_table(k) + "\n\n") if k else ""
     c = concurrency()
+    scale = pg_scale()
+    curve = (scale or {}).get("curve") or []
+    curves_svg(c, curve, os.path.join(ROOT, "benches", "scale.svg"))
     concurrency_section = ""
     if c:
-        curves_svg(c, os.path.join(ROOT, "benches", "scale.svg"))
         concurrency_section = ("## Concurrency\n\n" + concurrency_table(c)
                                + "\n\nThe curves (quiet machine): `benches/scale.svg`.\n\n")
         print()
         print(concurrency_table(c))
     cap = capacity()
     capacity_section = ("## Memory store at capacity\n\n" + capacity_table(cap) + "\n\n") if cap else ""
-    scale = pg_scale()
     scale_section = ("## PostgreSQL at scale\n\n" + pg_scale_section(scale) + "\n\n") if scale else ""
     print(table)
     if k:

@@ -8,6 +8,11 @@
 //!   analyzed, so that it runs the plans of a table in use): the two calls alternate
 //!   (which one goes first alternating too), so both see the same moments of the
 //!   machine; the ratio is the full table's p50 over the empty one's;
+//! - **the curve**: while the full table is filled, the fill stops at a tenth, a fifth,
+//!   two, three and four fifths of it and at the end, and measures there the bytes per
+//!   record and the p50 of a new key's claim and completion (paired with the empty table,
+//!   `CURVE_PAIRS` pairs); the points are kept beside the table (`full_records_curve`), so
+//!   a later run that keeps the table keeps its curve;
 //! - **size**: `pg_total_relation_size` (table, indexes, TOAST) divided by the rows, on a
 //!   table of `BENCH_PG_SIZE_RECORDS` (default 1,000,000) records written by this version's migrations, on one of the
 //!   layout migrations 0001 and 0002 created (the layout before migration 0003), and on
@@ -58,6 +63,11 @@ const INGEST_BATCH: usize = 1_000;
 /// Pairs of the single-call rows, and of the batch row.
 const PAIRS: usize = 2_000;
 const BATCH_PAIRS: usize = 200;
+/// Pairs of each point of the latency and size curve.
+const CURVE_PAIRS: usize = 400;
+/// Where the curve's points are measured while the full table is filled, as fractions of
+/// its records.
+const CURVE_AT: [f64; 6] = [0.1, 0.2, 0.4, 0.6, 0.8, 1.0];
 /// How often the expiry phase prints the table's size.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
@@ -301,7 +311,23 @@ where
 const LEASE: Duration = Duration::from_secs(60);
 const TTL: Duration = Duration::from_secs(30 * 86_400);
 
-async fn latency(empty: &PostgresStore, full: &PostgresStore, keys: &mut Keys) -> Value {
+/// Each side's timings of `pairs` new keys claimed and then completed, alternating between
+/// the empty store and the full one: (claims on empty, on full, completions on empty, on
+/// full, the keys completed on the empty side).
+struct Pairs {
+    claim_e: Vec<f64>,
+    claim_f: Vec<f64>,
+    done_e: Vec<f64>,
+    done_f: Vec<f64>,
+    completed_e: Vec<String>,
+}
+
+async fn claim_complete_pairs(
+    empty: &PostgresStore,
+    full: &PostgresStore,
+    keys: &mut Keys,
+    pairs: usize,
+) -> Pairs {
     let owner = LATENCY_OWNER;
     // Warm both sides' connections and plans.
     for store in [empty, full] {
@@ -311,10 +337,14 @@ async fn latency(empty: &PostgresStore, full: &PostgresStore, keys: &mut Keys) -
             let _ = store.complete(&key, owner, TTL).await;
         }
     }
-    let (mut claim_e, mut claim_f, mut done_e, mut done_f) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut claimed_e = Vec::new();
-    for i in 0..PAIRS {
+    let mut out = Pairs {
+        claim_e: Vec::new(),
+        claim_f: Vec::new(),
+        done_e: Vec::new(),
+        done_f: Vec::new(),
+        completed_e: Vec::new(),
+    };
+    for i in 0..pairs {
         let (ke, kf) = (keys.key(), keys.key());
         let key_of = |s: &PostgresStore| {
             if s.table() == empty.table() {
@@ -333,8 +363,8 @@ async fn latency(empty: &PostgresStore, full: &PostgresStore, keys: &mut Keys) -
             }
         })
         .await;
-        claim_e.push(e);
-        claim_f.push(f);
+        out.claim_e.push(e);
+        out.claim_f.push(f);
         let (e, f) = time_pair(empty, full, i, |s| {
             let key = key_of(&s);
             async move {
@@ -342,16 +372,106 @@ async fn latency(empty: &PostgresStore, full: &PostgresStore, keys: &mut Keys) -
             }
         })
         .await;
-        done_e.push(e);
-        done_f.push(f);
-        claimed_e.push(ke);
+        out.done_e.push(e);
+        out.done_f.push(f);
+        out.completed_e.push(ke);
     }
+    out
+}
+
+async fn latency(empty: &PostgresStore, full: &PostgresStore, keys: &mut Keys) -> Value {
+    let mut p = claim_complete_pairs(empty, full, keys, PAIRS).await;
     json!({
-        "claim": paired_row("claim, new key", &mut claim_e, &mut claim_f),
-        "complete": paired_row("completion", &mut done_e, &mut done_f),
-        "duplicate": duplicates(empty, full, &claimed_e).await,
+        "claim": paired_row("claim, new key", &mut p.claim_e, &mut p.claim_f),
+        "complete": paired_row("completion", &mut p.done_e, &mut p.done_f),
+        "duplicate": duplicates(empty, full, &p.completed_e).await,
         "batch_100": batches(empty, full).await,
     })
+}
+
+/// The table where a fill keeps the curve it measured, beside the full table.
+fn curve_table() -> String {
+    format!("\"{SCHEMA}\".full_records_curve")
+}
+
+/// One point of the latency and size curve, measured while the full table is filled: its
+/// records, bytes per record (`pg_total_relation_size` over the records, analyzed but not
+/// vacuumed: the table as a steady ingest leaves it), and the p50 of a new key's claim and
+/// completion there and on the empty table (`CURVE_PAIRS` pairs). Kept in the curve table,
+/// and the latency rows' records removed again.
+async fn curve_point(
+    empty: &PostgresStore,
+    full: &PostgresStore,
+    records: i64,
+    keys: &mut Keys,
+) -> Value {
+    let table = full.table();
+    exec(full.pool(), format!("ANALYZE {table}")).await;
+    let bytes = scalar_i64(
+        full.pool(),
+        format!("SELECT pg_total_relation_size('{table}')::int8"),
+    )
+    .await;
+    let mut p = claim_complete_pairs(empty, full, keys, CURVE_PAIRS).await;
+    exec(
+        full.pool(),
+        format!("DELETE FROM {table} WHERE owner = '{LATENCY_OWNER}'"),
+    )
+    .await;
+    let point = json!({
+        "records": records,
+        "bytes_per_record": bytes as f64 / records.max(1) as f64,
+        "claim_p50_us": quantile_us(&mut p.claim_f, 0.5),
+        "claim_empty_p50_us": quantile_us(&mut p.claim_e, 0.5),
+        "complete_p50_us": quantile_us(&mut p.done_f, 0.5),
+        "complete_empty_p50_us": quantile_us(&mut p.done_e, 0.5),
+        "pairs": CURVE_PAIRS,
+    });
+    println!(
+        "scale: curve: {records} records, {:.1} bytes per record; claim p50 {:.1} us (empty {:.1}), completion p50 {:.1} us (empty {:.1})",
+        point["bytes_per_record"].as_f64().unwrap_or_default(),
+        point["claim_p50_us"].as_f64().unwrap_or_default(),
+        point["claim_empty_p50_us"].as_f64().unwrap_or_default(),
+        point["complete_p50_us"].as_f64().unwrap_or_default(),
+        point["complete_empty_p50_us"].as_f64().unwrap_or_default(),
+    );
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {} (records, point) VALUES ($1, $2)
+         ON CONFLICT (records) DO UPDATE SET point = excluded.point",
+        curve_table()
+    )))
+    .bind(records)
+    .bind(point.to_string())
+    .execute(full.pool())
+    .await
+    .expect("keeping a curve point");
+    point
+}
+
+/// The curve kept beside the full table by the run that filled it, by records held.
+async fn kept_curve(pool: &PgPool) -> Vec<Value> {
+    let points: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT point FROM {} ORDER BY records",
+        curve_table()
+    )))
+    .fetch_all(pool)
+    .await
+    .expect("reading the curve");
+    points
+        .iter()
+        .filter_map(|p| serde_json::from_str(p).ok())
+        .collect()
+}
+
+/// The records at which a fill to `records` stops to measure a point of the curve.
+fn curve_stops(records: i64) -> Vec<i64> {
+    let mut stops: Vec<i64> = CURVE_AT
+        .iter()
+        .map(|f| (records as f64 * f).round() as i64)
+        .filter(|&n| n > 0)
+        .collect();
+    stops.dedup();
+    stops
 }
 
 /// Duplicates: records the full table was filled with, and those `completed` on the empty
@@ -686,7 +806,42 @@ async fn run() -> Result<Value, String> {
         exec(full.pool(), format!("TRUNCATE {table}")).await;
         (0, false)
     };
-    let fill_s = fill(full.pool(), &table, have, records).await;
+    // The "empty" side holds a few records, analyzed, so that both sides run the plans a
+    // table in use gets (a table planned while empty is scanned whole, however large it
+    // has grown since, until it is analyzed again).
+    exec(empty.pool(), format!("TRUNCATE {}", empty.table())).await;
+    fill(empty.pool(), &empty.table(), 0, EMPTY_RECORDS).await;
+    vacuum(empty.pool(), &empty.table()).await;
+
+    // The fill stops at each point of the curve to measure it; a kept table keeps the
+    // curve its fill measured.
+    exec(
+        full.pool(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (records int8 PRIMARY KEY, point text NOT NULL)",
+            curve_table()
+        ),
+    )
+    .await;
+    let mut keys = Keys(seed());
+    let mut curve = if reused {
+        kept_curve(full.pool()).await
+    } else {
+        exec(full.pool(), format!("TRUNCATE {}", curve_table())).await;
+        Vec::new()
+    };
+    if reused && curve.is_empty() {
+        println!("scale: no curve was kept with {table} (filled by an earlier bench): BENCH_PG_DROP=1 refills it next run");
+    }
+    let (mut fill_s, mut at) = (0.0, have);
+    for stop in curve_stops(records) {
+        if stop <= at {
+            continue;
+        }
+        fill_s += fill(full.pool(), &table, at, stop).await;
+        at = stop;
+        curve.push(curve_point(&empty, &full, stop, &mut keys).await);
+    }
     // Autovacuum may be off (it is on the project's test server): the rows earlier runs'
     // latency rows left dead are vacuumed once they are many.
     let dead = scalar_i64(
@@ -702,12 +857,6 @@ async fn run() -> Result<Value, String> {
         "scale: {table}: {full_rows} records, {:.1} bytes per record",
         full_bytes as f64 / full_rows as f64
     );
-    // The "empty" side holds a few records, analyzed, so that both sides run the plans a
-    // table in use gets (a table planned while empty is scanned whole, however large it
-    // has grown since, until it is analyzed again).
-    exec(empty.pool(), format!("TRUNCATE {}", empty.table())).await;
-    fill(empty.pool(), &empty.table(), 0, EMPTY_RECORDS).await;
-    vacuum(empty.pool(), &empty.table()).await;
 
     let mut keys = Keys(seed());
     let latency = latency(&empty, &full, &mut keys).await;
@@ -727,6 +876,7 @@ async fn run() -> Result<Value, String> {
         "records": full_rows,
         "reused": reused,
         "fill_s": fill_s,
+        "curve": curve,
         "connect_s": connect_s,
         "full_bytes_per_record": full_bytes as f64 / full_rows as f64,
         "latency": latency,

@@ -45,9 +45,11 @@ impl LazyTick {
     }
 }
 
-/// `call` bounded by `timeout`, as `tokio::time::timeout` bounds it, but polled once
-/// before any timer is set: a call that answers in its first poll never needs one.
+/// `call`, sent at `sent`, bounded by `timeout` from then, as `tokio::time::timeout`
+/// bounds it, but polled once before any timer is set: a call that answers in its first
+/// poll never needs one, and the deadline needs no clock read of its own.
 pub(crate) async fn within<F: Future>(
+    sent: Instant,
     timeout: Duration,
     call: F,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
@@ -55,7 +57,7 @@ pub(crate) async fn within<F: Future>(
     if let Poll::Ready(out) = poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
         return Ok(out);
     }
-    tokio::time::timeout(timeout, call).await
+    tokio::time::timeout_at(crate::store::saturating_deadline(sent, timeout), call).await
 }
 
 /// `{pid:x}-{nonce:016x}-{n:x}`, the owner token of one claim, in one allocation.
@@ -99,8 +101,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_call_that_answers_at_once_needs_no_timer_and_a_slow_one_times_out() {
-        assert_eq!(within(Duration::from_millis(5), async { 7 }).await, Ok(7));
+        let now = Instant::now();
+        assert_eq!(
+            within(now, Duration::from_millis(5), async { 7 }).await,
+            Ok(7)
+        );
         let slow = tokio::time::sleep(Duration::from_secs(1));
-        assert!(within(Duration::from_millis(5), slow).await.is_err());
+        let sent = Instant::now();
+        assert!(within(sent, Duration::from_millis(5), slow).await.is_err());
+        assert_eq!(Instant::now() - sent, Duration::from_millis(5));
     }
 }

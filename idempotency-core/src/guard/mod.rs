@@ -20,7 +20,6 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use crate::breaker::{Breaker, Permit};
 use crate::config::IdempotencyConfig;
@@ -285,9 +284,9 @@ impl Guard {
         fingerprint: Option<&str>,
     ) -> Option<GuardError<E>> {
         let given = fingerprint?;
-        let t = Instant::now();
-        let record = self.store_call("get", self.inner.store.get(ctx.key)).await;
-        ctx.store_time += t.elapsed();
+        let record = self
+            .timed_call(ctx, "get", self.inner.store.get(ctx.key))
+            .await;
         match record {
             Ok(record) => self.check_fingerprint(ctx, record?.owner.as_deref(), given),
             Err(error) => {
@@ -305,10 +304,8 @@ impl Guard {
         ctx: &mut Ctx<'_>,
         fingerprint: Option<&str>,
     ) -> (Option<GuardError<E>>, Option<Vec<u8>>) {
-        let t = Instant::now();
         let read = self.inner.store.get_with_result(ctx.key);
-        let record = self.store_call("get", read).await;
-        ctx.store_time += t.elapsed();
+        let record = self.timed_call(ctx, "get", read).await;
         match (record, fingerprint) {
             (Ok(Some((record, result))), Some(given)) => {
                 let conflict = self.check_fingerprint(ctx, record.owner.as_deref(), given);
@@ -353,17 +350,6 @@ impl Guard {
     ) -> Result<T, StoreError> {
         let permit = self.inner.breaker.permit()?;
         self.store_call_with(operation, call, permit).await
-    }
-
-    /// [`store_call`](Self::store_call) for a call that must be tried even while the
-    /// breaker is open (writing the completion of a handler that succeeded); its success
-    /// closes the breaker, its failure is recorded like any call's.
-    async fn store_call_ungated<T>(
-        &self,
-        operation: &'static str,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.store_call_with(operation, call, Permit::Call).await
     }
 
     /// A batch call (`complete_many`, `release_many`, `extend_many`) over `items`, split
@@ -435,17 +421,60 @@ impl Guard {
         call: impl Future<Output = Result<T, StoreError>>,
         permit: Permit,
     ) -> Result<T, StoreError> {
+        let sent = tokio::time::Instant::now();
+        self.store_call_from(operation, call, permit, sent).await.0
+    }
+
+    /// [`store_call`](Self::store_call) of one event's run, its time added to the run's
+    /// store time.
+    async fn timed_call<T>(
+        &self,
+        ctx: &mut Ctx<'_>,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let sent = tokio::time::Instant::now();
+        let (result, took) = self.gated_call_from(operation, call, sent).await;
+        ctx.store_time += took;
+        result
+    }
+
+    /// [`store_call`](Self::store_call) of a call sent at `sent` (see
+    /// [`store_call_from`](Self::store_call_from)): its answer and how long it took.
+    async fn gated_call_from<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+        sent: tokio::time::Instant,
+    ) -> (Result<T, StoreError>, std::time::Duration) {
+        match self.inner.breaker.permit() {
+            Ok(permit) => self.store_call_from(operation, call, permit, sent).await,
+            Err(open) => (Err(open), std::time::Duration::ZERO),
+        }
+    }
+
+    /// [`store_call_with`](Self::store_call_with) of a call sent at `sent`, the caller's
+    /// one clock read: it also gives the call's deadline and, after the answer, how long
+    /// the call took (returned beside the answer). A new event reads the clock this way
+    /// twice per store call, not five times.
+    async fn store_call_from<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+        permit: Permit,
+        sent: tokio::time::Instant,
+    ) -> (Result<T, StoreError>, std::time::Duration) {
         let timeout = self.inner.config.store_timeout();
-        let started = Instant::now();
-        let result = match fast::within(timeout, call).await {
+        let result = match fast::within(sent, timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout { operation, timeout }),
         };
-        telemetry::store_call(&self.inner.config, operation, started.elapsed(), &result);
+        let took = sent.elapsed();
+        telemetry::store_call(&self.inner.config, operation, took, &result);
         self.inner
             .breaker
             .record(permit, result.as_ref().map(|_| ()));
-        result
+        (result, took)
     }
 }
 

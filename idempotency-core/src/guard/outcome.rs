@@ -639,12 +639,13 @@ impl<'a> Ctx<'a> {
         key: &'a str,
         started: Instant,
     ) -> Self {
+        // `claimed` is set by the claim, before anything reads it (no clock read here).
         Self::at(
             config,
             envelope,
             (hash, key),
             started,
-            tokio::time::Instant::now(),
+            tokio::time::Instant::from_std(started),
         )
     }
 

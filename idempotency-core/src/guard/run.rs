@@ -13,6 +13,7 @@ use super::lease::Ended;
 use super::outcome::{Ctx, Decision, Outcome, Scope};
 use super::stored::Keep;
 use super::{new_owner, Guard};
+use crate::breaker::Permit;
 use crate::config::FailMode;
 use crate::envelope::EventEnvelope;
 use crate::error::{GuardError, StoreError};
@@ -82,20 +83,27 @@ impl Guard {
         E: std::fmt::Display,
     {
         let view = event.view();
-        self.traced(&view, self.run_untraced(event, &view, handler, None))
+        self.traced(&view, || self.run_untraced(event, &view, handler, None))
             .await
     }
 
-    /// Runs `run` (a run of `envelope`) inside the run's span, then records its answer on
-    /// the span and in the metrics: what [`run`](Self::run) and
+    /// Runs the future `run` makes (a run of `envelope`) inside the run's span, then
+    /// records its answer on the span and in the metrics: what [`run`](Self::run) and
     /// [`run_in_transaction`](Self::run_in_transaction) add to their untraced forms.
-    pub(super) async fn traced<T, E>(
+    ///
+    /// `run` makes the future here rather than being it: a future passed to an `async fn`
+    /// is kept in its state twice (as the argument and as the future awaited), which
+    /// doubled the size of every run's future (4,440 bytes for a new event).
+    pub(super) async fn traced<T, E, R>(
         &self,
         envelope: &EventEnvelope,
-        run: impl Future<Output = Result<Outcome<T>, GuardError<E>>>,
-    ) -> Result<Outcome<T>, GuardError<E>> {
+        run: impl FnOnce() -> R,
+    ) -> Result<Outcome<T>, GuardError<E>>
+    where
+        R: Future<Output = Result<Outcome<T>, GuardError<E>>>,
+    {
         let probe = RunProbe::start(&self.inner.config, envelope);
-        let result = run.instrument(probe.span().clone()).await;
+        let result = run().instrument(probe.span().clone()).await;
         probe.finish(&result);
         result
     }
@@ -217,21 +225,25 @@ impl Guard {
             self.owe(completion(pending), pending.until, None);
             return;
         }
-        // Dropped while the store is asked: the completion (and its result) is owed.
+        // Dropped while the store is asked: the completion (and its result) is owed. Tried
+        // even while the breaker is open (`Permit::Call`): its success closes the breaker,
+        // its failure is recorded like any call's.
         pending.on_drop = OnDrop::Complete;
-        let t = Instant::now();
+        let sent = tokio::time::Instant::now();
         let store = &self.inner.store;
-        let done = match &pending.result {
+        let (done, took) = match &pending.result {
             Some(result) => {
                 let write = store.complete_with_result(ctx.key, &pending.owner, ctx.ttl, result);
-                self.store_call_ungated("complete", write).await
+                self.store_call_from("complete", write, Permit::Call, sent)
+                    .await
             }
             None => {
                 let write = store.complete(ctx.key, &pending.owner, ctx.ttl);
-                self.store_call_ungated("complete", write).await
+                self.store_call_from("complete", write, Permit::Call, sent)
+                    .await
             }
         };
-        ctx.store_time += t.elapsed();
+        ctx.store_time += took;
         pending.on_drop = OnDrop::Nothing;
         match done {
             Ok(true) => self.observe(&*ctx, Decision::Completed),
@@ -246,11 +258,8 @@ impl Guard {
 
     /// Releases the claim (owner-checked): whether it was released; a failure is observed.
     async fn release(&self, ctx: &mut Ctx<'_>, owner: &str) -> bool {
-        let t = Instant::now();
-        let released = self
-            .store_call("release", self.inner.store.release(ctx.key, owner))
-            .await;
-        ctx.store_time += t.elapsed();
+        let release = self.inner.store.release(ctx.key, owner);
+        let released = self.timed_call(ctx, "release", release).await;
         self.released(ctx, released)
     }
 
@@ -320,16 +329,18 @@ impl Guard {
             // A redelivery of an event whose completion is still owed: complete first.
             let t = Instant::now();
             if let Some(owed) = carried.take() {
-                let _ = self.write_carried(owed).await;
+                // Boxed, as every path of owed completions here: rare, and large.
+                let _ = Box::pin(self.write_carried(owed)).await;
             }
             ctx.store_time += t.elapsed();
         }
         loop {
-            let t = Instant::now();
-            ctx.claimed = tokio::time::Instant::now();
+            // One clock read: the lease counts from it, the call is timed and bounded by it.
+            let sent = tokio::time::Instant::now();
+            ctx.claimed = sent;
             let owed = carried.take().filter(|c| !c.is_empty());
-            let claim = self.claim_once(ctx.key, owner, owed).await;
-            ctx.store_time += t.elapsed();
+            let (claim, took) = self.claim_once(ctx.key, owner, owed, sent).await;
+            ctx.store_time += took;
             let Some(deadline) = deadline.filter(|_| matches!(claim, Ok(Claim::InProgress))) else {
                 return claim;
             };
@@ -342,38 +353,37 @@ impl Guard {
         }
     }
 
-    /// One claim attempt: `try_claim`, or `complete_then_claim` carrying `owed`.
+    /// One claim attempt, sent at `sent`: `try_claim`, or `complete_then_claim` carrying
+    /// `owed`. The answer, and how long the store took.
     async fn claim_once(
         &self,
         key: &str,
         owner: &str,
         owed: Option<super::deferred::Carried>,
-    ) -> Result<Claim, StoreError> {
+        sent: tokio::time::Instant,
+    ) -> (Result<Claim, StoreError>, Duration) {
         let store = &self.inner.store;
         let lease = self.inner.config.lease();
         let Some(owed) = owed else {
-            return self
-                .store_call("try_claim", store.try_claim(key, owner, lease))
-                .await;
+            let claim = store.try_claim(key, owner, lease);
+            return self.gated_call_from("try_claim", claim, sent).await;
         };
         // Put back if this call fails or is dropped (`Carried`'s drop).
-        let answer = self
-            .store_call(
-                "complete_then_claim",
-                store.complete_then_claim(owed.completions(), key, owner, lease),
-            )
+        let both = store.complete_then_claim(owed.completions(), key, owner, lease);
+        let (answer, took) = self
+            .gated_call_from("complete_then_claim", both, sent)
             .await;
         match answer {
             Ok((done, claim)) => {
                 // The claim stands whatever became of the completions.
-                let _ = self.settle_carried(owed, done).await;
-                Ok(claim)
+                let _ = Box::pin(self.settle_carried(owed, done)).await;
+                (Ok(claim), took)
             }
             Err(err) => {
                 // Nothing known of the completions: all go back to the queue (a retry of
                 // one that was written finds it completed).
-                let _ = self.settle_carried(owed, Err(err.again())).await;
-                Err(err)
+                let _ = Box::pin(self.settle_carried(owed, Err(err.again()))).await;
+                (Err(err), took)
             }
         }
     }

@@ -120,7 +120,7 @@ impl Guard {
             encode: |value: &T| serde_json::to_vec(value),
             found: None,
         };
-        let run = self.run_untraced(event, &view, handler, Some(&mut keep));
+        let run = || self.run_untraced(event, &view, handler, Some(&mut keep));
         let outcome = self.traced(&view, run).await?;
         Ok(match outcome {
             Outcome::Processed(value) => StoredOutcome::Processed(value),

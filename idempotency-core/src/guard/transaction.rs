@@ -60,10 +60,9 @@ impl Guard {
         E: std::fmt::Display,
     {
         let view = event.view();
-        self.traced(
-            &view,
-            self.run_in_transaction_untraced(store, event, &view, handler),
-        )
+        self.traced(&view, || {
+            self.run_in_transaction_untraced(store, event, &view, handler)
+        })
         .await
     }
 
