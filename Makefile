@@ -95,14 +95,17 @@ bench-http: services
 ## Criterion benchmarks against the local services, then the concurrency bench (1 to 64
 ## tasks, quiet and beside a CPU-bound neighbour), then the memory store at its capacity
 ## (10,000,000 new events through a store of 1,000,000 records on 1, 2 and 8 tasks, two to
-## three minutes on two cores: CAPACITY_EVENTS, CAPACITY_RECORDS, CAPACITY_TASKS); prints
-## medians and ratios to the floors and writes benches/RESULTS.md (and the scale curves,
-## benches/scale.svg).
+## three minutes on two cores: CAPACITY_EVENTS, CAPACITY_RECORDS, CAPACITY_TASKS), then
+## PostgreSQL at scale (bench-postgres) and the Kafka loop (bench-kafka); prints medians and
+## ratios to the floors and writes benches/RESULTS.md with every target (and the scale
+## curves, benches/scale.svg). The first run on a machine fills PostgreSQL's 10,000,000
+## records and installs the broker: about an hour on two cores; later runs about 35 minutes.
 bench: services
 	$(CARGO) bench --all-features --bench guard
 	$(CARGO) bench --all-features --bench concurrency
 	$(CARGO) bench -p eventonce-memory --bench capacity
 	$(MAKE) --no-print-directory bench-postgres
+	$(MAKE) --no-print-directory bench-kafka
 	python3 benches/summary.py
 
 ## PostgreSQL at scale: claim and completion latency on a table of BENCH_PG_RECORDS
