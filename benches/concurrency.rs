@@ -398,6 +398,22 @@ fn profile(rt: &tokio::runtime::Runtime, only: &str, secs: f64) {
     println!("{backend} {side} {tasks} tasks: {eps:.0} events/s");
 }
 
+/// The task counts of the curve and of the neighbour's rows, and whether they were chosen
+/// by `BENCH_CONCURRENCY_TASKS` (`64`, or `8,64`: only these, quiet and with the neighbour;
+/// the results file is then not written, the table needs the whole curve).
+fn task_counts(full: bool) -> (Vec<usize>, Vec<usize>, bool) {
+    let only: Vec<usize> = std::env::var("BENCH_CONCURRENCY_TASKS")
+        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    if !only.is_empty() {
+        (only.clone(), only, true)
+    } else if full {
+        (CURVE.to_vec(), TARGETED.to_vec(), false)
+    } else {
+        (vec![1, 8], vec![8], false)
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--busy-neighbour") {
@@ -414,19 +430,8 @@ fn main() {
     } else {
         1
     };
-    let (mut curve, mut targeted): (&[usize], &[usize]) = if full {
-        (&CURVE, &TARGETED)
-    } else {
-        (&[1, 8], &[8])
-    };
-    // `BENCH_CONCURRENCY_TASKS=64` (or `8,64`): only these task counts, quiet and with the
-    // neighbour; the results file is then not written (the table needs the whole curve).
-    let only: Vec<usize> = std::env::var("BENCH_CONCURRENCY_TASKS")
-        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
-        .unwrap_or_default();
-    if !only.is_empty() {
-        (curve, targeted) = (&only, &only);
-    }
+    let (curve, targeted, only) = task_counts(full);
+    let (curve, targeted) = (&curve[..], &targeted[..]);
     let backends = std::env::var("BENCH_CONCURRENCY_BACKENDS")
         .unwrap_or_else(|_| "memory,redis,postgres".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -474,7 +479,7 @@ fn main() {
             None => eprintln!("concurrency: postgres skipped, no PostgreSQL at {url}"),
         }
     }
-    if !full || !only.is_empty() {
+    if !full || only {
         return;
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -784,6 +784,47 @@ async fn expiry(url: &str) -> Value {
     })
 }
 
+/// Fills the full table from `have` to `records` records, stopping at each point of the
+/// curve to measure it; a kept table (`reused`) keeps the curve its fill measured. The
+/// seconds the inserts took, and the curve.
+async fn fill_with_curve(
+    empty: &PostgresStore,
+    full: &PostgresStore,
+    have: i64,
+    records: i64,
+    reused: bool,
+    keys: &mut Keys,
+) -> (f64, Vec<Value>) {
+    let table = full.table();
+    exec(
+        full.pool(),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (records int8 PRIMARY KEY, point text NOT NULL)",
+            curve_table()
+        ),
+    )
+    .await;
+    let mut curve = if reused {
+        kept_curve(full.pool()).await
+    } else {
+        exec(full.pool(), format!("TRUNCATE {}", curve_table())).await;
+        Vec::new()
+    };
+    if reused && curve.is_empty() {
+        println!("scale: no curve was kept with {table} (filled by an earlier bench): BENCH_PG_DROP=1 refills it next run");
+    }
+    let (mut fill_s, mut at) = (0.0, have);
+    for stop in curve_stops(records) {
+        if stop <= at {
+            continue;
+        }
+        fill_s += fill(full.pool(), &table, at, stop).await;
+        at = stop;
+        curve.push(curve_point(empty, full, stop, keys).await);
+    }
+    (fill_s, curve)
+}
+
 async fn run() -> Result<Value, String> {
     let base = std::env::var("EVENTONCE_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
@@ -813,35 +854,8 @@ async fn run() -> Result<Value, String> {
     fill(empty.pool(), &empty.table(), 0, EMPTY_RECORDS).await;
     vacuum(empty.pool(), &empty.table()).await;
 
-    // The fill stops at each point of the curve to measure it; a kept table keeps the
-    // curve its fill measured.
-    exec(
-        full.pool(),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {} (records int8 PRIMARY KEY, point text NOT NULL)",
-            curve_table()
-        ),
-    )
-    .await;
     let mut keys = Keys(seed());
-    let mut curve = if reused {
-        kept_curve(full.pool()).await
-    } else {
-        exec(full.pool(), format!("TRUNCATE {}", curve_table())).await;
-        Vec::new()
-    };
-    if reused && curve.is_empty() {
-        println!("scale: no curve was kept with {table} (filled by an earlier bench): BENCH_PG_DROP=1 refills it next run");
-    }
-    let (mut fill_s, mut at) = (0.0, have);
-    for stop in curve_stops(records) {
-        if stop <= at {
-            continue;
-        }
-        fill_s += fill(full.pool(), &table, at, stop).await;
-        at = stop;
-        curve.push(curve_point(&empty, &full, stop, &mut keys).await);
-    }
+    let (fill_s, curve) = fill_with_curve(&empty, &full, have, records, reused, &mut keys).await;
     // Autovacuum may be off (it is on the project's test server): the rows earlier runs'
     // latency rows left dead are vacuumed once they are many.
     let dead = scalar_i64(
@@ -858,7 +872,6 @@ async fn run() -> Result<Value, String> {
         full_bytes as f64 / full_rows as f64
     );
 
-    let mut keys = Keys(seed());
     let latency = latency(&empty, &full, &mut keys).await;
     // What the latency rows added to the full table: removed again, so the next run
     // finds exactly `records` records.
