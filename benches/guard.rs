@@ -733,7 +733,7 @@ fn postgres_group(c: &mut Criterion) {
         return;
     };
     let floor_sql = format!(
-        "INSERT INTO \"{schema}\".eventonce_records (key, state, owner, expires_at) VALUES ($1, 'processing', 'o', now() + interval '5 minutes') ON CONFLICT (key) DO NOTHING"
+        "INSERT INTO \"{schema}\".eventonce_records (key, state, owner, expires_at) VALUES ($1, 'p', 'o', now() + interval '5 minutes') ON CONFLICT (key_digest) DO NOTHING"
     );
     let mut g = c.benchmark_group("postgres");
     g.measurement_time(Duration::from_secs(5));
