@@ -98,8 +98,8 @@ bench-http: services
 ## three minutes on two cores: CAPACITY_EVENTS, CAPACITY_RECORDS, CAPACITY_TASKS), then
 ## PostgreSQL at scale (bench-postgres) and the Kafka loop (bench-kafka); prints medians and
 ## ratios to the floors and writes benches/RESULTS.md with every target (and the scale
-## curves, benches/scale.svg). The first run on a machine fills PostgreSQL's 10,000,000
-## records and installs the broker: about an hour on two cores; later runs about 35 minutes.
+## curves, benches/scale.svg). About 21 minutes on two cores, the first fill of PostgreSQL's
+## 10,000,000 records included (plus the broker's install, the first time on a machine).
 bench: services
 	$(CARGO) bench --all-features --bench guard
 	$(CARGO) bench --all-features --bench concurrency
