@@ -112,11 +112,55 @@ impl<S> CachedStore<S> {
         }
     }
 
+    /// The claims of `keys` the cache answers (completed), in order, `None` where the store
+    /// must answer; and the keys to ask the store.
+    fn split_cached(&self, keys: &[String]) -> (Vec<Option<Claim>>, Vec<String>) {
+        let mut claims = Vec::with_capacity(keys.len());
+        let mut ask = Vec::new();
+        for key in keys {
+            if self.cached(key) {
+                claims.push(Some(Claim::Completed));
+            } else {
+                claims.push(None);
+                ask.push(key.clone());
+            }
+        }
+        (claims, ask)
+    }
+
     /// Remembers one completion the store accepted (see [`remember`](Self::remember)).
     fn remember_one(&self, key: &str, ttl: Duration, started: Instant) {
         let until = saturating_deadline(started, ttl.min(self.max_ttl));
         self.cache.insert(key.to_owned(), until);
     }
+}
+
+/// The claims of [`CachedStore::split_cached`] with the store's `answers` for the keys it
+/// was asked (`ask`) filled in, in order; an answer count that is not `ask`'s is invalid.
+fn merge_answers(
+    claims: Vec<Option<Claim>>,
+    ask: &[String],
+    answers: Vec<Claim>,
+) -> Result<Vec<Claim>, StoreError> {
+    if answers.len() != ask.len() {
+        return Err(StoreError::InvalidData {
+            key: ask.first().cloned().unwrap_or_default(),
+            detail: format!("{} answers to {} claims", answers.len(), ask.len()),
+        });
+    }
+    let mut answers = answers.into_iter();
+    Ok(claims
+        .into_iter()
+        .filter_map(|c| c.or_else(|| answers.next()))
+        .collect())
+}
+
+/// Which of `n` completions a failed call says were written (a partial answer's).
+fn written_before(err: &StoreError, n: usize) -> Vec<bool> {
+    err.answers(n)
+        .into_iter()
+        .map(|a| a == Some(true))
+        .collect()
 }
 
 #[async_trait]
@@ -186,31 +230,12 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
         check_many(keys.iter().map(String::as_str))?;
-        let mut claims = Vec::with_capacity(keys.len());
-        let mut ask = Vec::new();
-        for key in keys {
-            if self.cached(key) {
-                claims.push(Some(Claim::Completed));
-            } else {
-                claims.push(None);
-                ask.push(key.clone());
-            }
-        }
+        let (claims, ask) = self.split_cached(keys);
         if ask.is_empty() {
             return Ok(claims.into_iter().flatten().collect());
         }
         let answers = self.inner.try_claim_many(&ask, owner, lease).await?;
-        if answers.len() != ask.len() {
-            return Err(StoreError::InvalidData {
-                key: ask[0].clone(),
-                detail: format!("{} answers to {} claims", answers.len(), ask.len()),
-            });
-        }
-        let mut answers = answers.into_iter();
-        Ok(claims
-            .into_iter()
-            .filter_map(|c| c.or_else(|| answers.next()))
-            .collect())
+        merge_answers(claims, &ask, answers)
     }
 
     async fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, StoreError> {
@@ -222,11 +247,7 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
             }
             Err(err) => {
                 // Remember the completions a partial answer says were written.
-                let written: Vec<bool> = err
-                    .answers(completions.len())
-                    .into_iter()
-                    .map(|a| a == Some(true))
-                    .collect();
+                let written = written_before(&err, completions.len());
                 self.remember(completions, &written, started);
                 Err(err)
             }
@@ -287,42 +308,20 @@ impl<S: IdempotencyStore> IdempotencyStore for CachedStore<S> {
         )?;
         // The keys cached as completed are answered here; the rest go to the store with
         // the completions.
-        let mut claims = Vec::with_capacity(keys.len());
-        let mut ask = Vec::new();
-        for key in keys {
-            if self.cached(key) {
-                claims.push(Some(Claim::Completed));
-            } else {
-                claims.push(None);
-                ask.push(key.clone());
-            }
-        }
+        let (claims, ask) = self.split_cached(keys);
         let started = Instant::now();
         let (done, answers) = self
             .inner
             .complete_then_claim_many(completions, &ask, owner, lease)
             .await?;
-        let written: Vec<bool> = match &done {
-            Ok(done) => done.clone(),
-            Err(err) => err
-                .answers(completions.len())
-                .into_iter()
-                .map(|a| a == Some(true))
-                .collect(),
-        };
-        self.remember(completions, &written, started);
-        if answers.len() != ask.len() {
-            return Err(StoreError::InvalidData {
-                key: ask.first().cloned().unwrap_or_default(),
-                detail: format!("{} answers to {} claims", answers.len(), ask.len()),
-            });
+        match &done {
+            Ok(done) => self.remember(completions, done, started),
+            Err(err) => {
+                let written = written_before(err, completions.len());
+                self.remember(completions, &written, started);
+            }
         }
-        let mut answers = answers.into_iter();
-        let claims = claims
-            .into_iter()
-            .filter_map(|c| c.or_else(|| answers.next()))
-            .collect();
-        Ok((done, claims))
+        Ok((done, merge_answers(claims, &ask, answers)?))
     }
 
     fn backend_name(&self) -> &'static str {

@@ -472,6 +472,28 @@ fn timing_envelopes(round: usize, batch: usize) -> Vec<EventEnvelope> {
         .collect()
 }
 
+/// The guard's keys of the timing's batch `round` (service `service`, prefix `prefix`).
+fn timing_keys(
+    store: &RedisStore,
+    service: &str,
+    prefix: &str,
+    batch: usize,
+) -> impl Fn(usize) -> Vec<String> {
+    let keyed = Guard::new(
+        store.clone(),
+        IdempotencyConfig::builder(service)
+            .key_prefix(prefix)
+            .build()
+            .expect("config"),
+    );
+    move |round| {
+        timing_envelopes(round, batch)
+            .iter()
+            .map(|e| keyed.key_for(e).expect("key"))
+            .collect()
+    }
+}
+
 fn median_ms(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     percentile(&v, 0.5)
@@ -488,19 +510,7 @@ async fn timing(s: &Setup) -> Timing {
     let prefix = unique("eventonce-bench-kafka-timing");
     let (mut claim, mut complete) = (Vec::new(), Vec::new());
     let lease = Duration::from_secs(60);
-    let keyed = Guard::new(
-        store.clone(),
-        IdempotencyConfig::builder("timing-keys")
-            .key_prefix(prefix.clone())
-            .build()
-            .expect("config"),
-    );
-    let keys_of = |round: usize| -> Vec<String> {
-        timing_envelopes(round, s.batch)
-            .iter()
-            .map(|e| keyed.key_for(e).expect("key"))
-            .collect()
-    };
+    let keys_of = timing_keys(&store, "timing-keys", &prefix, s.batch);
     let completions_of = |keys: &[String]| -> Vec<Completion> {
         keys.iter()
             .map(|key| Completion::new(key.clone(), "owner", Duration::from_secs(600)))
@@ -545,19 +555,7 @@ async fn one_call_floor(
 ) -> (Vec<f64>, Vec<f64>) {
     use eventonce_core::{Completion, IdempotencyStore};
     let lease = Duration::from_secs(60);
-    let keyed = Guard::new(
-        store.clone(),
-        IdempotencyConfig::builder("floor-keys")
-            .key_prefix(prefix)
-            .build()
-            .expect("config"),
-    );
-    let keys_of = |round: usize| -> Vec<String> {
-        timing_envelopes(round, s.batch)
-            .iter()
-            .map(|e| keyed.key_for(e).expect("key"))
-            .collect()
-    };
+    let keys_of = timing_keys(store, "floor-keys", prefix, s.batch);
     let mut previous = keys_of(0);
     let claims = store.try_claim_many(&previous, "owner", lease).await;
     claims.expect("claim");

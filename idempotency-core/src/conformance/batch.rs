@@ -115,12 +115,15 @@ pub async fn batch_transitions_are_owner_checked(f: &impl StoreFactory) {
     assert!(record(&s, &keys[2]).await.is_some());
 }
 
-/// `complete_then_claim` writes the completions, then answers the claim as `try_claim`
-/// would.
-pub async fn complete_then_claim_completes_then_claims(f: &impl StoreFactory) {
+/// Two handles on the store, and two keys: `{tag}-done` claimed by `a` through the first,
+/// `{tag}-lost` claimed by `b` through the second (a completion by `a` loses it).
+async fn claimed_by_a_and_b<F: StoreFactory>(
+    f: &F,
+    tag: &str,
+) -> (F::Store, F::Store, String, String) {
     let (s1, s2) = (f.create().await, f.create().await);
-    let done_key = unique_key("ctc-done");
-    let lost_key = unique_key("ctc-lost");
+    let done_key = unique_key(&format!("{tag}-done"));
+    let lost_key = unique_key(&format!("{tag}-lost"));
     assert_eq!(
         s1.try_claim(&done_key, "a", LONG).await.expect("claim"),
         Claim::Acquired
@@ -129,6 +132,13 @@ pub async fn complete_then_claim_completes_then_claims(f: &impl StoreFactory) {
         s2.try_claim(&lost_key, "b", LONG).await.expect("claim"),
         Claim::Acquired
     );
+    (s1, s2, done_key, lost_key)
+}
+
+/// `complete_then_claim` writes the completions, then answers the claim as `try_claim`
+/// would.
+pub async fn complete_then_claim_completes_then_claims(f: &impl StoreFactory) {
+    let (s1, s2, done_key, lost_key) = claimed_by_a_and_b(f, "ctc").await;
     let next = unique_key("ctc-next");
     let (done, claim) = s1
         .complete_then_claim(
@@ -189,17 +199,7 @@ async fn absent_completed_held_expired(s: &impl IdempotencyStore, other: &str) -
 /// result), then answers each claim as `try_claim_many` would, in order; either half may
 /// be empty.
 pub async fn complete_then_claim_many_completes_then_claims(f: &impl StoreFactory) {
-    let (s1, s2) = (f.create().await, f.create().await);
-    let done_key = unique_key("ctcm-done");
-    let lost_key = unique_key("ctcm-lost");
-    assert_eq!(
-        s1.try_claim(&done_key, "a", LONG).await.expect("claim"),
-        Claim::Acquired
-    );
-    assert_eq!(
-        s2.try_claim(&lost_key, "b", LONG).await.expect("claim"),
-        Claim::Acquired
-    );
+    let (s1, s2, done_key, lost_key) = claimed_by_a_and_b(f, "ctcm").await;
     let keys = absent_completed_held_expired(&s2, "b").await;
     let (done, claims) = s1
         .complete_then_claim_many(

@@ -842,27 +842,28 @@ impl Guard {
         releases: &[String],
         owner: &str,
     ) -> (Result<Vec<bool>, StoreError>, Result<Vec<bool>, StoreError>) {
-        let store = &self.inner.store;
         futures_util::future::join(
             async {
                 if completions.is_empty() {
                     return Ok(Vec::new());
                 }
-                self.chunked("complete_many", completions, true, |chunk| {
-                    store.complete_many(chunk)
-                })
-                .await
+                self.complete_alone(completions).await
             },
-            async {
-                if releases.is_empty() {
-                    return Ok(Vec::new());
-                }
-                self.chunked("release_many", releases, false, |chunk| {
-                    store.release_many(chunk, owner)
-                })
-                .await
-            },
+            self.release_all(releases, owner),
         )
+        .await
+    }
+
+    /// Releases `releases` (owner-checked, behind the breaker), in chunks; nothing to ask
+    /// when there are none.
+    async fn release_all(&self, releases: &[String], owner: &str) -> Result<Vec<bool>, StoreError> {
+        if releases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let store = &self.inner.store;
+        self.chunked("release_many", releases, false, |chunk| {
+            store.release_many(chunk, owner)
+        })
         .await
     }
 
@@ -876,7 +877,6 @@ impl Guard {
         releases: &[String],
         owner: &str,
     ) -> (Result<Vec<bool>, StoreError>, Result<Vec<bool>, StoreError>) {
-        let store = &self.inner.store;
         futures_util::future::join(
             async {
                 match turn.hand_over(completions).await {
@@ -885,15 +885,7 @@ impl Guard {
                     Handback::NotCarried => self.complete_alone(completions).await,
                 }
             },
-            async {
-                if releases.is_empty() {
-                    return Ok(Vec::new());
-                }
-                self.chunked("release_many", releases, false, |chunk| {
-                    store.release_many(chunk, owner)
-                })
-                .await
-            },
+            self.release_all(releases, owner),
         )
         .await
     }

@@ -348,8 +348,8 @@ impl Guard {
         operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let permit = self.inner.breaker.permit()?;
-        self.store_call_with(operation, call, permit).await
+        let sent = tokio::time::Instant::now();
+        self.gated_call_from(operation, call, sent).await.0
     }
 
     /// A batch call (`complete_many`, `release_many`, `extend_many`) over `items`, split

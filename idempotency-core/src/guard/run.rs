@@ -327,7 +327,7 @@ impl Guard {
         let mut carried = self.owes().then(|| self.take_owed());
         if carried.as_ref().is_some_and(|c| c.holds(ctx.key)) {
             // A redelivery of an event whose completion is still owed: complete first.
-            let t = Instant::now();
+            let t = tokio::time::Instant::now();
             if let Some(owed) = carried.take() {
                 // Boxed, as every path of owed completions here: rare, and large.
                 let _ = Box::pin(self.write_carried(owed)).await;
